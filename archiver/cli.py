@@ -1,0 +1,428 @@
+"""Command line: parse flags (each also read from an ``ARCHIVER_*`` variable), build Settings,
+run one async command. Expected faults print one line and exit non-zero, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from archiver import __version__, commands
+from archiver.errors import ArchiverError, ConfigError
+from archiver.logs import configure_logging, register_secret
+from archiver.settings import DEFAULT_BASE_URL, DEFAULT_DATABASE_URL, Settings, read_api_key
+
+# (flag, env variable, settings field, type, help). Defaults come from Settings.
+Option = tuple[str, str, str, Callable[[str], Any], str]
+
+COMMON_OPTIONS: list[Option] = [
+    (
+        "--database-url",
+        "ARCHIVER_DATABASE_URL",
+        "database_url",
+        str,
+        f"database: sqlite:///path.db or postgresql://user:pass@host/db (default {DEFAULT_DATABASE_URL})",
+    ),
+]
+HTTP_OPTIONS: list[Option] = [
+    (
+        "--base-url",
+        "ARCHIVER_BASE_URL",
+        "base_url",
+        str,
+        f"Responses API base URL (default {DEFAULT_BASE_URL})",
+    ),
+    (
+        "--request-timeout",
+        "ARCHIVER_REQUEST_TIMEOUT",
+        "request_timeout",
+        float,
+        "seconds one request may take in all (default 60)",
+    ),
+]
+RUN_OPTIONS: list[Option] = [
+    (
+        "--concurrency",
+        "ARCHIVER_CONCURRENCY",
+        "concurrency",
+        int,
+        "requests in flight at most (default 16)",
+    ),
+    (
+        "--max-attempts",
+        "ARCHIVER_MAX_ATTEMPTS",
+        "max_attempts",
+        int,
+        "attempts per ID before it is marked failed (default 8)",
+    ),
+    (
+        "--batch-size",
+        "ARCHIVER_BATCH_SIZE",
+        "batch_size",
+        int,
+        "rows claimed and written per transaction (default 100)",
+    ),
+    (
+        "--lease-seconds",
+        "ARCHIVER_LEASE_SECONDS",
+        "lease_seconds",
+        float,
+        "lease on a claimed row, extended by a heartbeat while its fetch runs (default 60)",
+    ),
+    (
+        "--grace-seconds",
+        "ARCHIVER_GRACE_SECONDS",
+        "grace_seconds",
+        float,
+        "on SIGTERM, how long in-flight requests may finish (default 20)",
+    ),
+    (
+        "--poll-interval",
+        "ARCHIVER_POLL_INTERVAL",
+        "poll_interval",
+        float,
+        "seconds between queue polls when idle (default 2)",
+    ),
+    (
+        "--drain-horizon",
+        "ARCHIVER_DRAIN_HORIZON",
+        "drain_horizon",
+        float,
+        "--once waits for retries due within this many seconds (default 60)",
+    ),
+    (
+        "--backoff-base",
+        "ARCHIVER_BACKOFF_BASE",
+        "backoff_base",
+        float,
+        "first retry delay in seconds (default 1)",
+    ),
+    (
+        "--backoff-cap",
+        "ARCHIVER_BACKOFF_CAP",
+        "backoff_cap",
+        float,
+        "longest retry delay in seconds (default 300)",
+    ),
+    (
+        "--not-found-recheck",
+        "ARCHIVER_NOT_FOUND_RECHECK",
+        "not_found_recheck",
+        float,
+        "a first 404 is re-checked after this many seconds (default 30)",
+    ),
+    (
+        "--repoll",
+        "ARCHIVER_REPOLL",
+        "repoll",
+        float,
+        "first delay before re-polling a queued/in_progress response (default 5)",
+    ),
+]
+
+
+def _add_options(parser: argparse.ArgumentParser, options: list[Option]) -> None:
+    for flag, env, field_name, type_, help_ in options:
+        parser.add_argument(
+            flag, dest=field_name, type=type_, default=None, help=f"{help_} [env: {env}]"
+        )
+
+
+def _add_key_file(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-key-file",
+        default=None,
+        help="file holding the API key [env: ARCHIVER_API_KEY_FILE]. The key itself is read from "
+        "ARCHIVER_API_KEY, else DASHSCOPE_API_KEY, else this file, else $CREDENTIALS_DIRECTORY/api_key "
+        "(systemd LoadCredential); never from a flag, so it cannot show in ps",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the docs test)."""
+    common = argparse.ArgumentParser(add_help=False)
+    _add_options(common, COMMON_OPTIONS)
+    common.add_argument(
+        "--log-level",
+        default=None,
+        help="debug, info, warning, error (default info) [env: ARCHIVER_LOG_LEVEL]",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="archiver",
+        description="Archive stored responses of an OpenAI-compatible Responses API into SQLite or PostgreSQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"archiver {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "enqueue",
+        parents=[common],
+        help="queue response IDs from files or stdin",
+        description="Queue response IDs: one per line, or JSON lines with an id field; "
+        "blank lines and # comments are skipped. Bad lines are reported with their line "
+        "number; good lines are still queued; exit status 1 when any line was rejected.",
+    )
+    p.add_argument(
+        "files", nargs="*", metavar="FILE", help="ID files (default: stdin; - for stdin)"
+    )
+    p.add_argument(
+        "--refetch",
+        action="store_true",
+        help="also move already archived/failed/not_found IDs back to pending",
+    )
+
+    p = sub.add_parser(
+        "run",
+        parents=[common],
+        help="archive due IDs (daemon, or --once to drain and exit)",
+        description="Claim due IDs, fetch them concurrently, write raw and normalized rows.",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="drain the queue and exit (backfill); default: run forever",
+    )
+    _add_options(p, HTTP_OPTIONS + RUN_OPTIONS)
+    _add_key_file(p)
+
+    p = sub.add_parser(
+        "status",
+        parents=[common],
+        help="queue counts per state, oldest pending, recent errors",
+        description="Show queue counts per state, the oldest pending age and recent errors.",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON object whose `states` maps every state to its count",
+    )
+
+    p = sub.add_parser(
+        "show",
+        parents=[common],
+        help="print the archived raw JSON of one ID exactly as received",
+        description="Print the archived raw JSON exactly as received; exit 1 if not archived.",
+    )
+    p.add_argument("response_id", metavar="ID")
+
+    p = sub.add_parser(
+        "retry",
+        parents=[common],
+        help="move failed/not_found IDs back to pending",
+        description="Move failed and not_found rows (or only the given IDs) back to pending.",
+    )
+    p.add_argument(
+        "--state",
+        action="append",
+        choices=["failed", "not_found"],
+        default=None,
+        help="only rows in this state (repeatable; default both)",
+    )
+    p.add_argument("response_ids", nargs="*", metavar="ID")
+
+    sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="bring the database schema up to date",
+        description="Create or upgrade the schema (every command also does this on start).",
+    )
+
+    p = sub.add_parser(
+        "mock-server",
+        parents=[common],
+        help="run the built-in mock Responses API on loopback",
+        description="Serve the built-in mock Responses API (for demos and for testing pipelines).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="added latency per request")
+    p.add_argument(
+        "--jitter-ms", type=float, default=0.0, help="uniform +- jitter around the latency"
+    )
+    p.add_argument(
+        "--fail-rate",
+        type=float,
+        default=0.0,
+        help="fraction of requests answered with a transient fault",
+    )
+    p.add_argument(
+        "--retry-after", type=float, default=1.0, help="Retry-After seconds sent with 429s"
+    )
+    p.add_argument(
+        "--bodies-dir", default=None, help="also serve the JSON bodies in this folder, by their id"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument(
+        "--require-key",
+        action="store_true",
+        help="require the API key from ARCHIVER_MOCK_API_KEY (wrong key -> 401)",
+    )
+
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="end to end against the built-in mock API (no key needed)",
+        description="Start the mock API, queue sample IDs, archive them, and show the result. "
+        "Uses demo.db unless --database-url / ARCHIVER_DATABASE_URL is given.",
+    )
+    p.add_argument("--count", type=int, default=200, help="how many sample IDs (default 200)")
+    return parser
+
+
+def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    """Settings from parsed flags, then ARCHIVER_* variables, then defaults."""
+    values: dict[str, Any] = {}
+    for flag, env_name, field_name, type_, _ in COMMON_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS:
+        value = getattr(args, field_name, None)
+        if value is None and env.get(env_name, "").strip():
+            try:
+                value = type_(env[env_name].strip())
+            except ValueError:
+                raise ConfigError(f"{env_name}={env[env_name]!r} is not a valid {flag}") from None
+        if value is not None:
+            values[field_name] = value
+    if getattr(args, "command", None) == "run":
+        values["api_key"] = read_api_key(env, getattr(args, "api_key_file", None))
+    return Settings(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``archiver`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    env = os.environ
+    configure_logging(args.log_level or env.get("ARCHIVER_LOG_LEVEL", "info"))
+    try:
+        settings = settings_from(args, env)
+        register_secret(settings.api_key)
+        handler = _HANDLERS[args.command]
+        return handler(args, settings)
+    except ArchiverError as exc:
+        print(f"archiver: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("archiver: interrupted", file=sys.stderr)
+        return 130
+
+
+def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    report = asyncio.run(commands.enqueue(settings, args.files, refetch=args.refetch))
+    parts = [
+        f"queued {report.queued}",
+        f"already known {report.already_known}",
+        f"rejected {report.rejected}",
+    ]
+    if args.refetch:
+        parts.append(f"requeued {report.requeued}")
+    print(", ".join(parts))
+    return 1 if report.rejected or report.missing_files else 0
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver.progress import Progress
+
+    if settings.api_key is None and not _is_loopback(settings.base_url):
+        raise ConfigError(
+            "no API key: set ARCHIVER_API_KEY or DASHSCOPE_API_KEY (or --api-key-file); "
+            "to try archiver without a key, run `archiver demo`"
+        )
+    progress = Progress.for_stream(sys.stderr) if args.once else None
+    summary = asyncio.run(commands.run(settings, once=args.once, progress=progress))
+    if progress is not None:
+        progress.close()
+    if args.once:
+        print(commands.dumps(summary.as_dict()))
+    return 0
+
+
+def _is_loopback(base_url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(base_url).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    details = asyncio.run(commands.status(settings))
+    print(commands.dumps(details) if args.json else commands.format_status(details))
+    return 0
+
+
+def _show(args: argparse.Namespace, settings: Settings) -> int:
+    raw = asyncio.run(commands.show(settings, args.response_id))
+    if raw is None:
+        print(f"archiver: {args.response_id} is not archived", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(raw)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _retry(args: argparse.Namespace, settings: Settings) -> int:
+    moved = asyncio.run(
+        commands.retry(settings, args.state or ["failed", "not_found"], args.response_ids)
+    )
+    print(f"moved {moved} back to pending")
+    return 0
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    head = asyncio.run(commands.migrate(settings))
+    print(f"schema at {head}")
+    return 0
+
+
+def _mock_server(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from archiver.mockapi import MockConfig, serve_forever
+
+    key = os.environ.get("ARCHIVER_MOCK_API_KEY") if args.require_key else None
+    if args.require_key and not key:
+        raise ConfigError("--require-key needs ARCHIVER_MOCK_API_KEY")
+    config = MockConfig(
+        latency_ms=args.latency_ms,
+        jitter_ms=args.jitter_ms,
+        api_key=key,
+        fail_rate=args.fail_rate,
+        retry_after_s=args.retry_after,
+        bodies_dir=Path(args.bodies_dir) if args.bodies_dir else None,
+        seed=args.seed,
+    )
+
+    def ready(base_url: str) -> None:
+        print(f"mock Responses API at {base_url}  (ARCHIVER_BASE_URL={base_url})", flush=True)
+
+    try:
+        asyncio.run(serve_forever(config, args.host, args.port, ready=ready))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver.demo import run_demo
+
+    if not os.environ.get("ARCHIVER_DATABASE_URL") and args.database_url is None:
+        settings = settings.with_changes(database_url="sqlite:///demo.db")
+    return asyncio.run(run_demo(settings, count=args.count))
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "enqueue": _enqueue,
+    "run": _run,
+    "status": _status,
+    "show": _show,
+    "retry": _retry,
+    "migrate": _migrate,
+    "mock-server": _mock_server,
+    "demo": _demo,
+}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

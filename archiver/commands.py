@@ -1,0 +1,167 @@
+"""What each CLI command does, as async functions over Settings (the CLI only parses flags)."""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import orjson
+
+from archiver.db import (
+    head_revision,
+    normalize_database_url,
+    open_database,
+    redact_url,
+)
+from archiver.db import (
+    migrate as migrate_db,
+)
+from archiver.ids import IdLine, RejectedLine, parse_id_lines, validate_response_id
+from archiver.queue import QUEUE_STATES, EnqueueCounts, QueueStore
+from archiver.settings import Settings
+from archiver.store import ArchiveStore
+from archiver.worker import RunSummary, Worker
+
+ENQUEUE_BATCH = 20_000
+
+
+@dataclass(slots=True)
+class EnqueueReport:
+    """Totals of one ``enqueue`` call."""
+
+    queued: int = 0
+    already_known: int = 0
+    requeued: int = 0
+    rejected: int = 0
+    missing_files: int = 0
+
+    def add(self, counts: EnqueueCounts) -> None:
+        """Fold one chunk's counts in."""
+        self.queued += counts.queued
+        self.already_known += counts.already_known
+        self.requeued += counts.requeued
+
+
+def _open_sources(
+    paths: Sequence[str], err: TextIO, report: EnqueueReport
+) -> Iterator[tuple[str, Iterable[str]]]:
+    if not paths:
+        yield "<stdin>", io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+        return
+    for path in paths:
+        if path == "-":
+            yield "<stdin>", io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+            continue
+        try:
+            handle = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            report.missing_files += 1
+            print(f"archiver: cannot read {path}: {exc.strerror}", file=err)
+            continue
+        with handle:
+            yield path, handle
+
+
+async def enqueue(
+    settings: Settings, paths: Sequence[str], *, refetch: bool = False, err: TextIO = sys.stderr
+) -> EnqueueReport:
+    """Queue the IDs in ``paths`` (stdin when empty); report bad lines on ``err`` with line numbers."""
+    report = EnqueueReport()
+    async with open_database(settings.database_url) as engine:
+        queue = QueueStore(engine)
+        batch: list[str] = []
+        for name, lines in _open_sources(paths, err, report):
+            for parsed in parse_id_lines(lines):
+                if isinstance(parsed, IdLine):
+                    batch.append(parsed.response_id)
+                    if len(batch) >= ENQUEUE_BATCH:
+                        report.add(await queue.enqueue(batch, refetch=refetch))
+                        batch = []
+                elif isinstance(parsed, RejectedLine):
+                    report.rejected += 1
+                    print(
+                        f"{name}:{parsed.line_no}: rejected: {parsed.reason}: {parsed.text!r}",
+                        file=err,
+                    )
+        if batch:
+            report.add(await queue.enqueue(batch, refetch=refetch))
+    return report
+
+
+async def run(settings: Settings, *, once: bool, progress: Any = None) -> RunSummary:
+    """The pipeline (daemon or backfill). See :class:`archiver.worker.Worker`."""
+    from archiver.signals import on_stop_signals
+
+    async with open_database(settings.database_url, pool_size=4) as engine:
+        worker = Worker(settings, engine, once=once, on_progress=progress)
+        with on_stop_signals(worker.request_stop):
+            return await worker.run()
+
+
+async def status(settings: Settings) -> dict[str, Any]:
+    """Counts per state, oldest pending age, expired leases, recent errors."""
+    async with open_database(settings.database_url) as engine:
+        details = await QueueStore(engine).status_details()
+    details["database"] = redact_url(normalize_database_url(settings.database_url))
+    return details
+
+
+async def show(settings: Settings, response_id: str) -> bytes | None:
+    """The archived raw body of one ID, or None."""
+    validate_response_id(response_id)
+    async with open_database(settings.database_url) as engine:
+        return await ArchiveStore(engine).raw_body(response_id)
+
+
+async def retry(settings: Settings, states: Sequence[str], response_ids: Sequence[str]) -> int:
+    """Move failed/not_found rows back to pending; returns how many moved."""
+    for rid in response_ids:
+        validate_response_id(rid)
+    async with open_database(settings.database_url) as engine:
+        return await QueueStore(engine).retry(states, response_ids or None)
+
+
+async def migrate(settings: Settings) -> str | None:
+    """Bring the schema to head; returns the head revision."""
+    async with open_database(settings.database_url, upgrade=False) as engine:
+        await migrate_db(engine)
+    return head_revision()
+
+
+def format_status(details: dict[str, Any]) -> str:
+    """A readable status table."""
+    lines = [f"database: {details['database']}", ""]
+    width = max(len(s) for s in QUEUE_STATES)
+    for state in QUEUE_STATES:
+        lines.append(f"  {state:<{width}}  {details['states'][state]:>10,}")
+    lines.append(f"  {'total':<{width}}  {details['total']:>10,}")
+    lines.append("")
+    age = details["oldest_pending_age_s"]
+    lines.append(f"oldest pending: {_human_age(age) if age is not None else '-'}")
+    lines.append(f"expired leases: {details['expired_leases']}")
+    if details["recent_errors"]:
+        lines.append("recent errors:")
+        for e in details["recent_errors"]:
+            code = e["status_code"] if e["status_code"] is not None else "-"
+            lines.append(
+                f"  {e['response_id']}  {e['state']}  attempts={e['attempts']}  status={code}  {e['error']}"
+            )
+    return "\n".join(lines)
+
+
+def _human_age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def dumps(value: Any) -> str:
+    """JSON text for command output."""
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()

@@ -1,0 +1,280 @@
+"""Database engines: URL handling, SQLite tuning, the database clock, and migrations.
+
+SQLite runs in WAL mode with a busy timeout, and every transaction starts with
+``BEGIN IMMEDIATE``: the write lock is taken up front, so two processes never deadlock
+on a lock upgrade (the case that makes SQLite answer "database is locked" at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import orjson
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from archiver.errors import ConfigError, DatabaseUnavailable, SchemaError
+
+T = TypeVar("T")
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+_MIGRATION_LOCK_ID = 0x61726368  # "arch": PostgreSQL advisory lock key for migrations
+
+
+def normalize_database_url(url: str) -> URL:
+    """Turn a URL as users write it into one with an asyncio driver.
+
+    ``sqlite:///file.db`` -> ``sqlite+aiosqlite``; ``postgresql://`` and ``postgres://``
+    -> ``postgresql+asyncpg``. A bare ``postgresql://`` with no host also honours the
+    libpq ``PG*`` variables (through asyncpg).
+    """
+    raw = url.strip()
+    if raw.startswith("postgres://"):
+        raw = "postgresql://" + raw[len("postgres://") :]
+    try:
+        parsed = make_url(raw)
+    except ArgumentError:
+        raise ConfigError(f"not a database URL: {redact_url(raw)!r}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+
+
+def redact_url(url: str | URL) -> str:
+    """The URL with any password replaced by ``***`` (for logs and errors)."""
+    try:
+        parsed = url if isinstance(url, URL) else make_url(url)
+    except ArgumentError:
+        return "<unparseable database URL>"
+    return parsed.render_as_string(hide_password=True)
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
+    """An AsyncEngine for the URL, tuned for this workload.
+
+    Args:
+        database_url: as users write it (see :func:`normalize_database_url`).
+        pool_size: PostgreSQL connections kept open by this process.
+    """
+    url = normalize_database_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            directory = os.path.dirname(os.path.abspath(url.database))
+            if not os.path.isdir(directory):
+                raise DatabaseUnavailable(
+                    f"directory for the SQLite file does not exist: {directory}"
+                )
+        engine = create_async_engine(
+            url,
+            json_serializer=_json_dumps,
+            json_deserializer=orjson.loads,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
+        _tune_sqlite(engine)
+        return engine
+    return create_async_engine(
+        url,
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
+        pool_size=pool_size,
+        max_overflow=2,
+        pool_pre_ping=True,
+        connect_args={"timeout": 15, "server_settings": {"application_name": "archiver"}},
+    )
+
+
+def _tune_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the sqlite3 module so BEGIN IMMEDIATE is ours.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode survives process crashes; a power cut may lose the last commits,
+        # which only means those IDs are fetched again after their lease expires.
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def is_postgres(engine: AsyncEngine | AsyncConnection) -> bool:
+    """True for a PostgreSQL engine or connection."""
+    return engine.dialect.name == "postgresql"
+
+
+def now_sql(dialect_name: str) -> str:
+    """SQL text of the database clock as unix seconds, for hand-written statements."""
+    if dialect_name == "postgresql":
+        return "extract(epoch from clock_timestamp())::float8"
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """True when retrying the transaction may succeed (lost connection, lock, restart)."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, OperationalError):
+        return True
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        code = getattr(orig, "sqlstate", None) or getattr(
+            getattr(orig, "__cause__", None), "sqlstate", None
+        )
+        # serialization failure, deadlock, admin shutdown, cannot connect now, connection failures
+        if code in {
+            "40001",
+            "40P01",
+            "57P01",
+            "57P02",
+            "57P03",
+            "08000",
+            "08003",
+            "08006",
+            "08001",
+        }:
+            return True
+        text_ = str(orig).lower()
+        return any(s in text_ for s in ("connection", "database is locked", "terminating"))
+    return isinstance(exc, (ConnectionError, OSError, asyncio.TimeoutError))
+
+
+async def with_db_retry(
+    func: Callable[[], Any],
+    *,
+    attempts: int = 8,
+    first_delay: float = 0.2,
+    max_delay: float = 10.0,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+) -> Any:
+    """Run ``await func()`` and retry it with backoff while the database error is transient."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return await func()
+        except Exception as exc:
+            if attempt == attempts or not is_transient_db_error(exc):
+                raise
+            if on_retry is not None:
+                on_retry(exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+    raise AssertionError("unreachable")
+
+
+def _migrations_location() -> str:
+    return str(importlib.resources.files("archiver.migrations"))
+
+
+def alembic_config(connection: Connection | None = None) -> Any:
+    """An alembic Config pointing at the bundled migrations."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", _migrations_location())
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _upgrade(connection: Connection) -> None:
+    from alembic import command
+
+    if connection.dialect.name == "postgresql":
+        # Several instances may start at once: one migrates, the others wait and find it done.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
+    command.upgrade(alembic_config(connection), "head")
+
+
+def _current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str | None:
+    """The newest migration revision shipped with this archiver."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the database up to the current schema (idempotent, safe to run concurrently)."""
+    async with engine.connect() as conn:
+        current = await conn.run_sync(_current_revision)
+    head = head_revision()
+    if current == head:
+        return
+    if current is not None and not _known_revision(current):
+        raise SchemaError(
+            f"the database schema ({current}) is newer than this archiver knows; upgrade archiver"
+        )
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade)
+
+
+def _known_revision(revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    try:
+        return script.get_revision(revision) is not None
+    except Exception:
+        return False
+
+
+async def schema_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database is at (None for an empty database)."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(_current_revision)
+
+
+@asynccontextmanager
+async def open_database(
+    database_url: str, *, pool_size: int = 5, upgrade: bool = True
+) -> AsyncIterator[AsyncEngine]:
+    """Open the database, check it answers, bring its schema to head, and dispose at the end.
+
+    Raises:
+        DatabaseUnavailable: it cannot be reached (the message names it, without password).
+    """
+    engine = create_engine(database_url, pool_size=pool_size)
+    try:
+        try:
+            if upgrade:
+                await with_db_retry(lambda: migrate(engine), attempts=3)
+            else:
+                async with engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+        except (TimeoutError, OSError, DBAPIError) as exc:
+            raise DatabaseUnavailable(
+                f"cannot use the database {redact_url(normalize_database_url(database_url))}: "
+                f"{_short_db_error(exc)}"
+            ) from None
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def _short_db_error(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    message = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    return message[:300]

@@ -1,0 +1,48 @@
+"""Exceptions. Every expected fault a user can cause is an ArchiverError subclass.
+
+The CLI prints ``str(error)`` and exits non-zero; it never shows a traceback for these.
+A subclass's docstring is its default message.
+"""
+
+from __future__ import annotations
+
+
+class ArchiverError(Exception):
+    """archiver failed."""
+
+    exit_code = 1
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(ArchiverError):
+    """The configuration is invalid."""
+
+    exit_code = 2
+
+
+class DatabaseUnavailable(ArchiverError):
+    """The database cannot be reached."""
+
+
+class SchemaError(ArchiverError):
+    """The database schema is not at the version this archiver expects."""
+
+
+class InvalidResponseId(ArchiverError):
+    """Not a valid response ID."""
+
+
+class IdSourceError(ArchiverError):
+    """An ID file cannot be read."""
+
+
+class StopRun(ArchiverError):
+    """The run was stopped: the provider refused every request (bad key or billing)."""
+
+    exit_code = 3
+
+
+class NormalizationError(ArchiverError):
+    """The response body could not be normalized into rows."""

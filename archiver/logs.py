@@ -1,0 +1,77 @@
+"""structlog set-up: JSON lines when stderr is not a terminal, a console renderer on one.
+
+Logs go to stderr: stdout carries command output that scripts pipe (``show``,
+``status --json``). journald collects both streams under systemd.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\"]+")
+_SECRETS: list[str] = []
+
+
+def register_secret(secret: str | None) -> None:
+    """Make sure this value never appears in any log line (it is replaced by ``***``)."""
+    if secret and len(secret) >= 4 and secret not in _SECRETS:
+        _SECRETS.append(secret)
+
+
+def redact(text: str) -> str:
+    """Remove registered secrets and bearer tokens from a string."""
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return _BEARER.sub(r"\1***", text) if "earer" in text else text
+
+
+def _redact_processor(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = redact(value)
+    return event_dict
+
+
+def configure_logging(
+    level: str = "info", stream: TextIO | None = None, json: bool | None = None
+) -> None:
+    """Configure structlog once per process.
+
+    Args:
+        level: minimum level name.
+        stream: where lines go (default stderr).
+        json: force JSON (True) or console (False); default: JSON unless a terminal.
+    """
+    out = stream or sys.stderr
+    use_json = (not out.isatty()) if json is None else json
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger() -> Any:
+    """The project's logger."""
+    return structlog.get_logger("archiver")

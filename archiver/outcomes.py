@@ -1,0 +1,71 @@
+"""What one fetch of one response ID came to.
+
+A fetcher turns each HTTP exchange into exactly one of these; the writer turns it into
+database changes. They are plain frozen records so policy code stays pure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TERMINAL_RESPONSE_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete"})
+"""Response ``status`` values after which the body never changes again."""
+
+PermanentState = Literal["not_found", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Archived:
+    """A valid Response body. ``terminal`` is False for ``queued``/``in_progress`` snapshots.
+
+    ``body`` is the parsed object, so the body is parsed once per fetch.
+    """
+
+    raw: bytes
+    status_code: int
+    terminal: bool
+    response_status: str | None
+    body: Any = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try again no earlier than ``delay_s`` seconds from now.
+
+    ``body`` keeps bytes of a bad body for forensics. ``throttled`` marks a provider
+    rate-limit signal (it pauses the whole pool). ``spend_attempt`` is False for waits
+    that are not the ID's fault (e.g. a transient 404 re-check is still an attempt,
+    but a shutdown release is not).
+    """
+
+    delay_s: float
+    reason: str
+    status_code: int | None = None
+    body: bytes | None = None
+    throttled: bool = False
+    spend_attempt: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Permanent:
+    """The ID is done without an archived body: ``not_found`` or ``failed``."""
+
+    state: PermanentState
+    reason: str
+    status_code: int | None = None
+    body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StopAll:
+    """The provider refuses this account (bad key, no access, billing): stop the run.
+
+    The row is released untouched: no attempt is spent.
+    """
+
+    reason: str
+    status_code: int | None = None
+
+
+Outcome = Archived | Retry | Permanent | StopAll

@@ -1,0 +1,634 @@
+"""What one HTTP exchange means: archive, retry, give up, or stop the whole run.
+
+Pure functions over status code, headers and body (DESIGN.md, "Outcome rules"). Time
+and randomness are passed in, so every decision is reproducible in a test.
+
+Reason strings end up in the database and in logs. They are built only from the status
+code, the provider's error body (``message``/``code``/``type``/``request_id``, with
+anything that looks like a key redacted) and a few named headers (``retry-after*``,
+``x-request-id``); no other header is ever read into a reason, so an
+``Authorization`` header cannot leak through here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import http
+import json
+import math
+import re
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from archiver.ids import json_type_name
+from archiver.outcomes import (
+    Archived,
+    Outcome,
+    Permanent,
+    Retry,
+    StopAll,
+)
+
+__all__ = [
+    "NON_TERMINAL_RESPONSE_STATUSES",
+    "ProviderError",
+    "ProviderProfile",
+    "RetryPolicy",
+    "backoff_delay",
+    "classify_exception",
+    "classify_response",
+    "parse_retry_after",
+    "profile_for_base_url",
+    "repoll_delay",
+]
+
+ProviderProfile = Literal["dashscope", "openai", "generic"]
+
+NON_TERMINAL_RESPONSE_STATUSES = frozenset({"queued", "in_progress"})
+"""Response ``status`` values of a background response that is still running.
+
+Any other status, or none, counts as terminal (outcomes.TERMINAL_RESPONSE_STATUSES lists
+the documented ones): an unknown future status is archived rather than polled forever.
+"""
+
+_MAX_EXPONENT = 60  # 2**60 s is far past any cap; keeps the float math finite
+_REASON_LIMIT = 300
+_SNIPPET_LIMIT = 120
+_ID_LIMIT = 80
+
+# Codes (error.code, error.type or DashScope's top-level code) that mean the account
+# itself is refused: every further request would fail the same way. Compared after
+# lower-casing and dropping "_", "-" and "." so `InvalidApiKey` == `invalid_api_key`.
+_KEY_CODES = frozenset({"invalidapikey", "incorrectapikey", "authenticationerror"})
+_BILLING_CODES = frozenset(
+    {
+        "arrearage",
+        "prepaidbilloverdue",
+        "postpaidbilloverdue",
+        "commoditynotpurchased",
+        "billingnotactive",
+        "accountdeactivated",
+    }
+)
+# On OpenAI `insufficient_quota` means "no credit left"; on DashScope it is a
+# per-minute token limit, i.e. a throttle.
+_OPENAI_QUOTA_CODE = "insufficientquota"
+
+_RETRYABLE_STATUSES = frozenset({408, 409, 425})
+_NUMBER = re.compile(r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)\s*\Z")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}\Z")
+# Anything that looks like a credential in provider text (OpenAI echoes a masked key in
+# its 401 message). Replaced wholesale, never partially shown.
+_SECRET = re.compile(
+    r"(?i)\bbearer\s+\S+|\b(?:sk|xai|gsk)[-_][A-Za-z0-9*_.\-]{6,}|\bAIza[A-Za-z0-9_\-]{20,}"
+)
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard to try one response ID. All delays are in seconds.
+
+    ``not_found_recheck_s``: a first 404 is re-checked once after this delay, because
+    providers return transient 404s for IDs that exist. ``repoll_s``: base delay before
+    re-polling a ``queued``/``in_progress`` response (grows like the backoff).
+    ``max_server_wait_s`` caps one server-requested wait (``Retry-After``).
+    """
+
+    max_attempts: int = 8
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 300.0
+    max_server_wait_s: float = 900.0
+    not_found_recheck_s: float = 30.0
+    repoll_s: float = 5.0
+
+
+def profile_for_base_url(base_url: str) -> ProviderProfile:
+    """Pick the provider profile whose error codes apply to ``base_url``.
+
+    Args:
+        base_url: e.g. ``https://dashscope-intl.aliyuncs.com/compatible-mode/v1``; a
+            missing scheme is tolerated.
+
+    Returns:
+        ``"dashscope"`` for ``*.aliyuncs.com`` and ``dashscope*`` hosts, ``"openai"`` for
+        ``api.openai.com`` (and its regional ``*.api.openai.com``) and Azure OpenAI
+        hosts, else ``"generic"``.
+    """
+    text = base_url.strip()
+    if "://" not in text:
+        text = "//" + text
+    host = (urllib.parse.urlsplit(text).hostname or "").rstrip(".").lower()
+    if host == "aliyuncs.com" or host.endswith(".aliyuncs.com") or host.startswith("dashscope"):
+        return "dashscope"
+    if (
+        host == "api.openai.com"
+        or host.endswith(".api.openai.com")
+        or host.endswith(".openai.azure.com")
+        or host.endswith(".cognitiveservices.azure.com")
+    ):
+        return "openai"
+    return "generic"
+
+
+def backoff_delay(attempt: int, policy: RetryPolicy, rand: float) -> float:
+    """Exponential backoff with jitter: ``min(base * 2**(attempt-1), cap) * (1 - 0.25*rand)``.
+
+    Args:
+        attempt: 1-based number of the attempt that just failed (values below 1 count
+            as 1).
+        policy: base and cap.
+        rand: a uniform random number in ``[0, 1)`` (clamped into that range), so the
+            delay lies in ``(0.75 * d, d]``.
+
+    Returns:
+        The delay in seconds.
+    """
+    return _grow(policy.backoff_base_s, attempt, policy.backoff_cap_s, rand)
+
+
+def repoll_delay(polls: int, policy: RetryPolicy, rand: float) -> float:
+    """Delay before polling a ``queued``/``in_progress`` response again.
+
+    Grows like the backoff from ``repoll_s``, capped by ``backoff_cap_s``: 5, 10, 20 ...
+    seconds with the defaults, minus up to 25 % jitter.
+
+    Args:
+        polls: how many non-terminal snapshots of this ID have been seen, 1-based.
+        policy: ``repoll_s`` and ``backoff_cap_s``.
+        rand: a uniform random number in ``[0, 1)``.
+
+    Returns:
+        The delay in seconds.
+    """
+    return _grow(policy.repoll_s, polls, policy.backoff_cap_s, rand)
+
+
+def _grow(base: float, step: int, cap: float, rand: float) -> float:
+    exponent = min(max(step, 1) - 1, _MAX_EXPONENT)
+    jitter = 1.0 - 0.25 * min(max(rand, 0.0), 1.0)
+    return min(base * 2.0**exponent, cap) * jitter
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """Read the wait a server asked for.
+
+    ``retry-after-ms`` (milliseconds) wins over ``retry-after``, which may be seconds
+    (``"120"``, ``"1.5"``) or an HTTP date. Header names are case-insensitive; a value
+    that cannot be read falls through to the next header.
+
+    Args:
+        headers: response headers (a plain dict or aiohttp's case-insensitive mapping).
+        now: current unix time, to turn an HTTP date into a delay.
+
+    Returns:
+        Seconds to wait (0 for negative values or dates in the past), or None when
+        neither header is present and readable. Not capped here.
+    """
+    lookup = _HeaderLookup(headers)
+    millis = lookup.get("retry-after-ms")
+    if millis is not None and _NUMBER.match(millis):
+        return max(float(millis) / 1000.0, 0.0)
+    value = lookup.get("retry-after")
+    if value is None:
+        return None
+    if _NUMBER.match(value):
+        return max(float(value), 0.0)
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000" means UTC with unknown local zone
+        when = when.replace(tzinfo=datetime.UTC)
+    try:
+        delay = when.timestamp() - now
+    except (OverflowError, OSError, ValueError):
+        return None
+    return max(delay, 0.0) if math.isfinite(delay) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderError:
+    """The useful parts of an error body, read defensively.
+
+    Understands ``{"error": {"message", "type", "code"}}`` (OpenAI and compatible
+    modes), ``{"error": "text"}``, and DashScope's native
+    ``{"code", "message", "request_id"}``. Text is cleaned (one line, bounded, anything
+    key-like redacted) so it can go straight into a reason.
+    """
+
+    message: str | None
+    code: str | None
+    type: str | None
+    request_id: str | None
+
+    @classmethod
+    def from_api(cls, body: bytes, headers: Mapping[str, str] | None = None) -> ProviderError:
+        """Parse an error body; never raises.
+
+        Args:
+            body: the response body (JSON, HTML, empty ...).
+            headers: response headers, only for ``x-request-id`` when the body has none.
+
+        Returns:
+            The parsed error; fields are None when absent.
+        """
+        message: str | None = None
+        code: str | None = None
+        type_: str | None = None
+        request_id: str | None = None
+        data = _loads_or_none(body)
+        if isinstance(data, dict):
+            error = data.get("error")
+            if isinstance(error, dict):
+                message = _text(error.get("message"))
+                code = _code(error.get("code"))
+                type_ = _code(error.get("type"))
+            elif isinstance(error, str):
+                message = _text(error)
+            message = message or _text(data.get("message")) or _text(data.get("detail"))
+            code = code or _code(data.get("code"))
+            request_id = _request_id(data.get("request_id")) or _request_id(data.get("requestId"))
+        elif body:
+            message = _snippet(body)
+        if request_id is None and headers is not None:
+            lookup = _HeaderLookup(headers)
+            request_id = _request_id(lookup.get("x-request-id")) or _request_id(
+                lookup.get("x-dashscope-request-id")
+            )
+        return cls(message=message, code=code, type=type_, request_id=request_id)
+
+    @property
+    def label(self) -> str | None:
+        """``code``, else ``type``: the machine-readable name of the error."""
+        return self.code or self.type
+
+    def codes(self) -> tuple[str, ...]:
+        """``code`` and ``type`` normalized for matching (lower case, no ``_ - .``)."""
+        return tuple(_normalize_code(c) for c in (self.code, self.type) if c)
+
+
+def classify_response(
+    *,
+    status_code: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    requested_id: str,
+    attempt: int,
+    previous_status_code: int | None,
+    policy: RetryPolicy,
+    profile: ProviderProfile,
+    now: float,
+    rand: float,
+) -> Outcome:
+    """Decide what one HTTP response to ``GET responses/{id}`` means.
+
+    Args:
+        status_code: HTTP status.
+        headers: response headers.
+        body: the complete body, exactly as received.
+        requested_id: the ID that was asked for.
+        attempt: 1-based number of the attempt that just happened (already spent).
+        previous_status_code: status of the previous attempt for this ID, if any
+            (a 404 is re-checked once, so a second 404 in a row is final).
+        policy: limits and delays.
+        profile: whose error codes apply (``insufficient_quota`` is billing on OpenAI
+            but a per-minute throttle on DashScope).
+        now: current unix time (for an HTTP-date ``Retry-After``).
+        rand: a uniform random number in ``[0, 1)`` for jitter.
+
+    Returns:
+        ``Archived`` for a body of the requested response; ``Retry`` for transient
+        faults; ``Permanent`` once the ID is done without a body (``not_found`` or
+        ``failed``, also after ``max_attempts``); ``StopAll`` when the account is
+        refused (bad key, no access, billing).
+    """
+    if status_code == 200:
+        return _classify_body(body, requested_id, attempt, policy, rand)
+
+    error = ProviderError.from_api(body, headers)
+    stop = _account_stop(status_code, error, profile)
+    if stop is not None:
+        return stop
+
+    should_retry = _HeaderLookup(headers).get("x-should-retry")
+    force = should_retry.strip().lower() if should_retry is not None else None
+    described = _describe(status_code, error)
+
+    if status_code == 404:
+        if force != "false" and attempt < policy.max_attempts:
+            if previous_status_code != 404:
+                return Retry(policy.not_found_recheck_s, "not found; re-checking once", status_code)
+            if force == "true":
+                return Retry(
+                    _server_wait(headers, now, policy) or backoff_delay(attempt, policy, rand),
+                    f"{described}; server asked to retry",
+                    status_code,
+                )
+        return Permanent("not_found", described, status_code)
+
+    throttled = status_code == 429
+    transient = throttled or status_code in _RETRYABLE_STATUSES or 500 <= status_code <= 599
+    if transient and force == "false":
+        return Permanent("failed", f"{described}; server said not to retry", status_code)
+    if not transient and force == "true" and 400 <= status_code <= 499:
+        transient = True
+        described = f"{described}; server asked to retry"
+    if not transient:
+        return Permanent("failed", described, status_code)
+
+    if throttled:
+        described = f"throttled ({described})"
+    delay = _server_wait(headers, now, policy)
+    if delay is None:
+        delay = backoff_delay(attempt, policy, rand)
+    return _retry_or_give_up(
+        Retry(delay, described, status_code, throttled=throttled), attempt, policy
+    )
+
+
+def classify_exception(
+    exc: BaseException, *, attempt: int, policy: RetryPolicy, rand: float
+) -> Outcome:
+    """Decide what a failed exchange (no HTTP response) means.
+
+    Timeouts and connection faults (``OSError``, ``TimeoutError``, aiohttp's
+    ``ClientConnectionError``/``ServerDisconnectedError``/``ClientPayloadError``) are
+    retried with backoff. Any other ``Exception`` is retried the same way with its
+    class named in the reason, so one odd ID cannot crash the run; after
+    ``max_attempts`` the ID is ``failed``.
+
+    Args:
+        exc: what the fetch raised.
+        attempt: 1-based number of the attempt that just happened.
+        policy: limits and delays.
+        rand: a uniform random number in ``[0, 1)`` for jitter.
+
+    Returns:
+        ``Retry``, or ``Permanent("failed")`` after ``max_attempts``.
+
+    Raises:
+        BaseException: ``exc`` itself when it is not an ``Exception``
+            (``asyncio.CancelledError``, ``KeyboardInterrupt``, ``SystemExit``): those
+            are shutdowns, not fetch outcomes.
+    """
+    if not isinstance(exc, Exception):
+        raise exc
+    name = type(exc).__name__
+    text = _clean(str(exc))
+    if _is_network_error(exc):
+        reason = f"{'timed out' if _is_timeout(exc) else 'connection failed'} ({name}"
+        reason += f": {text})" if text else ")"
+    else:
+        reason = f"{name}: {text}" if text else name
+    return _retry_or_give_up(
+        Retry(backoff_delay(attempt, policy, rand), _bounded(reason)), attempt, policy
+    )
+
+
+# --- 200 bodies -------------------------------------------------------------------------
+
+
+def _classify_body(
+    body: bytes, requested_id: str, attempt: int, policy: RetryPolicy, rand: float
+) -> Outcome:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        data = _loads_stdlib(body)
+        if data is _INVALID:
+            return _bad_body(_json_problem(body, exc), body, attempt, policy, rand)
+    if not isinstance(data, dict):
+        kind = json_type_name(data)
+        return _bad_body(f"body is a JSON {kind}, not an object", body, attempt, policy, rand)
+    body_id = data.get("id")
+    if body_id != requested_id:
+        if body_id is None:
+            problem = "body has no 'id' field"
+        elif not isinstance(body_id, str):
+            problem = f"body 'id' is a {json_type_name(body_id)}, not a string"
+        else:
+            problem = (
+                f"body id {_shorten(body_id)!r} differs from requested {_shorten(requested_id)!r}"
+            )
+        return _bad_body(problem, body, attempt, policy, rand)
+    status = data.get("status")
+    response_status = status if isinstance(status, str) else None
+    return Archived(
+        raw=body,
+        status_code=200,
+        terminal=response_status not in NON_TERMINAL_RESPONSE_STATUSES,
+        response_status=response_status,
+        body=data,
+    )
+
+
+def _bad_body(problem: str, body: bytes, attempt: int, policy: RetryPolicy, rand: float) -> Outcome:
+    # Retry with backoff: a truncated or mixed-up body is usually a proxy hiccup.
+    delay = backoff_delay(attempt, policy, rand)
+    return _retry_or_give_up(Retry(delay, _bounded(problem), 200, body=body), attempt, policy)
+
+
+def _json_problem(body: bytes, exc: orjson.JSONDecodeError) -> str:
+    if not body.strip():
+        return "body is empty"
+    return f"body is not valid JSON: {exc} ({len(body)} bytes)"
+
+
+_INVALID = object()
+
+
+def _loads_stdlib(body: bytes) -> Any:
+    """Second opinion for bodies orjson refuses but that are valid JSON.
+
+    orjson rejects lone UTF-16 surrogate escapes (``"\\ud83d"``), which real model
+    output contains when a token boundary splits an emoji; the body is still JSON.
+    """
+    try:
+        text = body.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return _INVALID
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# --- error statuses ---------------------------------------------------------------------
+
+
+def _account_stop(status: int, error: ProviderError, profile: ProviderProfile) -> StopAll | None:
+    codes = error.codes()
+    label = error.label
+    tag = f"{status} {label}" if label else str(status)
+    details = _details(error)
+    billing = next(
+        (
+            c
+            for c in codes
+            if c in _BILLING_CODES
+            or c.endswith("billoverdue")
+            or (c == _OPENAI_QUOTA_CODE and profile != "dashscope")
+        ),
+        None,
+    )
+    if billing is not None or status == 402:
+        return StopAll(
+            f"the provider account has a billing problem ({tag}){details}: "
+            "settle the account or raise its quota, then run again",
+            status,
+        )
+    if any(c in _KEY_CODES for c in codes) or status == 401:
+        return StopAll(
+            f"the provider rejected the API key ({tag}){details}: check ARCHIVER_API_KEY "
+            "and that the key belongs to the account and region of ARCHIVER_BASE_URL",
+            status,
+        )
+    if status == 403 or any("accessdenied" in c for c in codes):
+        return StopAll(
+            f"the provider denied access ({tag}){details}: check the key's permissions, "
+            "workspace and region (ARCHIVER_BASE_URL)",
+            status,
+        )
+    return None
+
+
+def _describe(status: int, error: ProviderError) -> str:
+    head = f"{status} {error.label}" if error.label else f"{status} {_phrase(status)}".rstrip()
+    text = f"{head}: {error.message}" if error.message else head
+    if error.request_id:
+        text += f" (request id {error.request_id})"
+    return _bounded(text)
+
+
+def _details(error: ProviderError) -> str:
+    parts = []
+    if error.message:
+        parts.append(error.message)
+    if error.request_id:
+        parts.append(f"request id {error.request_id}")
+    return f": {'; '.join(parts)}" if parts else ""
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _server_wait(headers: Mapping[str, str], now: float, policy: RetryPolicy) -> float | None:
+    wait = parse_retry_after(headers, now)
+    # "Retry-After: 0" (or a date in the past) on a throttle would mean hammering the
+    # provider at once: treat it as no advice and use our own backoff.
+    if wait is None or wait <= 0:
+        return None
+    return min(wait, policy.max_server_wait_s)
+
+
+def _retry_or_give_up(retry: Retry, attempt: int, policy: RetryPolicy) -> Outcome:
+    if attempt < policy.max_attempts:
+        return retry
+    return Permanent(
+        "failed",
+        _bounded(f"gave up after {attempt} attempts: {retry.reason}"),
+        retry.status_code,
+        retry.body,
+    )
+
+
+# --- exceptions -------------------------------------------------------------------------
+
+_NETWORK_CLASS_MARKERS = ("ClientConnection", "ServerDisconnected", "ClientPayloadError")
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    # asyncio.TimeoutError is TimeoutError since Python 3.11.
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    return any(
+        marker in cls.__name__ for cls in type(exc).__mro__ for marker in _NETWORK_CLASS_MARKERS
+    )
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__
+
+
+# --- small helpers ----------------------------------------------------------------------
+
+
+class _HeaderLookup:
+    """Case-insensitive header access for plain dicts and aiohttp's CIMultiDict alike."""
+
+    __slots__ = ("_headers", "_lowered")
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._headers = headers
+        self._lowered: dict[str, str] | None = None
+
+    def get(self, name: str) -> str | None:
+        value = self._headers.get(name)
+        if value is None:
+            if self._lowered is None:
+                self._lowered = {str(k).lower(): v for k, v in self._headers.items()}
+            value = self._lowered.get(name)
+        return value if isinstance(value, str) else None
+
+
+def _loads_or_none(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, str) and value.strip():
+        return _bounded(_clean(value))
+    return None
+
+
+def _code(value: object) -> str | None:
+    # Numeric codes (OpenRouter) only echo the HTTP status, which reasons already show.
+    if isinstance(value, str):
+        return _clean(value)[:_ID_LIMIT] or None
+    return None
+
+
+def _request_id(value: object) -> str | None:
+    if isinstance(value, str) and _REQUEST_ID.match(value):
+        return value
+    return None
+
+
+def _normalize_code(code: str) -> str:
+    return code.lower().replace("_", "").replace("-", "").replace(".", "")
+
+
+def _snippet(body: bytes) -> str | None:
+    text = _clean(body[: _SNIPPET_LIMIT * 4].decode("utf-8", errors="replace"))
+    if not text:
+        return None
+    return text if len(text) <= _SNIPPET_LIMIT else text[: _SNIPPET_LIMIT - 3] + "..."
+
+
+def _clean(text: str) -> str:
+    """One line, no control characters, nothing that looks like a key."""
+    text = _WHITESPACE.sub(" ", text).strip()
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return _SECRET.sub("[redacted]", text)
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= _REASON_LIMIT else text[: _REASON_LIMIT - 3] + "..."
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _ID_LIMIT else text[: _ID_LIMIT - 3] + "..."

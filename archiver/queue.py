@@ -1,0 +1,339 @@
+"""The queue table and every operation on it: enqueue, claim, heartbeat, release, retry, counts.
+
+Times in the queue are unix seconds (float) read from the database clock, so that several
+hosts with skewed clocks agree on when a lease expired. Every statement is parameterized.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    bindparam,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from archiver.db import now_sql
+from archiver.schema import metadata
+
+QUEUE_STATES = ("pending", "in_flight", "archived", "not_found", "failed")
+"""Every state a queue row can be in (contract)."""
+TERMINAL_STATES = ("archived", "not_found", "failed")
+
+archive_queue = Table(
+    "archive_queue",
+    metadata,
+    Column("id", String(256), primary_key=True),
+    Column("state", String(16), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("polls", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("enqueued_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_token", String(36)),
+    Column("lease_expires_at", Float),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    Column("last_body", LargeBinary),
+    Index("ix_archive_queue_state_next_attempt_at", "state", "next_attempt_at"),
+    comment="One row per response ID to archive; see docs/schema.md",
+)
+
+ENQUEUE_CHUNK = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed queue row: fetch ``response_id`` while holding ``lease_token``."""
+
+    response_id: str
+    attempt: int
+    polls: int
+    previous_status_code: int | None
+    lease_token: str
+
+    @classmethod
+    def from_row(cls, row: Any, lease_token: str) -> Job:
+        """Build from a RETURNING row ``(id, attempts, polls, last_status_code)``."""
+        return cls(row[0], int(row[1]), int(row[2]), row[3], lease_token)
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueCounts:
+    """How one enqueue call went."""
+
+    queued: int = 0
+    already_known: int = 0
+    requeued: int = 0
+
+
+class QueueStore:
+    """Queue operations on one engine. Safe to use from many processes at once."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.now = now_sql(self.dialect)
+
+    # --- enqueue -----------------------------------------------------------------
+
+    async def enqueue(self, response_ids: Sequence[str], *, refetch: bool = False) -> EnqueueCounts:
+        """Add IDs as ``pending``; known IDs are left alone unless ``refetch``.
+
+        Args:
+            response_ids: validated IDs (duplicates allowed; each is queued once).
+            refetch: move known IDs in a terminal state back to ``pending``.
+        """
+        queued = requeued = 0
+        for start in range(0, len(response_ids), ENQUEUE_CHUNK):
+            chunk = list(response_ids[start : start + ENQUEUE_CHUNK])
+            async with self.engine.begin() as conn:
+                queued += await self._insert_chunk(conn, chunk)
+                if refetch:
+                    requeued += await self._requeue(conn, chunk, TERMINAL_STATES)
+        # A line whose ID was known before, or seen earlier in the same input, is "already known".
+        return EnqueueCounts(
+            queued=queued, already_known=len(response_ids) - queued, requeued=requeued
+        )
+
+    async def _insert_chunk(self, conn: AsyncConnection, ids: list[str]) -> int:
+        cols = "id, state, attempts, polls, next_attempt_at, enqueued_at, updated_at"
+        if self.dialect == "postgresql":
+            sql = (
+                f"INSERT INTO archive_queue ({cols}) "
+                f"SELECT u, 'pending', 0, 0, n, n, n FROM unnest(CAST(:ids AS text[])) AS u, "
+                f"(SELECT {self.now} AS n) AS clock "
+                "ON CONFLICT (id) DO NOTHING"
+            )
+            result = await conn.execute(text(sql), {"ids": ids})
+        else:
+            # One JSON array parameter per chunk: no variable limit, one statement.
+            sql = (
+                f"INSERT INTO archive_queue ({cols}) "
+                f"SELECT value, 'pending', 0, 0, {self.now}, {self.now}, {self.now} "
+                "FROM json_each(:ids) WHERE true ON CONFLICT (id) DO NOTHING"
+            )
+            result = await conn.execute(text(sql), {"ids": orjson.dumps(ids).decode()})
+        return max(result.rowcount, 0)
+
+    async def _requeue(
+        self, conn: AsyncConnection, ids: list[str], from_states: Sequence[str]
+    ) -> int:
+        stmt = text(
+            f"UPDATE archive_queue SET state = 'pending', attempts = 0, polls = 0, "
+            f"next_attempt_at = {self.now}, updated_at = {self.now}, last_error = NULL, "
+            "last_body = NULL, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
+            "WHERE id IN :ids AND state IN :states"
+        ).bindparams(bindparam("ids", expanding=True), bindparam("states", expanding=True))
+        total = 0
+        for start in range(0, len(ids), 500):
+            result = await conn.execute(
+                stmt, {"ids": ids[start : start + 500], "states": list(from_states)}
+            )
+            total += max(result.rowcount, 0)
+        return total
+
+    # --- claim, heartbeat, release -----------------------------------------------------
+
+    async def claim_batch(
+        self, owner: str, limit: int, lease_seconds: float, max_attempts: int
+    ) -> list[Job]:
+        """Lease up to ``limit`` due rows to ``owner`` and count an attempt on each.
+
+        Rows whose lease expired go back to ``pending`` first (or to ``failed`` when that
+        lease was their last attempt), so a crashed worker's rows are finished by others.
+        """
+        if limit <= 0:
+            return []
+        token = uuid.uuid4().hex
+        async with self.engine.begin() as conn:
+            await self._recover_expired(conn, max_attempts)
+            if self.dialect == "postgresql":
+                # The CTE is a fence: the planner cannot lock or update more rows than LIMIT.
+                sql = (
+                    "WITH due AS (SELECT id FROM archive_queue "
+                    f"WHERE state = 'pending' AND next_attempt_at <= {self.now} "
+                    "ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
+                    "UPDATE archive_queue AS q SET state = 'in_flight', attempts = q.attempts + 1, "
+                    f"lease_owner = :owner, lease_token = :token, "
+                    f"lease_expires_at = {self.now} + :lease, updated_at = {self.now} "
+                    "FROM due WHERE q.id = due.id "
+                    "RETURNING q.id, q.attempts, q.polls, q.last_status_code"
+                )
+            else:
+                sql = (
+                    "UPDATE archive_queue SET state = 'in_flight', attempts = attempts + 1, "
+                    f"lease_owner = :owner, lease_token = :token, "
+                    f"lease_expires_at = {self.now} + :lease, updated_at = {self.now} "
+                    "WHERE id IN (SELECT id FROM archive_queue "
+                    f"WHERE state = 'pending' AND next_attempt_at <= {self.now} "
+                    "ORDER BY next_attempt_at LIMIT :limit) "
+                    "RETURNING id, attempts, polls, last_status_code"
+                )
+            result = await conn.execute(
+                text(sql), {"limit": limit, "owner": owner, "token": token, "lease": lease_seconds}
+            )
+            return [Job.from_row(row, token) for row in result.fetchall()]
+
+    async def _recover_expired(self, conn: AsyncConnection, max_attempts: int) -> None:
+        expired = f"state = 'in_flight' AND lease_expires_at <= {self.now}"
+        await conn.execute(
+            text(
+                "UPDATE archive_queue SET state = 'failed', lease_owner = NULL, lease_token = NULL, "
+                f"lease_expires_at = NULL, updated_at = {self.now}, "
+                "last_error = 'lease expired on the last attempt (worker died or hung)' "
+                f"WHERE {expired} AND attempts >= :max"
+            ),
+            {"max": max_attempts},
+        )
+        await conn.execute(
+            text(
+                "UPDATE archive_queue SET state = 'pending', lease_owner = NULL, lease_token = NULL, "
+                f"lease_expires_at = NULL, next_attempt_at = {self.now}, updated_at = {self.now}, "
+                "last_error = 'lease expired (worker died or hung)' "
+                f"WHERE {expired}"
+            )
+        )
+
+    async def extend_leases(self, tokens: Iterable[str], lease_seconds: float) -> int:
+        """Heartbeat: push back the expiry of rows still leased under these tokens."""
+        token_list = list(tokens)
+        if not token_list:
+            return 0
+        stmt = text(
+            f"UPDATE archive_queue SET lease_expires_at = {self.now} + :lease "
+            "WHERE state = 'in_flight' AND lease_token IN :tokens"
+        ).bindparams(bindparam("tokens", expanding=True))
+        async with self.engine.begin() as conn:
+            result = await conn.execute(stmt, {"lease": lease_seconds, "tokens": token_list})
+        return max(result.rowcount, 0)
+
+    async def release(self, jobs: Iterable[Job], reason: str) -> int:
+        """Give leased rows back as ``pending`` and due now, without spending their attempt.
+
+        ``reason`` is for the caller's log line; the row keeps its last real error.
+        """
+        params = [{"id": j.response_id, "token": j.lease_token} for j in jobs]
+        if not params:
+            return 0
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE archive_queue SET state = 'pending', "
+                    "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, "
+                    "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, "
+                    f"next_attempt_at = {self.now}, updated_at = {self.now} "
+                    "WHERE id = :id AND lease_token = :token AND state = 'in_flight'"
+                ),
+                params,
+            )
+        return len(params)
+
+    # --- operator commands ---------------------------------------------------------------
+
+    async def retry(self, states: Sequence[str], response_ids: Sequence[str] | None = None) -> int:
+        """Move rows in ``states`` (all, or only ``response_ids``) back to ``pending``."""
+        if response_ids:
+            async with self.engine.begin() as conn:
+                return await self._requeue(conn, list(response_ids), states)
+        stmt = text(
+            f"UPDATE archive_queue SET state = 'pending', attempts = 0, polls = 0, "
+            f"next_attempt_at = {self.now}, updated_at = {self.now}, last_error = NULL, last_body = NULL "
+            "WHERE state IN :states"
+        ).bindparams(bindparam("states", expanding=True))
+        async with self.engine.begin() as conn:
+            result = await conn.execute(stmt, {"states": list(states)})
+        return max(result.rowcount, 0)
+
+    async def counts(self) -> dict[str, int]:
+        """Rows per state; every state name is present."""
+        counts = dict.fromkeys(QUEUE_STATES, 0)
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                text("SELECT state, count(*) FROM archive_queue GROUP BY state")
+            )
+            for state, n in result.fetchall():
+                counts[state] = int(n)
+        return counts
+
+    async def due_summary(self, horizon_s: float) -> tuple[int, float | None]:
+        """(pending rows due within ``horizon_s``, seconds until the next pending row is due)."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        f"SELECT count(*), min(next_attempt_at) - {self.now} FROM archive_queue "
+                        f"WHERE state = 'pending' AND next_attempt_at <= {self.now} + :h"
+                    ),
+                    {"h": horizon_s},
+                )
+            ).one()
+            later = (
+                await conn.execute(
+                    text(
+                        f"SELECT min(next_attempt_at) - {self.now} FROM archive_queue "
+                        "WHERE state = 'pending'"
+                    )
+                )
+            ).scalar()
+        return int(row[0]), (float(later) if later is not None else None)
+
+    async def status_details(self, recent_errors: int = 10) -> dict[str, Any]:
+        """Counts, oldest pending age, expired leases and the most recent errors."""
+        counts = await self.counts()
+        async with self.engine.connect() as conn:
+            oldest = (
+                await conn.execute(
+                    text(
+                        f"SELECT {self.now} - min(enqueued_at) FROM archive_queue WHERE state = 'pending'"
+                    )
+                )
+            ).scalar()
+            expired = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM archive_queue WHERE state = 'in_flight' "
+                        f"AND lease_expires_at <= {self.now}"
+                    )
+                )
+            ).scalar()
+            errors = (
+                await conn.execute(
+                    text(
+                        "SELECT id, state, attempts, last_status_code, last_error FROM archive_queue "
+                        "WHERE last_error IS NOT NULL AND state IN ('failed', 'not_found', 'pending') "
+                        "ORDER BY updated_at DESC LIMIT :n"
+                    ),
+                    {"n": recent_errors},
+                )
+            ).fetchall()
+        return {
+            "states": counts,
+            "total": sum(counts.values()),
+            "oldest_pending_age_s": round(float(oldest), 3) if oldest is not None else None,
+            "expired_leases": int(expired or 0),
+            "recent_errors": [
+                {
+                    "response_id": r[0],
+                    "state": r[1],
+                    "attempts": r[2],
+                    "status_code": r[3],
+                    "error": r[4],
+                }
+                for r in errors
+            ],
+        }

@@ -1,0 +1,387 @@
+"""The archive tables, as SQLAlchemy Core tables (no ORM).
+
+One row in ``responses`` per response ID, and child tables that spread the rest of the
+Response object into rows: output items, their content parts and annotations, reasoning
+summaries, tool-call details, and usage breakdowns. ``archiver.normalize`` turns a parsed
+body into rows for exactly these columns; ``docs/schema.md`` documents every column.
+
+Rules every child table follows:
+
+- a ``response_id`` column and a composite primary key that starts with it;
+- positions are 0-based indexes into the JSON array they come from;
+- one JSON column holds the element exactly as parsed, so fields without a column of
+  their own (unknown, provider-specific, future) are never dropped;
+- no foreign keys: the writer deletes and re-inserts a response's children in the
+  transaction that upserts the response, which keeps the rows consistent without them.
+
+Free text is ``Text``: a length limit would turn an unusually long provider value into a
+failed insert on PostgreSQL. Only ``responses.id`` and the ``response_id`` keys are bounded,
+by the 256 characters the CLI accepts for an ID.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+__all__ = [
+    "CHILD_TABLES",
+    "STORE_COLUMNS",
+    "JSONDoc",
+    "annotations",
+    "billing_details",
+    "code_interpreter_outputs",
+    "content_parts",
+    "file_search_queries",
+    "file_search_results",
+    "image_search_results",
+    "mcp_tools",
+    "metadata",
+    "output_items",
+    "reasoning_summaries",
+    "responses",
+    "tool_usage",
+    "web_extractor_urls",
+    "web_search_actions",
+    "web_search_sources",
+]
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# none_as_null: Python None becomes SQL NULL, not the JSON text 'null', so that
+# `WHERE error IS NULL` means what it says. JSON nulls nested inside a document are kept.
+JSONDoc = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+"""JSON column type: ``jsonb`` on PostgreSQL, JSON text on SQLite."""
+
+ID = String(256)
+"""Response IDs: 1 to 256 characters (see the CLI contract)."""
+
+Timestamp = DateTime(timezone=True)
+"""UTC instants. PostgreSQL ``timestamptz``; SQLite text in UTC without an offset."""
+
+
+def _response_id() -> Column[str]:
+    return Column("response_id", ID, nullable=False)
+
+
+def _position(name: str) -> Column[int]:
+    return Column(name, Integer, nullable=False)
+
+
+responses = Table(
+    "responses",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("object", Text),
+    Column("status", Text),
+    Column("model", Text, index=True),
+    Column("created_at", Timestamp, index=True),
+    Column("completed_at", Timestamp),
+    # usage, flattened (the whole object is in `usage`)
+    Column("input_tokens", BigInteger),
+    Column("cached_tokens", BigInteger),
+    Column("cache_write_tokens", BigInteger),
+    Column("output_tokens", BigInteger),
+    Column("reasoning_tokens", BigInteger),
+    Column("total_tokens", BigInteger),
+    # scalar request echoes and response settings
+    Column("background", Boolean),
+    Column("service_tier", Text),
+    Column("store", Boolean),
+    Column("temperature", Float),
+    Column("top_p", Float),
+    Column("frequency_penalty", Float),
+    Column("presence_penalty", Float),
+    Column("top_logprobs", Integer),
+    Column("parallel_tool_calls", Boolean),
+    Column("truncation", Text),
+    Column("max_output_tokens", BigInteger),
+    Column("max_tool_calls", BigInteger),
+    Column("previous_response_id", Text),
+    Column("user", Text),
+    Column("safety_identifier", Text),
+    Column("prompt_cache_key", Text),
+    Column("prompt_cache_retention", Text),
+    # scalars lifted out of structured fields, for filtering without JSON functions
+    Column("error_code", Text),
+    Column("error_message", Text),
+    Column("incomplete_reason", Text),
+    Column("reasoning_effort", Text),
+    Column("reasoning_summary", Text),
+    Column("conversation_id", Text),
+    Column("output_text", Text),
+    # structured fields, as given
+    Column("error", JSONDoc),
+    Column("incomplete_details", JSONDoc),
+    Column("instructions", JSONDoc),
+    Column("metadata", JSONDoc),
+    Column("tool_choice", JSONDoc),
+    Column("tools", JSONDoc),
+    Column("reasoning", JSONDoc),
+    Column("text", JSONDoc),
+    Column("usage", JSONDoc),
+    Column("prompt", JSONDoc),
+    Column("prompt_cache_options", JSONDoc),
+    Column("conversation", JSONDoc),
+    Column("moderation", JSONDoc),
+    Column("billing", JSONDoc),
+    Column("tool_usage", JSONDoc),
+    Column("content_filters", JSONDoc),
+    Column("extra", JSONDoc),
+    # filled by the store, not by normalize()
+    Column("raw", LargeBinary, nullable=False),
+    Column("raw_sha256", String(64), nullable=False),
+    Column("fetched_at", Timestamp, nullable=False),
+    Column("archived_at", Timestamp, nullable=False),
+)
+
+STORE_COLUMNS: frozenset[str] = frozenset({"raw", "raw_sha256", "fetched_at", "archived_at"})
+"""Columns of ``responses`` that the store fills; ``normalize()`` returns all the others."""
+
+output_items = Table(
+    "output_items",
+    metadata,
+    _response_id(),
+    _position("position"),
+    Column("id", Text),
+    Column("type", Text),
+    Column("role", Text),
+    Column("status", Text),
+    Column("phase", Text),
+    Column("name", Text),
+    Column("namespace", Text),
+    Column("call_id", Text),
+    Column("arguments", Text),
+    Column("server_label", Text),
+    Column("approval_request_id", Text),
+    Column("code", Text),
+    Column("container_id", Text),
+    Column("goal", Text),
+    Column("input", Text),
+    Column("output", Text),
+    Column("error", Text),
+    Column("execution", Text),
+    Column("created_by", Text),
+    Column("item", JSONDoc),
+    PrimaryKeyConstraint("response_id", "position"),
+)
+
+content_parts = Table(
+    "content_parts",
+    metadata,
+    _response_id(),
+    _position("item_position"),
+    _position("position"),
+    Column("item_type", Text),
+    Column("type", Text),
+    Column("text", Text),
+    Column("refusal", Text),
+    Column("annotations", JSONDoc),
+    Column("logprobs", JSONDoc),
+    Column("part", JSONDoc),
+    PrimaryKeyConstraint("response_id", "item_position", "position"),
+)
+
+annotations = Table(
+    "annotations",
+    metadata,
+    _response_id(),
+    _position("item_position"),
+    _position("part_position"),
+    _position("position"),
+    Column("type", Text),
+    Column("url", Text),
+    Column("title", Text),
+    Column("start_index", Integer),
+    Column("end_index", Integer),
+    Column("file_id", Text),
+    Column("filename", Text),
+    Column("container_id", Text),
+    Column("file_index", Integer),
+    Column("annotation", JSONDoc),
+    PrimaryKeyConstraint("response_id", "item_position", "part_position", "position"),
+)
+
+reasoning_summaries = Table(
+    "reasoning_summaries",
+    metadata,
+    _response_id(),
+    _position("item_position"),
+    _position("position"),
+    Column("type", Text),
+    Column("text", Text),
+    Column("summary", JSONDoc),
+    PrimaryKeyConstraint("response_id", "item_position", "position"),
+)
+
+web_search_actions = Table(
+    "web_search_actions",
+    metadata,
+    _response_id(),
+    _position("item_position"),
+    Column("type", Text),
+    Column("query", Text),
+    Column("queries", JSONDoc),
+    Column("url", Text),
+    Column("pattern", Text),
+    Column("action", JSONDoc),
+    PrimaryKeyConstraint("response_id", "item_position"),
+)
+
+web_search_sources = Table(
+    "web_search_sources",
+    metadata,
+    _response_id(),
+    _position("item_position"),
+    _position("position"),
+    Column("type", Text),
+    Column("url", Text),
+    Column("title", Text),
+    Column("source", JSONDoc),
+    PrimaryKeyConstraint("response_id", "item_position", "position"),
+)
+
+code_interpreter_outputs = Table(
+    "code_interpreter_outputs",
+    metadata,
+    _response_id(),
+    _position("item_position"),
+    _position("position"),
+    Column("type", Text),
+    Column("logs", Text),
+    Column("url", Text),
+    Column("output", JSONDoc),
+    PrimaryKeyConstraint("response_id", "item_position", "position"),
+)
+
+web_extractor_urls = Table(
+    "web_extractor_urls",
+    metadata,
+    _response_id(),
+    _position("item_position"),
+    _position("position"),
+    Column("url", Text),
+    Column("value", JSONDoc),
+    PrimaryKeyConstraint("response_id", "item_position", "position"),
+)
+
+image_search_results = Table(
+    "image_search_results",
+    metadata,
+    _response_id(),
+    _position("item_position"),
+    _position("position"),
+    Column("title", Text),
+    Column("url", Text),
+    Column("result_index", Integer),
+    Column("result", JSONDoc),
+    PrimaryKeyConstraint("response_id", "item_position", "position"),
+)
+
+mcp_tools = Table(
+    "mcp_tools",
+    metadata,
+    _response_id(),
+    _position("item_position"),
+    _position("position"),
+    Column("server_label", Text),
+    Column("name", Text),
+    Column("description", Text),
+    Column("tool", JSONDoc),
+    PrimaryKeyConstraint("response_id", "item_position", "position"),
+)
+
+file_search_queries = Table(
+    "file_search_queries",
+    metadata,
+    _response_id(),
+    _position("item_position"),
+    _position("position"),
+    Column("query", Text),
+    Column("value", JSONDoc),
+    PrimaryKeyConstraint("response_id", "item_position", "position"),
+)
+
+file_search_results = Table(
+    "file_search_results",
+    metadata,
+    _response_id(),
+    _position("item_position"),
+    _position("position"),
+    Column("file_id", Text),
+    Column("filename", Text),
+    Column("score", Float),
+    Column("text", Text),
+    Column("attributes", JSONDoc),
+    Column("result", JSONDoc),
+    PrimaryKeyConstraint("response_id", "item_position", "position"),
+)
+
+billing_details = Table(
+    "billing_details",
+    metadata,
+    _response_id(),
+    _position("position"),
+    Column("x_billing_type", Text),
+    Column("input_tokens", BigInteger),
+    Column("output_tokens", BigInteger),
+    Column("total_tokens", BigInteger),
+    Column("cached_tokens", BigInteger),
+    Column("reasoning_tokens", BigInteger),
+    Column("detail", JSONDoc),
+    PrimaryKeyConstraint("response_id", "position"),
+)
+
+tool_usage = Table(
+    "tool_usage",
+    metadata,
+    _response_id(),
+    Column("source", Text, nullable=False),
+    Column("tool", Text, nullable=False),
+    Column("count", BigInteger),
+    Column("input_tokens", BigInteger),
+    Column("output_tokens", BigInteger),
+    Column("total_tokens", BigInteger),
+    Column("detail", JSONDoc),
+    PrimaryKeyConstraint("response_id", "source", "tool"),
+)
+
+CHILD_TABLES: tuple[Table, ...] = (
+    output_items,
+    content_parts,
+    annotations,
+    reasoning_summaries,
+    web_search_actions,
+    web_search_sources,
+    code_interpreter_outputs,
+    web_extractor_urls,
+    image_search_results,
+    mcp_tools,
+    file_search_queries,
+    file_search_results,
+    billing_details,
+    tool_usage,
+)
+"""Every table that hangs off a response (has ``response_id``), parents before children."""

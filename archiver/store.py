@@ -1,0 +1,291 @@
+"""Writing fetch results: archive rows and queue transitions, one transaction per batch.
+
+Every queue update is fenced by the lease token: a result whose row was meanwhile
+re-leased to another worker (our lease expired) is dropped, archive rows included, so a
+slow worker can never overwrite newer work. Re-archiving an ID replaces its rows inside
+the same transaction; identical bytes only refresh ``fetched_at``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, delete, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from archiver.db import now_sql
+from archiver.normalize import NormalizedResponse
+from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
+from archiver.queue import Job, archive_queue
+from archiver.schema import CHILD_TABLES, responses
+
+MAX_ERROR_CHARS = 2000
+IN_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """One finished fetch, ready to be written.
+
+    ``normalized`` is set for :class:`Archived` outcomes; ``next_delay_s`` is when the row
+    becomes due again for non-terminal snapshots.
+    """
+
+    job: Job
+    outcome: Outcome
+    fetched_at: datetime
+    normalized: NormalizedResponse | None = None
+    next_delay_s: float = 0.0
+    duration_s: float = 0.0
+
+
+@dataclass(slots=True)
+class WriteReport:
+    """What one batch write did, for logs and metrics."""
+
+    archived: int = 0
+    unchanged: int = 0
+    repolled: int = 0
+    retried: int = 0
+    not_found: int = 0
+    failed: int = 0
+    lost_lease: int = 0
+    rows_written: int = 0
+    lost_ids: list[str] = field(default_factory=list)
+
+
+def scrub_nul(value: Any) -> Any:
+    """Replace NUL characters (which PostgreSQL text and jsonb reject) with U+FFFD.
+
+    Only derived columns are scrubbed; ``raw`` keeps the exact bytes.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {scrub_nul(k): scrub_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_nul(v) for v in value]
+    return value
+
+
+def _short(text_: str) -> str:
+    return text_ if len(text_) <= MAX_ERROR_CHARS else text_[: MAX_ERROR_CHARS - 1] + "…"
+
+
+def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
+    for start in range(0, len(items), IN_CHUNK):
+        yield list(items[start : start + IN_CHUNK])
+
+
+class ArchiveStore:
+    """Applies batches of :class:`FetchResult` to the database."""
+
+    def __init__(self, engine: AsyncEngine, *, max_polls: int = 200) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.now = now_sql(self.dialect)
+        self.max_polls = max_polls
+        self._owned_stmt = text(
+            "SELECT id, lease_token FROM archive_queue WHERE id IN :ids AND state = 'in_flight'"
+            + (" FOR UPDATE" if self.dialect == "postgresql" else "")
+        ).bindparams(bindparam("ids", expanding=True))
+
+    async def write_batch(self, results: Sequence[FetchResult]) -> WriteReport:
+        """Write a batch in one transaction and return what happened."""
+        report = WriteReport()
+        if not results:
+            return report
+        async with self.engine.begin() as conn:
+            owned = await self._owned(conn, [r.job.response_id for r in results])
+            kept: list[FetchResult] = []
+            for r in results:
+                if owned.get(r.job.response_id) == r.job.lease_token:
+                    kept.append(r)
+                else:
+                    report.lost_lease += 1
+                    report.lost_ids.append(r.job.response_id)
+            archived = [
+                r for r in kept if isinstance(r.outcome, Archived) and r.normalized is not None
+            ]
+            if archived:
+                await self._write_archive(conn, archived, report)
+            await self._move_queue_rows(conn, kept, report)
+        return report
+
+    async def _owned(self, conn: AsyncConnection, ids: list[str]) -> dict[str, str]:
+        owned: dict[str, str] = {}
+        for chunk in _chunks(ids):
+            for rid, token in (await conn.execute(self._owned_stmt, {"ids": chunk})).fetchall():
+                owned[rid] = token
+        return owned
+
+    async def _write_archive(
+        self, conn: AsyncConnection, results: list[FetchResult], report: WriteReport
+    ) -> None:
+        # The last result per ID wins (a batch never holds two, but be safe).
+        by_id: dict[str, FetchResult] = {r.job.response_id: r for r in results}
+        digests = {rid: hashlib.sha256(r.outcome.raw).hexdigest() for rid, r in by_id.items()}  # type: ignore[union-attr]
+        existing: dict[str, str | None] = {}
+        for chunk in _chunks(list(by_id)):
+            rows = await conn.execute(
+                select(responses.c.id, responses.c.raw_sha256).where(responses.c.id.in_(chunk))
+            )
+            existing.update({rid: sha for rid, sha in rows.fetchall()})
+        unchanged = [rid for rid in by_id if existing.get(rid) == digests[rid]]
+        changed = [rid for rid in by_id if existing.get(rid) != digests[rid]]
+        if unchanged:
+            report.unchanged += len(unchanged)
+            await conn.execute(
+                update(responses)
+                .where(responses.c.id == bindparam("rid"))
+                .values(fetched_at=bindparam("fetched")),
+                [{"rid": rid, "fetched": by_id[rid].fetched_at} for rid in unchanged],
+            )
+        if not changed:
+            return
+        replaced = [rid for rid in changed if rid in existing]
+        for chunk in _chunks(replaced):
+            for table in CHILD_TABLES:
+                await conn.execute(delete(table).where(table.c.response_id.in_(chunk)))
+            await conn.execute(delete(responses).where(responses.c.id.in_(chunk)))
+        scrub = self.dialect == "postgresql"
+        response_rows: list[dict[str, Any]] = []
+        child_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for rid in changed:
+            result = by_id[rid]
+            assert result.normalized is not None and isinstance(result.outcome, Archived)
+            raw = result.outcome.raw
+            needs_scrub = scrub and b"\\u0000" in raw
+            row = dict(result.normalized.response)
+            if needs_scrub:
+                row = scrub_nul(row)
+            row.update(
+                raw=raw,
+                raw_sha256=digests[rid],
+                fetched_at=result.fetched_at,
+                archived_at=result.fetched_at,
+            )
+            response_rows.append(row)
+            for table_name, rows in result.normalized.children.items():
+                child_rows[table_name].extend(scrub_nul(rows) if needs_scrub else rows)
+        await conn.execute(responses.insert(), response_rows)
+        report.rows_written += len(response_rows)
+        for table in CHILD_TABLES:
+            rows = child_rows.get(table.name)
+            if rows:
+                await conn.execute(table.insert(), rows)
+                report.rows_written += len(rows)
+
+    async def _move_queue_rows(
+        self, conn: AsyncConnection, results: list[FetchResult], report: WriteReport
+    ) -> None:
+        done: list[dict[str, Any]] = []
+        later: list[dict[str, Any]] = []
+        final: list[dict[str, Any]] = []
+        for r in results:
+            o = r.outcome
+            rid, token = r.job.response_id, r.job.lease_token
+            if isinstance(o, Archived):
+                if o.terminal:
+                    report.archived += 1
+                    done.append({"rid": rid, "token": token})
+                elif r.job.polls + 1 >= self.max_polls:
+                    report.failed += 1
+                    final.append(
+                        {
+                            "rid": rid,
+                            "token": token,
+                            "state": "failed",
+                            "code": o.status_code,
+                            "error": f"still {o.response_status} after {self.max_polls} polls "
+                            "(latest snapshot is archived)",
+                            "body": None,
+                        }
+                    )
+                else:
+                    report.repolled += 1
+                    later.append(
+                        {
+                            "rid": rid,
+                            "token": token,
+                            "delay": r.next_delay_s,
+                            "code": o.status_code,
+                            "error": f"response is {o.response_status}; re-polling",
+                            "body": None,
+                            "attempt_refund": r.job.attempt,
+                            "polls": 1,
+                        }
+                    )
+            elif isinstance(o, Retry):
+                report.retried += 1
+                later.append(
+                    {
+                        "rid": rid,
+                        "token": token,
+                        "delay": o.delay_s,
+                        "code": o.status_code,
+                        "error": _short(o.reason),
+                        "body": o.body,
+                        "attempt_refund": 0 if o.spend_attempt else 1,
+                        "polls": 0,
+                    }
+                )
+            elif isinstance(o, Permanent):
+                if o.state == "not_found":
+                    report.not_found += 1
+                else:
+                    report.failed += 1
+                final.append(
+                    {
+                        "rid": rid,
+                        "token": token,
+                        "state": o.state,
+                        "code": o.status_code,
+                        "error": _short(o.reason),
+                        "body": o.body,
+                    }
+                )
+            elif isinstance(o, StopAll):  # pragma: no cover - the worker releases these
+                raise AssertionError("StopAll results are released, not written")
+        fence = "WHERE id = :rid AND lease_token = :token"
+        clear_lease = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+        if done:
+            await conn.execute(
+                text(
+                    f"UPDATE archive_queue SET state = 'archived', {clear_lease}, last_status_code = 200, "
+                    f"last_error = NULL, last_body = NULL, updated_at = {self.now} {fence}"
+                ),
+                done,
+            )
+        if later:
+            await conn.execute(
+                text(
+                    f"UPDATE archive_queue SET state = 'pending', {clear_lease}, "
+                    "attempts = CASE WHEN attempts >= :attempt_refund THEN attempts - :attempt_refund ELSE 0 END, "
+                    "polls = polls + :polls, "
+                    f"next_attempt_at = {self.now} + :delay, last_status_code = :code, "
+                    f"last_error = :error, last_body = :body, updated_at = {self.now} {fence}"
+                ).bindparams(bindparam("body", type_=archive_queue.c.last_body.type)),
+                later,
+            )
+        if final:
+            await conn.execute(
+                text(
+                    f"UPDATE archive_queue SET state = :state, {clear_lease}, last_status_code = :code, "
+                    f"last_error = :error, last_body = :body, updated_at = {self.now} {fence}"
+                ).bindparams(bindparam("body", type_=archive_queue.c.last_body.type)),
+                final,
+            )
+
+    async def raw_body(self, response_id: str) -> bytes | None:
+        """The archived body exactly as received, or None."""
+        async with self.engine.connect() as conn:
+            value = (
+                await conn.execute(select(responses.c.raw).where(responses.c.id == response_id))
+            ).scalar()
+        return bytes(value) if value is not None else None

@@ -1,0 +1,537 @@
+"""The pipeline: Claimer -> Fetchers (N) -> Writer, plus a lease heartbeat.
+
+One ``Worker.run()`` serves the daemon (``once=False``: poll forever) and the backfill
+(``once=True``: drain and exit). Stopping is one ``asyncio.Event``: the claimer stops,
+claimed-but-unstarted rows are released at once, in-flight fetches get ``grace_seconds``
+to finish and be written, and whatever is left is released without spending an attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from archiver.client import ResponsesClient
+from archiver.db import redact_url, with_db_retry
+from archiver.errors import NormalizationError, StopRun
+from archiver.logs import get_logger, redact
+from archiver.normalize import normalize
+from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
+from archiver.policy import (
+    RetryPolicy,
+    classify_exception,
+    classify_response,
+    profile_for_base_url,
+    repoll_delay,
+)
+from archiver.queue import Job, QueueStore
+from archiver.settings import Settings
+from archiver.store import ArchiveStore, FetchResult, WriteReport
+
+log = get_logger()
+
+WRITE_LINGER_S = 0.02
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """What one run did. ``stop_reason`` is None for a normal end."""
+
+    archived: int = 0
+    unchanged: int = 0
+    repolled: int = 0
+    retried: int = 0
+    not_found: int = 0
+    failed: int = 0
+    lost_lease: int = 0
+    released: int = 0
+    requests: int = 0
+    batches: int = 0
+    duration_s: float = 0.0
+    stop_reason: str | None = None
+    remaining: dict[str, int] = field(default_factory=dict)
+
+    def add(self, report: WriteReport) -> None:
+        """Fold one batch report in."""
+        self.archived += report.archived
+        self.unchanged += report.unchanged
+        self.repolled += report.repolled
+        self.retried += report.retried
+        self.not_found += report.not_found
+        self.failed += report.failed
+        self.lost_lease += report.lost_lease
+        self.batches += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view."""
+        return {
+            "archived": self.archived,
+            "unchanged": self.unchanged,
+            "repolled": self.repolled,
+            "retried": self.retried,
+            "not_found": self.not_found,
+            "failed": self.failed,
+            "lost_lease": self.lost_lease,
+            "released": self.released,
+            "requests": self.requests,
+            "duration_s": round(self.duration_s, 3),
+            "stop_reason": self.stop_reason,
+            "remaining": self.remaining,
+        }
+
+
+def retry_policy_from(settings: Settings) -> RetryPolicy:
+    """The retry policy the settings describe."""
+    return RetryPolicy(
+        max_attempts=settings.max_attempts,
+        backoff_base_s=settings.backoff_base,
+        backoff_cap_s=settings.backoff_cap,
+        max_server_wait_s=settings.max_server_wait,
+        not_found_recheck_s=settings.not_found_recheck,
+        repoll_s=settings.repoll,
+    )
+
+
+async def wait_for_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for ``event`` at most ``timeout`` seconds; True if it was set."""
+    if event.is_set():
+        return True
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=max(timeout, 0))
+    return event.is_set()
+
+
+class Worker:
+    """Archives due queue rows. Build one per run; call :meth:`run` once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        *,
+        once: bool = False,
+        on_progress: Callable[[RunSummary], None] | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.once = once
+        self.queue = QueueStore(engine)
+        self.store = ArchiveStore(engine, max_polls=settings.max_polls)
+        self.policy = retry_policy_from(settings)
+        self.profile = profile_for_base_url(settings.base_url)
+        self.summary = RunSummary()
+        self.stop_event = asyncio.Event()
+        self._on_progress = on_progress
+        self._rand = rand
+        self._jobs: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=settings.concurrency)
+        self._results: asyncio.Queue[FetchResult | None] = asyncio.Queue()
+        self._held: dict[str, Job] = {}  # claimed and not yet written
+        self._slot_freed = asyncio.Event()
+        self._not_before = 0.0  # monotonic time before which no request is sent (429 pause)
+        self._fatal: BaseException | None = None
+        self._engine_url = redact_url(engine.url)
+
+    # --- control ---------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the run to stop gracefully (idempotent; the first reason is kept)."""
+        if not self.stop_event.is_set():
+            self.summary.stop_reason = self.summary.stop_reason or reason
+            log.info("archiver.stop_requested", reason=reason)
+            self.stop_event.set()
+
+    async def run(self) -> RunSummary:
+        """Run until drained (``once``) or stopped. Returns the summary.
+
+        Raises:
+            StopRun: the provider refused the account (bad key, billing); rows are released.
+        """
+        started = time.monotonic()
+        s = self.settings
+        log.info(
+            "archiver.run_started",
+            database=self._engine_url,
+            base_url=s.base_url,
+            concurrency=s.concurrency,
+            once=self.once,
+            profile=self.profile,
+            owner=s.owner,
+        )
+        async with ResponsesClient(
+            s.base_url,
+            s.api_key,
+            concurrency=s.concurrency,
+            request_timeout=s.request_timeout,
+            connect_timeout=s.connect_timeout,
+        ) as client:
+            writer = self._spawn("writer", self._writer())
+            heartbeat = self._spawn("heartbeat", self._heartbeat())
+            fetchers = [
+                self._spawn(f"fetcher-{i}", self._fetcher(client)) for i in range(s.concurrency)
+            ]
+            claimer = self._spawn("claimer", self._claimer())
+            try:
+                await asyncio.shield(claimer)
+            except asyncio.CancelledError:
+                # Cancelling run() becomes a graceful stop.
+                self.request_stop("cancelled")
+                await claimer
+            await self._shutdown(fetchers, writer, heartbeat)
+        self.summary.duration_s = time.monotonic() - started
+        with contextlib.suppress(Exception):
+            self.summary.remaining = await self.queue.counts()
+        log.info(
+            "archiver.run_stopped",
+            reason=self.summary.stop_reason or "drained",
+            **self._summary_fields(),
+        )
+        if self._fatal is not None:
+            raise self._fatal
+        if self._stop_all is not None:
+            raise StopRun(self._stop_all)
+        return self.summary
+
+    _stop_all: str | None = None
+
+    def _summary_fields(self) -> dict[str, Any]:
+        d = self.summary.as_dict()
+        d.pop("stop_reason", None)
+        return d
+
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return asyncio.create_task(self._guard(name, coro), name=f"archiver.{name}")
+
+    async def _guard(self, name: str, coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A dead side task must stop the run loudly, never leave it hanging.
+            log.error(
+                "archiver.task_crashed", task=name, error=redact(f"{type(exc).__name__}: {exc}")
+            )
+            if self._fatal is None:
+                self._fatal = exc
+            self.request_stop(f"task {name} crashed")
+
+    async def _shutdown(
+        self,
+        fetchers: list[asyncio.Task[None]],
+        writer: asyncio.Task[None],
+        heartbeat: asyncio.Task[None],
+    ) -> None:
+        # 1. Claimed but not started: release now.
+        unstarted: list[Job] = []
+        while not self._jobs.empty():
+            job = self._jobs.get_nowait()
+            if job is not None:
+                unstarted.append(job)
+                self._held.pop(job.response_id, None)
+        if unstarted:
+            await self._release(unstarted, "shutdown before start")
+        # 2. Let in-flight fetches finish (within the grace period when stopping early).
+        for _ in fetchers:
+            await self._jobs.put(None)
+        grace = self.settings.grace_seconds if self.stop_event.is_set() else None
+        _, pending = await asyncio.wait(fetchers, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            log.warning("archiver.grace_expired", cancelled_fetches=len(pending))
+        # 3. Write what finished, then release whatever is still held.
+        await self._results.put(None)
+        await writer
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+        leftover = list(self._held.values())
+        self._held.clear()
+        if leftover:
+            await self._release(leftover, "shutdown in flight")
+
+    async def _release(self, jobs: list[Job], reason: str) -> None:
+        try:
+            await with_db_retry(lambda: self.queue.release(jobs, reason))
+            self.summary.released += len(jobs)
+            log.info("archiver.released", count=len(jobs), reason=reason)
+        except Exception as exc:
+            # The leases will expire and another run will pick these rows up.
+            log.error("archiver.release_failed", count=len(jobs), error=redact(str(exc)))
+
+    # --- claimer ---------------------------------------------------------------------------
+
+    async def _claimer(self) -> None:
+        s = self.settings
+        capacity = s.concurrency * 2 + s.batch_size
+        while not self.stop_event.is_set():
+            room = capacity - len(self._held)
+            if room < min(s.batch_size, s.concurrency):
+                self._slot_freed.clear()
+                await self._wait_any(self._slot_freed, s.poll_interval)
+                continue
+            jobs = await with_db_retry(
+                lambda: self.queue.claim_batch(
+                    s.owner, min(s.batch_size, room), s.lease_seconds, s.max_attempts
+                ),
+                on_retry=self._log_db_retry,
+            )
+            for job in jobs:
+                self._held[job.response_id] = job
+            for job in jobs:
+                await self._jobs.put(job)
+            if jobs:
+                continue
+            if self.once:
+                due, next_due = await with_db_retry(lambda: self.queue.due_summary(s.drain_horizon))
+                if not self._held and due == 0:
+                    if next_due is not None:
+                        log.info(
+                            "archiver.drained_with_later_retries", next_due_s=round(next_due, 1)
+                        )
+                    return
+                wait = (
+                    s.poll_interval
+                    if next_due is None
+                    else min(s.poll_interval, max(next_due, 0.01))
+                )
+                if self._held:
+                    wait = min(wait, 0.05)
+            else:
+                wait = s.poll_interval
+            self._slot_freed.clear()
+            await self._wait_any(self._slot_freed, wait)
+
+    async def _wait_any(self, other: asyncio.Event, timeout: float) -> None:
+        """Sleep up to ``timeout``, waking early on stop or on ``other``."""
+        waiters = [
+            asyncio.ensure_future(self.stop_event.wait()),
+            asyncio.ensure_future(other.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    def _log_db_retry(self, exc: BaseException, delay: float) -> None:
+        log.warning(
+            "archiver.db_retry",
+            error=redact(str(exc).splitlines()[0] if str(exc) else repr(exc)),
+            wait_s=delay,
+        )
+
+    # --- fetchers -------------------------------------------------------------------------
+
+    async def _fetcher(self, client: ResponsesClient) -> None:
+        while True:
+            job = await self._jobs.get()
+            if job is None:
+                return
+            if self.stop_event.is_set():
+                # Claimed but never started: release, don't spend the attempt.
+                self._held.pop(job.response_id, None)
+                await self._release([job], "shutdown before start")
+                continue
+            await self._pause_if_throttled()
+            result = await self.fetch_one(client, job)
+            if result is None:
+                continue
+            await self._results.put(result)
+
+    async def _pause_if_throttled(self) -> None:
+        wait = self._not_before - time.monotonic()
+        if wait > 0:
+            await wait_for_event(self.stop_event, wait)
+
+    async def fetch_one(self, client: ResponsesClient, job: Job) -> FetchResult | None:
+        """Fetch one job and decide its outcome; None when the run must stop (StopAll)."""
+        started = time.monotonic()
+        now = time.time()
+        self.summary.requests += 1
+        try:
+            exchange = await client.fetch(job.response_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            outcome: Outcome = classify_exception(
+                exc, attempt=job.attempt, policy=self.policy, rand=self._rand()
+            )
+        else:
+            outcome = classify_response(
+                status_code=exchange.status_code,
+                headers=exchange.headers,
+                body=exchange.body,
+                requested_id=job.response_id,
+                attempt=job.attempt,
+                previous_status_code=job.previous_status_code,
+                policy=self.policy,
+                profile=self.profile,
+                now=now,
+                rand=self._rand(),
+            )
+        duration = time.monotonic() - started
+        if isinstance(outcome, StopAll):
+            self._stop_all = self._stop_all or outcome.reason
+            log.error(
+                "archiver.provider_refused",
+                response_id=job.response_id,
+                status_code=outcome.status_code,
+                error=outcome.reason,
+            )
+            self.request_stop(outcome.reason)
+            return None  # stays held; released at shutdown without spending the attempt
+        normalized = None
+        next_delay = 0.0
+        if isinstance(outcome, Archived):
+            try:
+                normalized = normalize_body(outcome.raw, outcome.body)
+            except Exception as exc:  # a poison body must not stop the run
+                outcome = Permanent(
+                    "failed",
+                    f"normalization failed: {type(exc).__name__}: {exc}",
+                    outcome.status_code,
+                    outcome.raw,
+                )
+            else:
+                if not outcome.terminal:
+                    next_delay = repoll_delay(job.polls + 1, self.policy, self._rand())
+        if isinstance(outcome, Retry):
+            if outcome.throttled:
+                self._not_before = max(
+                    self._not_before,
+                    time.monotonic() + min(outcome.delay_s, self.policy.max_server_wait_s),
+                )
+            log.warning(
+                "archiver.fetch_retry",
+                response_id=job.response_id,
+                attempt=job.attempt,
+                status_code=outcome.status_code,
+                wait_s=round(outcome.delay_s, 3),
+                error=redact(outcome.reason),
+            )
+        elif isinstance(outcome, Permanent):
+            log.warning(
+                "archiver.fetch_failed",
+                response_id=job.response_id,
+                attempt=job.attempt,
+                status_code=outcome.status_code,
+                state=outcome.state,
+                error=redact(outcome.reason),
+            )
+        return FetchResult(
+            job=job,
+            outcome=outcome,
+            fetched_at=datetime.now(UTC),
+            normalized=normalized,
+            next_delay_s=next_delay,
+            duration_s=duration,
+        )
+
+    # --- writer and heartbeat -------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        finished = False
+        while not finished:
+            first = await self._results.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + WRITE_LINGER_S
+            while len(batch) < self.settings.batch_size:
+                try:
+                    item = self._results.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self._results.get(), remaining)
+                    except TimeoutError:
+                        break
+                if item is None:
+                    finished = True
+                    break
+                batch.append(item)
+            started = time.monotonic()
+            report = await with_db_retry(
+                lambda: self.store.write_batch(batch), on_retry=self._log_db_retry, attempts=12
+            )
+            for r in batch:
+                self._held.pop(r.job.response_id, None)
+            self._slot_freed.set()
+            self.summary.add(report)
+            if report.lost_lease:
+                log.warning(
+                    "archiver.lease_lost",
+                    count=report.lost_lease,
+                    response_ids=report.lost_ids[:10],
+                )
+            log.info(
+                "archiver.batch_written",
+                results=len(batch),
+                archived=report.archived,
+                unchanged=report.unchanged,
+                repolled=report.repolled,
+                retried=report.retried,
+                not_found=report.not_found,
+                failed=report.failed,
+                rows=report.rows_written,
+                duration_s=round(time.monotonic() - started, 4),
+            )
+            if self._on_progress is not None:
+                self._on_progress(self.summary)
+
+    async def _heartbeat(self) -> None:
+        interval = max(self.settings.lease_seconds / 3, 0.2)
+        while True:
+            await asyncio.sleep(interval)
+            tokens = {job.lease_token for job in self._held.values()}
+            if tokens:
+                try:
+                    await self.queue.extend_leases(tokens, self.settings.lease_seconds)
+                except Exception as exc:
+                    log.warning("archiver.heartbeat_failed", error=redact(str(exc).splitlines()[0]))
+
+
+def normalize_body(raw: bytes, body: Any = None) -> Any:
+    """Normalize an archived body (parsing it unless ``body`` is given); raises on a poison body.
+
+    Lone UTF-16 surrogates (a token boundary inside an emoji) cannot be stored as text:
+    the derived columns get U+FFFD for them, while ``raw`` keeps the exact bytes.
+    """
+    if body is None:
+        body = orjson.loads(raw)
+    if not isinstance(body, dict):
+        raise NormalizationError("body is not a JSON object")
+    if b"\\ud" in raw or b"\\uD" in raw:
+        body = scrub_surrogates(body)
+    return normalize(body)
+
+
+def _fix_str(value: str) -> str:
+    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def scrub_surrogates(value: Any) -> Any:
+    """Replace lone surrogates in every string of a parsed JSON value with U+FFFD."""
+    if isinstance(value, str):
+        return _fix_str(value)
+    if isinstance(value, dict):
+        return {
+            (_fix_str(k) if isinstance(k, str) else k): scrub_surrogates(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [scrub_surrogates(v) for v in value]
+    return value
