@@ -1,0 +1,34 @@
+# One entry point for people and CI. `make test` is what .ci/run calls.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/archiver demo
+
+# The whole suite: unit, integration (real HTTP, real PostgreSQL), acceptance (the CLI).
+test: $(STAMP)
+	$(VENV)/bin/pytest
+
+# Everything but the slow soak tests.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check archiver tests migrations
+	$(VENV)/bin/ruff format --check archiver tests migrations
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

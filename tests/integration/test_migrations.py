@@ -1,0 +1,156 @@
+"""Migrations: ``alembic upgrade head`` builds exactly the schema the code declares.
+
+Every test runs on SQLite and on a real PostgreSQL server (``db_url``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
+
+import archiver.queue  # noqa: F401  (registers archive_queue on the shared metadata)
+from archiver import schema
+from archiver.db import create_engine, head_revision, migrate, schema_revision
+from tests.acceptance.conftest import base_env
+
+pytestmark = pytest.mark.timeout(120)
+
+FUTURE_REVISION = "9999_from_a_newer_archiver"
+
+
+def _diff(sync_conn: Connection) -> list[Any]:
+    return list(compare_metadata(MigrationContext.configure(sync_conn), schema.metadata))
+
+
+def _table_names(sync_conn: Connection) -> set[str]:
+    return set(inspect(sync_conn).get_table_names())
+
+
+def _declared_tables() -> set[str]:
+    return set(schema.metadata.tables) | {"alembic_version"}
+
+
+async def test_upgrade_head_on_an_empty_database_matches_the_metadata(db_url: str) -> None:
+    engine = create_engine(db_url)
+    try:
+        assert await schema_revision(engine) is None
+        await migrate(engine)
+        assert await schema_revision(engine) == head_revision()
+        async with engine.connect() as conn:
+            # The comparison itself must see the tables (it would report them all as missing
+            # if the migration had built nothing), so check the tables exist first.
+            assert await conn.run_sync(_table_names) == _declared_tables()
+            diff = await conn.run_sync(_diff)
+        assert diff == [], f"migrations drifted from archiver.schema.metadata: {diff}"
+    finally:
+        await engine.dispose()
+
+
+async def test_the_drift_check_sees_a_missing_column(db_url: str) -> None:
+    """The comparison above can fail: drop a column and it reports it."""
+    engine = create_engine(db_url)
+    try:
+        await migrate(engine)
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE archive_queue DROP COLUMN last_body"))
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(_diff)
+        assert [(d[0], d[3].name) for d in diff] == [("add_column", "last_body")], diff
+    finally:
+        await engine.dispose()
+
+
+async def test_migrating_twice_is_a_no_op(db_url: str) -> None:
+    engine = create_engine(db_url)
+    try:
+        await migrate(engine)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO archive_queue (id, state, attempts, polls, next_attempt_at, "
+                    "enqueued_at, updated_at) VALUES ('resp_kept', 'pending', 0, 0, 1, 1, 1)"
+                )
+            )
+        await migrate(engine)
+        assert await schema_revision(engine) == head_revision()
+        async with engine.connect() as conn:
+            ids = (await conn.execute(text("SELECT id FROM archive_queue"))).scalars().all()
+            versions = (
+                (await conn.execute(text("SELECT version_num FROM alembic_version")))
+                .scalars()
+                .all()
+            )
+            assert await conn.run_sync(_diff) == []
+        assert ids == ["resp_kept"]
+        assert versions == [head_revision()]
+    finally:
+        await engine.dispose()
+
+
+async def test_three_engines_migrating_at_once_all_succeed(db_url: str) -> None:
+    engines = [create_engine(db_url) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(migrate(e) for e in engines), return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == [], results
+        for engine in engines:
+            assert await schema_revision(engine) == head_revision()
+        async with engines[0].connect() as conn:
+            versions = (
+                (await conn.execute(text("SELECT version_num FROM alembic_version")))
+                .scalars()
+                .all()
+            )
+            assert await conn.run_sync(_diff) == []
+        assert versions == [head_revision()]
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_a_newer_schema_makes_status_fail_with_a_clear_message(
+    db_url: str, tmp_path: Path
+) -> None:
+    engine = create_engine(db_url)
+    try:
+        await migrate(engine)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE alembic_version SET version_num = :v"), {"v": FUTURE_REVISION}
+            )
+    finally:
+        await engine.dispose()
+
+    env = {**base_env(), "ARCHIVER_DATABASE_URL": db_url}
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "archiver", "status", "--json"],
+        capture_output=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    stderr = proc.stderr.decode()
+    assert proc.returncode != 0, (proc.stdout, stderr)
+    assert proc.stdout == b""
+    assert "Traceback" not in stderr, stderr
+    assert stderr.startswith("archiver: error: "), stderr
+    assert FUTURE_REVISION in stderr, stderr
+    assert "newer than this archiver knows" in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+
+    # The archiver refused to touch it: the stamp is still the newer one.
+    engine = create_engine(db_url)
+    try:
+        assert await schema_revision(engine) == FUTURE_REVISION
+    finally:
+        await engine.dispose()
