@@ -126,9 +126,7 @@ RUN_OPTIONS: list[Option] = [
 
 def _add_options(parser: argparse.ArgumentParser, options: list[Option]) -> None:
     for flag, env, field_name, type_, help_ in options:
-        parser.add_argument(
-            flag, dest=field_name, type=type_, default=None, help=f"{help_} [env: {env}]"
-        )
+        parser.add_argument(flag, dest=field_name, type=type_, default=None, help=f"{help_} [env: {env}]")
 
 
 def _add_key_file(parser: argparse.ArgumentParser) -> None:
@@ -166,9 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         "blank lines and # comments are skipped. Bad lines are reported with their line "
         "number; good lines are still queued; exit status 1 when any line was rejected.",
     )
-    p.add_argument(
-        "files", nargs="*", metavar="FILE", help="ID files (default: stdin; - for stdin)"
-    )
+    p.add_argument("files", nargs="*", metavar="FILE", help="ID files (default: stdin; - for stdin)")
     p.add_argument(
         "--refetch",
         action="store_true",
@@ -240,18 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     p.add_argument("--latency-ms", type=float, default=0.0, help="added latency per request")
-    p.add_argument(
-        "--jitter-ms", type=float, default=0.0, help="uniform +- jitter around the latency"
-    )
+    p.add_argument("--jitter-ms", type=float, default=0.0, help="uniform +- jitter around the latency")
     p.add_argument(
         "--fail-rate",
         type=float,
         default=0.0,
         help="fraction of requests answered with a transient fault",
     )
-    p.add_argument(
-        "--retry-after", type=float, default=1.0, help="Retry-After seconds sent with 429s"
-    )
+    p.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds sent with 429s")
     p.add_argument(
         "--bodies-dir", default=None, help="also serve the JSON bodies in this folder, by their id"
     )
@@ -363,9 +355,7 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _retry(args: argparse.Namespace, settings: Settings) -> int:
-    moved = asyncio.run(
-        commands.retry(settings, args.state or ["failed", "not_found"], args.response_ids)
-    )
+    moved = asyncio.run(commands.retry(settings, args.state or ["failed", "not_found"], args.response_ids))
     print(f"moved {moved} back to pending")
     return 0
 

@@ -43,6 +43,7 @@ class Settings:
     not_found_recheck: float = 30.0
     repoll: float = 5.0
     max_polls: int = 200
+    max_rps: float | None = None
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     def __post_init__(self) -> None:
@@ -54,10 +55,10 @@ class Settings:
             raise ConfigError("batch size must be at least 1")
         if self.lease_seconds < 1:
             raise ConfigError("lease-seconds must be at least 1")
+        if self.max_rps is not None and self.max_rps <= 0:
+            raise ConfigError("max-rps must be positive")
         if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"base URL must start with http:// or https://, got {self.base_url!r}"
-            )
+            raise ConfigError(f"base URL must start with http:// or https://, got {self.base_url!r}")
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with some fields replaced."""

@@ -18,11 +18,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from aiolimiter import AsyncLimiter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver.client import ResponsesClient
 from archiver.db import redact_url, with_db_retry
 from archiver.errors import NormalizationError, StopRun
+from archiver.limits import AdaptiveLimit
 from archiver.logs import get_logger, redact
 from archiver.normalize import normalize
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
@@ -137,6 +139,8 @@ class Worker:
         self._held: dict[str, Job] = {}  # claimed and not yet written
         self._slot_freed = asyncio.Event()
         self._not_before = 0.0  # monotonic time before which no request is sent (429 pause)
+        self.gate = AdaptiveLimit(settings.concurrency)
+        self._rate = _rate_limiter(settings.max_rps)
         self._fatal: BaseException | None = None
         self._engine_url = redact_url(engine.url)
 
@@ -175,9 +179,7 @@ class Worker:
         ) as client:
             writer = self._spawn("writer", self._writer())
             heartbeat = self._spawn("heartbeat", self._heartbeat())
-            fetchers = [
-                self._spawn(f"fetcher-{i}", self._fetcher(client)) for i in range(s.concurrency)
-            ]
+            fetchers = [self._spawn(f"fetcher-{i}", self._fetcher(client)) for i in range(s.concurrency)]
             claimer = self._spawn("claimer", self._claimer())
             try:
                 await asyncio.shield(claimer)
@@ -217,9 +219,7 @@ class Worker:
             raise
         except Exception as exc:
             # A dead side task must stop the run loudly, never leave it hanging.
-            log.error(
-                "archiver.task_crashed", task=name, error=redact(f"{type(exc).__name__}: {exc}")
-            )
+            log.error("archiver.task_crashed", task=name, error=redact(f"{type(exc).__name__}: {exc}"))
             if self._fatal is None:
                 self._fatal = exc
             self.request_stop(f"task {name} crashed")
@@ -296,15 +296,9 @@ class Worker:
                 due, next_due = await with_db_retry(lambda: self.queue.due_summary(s.drain_horizon))
                 if not self._held and due == 0:
                     if next_due is not None:
-                        log.info(
-                            "archiver.drained_with_later_retries", next_due_s=round(next_due, 1)
-                        )
+                        log.info("archiver.drained_with_later_retries", next_due_s=round(next_due, 1))
                     return
-                wait = (
-                    s.poll_interval
-                    if next_due is None
-                    else min(s.poll_interval, max(next_due, 0.01))
-                )
+                wait = s.poll_interval if next_due is None else min(s.poll_interval, max(next_due, 0.01))
                 if self._held:
                     wait = min(wait, 0.05)
             else:
@@ -343,8 +337,16 @@ class Worker:
                 self._held.pop(job.response_id, None)
                 await self._release([job], "shutdown before start")
                 continue
-            await self._pause_if_throttled()
-            result = await self.fetch_one(client, job)
+            await self.gate.acquire()
+            congested = False
+            try:
+                await self._pause_if_throttled()
+                if self._rate is not None:
+                    await self._rate.acquire()
+                result = await self.fetch_one(client, job)
+                congested = result is not None and _is_congestion(result.outcome)
+            finally:
+                await self.gate.release(congested=congested)
             if result is None:
                 continue
             await self._results.put(result)
@@ -504,6 +506,18 @@ class Worker:
                     log.warning("archiver.heartbeat_failed", error=redact(str(exc).splitlines()[0]))
 
 
+def _rate_limiter(max_rps: float | None) -> AsyncLimiter | None:
+    if max_rps is None:
+        return None
+    # AsyncLimiter needs max_rate >= 1 per acquire: below 1 rps, widen the period instead.
+    return AsyncLimiter(max_rps, 1.0) if max_rps >= 1 else AsyncLimiter(1, 1.0 / max_rps)
+
+
+def _is_congestion(outcome: Outcome) -> bool:
+    """429s and timeouts shrink the adaptive concurrency limit."""
+    return isinstance(outcome, Retry) and (outcome.throttled or "timed out" in outcome.reason)
+
+
 def normalize_body(raw: bytes, body: Any = None) -> Any:
     """Normalize an archived body (parsing it unless ``body`` is given); raises on a poison body.
 
@@ -528,10 +542,7 @@ def scrub_surrogates(value: Any) -> Any:
     if isinstance(value, str):
         return _fix_str(value)
     if isinstance(value, dict):
-        return {
-            (_fix_str(k) if isinstance(k, str) else k): scrub_surrogates(v)
-            for k, v in value.items()
-        }
+        return {(_fix_str(k) if isinstance(k, str) else k): scrub_surrogates(v) for k, v in value.items()}
     if isinstance(value, list):
         return [scrub_surrogates(v) for v in value]
     return value
