@@ -75,9 +75,7 @@ def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
         if url.database and url.database != ":memory:":
             directory = os.path.dirname(os.path.abspath(url.database))
             if not os.path.isdir(directory):
-                raise DatabaseUnavailable(
-                    f"directory for the SQLite file does not exist: {directory}"
-                )
+                raise DatabaseUnavailable(f"directory for the SQLite file does not exist: {directory}")
         engine = create_async_engine(
             url,
             json_serializer=_json_dumps,
@@ -135,9 +133,7 @@ def is_transient_db_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError):
         orig = exc.orig
-        code = getattr(orig, "sqlstate", None) or getattr(
-            getattr(orig, "__cause__", None), "sqlstate", None
-        )
+        code = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
         # serialization failure, deadlock, admin shutdown, cannot connect now, connection failures
         if code in {
             "40001",

@@ -182,9 +182,7 @@ def _parse_json_line(line_no: int, line: str) -> IdLine | RejectedLine:
     except orjson.JSONDecodeError as exc:
         return RejectedLine(line_no, f"not valid JSON: {exc}", _shorten(line))
     if not isinstance(record, dict):
-        return RejectedLine(
-            line_no, f"JSON {json_type_name(record)} is not an object", _shorten(line)
-        )
+        return RejectedLine(line_no, f"JSON {json_type_name(record)} is not an object", _shorten(line))
     for field, candidate in _json_id_candidates(record):
         if isinstance(candidate, str):
             problem = response_id_problem(candidate)
@@ -193,9 +191,7 @@ def _parse_json_line(line_no: int, line: str) -> IdLine | RejectedLine:
             return RejectedLine(
                 line_no, f"field {field!r} is not a valid response ID: {problem}", _shorten(line)
             )
-    return RejectedLine(
-        line_no, f"JSON object has no string {_JSON_ID_FIELDS} field", _shorten(line)
-    )
+    return RejectedLine(line_no, f"JSON object has no string {_JSON_ID_FIELDS} field", _shorten(line))
 
 
 def _json_id_candidates(record: dict[str, Any]) -> Iterator[tuple[str, object]]:

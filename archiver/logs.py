@@ -41,9 +41,7 @@ def _redact_processor(
     return event_dict
 
 
-def configure_logging(
-    level: str = "info", stream: TextIO | None = None, json: bool | None = None
-) -> None:
+def configure_logging(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
     """Configure structlog once per process.
 
     Args:

@@ -783,9 +783,7 @@ class _MockApi:
         presented = request.headers.get("Authorization", "").encode("utf-8", "surrogatepass")
         return hmac.compare_digest(presented, self.expected_auth)
 
-    async def answer(
-        self, request: web.Request, response_id: str, fetch_number: int
-    ) -> web.Response | None:
+    async def answer(self, request: web.Request, response_id: str, fetch_number: int) -> web.Response | None:
         """The answer to one fetch, or None when the connection was dropped instead."""
         if not self.authorized(request):
             return _json(401, INVALID_KEY_BODY)
@@ -814,9 +812,7 @@ class _MockApi:
             return web.Response(status=200, body=body, content_type="text/html")
         return _json(200, body)
 
-    def scenario_answer(
-        self, request: web.Request, name: str, response_id: str
-    ) -> web.Response | None:
+    def scenario_answer(self, request: web.Request, name: str, response_id: str) -> web.Response | None:
         """The non-200 answer of a scenario while its fault applies (None: a 200)."""
         match name:
             case "notfound":

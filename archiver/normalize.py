@@ -314,9 +314,7 @@ def _usage_rows(response_id: str, usage: dict[str, Any], row: Row, children: Row
         _tool_usage_rows(response_id, source, server_side, tool_rows)
 
 
-def _tool_usage_rows(
-    response_id: str, source: str, usage_by_tool: dict[str, Any], rows: list[Row]
-) -> None:
+def _tool_usage_rows(response_id: str, source: str, usage_by_tool: dict[str, Any], rows: list[Row]) -> None:
     """One row per tool: DashScope ``{"web_search": {"count": 1}}``, OpenAI
     ``{"web_search": {"num_requests": 1}, "image_gen": {"input_tokens": ...}}``, xAI
     ``{"web_search_calls": 1}``."""
@@ -540,9 +538,7 @@ def _reasoning(response_id: str, item_position: int, item: dict[str, Any], child
         )
 
 
-def _web_search_call(
-    response_id: str, item_position: int, item: dict[str, Any], children: Rows
-) -> None:
+def _web_search_call(response_id: str, item_position: int, item: dict[str, Any], children: Rows) -> None:
     action = item.get("action")
     sources = None
     if type(action) is dict:
@@ -603,9 +599,7 @@ def _code_interpreter_call(
         )
 
 
-def _web_extractor_call(
-    response_id: str, item_position: int, item: dict[str, Any], children: Rows
-) -> None:
+def _web_extractor_call(response_id: str, item_position: int, item: dict[str, Any], children: Rows) -> None:
     urls = item.get("urls")
     if type(urls) is not list:
         return
@@ -622,9 +616,7 @@ def _web_extractor_call(
         )
 
 
-def _image_search_call(
-    response_id: str, item_position: int, item: dict[str, Any], children: Rows
-) -> None:
+def _image_search_call(response_id: str, item_position: int, item: dict[str, Any], children: Rows) -> None:
     """``web_search_image_call`` and ``image_search_call``: ``output`` is a JSON string
     holding an array of ``{"title", "url", "index"}``."""
     results = item.get("output")
@@ -651,9 +643,7 @@ def _image_search_call(
         )
 
 
-def _mcp_list_tools(
-    response_id: str, item_position: int, item: dict[str, Any], children: Rows
-) -> None:
+def _mcp_list_tools(response_id: str, item_position: int, item: dict[str, Any], children: Rows) -> None:
     tools = item.get("tools")
     if type(tools) is not list:
         return
@@ -674,9 +664,7 @@ def _mcp_list_tools(
         )
 
 
-def _file_search_call(
-    response_id: str, item_position: int, item: dict[str, Any], children: Rows
-) -> None:
+def _file_search_call(response_id: str, item_position: int, item: dict[str, Any], children: Rows) -> None:
     queries = item.get("queries")
     if type(queries) is list:
         query_rows = children["file_search_queries"]

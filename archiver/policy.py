@@ -84,9 +84,7 @@ _NUMBER = re.compile(r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)\s*\Z")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}\Z")
 # Anything that looks like a credential in provider text (OpenAI echoes a masked key in
 # its 401 message). Replaced wholesale, never partially shown.
-_SECRET = re.compile(
-    r"(?i)\bbearer\s+\S+|\b(?:sk|xai|gsk)[-_][A-Za-z0-9*_.\-]{6,}|\bAIza[A-Za-z0-9_\-]{20,}"
-)
+_SECRET = re.compile(r"(?i)\bbearer\s+\S+|\b(?:sk|xai|gsk)[-_][A-Za-z0-9*_.\-]{6,}|\bAIza[A-Za-z0-9_\-]{20,}")
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -347,14 +345,10 @@ def classify_response(
     delay = _server_wait(headers, now, policy)
     if delay is None:
         delay = backoff_delay(attempt, policy, rand)
-    return _retry_or_give_up(
-        Retry(delay, described, status_code, throttled=throttled), attempt, policy
-    )
+    return _retry_or_give_up(Retry(delay, described, status_code, throttled=throttled), attempt, policy)
 
 
-def classify_exception(
-    exc: BaseException, *, attempt: int, policy: RetryPolicy, rand: float
-) -> Outcome:
+def classify_exception(exc: BaseException, *, attempt: int, policy: RetryPolicy, rand: float) -> Outcome:
     """Decide what a failed exchange (no HTTP response) means.
 
     Timeouts and connection faults (``OSError``, ``TimeoutError``, aiohttp's
@@ -386,17 +380,13 @@ def classify_exception(
         reason += f": {text})" if text else ")"
     else:
         reason = f"{name}: {text}" if text else name
-    return _retry_or_give_up(
-        Retry(backoff_delay(attempt, policy, rand), _bounded(reason)), attempt, policy
-    )
+    return _retry_or_give_up(Retry(backoff_delay(attempt, policy, rand), _bounded(reason)), attempt, policy)
 
 
 # --- 200 bodies -------------------------------------------------------------------------
 
 
-def _classify_body(
-    body: bytes, requested_id: str, attempt: int, policy: RetryPolicy, rand: float
-) -> Outcome:
+def _classify_body(body: bytes, requested_id: str, attempt: int, policy: RetryPolicy, rand: float) -> Outcome:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -413,9 +403,7 @@ def _classify_body(
         elif not isinstance(body_id, str):
             problem = f"body 'id' is a {json_type_name(body_id)}, not a string"
         else:
-            problem = (
-                f"body id {_shorten(body_id)!r} differs from requested {_shorten(requested_id)!r}"
-            )
+            problem = f"body id {_shorten(body_id)!r} differs from requested {_shorten(requested_id)!r}"
         return _bad_body(problem, body, attempt, policy, rand)
     status = data.get("status")
     response_status = status if isinstance(status, str) else None
@@ -552,9 +540,7 @@ def _is_network_error(exc: BaseException) -> bool:
     # asyncio.TimeoutError is TimeoutError since Python 3.11.
     if isinstance(exc, OSError | TimeoutError):
         return True
-    return any(
-        marker in cls.__name__ for cls in type(exc).__mro__ for marker in _NETWORK_CLASS_MARKERS
-    )
+    return any(marker in cls.__name__ for cls in type(exc).__mro__ for marker in _NETWORK_CLASS_MARKERS)
 
 
 def _is_timeout(exc: BaseException) -> bool:

@@ -106,9 +106,7 @@ class QueueStore:
                 if refetch:
                     requeued += await self._requeue(conn, chunk, TERMINAL_STATES)
         # A line whose ID was known before, or seen earlier in the same input, is "already known".
-        return EnqueueCounts(
-            queued=queued, already_known=len(response_ids) - queued, requeued=requeued
-        )
+        return EnqueueCounts(queued=queued, already_known=len(response_ids) - queued, requeued=requeued)
 
     async def _insert_chunk(self, conn: AsyncConnection, ids: list[str]) -> int:
         cols = "id, state, attempts, polls, next_attempt_at, enqueued_at, updated_at"
@@ -130,9 +128,7 @@ class QueueStore:
             result = await conn.execute(text(sql), {"ids": orjson.dumps(ids).decode()})
         return max(result.rowcount, 0)
 
-    async def _requeue(
-        self, conn: AsyncConnection, ids: list[str], from_states: Sequence[str]
-    ) -> int:
+    async def _requeue(self, conn: AsyncConnection, ids: list[str], from_states: Sequence[str]) -> int:
         stmt = text(
             f"UPDATE archive_queue SET state = 'pending', attempts = 0, polls = 0, "
             f"next_attempt_at = {self.now}, updated_at = {self.now}, last_error = NULL, "
@@ -141,17 +137,13 @@ class QueueStore:
         ).bindparams(bindparam("ids", expanding=True), bindparam("states", expanding=True))
         total = 0
         for start in range(0, len(ids), 500):
-            result = await conn.execute(
-                stmt, {"ids": ids[start : start + 500], "states": list(from_states)}
-            )
+            result = await conn.execute(stmt, {"ids": ids[start : start + 500], "states": list(from_states)})
             total += max(result.rowcount, 0)
         return total
 
     # --- claim, heartbeat, release -----------------------------------------------------
 
-    async def claim_batch(
-        self, owner: str, limit: int, lease_seconds: float, max_attempts: int
-    ) -> list[Job]:
+    async def claim_batch(self, owner: str, limit: int, lease_seconds: float, max_attempts: int) -> list[Job]:
         """Lease up to ``limit`` due rows to ``owner`` and count an attempt on each.
 
         Rows whose lease expired go back to ``pending`` first (or to ``failed`` when that
@@ -263,9 +255,7 @@ class QueueStore:
         """Rows per state; every state name is present."""
         counts = dict.fromkeys(QUEUE_STATES, 0)
         async with self.engine.connect() as conn:
-            result = await conn.execute(
-                text("SELECT state, count(*) FROM archive_queue GROUP BY state")
-            )
+            result = await conn.execute(text("SELECT state, count(*) FROM archive_queue GROUP BY state"))
             for state, n in result.fetchall():
                 counts[state] = int(n)
         return counts
@@ -285,8 +275,7 @@ class QueueStore:
             later = (
                 await conn.execute(
                     text(
-                        f"SELECT min(next_attempt_at) - {self.now} FROM archive_queue "
-                        "WHERE state = 'pending'"
+                        f"SELECT min(next_attempt_at) - {self.now} FROM archive_queue WHERE state = 'pending'"
                     )
                 )
             ).scalar()
@@ -298,9 +287,7 @@ class QueueStore:
         async with self.engine.connect() as conn:
             oldest = (
                 await conn.execute(
-                    text(
-                        f"SELECT {self.now} - min(enqueued_at) FROM archive_queue WHERE state = 'pending'"
-                    )
+                    text(f"SELECT {self.now} - min(enqueued_at) FROM archive_queue WHERE state = 'pending'")
                 )
             ).scalar()
             expired = (

@@ -109,9 +109,7 @@ class ArchiveStore:
                 else:
                     report.lost_lease += 1
                     report.lost_ids.append(r.job.response_id)
-            archived = [
-                r for r in kept if isinstance(r.outcome, Archived) and r.normalized is not None
-            ]
+            archived = [r for r in kept if isinstance(r.outcome, Archived) and r.normalized is not None]
             if archived:
                 await self._write_archive(conn, archived, report)
             await self._move_queue_rows(conn, kept, report)

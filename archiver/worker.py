@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from functools import partial
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -281,8 +282,8 @@ class Worker:
                 await self._wait_any(self._slot_freed, s.poll_interval)
                 continue
             jobs = await with_db_retry(
-                lambda: self.queue.claim_batch(
-                    s.owner, min(s.batch_size, room), s.lease_seconds, s.max_attempts
+                partial(
+                    self.queue.claim_batch, s.owner, min(s.batch_size, room), s.lease_seconds, s.max_attempts
                 ),
                 on_retry=self._log_db_retry,
             )
@@ -467,7 +468,7 @@ class Worker:
                 batch.append(item)
             started = time.monotonic()
             report = await with_db_retry(
-                lambda: self.store.write_batch(batch), on_retry=self._log_db_retry, attempts=12
+                partial(self.store.write_batch, batch), on_retry=self._log_db_retry, attempts=12
             )
             for r in batch:
                 self._held.pop(r.job.response_id, None)
