@@ -72,7 +72,6 @@ given fetch always fails the same way whatever the request interleaving.
 from __future__ import annotations
 
 # Realistic Chinese model output uses fullwidth punctuation (，：！) on purpose.
-# ruff: noqa: RUF001
 import asyncio
 import contextlib
 import hashlib

@@ -44,6 +44,7 @@ class Settings:
     repoll: float = 5.0
     max_polls: int = 200
     max_rps: float | None = None
+    provider: str = "auto"
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     def __post_init__(self) -> None:
@@ -55,6 +56,8 @@ class Settings:
             raise ConfigError("batch size must be at least 1")
         if self.lease_seconds < 1:
             raise ConfigError("lease-seconds must be at least 1")
+        if self.provider not in ("auto", "dashscope", "openai", "generic"):
+            raise ConfigError(f"provider must be auto, dashscope, openai or generic, not {self.provider!r}")
         if self.max_rps is not None and self.max_rps <= 0:
             raise ConfigError("max-rps must be positive")
         if not self.base_url.startswith(("http://", "https://")):

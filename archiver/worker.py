@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from functools import partial
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -30,6 +30,7 @@ from archiver.logs import get_logger, redact
 from archiver.normalize import normalize
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
 from archiver.policy import (
+    ProviderProfile,
     RetryPolicy,
     classify_exception,
     classify_response,
@@ -130,7 +131,9 @@ class Worker:
         self.queue = QueueStore(engine)
         self.store = ArchiveStore(engine, max_polls=settings.max_polls)
         self.policy = retry_policy_from(settings)
-        self.profile = profile_for_base_url(settings.base_url)
+        self.profile: ProviderProfile = (
+            profile_for_base_url(settings.base_url) if settings.provider == "auto" else settings.provider  # type: ignore[assignment]  # validated by Settings
+        )
         self.summary = RunSummary()
         self.stop_event = asyncio.Event()
         self._on_progress = on_progress
