@@ -261,25 +261,28 @@ class QueueStore:
         return counts
 
     async def due_summary(self, horizon_s: float) -> tuple[int, float | None]:
-        """(pending rows due within ``horizon_s``, seconds until the next pending row is due)."""
+        """What ``run --once`` still has to wait for.
+
+        Returns:
+            (rows due within ``horizon_s``, seconds until the next one is due). A row is
+            due when it is ``pending`` and its ``next_attempt_at`` comes, or when it is
+            ``in_flight`` and its lease expires (its worker may have died: the queue is
+            not drained while any row is in flight anywhere).
+        """
+        due_at = "CASE WHEN state = 'pending' THEN next_attempt_at ELSE lease_expires_at END"
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
                     text(
-                        f"SELECT count(*), min(next_attempt_at) - {self.now} FROM archive_queue "
-                        f"WHERE state = 'pending' AND next_attempt_at <= {self.now} + :h"
+                        f"SELECT count(*), min(due_at) - {self.now} FROM "
+                        f"(SELECT {due_at} AS due_at FROM archive_queue "
+                        "WHERE state IN ('pending', 'in_flight')) AS waiting "
+                        f"WHERE due_at <= {self.now} + :h"
                     ),
                     {"h": horizon_s},
                 )
             ).one()
-            later = (
-                await conn.execute(
-                    text(
-                        f"SELECT min(next_attempt_at) - {self.now} FROM archive_queue WHERE state = 'pending'"
-                    )
-                )
-            ).scalar()
-        return int(row[0]), (float(later) if later is not None else None)
+        return int(row[0]), (float(row[1]) if row[1] is not None else None)
 
     async def status_details(self, recent_errors: int = 10) -> dict[str, Any]:
         """Counts, oldest pending age, expired leases and the most recent errors."""

@@ -299,9 +299,7 @@ class Worker:
             if self.once:
                 due, next_due = await with_db_retry(lambda: self.queue.due_summary(s.drain_horizon))
                 if not self._held and due == 0:
-                    if next_due is not None:
-                        log.info("archiver.drained_with_later_retries", next_due_s=round(next_due, 1))
-                    return
+                    return  # rows due later than the horizon stay pending (see summary.remaining)
                 wait = s.poll_interval if next_due is None else min(s.poll_interval, max(next_due, 0.01))
                 if self._held:
                     wait = min(wait, 0.05)

@@ -61,9 +61,7 @@ async def test_mixed_run_ends_every_id_in_one_known_state(db_url: str, make_sett
     ids = mixed_ids(copies=3)
     config = MockConfig(latency_ms=15, jitter_ms=5, hang_s=3.0)
     async with await start_mock_server(config) as mock:
-        settings = make_settings(
-            db_url, mock.base_url, concurrency=8, max_attempts=4, request_timeout=1.0
-        )
+        settings = make_settings(db_url, mock.base_url, concurrency=8, max_attempts=4, request_timeout=1.0)
         async with open_database(db_url) as engine:
             counts = await QueueStore(engine).enqueue(list(ids))
             assert counts.queued == len(ids)
@@ -92,9 +90,7 @@ async def test_mixed_run_ends_every_id_in_one_known_state(db_url: str, make_sett
 
             # 3. Normalized row counts match the bodies.
             items = dict(
-                await fetch_all(
-                    engine, "SELECT response_id, count(*) FROM output_items GROUP BY response_id"
-                )
+                await fetch_all(engine, "SELECT response_id, count(*) FROM output_items GROUP BY response_id")
             )
             parts = dict(
                 await fetch_all(
@@ -128,9 +124,7 @@ async def test_mixed_run_ends_every_id_in_one_known_state(db_url: str, make_sett
             assert 2 <= stats["max_in_flight"] <= settings.concurrency
 
             # 6. Attempts stay within bounds.
-            (max_attempts,) = (await fetch_all(engine, "SELECT max(attempts) FROM archive_queue"))[
-                0
-            ]
+            (max_attempts,) = (await fetch_all(engine, "SELECT max(attempts) FROM archive_queue"))[0]
             assert max_attempts <= settings.max_attempts
 
             # 7. A second run fetches nothing that is already archived.
@@ -141,9 +135,7 @@ async def test_mixed_run_ends_every_id_in_one_known_state(db_url: str, make_sett
             assert mock.stats.as_dict()["requests_total"] == 0
 
 
-async def test_rearchiving_replaces_rows_without_duplicates(
-    db_url: str, make_settings: Any
-) -> None:
+async def test_rearchiving_replaces_rows_without_duplicates(db_url: str, make_settings: Any) -> None:
     rid = "resp_kitchensink_rearchive"
     async with await start_mock_server() as mock:
         settings = make_settings(db_url, mock.base_url)
@@ -161,9 +153,9 @@ async def test_rearchiving_replaces_rows_without_duplicates(
             await Worker(settings, engine, once=True).run()
             after = await _child_counts(engine, rid)
             assert before == after and sum(before.values()) > 5
-            (again_at,) = (
-                await fetch_all(engine, "SELECT archived_at FROM responses WHERE id = :i", i=rid)
-            )[0]
+            (again_at,) = (await fetch_all(engine, "SELECT archived_at FROM responses WHERE id = :i", i=rid))[
+                0
+            ]
             assert again_at == archived_at
             assert mock.stats.as_dict()["requests_by_id"][rid] == 2
 
@@ -183,9 +175,7 @@ async def _child_counts(engine: Any, rid: str) -> dict[str, int]:
     return counts
 
 
-async def test_wrong_key_stops_the_run_and_spends_no_attempt(
-    db_url: str, make_settings: Any
-) -> None:
+async def test_wrong_key_stops_the_run_and_spends_no_attempt(db_url: str, make_settings: Any) -> None:
     from archiver.errors import StopRun
 
     ids = [f"resp_ok_key{i}" for i in range(20)]
@@ -228,7 +218,21 @@ async def test_lost_lease_cannot_overwrite_newer_work(db_url: str, make_settings
             [FetchResult(stale, Permanent("failed", "stale worker"), datetime.now(UTC))]
         )
         assert report.lost_lease == 1
-        rows = await fetch_all(
-            engine, "SELECT state, lease_token FROM archive_queue WHERE id = :i", i=rid
-        )
+        rows = await fetch_all(engine, "SELECT state, lease_token FROM archive_queue WHERE id = :i", i=rid)
         assert rows == [("in_flight", fresh.lease_token)]
+
+
+async def test_run_once_finishes_rows_a_dead_worker_left_in_flight(db_url: str, make_settings: Any) -> None:
+    """`run --once` is not drained while another (dead) worker's rows are in flight."""
+    ids = [f"resp_ok_dead{i}" for i in range(5)]
+    async with await start_mock_server() as mock:
+        settings = make_settings(db_url, mock.base_url)
+        async with open_database(db_url) as engine:
+            queue = QueueStore(engine)
+            await queue.enqueue(ids)
+            claimed = await queue.claim_batch("dead-worker", 10, lease_seconds=0.5, max_attempts=8)
+            assert len(claimed) == 5
+            summary = await Worker(settings, engine, once=True).run()
+            assert summary.archived == 5
+            rows = await fetch_all(engine, "SELECT state, attempts FROM archive_queue")
+            assert rows == [("archived", 2)] * 5
