@@ -15,11 +15,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/archiver demo
 
-# The whole suite: unit, integration (real HTTP, real PostgreSQL), acceptance (the CLI).
+# The whole suite: unit, integration (real HTTP, real PostgreSQL), acceptance (the CLI),
+# and the soak tests marked slow (about half a minute on 2 cores).
 test: $(STAMP)
 	$(VENV)/bin/pytest
 
-# Everything but the slow soak tests.
+# Everything but the slow soak tests, for quick local runs.
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -m "not slow"
 

@@ -108,6 +108,13 @@ RUN_OPTIONS: list[Option] = [
         "longest retry delay in seconds (default 300)",
     ),
     (
+        "--max-server-wait",
+        "ARCHIVER_MAX_SERVER_WAIT",
+        "max_server_wait",
+        float,
+        "cap on one server-requested wait (Retry-After) in seconds (default 900)",
+    ),
+    (
         "--not-found-recheck",
         "ARCHIVER_NOT_FOUND_RECHECK",
         "not_found_recheck",
