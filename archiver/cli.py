@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +20,13 @@ from archiver.settings import DEFAULT_BASE_URL, DEFAULT_DATABASE_URL, Settings, 
 Option = tuple[str, str, str, Callable[[str], Any], str]
 
 COMMON_OPTIONS: list[Option] = [
+    (
+        "--retention-days",
+        "ARCHIVER_RETENTION_DAYS",
+        "retention_days",
+        float,
+        "how long the provider keeps stored responses (default by provider: DashScope 7, OpenAI 30)",
+    ),
     (
         "--database-url",
         "ARCHIVER_DATABASE_URL",
@@ -158,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="archiver",
-        description="Archive stored responses of an OpenAI-compatible Responses API into SQLite or PostgreSQL.",
+        description="Archive stored responses of an OpenAI-compatible Responses API "
+        "into SQLite or PostgreSQL.",
     )
     parser.add_argument("--version", action="version", version=f"archiver {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -394,10 +403,8 @@ def _mock_server(args: argparse.Namespace, settings: Settings) -> int:
     def ready(base_url: str) -> None:
         print(f"mock Responses API at {base_url}  (ARCHIVER_BASE_URL={base_url})", flush=True)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(config, args.host, args.port, ready=ready))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

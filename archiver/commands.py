@@ -73,13 +73,15 @@ async def enqueue(
     async with open_database(settings.database_url) as engine:
         queue = QueueStore(engine)
         batch: list[str] = []
+        created: list[float | None] = []
         for name, lines in _open_sources(paths, err, report):
             for parsed in parse_id_lines(lines):
                 if isinstance(parsed, IdLine):
                     batch.append(parsed.response_id)
+                    created.append(parsed.created_at)
                     if len(batch) >= ENQUEUE_BATCH:
-                        report.add(await queue.enqueue(batch, refetch=refetch))
-                        batch = []
+                        report.add(await queue.enqueue(batch, refetch=refetch, created_at=created))
+                        batch, created = [], []
                 elif isinstance(parsed, RejectedLine):
                     report.rejected += 1
                     print(
@@ -87,7 +89,7 @@ async def enqueue(
                         file=err,
                     )
         if batch:
-            report.add(await queue.enqueue(batch, refetch=refetch))
+            report.add(await queue.enqueue(batch, refetch=refetch, created_at=created))
     return report
 
 
@@ -104,7 +106,7 @@ async def run(settings: Settings, *, once: bool, progress: Any = None) -> RunSum
 async def status(settings: Settings) -> dict[str, Any]:
     """Counts per state, oldest pending age, expired leases, recent errors."""
     async with open_database(settings.database_url) as engine:
-        details = await QueueStore(engine).status_details()
+        details = await QueueStore(engine).status_details(retention_s=settings.retention_s)
     details["database"] = redact_url(normalize_database_url(settings.database_url))
     return details
 
@@ -142,6 +144,12 @@ def format_status(details: dict[str, Any]) -> str:
     age = details["oldest_pending_age_s"]
     lines.append(f"oldest pending: {_human_age(age) if age is not None else '-'}")
     lines.append(f"expired leases: {details['expired_leases']}")
+    if details.get("retention_days"):
+        lines.append(
+            f"expiry (provider keeps {details['retention_days']:g} days): "
+            f"{details['pending_near_expiry']} pending within a day of expiry, "
+            f"{details['pending_past_retention']} past it"
+        )
     if details["recent_errors"]:
         lines.append("recent errors:")
         for e in details["recent_errors"]:

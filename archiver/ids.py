@@ -15,6 +15,7 @@ import re
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -44,10 +45,15 @@ _JSON_ID_FIELDS = "'id', 'response_id' or 'response.id'"
 
 @dataclass(frozen=True, slots=True)
 class IdLine:
-    """An accepted response ID and the 1-based physical line it came from."""
+    """An accepted response ID and the 1-based physical line it came from.
+
+    ``created_at`` (unix seconds) is taken from a JSON line's ``created_at`` (or
+    ``response.created_at``) when present: it dates the response for expiry warnings.
+    """
 
     line_no: int
     response_id: str
+    created_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,11 +193,35 @@ def _parse_json_line(line_no: int, line: str) -> IdLine | RejectedLine:
         if isinstance(candidate, str):
             problem = response_id_problem(candidate)
             if problem is None:
-                return IdLine(line_no, candidate)
+                return IdLine(line_no, candidate, _created_at(record))
             return RejectedLine(
                 line_no, f"field {field!r} is not a valid response ID: {problem}", _shorten(line)
             )
     return RejectedLine(line_no, f"JSON object has no string {_JSON_ID_FIELDS} field", _shorten(line))
+
+
+def _created_at(record: dict[str, Any]) -> float | None:
+    """Unix seconds from ``created_at`` or ``response.created_at`` (number or ISO 8601)."""
+    value = record.get("created_at")
+    if value is None and isinstance(record.get("response"), dict):
+        value = record["response"].get("created_at")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        seconds = parsed.timestamp()
+    else:
+        return None
+    if seconds > 1e11:  # milliseconds, as some loggers write them
+        seconds /= 1000.0
+    return seconds if 1e9 <= seconds <= 1e11 else None
 
 
 def _json_id_candidates(record: dict[str, Any]) -> Iterator[tuple[str, object]]:

@@ -380,7 +380,7 @@ class _BodyBuilder:
                     "index": index,
                 }
                 for index in range(1, 4)
-            ]  # fmt: skip
+            ]
         ).decode()
 
     def web_search_image_call(self) -> dict[str, Any]:
@@ -419,7 +419,7 @@ class _BodyBuilder:
                         }
                     ]
                 }
-            ).decode(),  # fmt: skip
+            ).decode(),
             "server_label": "amap-maps",
             "status": "completed",
             "type": "mcp_call",

@@ -106,6 +106,16 @@ class RetryPolicy:
     repoll_s: float = 5.0
 
 
+DEFAULT_RETENTION_DAYS: dict[str, float | None] = {"dashscope": 7.0, "openai": 30.0, "generic": None}
+"""How long each provider keeps stored responses (documented: DashScope 7 days, OpenAI 30)."""
+
+
+def retention_seconds(profile: ProviderProfile, override_days: float | None = None) -> float | None:
+    """The retention period in seconds for a profile (``override_days`` wins); None if unknown."""
+    days = override_days if override_days is not None else DEFAULT_RETENTION_DAYS.get(profile)
+    return None if days is None or days <= 0 else days * 86400.0
+
+
 def profile_for_base_url(base_url: str) -> ProviderProfile:
     """Pick the provider profile whose error codes apply to ``base_url``.
 

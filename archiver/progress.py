@@ -32,7 +32,8 @@ class Progress:
         done = summary.archived + summary.unchanged + summary.not_found + summary.failed
         rate = done / max(now - self.started, 1e-9)
         self.stream.write(
-            f"\r  done {done:,}  archived {summary.archived + summary.unchanged:,}  not found {summary.not_found:,}"
+            f"\r  done {done:,}  archived {summary.archived + summary.unchanged:,}"
+            f"  not found {summary.not_found:,}"
             f"  failed {summary.failed:,}  retrying {summary.retried:,}  {rate:,.0f}/s   "
         )
         self.stream.flush()

@@ -49,6 +49,7 @@ archive_queue = Table(
     Column("last_status_code", Integer),
     Column("last_error", Text),
     Column("last_body", LargeBinary),
+    Column("response_created_at", Float),
     Index("ix_archive_queue_state_next_attempt_at", "state", "next_attempt_at"),
     comment="One row per response ID to archive; see docs/schema.md",
 )
@@ -65,11 +66,16 @@ class Job:
     polls: int
     previous_status_code: int | None
     lease_token: str
+    created_at: float | None = None
 
     @classmethod
     def from_row(cls, row: Any, lease_token: str) -> Job:
-        """Build from a RETURNING row ``(id, attempts, polls, last_status_code)``."""
-        return cls(row[0], int(row[1]), int(row[2]), row[3], lease_token)
+        """Build from a RETURNING row ``(id, attempts, polls, last_status_code, created)``.
+
+        ``created`` is the response's creation time when the enqueuer knew it, else
+        when it was enqueued (the response existed at least since then).
+        """
+        return cls(row[0], int(row[1]), int(row[2]), row[3], lease_token, row[4])
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,41 +97,62 @@ class QueueStore:
 
     # --- enqueue -----------------------------------------------------------------
 
-    async def enqueue(self, response_ids: Sequence[str], *, refetch: bool = False) -> EnqueueCounts:
+    async def enqueue(
+        self,
+        response_ids: Sequence[str],
+        *,
+        refetch: bool = False,
+        created_at: Sequence[float | None] | None = None,
+    ) -> EnqueueCounts:
         """Add IDs as ``pending``; known IDs are left alone unless ``refetch``.
 
         Args:
             response_ids: validated IDs (duplicates allowed; each is queued once).
             refetch: move known IDs in a terminal state back to ``pending``.
+            created_at: per ID, the response's creation time (unix seconds) if known.
         """
         queued = requeued = 0
         for start in range(0, len(response_ids), ENQUEUE_CHUNK):
             chunk = list(response_ids[start : start + ENQUEUE_CHUNK])
+            created = list(created_at[start : start + ENQUEUE_CHUNK]) if created_at else None
+            if created is not None and all(c is None for c in created):
+                created = None
             async with self.engine.begin() as conn:
-                queued += await self._insert_chunk(conn, chunk)
+                queued += await self._insert_chunk(conn, chunk, created)
                 if refetch:
                     requeued += await self._requeue(conn, chunk, TERMINAL_STATES)
         # A line whose ID was known before, or seen earlier in the same input, is "already known".
         return EnqueueCounts(queued=queued, already_known=len(response_ids) - queued, requeued=requeued)
 
-    async def _insert_chunk(self, conn: AsyncConnection, ids: list[str]) -> int:
-        cols = "id, state, attempts, polls, next_attempt_at, enqueued_at, updated_at"
+    async def _insert_chunk(
+        self, conn: AsyncConnection, ids: list[str], created: list[float | None] | None
+    ) -> int:
+        cols = "id, state, attempts, polls, next_attempt_at, enqueued_at, updated_at, response_created_at"
         if self.dialect == "postgresql":
             sql = (
                 f"INSERT INTO archive_queue ({cols}) "
-                f"SELECT u, 'pending', 0, 0, n, n, n FROM unnest(CAST(:ids AS text[])) AS u, "
+                "SELECT u.id, 'pending', 0, 0, n, n, n, u.created "
+                "FROM unnest(CAST(:ids AS text[]), CAST(:created AS float8[])) AS u(id, created), "
                 f"(SELECT {self.now} AS n) AS clock "
                 "ON CONFLICT (id) DO NOTHING"
             )
-            result = await conn.execute(text(sql), {"ids": ids})
-        else:
+            result = await conn.execute(text(sql), {"ids": ids, "created": created or [None] * len(ids)})
+        elif created is None:
             # One JSON array parameter per chunk: no variable limit, one statement.
             sql = (
                 f"INSERT INTO archive_queue ({cols}) "
-                f"SELECT value, 'pending', 0, 0, {self.now}, {self.now}, {self.now} "
+                f"SELECT value, 'pending', 0, 0, {self.now}, {self.now}, {self.now}, NULL "
                 "FROM json_each(:ids) WHERE true ON CONFLICT (id) DO NOTHING"
             )
             result = await conn.execute(text(sql), {"ids": orjson.dumps(ids).decode()})
+        else:
+            sql = (
+                f"INSERT INTO archive_queue ({cols}) "
+                f"SELECT value ->> 0, 'pending', 0, 0, {self.now}, {self.now}, {self.now}, value ->> 1 "
+                "FROM json_each(:rows) WHERE true ON CONFLICT (id) DO NOTHING"
+            )
+            rows = orjson.dumps([[i, c] for i, c in zip(ids, created, strict=True)]).decode()
+            result = await conn.execute(text(sql), {"rows": rows})
         return max(result.rowcount, 0)
 
     async def _requeue(self, conn: AsyncConnection, ids: list[str], from_states: Sequence[str]) -> int:
@@ -164,7 +191,8 @@ class QueueStore:
                     f"lease_owner = :owner, lease_token = :token, "
                     f"lease_expires_at = {self.now} + :lease, updated_at = {self.now} "
                     "FROM due WHERE q.id = due.id "
-                    "RETURNING q.id, q.attempts, q.polls, q.last_status_code"
+                    "RETURNING q.id, q.attempts, q.polls, q.last_status_code, "
+                    "coalesce(q.response_created_at, q.enqueued_at)"
                 )
             else:
                 sql = (
@@ -174,7 +202,8 @@ class QueueStore:
                     "WHERE id IN (SELECT id FROM archive_queue "
                     f"WHERE state = 'pending' AND next_attempt_at <= {self.now} "
                     "ORDER BY next_attempt_at LIMIT :limit) "
-                    "RETURNING id, attempts, polls, last_status_code"
+                    "RETURNING id, attempts, polls, last_status_code, "
+                    "coalesce(response_created_at, enqueued_at)"
                 )
             result = await conn.execute(
                 text(sql), {"limit": limit, "owner": owner, "token": token, "lease": lease_seconds}
@@ -284,9 +313,32 @@ class QueueStore:
             ).one()
         return int(row[0]), (float(row[1]) if row[1] is not None else None)
 
-    async def status_details(self, recent_errors: int = 10) -> dict[str, Any]:
-        """Counts, oldest pending age, expired leases and the most recent errors."""
+    async def expiry_counts(self, retention_s: float, warn_within_s: float = 86400.0) -> tuple[int, int]:
+        """(pending rows within ``warn_within_s`` of expiry, pending rows already past it).
+
+        A row's age is counted from the response's creation time when the enqueuer
+        gave it, else from when it was enqueued (a lower bound of its true age).
+        """
+        expires = f"coalesce(response_created_at, enqueued_at) + :retention - {self.now}"
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        f"SELECT sum(CASE WHEN {expires} > 0 AND {expires} <= :warn THEN 1 ELSE 0 END), "
+                        f"sum(CASE WHEN {expires} <= 0 THEN 1 ELSE 0 END) "
+                        "FROM archive_queue WHERE state IN ('pending', 'in_flight')"
+                    ),
+                    {"retention": retention_s, "warn": warn_within_s},
+                )
+            ).one()
+        return int(row[0] or 0), int(row[1] or 0)
+
+    async def status_details(
+        self, recent_errors: int = 10, retention_s: float | None = None
+    ) -> dict[str, Any]:
+        """Counts, oldest pending age, expired leases, expiry risk and the most recent errors."""
         counts = await self.counts()
+        near, past = await self.expiry_counts(retention_s) if retention_s else (None, None)
         async with self.engine.connect() as conn:
             oldest = (
                 await conn.execute(
@@ -316,6 +368,9 @@ class QueueStore:
             "total": sum(counts.values()),
             "oldest_pending_age_s": round(float(oldest), 3) if oldest is not None else None,
             "expired_leases": int(expired or 0),
+            "retention_days": round(retention_s / 86400, 3) if retention_s else None,
+            "pending_near_expiry": near,
+            "pending_past_retention": past,
             "recent_errors": [
                 {
                     "response_id": r[0],

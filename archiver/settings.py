@@ -45,6 +45,7 @@ class Settings:
     max_polls: int = 200
     max_rps: float | None = None
     provider: str = "auto"
+    retention_days: float | None = None
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     def __post_init__(self) -> None:
@@ -62,6 +63,20 @@ class Settings:
             raise ConfigError("max-rps must be positive")
         if not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base URL must start with http:// or https://, got {self.base_url!r}")
+
+    @property
+    def profile(self) -> str:
+        """The provider profile in force: ``provider``, or chosen from the base URL."""
+        from archiver.policy import profile_for_base_url
+
+        return profile_for_base_url(self.base_url) if self.provider == "auto" else self.provider
+
+    @property
+    def retention_s(self) -> float | None:
+        """How long the provider keeps responses, in seconds (None: unknown)."""
+        from archiver.policy import retention_seconds
+
+        return retention_seconds(self.profile, self.retention_days)  # type: ignore[arg-type]
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with some fields replaced."""

@@ -264,7 +264,8 @@ class ArchiveStore:
             await conn.execute(
                 text(
                     f"UPDATE archive_queue SET state = 'pending', {clear_lease}, "
-                    "attempts = CASE WHEN attempts >= :attempt_refund THEN attempts - :attempt_refund ELSE 0 END, "
+                    "attempts = CASE WHEN attempts >= :attempt_refund "
+                    "THEN attempts - :attempt_refund ELSE 0 END, "
                     "polls = polls + :polls, "
                     f"next_attempt_at = {self.now} + :delay, last_status_code = :code, "
                     f"last_error = :error, last_body = :body, updated_at = {self.now} {fence}"

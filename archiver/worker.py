@@ -34,7 +34,6 @@ from archiver.policy import (
     RetryPolicy,
     classify_exception,
     classify_response,
-    profile_for_base_url,
     repoll_delay,
 )
 from archiver.queue import Job, QueueStore
@@ -44,6 +43,7 @@ from archiver.store import ArchiveStore, FetchResult, WriteReport
 log = get_logger()
 
 WRITE_LINGER_S = 0.02
+EXPIRY_CHECK_INTERVAL_S = 600.0
 
 
 @dataclass(slots=True)
@@ -131,9 +131,8 @@ class Worker:
         self.queue = QueueStore(engine)
         self.store = ArchiveStore(engine, max_polls=settings.max_polls)
         self.policy = retry_policy_from(settings)
-        self.profile: ProviderProfile = (
-            profile_for_base_url(settings.base_url) if settings.provider == "auto" else settings.provider  # type: ignore[assignment]  # validated by Settings
-        )
+        self.profile: ProviderProfile = settings.profile  # type: ignore[assignment]  # validated
+        self.retention_s = settings.retention_s
         self.summary = RunSummary()
         self.stop_event = asyncio.Event()
         self._on_progress = on_progress
@@ -146,6 +145,7 @@ class Worker:
         self.gate = AdaptiveLimit(settings.concurrency)
         self._rate = _rate_limiter(settings.max_rps)
         self._fatal: BaseException | None = None
+        self.near_expiry = 0
         self._engine_url = redact_url(engine.url)
 
     # --- control ---------------------------------------------------------------------
@@ -183,6 +183,7 @@ class Worker:
         ) as client:
             writer = self._spawn("writer", self._writer())
             heartbeat = self._spawn("heartbeat", self._heartbeat())
+            watchers = [self._spawn("expiry-watch", self._expiry_watch())]
             fetchers = [self._spawn(f"fetcher-{i}", self._fetcher(client)) for i in range(s.concurrency)]
             claimer = self._spawn("claimer", self._claimer())
             try:
@@ -191,7 +192,7 @@ class Worker:
                 # Cancelling run() becomes a graceful stop.
                 self.request_stop("cancelled")
                 await claimer
-            await self._shutdown(fetchers, writer, heartbeat)
+            await self._shutdown(fetchers, writer, [heartbeat, *watchers])
         self.summary.duration_s = time.monotonic() - started
         with contextlib.suppress(Exception):
             self.summary.remaining = await self.queue.counts()
@@ -232,7 +233,7 @@ class Worker:
         self,
         fetchers: list[asyncio.Task[None]],
         writer: asyncio.Task[None],
-        heartbeat: asyncio.Task[None],
+        side_tasks: list[asyncio.Task[None]],
     ) -> None:
         # 1. Claimed but not started: release now.
         unstarted: list[Job] = []
@@ -256,9 +257,9 @@ class Worker:
         # 3. Write what finished, then release whatever is still held.
         await self._results.put(None)
         await writer
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
+        for task in side_tasks:
+            task.cancel()
+        await asyncio.gather(*side_tasks, return_exceptions=True)
         leftover = list(self._held.values())
         self._held.clear()
         if leftover:
@@ -385,6 +386,7 @@ class Worker:
                 rand=self._rand(),
             )
         duration = time.monotonic() - started
+        outcome = self._expired_if_old(job, outcome, now)
         if isinstance(outcome, StopAll):
             self._stop_all = self._stop_all or outcome.reason
             log.error(
@@ -442,6 +444,23 @@ class Worker:
             duration_s=duration,
         )
 
+    def _expired_if_old(self, job: Job, outcome: Outcome, now: float) -> Outcome:
+        """A 404 for an ID older than the provider's retention is final: it expired."""
+        if self.retention_s is None or job.created_at is None:
+            return outcome
+        is_404 = (isinstance(outcome, Retry) and outcome.status_code == 404) or (
+            isinstance(outcome, Permanent) and outcome.state == "not_found"
+        )
+        age = now - job.created_at
+        if not is_404 or age <= self.retention_s:
+            return outcome
+        return Permanent(
+            "not_found",
+            f"expired: the provider keeps stored responses {self.retention_s / 86400:g} days "
+            f"and this one is {age / 86400:.1f} days old",
+            404,
+        )
+
     # --- writer and heartbeat -------------------------------------------------------------------
 
     async def _writer(self) -> None:
@@ -495,6 +514,26 @@ class Worker:
             )
             if self._on_progress is not None:
                 self._on_progress(self.summary)
+
+    async def _expiry_watch(self) -> None:
+        """Warn about pending IDs the provider is about to delete (or already has)."""
+        if self.retention_s is None:
+            return
+        while not self.stop_event.is_set():
+            try:
+                near, past = await self.queue.expiry_counts(self.retention_s)
+            except Exception as exc:
+                log.warning("archiver.expiry_check_failed", error=redact(str(exc).splitlines()[0]))
+            else:
+                self.near_expiry = near
+                if near or past:
+                    log.warning(
+                        "archiver.expiry_warning",
+                        pending_near_expiry=near,
+                        pending_past_retention=past,
+                        retention_days=round(self.retention_s / 86400, 3),
+                    )
+            await wait_for_event(self.stop_event, EXPIRY_CHECK_INTERVAL_S)
 
     async def _heartbeat(self) -> None:
         interval = max(self.settings.lease_seconds / 3, 0.2)

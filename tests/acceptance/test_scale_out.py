@@ -75,9 +75,7 @@ def run_workers_at_once(
     return finished, time.monotonic() - started
 
 
-def assert_drained_once_each(
-    finished: list[Finished], cli: Cli, base_url: str, ids: list[str]
-) -> list[int]:
+def assert_drained_once_each(finished: list[Finished], cli: Cli, base_url: str, ids: list[str]) -> list[int]:
     """Every process succeeded quietly and took a share; every ID archived and fetched once."""
     for n, result in enumerate(finished):
         assert result.returncode == 0, (n, result.stderr[-3000:])
@@ -119,9 +117,7 @@ def enqueue(cli: Cli, ids: list[str]) -> None:
 
 
 @pytest.mark.postgres
-def test_three_processes_share_one_postgres_queue(
-    pg_url: str, slow_mock: str, tmp_path: Path
-) -> None:
+def test_three_processes_share_one_postgres_queue(pg_url: str, slow_mock: str, tmp_path: Path) -> None:
     ids = [f"resp_ok_scale{i:05d}" for i in range(2400)]
     cli = Cli({**base_env(), "ARCHIVER_DATABASE_URL": pg_url}, tmp_path)
     enqueue(cli, ids)

@@ -6,6 +6,7 @@ Every test runs on SQLite and on a real PostgreSQL server (``db_url``).
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,11 +21,16 @@ from sqlalchemy.engine import Connection
 import archiver.queue  # noqa: F401  (registers archive_queue on the shared metadata)
 from archiver import schema
 from archiver.db import create_engine, head_revision, migrate, schema_revision
-from tests.acceptance.conftest import base_env
 
 pytestmark = pytest.mark.timeout(120)
 
 FUTURE_REVISION = "9999_from_a_newer_archiver"
+
+
+def cli_env(database_url: str) -> dict[str, str]:
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    return {**env, "ARCHIVER_LOG_LEVEL": "warning", "ARCHIVER_DATABASE_URL": database_url}
 
 
 def _diff(sync_conn: Connection) -> list[Any]:
@@ -84,11 +90,7 @@ async def test_migrating_twice_is_a_no_op(db_url: str) -> None:
         assert await schema_revision(engine) == head_revision()
         async with engine.connect() as conn:
             ids = (await conn.execute(text("SELECT id FROM archive_queue"))).scalars().all()
-            versions = (
-                (await conn.execute(text("SELECT version_num FROM alembic_version")))
-                .scalars()
-                .all()
-            )
+            versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
             assert await conn.run_sync(_diff) == []
         assert ids == ["resp_kept"]
         assert versions == [head_revision()]
@@ -104,11 +106,7 @@ async def test_three_engines_migrating_at_once_all_succeed(db_url: str) -> None:
         for engine in engines:
             assert await schema_revision(engine) == head_revision()
         async with engines[0].connect() as conn:
-            versions = (
-                (await conn.execute(text("SELECT version_num FROM alembic_version")))
-                .scalars()
-                .all()
-            )
+            versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
             assert await conn.run_sync(_diff) == []
         assert versions == [head_revision()]
     finally:
@@ -116,25 +114,20 @@ async def test_three_engines_migrating_at_once_all_succeed(db_url: str) -> None:
             await engine.dispose()
 
 
-async def test_a_newer_schema_makes_status_fail_with_a_clear_message(
-    db_url: str, tmp_path: Path
-) -> None:
+async def test_a_newer_schema_makes_status_fail_with_a_clear_message(db_url: str, tmp_path: Path) -> None:
     engine = create_engine(db_url)
     try:
         await migrate(engine)
         async with engine.begin() as conn:
-            await conn.execute(
-                text("UPDATE alembic_version SET version_num = :v"), {"v": FUTURE_REVISION}
-            )
+            await conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": FUTURE_REVISION})
     finally:
         await engine.dispose()
 
-    env = {**base_env(), "ARCHIVER_DATABASE_URL": db_url}
     proc = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "archiver", "status", "--json"],
         capture_output=True,
-        env=env,
+        env=cli_env(db_url),
         cwd=tmp_path,
         timeout=60,
         check=False,

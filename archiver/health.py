@@ -1,0 +1,138 @@
+"""Health checks behind ``archiver check``: for supervisors, timers and humans.
+
+The checks only read: they never migrate, never create a SQLite file, never touch a
+queue row. Each problem is one human-readable line; no problems means healthy.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from archiver.db import (
+    _known_revision,
+    _short_db_error,
+    create_engine,
+    head_revision,
+    normalize_database_url,
+    now_sql,
+    redact_url,
+    schema_revision,
+)
+from archiver.errors import DatabaseUnavailable
+
+EXPIRED_LEASE_SLACK_S = 60.0
+"""A lease expired this long ago with nobody recovering it means no live worker.
+
+Every claim recovers expired leases first, and an idle daemon claims every few seconds,
+so a live worker clears them within seconds of expiry."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of :func:`run_checks`: ``ok`` when ``problems`` is empty."""
+
+    ok: bool
+    problems: list[str]
+
+
+async def run_checks(
+    database_url: str, *, max_pending_age_s: float = 3600.0, max_expired_leases: int = 0
+) -> CheckResult:
+    """Check that the database answers, its schema is current, and the queue moves.
+
+    Args:
+        database_url: as users write it; passwords never appear in the problems.
+        max_pending_age_s: a ``pending`` row due for longer than this (nobody took it)
+            means the queue is stalled.
+        max_expired_leases: how many ``in_flight`` rows whose lease expired more than
+            60 s ago are tolerated (more means no live worker is recovering them).
+
+    Raises:
+        ConfigError: ``database_url`` is not a supported database URL.
+    """
+    url = normalize_database_url(database_url)
+    shown = redact_url(url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        # Connecting would create an empty file: report it missing instead.
+        if not os.path.exists(url.database):
+            return _result([f"database unreachable: {shown}: the SQLite file does not exist"])
+    try:
+        engine = create_engine(database_url, pool_size=1)
+    except DatabaseUnavailable as exc:
+        return _result([f"database unreachable: {shown}: {exc}"])
+    try:
+        revision = await schema_revision(engine)
+        head = head_revision()
+        if revision != head:
+            return _result([_schema_problem(revision, head)])
+        return _result(await _queue_problems(engine, max_pending_age_s, max_expired_leases))
+    except (TimeoutError, OSError, DBAPIError) as exc:
+        return _result([f"database unreachable: {shown}: {_scrub(_short_db_error(exc), url.password)}"])
+    finally:
+        await engine.dispose()
+
+
+def _result(problems: list[str]) -> CheckResult:
+    return CheckResult(ok=not problems, problems=problems)
+
+
+def _schema_problem(revision: str | None, head: str | None) -> str:
+    if revision is None:
+        return "schema missing: the database has no archiver schema (run `archiver migrate`)"
+    if not _known_revision(revision):
+        return f"schema newer than this archiver: database at {revision}, archiver knows up to {head} (upgrade archiver)"
+    return f"schema out of date: database at {revision}, current is {head} (run `archiver migrate`)"
+
+
+async def _queue_problems(engine: AsyncEngine, max_pending_age_s: float, max_expired_leases: int) -> list[str]:
+    now = now_sql(engine.dialect.name)
+    async with engine.connect() as conn:
+        stale_count, stale_oldest = (
+            await conn.execute(
+                text(
+                    f"SELECT count(*), max({now} - next_attempt_at) FROM archive_queue "
+                    f"WHERE state = 'pending' AND next_attempt_at < {now} - :age"
+                ),
+                {"age": max_pending_age_s},
+            )
+        ).one()
+        expired_count, expired_oldest = (
+            await conn.execute(
+                text(
+                    f"SELECT count(*), max({now} - lease_expires_at) FROM archive_queue "
+                    f"WHERE state = 'in_flight' AND lease_expires_at < {now} - :slack"
+                ),
+                {"slack": EXPIRED_LEASE_SLACK_S},
+            )
+        ).one()
+    problems = []
+    if stale_count:
+        problems.append(
+            f"queue stalled: {stale_count} pending rows due for more than {format_duration(max_pending_age_s)} "
+            f"(oldest {format_duration(float(stale_oldest))}); is a worker running?"
+        )
+    if expired_count > max_expired_leases:
+        problems.append(
+            f"leases piling up: {expired_count} in_flight rows whose lease expired more than "
+            f"{format_duration(EXPIRED_LEASE_SLACK_S)} ago (oldest {format_duration(float(expired_oldest))}); "
+            "no live worker is recovering them"
+        )
+    return problems
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``1.5min``, ``3.2h``, ``2d``: short, for problem lines."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}".removesuffix(".0") + unit
+    return f"{max(seconds, 0):.0f}s"
+
+
+def _scrub(message: str, password: str | None) -> str:
+    # Driver messages should not carry the password; make sure of it.
+    return message.replace(password, "***") if password else message

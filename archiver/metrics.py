@@ -1,0 +1,468 @@
+"""Prometheus metrics: what the pipeline does, how the queue looks, and a scrape endpoint.
+
+Every :class:`Metrics` owns its own ``CollectorRegistry`` (never the process-global one),
+so tests and embedders may create as many as they like. The worker feeds it through a
+few domain methods (``observe_fetch``, ``observe_batch``, ...); the queue gauges are
+refreshed by :func:`queue_gauge_loop`, because counting the queue is a database query
+that must not run on every scrape. :func:`start_metrics_server` serves ``GET /metrics``
+and ``GET /healthz`` on loopback by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import platform
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from types import TracebackType
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from archiver.errors import ConfigError
+from archiver.logs import get_logger, redact
+from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
+from archiver.queue import QUEUE_STATES, QueueStore
+from archiver.store import WriteReport
+
+__all__ = [
+    "DEFAULT_METRICS_HOST",
+    "DEFAULT_METRICS_PORT",
+    "FETCH_OUTCOMES",
+    "REQUEST_DURATION_BUCKETS",
+    "RETRY_REASONS",
+    "Metrics",
+    "MetricsServer",
+    "fetch_outcome_label",
+    "queue_gauge_loop",
+    "retry_reason_label",
+    "start_metrics_server",
+]
+
+log = get_logger()
+
+DEFAULT_METRICS_HOST = "127.0.0.1"
+DEFAULT_METRICS_PORT = 9464  # the port OpenTelemetry's Prometheus exporter uses by convention
+
+FETCH_OUTCOMES = ("archived", "repoll", "retry", "not_found", "failed", "stop")
+"""Values of the ``outcome`` label of ``archiver_fetches_total``."""
+
+RETRY_REASONS = (
+    "throttled",
+    "server_error",
+    "timeout",
+    "connection",
+    "bad_body",
+    "not_found_recheck",
+    "other",
+)
+"""Values of the ``reason`` label of ``archiver_retries_total``."""
+
+REQUEST_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+"""Seconds: a fast cache hit (10 ms) up to a request that hits a 120 s total timeout."""
+
+_REFRESH_TIMEOUT_FLOOR_S = 10.0
+
+
+def fetch_outcome_label(outcome: Outcome | None) -> str:
+    """The ``outcome`` label for one fetch.
+
+    Args:
+        outcome: what the fetch came to. None counts as ``stop``: it is what
+            ``Worker.fetch_one`` returns when the provider refused the account.
+
+    Returns:
+        One of :data:`FETCH_OUTCOMES`. A ``queued``/``in_progress`` snapshot is
+        ``repoll``; a terminal body is ``archived``.
+    """
+    if outcome is None or isinstance(outcome, StopAll):
+        return "stop"
+    if isinstance(outcome, Archived):
+        return "archived" if outcome.terminal else "repoll"
+    if isinstance(outcome, Retry):
+        return "retry"
+    return outcome.state  # Permanent: "not_found" or "failed"
+
+
+def retry_reason_label(retry: Retry) -> str:
+    """Why a fetch is retried, as a small fixed set (the ``reason`` label).
+
+    Derived from the status code, the ``throttled`` flag and, for transport errors
+    (no status code), the start of the reason text that ``policy.classify_exception``
+    writes (``timed out (...)`` / ``connection failed (...)``).
+
+    Returns:
+        One of :data:`RETRY_REASONS`.
+    """
+    status = retry.status_code
+    if retry.throttled or status == 429:
+        return "throttled"
+    if status is None:
+        if retry.reason.startswith("timed out"):
+            return "timeout"
+        if retry.reason.startswith("connection failed"):
+            return "connection"
+        return "other"
+    if status == 200:
+        return "bad_body"  # a 200 whose body is not the requested Response
+    if status == 404:
+        return "not_found_recheck"
+    if status == 408:
+        return "timeout"
+    if 500 <= status <= 599:
+        return "server_error"
+    return "other"
+
+
+class Metrics:
+    """The archiver's Prometheus series, in a registry of their own.
+
+    Cheap to build: a worker without a metrics server can keep one anyway and call its
+    methods unconditionally. All methods are synchronous and never touch the database.
+
+    Args:
+        clock: unix-time clock for ``archiver_last_batch_timestamp_seconds`` and
+            ``archiver_queue_refresh_timestamp_seconds`` (tests pass their own).
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        from archiver import __version__  # late: archiver/__init__ may re-export this module
+
+        self._clock = clock
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.fetches = Counter(
+            "archiver_fetches",
+            "Fetches of one response ID, by outcome and HTTP status ('none' for transport errors).",
+            ["outcome", "status_code"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "archiver_retries", "Fetches that will be retried, by reason.", ["reason"], registry=r
+        )
+        self.throttled = Counter(
+            "archiver_throttled", "HTTP 429 answers from the provider (rate limits).", registry=r
+        )
+        self.requests_in_flight = Gauge(
+            "archiver_requests_in_flight", "HTTP requests to the provider in flight now.", registry=r
+        )
+        self.concurrency_limit = Gauge(
+            "archiver_concurrency_limit",
+            "Requests allowed in flight now by the adaptive (AIMD) limit.",
+            registry=r,
+        )
+        self.concurrency_max = Gauge(
+            "archiver_concurrency_max", "Ceiling of the adaptive limit (--concurrency).", registry=r
+        )
+        self.queue_rows = Gauge("archiver_queue_rows", "Queue rows per state.", ["state"], registry=r)
+        self.oldest_pending_age = Gauge(
+            "archiver_oldest_pending_age_seconds",
+            "Age of the oldest pending queue row since it was enqueued (0 when none is pending).",
+            registry=r,
+        )
+        self.pending_near_expiry = Gauge(
+            "archiver_pending_near_expiry",
+            "Pending rows within a day of the provider's retention limit.",
+            registry=r,
+        )
+        self.queue_refreshed_at = Gauge(
+            "archiver_queue_refresh_timestamp_seconds",
+            "Unix time the queue gauges were last refreshed (stale gauges: the database is unreachable).",
+            registry=r,
+        )
+        self.queue_refresh_failures = Counter(
+            "archiver_queue_refresh_failures",
+            "Queue gauge refreshes that failed (database errors).",
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "archiver_request_duration_seconds",
+            "Duration of one fetch, from sending the request to having its outcome.",
+            buckets=REQUEST_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.rows_written = Counter(
+            "archiver_rows_written",
+            "Rows written to the archive tables (responses and child rows).",
+            registry=r,
+        )
+        self.batches_written = Counter(
+            "archiver_batches_written", "Batches committed by the writer.", registry=r
+        )
+        self.lost_leases = Counter(
+            "archiver_lost_leases",
+            "Results dropped because another worker took over the row's lease.",
+            registry=r,
+        )
+        self.last_batch_at = Gauge(
+            "archiver_last_batch_timestamp_seconds",
+            "Unix time of the last committed batch (0 before the first).",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "archiver_build_info",
+            "Always 1; the labels name the running build.",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(version=__version__, python=platform.python_version()).set(1)
+        # Zero-valued series exist from the start, so rate() and absent() behave.
+        for reason in RETRY_REASONS:
+            self.retries.labels(reason=reason)
+        for state in QUEUE_STATES:
+            self.queue_rows.labels(state=state).set(0)
+        self._extra_states: set[str] = set()
+
+    # --- fetchers -------------------------------------------------------------------------
+
+    def observe_fetch(self, outcome: Outcome | None, status_code: int | None, duration_s: float) -> None:
+        """Count one fetch and time it.
+
+        Args:
+            outcome: what the fetch came to (None: the run was stopped, see
+                :func:`fetch_outcome_label`).
+            status_code: HTTP status; when None, the outcome's own ``status_code`` is
+                used, and ``"none"`` (a transport error) when that is None too.
+            duration_s: seconds from sending the request to having the outcome.
+        """
+        if status_code is None and outcome is not None:
+            status_code = outcome.status_code
+        status_label = "none" if status_code is None else str(status_code)
+        self.fetches.labels(outcome=fetch_outcome_label(outcome), status_code=status_label).inc()
+        self.request_duration.observe(max(duration_s, 0.0))
+        if isinstance(outcome, Retry):
+            self.retries.labels(reason=retry_reason_label(outcome)).inc()
+        # A 429 that exhausted max_attempts is still a throttle; a StopAll carrying 429
+        # (a billing code) is not.
+        if status_code == 429 and isinstance(outcome, Retry | Permanent):
+            self.throttled.inc()
+
+    def request_started(self) -> None:
+        """A request to the provider is now in flight."""
+        self.requests_in_flight.inc()
+
+    def request_finished(self) -> None:
+        """A request started with :meth:`request_started` is over (whatever its outcome)."""
+        self.requests_in_flight.dec()
+
+    @contextlib.contextmanager
+    def track_request(self) -> Iterator[None]:
+        """``with metrics.track_request(): ...``: in flight for the body of the block."""
+        self.request_started()
+        try:
+            yield
+        finally:
+            self.request_finished()
+
+    def set_concurrency(self, limit: int, maximum: int) -> None:
+        """The adaptive limit now (``AdaptiveLimit.limit``) and its ceiling (``max_limit``)."""
+        self.concurrency_limit.set(limit)
+        self.concurrency_max.set(maximum)
+
+    # --- writer ---------------------------------------------------------------------------
+
+    def observe_batch(self, report: WriteReport) -> None:
+        """Count one committed batch (also the "is it alive" timestamp)."""
+        self.batches_written.inc()
+        self.rows_written.inc(max(report.rows_written, 0))
+        self.lost_leases.inc(max(report.lost_lease, 0))
+        self.last_batch_at.set(self._clock())
+
+    # --- queue ----------------------------------------------------------------------------
+
+    def set_queue(
+        self,
+        counts: Mapping[str, int],
+        oldest_pending_age_s: float | None,
+        near_expiry: int | None = None,
+    ) -> None:
+        """Set the queue gauges.
+
+        Args:
+            counts: rows per state (``QueueStore.counts()``); a state left out is 0.
+                A state outside ``QUEUE_STATES`` is shown too, and zeroed once gone.
+            oldest_pending_age_s: None when nothing is pending (shown as 0).
+            near_expiry: pending rows close to the provider's retention limit; None
+                leaves that gauge as it is.
+        """
+        self._extra_states.update(s for s in counts if s not in QUEUE_STATES)
+        for state in (*QUEUE_STATES, *sorted(self._extra_states)):
+            self.queue_rows.labels(state=state).set(counts.get(state, 0))
+        self.oldest_pending_age.set(max(oldest_pending_age_s or 0.0, 0.0))
+        if near_expiry is not None:
+            self.set_pending_near_expiry(near_expiry)
+        self.queue_refreshed_at.set(self._clock())
+
+    def set_pending_near_expiry(self, count: int) -> None:
+        """Pending rows within a day of the provider's retention limit."""
+        self.pending_near_expiry.set(count)
+
+    def observe_queue_refresh_failure(self) -> None:
+        """A queue gauge refresh failed (the gauges keep their last values)."""
+        self.queue_refresh_failures.inc()
+
+    # --- exposition -----------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """Every series in the Prometheus text format (``CONTENT_TYPE_LATEST``)."""
+        return generate_latest(self.registry)
+
+
+# --- queue gauges ------------------------------------------------------------------------------
+
+
+async def refresh_queue_gauges(
+    metrics: Metrics,
+    queue: QueueStore,
+    near_expiry: Callable[[], Awaitable[int]] | None = None,
+) -> None:
+    """Read the queue once and set the gauges. Raises on a database error.
+
+    ``archiver_pending_near_expiry`` comes from ``near_expiry`` when given, else from a
+    ``pending_near_expiry`` entry of ``status_details()`` when that is not None.
+    """
+    details = await queue.status_details(recent_errors=0)
+    metrics.set_queue(details["states"], details["oldest_pending_age_s"], details.get("pending_near_expiry"))
+    if near_expiry is not None:
+        metrics.set_pending_near_expiry(await near_expiry())
+
+
+async def queue_gauge_loop(
+    metrics: Metrics,
+    queue: QueueStore,
+    interval_s: float,
+    stop: asyncio.Event,
+    near_expiry: Callable[[], Awaitable[int]] | None = None,
+) -> None:
+    """Refresh the queue gauges now and every ``interval_s`` until ``stop`` is set.
+
+    A failed refresh (database down, locked, restarted) is logged as
+    ``archiver.metrics_refresh_failed``, counted in ``archiver_queue_refresh_failures_total``
+    and retried at the next interval: this loop never raises, except ``CancelledError``.
+    One refresh may take at most ``max(interval_s, 10)`` seconds.
+
+    Args:
+        metrics: where the gauges live.
+        queue: the queue to count.
+        interval_s: seconds between refreshes.
+        stop: set it to end the loop (it is checked while waiting, too).
+        near_expiry: returns the number for ``archiver_pending_near_expiry``.
+    """
+    timeout = max(interval_s, _REFRESH_TIMEOUT_FLOOR_S)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(refresh_queue_gauges(metrics, queue, near_expiry), timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            metrics.observe_queue_refresh_failure()
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            log.warning(
+                "archiver.metrics_refresh_failed",
+                error=redact(f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__),
+                wait_s=interval_s,
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=max(interval_s, 0.0))
+
+
+# --- HTTP endpoint -----------------------------------------------------------------------------
+
+
+class MetricsServer:
+    """A running metrics endpoint. Use ``async with`` or call :meth:`close`.
+
+    Attributes:
+        host: the interface it listens on.
+        port: the bound TCP port (the real one when 0 was asked for).
+        url: base URL, e.g. ``http://127.0.0.1:9464`` (scrape ``url + "/metrics"``).
+    """
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+        self._runner = runner
+        self.host = host
+        self.port = port
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{port}"
+
+    async def close(self) -> None:
+        """Stop listening and close every connection (idempotent)."""
+        await self._runner.cleanup()
+
+    async def __aenter__(self) -> MetricsServer:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def build_metrics_app(metrics: Metrics, is_live: Callable[[], bool] = lambda: True) -> web.Application:
+    """The aiohttp application behind :func:`start_metrics_server` (``/metrics``, ``/healthz``)."""
+
+    async def serve_metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def serve_health(_request: web.Request) -> web.Response:
+        try:
+            live = bool(is_live())
+        except Exception:
+            live = False
+        if live:
+            return web.Response(text="ok\n")
+        return web.Response(text="unhealthy\n", status=503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", serve_metrics)
+    app.router.add_get("/healthz", serve_health)
+    return app
+
+
+async def start_metrics_server(
+    metrics: Metrics,
+    host: str = DEFAULT_METRICS_HOST,
+    port: int = DEFAULT_METRICS_PORT,
+    is_live: Callable[[], bool] = lambda: True,
+) -> MetricsServer:
+    """Serve ``GET /metrics`` and ``GET /healthz`` in the running event loop.
+
+    Args:
+        metrics: what ``/metrics`` shows.
+        host: interface; loopback by default (put a reverse proxy or a firewall rule in
+            front before binding anything wider: the endpoint has no authentication).
+        port: TCP port; 0 picks a free one (see ``MetricsServer.port``).
+        is_live: ``/healthz`` answers 200 ``ok`` while it returns True, else (or when it
+            raises) 503 ``unhealthy``.
+
+    Raises:
+        ConfigError: the address cannot be bound (port in use, unknown host).
+    """
+    # No access log: a scrape every few seconds would drown the canonical log lines.
+    runner = web.AppRunner(build_metrics_app(metrics, is_live), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} (choose another port or host)"
+        ) from None
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_port = int(runner.addresses[0][1])
+    log.info("archiver.metrics_listening", url=f"http://{host}:{bound_port}/metrics")
+    return MetricsServer(runner, host, bound_port)
