@@ -339,9 +339,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             "to try archiver without a key, run `archiver demo`"
         )
     progress = Progress.for_stream(sys.stderr) if args.once else None
-    summary = asyncio.run(commands.run(settings, once=args.once, progress=progress))
-    if progress is not None:
-        progress.close()
+    try:
+        summary = asyncio.run(commands.run(settings, once=args.once, progress=progress))
+    finally:
+        if progress is not None:
+            progress.close()
     if args.once:
         print(commands.dumps(summary.as_dict()))
     return 0
@@ -356,7 +358,12 @@ def _is_loopback(base_url: str) -> bool:
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     details = asyncio.run(commands.status(settings))
-    print(commands.dumps(details) if args.json else commands.format_status(details))
+    if args.json:
+        print(commands.dumps(details))
+    elif sys.stdout.isatty():
+        commands.print_status_table(details)
+    else:
+        print(commands.format_status(details))
     return 0
 
 

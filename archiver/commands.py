@@ -98,6 +98,9 @@ async def run(settings: Settings, *, once: bool, progress: Any = None) -> RunSum
     from archiver.signals import on_stop_signals
 
     async with open_database(settings.database_url, pool_size=4) as engine:
+        if progress is not None:
+            counts = await QueueStore(engine).counts()
+            progress.set_total(counts["pending"] + counts["in_flight"])
         worker = Worker(settings, engine, once=once, on_progress=progress)
         with on_stop_signals(worker.request_stop):
             return await worker.run()
@@ -158,6 +161,39 @@ def format_status(details: dict[str, Any]) -> str:
                 f"  {e['response_id']}  {e['state']}  attempts={e['attempts']}  status={code}  {e['error']}"
             )
     return "\n".join(lines)
+
+
+def print_status_table(details: dict[str, Any]) -> None:
+    """The status as rich tables, for a terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"database: {details['database']}")
+    states = Table(show_header=True)
+    states.add_column("state")
+    states.add_column("rows", justify="right")
+    for state in QUEUE_STATES:
+        states.add_row(state, f"{details['states'][state]:,}")
+    states.add_row("total", f"{details['total']:,}", style="bold")
+    console.print(states)
+    age = details["oldest_pending_age_s"]
+    console.print(f"oldest pending: {_human_age(age) if age is not None else '-'}")
+    console.print(f"expired leases: {details['expired_leases']}")
+    if details.get("retention_days"):
+        console.print(
+            f"expiry (provider keeps {details['retention_days']:g} days): "
+            f"{details['pending_near_expiry']} pending within a day of expiry, "
+            f"{details['pending_past_retention']} past it"
+        )
+    if details["recent_errors"]:
+        errors = Table(title="recent errors")
+        for column in ("response_id", "state", "attempts", "status", "error"):
+            errors.add_column(column)
+        for e in details["recent_errors"]:
+            code = str(e["status_code"]) if e["status_code"] is not None else "-"
+            errors.add_row(e["response_id"], e["state"], str(e["attempts"]), code, e["error"])
+        console.print(errors)
 
 
 def _human_age(seconds: float) -> str:

@@ -1,45 +1,91 @@
-"""A one-line live progress display for ``run --once`` on a terminal."""
+"""Progress of ``run --once``: a live bar on a terminal, periodic log lines otherwise."""
 
 from __future__ import annotations
 
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+
+from archiver.logs import get_logger
 from archiver.worker import RunSummary
+
+LOG_EVERY_S = 10.0
+
+
+def _done(summary: RunSummary) -> int:
+    return summary.archived + summary.unchanged + summary.not_found + summary.failed
 
 
 class Progress:
-    """Redraws one stderr line as batches are written; silent when not a terminal."""
+    """Called by the worker after every written batch.
 
-    def __init__(self, stream: TextIO, enabled: bool) -> None:
-        self.stream = stream
-        self.enabled = enabled
+    On a terminal: a rich progress bar (done/total, rate, ETA, failures so far). Not on a
+    terminal: an ``archiver.progress`` log line every 10 s (the final summary is the
+    JSON the command prints).
+    """
+
+    def __init__(self, stream: TextIO, tty: bool) -> None:
+        self.tty = tty
+        self.total: int | None = None
         self.started = time.monotonic()
-        self._last_draw = 0.0
+        self._last_log = self.started
+        self._bar: RichProgress | None = None
+        self._task: Any = None
+        self._console = Console(file=stream) if tty else None
 
     @classmethod
     def for_stream(cls, stream: TextIO) -> Progress:
-        """Enabled only when ``stream`` is a terminal."""
+        """A bar when ``stream`` is a terminal, log lines otherwise."""
         return cls(stream, stream.isatty())
 
+    def set_total(self, total: int) -> None:
+        """How many IDs this run expects to finish (pending and in flight at its start)."""
+        self.total = total
+        if self.tty and self._bar is None:
+            self._bar = RichProgress(
+                TextColumn("archiving"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]:>8}/s"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[problems]}"),
+                console=self._console,
+                transient=False,
+            )
+            self._task = self._bar.add_task("archiving", total=total, rate="0", problems="")
+            self._bar.start()
+
     def __call__(self, summary: RunSummary) -> None:
-        if not self.enabled:
+        done = _done(summary)
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = done / elapsed
+        if self._bar is not None:
+            total = max(self.total or 0, done)
+            problems = (
+                f"not found {summary.not_found:,}  failed {summary.failed:,}  retrying {summary.retried:,}"
+            )
+            self._bar.update(self._task, completed=done, total=total, rate=f"{rate:,.0f}", problems=problems)
             return
         now = time.monotonic()
-        if now - self._last_draw < 0.2:
-            return
-        self._last_draw = now
-        done = summary.archived + summary.unchanged + summary.not_found + summary.failed
-        rate = done / max(now - self.started, 1e-9)
-        self.stream.write(
-            f"\r  done {done:,}  archived {summary.archived + summary.unchanged:,}"
-            f"  not found {summary.not_found:,}"
-            f"  failed {summary.failed:,}  retrying {summary.retried:,}  {rate:,.0f}/s   "
-        )
-        self.stream.flush()
+        if now - self._last_log >= LOG_EVERY_S:
+            self._last_log = now
+            get_logger().info(
+                "archiver.progress",
+                done=done,
+                total=self.total,
+                rate_per_s=round(rate, 1),
+                archived=summary.archived + summary.unchanged,
+                not_found=summary.not_found,
+                failed=summary.failed,
+                retried=summary.retried,
+            )
 
     def close(self) -> None:
-        """End the progress line."""
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        """Stop the bar (leaves its last state on screen)."""
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
