@@ -53,6 +53,27 @@ HTTP_OPTIONS: list[Option] = [
 ]
 RUN_OPTIONS: list[Option] = [
     (
+        "--metrics-port",
+        "ARCHIVER_METRICS_PORT",
+        "metrics_port",
+        int,
+        "serve Prometheus /metrics and /healthz on this port (default: off)",
+    ),
+    (
+        "--metrics-host",
+        "ARCHIVER_METRICS_HOST",
+        "metrics_host",
+        str,
+        "address for the metrics server (default 127.0.0.1: loopback only)",
+    ),
+    (
+        "--metrics-refresh",
+        "ARCHIVER_METRICS_REFRESH",
+        "metrics_refresh",
+        float,
+        "seconds between refreshes of the queue gauges (default 15)",
+    ),
+    (
         "--concurrency",
         "ARCHIVER_CONCURRENCY",
         "concurrency",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -20,6 +22,7 @@ from archiver.db import (
     migrate as migrate_db,
 )
 from archiver.ids import IdLine, RejectedLine, parse_id_lines, validate_response_id
+from archiver.metrics import Metrics, queue_gauge_loop, start_metrics_server
 from archiver.queue import QUEUE_STATES, EnqueueCounts, QueueStore
 from archiver.settings import Settings
 from archiver.store import ArchiveStore
@@ -101,9 +104,41 @@ async def run(settings: Settings, *, once: bool, progress: Any = None) -> RunSum
         if progress is not None:
             counts = await QueueStore(engine).counts()
             progress.set_total(counts["pending"] + counts["in_flight"])
-        worker = Worker(settings, engine, once=once, on_progress=progress)
-        with on_stop_signals(worker.request_stop):
-            return await worker.run()
+        metrics = Metrics()
+        worker = Worker(settings, engine, once=once, on_progress=progress, metrics=metrics)
+        async with AsyncExitStack() as stack:
+            if settings.metrics_port is not None:
+                await _serve_metrics(stack, settings, metrics, worker, QueueStore(engine))
+            with on_stop_signals(worker.request_stop):
+                return await worker.run()
+    raise AssertionError("unreachable")
+
+
+async def _serve_metrics(
+    stack: AsyncExitStack, settings: Settings, metrics: Metrics, worker: Worker, queue: QueueStore
+) -> None:
+    """Start /metrics and /healthz, and a task refreshing the queue gauges."""
+    server = await start_metrics_server(
+        metrics, settings.metrics_host, settings.metrics_port or 0, is_live=worker.is_live
+    )
+    stack.push_async_callback(server.close)
+    stop = asyncio.Event()
+
+    async def near_expiry() -> int:
+        if settings.retention_s is None:
+            return 0
+        return (await queue.expiry_counts(settings.retention_s))[0]
+
+    task = asyncio.create_task(
+        queue_gauge_loop(metrics, queue, settings.metrics_refresh, stop, near_expiry=near_expiry),
+        name="archiver.queue-gauges",
+    )
+
+    async def stop_task() -> None:
+        stop.set()
+        await task
+
+    stack.push_async_callback(stop_task)
 
 
 async def status(settings: Settings) -> dict[str, Any]:

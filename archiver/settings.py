@@ -46,6 +46,9 @@ class Settings:
     max_rps: float | None = None
     provider: str = "auto"
     retention_days: float | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_refresh: float = 15.0
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     def __post_init__(self) -> None:

@@ -27,6 +27,7 @@ from archiver.db import redact_url, with_db_retry
 from archiver.errors import NormalizationError, StopRun
 from archiver.limits import AdaptiveLimit
 from archiver.logs import get_logger, redact
+from archiver.metrics import Metrics
 from archiver.normalize import normalize
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
 from archiver.policy import (
@@ -44,6 +45,7 @@ log = get_logger()
 
 WRITE_LINGER_S = 0.02
 EXPIRY_CHECK_INTERVAL_S = 600.0
+LIVENESS_TIMEOUT_S = 120.0
 
 
 @dataclass(slots=True)
@@ -125,6 +127,7 @@ class Worker:
         once: bool = False,
         on_progress: Callable[[RunSummary], None] | None = None,
         rand: Callable[[], float] = random.random,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.once = once
@@ -143,12 +146,22 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._not_before = 0.0  # monotonic time before which no request is sent (429 pause)
         self.gate = AdaptiveLimit(settings.concurrency)
+        self.metrics = metrics or Metrics()
+        self.metrics.set_concurrency(self.gate.limit, self.gate.max_limit)
         self._rate = _rate_limiter(settings.max_rps)
         self._fatal: BaseException | None = None
         self.near_expiry = 0
+        self._last_tick = time.monotonic()
         self._engine_url = redact_url(engine.url)
 
     # --- control ---------------------------------------------------------------------
+
+    def is_live(self) -> bool:
+        """For /healthz and the systemd watchdog: no task died and the claimer loop turns."""
+        if self._fatal is not None:
+            return False
+        stalled_after = max(LIVENESS_TIMEOUT_S, self.settings.poll_interval * 5)
+        return time.monotonic() - self._last_tick < stalled_after
 
     def request_stop(self, reason: str) -> None:
         """Ask the run to stop gracefully (idempotent; the first reason is kept)."""
@@ -280,6 +293,7 @@ class Worker:
         s = self.settings
         capacity = s.concurrency * 2 + s.batch_size
         while not self.stop_event.is_set():
+            self._last_tick = time.monotonic()
             room = capacity - len(self._held)
             if room < min(s.batch_size, s.concurrency):
                 self._slot_freed.clear()
@@ -346,10 +360,12 @@ class Worker:
                 await self._pause_if_throttled()
                 if self._rate is not None:
                     await self._rate.acquire()
-                result = await self.fetch_one(client, job)
+                with self.metrics.track_request():
+                    result = await self.fetch_one(client, job)
                 congested = result is not None and _is_congestion(result.outcome)
             finally:
                 await self.gate.release(congested=congested)
+                self.metrics.set_concurrency(self.gate.limit, self.gate.max_limit)
             if result is None:
                 continue
             await self._results.put(result)
@@ -388,6 +404,7 @@ class Worker:
         duration = time.monotonic() - started
         outcome = self._expired_if_old(job, outcome, now)
         if isinstance(outcome, StopAll):
+            self.metrics.observe_fetch(None, outcome.status_code, duration)
             self._stop_all = self._stop_all or outcome.reason
             log.error(
                 "archiver.provider_refused",
@@ -435,6 +452,7 @@ class Worker:
                 state=outcome.state,
                 error=redact(outcome.reason),
             )
+        self.metrics.observe_fetch(outcome, None, duration)
         return FetchResult(
             job=job,
             outcome=outcome,
@@ -494,6 +512,7 @@ class Worker:
                 self._held.pop(r.job.response_id, None)
             self._slot_freed.set()
             self.summary.add(report)
+            self.metrics.observe_batch(report)
             if report.lost_lease:
                 log.warning(
                     "archiver.lease_lost",

@@ -1,0 +1,94 @@
+"""The daemon as an operator sees it: /metrics and /healthz on loopback, SIGTERM exits 0."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import Cli
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback only
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_daemon_serves_metrics_and_stops_on_sigterm(
+    sqlite_cli: Cli, mock_process: str, tmp_path: Path
+) -> None:
+    ids = [f"resp_ok_m{i:03d}" for i in range(50)] + ["resp_notfound_m1"]
+    assert sqlite_cli("enqueue", input="\n".join(ids).encode()).returncode == 0
+    port = _free_port()
+    env = {
+        **sqlite_cli.env,
+        "ARCHIVER_BASE_URL": mock_process,
+        "ARCHIVER_METRICS_PORT": str(port),
+        "ARCHIVER_POLL_INTERVAL": "0.1",
+        "ARCHIVER_NOT_FOUND_RECHECK": "0.05",
+        "ARCHIVER_BACKOFF_BASE": "0.01",
+        "ARCHIVER_METRICS_REFRESH": "0.5",
+        "ARCHIVER_LOG_LEVEL": "info",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archiver", "run"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        samples: dict = {}
+        while time.monotonic() < deadline:
+            try:
+                status, body = _get(base + "/metrics")
+            except OSError:
+                time.sleep(0.1)
+                continue
+            samples = _samples(body)
+            archived = samples.get(
+                ("archiver_fetches_total", (("outcome", "archived"), ("status_code", "200"))), 0
+            )
+            rows = samples.get(("archiver_queue_rows", (("state", "archived"),)), 0)
+            if archived >= 50 and rows >= 50:
+                break
+            time.sleep(0.2)
+        assert samples[("archiver_fetches_total", (("outcome", "archived"), ("status_code", "200")))] == 50
+        assert samples[("archiver_fetches_total", (("outcome", "not_found"), ("status_code", "404")))] == 1
+        assert samples[("archiver_queue_rows", (("state", "archived"),))] == 50
+        assert samples[("archiver_concurrency_limit", ())] >= 1
+        assert ("archiver_build_info", ()) not in samples  # labelled series only
+        assert _get(base + "/healthz") == (200, "ok\n")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"archiver.run_stopped" in err and b"SIGTERM" in err
