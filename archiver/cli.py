@@ -257,6 +257,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("response_ids", nargs="*", metavar="ID")
 
+    p = sub.add_parser(
+        "check",
+        parents=[common],
+        help="health check: database reachable, schema current, queue not stalled (exit 0 or 1)",
+        description="Exit 0 when the database is reachable, the schema is current and the queue is not "
+        "stalled; otherwise exit 1 with one line per problem. For monitoring and ExecStartPre. "
+        "It never migrates.",
+    )
+    p.add_argument(
+        "--max-pending-age",
+        type=float,
+        default=3600.0,
+        help="problem when a pending row has been due for longer than this many seconds (default 3600)",
+    )
+    p.add_argument(
+        "--max-expired-leases",
+        type=int,
+        default=0,
+        help="problem when more in_flight rows than this have a lease expired over a minute ago (default 0)",
+    )
+
     sub.add_parser(
         "migrate",
         parents=[common],
@@ -404,6 +425,20 @@ def _retry(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace, settings: Settings) -> int:
+    result = asyncio.run(
+        commands.check(
+            settings, max_pending_age_s=args.max_pending_age, max_expired_leases=args.max_expired_leases
+        )
+    )
+    if result.ok:
+        print("ok")
+        return 0
+    for problem in result.problems:
+        print(problem, file=sys.stderr)
+    return 1
+
+
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     head = asyncio.run(commands.migrate(settings))
     print(f"schema at {head}")
@@ -450,6 +485,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "status": _status,
     "show": _show,
     "retry": _retry,
+    "check": _check,
     "migrate": _migrate,
     "mock-server": _mock_server,
     "demo": _demo,

@@ -21,8 +21,10 @@ from archiver.db import (
 from archiver.db import (
     migrate as migrate_db,
 )
+from archiver.health import CheckResult, run_checks
 from archiver.ids import IdLine, RejectedLine, parse_id_lines, validate_response_id
 from archiver.metrics import Metrics, queue_gauge_loop, start_metrics_server
+from archiver.notify import SystemdNotifier
 from archiver.queue import QUEUE_STATES, EnqueueCounts, QueueStore
 from archiver.settings import Settings
 from archiver.store import ArchiveStore
@@ -105,7 +107,14 @@ async def run(settings: Settings, *, once: bool, progress: Any = None) -> RunSum
             counts = await QueueStore(engine).counts()
             progress.set_total(counts["pending"] + counts["in_flight"])
         metrics = Metrics()
-        worker = Worker(settings, engine, once=once, on_progress=progress, metrics=metrics)
+        worker = Worker(
+            settings,
+            engine,
+            once=once,
+            on_progress=progress,
+            metrics=metrics,
+            notifier=SystemdNotifier.from_env(),
+        )
         async with AsyncExitStack() as stack:
             if settings.metrics_port is not None:
                 await _serve_metrics(stack, settings, metrics, worker, QueueStore(engine))
@@ -169,6 +178,13 @@ async def migrate(settings: Settings) -> str | None:
     async with open_database(settings.database_url, upgrade=False) as engine:
         await migrate_db(engine)
     return head_revision()
+
+
+async def check(settings: Settings, *, max_pending_age_s: float, max_expired_leases: int) -> CheckResult:
+    """Health check for monitoring and ExecStartPre: reachable, schema current, queue moving."""
+    return await run_checks(
+        settings.database_url, max_pending_age_s=max_pending_age_s, max_expired_leases=max_expired_leases
+    )
 
 
 def format_status(details: dict[str, Any]) -> str:

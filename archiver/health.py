@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 from sqlalchemy import text
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -57,10 +58,9 @@ async def run_checks(
     """
     url = normalize_database_url(database_url)
     shown = redact_url(url)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+    if _sqlite_file_missing(url):
         # Connecting would create an empty file: report it missing instead.
-        if not os.path.exists(url.database):
-            return _result([f"database unreachable: {shown}: the SQLite file does not exist"])
+        return _result([f"database unreachable: {shown}: the SQLite file does not exist"])
     try:
         engine = create_engine(database_url, pool_size=1)
     except DatabaseUnavailable as exc:
@@ -77,6 +77,12 @@ async def run_checks(
         await engine.dispose()
 
 
+def _sqlite_file_missing(url: URL) -> bool:
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return False
+    return not os.path.exists(url.database)
+
+
 def _result(problems: list[str]) -> CheckResult:
     return CheckResult(ok=not problems, problems=problems)
 
@@ -85,11 +91,16 @@ def _schema_problem(revision: str | None, head: str | None) -> str:
     if revision is None:
         return "schema missing: the database has no archiver schema (run `archiver migrate`)"
     if not _known_revision(revision):
-        return f"schema newer than this archiver: database at {revision}, archiver knows up to {head} (upgrade archiver)"
+        return (
+            f"schema newer than this archiver: database at {revision}, "
+            f"archiver knows up to {head} (upgrade archiver)"
+        )
     return f"schema out of date: database at {revision}, current is {head} (run `archiver migrate`)"
 
 
-async def _queue_problems(engine: AsyncEngine, max_pending_age_s: float, max_expired_leases: int) -> list[str]:
+async def _queue_problems(
+    engine: AsyncEngine, max_pending_age_s: float, max_expired_leases: int
+) -> list[str]:
     now = now_sql(engine.dialect.name)
     async with engine.connect() as conn:
         stale_count, stale_oldest = (
@@ -113,14 +124,15 @@ async def _queue_problems(engine: AsyncEngine, max_pending_age_s: float, max_exp
     problems = []
     if stale_count:
         problems.append(
-            f"queue stalled: {stale_count} pending rows due for more than {format_duration(max_pending_age_s)} "
-            f"(oldest {format_duration(float(stale_oldest))}); is a worker running?"
+            f"queue stalled: {stale_count} pending rows due for more than "
+            f"{format_duration(max_pending_age_s)} (oldest {format_duration(float(stale_oldest))}); "
+            "is a worker running?"
         )
     if expired_count > max_expired_leases:
         problems.append(
             f"leases piling up: {expired_count} in_flight rows whose lease expired more than "
-            f"{format_duration(EXPIRED_LEASE_SLACK_S)} ago (oldest {format_duration(float(expired_oldest))}); "
-            "no live worker is recovering them"
+            f"{format_duration(EXPIRED_LEASE_SLACK_S)} ago "
+            f"(oldest {format_duration(float(expired_oldest))}); no live worker is recovering them"
         )
     return problems
 

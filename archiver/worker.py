@@ -29,6 +29,7 @@ from archiver.limits import AdaptiveLimit
 from archiver.logs import get_logger, redact
 from archiver.metrics import Metrics
 from archiver.normalize import normalize
+from archiver.notify import SystemdNotifier, watchdog_loop
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
 from archiver.policy import (
     ProviderProfile,
@@ -128,6 +129,7 @@ class Worker:
         on_progress: Callable[[RunSummary], None] | None = None,
         rand: Callable[[], float] = random.random,
         metrics: Metrics | None = None,
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         self.settings = settings
         self.once = once
@@ -147,6 +149,7 @@ class Worker:
         self._not_before = 0.0  # monotonic time before which no request is sent (429 pause)
         self.gate = AdaptiveLimit(settings.concurrency)
         self.metrics = metrics or Metrics()
+        self.notifier = notifier or SystemdNotifier()
         self.metrics.set_concurrency(self.gate.limit, self.gate.max_limit)
         self._rate = _rate_limiter(settings.max_rps)
         self._fatal: BaseException | None = None
@@ -196,7 +199,11 @@ class Worker:
         ) as client:
             writer = self._spawn("writer", self._writer())
             heartbeat = self._spawn("heartbeat", self._heartbeat())
-            watchers = [self._spawn("expiry-watch", self._expiry_watch())]
+            watchers = [
+                self._spawn("expiry-watch", self._expiry_watch()),
+                self._spawn("watchdog", watchdog_loop(self.notifier, self.is_live, self.stop_event)),
+            ]
+            self.notifier.ready(f"archiving with concurrency {s.concurrency}")
             fetchers = [self._spawn(f"fetcher-{i}", self._fetcher(client)) for i in range(s.concurrency)]
             claimer = self._spawn("claimer", self._claimer())
             try:
@@ -248,6 +255,7 @@ class Worker:
         writer: asyncio.Task[None],
         side_tasks: list[asyncio.Task[None]],
     ) -> None:
+        self.notifier.stopping(f"stopping: {self.summary.stop_reason or 'drained'}")
         # 1. Claimed but not started: release now.
         unstarted: list[Job] = []
         while not self._jobs.empty():
