@@ -39,7 +39,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = [
+    "CHILD_STORE_COLUMNS",
     "CHILD_TABLES",
+    "archive_changes",
+    "export_cursors",
     "STORE_COLUMNS",
     "JSONDoc",
     "annotations",
@@ -155,10 +158,16 @@ responses = Table(
     Column("raw_sha256", String(64), nullable=False),
     Column("fetched_at", Timestamp, nullable=False),
     Column("archived_at", Timestamp, nullable=False),
+    # Change tracking: a new, higher value every time the archived content changes (a
+    # re-fetch with identical bytes keeps it). Assigned in commit order (see store.py).
+    Column("change_seq", BigInteger, nullable=False, server_default="0", index=True),
 )
 
-STORE_COLUMNS: frozenset[str] = frozenset({"raw", "raw_sha256", "fetched_at", "archived_at"})
+STORE_COLUMNS: frozenset[str] = frozenset({"raw", "raw_sha256", "fetched_at", "archived_at", "change_seq"})
 """Columns of ``responses`` that the store fills; ``normalize()`` returns all the others."""
+
+CHILD_STORE_COLUMNS: frozenset[str] = frozenset({"change_seq"})
+"""Columns of the child tables that the store fills (the response's ``change_seq``)."""
 
 output_items = Table(
     "output_items",
@@ -385,3 +394,26 @@ CHILD_TABLES: tuple[Table, ...] = (
     tool_usage,
 )
 """Every table that hangs off a response (has ``response_id``), parents before children."""
+
+for _table in CHILD_TABLES:
+    # Child rows are replaced together with their response, so they carry its change_seq.
+    _table.append_column(Column("change_seq", BigInteger, nullable=False, server_default="0"))
+del _table
+
+archive_changes = Table(
+    "archive_changes",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    comment="Change-sequence counter; its row lock orders change_seq by commit order",
+)
+
+export_cursors = Table(
+    "export_cursors",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("last_seq", BigInteger, nullable=False, server_default="0"),
+    Column("batch", BigInteger, nullable=False, server_default="0"),
+    Column("exported_at", Timestamp),
+    comment="What `archiver export --cursor NAME` has exported so far",
+)

@@ -152,9 +152,13 @@ class ArchiveStore:
                 await conn.execute(delete(table).where(table.c.response_id.in_(chunk)))
             await conn.execute(delete(responses).where(responses.c.id.in_(chunk)))
         scrub = self.dialect == "postgresql"
+        # Taken last-but-inserts: the counter row stays locked until commit, so change_seq
+        # values become visible in increasing order even with several writers.
+        first_seq = await self._next_change_seqs(conn, len(changed))
         response_rows: list[dict[str, Any]] = []
         child_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for rid in changed:
+        for offset, rid in enumerate(changed):
+            seq = first_seq + offset
             result = by_id[rid]
             assert result.normalized is not None and isinstance(result.outcome, Archived)
             raw = result.outcome.raw
@@ -167,10 +171,16 @@ class ArchiveStore:
                 raw_sha256=digests[rid],
                 fetched_at=result.fetched_at,
                 archived_at=result.fetched_at,
+                change_seq=seq,
             )
             response_rows.append(row)
             for table_name, rows in result.normalized.children.items():
-                child_rows[table_name].extend(scrub_nul(rows) if needs_scrub else rows)
+                if not rows:
+                    continue
+                target = child_rows[table_name]
+                for child in scrub_nul(rows) if needs_scrub else rows:
+                    child["change_seq"] = seq
+                    target.append(child)
         await conn.execute(responses.insert(), response_rows)
         report.rows_written += len(response_rows)
         for table in CHILD_TABLES:
@@ -280,6 +290,21 @@ class ArchiveStore:
                 ).bindparams(bindparam("body", type_=archive_queue.c.last_body.type)),
                 final,
             )
+
+    async def _next_change_seqs(self, conn: AsyncConnection, count: int) -> int:
+        """Reserve ``count`` change sequence numbers; returns the first."""
+        result = await conn.execute(
+            text("UPDATE archive_changes SET seq = seq + :n WHERE name = 'archive' RETURNING seq"),
+            {"n": count},
+        )
+        last = result.scalar()
+        if last is None:  # the counter row was removed by hand: start after what exists
+            base = (await conn.execute(text("SELECT coalesce(max(change_seq), 0) FROM responses"))).scalar()
+            last = int(base or 0) + count
+            await conn.execute(
+                text("INSERT INTO archive_changes (name, seq) VALUES ('archive', :s)"), {"s": last}
+            )
+        return int(last) - count + 1
 
     async def raw_body(self, response_id: str) -> bytes | None:
         """The archived body exactly as received, or None."""

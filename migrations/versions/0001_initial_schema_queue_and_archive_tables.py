@@ -138,9 +138,7 @@ def upgrade() -> None:
             ),
             nullable=True,
         ),
-        sa.PrimaryKeyConstraint(
-            "response_id", "item_position", "position", name=op.f("pk_content_parts")
-        ),
+        sa.PrimaryKeyConstraint("response_id", "item_position", "position", name=op.f("pk_content_parts")),
     )
     op.create_table(
         "file_search_queries",
@@ -220,9 +218,7 @@ def upgrade() -> None:
             ),
             nullable=True,
         ),
-        sa.PrimaryKeyConstraint(
-            "response_id", "item_position", "position", name=op.f("pk_mcp_tools")
-        ),
+        sa.PrimaryKeyConstraint("response_id", "item_position", "position", name=op.f("pk_mcp_tools")),
     )
     op.create_table(
         "output_items",

@@ -236,3 +236,37 @@ async def test_run_once_finishes_rows_a_dead_worker_left_in_flight(db_url: str, 
             assert summary.archived == 5
             rows = await fetch_all(engine, "SELECT state, attempts FROM archive_queue")
             assert rows == [("archived", 2)] * 5
+
+
+async def test_change_seq_moves_only_when_content_changes(db_url: str, make_settings: Any) -> None:
+    from archiver.schema import CHILD_TABLES
+
+    async with await start_mock_server() as mock:
+        settings = make_settings(db_url, mock.base_url)
+        async with open_database(db_url) as engine:
+            queue = QueueStore(engine)
+            await queue.enqueue(["resp_kitchensink_cs", "resp_ok_cs"])
+            await Worker(settings, engine, once=True).run()
+            first = dict(await fetch_all(engine, "SELECT id, change_seq FROM responses"))
+            assert sorted(first.values()) == [1, 2]
+            # Identical bytes: no change.
+            await queue.enqueue(["resp_kitchensink_cs"], refetch=True)
+            await Worker(settings, engine, once=True).run()
+            assert dict(await fetch_all(engine, "SELECT id, change_seq FROM responses")) == first
+            # A response that changes (queued -> in_progress -> completed) gets a new,
+            # higher change_seq each time, and its child rows carry it.
+            await queue.enqueue(["resp_pending3_cs"])
+            await Worker(settings, engine, once=True).run()
+            (seq,) = (
+                await fetch_all(engine, "SELECT change_seq FROM responses WHERE id = 'resp_pending3_cs'")
+            )[0]
+            assert seq >= 5  # three snapshots after 1 and 2, at least (queued, in_progress, completed)
+            for table in CHILD_TABLES:
+                rows = await fetch_all(
+                    engine,
+                    f"SELECT DISTINCT change_seq FROM {table.name} WHERE response_id = :i",
+                    i="resp_pending3_cs",
+                )
+                assert rows in ([], [(seq,)]), table.name
+            (counter,) = (await fetch_all(engine, "SELECT seq FROM archive_changes"))[0]
+            assert counter == seq

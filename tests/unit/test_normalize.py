@@ -13,13 +13,13 @@ import pytest
 
 from archiver.errors import NormalizationError
 from archiver.normalize import NormalizedResponse, normalize
-from archiver.schema import CHILD_TABLES, STORE_COLUMNS, responses
+from archiver.schema import CHILD_STORE_COLUMNS, CHILD_TABLES, STORE_COLUMNS, responses
 
 CORPUS_DIR = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "responses"
 CORPUS_FILES = sorted(CORPUS_DIR.glob("*.json"))
 
 RESPONSE_COLUMNS = {c.name for c in responses.columns} - STORE_COLUMNS
-CHILD_COLUMNS = {t.name: {c.name for c in t.columns} for t in CHILD_TABLES}
+CHILD_COLUMNS = {t.name: {c.name for c in t.columns} - CHILD_STORE_COLUMNS for t in CHILD_TABLES}
 
 
 def load(path: Path) -> dict[str, Any]:

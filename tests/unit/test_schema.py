@@ -56,11 +56,12 @@ def store(engine: Engine, raw: bytes, result: NormalizedResponse) -> None:
         "raw_sha256": hashlib.sha256(raw).hexdigest(),
         "fetched_at": NOW,
         "archived_at": NOW,
+        "change_seq": 1,
     }
     with engine.begin() as conn:
         conn.execute(responses.insert(), [response])
         for table in CHILD_TABLES:
-            rows = result.children[table.name]
+            rows = [{**row, "change_seq": 1} for row in result.children[table.name]]
             if rows:
                 conn.execute(table.insert(), rows)
 
@@ -69,7 +70,8 @@ def store(engine: Engine, raw: bytes, result: NormalizedResponse) -> None:
 
 
 def test_child_tables_are_every_table_but_responses_parents_first() -> None:
-    assert set(CHILD_TABLES) == set(archive_tables()) - {responses}
+    bookkeeping = {schema.archive_changes, schema.export_cursors}
+    assert set(CHILD_TABLES) == set(archive_tables()) - {responses} - bookkeeping
     assert len(set(CHILD_TABLES)) == len(CHILD_TABLES)
     assert CHILD_TABLES[:3] == (schema.output_items, schema.content_parts, schema.annotations)
 
@@ -108,6 +110,7 @@ def test_responses_contract_columns() -> None:
     assert {ix.name for ix in responses.indexes} == {
         "ix_responses_created_at",
         "ix_responses_model",
+        "ix_responses_change_seq",
     }
     contract = ("id", "type", "role", "status", "name", "call_id", "arguments", "server_label")
     for name in (*contract, "item"):
@@ -127,6 +130,7 @@ def test_postgresql_ddl() -> None:
     assert "CONSTRAINT pk_output_items PRIMARY KEY (response_id, position)" in items
     indexes = sorted(str(CreateIndex(ix).compile(dialect=dialect)) for ix in responses.indexes)
     assert indexes == [
+        "CREATE INDEX ix_responses_change_seq ON responses (change_seq)",
         "CREATE INDEX ix_responses_created_at ON responses (created_at)",
         "CREATE INDEX ix_responses_model ON responses (model)",
     ]
