@@ -19,6 +19,17 @@ from archiver.settings import DEFAULT_BASE_URL, DEFAULT_DATABASE_URL, Settings, 
 # (flag, env variable, settings field, type, help). Defaults come from Settings.
 Option = tuple[str, str, str, Callable[[str], Any], str]
 
+
+def flag(value: str) -> bool:
+    """An on/off setting: a bare --flag, or the variable set to 1/true/yes/on (0/false/no/off)."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(value)
+
+
 COMMON_OPTIONS: list[Option] = [
     (
         "--retention-days",
@@ -52,6 +63,13 @@ HTTP_OPTIONS: list[Option] = [
     ),
 ]
 RUN_OPTIONS: list[Option] = [
+    (
+        "--with-input-items",
+        "ARCHIVER_WITH_INPUT_ITEMS",
+        "with_input_items",
+        flag,
+        "also fetch and store each response's input items (GET /responses/{id}/input_items)",
+    ),
     (
         "--metrics-port",
         "ARCHIVER_METRICS_PORT",
@@ -161,8 +179,18 @@ RUN_OPTIONS: list[Option] = [
 
 
 def _add_options(parser: argparse.ArgumentParser, options: list[Option]) -> None:
-    for flag, env, field_name, type_, help_ in options:
-        parser.add_argument(flag, dest=field_name, type=type_, default=None, help=f"{help_} [env: {env}]")
+    for name, env, field_name, type_, help_ in options:
+        if type_ is flag:
+            parser.add_argument(
+                name,
+                dest=field_name,
+                action="store_const",
+                const=True,
+                default=None,
+                help=f"{help_} [env: {env}]",
+            )
+        else:
+            parser.add_argument(name, dest=field_name, type=type_, default=None, help=f"{help_} [env: {env}]")
 
 
 def _add_key_file(parser: argparse.ArgumentParser) -> None:
@@ -326,13 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     """Settings from parsed flags, then ARCHIVER_* variables, then defaults."""
     values: dict[str, Any] = {}
-    for flag, env_name, field_name, type_, _ in COMMON_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS:
+    for name, env_name, field_name, type_, _ in COMMON_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS:
         value = getattr(args, field_name, None)
         if value is None and env.get(env_name, "").strip():
             try:
                 value = type_(env[env_name].strip())
             except ValueError:
-                raise ConfigError(f"{env_name}={env[env_name]!r} is not a valid {flag}") from None
+                raise ConfigError(f"{env_name}={env[env_name]!r} is not a valid {name}") from None
         if value is not None:
             values[field_name] = value
     if getattr(args, "command", None) == "run":

@@ -74,6 +74,16 @@ class ResponsesClient:
         """The URL of one response; the ID is always URL-quoted."""
         return self.base_url + response_path(response_id)
 
+    async def fetch_input_items_page(self, response_id: str, after: str | None, limit: int = 100) -> Exchange:
+        """GET one page of ``/responses/{id}/input_items``, oldest first."""
+        assert self._session is not None, "use ResponsesClient as an async context manager"
+        params = {"order": "asc", "limit": str(limit)}
+        if after is not None:
+            params["after"] = after
+        url = self.url_for(response_id) + "/input_items"
+        async with self._session.get(url, params=params, allow_redirects=False) as resp:
+            return Exchange(resp.status, dict(resp.headers), await resp.read())
+
     async def fetch(self, response_id: str) -> Exchange:
         """GET one response and read its whole body.
 

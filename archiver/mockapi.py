@@ -11,6 +11,9 @@ Routes (``prefix`` defaults to ``/v1``):
 - ``GET /_mock/stats``: ``{"requests_total", "requests_by_id", "status_counts",
   "in_flight", "max_in_flight", "dropped_total"}``. ``status_counts`` is keyed by the
   status code as a string; connections dropped on purpose count in ``dropped_total``.
+- ``GET {prefix}/responses/{response_id}/input_items``: the input items, paginated as
+  on OpenAI (``limit`` 1-100, default 20; ``after``; ``order`` asc/desc, default desc;
+  ``has_more``, ``first_id``, ``last_id``); see :func:`input_items_for`.
 - ``POST /_mock/reset``: clears the stats and the per-ID fetch counters.
 
 The stats routes never require the API key.
@@ -94,6 +97,7 @@ __all__ = [
     "MockStats",
     "body_for",
     "build_app",
+    "input_items_for",
     "serve_forever",
     "start_mock_server",
 ]
@@ -106,6 +110,7 @@ SCENARIOS: Final = frozenset(
         "ok", "kitchensink", "notfound", "flaky", "ratelimit", "quota", "trunc",
         "garbage", "mismatch", "pending", "big", "nul", "unicode", "hang", "reset",
         "servererror", "badrequest", "unauthorized", "forbidden", "arrearage",
+        "manyinputs", "inputflaky", "noinputs",
     }
 )  # fmt: skip
 
@@ -151,11 +156,16 @@ class MockStats:
     max_in_flight: int = 0
     dropped_total: int = 0
     """Connections closed without a response (the ``reset`` scenario)."""
+    input_items_total: int = 0
+    """Requests for ``/responses/{id}/input_items`` pages (not in ``requests_total``)."""
+    input_items_by_id: dict[str, int] = field(default_factory=dict)
 
     def reset(self) -> None:
         """Clear every counter; requests in progress still count as in flight."""
         self.requests_total = 0
         self.requests_by_id.clear()
+        self.input_items_total = 0
+        self.input_items_by_id.clear()
         self.status_counts.clear()
         self.max_in_flight = self.in_flight
         self.dropped_total = 0
@@ -169,6 +179,8 @@ class MockStats:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "dropped_total": self.dropped_total,
+            "input_items_total": self.input_items_total,
+            "input_items_by_id": dict(self.input_items_by_id),
         }
 
 
@@ -727,6 +739,98 @@ def load_bodies(bodies_dir: Path) -> dict[str, bytes]:
     return bodies
 
 
+# --------------------------------------------------------------------------- input items
+
+INPUT_PAGE_DEFAULT: Final = 20
+INPUT_PAGE_MAX: Final = 100
+_INPUT_TEXTS: Final = (
+    "What is the weather in Hangzhou today?",
+    "请用三句话总结这篇文章。",
+    "Write a haiku about archives 📚",
+    "Look up the latest exchange rate for CNY/EUR.",
+    "Explain the difference between TCP and UDP.",
+)
+
+
+@lru_cache(maxsize=4096)
+def input_items_for(response_id: str) -> tuple[dict[str, Any], ...]:
+    """The input items the mock serves for an ID, oldest first (deterministic).
+
+    ``manyinputs`` IDs have 230 items (three pages of 100); others 1-4:
+    a system message, user messages with ``input_text`` parts, and a function call output.
+    """
+    name, _ = _scenario(response_id)
+    digest = hashlib.sha256(response_id.encode()).digest()
+    count = 230 if name == "manyinputs" else 1 + digest[0] % 4
+    items: list[dict[str, Any]] = []
+    for i in range(count):
+        item_id = f"msg_{hashlib.sha256(f'{response_id}/{i}'.encode()).hexdigest()[:24]}"
+        if i == 0 and count > 2:
+            items.append(
+                {
+                    "id": item_id,
+                    "type": "message",
+                    "role": "system",
+                    "status": "completed",
+                    "content": [{"type": "input_text", "text": "You are a helpful assistant."}],
+                }
+            )
+        elif i % 5 == 3:
+            items.append(
+                {
+                    "id": item_id,
+                    "type": "function_call_output",
+                    "status": "completed",
+                    "call_id": f"call_{item_id[4:16]}",
+                    "output": '{"temperature": 21}',
+                }
+            )
+        else:
+            text = _INPUT_TEXTS[(digest[1] + i) % len(_INPUT_TEXTS)]
+            items.append(
+                {
+                    "id": item_id,
+                    "type": "message",
+                    "role": "user",
+                    "status": "completed",
+                    "content": [{"type": "input_text", "text": f"{text} (#{i})"}],
+                }
+            )
+    return tuple(items)
+
+
+def _input_items_page(response_id: str, query: Any) -> bytes | None:
+    """One page of ``GET /responses/{id}/input_items``, or None for a bad query."""
+    items = list(input_items_for(response_id))
+    try:
+        limit = int(query.get("limit", INPUT_PAGE_DEFAULT))
+    except ValueError:
+        return None
+    if not 1 <= limit <= INPUT_PAGE_MAX:
+        return None
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        return None
+    if order == "desc":
+        items.reverse()
+    after = query.get("after")
+    if after:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            return None
+        items = items[ids.index(after) + 1 :]
+    page = items[:limit]
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }
+    )
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -764,6 +868,36 @@ class _MockApi:
             key = str(response.status)
             stats.status_counts[key] = stats.status_counts.get(key, 0) + 1
             return response
+        finally:
+            stats.in_flight -= 1
+
+    async def get_input_items(self, request: web.Request) -> web.StreamResponse:
+        """``GET {prefix}/responses/{response_id}/input_items`` (paginated like OpenAI's)."""
+        stats = self.stats
+        response_id = request.match_info["response_id"]
+        number = stats.input_items_by_id.get(response_id, 0) + 1
+        stats.input_items_by_id[response_id] = number
+        stats.input_items_total += 1
+        stats.in_flight += 1
+        if stats.in_flight > stats.max_in_flight:
+            stats.max_in_flight = stats.in_flight
+        try:
+            await self.sleep_latency()
+            if not self.authorized(request):
+                return _json(401, INVALID_KEY_BODY)
+            name, count = _scenario(response_id)
+            if name == "notfound" and _within(count, stats.requests_by_id.get(response_id, 0)):
+                return _json(404, _not_found_body(response_id))
+            if name == "noinputs":  # a provider without the input_items endpoint
+                return _json(404, _error("Not found.", "NotFound"))
+            if name == "inputflaky" and _within(count, number):
+                return _json(503, _error("The service is temporarily unavailable.", "ServiceUnavailable"))
+            page = _input_items_page(response_id, request.query)
+            if page is None:
+                return _json(
+                    400, _error("Invalid pagination parameters.", "InvalidParameter", "InvalidParameter")
+                )
+            return _json(200, page)
         finally:
             stats.in_flight -= 1
 
@@ -891,6 +1025,7 @@ def build_app(config: MockConfig) -> web.Application:
     app[_API_KEY] = api
     prefix = _normalized_prefix(config.prefix)
     app.router.add_get(f"{prefix}/responses/{{response_id}}", api.get_response)
+    app.router.add_get(f"{prefix}/responses/{{response_id}}/input_items", api.get_input_items)
     app.router.add_get("/_mock/stats", api.get_stats)
     app.router.add_post("/_mock/reset", api.post_reset)
 

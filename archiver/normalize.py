@@ -709,3 +709,54 @@ _ITEM_HANDLERS: Final[dict[str, Callable[[str, int, dict[str, Any], Rows], None]
     "file_search_call": _file_search_call,
 }
 """Item type -> the function that fills the tables specific to that type."""
+
+
+def normalize_input_items(response_id: str, items: list[Any]) -> list[Row]:
+    """Rows for ``input_items`` from the items of ``GET /responses/{id}/input_items``.
+
+    Args:
+        response_id: the response the items belong to.
+        items: every item, oldest first (all pages joined).
+
+    ``text`` joins the text of the item's content parts (``input_text``, ``output_text``,
+    ``text``), or is the content itself when it is a plain string.
+    """
+    rows: list[Row] = []
+    for position, item in enumerate(items):
+        if type(item) is not dict:
+            rows.append(
+                {
+                    "response_id": response_id,
+                    "position": position,
+                    "id": None,
+                    "type": None,
+                    "role": None,
+                    "status": None,
+                    "call_id": None,
+                    "text": None,
+                    "item": item,
+                }
+            )
+            continue
+        content = item.get("content")
+        if type(content) is str:
+            text: str | None = content
+        elif type(content) is list:
+            texts = [part["text"] for part in content if type(part) is dict and type(part.get("text")) is str]
+            text = "\n".join(texts) if texts else None
+        else:
+            text = None
+        rows.append(
+            {
+                "response_id": response_id,
+                "position": position,
+                "id": _text(item.get("id")),
+                "type": _text(item.get("type")),
+                "role": _text(item.get("role")),
+                "status": _text(item.get("status")),
+                "call_id": _text(item.get("call_id")),
+                "text": text,
+                "item": item,
+            }
+        )
+    return rows

@@ -36,15 +36,18 @@ from archiver.outcomes import (
 
 __all__ = [
     "NON_TERMINAL_RESPONSE_STATUSES",
+    "InputItemsPage",
     "ProviderError",
     "ProviderProfile",
     "RetryPolicy",
     "backoff_delay",
     "classify_exception",
+    "classify_input_items_page",
     "classify_response",
     "parse_retry_after",
     "profile_for_base_url",
     "repoll_delay",
+    "retention_seconds",
 ]
 
 ProviderProfile = Literal["dashscope", "openai", "generic"]
@@ -391,6 +394,69 @@ def classify_exception(exc: BaseException, *, attempt: int, policy: RetryPolicy,
     else:
         reason = f"{name}: {text}" if text else name
     return _retry_or_give_up(Retry(backoff_delay(attempt, policy, rand), _bounded(reason)), attempt, policy)
+
+
+# --- input items pages ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InputItemsPage:
+    """One page of ``GET /responses/{id}/input_items``."""
+
+    items: list[Any]
+    has_more: bool
+    last_id: str | None
+
+
+_INPUT_ITEMS_UNSUPPORTED = frozenset({400, 404, 405, 422, 501})
+
+
+def classify_input_items_page(
+    *,
+    status_code: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    attempt: int,
+    policy: RetryPolicy,
+    profile: ProviderProfile,
+    now: float,
+    rand: float,
+) -> InputItemsPage | Outcome:
+    """What one input-items page means.
+
+    Returns the page; or ``Permanent("failed", ...)`` when the provider does not offer
+    input items for this response (400/404/405/422/501: the worker then archives the
+    response without them); or the same Retry/StopAll the response itself would get
+    for 401/403/429/5xx and transport-level trouble.
+    """
+    if status_code == 200:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            data = _loads_stdlib(body)
+            if data is _INVALID:
+                return _bad_body("input items: " + _json_problem(body, exc), body, attempt, policy, rand)
+        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+            return _bad_body("input items: body is not a list object", body, attempt, policy, rand)
+        last_id = data.get("last_id")
+        return InputItemsPage(
+            data["data"], data.get("has_more") is True, last_id if isinstance(last_id, str) else None
+        )
+    if status_code in _INPUT_ITEMS_UNSUPPORTED:
+        error = ProviderError.from_api(body, headers)
+        return Permanent("failed", f"input items unavailable: {_describe(status_code, error)}", status_code)
+    return classify_response(
+        status_code=status_code,
+        headers=headers,
+        body=body,
+        requested_id="",
+        attempt=attempt,
+        previous_status_code=None,
+        policy=policy,
+        profile=profile,
+        now=now,
+        rand=rand,
+    )
 
 
 # --- 200 bodies -------------------------------------------------------------------------

@@ -41,17 +41,18 @@ from sqlalchemy.dialects.postgresql import JSONB
 __all__ = [
     "CHILD_STORE_COLUMNS",
     "CHILD_TABLES",
-    "archive_changes",
-    "export_cursors",
     "STORE_COLUMNS",
     "JSONDoc",
     "annotations",
+    "archive_changes",
     "billing_details",
     "code_interpreter_outputs",
     "content_parts",
+    "export_cursors",
     "file_search_queries",
     "file_search_results",
     "image_search_results",
+    "input_items",
     "mcp_tools",
     "metadata",
     "output_items",
@@ -161,9 +162,13 @@ responses = Table(
     # Change tracking: a new, higher value every time the archived content changes (a
     # re-fetch with identical bytes keeps it). Assigned in commit order (see store.py).
     Column("change_seq", BigInteger, nullable=False, server_default="0", index=True),
+    # SHA-256 of the input items as fetched (None: never fetched); see input_items.
+    Column("input_items_sha256", String(64)),
 )
 
-STORE_COLUMNS: frozenset[str] = frozenset({"raw", "raw_sha256", "fetched_at", "archived_at", "change_seq"})
+STORE_COLUMNS: frozenset[str] = frozenset(
+    {"raw", "raw_sha256", "fetched_at", "archived_at", "change_seq", "input_items_sha256"}
+)
 """Columns of ``responses`` that the store fills; ``normalize()`` returns all the others."""
 
 CHILD_STORE_COLUMNS: frozenset[str] = frozenset({"change_seq"})
@@ -377,6 +382,22 @@ tool_usage = Table(
     PrimaryKeyConstraint("response_id", "source", "tool"),
 )
 
+input_items = Table(
+    "input_items",
+    metadata,
+    _response_id(),
+    _position("position"),
+    Column("id", Text),
+    Column("type", Text),
+    Column("role", Text),
+    Column("status", Text),
+    Column("call_id", Text),
+    Column("text", Text),
+    Column("item", JSONDoc),
+    PrimaryKeyConstraint("response_id", "position"),
+    comment="GET /responses/{id}/input_items (only with --with-input-items), oldest first",
+)
+
 CHILD_TABLES: tuple[Table, ...] = (
     output_items,
     content_parts,
@@ -392,6 +413,7 @@ CHILD_TABLES: tuple[Table, ...] = (
     file_search_results,
     billing_details,
     tool_usage,
+    input_items,
 )
 """Every table that hangs off a response (has ``response_id``), parents before children."""
 

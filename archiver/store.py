@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -23,6 +24,7 @@ from archiver.normalize import NormalizedResponse
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
 from archiver.queue import Job, archive_queue
 from archiver.schema import CHILD_TABLES, responses
+from archiver.schema import input_items as input_items_table
 
 MAX_ERROR_CHARS = 2000
 IN_CHUNK = 500
@@ -40,6 +42,7 @@ class FetchResult:
     outcome: Outcome
     fetched_at: datetime
     normalized: NormalizedResponse | None = None
+    input_items: list[dict[str, Any]] | None = None
     next_delay_s: float = 0.0
     duration_s: float = 0.0
 
@@ -71,6 +74,11 @@ def scrub_nul(value: Any) -> Any:
     if isinstance(value, list):
         return [scrub_nul(v) for v in value]
     return value
+
+
+def _input_items_digest(rows: list[dict[str, Any]]) -> str:
+    """SHA-256 of the input items as received (their JSON, in order)."""
+    return hashlib.sha256(orjson.dumps([row["item"] for row in rows])).hexdigest()
 
 
 def _short(text_: str) -> str:
@@ -128,14 +136,26 @@ class ArchiveStore:
         # The last result per ID wins (a batch never holds two, but be safe).
         by_id: dict[str, FetchResult] = {r.job.response_id: r for r in results}
         digests = {rid: hashlib.sha256(r.outcome.raw).hexdigest() for rid, r in by_id.items()}  # type: ignore[union-attr]
-        existing: dict[str, str | None] = {}
+        input_digests = {
+            rid: _input_items_digest(r.input_items) for rid, r in by_id.items() if r.input_items is not None
+        }
+        existing: dict[str, tuple[str, str | None]] = {}
         for chunk in _chunks(list(by_id)):
             rows = await conn.execute(
-                select(responses.c.id, responses.c.raw_sha256).where(responses.c.id.in_(chunk))
+                select(responses.c.id, responses.c.raw_sha256, responses.c.input_items_sha256).where(
+                    responses.c.id.in_(chunk)
+                )
             )
-            existing.update({rid: sha for rid, sha in rows.fetchall()})
-        unchanged = [rid for rid in by_id if existing.get(rid) == digests[rid]]
-        changed = [rid for rid in by_id if existing.get(rid) != digests[rid]]
+            existing.update({rid: (sha, input_sha) for rid, sha, input_sha in rows.fetchall()})
+
+        def is_unchanged(rid: str) -> bool:
+            old = existing.get(rid)
+            if old is None or old[0] != digests[rid]:
+                return False
+            return rid not in input_digests or input_digests[rid] == old[1]
+
+        unchanged = [rid for rid in by_id if is_unchanged(rid)]
+        changed = [rid for rid in by_id if not is_unchanged(rid)]
         if unchanged:
             report.unchanged += len(unchanged)
             await conn.execute(
@@ -147,34 +167,47 @@ class ArchiveStore:
         if not changed:
             return
         replaced = [rid for rid in changed if rid in existing]
+        # Input items stored earlier survive a re-archive that did not fetch them.
+        refetched_inputs = [rid for rid in replaced if rid in input_digests]
         for chunk in _chunks(replaced):
             for table in CHILD_TABLES:
-                await conn.execute(delete(table).where(table.c.response_id.in_(chunk)))
+                if table is not input_items_table:
+                    await conn.execute(delete(table).where(table.c.response_id.in_(chunk)))
             await conn.execute(delete(responses).where(responses.c.id.in_(chunk)))
+        for chunk in _chunks(refetched_inputs):
+            await conn.execute(delete(input_items_table).where(input_items_table.c.response_id.in_(chunk)))
         scrub = self.dialect == "postgresql"
         # Taken last-but-inserts: the counter row stays locked until commit, so change_seq
         # values become visible in increasing order even with several writers.
         first_seq = await self._next_change_seqs(conn, len(changed))
         response_rows: list[dict[str, Any]] = []
         child_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        kept_inputs: list[dict[str, Any]] = []
         for offset, rid in enumerate(changed):
             seq = first_seq + offset
             result = by_id[rid]
             assert result.normalized is not None and isinstance(result.outcome, Archived)
             raw = result.outcome.raw
-            needs_scrub = scrub and b"\\u0000" in raw
+            needs_scrub = scrub and (b"\\u0000" in raw or result.input_items is not None)
             row = dict(result.normalized.response)
             if needs_scrub:
                 row = scrub_nul(row)
+            old = existing.get(rid)
             row.update(
                 raw=raw,
                 raw_sha256=digests[rid],
                 fetched_at=result.fetched_at,
                 archived_at=result.fetched_at,
                 change_seq=seq,
+                input_items_sha256=input_digests.get(rid, old[1] if old else None),
             )
             response_rows.append(row)
-            for table_name, rows in result.normalized.children.items():
+            children = result.normalized.children
+            if result.input_items is not None:
+                children = {**children, input_items_table.name: result.input_items}
+            elif old is not None and old[1] is not None:
+                kept_inputs.append({"rid": rid, "seq": seq})
+            for table_name, rows in children.items():
                 if not rows:
                     continue
                 target = child_rows[table_name]
@@ -188,6 +221,13 @@ class ArchiveStore:
             if rows:
                 await conn.execute(table.insert(), rows)
                 report.rows_written += len(rows)
+        if kept_inputs:
+            await conn.execute(
+                update(input_items_table)
+                .where(input_items_table.c.response_id == bindparam("rid"))
+                .values(change_seq=bindparam("seq")),
+                kept_inputs,
+            )
 
     async def _move_queue_rows(
         self, conn: AsyncConnection, results: list[FetchResult], report: WriteReport

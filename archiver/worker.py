@@ -28,13 +28,15 @@ from archiver.errors import NormalizationError, StopRun
 from archiver.limits import AdaptiveLimit
 from archiver.logs import get_logger, redact
 from archiver.metrics import Metrics
-from archiver.normalize import normalize
+from archiver.normalize import normalize, normalize_input_items
 from archiver.notify import SystemdNotifier, watchdog_loop
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
 from archiver.policy import (
+    InputItemsPage,
     ProviderProfile,
     RetryPolicy,
     classify_exception,
+    classify_input_items_page,
     classify_response,
     repoll_delay,
 )
@@ -47,6 +49,7 @@ log = get_logger()
 WRITE_LINGER_S = 0.02
 EXPIRY_CHECK_INTERVAL_S = 600.0
 LIVENESS_TIMEOUT_S = 120.0
+MAX_INPUT_ITEM_PAGES = 1000
 
 
 @dataclass(slots=True)
@@ -423,6 +426,7 @@ class Worker:
             self.request_stop(outcome.reason)
             return None  # stays held; released at shutdown without spending the attempt
         normalized = None
+        input_items: list[Any] | None = None
         next_delay = 0.0
         if isinstance(outcome, Archived):
             try:
@@ -437,6 +441,24 @@ class Worker:
             else:
                 if not outcome.terminal:
                     next_delay = repoll_delay(job.polls + 1, self.policy, self._rand())
+                elif self.settings.with_input_items:
+                    fetched = await self._fetch_input_items(client, job)
+                    if isinstance(fetched, list):
+                        input_items = fetched
+                    elif isinstance(fetched, Permanent):
+                        log.warning(
+                            "archiver.input_items_unavailable",
+                            response_id=job.response_id,
+                            status_code=fetched.status_code,
+                            error=redact(fetched.reason),
+                        )
+                    elif isinstance(fetched, StopAll):
+                        self.metrics.observe_fetch(None, fetched.status_code, duration)
+                        self._stop_all = self._stop_all or fetched.reason
+                        self.request_stop(fetched.reason)
+                        return None
+                    else:  # a Retry: fetch the whole response again later
+                        outcome, normalized = fetched, None
         if isinstance(outcome, Retry):
             if outcome.throttled:
                 self._not_before = max(
@@ -466,9 +488,47 @@ class Worker:
             outcome=outcome,
             fetched_at=datetime.now(UTC),
             normalized=normalized,
+            input_items=(
+                normalize_input_items(job.response_id, input_items) if input_items is not None else None
+            ),
             next_delay_s=next_delay,
             duration_s=duration,
         )
+
+    async def _fetch_input_items(self, client: ResponsesClient, job: Job) -> list[Any] | Outcome:
+        """Every input item of a response, oldest first; or the outcome that stopped paging.
+
+        Pages are fetched one after another inside the fetcher's concurrency slot, so the
+        input items share the request budget with the responses.
+        """
+        items: list[Any] = []
+        after: str | None = None
+        for _ in range(MAX_INPUT_ITEM_PAGES):
+            self.summary.requests += 1
+            try:
+                exchange = await client.fetch_input_items_page(job.response_id, after)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                return classify_exception(exc, attempt=job.attempt, policy=self.policy, rand=self._rand())
+            page = classify_input_items_page(
+                status_code=exchange.status_code,
+                headers=exchange.headers,
+                body=exchange.body,
+                attempt=job.attempt,
+                policy=self.policy,
+                profile=self.profile,
+                now=time.time(),
+                rand=self._rand(),
+            )
+            if not isinstance(page, InputItemsPage):
+                return page
+            lone_surrogates = b"\\ud" in exchange.body or b"\\uD" in exchange.body
+            items.extend(scrub_surrogates(page.items) if lone_surrogates else page.items)
+            if not page.has_more or page.last_id is None or page.last_id == after:
+                return items
+            after = page.last_id
+        return Permanent("failed", f"input items: more than {MAX_INPUT_ITEM_PAGES} pages", 200)
 
     def _expired_if_old(self, job: Job, outcome: Outcome, now: float) -> Outcome:
         """A 404 for an ID older than the provider's retention is final: it expired."""

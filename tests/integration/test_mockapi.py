@@ -145,9 +145,7 @@ async def test_default_id_is_a_completed_dashscope_body(server: MockServer, fetc
     assert answer.body == body_for("resp_801bc2c4-93d9-910f-b35d-5274f5a737c1")
 
 
-async def test_served_bodies_equal_body_for_and_are_stable(
-    server: MockServer, fetch: Fetch
-) -> None:
+async def test_served_bodies_equal_body_for_and_are_stable(server: MockServer, fetch: Fetch) -> None:
     for response_id in ("resp_a1_x", "gen-1784286312-3R0SU4Mb8ucOpEJ79d2o", "resp_ok3_y"):
         first = await fetch(server, response_id)
         second = await fetch(server, response_id)
@@ -190,9 +188,7 @@ def test_generated_bodies_contain_non_ascii_text() -> None:
     assert any(any(ord(char) > 0xFFFF for char in text) for text in texts)
 
 
-async def test_kitchensink_has_every_item_type_and_unknown_fields(
-    server: MockServer, fetch: Fetch
-) -> None:
+async def test_kitchensink_has_every_item_type_and_unknown_fields(server: MockServer, fetch: Fetch) -> None:
     answer = await fetch(server, "resp_kitchensink_1")
 
     assert answer.status == 200
@@ -643,6 +639,8 @@ async def test_reset_clears_stats_and_fetch_counters(
         "in_flight": 0,
         "max_in_flight": 0,
         "dropped_total": 0,
+        "input_items_total": 0,
+        "input_items_by_id": {},
     }
     assert (await fetch(server, "resp_flaky1_a")).status == 503
 
@@ -716,4 +714,43 @@ async def test_serve_forever_reports_ready_and_stops_on_cancel(
 def test_build_app_routes() -> None:
     app = build_app(MockConfig(prefix="/v1"))
     paths = {resource.canonical for resource in app.router.resources()}
-    assert paths == {"/v1/responses/{response_id}", "/_mock/stats", "/_mock/reset"}
+    assert paths == {
+        "/v1/responses/{response_id}",
+        "/v1/responses/{response_id}/input_items",
+        "/_mock/stats",
+        "/_mock/reset",
+    }
+
+
+async def test_input_items_paginate_like_the_api() -> None:
+    from archiver.mockapi import input_items_for
+
+    rid = "resp_manyinputs_p1"
+    async with await start_mock_server() as mock, aiohttp.ClientSession() as session:
+        url = f"{mock.base_url}/responses/{rid}/input_items"
+        seen: list[str] = []
+        after = None
+        pages = 0
+        while True:
+            params = {"order": "asc", "limit": "100", **({"after": after} if after else {})}
+            async with session.get(url, params=params) as resp:
+                assert resp.status == 200
+                page = await resp.json()
+            pages += 1
+            assert page["object"] == "list"
+            seen += [item["id"] for item in page["data"]]
+            assert page["last_id"] == page["data"][-1]["id"]
+            if not page["has_more"]:
+                break
+            after = page["last_id"]
+        assert pages == 3
+        assert seen == [item["id"] for item in input_items_for(rid)]
+        # Default order is newest first, as on OpenAI.
+        async with session.get(url) as resp:
+            first = (await resp.json())["data"][0]["id"]
+        assert first == input_items_for(rid)[-1]["id"]
+        async with session.get(url, params={"limit": "0"}) as resp:
+            assert resp.status == 400
+        stats = mock.stats.as_dict()
+        assert stats["input_items_by_id"][rid] == 3 + 2
+        assert stats["requests_total"] == 0

@@ -124,9 +124,7 @@ def test_bom_only_ignored_on_first_line() -> None:
 def test_rejected_plain_lines_keep_text_and_reason() -> None:
     result = parse("resp_ok", "resp bad", "a/b", "..", "x" * 300)
     assert result[0] == IdLine(1, "resp_ok")
-    assert result[1] == RejectedLine(
-        2, "invalid response ID: character ' ' (space) not allowed", "resp bad"
-    )
+    assert result[1] == RejectedLine(2, "invalid response ID: character ' ' (space) not allowed", "resp bad")
     assert result[2] == RejectedLine(3, "invalid response ID: character '/' not allowed", "a/b")
     assert isinstance(result[3], RejectedLine)
     assert "path traversal" in result[3].reason

@@ -218,9 +218,7 @@ def test_corpus_web_search_sources() -> None:
     assert find["url"].startswith("https://")
     first = body["output"][actions[0]["item_position"]]["action"]
     sources = [
-        s
-        for s in rows(result, "web_search_sources")
-        if s["item_position"] == actions[0]["item_position"]
+        s for s in rows(result, "web_search_sources") if s["item_position"] == actions[0]["item_position"]
     ]
     assert [s["url"] for s in sources] == [s["url"] for s in first["sources"]]
     assert all(s["type"] == "url" for s in sources)
@@ -486,10 +484,13 @@ def test_every_reference_item_type_in_one_body() -> None:
     body = dashscope_body(*ALL_ITEMS)
     result = normalize(body)
     assert_row_shapes(result, RESPONSE_ID)
-    # every table gets rows, so every row literal's keys were checked above
-    assert all(result.children[t.name] for t in CHILD_TABLES), [
-        t.name for t in CHILD_TABLES if not result.children[t.name]
+    # every table the body feeds gets rows, so every row literal's keys were checked above
+    # (input_items come from their own endpoint: see test_input_items_rows)
+    body_tables = [t for t in CHILD_TABLES if t.name != "input_items"]
+    assert all(result.children[t.name] for t in body_tables), [
+        t.name for t in body_tables if not result.children[t.name]
     ]
+    assert result.children["input_items"] == []
     items = rows(result, "output_items")
     assert [r["type"] for r in items] == [i["type"] for i in ALL_ITEMS]
     assert [r["item"] for r in items] == list(ALL_ITEMS)
@@ -546,9 +547,7 @@ def test_openai_annotation_kinds_and_refusal() -> None:
             {
                 "type": "output_text",
                 "text": "See the file.",
-                "logprobs": [
-                    {"token": "See", "logprob": -0.01, "bytes": [83, 101, 101], "top_logprobs": []}
-                ],
+                "logprobs": [{"token": "See", "logprob": -0.01, "bytes": [83, 101, 101], "top_logprobs": []}],
                 "annotations": [
                     {"type": "file_citation", "file_id": "file-1", "filename": "a.pdf", "index": 3},
                     {
@@ -1066,3 +1065,34 @@ def test_normalized_response_is_frozen() -> None:
     result = normalize(dashscope_body(MESSAGE))
     with pytest.raises(AttributeError):
         result.response = {}  # type: ignore[misc]
+
+
+def test_input_items_rows() -> None:
+    from archiver.normalize import normalize_input_items
+    from archiver.schema import CHILD_STORE_COLUMNS, input_items
+
+    items = [
+        {"id": "msg_1", "type": "message", "role": "system", "content": "Be brief."},
+        {
+            "id": "msg_2",
+            "type": "message",
+            "role": "user",
+            "status": "completed",
+            "content": [
+                {"type": "input_text", "text": "Hi"},
+                {"type": "input_image", "image_url": "x"},
+                {"type": "input_text", "text": "there"},
+            ],
+        },
+        {"id": "fc_3", "type": "function_call_output", "call_id": "call_9", "output": "{}"},
+        "not an object",
+        {"id": "hl_5", "type": "hologram_input", "future_field": [1, 2]},
+    ]
+    rows_ = normalize_input_items("resp_x", items)
+    columns = {c.name for c in input_items.columns} - CHILD_STORE_COLUMNS
+    assert all(set(r) == columns for r in rows_)
+    assert [r["position"] for r in rows_] == [0, 1, 2, 3, 4]
+    assert [r["text"] for r in rows_] == ["Be brief.", "Hi\nthere", None, None, None]
+    assert rows_[2]["call_id"] == "call_9" and rows_[2]["type"] == "function_call_output"
+    assert rows_[3]["item"] == "not an object" and rows_[3]["id"] is None
+    assert [r["item"] for r in rows_] == items  # nothing dropped

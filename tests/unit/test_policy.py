@@ -183,17 +183,13 @@ def test_parse_retry_after_case_insensitive_mapping() -> None:
 @pytest.mark.parametrize("status", ["completed", "failed", "cancelled", "incomplete"])
 def test_terminal_body_is_archived(status: str) -> None:
     raw = orjson.dumps({"id": RID, "object": "response", "status": status})
-    assert classify(200, raw) == Archived(
-        raw=raw, status_code=200, terminal=True, response_status=status
-    )
+    assert classify(200, raw) == Archived(raw=raw, status_code=200, terminal=True, response_status=status)
 
 
 @pytest.mark.parametrize("status", ["queued", "in_progress"])
 def test_running_body_is_archived_as_snapshot(status: str) -> None:
     raw = orjson.dumps({"id": RID, "status": status})
-    assert classify(200, raw) == Archived(
-        raw=raw, status_code=200, terminal=False, response_status=status
-    )
+    assert classify(200, raw) == Archived(raw=raw, status_code=200, terminal=False, response_status=status)
 
 
 @pytest.mark.parametrize(
@@ -214,9 +210,7 @@ def test_missing_or_unknown_status_counts_as_terminal(
 
 
 def test_archived_body_is_kept_byte_for_byte() -> None:
-    raw = (
-        b'{ "id" : "resp_abc123",\n "status":"completed", "text": "nul \\u0000 here",  "n": 1.50 }'
-    )
+    raw = b'{ "id" : "resp_abc123",\n "status":"completed", "text": "nul \\u0000 here",  "n": 1.50 }'
     outcome = classify(200, raw)
     assert isinstance(outcome, Archived)
     assert outcome.raw is raw
@@ -314,9 +308,7 @@ def test_404_request_id_in_reason() -> None:
 
 def test_404_with_non_json_body() -> None:
     outcome = classify(404, b"<html>\n<h1>404   Not Found</h1></html>", previous=404)
-    assert outcome == Permanent(
-        "not_found", "404 Not Found: <html> <h1>404 Not Found</h1></html>", 404
-    )
+    assert outcome == Permanent("not_found", "404 Not Found: <html> <h1>404 Not Found</h1></html>", 404)
 
 
 # --- 400 / 422 / other 4xx / 3xx -----------------------------------------------------------
@@ -337,9 +329,7 @@ def test_bad_request_is_failed_without_retry(status: int) -> None:
 
 
 def test_dashscope_native_400_is_failed() -> None:
-    outcome = classify(
-        400, dashscope_error("InvalidParameter", "bad id", "r-1"), profile="dashscope"
-    )
+    outcome = classify(400, dashscope_error("InvalidParameter", "bad id", "r-1"), profile="dashscope")
     assert outcome == Permanent("failed", "400 InvalidParameter: bad id (request id r-1)", 400)
 
 
@@ -415,18 +405,14 @@ def test_403_stops_everything(body: bytes | dict[str, Any]) -> None:
     ],
 )
 @pytest.mark.parametrize("profile", ["dashscope", "openai", "generic"])
-def test_billing_codes_stop_on_every_profile(
-    status: int, code: str, profile: ProviderProfile
-) -> None:
+def test_billing_codes_stop_on_every_profile(status: int, code: str, profile: ProviderProfile) -> None:
     outcome = classify(
         status,
         dashscope_error(code, "Access denied, please make sure your account is in good standing."),
         profile=profile,
     )
     assert isinstance(outcome, StopAll)
-    assert outcome.reason.startswith(
-        f"the provider account has a billing problem ({status} {code})"
-    )
+    assert outcome.reason.startswith(f"the provider account has a billing problem ({status} {code})")
     assert "request id d7f1-42" in outcome.reason
 
 
@@ -461,9 +447,7 @@ def test_openai_insufficient_quota_is_billing() -> None:
 
 
 def test_dashscope_insufficient_quota_is_a_throttle() -> None:
-    body = openai_error(
-        "You exceeded your current quota.", "insufficient_quota", "insufficient_quota"
-    )
+    body = openai_error("You exceeded your current quota.", "insufficient_quota", "insufficient_quota")
     outcome = classify(429, body, profile="dashscope", headers={"Retry-After": "12"})
     assert isinstance(outcome, Retry)
     assert outcome.throttled is True
@@ -781,9 +765,7 @@ def test_no_reason_contains_the_key(
     previous: int | None,
 ) -> None:
     headers = {**SECRET_HEADERS, "Retry-After": "3", "x-request-id": "req_1"}
-    outcome = classify(
-        status, body, headers=headers, profile=profile, attempt=attempt, previous=previous
-    )
+    outcome = classify(status, body, headers=headers, profile=profile, attempt=attempt, previous=previous)
     assert not isinstance(outcome, Archived)
     assert outcome.reason
     assert FAKE_KEY not in outcome.reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import re
 from collections.abc import Iterator
@@ -44,6 +45,11 @@ def archive_tables() -> list[Table]:
 def engine() -> Iterator[Engine]:
     engine = create_engine("sqlite://")
     metadata.create_all(engine, tables=archive_tables())
+    # The analyst views come from a migration: create them the way it does.
+    views = importlib.import_module("archiver.migrations.versions.0004_input_items_and_analyst_views")
+    with engine.begin() as conn:
+        for statement in views.view_statements("sqlite"):
+            conn.exec_driver_sql(statement)
     yield engine
     engine.dispose()
 
@@ -180,9 +186,7 @@ def test_every_corpus_body_fits_the_tables(engine: Engine) -> None:
         # None is SQL NULL, not the JSON text 'null'
         without_error = sum(1 for b in bodies.values() if b.get("error") is None)
         assert (
-            conn.scalar(
-                select(func.count()).select_from(responses).where(responses.c.error.is_(None))
-            )
+            conn.scalar(select(func.count()).select_from(responses).where(responses.c.error.is_(None)))
             == without_error
         )
 
@@ -319,6 +323,22 @@ def test_docs_sql_examples_run_on_sqlite(engine: Engine) -> None:
         raw = path.read_bytes()
         store(engine, raw, normalize(json.loads(raw)))
     store(engine, json.dumps(DASHSCOPE_TOOLS_BODY).encode(), normalize(DASHSCOPE_TOOLS_BODY))
+    # Input items come from their own endpoint; give one response a realistic set.
+    from archiver.normalize import normalize_input_items
+    from archiver.schema import input_items
+
+    inputs = [
+        {"id": "msg_sys", "type": "message", "role": "system", "content": "Be brief."},
+        {
+            "id": "msg_usr",
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "Hi"}],
+        },
+    ]
+    rows = [{**r, "change_seq": 1} for r in normalize_input_items(DASHSCOPE_TOOLS_BODY["id"], inputs)]
+    with engine.begin() as conn:
+        conn.execute(input_items.insert(), rows)
 
     blocks = re.findall(r"```sql\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)
     statements = [s.strip() for block in blocks for s in block.split(";") if s.strip()]

@@ -1,0 +1,126 @@
+"""--with-input-items: every page stored, same retry rules and concurrency budget; views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+
+from archiver.db import open_database
+from archiver.mockapi import MockConfig, body_for, input_items_for, start_mock_server
+from archiver.queue import QueueStore
+from archiver.worker import Worker
+
+
+async def rows(engine: Any, sql: str, **params: Any) -> list[Any]:
+    async with engine.connect() as conn:
+        return list((await conn.execute(text(sql), params)).fetchall())
+
+
+async def test_input_items_over_several_pages_are_stored_completely(db_url: str, make_settings: Any) -> None:
+    ids = ["resp_manyinputs_a", "resp_ok_i1", "resp_ok_i2", "resp_inputflaky2_i3", "resp_unicode_i4"]
+    async with await start_mock_server(MockConfig(latency_ms=5)) as mock:
+        settings = make_settings(db_url, mock.base_url, with_input_items=True, concurrency=3, max_attempts=5)
+        async with open_database(db_url) as engine:
+            await QueueStore(engine).enqueue(ids)
+            summary = await Worker(settings, engine, once=True).run()
+            assert summary.archived == len(ids)
+            stats = mock.stats.as_dict()
+            for rid in ids:
+                want = list(input_items_for(rid))
+                got = await rows(
+                    engine,
+                    "SELECT position, id, item FROM input_items WHERE response_id = :i ORDER BY position",
+                    i=rid,
+                )
+                assert [r[0] for r in got] == list(range(len(want))), rid
+                assert [r[1] for r in got] == [item["id"] for item in want], rid
+                assert [r[2] if isinstance(r[2], dict) else orjson.loads(r[2]) for r in got] == want, rid
+            assert len(input_items_for("resp_manyinputs_a")) == 230
+            assert stats["input_items_by_id"]["resp_manyinputs_a"] == 3  # three pages of 100
+            # The flaky input items made the whole fetch retry, then succeed.
+            assert stats["input_items_by_id"]["resp_inputflaky2_i3"] == 3
+            assert stats["requests_by_id"]["resp_inputflaky2_i3"] == 3
+            # Input items share the concurrency budget with the responses.
+            assert stats["max_in_flight"] <= 3
+            texts = await rows(
+                engine, "SELECT text FROM input_items WHERE response_id = 'resp_ok_i1' AND role = 'user'"
+            )
+            assert texts and all(t[0] for t in texts)
+            (sha,) = (await rows(engine, "SELECT input_items_sha256 FROM responses WHERE id = 'resp_ok_i1'"))[
+                0
+            ]
+            assert sha is not None and len(sha) == 64
+
+
+async def test_rearchive_without_input_items_keeps_them(db_url: str, make_settings: Any) -> None:
+    rid = "resp_pending2_keep"
+    async with await start_mock_server() as mock:
+        with_items = make_settings(db_url, mock.base_url, with_input_items=True)
+        async with open_database(db_url) as engine:
+            queue = QueueStore(engine)
+            await queue.enqueue([rid])
+            await Worker(with_items, engine, once=True).run()
+            stored = await rows(engine, "SELECT count(*) FROM input_items WHERE response_id = :i", i=rid)
+            assert stored[0][0] == len(input_items_for(rid))
+            # Archive it again (new bytes after a reset of the mock) without input items.
+            mock.stats.reset()
+            await queue.enqueue([rid], refetch=True)
+            await Worker(make_settings(db_url, mock.base_url), engine, once=True).run()
+            (seq,) = (await rows(engine, "SELECT change_seq FROM responses WHERE id = :i", i=rid))[0]
+            kept = await rows(
+                engine, "SELECT DISTINCT change_seq FROM input_items WHERE response_id = :i", i=rid
+            )
+            assert kept == [(seq,)]
+            count = await rows(engine, "SELECT count(*) FROM input_items WHERE response_id = :i", i=rid)
+            assert count[0][0] == len(input_items_for(rid))
+
+
+async def test_input_items_unavailable_still_archives_the_response(
+    sqlite_url: str, make_settings: Any
+) -> None:
+    # A provider without the input_items endpoint answers 404 there: archived without them.
+    async with await start_mock_server() as mock:
+        settings = make_settings(sqlite_url, mock.base_url, with_input_items=True)
+        async with open_database(sqlite_url) as engine:
+            await QueueStore(engine).enqueue(["resp_noinputs_1"])
+            summary = await Worker(settings, engine, once=True).run()
+            assert summary.archived == 1
+            assert (await rows(engine, "SELECT count(*) FROM input_items"))[0][0] == 0
+            raw = (await rows(engine, "SELECT raw, input_items_sha256 FROM responses"))[0]
+            assert bytes(raw[0]) == body_for("resp_noinputs_1") and raw[1] is None
+            assert mock.stats.as_dict()["input_items_by_id"]["resp_noinputs_1"] == 1
+
+
+async def test_views_summarize_responses_and_daily_usage(db_url: str, make_settings: Any) -> None:
+    ids = ["resp_kitchensink_v"] + [f"resp_ok_v{i}" for i in range(12)]
+    async with await start_mock_server() as mock:
+        settings = make_settings(db_url, mock.base_url)
+        async with open_database(db_url) as engine:
+            await QueueStore(engine).enqueue(ids)
+            await Worker(settings, engine, once=True).run()
+            summary = await rows(
+                engine,
+                "SELECT id, model, tool_calls, function_calls, mcp_calls, duration_s, input_tokens, "
+                "output_text "
+                "FROM response_summary ORDER BY id",
+            )
+            assert len(summary) == len(ids)
+            by_id = {r[0]: r for r in summary}
+            body = orjson.loads(body_for("resp_kitchensink_v"))
+            tool_items = [i for i in body["output"] if i["type"] not in ("message", "reasoning")]
+            assert by_id["resp_kitchensink_v"][2] == len(tool_items)
+            assert by_id["resp_kitchensink_v"][3] == sum(
+                1 for i in tool_items if i["type"] == "function_call"
+            )
+            assert by_id["resp_kitchensink_v"][4] == sum(1 for i in tool_items if i["type"] == "mcp_call")
+            ok = orjson.loads(body_for("resp_ok_v1"))
+            assert abs(by_id["resp_ok_v1"][5] - (ok["completed_at"] - ok["created_at"])) < 1e-3
+            assert by_id["resp_ok_v1"][6] == ok["usage"]["input_tokens"]
+            daily = await rows(
+                engine, "SELECT day, model, responses, input_tokens, output_tokens FROM daily_usage"
+            )
+            assert sum(r[2] for r in daily) == len(ids)
+            (total_in,) = (await rows(engine, "SELECT sum(input_tokens) FROM responses"))[0]
+            assert sum(r[3] for r in daily) == total_in
