@@ -27,6 +27,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check archiver tests migrations
 	$(VENV)/bin/ruff format --check archiver tests migrations
+	$(VENV)/bin/mypy archiver
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -530,7 +530,7 @@ class _BodyBuilder:
             self.hologram_call(),
             self.cited_message(),
         ]
-        tools = [
+        tools: list[dict[str, Any]] = [
             {"type": "web_search"}, {"type": "web_extractor"}, {"type": "web_search_image"},
             {"type": "image_search"}, {"type": "code_interpreter", "container": {"type": "auto"}},
             _MCP_TOOL, _FILE_SEARCH_TOOL, _FUNCTION_TOOL,

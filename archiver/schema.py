@@ -218,7 +218,8 @@ content_parts = Table(
     PrimaryKeyConstraint("response_id", "item_position", "position"),
 )
 
-annotations = Table(
+# The name shadows `from __future__ import annotations`, harmlessly at run time.
+annotations = Table(  # type: ignore[assignment]
     "annotations",
     metadata,
     _response_id(),
@@ -398,7 +399,7 @@ input_items = Table(
     comment="GET /responses/{id}/input_items (only with --with-input-items), oldest first",
 )
 
-CHILD_TABLES: tuple[Table, ...] = (
+CHILD_TABLES: tuple[Table, ...] = (  # type: ignore[assignment]  # `annotations`: see above
     output_items,
     content_parts,
     annotations,

@@ -207,20 +207,20 @@ class ArchiveStore:
                 children = {**children, input_items_table.name: result.input_items}
             elif old is not None and old[1] is not None:
                 kept_inputs.append({"rid": rid, "seq": seq})
-            for table_name, rows in children.items():
-                if not rows:
+            for table_name, table_rows in children.items():
+                if not table_rows:
                     continue
                 target = child_rows[table_name]
-                for child in scrub_nul(rows) if needs_scrub else rows:
+                for child in scrub_nul(table_rows) if needs_scrub else table_rows:
                     child["change_seq"] = seq
                     target.append(child)
         await conn.execute(responses.insert(), response_rows)
         report.rows_written += len(response_rows)
         for table in CHILD_TABLES:
-            rows = child_rows.get(table.name)
-            if rows:
-                await conn.execute(table.insert(), rows)
-                report.rows_written += len(rows)
+            inserts = child_rows.get(table.name)
+            if inserts:
+                await conn.execute(table.insert(), inserts)
+                report.rows_written += len(inserts)
         if kept_inputs:
             await conn.execute(
                 update(input_items_table)
