@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+import json
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -60,7 +61,12 @@ def redact_url(url: str | URL) -> str:
 
 
 def _json_dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        # orjson stops at 254 levels of nesting and 64-bit integers; valid bodies can
+        # have more. The standard library is slower but takes them.
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:

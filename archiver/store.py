@@ -61,6 +61,21 @@ class WriteReport:
     rows_written: int = 0
     lost_ids: list[str] = field(default_factory=list)
 
+    def merge(self, other: WriteReport) -> None:
+        """Add another report's counts to this one."""
+        for name in (
+            "archived",
+            "unchanged",
+            "repolled",
+            "retried",
+            "not_found",
+            "failed",
+            "lost_lease",
+            "rows_written",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.lost_ids.extend(other.lost_ids)
+
 
 def scrub_nul(value: Any) -> Any:
     """Replace NUL characters (which PostgreSQL text and jsonb reject) with U+FFFD.

@@ -23,7 +23,7 @@ from aiolimiter import AsyncLimiter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver.client import ResponsesClient
-from archiver.db import redact_url, with_db_retry
+from archiver.db import is_transient_db_error, redact_url, with_db_retry
 from archiver.errors import NormalizationError, StopRun
 from archiver.limits import AdaptiveLimit
 from archiver.logs import get_logger, redact
@@ -371,6 +371,11 @@ class Worker:
                 await self._pause_if_throttled()
                 if self._rate is not None:
                     await self._rate.acquire()
+                if self.stop_event.is_set():
+                    # Stopped while waiting out a 429, a slot or the rate limit: never started.
+                    self._held.pop(job.response_id, None)
+                    await self._release([job], "shutdown before start")
+                    continue
                 with self.metrics.track_request():
                     result = await self.fetch_one(client, job)
                 congested = result is not None and _is_congestion(result.outcome)
@@ -573,9 +578,7 @@ class Worker:
                     break
                 batch.append(item)
             started = time.monotonic()
-            report = await with_db_retry(
-                partial(self.store.write_batch, batch), on_retry=self._log_db_retry, attempts=12
-            )
+            report = await self._write_isolating_poison(batch)
             for r in batch:
                 self._held.pop(r.job.response_id, None)
             self._slot_freed.set()
@@ -601,6 +604,48 @@ class Worker:
             )
             if self._on_progress is not None:
                 self._on_progress(self.summary)
+
+    async def _write_isolating_poison(self, batch: list[FetchResult]) -> WriteReport:
+        """Write a batch; if it fails for a reason retrying cannot fix, find the culprit.
+
+        The batch is written again one result at a time, and a result that still cannot
+        be stored (a body the database or the JSON encoder refuses) marks its ID
+        ``failed`` with the error and the raw bytes kept, so one poison body never blocks
+        the queue or crashes the run.
+        """
+        try:
+            return await with_db_retry(
+                partial(self.store.write_batch, batch), on_retry=self._log_db_retry, attempts=12
+            )
+        except Exception as exc:
+            if is_transient_db_error(exc):
+                raise
+            first_error = exc
+        log.warning("archiver.batch_write_failed", results=len(batch), error=redact(_first_line(first_error)))
+        total = WriteReport()
+        for result in batch:
+            try:
+                report = await with_db_retry(
+                    partial(self.store.write_batch, [result]), on_retry=self._log_db_retry, attempts=12
+                )
+            except Exception as exc:
+                if is_transient_db_error(exc):
+                    raise
+                raw = result.outcome.raw if isinstance(result.outcome, Archived) else None
+                reason = f"cannot store the response: {type(exc).__name__}: {_first_line(exc)}"
+                log.warning(
+                    "archiver.fetch_failed",
+                    response_id=result.job.response_id,
+                    attempt=result.job.attempt,
+                    state="failed",
+                    error=redact(reason),
+                )
+                poison = FetchResult(result.job, Permanent("failed", reason, 200, raw), result.fetched_at)
+                report = await with_db_retry(
+                    partial(self.store.write_batch, [poison]), on_retry=self._log_db_retry, attempts=12
+                )
+            total.merge(report)
+        return total
 
     async def _expiry_watch(self) -> None:
         """Warn about pending IDs the provider is about to delete (or already has)."""
@@ -632,6 +677,11 @@ class Worker:
                     await self.queue.extend_leases(tokens, self.settings.lease_seconds)
                 except Exception as exc:
                     log.warning("archiver.heartbeat_failed", error=redact(str(exc).splitlines()[0]))
+
+
+def _first_line(exc: BaseException) -> str:
+    text_ = str(exc).strip()
+    return text_.splitlines()[0][:500] if text_ else type(exc).__name__
 
 
 def _rate_limiter(max_rps: float | None) -> AsyncLimiter | None:

@@ -1,0 +1,779 @@
+"""Export the archive to files a warehouse loads: JSON lines, Parquet or CSV, incrementally.
+
+Every export writes one *batch*: one file per archive table (``responses`` and every
+table in :data:`archiver.schema.CHILD_TABLES`), named after the cursor and the batch
+number, plus a manifest::
+
+    OUT/responses/default-00000001.parquet
+    OUT/output_items/default-00000001.parquet
+    ...                                         (one file per table, possibly with no rows)
+    OUT/_batches/default-00000001.json          (what the batch holds)
+    OUT/_schema.json                            (every table's columns and types)
+
+A cursor (a row of ``export_cursors``) remembers the highest ``change_seq`` exported. A
+batch holds the responses whose ``change_seq`` is above it and at most the ``to_seq`` read
+when the export starts, with all their child rows; ``change_seq`` is assigned in commit
+order (see docs/schema.md, "Change tracking"), so nothing is skipped.
+
+Crash safety: each file is written under a temporary name in its directory, fsynced and
+renamed into place; only then is the cursor moved, in one transaction. An export that dies
+before that leaves the cursor where it was, and the next run writes the *same* file names
+again (same batch number), so a loader that replaces files by name never sees a duplicate.
+
+Memory: responses are read in chunks of ``chunk_size`` (keyset pagination on
+``(change_seq, id)``, a chunk also ends once it holds :data:`CHUNK_BYTES` of raw bodies),
+each chunk with its child rows in one short read transaction; each chunk is written out
+(Parquet: one row group) before the next is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import fcntl
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Literal, get_args
+
+import orjson
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    and_,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from archiver import __version__
+from archiver.db import is_postgres
+from archiver.errors import ArchiverError
+from archiver.logs import get_logger
+from archiver.schema import CHILD_TABLES, archive_changes, export_cursors, responses
+
+__all__ = [
+    "CHUNK_BYTES",
+    "ExportError",
+    "ExportFormat",
+    "ExportReport",
+    "export",
+    "export_tables",
+    "schema_document",
+]
+
+log = get_logger()
+
+ExportFormat = Literal["jsonl", "parquet", "csv"]
+FORMATS: tuple[str, ...] = get_args(ExportFormat)
+
+SCHEMA_FILE = "_schema.json"
+BATCHES_DIR = "_batches"
+RAW_ENCODING = "raw_encoding"
+"""Column written after ``raw`` in JSONL and CSV: ``utf-8`` or ``base64``."""
+
+CHUNK_BYTES = 64 * 1024 * 1024
+"""A chunk also ends once its raw bodies add up to this many bytes (bounds memory)."""
+STREAM_ROWS = 50
+"""Responses fetched from the database cursor at a time."""
+ID_CHUNK = 1000
+"""Response IDs per child-table query (well below every driver's bound-parameter limit)."""
+SCHEMA_VERSION = 1
+_BEFORE_ALL = -(2**63)
+"""Lower bound of a full export: every row, even one inserted without a change_seq (0)."""
+
+_CURSOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+ColumnKind = Literal["string", "int32", "int64", "float64", "bool", "timestamp", "json", "binary"]
+
+
+class ExportError(ArchiverError):
+    """The export failed."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What one export did.
+
+    ``from_seq`` is exclusive and ``to_seq`` inclusive: the batch holds the responses with
+    ``from_seq < change_seq <= to_seq``. ``rows`` counts rows per table, ``responses``
+    included. ``files`` are the paths written, relative to the output directory (data
+    files, then the manifest and ``_schema.json``); empty when there was nothing new, in
+    which case ``batch`` is the cursor's last batch, unchanged.
+    """
+
+    cursor: str
+    batch: int
+    from_seq: int
+    to_seq: int
+    responses: int
+    rows: dict[str, int]
+    files: list[str]
+    full: bool
+
+
+def export_tables() -> tuple[Table, ...]:
+    """The tables an export writes, in file order: ``responses``, then every child table."""
+    return (responses, *CHILD_TABLES)
+
+
+# --- column types -------------------------------------------------------------------------
+
+
+def column_kind(column: Any) -> ColumnKind:
+    """The export type of a SQLAlchemy column (the ``type`` in ``_schema.json``)."""
+    type_ = column.type
+    if isinstance(type_, JSON):  # also JSONDoc (JSON with a JSONB variant)
+        return "json"
+    if isinstance(type_, BigInteger):
+        return "int64"
+    if isinstance(type_, Integer):
+        return "int32"
+    if isinstance(type_, Float):
+        return "float64"
+    if isinstance(type_, Boolean):
+        return "bool"
+    if isinstance(type_, DateTime):
+        return "timestamp"
+    if isinstance(type_, LargeBinary):
+        return "binary"
+    if isinstance(type_, String):  # Text too
+        return "string"
+    raise TypeError(f"no export type for {column.table.name}.{column.name} ({type_!r})")
+
+
+_TYPE_DOCS: dict[str, dict[str, str]] = {
+    "string": {"parquet": "string", "jsonl": "string", "csv": "quoted string"},
+    "int32": {"parquet": "int32", "jsonl": "integer", "csv": "integer"},
+    "int64": {"parquet": "int64", "jsonl": "integer", "csv": "integer"},
+    "float64": {"parquet": "double", "jsonl": "number", "csv": "number"},
+    "bool": {"parquet": "bool", "jsonl": "true or false", "csv": "true or false"},
+    "timestamp": {
+        "parquet": "timestamp[us, tz=UTC]",
+        "jsonl": "string, ISO 8601 in UTC ending in Z (2026-05-01T12:00:00.123456Z)",
+        "csv": "quoted string, ISO 8601 in UTC ending in Z",
+    },
+    "json": {
+        "parquet": "string holding compact JSON text",
+        "jsonl": "string holding compact JSON text (not a nested value)",
+        "csv": "quoted string holding compact JSON text",
+    },
+    "binary": {
+        "parquet": "binary, the bytes exactly",
+        "jsonl": "string: the bytes decoded as UTF-8, or base64 when raw_encoding is 'base64'",
+        "csv": "quoted string: as in jsonl",
+    },
+}
+
+
+def schema_document() -> dict[str, Any]:
+    """The ``_schema.json`` document: layout, encodings, and every table's columns."""
+    tables: dict[str, Any] = {}
+    for table in export_tables():
+        columns: list[dict[str, Any]] = []
+        for column in table.columns:
+            columns.append(
+                {"name": str(column.name), "type": column_kind(column), "nullable": column.nullable}
+            )
+            if column_kind(column) == "binary":
+                columns.append(
+                    {
+                        "name": RAW_ENCODING,
+                        "type": "string",
+                        "nullable": False,
+                        "formats": ["jsonl", "csv"],
+                        "description": f"how {column.name} is written: 'utf-8' (the bytes are "
+                        "valid UTF-8 without NUL and are written as text) or 'base64'",
+                    }
+                )
+        tables[str(table.name)] = {
+            "primary_key": [str(c.name) for c in table.primary_key.columns],
+            "columns": columns,
+        }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generated_by": f"archiver {__version__}",
+        "layout": {
+            "data": "{table}/{cursor}-{batch:08d}.{jsonl|parquet|csv}",
+            "manifest": BATCHES_DIR + "/{cursor}-{batch:08d}.json",
+        },
+        "rows": (
+            "A response that changed is exported again in a later batch with a higher "
+            "change_seq. Per response, keep the responses row with the highest change_seq "
+            "and the child rows with that same change_seq."
+        ),
+        "types": _TYPE_DOCS,
+        "null": {
+            "parquet": "null",
+            "jsonl": "null",
+            "csv": 'an empty unquoted field (strings are always quoted: "" is an empty string)',
+        },
+        "tables": tables,
+    }
+
+
+# --- encoders -----------------------------------------------------------------------------
+
+
+def _iso_utc(value: datetime) -> str:
+    """ISO 8601 in UTC with ``Z``. Naive values are UTC (SQLite returns them so)."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat() + "Z"
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def raw_as_text(raw: bytes) -> tuple[str, str]:
+    """``(text, encoding)`` for a binary value in JSONL and CSV.
+
+    UTF-8 without NUL is written as text (``utf-8``); anything else as base64 (``base64``).
+    """
+    if b"\x00" not in raw:
+        try:
+            return raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            pass
+    return base64.b64encode(raw).decode("ascii"), "base64"
+
+
+def _csv_field(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return '"' + value.replace('"', '""') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How one table's rows become file rows."""
+
+    table: str
+    names: tuple[str, ...]
+    kinds: tuple[ColumnKind, ...]
+    text_names: tuple[str, ...]
+    """Column names in JSONL and CSV (``raw_encoding`` follows a binary column)."""
+
+    @classmethod
+    def of(cls, table: Table) -> _Layout:
+        names = tuple(str(c.name) for c in table.columns)  # quoted_name is a str subclass
+        kinds = tuple(column_kind(c) for c in table.columns)
+        text_names: list[str] = []
+        for name, kind in zip(names, kinds, strict=True):
+            text_names.append(name)
+            if kind == "binary":
+                text_names.append(RAW_ENCODING)
+        return cls(str(table.name), names, kinds, tuple(text_names))
+
+    def text_values(self, row: Sequence[Any]) -> list[Any]:
+        """One row for JSONL and CSV: JSON as text, timestamps ISO, bytes as text or base64."""
+        values: list[Any] = []
+        for value, kind in zip(row, self.kinds, strict=True):
+            if kind == "binary":
+                if value is None:
+                    values += [None, None]
+                else:
+                    values += raw_as_text(bytes(value))
+            elif value is None:
+                values.append(None)
+            elif kind == "json":
+                values.append(_json_text(value))
+            elif kind == "timestamp":
+                values.append(_iso_utc(value))
+            else:
+                values.append(value)
+        return values
+
+
+class _Sink:
+    """One table's file of one batch, written under a temporary name until published."""
+
+    def __init__(self, layout: _Layout, path: Path) -> None:
+        self.layout = layout
+        self.path = path
+        self.temp = path.with_name(f".{path.name}.tmp")
+        self.rows = 0
+
+    def write(self, rows: Sequence[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _JsonlSink(_Sink):
+    def __init__(self, layout: _Layout, path: Path) -> None:
+        super().__init__(layout, path)
+        self.file: IO[bytes] = open(self.temp, "wb", buffering=1 << 20)  # noqa: SIM115 - closed in close()
+
+    def write(self, rows: Sequence[Sequence[Any]]) -> None:
+        names = self.layout.text_names
+        to_text = self.layout.text_values
+        self.file.write(
+            b"".join(orjson.dumps(dict(zip(names, to_text(r), strict=True))) + b"\n" for r in rows)
+        )
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _CsvSink(_Sink):
+    """RFC 4180 CSV with a header; strings always quoted, so an empty unquoted field is NULL."""
+
+    def __init__(self, layout: _Layout, path: Path) -> None:
+        super().__init__(layout, path)
+        self.file: IO[str] = open(  # noqa: SIM115 - closed in close()
+            self.temp, "w", encoding="utf-8", newline="", buffering=1 << 20
+        )
+        self.file.write(",".join(layout.text_names) + "\n")
+
+    def write(self, rows: Sequence[Sequence[Any]]) -> None:
+        to_text = self.layout.text_values
+        self.file.write("".join(",".join(map(_csv_field, to_text(r))) + "\n" for r in rows))
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _arrow() -> tuple[Any, Any]:
+    try:
+        import pyarrow as pa  # type: ignore[import-untyped,unused-ignore]
+        import pyarrow.parquet as pq  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        raise ExportError("Parquet export needs pyarrow: pip install 'archiver[parquet]'") from None
+    return pa, pq
+
+
+def arrow_schema(table: Table) -> Any:
+    """The Parquet (Arrow) schema of a table's export file."""
+    pa, _ = _arrow()
+    types = {
+        "string": pa.string(),
+        "int32": pa.int32(),
+        "int64": pa.int64(),
+        "float64": pa.float64(),
+        "bool": pa.bool_(),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+        "json": pa.string(),
+        "binary": pa.binary(),
+    }
+    return pa.schema(
+        [pa.field(c.name, types[column_kind(c)], nullable=bool(c.nullable)) for c in table.columns]
+    )
+
+
+class _ParquetSink(_Sink):
+    """One row group per chunk."""
+
+    def __init__(self, layout: _Layout, path: Path, table: Table) -> None:
+        super().__init__(layout, path)
+        self.pa, pq = _arrow()
+        self.schema = arrow_schema(table)
+        self.writer = pq.ParquetWriter(str(self.temp), self.schema, compression="zstd")
+
+    def write(self, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        arrays = []
+        for values, kind, arrow_field in zip(
+            zip(*rows, strict=True), self.layout.kinds, self.schema, strict=True
+        ):
+            if kind == "json":
+                # bytes are accepted for string columns (and checked to be UTF-8)
+                values = tuple(None if v is None else orjson.dumps(v) for v in values)
+            elif kind == "binary":
+                values = tuple(None if v is None else bytes(v) for v in values)
+            # Naive datetimes (SQLite) are taken as UTC by a tz-aware timestamp type.
+            arrays.append(self.pa.array(values, type=arrow_field.type))
+        self.writer.write_table(
+            self.pa.Table.from_arrays(arrays, schema=self.schema), row_group_size=len(rows)
+        )
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write a file under a temporary name, fsync it, rename it into place, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    with open(temp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+    _fsync_path(path.parent)
+
+
+@dataclass
+class _Batch:
+    """The open files of one batch."""
+
+    out_dir: Path
+    sinks: list[_Sink] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, out_dir: Path, fmt: str, cursor: str, batch: int) -> _Batch:
+        opened = cls(out_dir)
+        try:
+            for table in export_tables():
+                directory = out_dir / table.name
+                directory.mkdir(exist_ok=True)
+                path = directory / f"{cursor}-{batch:08d}.{fmt}"
+                layout = _Layout.of(table)
+                sink: _Sink
+                if fmt == "parquet":
+                    sink = _ParquetSink(layout, path, table)
+                elif fmt == "csv":
+                    sink = _CsvSink(layout, path)
+                else:
+                    sink = _JsonlSink(layout, path)
+                opened.sinks.append(sink)
+        except BaseException:
+            opened.discard()
+            raise
+        return opened
+
+    def write(self, chunk: _Chunk) -> None:
+        for sink in self.sinks:
+            sink.write(chunk.rows.get(sink.layout.table, ()))
+
+    def publish(self) -> list[Path]:
+        """Close, fsync, and rename every file into place; returns the final paths."""
+        for sink in self.sinks:
+            sink.close()
+            _fsync_path(sink.temp)
+        for sink in self.sinks:
+            os.replace(sink.temp, sink.path)
+        for directory in {sink.path.parent for sink in self.sinks} | {self.out_dir}:
+            _fsync_path(directory)
+        return [sink.path for sink in self.sinks]
+
+    def discard(self) -> None:
+        """Close and remove the temporary files (after a failure)."""
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):
+                sink.close()
+            with contextlib.suppress(OSError):
+                sink.temp.unlink(missing_ok=True)
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Position:
+    last_seq: int
+    batch: int
+    to_seq: int
+
+
+@dataclass
+class _Chunk:
+    rows: dict[str, list[Any]]
+    last_key: tuple[int, str]
+    more: bool
+
+
+async def _read_position(engine: AsyncEngine, cursor: str) -> _Position:
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(
+                select(export_cursors.c.last_seq, export_cursors.c.batch).where(
+                    export_cursors.c.name == cursor
+                )
+            )
+        ).first()
+        # Every row at or below the committed counter is committed (the writer holds the
+        # counter's row lock until it commits).
+        to_seq = (
+            await conn.execute(select(archive_changes.c.seq).where(archive_changes.c.name == "archive"))
+        ).scalar()
+        if to_seq is None:
+            to_seq = (
+                await conn.execute(
+                    select(responses.c.change_seq).order_by(responses.c.change_seq.desc()).limit(1)
+                )
+            ).scalar()
+    last_seq, batch = (int(row[0]), int(row[1])) if row is not None else (0, 0)
+    return _Position(last_seq, batch, int(to_seq or 0))
+
+
+async def _read_chunk(
+    engine: AsyncEngine, after: tuple[int, str | None], to_seq: int, limit: int
+) -> _Chunk | None:
+    """The next responses after the keyset ``after`` (at most ``limit``), with their child rows.
+
+    One read transaction per chunk, so a response and its child rows come from one
+    snapshot (PostgreSQL: REPEATABLE READ; SQLite transactions are serializable).
+    """
+    seq, rid = after
+    c = responses.c
+    # `change_seq >= seq` first so the index bounds the scan; (change_seq, id) breaks ties,
+    # because rows archived before change tracking all share change_seq 1.
+    keyset = (
+        c.change_seq > seq if rid is None else and_(c.change_seq >= seq, or_(c.change_seq > seq, c.id > rid))
+    )
+    stmt = select(responses).where(keyset, c.change_seq <= to_seq).order_by(c.change_seq, c.id).limit(limit)
+    async with engine.connect() as conn:
+        if is_postgres(conn):
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        async with conn.begin():
+            rows, cut = await _read_responses(conn, stmt)
+            if not rows:
+                return None
+            chunk: dict[str, list[Any]] = {"responses": rows}
+            ids = [row.id for row in rows]
+            for table in CHILD_TABLES:
+                found: list[Any] = []
+                order = list(table.primary_key.columns)
+                for start in range(0, len(ids), ID_CHUNK):
+                    part = ids[start : start + ID_CHUNK]
+                    result = await conn.execute(
+                        select(table).where(table.c.response_id.in_(part)).order_by(*order)
+                    )
+                    found += result.all()
+                chunk[str(table.name)] = found
+    last = rows[-1]
+    return _Chunk(chunk, (int(last.change_seq), str(last.id)), more=cut or len(rows) == limit)
+
+
+async def _read_responses(conn: AsyncConnection, stmt: Any) -> tuple[list[Any], bool]:
+    """Stream the rows of ``stmt``, stopping early once their bodies reach CHUNK_BYTES."""
+    rows: list[Any] = []
+    size = 0
+    result = await conn.stream(stmt.execution_options(yield_per=STREAM_ROWS))
+    try:
+        async for row in result:
+            rows.append(row)
+            size += len(row.raw)
+            if size >= CHUNK_BYTES:
+                return rows, True
+    finally:
+        await result.close()
+    return rows, False
+
+
+# --- the cursor ---------------------------------------------------------------------------
+
+
+async def _commit_cursor(
+    engine: AsyncEngine, cursor: str, batch: int, to_seq: int, exported_at: datetime
+) -> None:
+    """Move the cursor to ``to_seq`` and ``batch``, if it is still at ``batch - 1``."""
+    async with engine.begin() as conn:
+        moved = await conn.execute(
+            update(export_cursors)
+            .where(export_cursors.c.name == cursor, export_cursors.c.batch == batch - 1)
+            .values(last_seq=to_seq, batch=batch, exported_at=exported_at)
+        )
+        if moved.rowcount == 1:
+            return
+        current = (
+            await conn.execute(select(export_cursors.c.batch).where(export_cursors.c.name == cursor))
+        ).scalar()
+        if current is None and batch == 1:
+            try:
+                await conn.execute(
+                    insert(export_cursors).values(
+                        name=cursor, last_seq=to_seq, batch=batch, exported_at=exported_at
+                    )
+                )
+                return
+            except IntegrityError:
+                current = "?"
+    raise ExportError(
+        f"cursor {cursor!r} moved while exporting (now at batch {current}, expected {batch - 1}): "
+        "another export with the same cursor ran at the same time; run the export again"
+    )
+
+
+# --- export -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _directory_lock(out_dir: Path) -> Iterator[None]:
+    """One export at a time per output directory (an flock on the directory itself)."""
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ExportError(f"another export is writing into {out_dir}") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _check_arguments(fmt: str, cursor: str, chunk_size: int) -> None:
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if not _CURSOR_NAME.match(cursor):
+        raise ExportError(
+            f"invalid cursor name {cursor!r}: 1 to 128 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    if chunk_size < 1:
+        raise ExportError("chunk size must be at least 1")
+
+
+async def export(
+    engine: AsyncEngine,
+    out_dir: Path,
+    *,
+    fmt: ExportFormat = "jsonl",
+    cursor: str = "default",
+    full: bool = False,
+    chunk_size: int = 5000,
+) -> ExportReport:
+    """Export what changed since the cursor's last export (or everything) as one batch.
+
+    Args:
+        engine: an open archive database (see :func:`archiver.db.open_database`).
+        out_dir: the output directory (created if missing).
+        fmt: ``jsonl``, ``parquet`` (needs pyarrow) or ``csv``.
+        cursor: the name of the export position in ``export_cursors``; file names start
+            with it, so several consumers can export into one directory.
+        full: export every response up to now, whatever the cursor says; the cursor then
+            moves to now.
+        chunk_size: responses read and written at a time (one Parquet row group).
+
+    Returns:
+        What was written. Nothing is written when nothing changed since the cursor.
+
+    Raises:
+        ExportError: bad arguments, another export writes into ``out_dir``, the cursor is
+            ahead of the database (restored from a backup?), or it moved meanwhile.
+    """
+    _check_arguments(fmt, cursor, chunk_size)
+    if fmt == "parquet":
+        _arrow()
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _directory_lock(out_dir):
+        position = await _read_position(engine, cursor)
+        if not full and position.last_seq > position.to_seq:
+            raise ExportError(
+                f"cursor {cursor!r} is at change_seq {position.last_seq}, but the database only "
+                f"reaches {position.to_seq}: was it restored from a backup? Export with --full "
+                "or use a new --cursor"
+            )
+        from_seq = 0 if full else position.last_seq
+        batch_no = position.batch + 1
+        counts = {str(table.name): 0 for table in export_tables()}
+        batch: _Batch | None = None
+        writing: asyncio.Future[None] | None = None
+        try:
+            after: tuple[int, str | None] = (_BEFORE_ALL if full else from_seq, None)
+            chunk = await _read_chunk(engine, after, position.to_seq, chunk_size)
+            while chunk is not None:
+                if batch is None:
+                    batch = await asyncio.to_thread(_Batch.open, out_dir, fmt, cursor, batch_no)
+                # The chunk is written in a thread while the next one is read.
+                writing = asyncio.ensure_future(asyncio.to_thread(batch.write, chunk))
+                for name, rows in chunk.rows.items():
+                    counts[name] += len(rows)
+                after = chunk.last_key
+                chunk = await _read_chunk(engine, after, position.to_seq, chunk_size) if chunk.more else None
+                await writing
+                writing = None
+            if batch is None:
+                log.info(
+                    "archiver.export_done",
+                    cursor=cursor,
+                    batch=position.batch,
+                    from_seq=from_seq,
+                    to_seq=position.to_seq,
+                    responses=0,
+                    nothing_new=True,
+                )
+                return ExportReport(cursor, position.batch, from_seq, position.to_seq, 0, counts, [], full)
+            paths = await asyncio.to_thread(batch.publish)
+        except BaseException:
+            if writing is not None:
+                # A thread cannot be cancelled: let it finish before its files are removed.
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(writing)
+            if batch is not None:
+                await asyncio.shield(asyncio.to_thread(batch.discard))
+            raise
+        exported_at = datetime.now(UTC)
+        files = [p.relative_to(out_dir).as_posix() for p in paths]
+        manifest_path = Path(BATCHES_DIR) / f"{cursor}-{batch_no:08d}.json"
+        manifest = {
+            "cursor": cursor,
+            "batch": batch_no,
+            "full": full,
+            "format": fmt,
+            "from_seq": from_seq,
+            "to_seq": position.to_seq,
+            "responses": counts[responses.name],
+            "rows": counts,
+            "files": files,
+            "exported_at": _iso_utc(exported_at),
+            "generated_by": f"archiver {__version__}",
+        }
+        schema = orjson.dumps(schema_document(), option=orjson.OPT_INDENT_2) + b"\n"
+        await asyncio.to_thread(_write_atomic, out_dir / SCHEMA_FILE, schema)
+        await asyncio.to_thread(
+            _write_atomic, out_dir / manifest_path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+        )
+        # Last: a crash before this line makes the next run write the same batch again.
+        await _commit_cursor(engine, cursor, batch_no, position.to_seq, exported_at)
+    report = ExportReport(
+        cursor=cursor,
+        batch=batch_no,
+        from_seq=from_seq,
+        to_seq=position.to_seq,
+        responses=counts[responses.name],
+        rows=counts,
+        files=[*files, manifest_path.as_posix(), SCHEMA_FILE],
+        full=full,
+    )
+    log.info(
+        "archiver.export_done",
+        cursor=cursor,
+        batch=batch_no,
+        format=fmt,
+        full=full,
+        from_seq=from_seq,
+        to_seq=position.to_seq,
+        responses=report.responses,
+        rows=sum(counts.values()),
+        duration_s=round(time.monotonic() - started, 3),
+    )
+    return report
