@@ -53,11 +53,15 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    any_,
+    bindparam,
+    func,
     insert,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -91,8 +95,6 @@ CHUNK_BYTES = 64 * 1024 * 1024
 """A chunk also ends once its raw bodies add up to this many bytes (bounds memory)."""
 STREAM_ROWS = 50
 """Responses fetched from the database cursor at a time."""
-ID_CHUNK = 1000
-"""Response IDs per child-table query (well below every driver's bound-parameter limit)."""
 SCHEMA_VERSION = 1
 _BEFORE_ALL = -(2**63)
 """Lower bound of a full export: every row, even one inserted without a change_seq (0)."""
@@ -558,17 +560,18 @@ async def _read_chunk(
             chunk: dict[str, list[Any]] = {"responses": rows}
             ids = [row.id for row in rows]
             for table in CHILD_TABLES:
-                found: list[Any] = []
-                order = list(table.primary_key.columns)
-                for start in range(0, len(ids), ID_CHUNK):
-                    part = ids[start : start + ID_CHUNK]
-                    result = await conn.execute(
-                        select(table).where(table.c.response_id.in_(part)).order_by(*order)
-                    )
-                    found += result.all()
-                chunk[str(table.name)] = found
+                stmt = select(table).where(_one_of(table.c.response_id, ids, conn.dialect.name))
+                result = await conn.execute(stmt.order_by(*table.primary_key.columns))
+                chunk[str(table.name)] = list(result.all())
     last = rows[-1]
     return _Chunk(chunk, (int(last.change_seq), str(last.id)), more=cut or len(rows) == limit)
+
+
+def _one_of(column: Any, ids: list[str], dialect: str) -> Any:
+    """``column IN ids`` with one bound parameter, however many IDs (no parameter limit)."""
+    if dialect == "postgresql":
+        return column == any_(bindparam("ids", ids, type_=ARRAY(String)))
+    return column.in_(select(func.json_each(orjson.dumps(ids).decode()).table_valued("value").c.value))
 
 
 async def _read_responses(conn: AsyncConnection, stmt: Any) -> tuple[list[Any], bool]:

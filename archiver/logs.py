@@ -73,3 +73,13 @@ def configure_logging(level: str = "info", stream: TextIO | None = None, json: b
 def get_logger() -> Any:
     """The project's logger."""
     return structlog.get_logger("archiver")
+
+
+def redact_base_url(url: str) -> str:
+    """The URL without user info or query string (which may carry credentials)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -22,11 +22,12 @@ import orjson
 from aiolimiter import AsyncLimiter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from archiver import __version__
 from archiver.client import ResponsesClient
 from archiver.db import is_transient_db_error, redact_url, with_db_retry
 from archiver.errors import NormalizationError, StopRun
 from archiver.limits import AdaptiveLimit
-from archiver.logs import get_logger, redact
+from archiver.logs import get_logger, redact, redact_base_url
 from archiver.metrics import Metrics
 from archiver.normalize import normalize, normalize_input_items
 from archiver.notify import SystemdNotifier, watchdog_loop
@@ -186,8 +187,9 @@ class Worker:
         s = self.settings
         log.info(
             "archiver.run_started",
+            version=__version__,
             database=self._engine_url,
-            base_url=s.base_url,
+            base_url=redact_base_url(s.base_url),
             concurrency=s.concurrency,
             once=self.once,
             profile=self.profile,
