@@ -44,11 +44,3 @@ def test_api_key_is_never_a_flag() -> None:
         assert "--api-key" not in flags
     assert "ARCHIVER_API_KEY" in README and "DASHSCOPE_API_KEY" in README
 
-
-def test_base_urls_are_logged_without_credentials() -> None:
-    from archiver.logs import redact_base_url
-
-    assert redact_base_url("https://user:s3cret@gw.example:8443/v1?key=abc") == "https://gw.example:8443/v1"
-    assert redact_base_url("https://dashscope.aliyuncs.com/compatible-mode/v1") == (
-        "https://dashscope.aliyuncs.com/compatible-mode/v1"
-    )
