@@ -21,9 +21,9 @@ before that leaves the cursor where it was, and the next run writes the *same* f
 again (same batch number), so a loader that replaces files by name never sees a duplicate.
 
 Memory: responses are read in chunks of ``chunk_size`` (keyset pagination on
-``(change_seq, id)``, a chunk also ends once it holds :data:`CHUNK_BYTES` of raw bodies),
-each chunk with its child rows in one short read transaction; each chunk is written out
-(Parquet: one row group) before the next is read.
+``(change_seq, id)``; a chunk also ends once it holds :data:`CHUNK_BYTES` of raw bodies),
+each chunk with its child rows in one short read transaction. A chunk is written (Parquet:
+one row group) in a thread while the next one is read, so at most two are in memory.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Table,
+    Text,
     and_,
     any_,
     bindparam,
@@ -59,11 +60,13 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import Select
 
 from archiver import __version__
 from archiver.db import is_postgres
@@ -73,11 +76,15 @@ from archiver.schema import CHILD_TABLES, archive_changes, export_cursors, respo
 
 __all__ = [
     "CHUNK_BYTES",
+    "FORMATS",
     "ExportError",
     "ExportFormat",
     "ExportReport",
+    "arrow_schema",
+    "column_kind",
     "export",
     "export_tables",
+    "raw_as_text",
     "schema_document",
 ]
 
@@ -239,10 +246,6 @@ def _iso_utc(value: datetime) -> str:
     return value.isoformat() + "Z"
 
 
-def _json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
 def raw_as_text(raw: bytes) -> tuple[str, str]:
     """``(text, encoding)`` for a binary value in JSONL and CSV.
 
@@ -277,35 +280,40 @@ class _Layout:
     kinds: tuple[ColumnKind, ...]
     text_names: tuple[str, ...]
     """Column names in JSONL and CSV (``raw_encoding`` follows a binary column)."""
+    timestamps: tuple[int, ...]
+    binary: int | None
 
     @classmethod
     def of(cls, table: Table) -> _Layout:
         names = tuple(str(c.name) for c in table.columns)  # quoted_name is a str subclass
         kinds = tuple(column_kind(c) for c in table.columns)
-        text_names: list[str] = []
-        for name, kind in zip(names, kinds, strict=True):
-            text_names.append(name)
-            if kind == "binary":
-                text_names.append(RAW_ENCODING)
-        return cls(str(table.name), names, kinds, tuple(text_names))
+        binaries = [i for i, kind in enumerate(kinds) if kind == "binary"]
+        assert len(binaries) <= 1, "one binary column per table (responses.raw)"
+        text_names = list(names)
+        if binaries:
+            text_names.insert(binaries[0] + 1, RAW_ENCODING)
+        return cls(
+            table=str(table.name),
+            names=names,
+            kinds=kinds,
+            text_names=tuple(text_names),
+            timestamps=tuple(i for i, kind in enumerate(kinds) if kind == "timestamp"),
+            binary=binaries[0] if binaries else None,
+        )
 
-    def text_values(self, row: Sequence[Any]) -> list[Any]:
-        """One row for JSONL and CSV: JSON as text, timestamps ISO, bytes as text or base64."""
-        values: list[Any] = []
-        for value, kind in zip(row, self.kinds, strict=True):
-            if kind == "binary":
-                if value is None:
-                    values += [None, None]
-                else:
-                    values += raw_as_text(bytes(value))
-            elif value is None:
-                values.append(None)
-            elif kind == "json":
-                values.append(_json_text(value))
-            elif kind == "timestamp":
-                values.append(_iso_utc(value))
-            else:
-                values.append(value)
+    def text_values(self, row: Sequence[Any]) -> Sequence[Any]:
+        """One row for JSONL and CSV: timestamps ISO, bytes as text or base64 (JSON is text already)."""
+        if not self.timestamps and self.binary is None:
+            return row
+        values = list(row)
+        for i in self.timestamps:
+            if values[i] is not None:
+                values[i] = _iso_utc(values[i])
+        if self.binary is not None:
+            raw = values[self.binary]
+            text_, encoding = (None, None) if raw is None else raw_as_text(bytes(raw))
+            values[self.binary] = text_
+            values.insert(self.binary + 1, encoding)
         return values
 
 
@@ -316,7 +324,6 @@ class _Sink:
         self.layout = layout
         self.path = path
         self.temp = path.with_name(f".{path.name}.tmp")
-        self.rows = 0
 
     def write(self, rows: Sequence[Sequence[Any]]) -> None:
         raise NotImplementedError
@@ -336,7 +343,6 @@ class _JsonlSink(_Sink):
         self.file.write(
             b"".join(orjson.dumps(dict(zip(names, to_text(r), strict=True))) + b"\n" for r in rows)
         )
-        self.rows += len(rows)
 
     def close(self) -> None:
         self.file.close()
@@ -355,7 +361,6 @@ class _CsvSink(_Sink):
     def write(self, rows: Sequence[Sequence[Any]]) -> None:
         to_text = self.layout.text_values
         self.file.write("".join(",".join(map(_csv_field, to_text(r))) + "\n" for r in rows))
-        self.rows += len(rows)
 
     def close(self) -> None:
         self.file.close()
@@ -404,17 +409,13 @@ class _ParquetSink(_Sink):
         for values, kind, arrow_field in zip(
             zip(*rows, strict=True), self.layout.kinds, self.schema, strict=True
         ):
-            if kind == "json":
-                # bytes are accepted for string columns (and checked to be UTF-8)
-                values = tuple(None if v is None else orjson.dumps(v) for v in values)
-            elif kind == "binary":
+            if kind == "binary":
                 values = tuple(None if v is None else bytes(v) for v in values)
             # Naive datetimes (SQLite) are taken as UTC by a tz-aware timestamp type.
             arrays.append(self.pa.array(values, type=arrow_field.type))
         self.writer.write_table(
             self.pa.Table.from_arrays(arrays, schema=self.schema), row_group_size=len(rows)
         )
-        self.rows += len(rows)
 
     def close(self) -> None:
         self.writer.close()
@@ -549,22 +550,57 @@ async def _read_chunk(
     keyset = (
         c.change_seq > seq if rid is None else and_(c.change_seq >= seq, or_(c.change_seq > seq, c.id > rid))
     )
-    stmt = select(responses).where(keyset, c.change_seq <= to_seq).order_by(c.change_seq, c.id).limit(limit)
     async with engine.connect() as conn:
+        dialect = conn.dialect.name
+        stmt = (
+            _select_rows(responses, dialect)
+            .where(keyset, c.change_seq <= to_seq)
+            .order_by(c.change_seq, c.id)
+            .limit(limit)
+        )
         if is_postgres(conn):
             conn = await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
         async with conn.begin():
             rows, cut = await _read_responses(conn, stmt)
             if not rows:
                 return None
-            chunk: dict[str, list[Any]] = {"responses": rows}
+            last = rows[-1]
+            chunk: dict[str, list[Any]] = {"responses": _json_as_text(responses, rows, dialect)}
             ids = [row.id for row in rows]
             for table in CHILD_TABLES:
-                stmt = select(table).where(_one_of(table.c.response_id, ids, conn.dialect.name))
+                stmt = _select_rows(table, dialect).where(_one_of(table.c.response_id, ids, dialect))
                 result = await conn.execute(stmt.order_by(*table.primary_key.columns))
-                chunk[str(table.name)] = list(result.all())
-    last = rows[-1]
+                chunk[str(table.name)] = _json_as_text(table, result.all(), dialect)
     return _Chunk(chunk, (int(last.change_seq), str(last.id)), more=cut or len(rows) == limit)
+
+
+def _select_rows(table: Table, dialect: str) -> Select[Any]:
+    """SELECT every column of ``table``; on SQLite, JSON columns as their stored text.
+
+    SQLite keeps JSON as the compact text the store serialized with orjson, so it is read
+    as is instead of being parsed and serialized again (that was a third of the export's
+    time). PostgreSQL's jsonb comes back parsed: see :func:`_json_as_text`.
+    """
+    if dialect != "sqlite":
+        return select(table)
+    return select(
+        *(type_coerce(c, Text).label(c.name) if column_kind(c) == "json" else c for c in table.columns)
+    )
+
+
+def _json_as_text(table: Table, rows: Sequence[Any], dialect: str) -> list[Any]:
+    """Rows with JSON columns as compact JSON text (on SQLite they already are)."""
+    positions = [i for i, c in enumerate(table.columns) if column_kind(c) == "json"]
+    if dialect == "sqlite" or not positions:
+        return list(rows)
+    converted: list[Any] = []
+    for row in rows:
+        values = list(row)
+        for i in positions:
+            if values[i] is not None:
+                values[i] = orjson.dumps(values[i]).decode()
+        converted.append(values)
+    return converted
 
 
 def _one_of(column: Any, ids: list[str], dialect: str) -> Any:
@@ -580,11 +616,12 @@ async def _read_responses(conn: AsyncConnection, stmt: Any) -> tuple[list[Any], 
     size = 0
     result = await conn.stream(stmt.execution_options(yield_per=STREAM_ROWS))
     try:
-        async for row in result:
-            rows.append(row)
-            size += len(row.raw)
-            if size >= CHUNK_BYTES:
-                return rows, True
+        async for partition in result.partitions():
+            for row in partition:
+                rows.append(row)
+                size += len(row.raw)
+                if size >= CHUNK_BYTES:
+                    return rows, True
     finally:
         await result.close()
     return rows, False
@@ -596,7 +633,15 @@ async def _read_responses(conn: AsyncConnection, stmt: Any) -> tuple[list[Any], 
 async def _commit_cursor(
     engine: AsyncEngine, cursor: str, batch: int, to_seq: int, exported_at: datetime
 ) -> None:
-    """Move the cursor to ``to_seq`` and ``batch``, if it is still at ``batch - 1``."""
+    """Move the cursor to ``to_seq`` and ``batch``, if it is still at ``batch - 1``.
+
+    Raises:
+        ExportError: another export with the same cursor committed in the meantime.
+    """
+    moved_by_other = ExportError(
+        f"cursor {cursor!r} moved while exporting (expected it at batch {batch - 1}): another "
+        "export with the same cursor ran at the same time; run the export again"
+    )
     async with engine.begin() as conn:
         moved = await conn.execute(
             update(export_cursors)
@@ -605,23 +650,16 @@ async def _commit_cursor(
         )
         if moved.rowcount == 1:
             return
-        current = (
-            await conn.execute(select(export_cursors.c.batch).where(export_cursors.c.name == cursor))
-        ).scalar()
-        if current is None and batch == 1:
-            try:
-                await conn.execute(
-                    insert(export_cursors).values(
-                        name=cursor, last_seq=to_seq, batch=batch, exported_at=exported_at
-                    )
+        if batch != 1:
+            raise moved_by_other
+        try:
+            await conn.execute(
+                insert(export_cursors).values(
+                    name=cursor, last_seq=to_seq, batch=batch, exported_at=exported_at
                 )
-                return
-            except IntegrityError:
-                current = "?"
-    raise ExportError(
-        f"cursor {cursor!r} moved while exporting (now at batch {current}, expected {batch - 1}): "
-        "another export with the same cursor ran at the same time; run the export again"
-    )
+            )
+        except IntegrityError:  # the row exists: someone else's batch 1 (or later)
+            raise moved_by_other from None
 
 
 # --- export -------------------------------------------------------------------------------
