@@ -1,7 +1,30 @@
-"""archiver: async bulk archiver and sync daemon for stored LLM responses."""
+"""archiver: async bulk archiver and sync daemon for stored LLM responses.
+
+The public API for other Python code is what ``__all__`` lists; the rest is internal.
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from archiver.errors import ArchiverError  # noqa: E402
+from archiver.export import ExportReport, export  # noqa: E402
+from archiver.mockapi import MockConfig, start_mock_server  # noqa: E402
+from archiver.normalize import NormalizedResponse, normalize, normalize_input_items  # noqa: E402
+from archiver.settings import Settings  # noqa: E402
+from archiver.worker import RunSummary, Worker  # noqa: E402
+
+__all__ = [
+    "ArchiverError",
+    "ExportReport",
+    "MockConfig",
+    "NormalizedResponse",
+    "RunSummary",
+    "Settings",
+    "Worker",
+    "__version__",
+    "export",
+    "normalize",
+    "normalize_input_items",
+    "start_mock_server",
+]

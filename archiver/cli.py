@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -341,6 +342,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
+        "export",
+        parents=[common],
+        help="write what changed since the last export to JSONL, Parquet or CSV files",
+        description="Export responses and their child rows changed since the cursor's last export "
+        "(or everything with --full) as one batch of files per table; prints a JSON report.",
+    )
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output directory (created if missing)")
+    p.add_argument(
+        "--format",
+        dest="export_format",
+        choices=["jsonl", "parquet", "csv"],
+        default=None,
+        help="file format (default jsonl; parquet needs pyarrow) [env: ARCHIVER_EXPORT_FORMAT]",
+    )
+    p.add_argument(
+        "--cursor",
+        default=None,
+        help="export position name (default 'default') [env: ARCHIVER_EXPORT_CURSOR]",
+    )
+    p.add_argument("--full", action="store_true", help="export everything, not only what changed")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="responses per read and per Parquet row group (default 5000) [env: ARCHIVER_EXPORT_CHUNK_SIZE]",
+    )
+
+    p = sub.add_parser(
         "demo",
         parents=[common],
         help="end to end against the built-in mock API (no key needed)",
@@ -507,6 +536,26 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(run_demo(settings, count=args.count))
 
 
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    env = os.environ
+    try:
+        chunk_size = args.chunk_size or int(env.get("ARCHIVER_EXPORT_CHUNK_SIZE") or 5000)
+    except ValueError:
+        raise ConfigError("ARCHIVER_EXPORT_CHUNK_SIZE must be a whole number") from None
+    report = asyncio.run(
+        commands.export(
+            settings,
+            args.out_dir,
+            fmt=args.export_format or env.get("ARCHIVER_EXPORT_FORMAT") or "jsonl",
+            cursor=args.cursor or env.get("ARCHIVER_EXPORT_CURSOR") or "default",
+            full=args.full,
+            chunk_size=chunk_size,
+        )
+    )
+    print(commands.dumps(dataclasses.asdict(report)))
+    return 0
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "enqueue": _enqueue,
     "run": _run,
@@ -517,6 +566,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "migrate": _migrate,
     "mock-server": _mock_server,
     "demo": _demo,
+    "export": _export,
 }
 
 

@@ -260,3 +260,22 @@ def _human_age(seconds: float) -> str:
 def dumps(value: Any) -> str:
     """JSON text for command output."""
     return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+
+
+async def export(
+    settings: Settings, out_dir: str, *, fmt: str, cursor: str, full: bool, chunk_size: int
+) -> Any:
+    """One export batch (see :func:`archiver.export.export`)."""
+    from pathlib import Path
+
+    from archiver.export import export as export_batch
+
+    async with open_database(settings.database_url) as engine:
+        return await export_batch(
+            engine,
+            Path(out_dir),
+            fmt=fmt,  # type: ignore[arg-type]  # argparse choices
+            cursor=cursor,
+            full=full,
+            chunk_size=chunk_size,
+        )

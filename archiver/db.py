@@ -11,7 +11,7 @@ import asyncio
 import importlib.resources
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -159,13 +159,13 @@ def is_transient_db_error(exc: BaseException) -> bool:
 
 
 async def with_db_retry(
-    func: Callable[[], Any],
+    func: Callable[[], Awaitable[T]],
     *,
     attempts: int = 8,
     first_delay: float = 0.2,
     max_delay: float = 10.0,
     on_retry: Callable[[BaseException, float], None] | None = None,
-) -> Any:
+) -> T:
     """Run ``await func()`` and retry it with backoff while the database error is transient."""
     delay = first_delay
     for attempt in range(1, attempts + 1):

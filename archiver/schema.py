@@ -28,6 +28,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -161,9 +162,11 @@ responses = Table(
     Column("archived_at", Timestamp, nullable=False),
     # Change tracking: a new, higher value every time the archived content changes (a
     # re-fetch with identical bytes keeps it). Assigned in commit order (see store.py).
-    Column("change_seq", BigInteger, nullable=False, server_default="0", index=True),
+    Column("change_seq", BigInteger, nullable=False, server_default="0"),
     # SHA-256 of the input items as fetched (None: never fetched); see input_items.
     Column("input_items_sha256", String(64)),
+    # Exports page through (change_seq, id): rows can share a change_seq (migrated ones).
+    Index("ix_responses_change_seq", "change_seq", "id"),
 )
 
 STORE_COLUMNS: frozenset[str] = frozenset(

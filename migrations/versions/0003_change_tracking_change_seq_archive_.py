@@ -68,7 +68,7 @@ def upgrade() -> None:
 
     with op.batch_alter_table("responses", schema=None) as batch_op:
         batch_op.add_column(sa.Column("change_seq", sa.BigInteger(), server_default="0", nullable=False))
-        batch_op.create_index(batch_op.f("ix_responses_change_seq"), ["change_seq"], unique=False)
+        batch_op.create_index("ix_responses_change_seq", ["change_seq", "id"], unique=False)
 
     with op.batch_alter_table("tool_usage", schema=None) as batch_op:
         batch_op.add_column(sa.Column("change_seq", sa.BigInteger(), server_default="0", nullable=False))

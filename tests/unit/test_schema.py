@@ -136,7 +136,7 @@ def test_postgresql_ddl() -> None:
     assert "CONSTRAINT pk_output_items PRIMARY KEY (response_id, position)" in items
     indexes = sorted(str(CreateIndex(ix).compile(dialect=dialect)) for ix in responses.indexes)
     assert indexes == [
-        "CREATE INDEX ix_responses_change_seq ON responses (change_seq)",
+        "CREATE INDEX ix_responses_change_seq ON responses (change_seq, id)",
         "CREATE INDEX ix_responses_created_at ON responses (created_at)",
         "CREATE INDEX ix_responses_model ON responses (model)",
     ]
