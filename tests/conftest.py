@@ -49,9 +49,7 @@ def corpus_dir() -> Path:
 
 
 def _pg_bindir() -> Path | None:
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
-    )
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     if candidates:
         return Path(candidates[-1]).parent
     found = shutil.which("initdb")
@@ -207,9 +205,7 @@ async def mock_api() -> AsyncIterator[MockServer]:
 def make_settings() -> Any:
     """Factory: Settings tuned for fast tests (tiny backoffs, quick polls)."""
 
-    def make(
-        database_url: str, base_url: str = "http://127.0.0.1:9/v1", **changes: Any
-    ) -> Settings:
+    def make(database_url: str, base_url: str = "http://127.0.0.1:9/v1", **changes: Any) -> Settings:
         fast: dict[str, Any] = {
             "database_url": database_url,
             "base_url": base_url,

@@ -65,9 +65,7 @@ def mock_process(tmp_path: Path) -> Iterator[str]:
     yield from start_mock_process(tmp_path)
 
 
-def start_mock_process(
-    tmp_path: Path, *extra: str, env: dict[str, Any] | None = None
-) -> Iterator[str]:
+def start_mock_process(tmp_path: Path, *extra: str, env: dict[str, Any] | None = None) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "archiver", "mock-server", "--port", "0", *extra],
         stdout=subprocess.PIPE,

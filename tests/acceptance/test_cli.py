@@ -115,14 +115,10 @@ def test_migrate_is_idempotent(cli: Cli) -> None:
     assert first.stdout == second.stdout and first.stdout.startswith(b"schema at ")
 
 
-def test_wrong_key_exits_with_clear_message_and_never_prints_the_key(
-    sqlite_cli: Cli, tmp_path: Path
-) -> None:
+def test_wrong_key_exits_with_clear_message_and_never_prints_the_key(sqlite_cli: Cli, tmp_path: Path) -> None:
     from .conftest import start_mock_process
 
-    gen = start_mock_process(
-        tmp_path, "--require-key", env={"ARCHIVER_MOCK_API_KEY": "sk-mock-correct-0001"}
-    )
+    gen = start_mock_process(tmp_path, "--require-key", env={"ARCHIVER_MOCK_API_KEY": "sk-mock-correct-0001"})
     base_url = next(gen)
     try:
         sqlite_cli("enqueue", input=b"resp_ok_k1\nresp_ok_k2\n")
@@ -155,26 +151,18 @@ def test_wrong_key_exits_with_clear_message_and_never_prints_the_key(
 def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     from .conftest import base_env
 
-    cli = Cli(
-        {**base_env(), "ARCHIVER_DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/nope"}, tmp_path
-    )
+    cli = Cli({**base_env(), "ARCHIVER_DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/nope"}, tmp_path)
     out = cli("status")
     assert out.returncode != 0
     assert b"cannot use the database" in out.stderr
     assert b"hunter2" not in out.stderr and b"Traceback" not in out.stderr
-    missing_dir = Cli(
-        {**base_env(), "ARCHIVER_DATABASE_URL": "sqlite:////nonexistent/dir/a.db"}, tmp_path
-    )
+    missing_dir = Cli({**base_env(), "ARCHIVER_DATABASE_URL": "sqlite:////nonexistent/dir/a.db"}, tmp_path)
     out = missing_dir("status")
-    assert (
-        out.returncode != 0 and b"does not exist" in out.stderr and b"Traceback" not in out.stderr
-    )
+    assert out.returncode != 0 and b"does not exist" in out.stderr and b"Traceback" not in out.stderr
 
 
 def test_run_without_key_against_a_real_provider_refuses(sqlite_cli: Cli) -> None:
-    out = sqlite_cli(
-        "run", "--once", ARCHIVER_BASE_URL="https://dashscope.aliyuncs.com/compatible-mode/v1"
-    )
+    out = sqlite_cli("run", "--once", ARCHIVER_BASE_URL="https://dashscope.aliyuncs.com/compatible-mode/v1")
     assert out.returncode == 2
     assert b"no API key" in out.stderr and b"archiver demo" in out.stderr
 

@@ -69,7 +69,7 @@ def test_daemon_serves_metrics_and_stops_on_sigterm(
         samples: dict = {}
         while time.monotonic() < deadline:
             try:
-                status, body = _get(base + "/metrics")
+                _status, body = _get(base + "/metrics")
             except OSError:
                 time.sleep(0.1)
                 continue
@@ -89,6 +89,6 @@ def test_daemon_serves_metrics_and_stops_on_sigterm(
         assert _get(base + "/healthz") == (200, "ok\n")
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert b"archiver.run_stopped" in err and b"SIGTERM" in err

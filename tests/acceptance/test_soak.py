@@ -62,13 +62,24 @@ def test_soak_with_two_sigkills(tmp_path: Path) -> None:
         }
         ids = soak_ids()
         (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
-        enq = subprocess.run([sys.executable, "-m", "archiver", "enqueue", "ids.txt"], env=env, cwd=tmp_path,
-                             capture_output=True, timeout=300, check=False)
+        enq = subprocess.run(
+            [sys.executable, "-m", "archiver", "enqueue", "ids.txt"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
         assert enq.returncode == 0, enq.stderr
         kills = 0
         for kill_at in (TOTAL // 4, TOTAL // 2 + TOTAL // 10):
-            proc = subprocess.Popen([sys.executable, "-m", "archiver", "run", "--once"], env=env, cwd=tmp_path,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "archiver", "run", "--once"],
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             deadline = time.monotonic() + 400
             while archived_count(db) < kill_at:
                 assert proc.poll() is None, "run ended before it could be killed"
@@ -77,8 +88,14 @@ def test_soak_with_two_sigkills(tmp_path: Path) -> None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
             kills += 1
-        final = subprocess.run([sys.executable, "-m", "archiver", "run", "--once"], env=env, cwd=tmp_path,
-                               capture_output=True, timeout=600, check=False)
+        final = subprocess.run(
+            [sys.executable, "-m", "archiver", "run", "--once"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=600,
+            check=False,
+        )
         assert final.returncode == 0, final.stderr[-2000:]
         with urllib.request.urlopen(base_url.removesuffix("/v1") + "/_mock/stats") as resp:  # noqa: S310 - loopback
             stats = json.load(resp)

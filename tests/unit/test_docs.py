@@ -43,4 +43,3 @@ def test_api_key_is_never_a_flag() -> None:
         flags = {s for a in sub._actions for s in a.option_strings}
         assert "--api-key" not in flags
     assert "ARCHIVER_API_KEY" in README and "DASHSCOPE_API_KEY" in README
-
