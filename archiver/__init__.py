@@ -7,12 +7,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from archiver.errors import ArchiverError  # noqa: E402
-from archiver.export import ExportReport, export  # noqa: E402
-from archiver.mockapi import MockConfig, start_mock_server  # noqa: E402
-from archiver.normalize import NormalizedResponse, normalize, normalize_input_items  # noqa: E402
-from archiver.settings import Settings  # noqa: E402
-from archiver.worker import RunSummary, Worker  # noqa: E402
+from archiver.errors import ArchiverError
+from archiver.export import ExportReport, export
+from archiver.mockapi import MockConfig, start_mock_server
+from archiver.normalize import NormalizedResponse, normalize, normalize_input_items
+from archiver.settings import Settings
+from archiver.worker import RunSummary, Worker
 
 __all__ = [
     "ArchiverError",
