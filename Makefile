@@ -30,6 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy archiver
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) bench/run.py
 
 clean:
