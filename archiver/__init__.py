@@ -1,18 +1,29 @@
 """archiver: async bulk archiver and sync daemon for stored LLM responses.
 
 The public API for other Python code is what ``__all__`` lists; the rest is internal.
+Names are imported on first use, so the CLI does not pay for what a command never needs.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from archiver.errors import ArchiverError
-from archiver.export import ExportReport, export
-from archiver.mockapi import MockConfig, start_mock_server
-from archiver.normalize import NormalizedResponse, normalize, normalize_input_items
-from archiver.settings import Settings
-from archiver.worker import RunSummary, Worker
+_PUBLIC = {
+    "ArchiverError": ("archiver.errors", "ArchiverError"),
+    "ExportReport": ("archiver.export", "ExportReport"),
+    "export_archive": ("archiver.export", "export"),
+    "MockConfig": ("archiver.mockapi", "MockConfig"),
+    "start_mock_server": ("archiver.mockapi", "start_mock_server"),
+    "NormalizedResponse": ("archiver.normalize", "NormalizedResponse"),
+    "normalize": ("archiver.normalize", "normalize"),
+    "normalize_input_items": ("archiver.normalize", "normalize_input_items"),
+    "Settings": ("archiver.settings", "Settings"),
+    "RunSummary": ("archiver.worker", "RunSummary"),
+    "Worker": ("archiver.worker", "Worker"),
+}
 
 __all__ = [
     "ArchiverError",
@@ -23,8 +34,25 @@ __all__ = [
     "Settings",
     "Worker",
     "__version__",
-    "export",
+    "export_archive",
     "normalize",
     "normalize_input_items",
     "start_mock_server",
 ]
+
+if TYPE_CHECKING:
+    from archiver.errors import ArchiverError
+    from archiver.export import ExportReport
+    from archiver.export import export as export_archive
+    from archiver.mockapi import MockConfig, start_mock_server
+    from archiver.normalize import NormalizedResponse, normalize, normalize_input_items
+    from archiver.settings import Settings
+    from archiver.worker import RunSummary, Worker
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attribute = _PUBLIC[name]
+    except KeyError:
+        raise AttributeError(f"module 'archiver' has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module_name), attribute)

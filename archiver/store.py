@@ -12,14 +12,14 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, delete, select, text, update
+from sqlalchemy import JSON, Boolean, DateTime, Table, bindparam, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from archiver.db import now_sql
+from archiver.db import json_dumps, now_sql
 from archiver.normalize import NormalizedResponse
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
 from archiver.queue import Job, archive_queue
@@ -91,6 +91,60 @@ def scrub_nul(value: Any) -> Any:
     return value
 
 
+def _sqlite_datetime(value: datetime) -> str:
+    # SQLAlchemy's SQLite DATETIME storage format (UTC, no offset), so reads parse it back.
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
+        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}"
+    )
+
+
+def _sqlite_datetime_or_none(value: datetime | None) -> str | None:
+    return None if value is None else _sqlite_datetime(value)
+
+
+def _sqlite_json(value: Any) -> str | None:
+    return None if value is None else json_dumps(value)
+
+
+def _sqlite_bool(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+class _FastInsert:
+    """A table's INSERT with DB-API parameters and per-column converters, built once.
+
+    Equivalent to ``conn.execute(table.insert(), rows)`` on SQLite, which spends most of
+    its time building parameters row by row; the profile in bench/README.md shows why.
+    """
+
+    def __init__(self, table: Table, dialect: Any) -> None:
+        quote = dialect.identifier_preparer.quote
+        self.names = [column.name for column in table.columns]
+        self.sql = (
+            f"INSERT INTO {quote(table.name)} ({', '.join(quote(n) for n in self.names)}) "
+            f"VALUES ({', '.join('?' for _ in self.names)})"
+        )
+        self.converters: list[Any] = []
+        for column in table.columns:
+            kind = column.type
+            if isinstance(kind, JSON) or isinstance(getattr(kind, "impl", None), JSON):
+                self.converters.append(_sqlite_json)
+            elif isinstance(kind, DateTime):
+                self.converters.append(_sqlite_datetime_or_none)
+            elif isinstance(kind, Boolean):
+                self.converters.append(_sqlite_bool)
+            else:
+                self.converters.append(None)
+
+    def params(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        """One tuple per row, in column order."""
+        plan = list(zip(self.names, self.converters, strict=True))
+        return [tuple(row[n] if f is None else f(row[n]) for n, f in plan) for row in rows]
+
+
 def _input_items_digest(rows: list[dict[str, Any]]) -> str:
     """SHA-256 of the input items as received (their JSON, in order)."""
     return hashlib.sha256(orjson.dumps([row["item"] for row in rows])).hexdigest()
@@ -113,10 +167,17 @@ class ArchiveStore:
         self.dialect = engine.dialect.name
         self.now = now_sql(self.dialect)
         self.max_polls = max_polls
+        # One round trip: which rows we still lease, and what is archived for them already.
         self._owned_stmt = text(
-            "SELECT id, lease_token FROM archive_queue WHERE id IN :ids AND state = 'in_flight'"
-            + (" FOR UPDATE" if self.dialect == "postgresql" else "")
+            "SELECT q.id, q.lease_token, r.raw_sha256, r.input_items_sha256 FROM archive_queue AS q "
+            "LEFT JOIN responses AS r ON r.id = q.id WHERE q.id IN :ids AND q.state = 'in_flight'"
+            + (" FOR UPDATE OF q" if self.dialect == "postgresql" else "")
         ).bindparams(bindparam("ids", expanding=True))
+        self._fast_inserts = (
+            {table.name: _FastInsert(table, engine.dialect) for table in (responses, *CHILD_TABLES)}
+            if self.dialect == "sqlite"
+            else None
+        )
 
     async def write_batch(self, results: Sequence[FetchResult]) -> WriteReport:
         """Write a batch in one transaction and return what happened."""
@@ -124,7 +185,7 @@ class ArchiveStore:
         if not results:
             return report
         async with self.engine.begin() as conn:
-            owned = await self._owned(conn, [r.job.response_id for r in results])
+            owned, existing = await self._owned(conn, [r.job.response_id for r in results])
             kept: list[FetchResult] = []
             for r in results:
                 if owned.get(r.job.response_id) == r.job.lease_token:
@@ -134,19 +195,31 @@ class ArchiveStore:
                     report.lost_ids.append(r.job.response_id)
             archived = [r for r in kept if isinstance(r.outcome, Archived) and r.normalized is not None]
             if archived:
-                await self._write_archive(conn, archived, report)
+                await self._write_archive(conn, archived, existing, report)
             await self._move_queue_rows(conn, kept, report)
         return report
 
-    async def _owned(self, conn: AsyncConnection, ids: list[str]) -> dict[str, str]:
+    async def _owned(
+        self, conn: AsyncConnection, ids: list[str]
+    ) -> tuple[dict[str, str], dict[str, tuple[str, str | None]]]:
+        """(lease token per ID still in flight, (raw_sha256, input_items_sha256) per archived ID)."""
         owned: dict[str, str] = {}
+        existing: dict[str, tuple[str, str | None]] = {}
         for chunk in _chunks(ids):
-            for rid, token in (await conn.execute(self._owned_stmt, {"ids": chunk})).fetchall():
+            for rid, token, sha, input_sha in (
+                await conn.execute(self._owned_stmt, {"ids": chunk})
+            ).fetchall():
                 owned[rid] = token
-        return owned
+                if sha is not None:
+                    existing[rid] = (sha, input_sha)
+        return owned, existing
 
     async def _write_archive(
-        self, conn: AsyncConnection, results: list[FetchResult], report: WriteReport
+        self,
+        conn: AsyncConnection,
+        results: list[FetchResult],
+        existing: dict[str, tuple[str, str | None]],
+        report: WriteReport,
     ) -> None:
         # The last result per ID wins (a batch never holds two, but be safe).
         by_id: dict[str, FetchResult] = {r.job.response_id: r for r in results}
@@ -154,14 +227,6 @@ class ArchiveStore:
         input_digests = {
             rid: _input_items_digest(r.input_items) for rid, r in by_id.items() if r.input_items is not None
         }
-        existing: dict[str, tuple[str, str | None]] = {}
-        for chunk in _chunks(list(by_id)):
-            rows = await conn.execute(
-                select(responses.c.id, responses.c.raw_sha256, responses.c.input_items_sha256).where(
-                    responses.c.id.in_(chunk)
-                )
-            )
-            existing.update({rid: (sha, input_sha) for rid, sha, input_sha in rows.fetchall()})
 
         def is_unchanged(rid: str) -> bool:
             old = existing.get(rid)
@@ -229,12 +294,12 @@ class ArchiveStore:
                 for child in scrub_nul(table_rows) if needs_scrub else table_rows:
                     child["change_seq"] = seq
                     target.append(child)
-        await conn.execute(responses.insert(), response_rows)
+        await self._insert(conn, responses, response_rows)
         report.rows_written += len(response_rows)
         for table in CHILD_TABLES:
             inserts = child_rows.get(table.name)
             if inserts:
-                await conn.execute(table.insert(), inserts)
+                await self._insert(conn, table, inserts)
                 report.rows_written += len(inserts)
         if kept_inputs:
             await conn.execute(
@@ -345,6 +410,14 @@ class ArchiveStore:
                 ).bindparams(bindparam("body", type_=archive_queue.c.last_body.type)),
                 final,
             )
+
+    async def _insert(self, conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
+        """INSERT many rows. On SQLite without SQLAlchemy's per-row work (the hot path)."""
+        if self._fast_inserts is None:
+            await conn.execute(table.insert(), rows)
+            return
+        fast = self._fast_inserts[table.name]
+        await conn.exec_driver_sql(fast.sql, fast.params(rows))
 
     async def _next_change_seqs(self, conn: AsyncConnection, count: int) -> int:
         """Reserve ``count`` change sequence numbers; returns the first."""

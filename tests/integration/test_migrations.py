@@ -147,3 +147,9 @@ async def test_a_newer_schema_makes_status_fail_with_a_clear_message(db_url: str
         assert await schema_revision(engine) == FUTURE_REVISION
     finally:
         await engine.dispose()
+
+
+def test_schema_head_constant_matches_the_migrations() -> None:
+    from archiver.db import SCHEMA_HEAD, head_revision
+
+    assert head_revision() == SCHEMA_HEAD, "update archiver.db.SCHEMA_HEAD with the new migration"
