@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 
 
@@ -45,13 +46,24 @@ class AdaptiveLimit:
         self._clock = clock
         self._last_decrease = -math.inf
         self._successes = 0
-        self._changed = asyncio.Condition()
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def acquire(self) -> None:
-        """Wait for a free place under the current limit."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.in_use < self.limit)
+        """Wait for a free place under the current limit (no await when one is free)."""
+        if self.in_use < self.limit and not self._waiters:
             self.in_use += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.in_use -= 1  # the place was handed over just as we were cancelled
+                self._wake()
+            else:
+                self._waiters.remove(waiter)
+            raise
 
     async def release(self, *, congested: bool = False) -> None:
         """Give a place back, reporting how the request went.
@@ -60,13 +72,20 @@ class AdaptiveLimit:
             congested: the request met a 429 or a timeout (multiplicative decrease);
                 otherwise it counts as a success (additive increase).
         """
-        async with self._changed:
-            self.in_use -= 1
-            if congested:
-                self._decrease()
-            else:
-                self._increase()
-            self._changed.notify_all()
+        self.in_use -= 1
+        if congested:
+            self._decrease()
+        else:
+            self._increase()
+        self._wake()
+
+    def _wake(self) -> None:
+        # Hand free places to waiters in arrival order (in_use counts them at once).
+        while self._waiters and self.in_use < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_use += 1
+                waiter.set_result(None)
 
     def _increase(self) -> None:
         if self.limit >= self.max_limit:

@@ -16,6 +16,7 @@ import platform
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -137,6 +138,7 @@ class Metrics:
         from archiver import __version__  # late: archiver/__init__ may re-export this module
 
         self._clock = clock
+        self._fetch_children: dict[tuple[str, int | None], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.fetches = Counter(
@@ -235,8 +237,13 @@ class Metrics:
         """
         if status_code is None and outcome is not None:
             status_code = outcome.status_code
-        status_label = "none" if status_code is None else str(status_code)
-        self.fetches.labels(outcome=fetch_outcome_label(outcome), status_code=status_label).inc()
+        key = (fetch_outcome_label(outcome), status_code)
+        child = self._fetch_children.get(key)
+        if child is None:
+            # labels() takes a lock and builds a key each call; a fetch is the hot path.
+            status_label = "none" if status_code is None else str(status_code)
+            child = self._fetch_children[key] = self.fetches.labels(outcome=key[0], status_code=status_label)
+        child.inc()
         self.request_duration.observe(max(duration_s, 0.0))
         if isinstance(outcome, Retry):
             self.retries.labels(reason=retry_reason_label(outcome)).inc()

@@ -79,3 +79,23 @@ def test_bad_bounds_are_rejected() -> None:
         AdaptiveLimit(0)
     with pytest.raises(ValueError):
         AdaptiveLimit(4, min_limit=5)
+
+
+async def test_waiters_are_served_in_order_and_a_cancelled_waiter_gives_its_place_back() -> None:
+    gate = AdaptiveLimit(1)
+    await gate.acquire()
+    order: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await gate.acquire()
+        order.append(i)
+        await gate.release()
+
+    tasks = [asyncio.create_task(waiter(i)) for i in range(3)]
+    cancelled = asyncio.create_task(gate.acquire())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await gate.release()
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2]
+    assert gate.in_use == 0
