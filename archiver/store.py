@@ -383,33 +383,41 @@ class ArchiveStore:
         fence = "WHERE id = :rid AND lease_token = :token"
         clear_lease = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
         if done:
-            await conn.execute(
-                text(
-                    f"UPDATE archive_queue SET state = 'archived', {clear_lease}, last_status_code = 200, "
-                    f"last_error = NULL, last_body = NULL, updated_at = {self.now} {fence}"
-                ),
+            await self._update_many(
+                conn,
+                f"UPDATE archive_queue SET state = 'archived', {clear_lease}, last_status_code = 200, "
+                f"last_error = NULL, last_body = NULL, updated_at = {self.now} {fence}",
                 done,
             )
         if later:
-            await conn.execute(
-                text(
-                    f"UPDATE archive_queue SET state = 'pending', {clear_lease}, "
-                    "attempts = CASE WHEN attempts >= :attempt_refund "
-                    "THEN attempts - :attempt_refund ELSE 0 END, "
-                    "polls = polls + :polls, "
-                    f"next_attempt_at = {self.now} + :delay, last_status_code = :code, "
-                    f"last_error = :error, last_body = :body, updated_at = {self.now} {fence}"
-                ).bindparams(bindparam("body", type_=archive_queue.c.last_body.type)),
+            await self._update_many(
+                conn,
+                f"UPDATE archive_queue SET state = 'pending', {clear_lease}, "
+                "attempts = CASE WHEN attempts >= :attempt_refund "
+                "THEN attempts - :attempt_refund ELSE 0 END, "
+                "polls = polls + :polls, "
+                f"next_attempt_at = {self.now} + :delay, last_status_code = :code, "
+                f"last_error = :error, last_body = :body, updated_at = {self.now} {fence}",
                 later,
             )
         if final:
-            await conn.execute(
-                text(
-                    f"UPDATE archive_queue SET state = :state, {clear_lease}, last_status_code = :code, "
-                    f"last_error = :error, last_body = :body, updated_at = {self.now} {fence}"
-                ).bindparams(bindparam("body", type_=archive_queue.c.last_body.type)),
+            await self._update_many(
+                conn,
+                f"UPDATE archive_queue SET state = :state, {clear_lease}, last_status_code = :code, "
+                f"last_error = :error, last_body = :body, updated_at = {self.now} {fence}",
                 final,
             )
+
+    async def _update_many(self, conn: AsyncConnection, sql: str, params: list[dict[str, Any]]) -> None:
+        """executemany of a queue UPDATE with named parameters (all values bound)."""
+        if self.dialect == "sqlite":
+            # sqlite3 binds :name parameters from dicts itself; skip SQLAlchemy's per-row work.
+            await conn.exec_driver_sql(sql, params)
+            return
+        statement = text(sql)
+        if ":body" in sql:
+            statement = statement.bindparams(bindparam("body", type_=archive_queue.c.last_body.type))
+        await conn.execute(statement, params)
 
     async def _insert(self, conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
         """INSERT many rows. On SQLite without SQLAlchemy's per-row work (the hot path)."""
