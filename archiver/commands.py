@@ -195,15 +195,7 @@ def format_status(details: dict[str, Any]) -> str:
         lines.append(f"  {state:<{width}}  {details['states'][state]:>10,}")
     lines.append(f"  {'total':<{width}}  {details['total']:>10,}")
     lines.append("")
-    age = details["oldest_pending_age_s"]
-    lines.append(f"oldest pending: {_human_age(age) if age is not None else '-'}")
-    lines.append(f"expired leases: {details['expired_leases']}")
-    if details.get("retention_days"):
-        lines.append(
-            f"expiry (provider keeps {details['retention_days']:g} days): "
-            f"{details['pending_near_expiry']} pending within a day of expiry, "
-            f"{details['pending_past_retention']} past it"
-        )
+    lines.extend(_health_lines(details))
     if details["recent_errors"]:
         lines.append("recent errors:")
         for e in details["recent_errors"]:
@@ -212,6 +204,22 @@ def format_status(details: dict[str, Any]) -> str:
                 f"  {e['response_id']}  {e['state']}  attempts={e['attempts']}  status={code}  {e['error']}"
             )
     return "\n".join(lines)
+
+
+def _health_lines(details: dict[str, Any]) -> list[str]:
+    """Oldest pending age, expired leases and expiry risk, one line each."""
+    age = details["oldest_pending_age_s"]
+    lines = [
+        f"oldest pending: {_human_age(age) if age is not None else '-'}",
+        f"expired leases: {details['expired_leases']}",
+    ]
+    if details.get("retention_days"):
+        lines.append(
+            f"expiry (provider keeps {details['retention_days']:g} days): "
+            f"{details['pending_near_expiry']} pending within a day of expiry, "
+            f"{details['pending_past_retention']} past it"
+        )
+    return lines
 
 
 def print_status_table(details: dict[str, Any]) -> None:
@@ -228,15 +236,8 @@ def print_status_table(details: dict[str, Any]) -> None:
         states.add_row(state, f"{details['states'][state]:,}")
     states.add_row("total", f"{details['total']:,}", style="bold")
     console.print(states)
-    age = details["oldest_pending_age_s"]
-    console.print(f"oldest pending: {_human_age(age) if age is not None else '-'}")
-    console.print(f"expired leases: {details['expired_leases']}")
-    if details.get("retention_days"):
-        console.print(
-            f"expiry (provider keeps {details['retention_days']:g} days): "
-            f"{details['pending_near_expiry']} pending within a day of expiry, "
-            f"{details['pending_past_retention']} past it"
-        )
+    for line in _health_lines(details):
+        console.print(line)
     if details["recent_errors"]:
         errors = Table(title="recent errors")
         for column in ("response_id", "state", "attempts", "status", "error"):
