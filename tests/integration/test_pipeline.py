@@ -270,3 +270,30 @@ async def test_change_seq_moves_only_when_content_changes(db_url: str, make_sett
                 assert rows in ([], [(seq,)]), table.name
             (counter,) = (await fetch_all(engine, "SELECT seq FROM archive_changes"))[0]
             assert counter == seq
+
+
+async def test_nul_body_is_exact_in_raw_and_scrubbed_only_where_the_database_needs_it(
+    db_url: str, make_settings: Any
+) -> None:
+    rid = "resp_nul_doc"
+    async with await start_mock_server() as mock:
+        settings = make_settings(db_url, mock.base_url)
+        async with open_database(db_url) as engine:
+            await QueueStore(engine).enqueue([rid])
+            await Worker(settings, engine, once=True).run()
+            assert await ArchiveStore(engine).raw_body(rid) == body_for(rid)
+            texts = [
+                r[0]
+                for r in await fetch_all(
+                    engine, "SELECT text FROM content_parts WHERE response_id = :i", i=rid
+                )
+            ]
+            joined = "".join(t for t in texts if t)
+            if engine.dialect.name == "postgresql":
+                assert "\x00" not in joined and "\ufffd" in joined
+                found = await fetch_all(
+                    engine, "SELECT id FROM responses WHERE position('\\\\u0000'::bytea in raw) > 0"
+                )
+                assert found == [(rid,)]
+            else:
+                assert "\x00" in joined
