@@ -362,11 +362,6 @@ class Worker:
             job = await self._jobs.get()
             if job is None:
                 return
-            if self.stop_event.is_set():
-                # Claimed but never started: release, don't spend the attempt.
-                self._held.pop(job.response_id, None)
-                await self._release([job], "shutdown before start")
-                continue
             await self.gate.acquire()
             congested = False
             try:
@@ -374,7 +369,8 @@ class Worker:
                 if self._rate is not None:
                     await self._rate.acquire()
                 if self.stop_event.is_set():
-                    # Stopped while waiting out a 429, a slot or the rate limit: never started.
+                    # Stopped before this job started (possibly while it waited out a 429,
+                    # a slot or the rate limit): release it without spending the attempt.
                     self._held.pop(job.response_id, None)
                     await self._release([job], "shutdown before start")
                     continue
