@@ -229,3 +229,27 @@ def make_settings() -> Any:
 def run_async(coro: Any) -> Any:
     """Run a coroutine from sync code (for subprocess-style tests)."""
     return asyncio.run(coro)
+
+
+# --- say in the output how many PostgreSQL tests ran (CI must show they were not skipped) ---
+
+_pg_outcomes: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Count the outcomes of tests marked `postgres` (or using the PostgreSQL fixtures)."""
+    uses_pg = "postgres" in report.keywords or "[postgresql]" in report.nodeid
+    if not uses_pg:
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        _pg_outcomes[report.outcome] = _pg_outcomes.get(report.outcome, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line saying how many tests ran against the real PostgreSQL server."""
+    counts = _pg_outcomes
+    total = sum(counts.values())
+    terminalreporter.write_line(
+        f"PostgreSQL tests run against a real server: {total} "
+        f"(passed={counts['passed']}, failed={counts['failed']}, skipped={counts['skipped']})"
+    )
