@@ -236,9 +236,17 @@ def run_async(coro: Any) -> Any:
 _pg_outcomes: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the PostgreSQL fixtures, however it gets them."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "pg_url" in names or "pg_cluster" in names:
+            item.add_marker(pytest.mark.postgres)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Count the outcomes of tests marked `postgres` (or using the PostgreSQL fixtures)."""
-    uses_pg = "postgres" in report.keywords or "[postgresql]" in report.nodeid
+    uses_pg = "postgres" in report.keywords
     if not uses_pg:
         return
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
