@@ -45,6 +45,7 @@ class FetchResult:
     input_items: list[dict[str, Any]] | None = None
     next_delay_s: float = 0.0
     duration_s: float = 0.0
+    requests: int = 1
 
 
 @dataclass(slots=True)

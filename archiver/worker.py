@@ -14,32 +14,25 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import orjson
 from aiolimiter import AsyncLimiter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import __version__
 from archiver.client import ResponsesClient
 from archiver.db import is_transient_db_error, redact_url, with_db_retry
-from archiver.errors import NormalizationError, StopRun
+from archiver.errors import StopRun
+from archiver.fetch import Fetcher
 from archiver.limits import AdaptiveLimit
 from archiver.logs import get_logger, redact, redact_base_url
 from archiver.metrics import Metrics
-from archiver.normalize import normalize, normalize_input_items
 from archiver.notify import SystemdNotifier, watchdog_loop
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
 from archiver.policy import (
-    InputItemsPage,
     ProviderProfile,
     RetryPolicy,
-    classify_exception,
-    classify_input_items_page,
-    classify_response,
-    repoll_delay,
 )
 from archiver.queue import Job, QueueStore
 from archiver.settings import Settings
@@ -50,7 +43,6 @@ log = get_logger()
 WRITE_LINGER_S = 0.02
 EXPIRY_CHECK_INTERVAL_S = 600.0
 LIVENESS_TIMEOUT_S = 120.0
-MAX_INPUT_ITEM_PAGES = 1000
 
 
 @dataclass(slots=True)
@@ -154,6 +146,7 @@ class Worker:
         self.gate = AdaptiveLimit(settings.concurrency)
         self.metrics = metrics or Metrics()
         self.notifier = notifier or SystemdNotifier()
+        self.fetcher: Fetcher | None = None  # made in run(), with the HTTP session
         self.metrics.set_concurrency(self.gate.limit, self.gate.max_limit)
         self._rate = _rate_limiter(settings.max_rps)
         self._fatal: BaseException | None = None
@@ -202,6 +195,14 @@ class Worker:
             request_timeout=s.request_timeout,
             connect_timeout=s.connect_timeout,
         ) as client:
+            self.fetcher = Fetcher(
+                client,
+                self.policy,
+                self.profile,
+                retention_s=self.retention_s,
+                with_input_items=s.with_input_items,
+                rand=self._rand,
+            )
             writer = self._spawn("writer", self._writer())
             heartbeat = self._spawn("heartbeat", self._heartbeat())
             watchers = [
@@ -209,7 +210,7 @@ class Worker:
                 self._spawn("watchdog", watchdog_loop(self.notifier, self.is_live, self.stop_event)),
             ]
             self.notifier.ready(f"archiving with concurrency {s.concurrency}")
-            fetchers = [self._spawn(f"fetcher-{i}", self._fetcher(client)) for i in range(s.concurrency)]
+            fetchers = [self._spawn(f"fetcher-{i}", self._fetcher()) for i in range(s.concurrency)]
             claimer = self._spawn("claimer", self._claimer())
             try:
                 await asyncio.shield(claimer)
@@ -357,7 +358,7 @@ class Worker:
 
     # --- fetchers -------------------------------------------------------------------------
 
-    async def _fetcher(self, client: ResponsesClient) -> None:
+    async def _fetcher(self) -> None:
         while True:
             job = await self._jobs.get()
             if job is None:
@@ -375,7 +376,7 @@ class Worker:
                     await self._release([job], "shutdown before start")
                     continue
                 with self.metrics.track_request():
-                    result = await self.fetch_one(client, job)
+                    result = await self.fetch_one(job)
                 congested = result is not None and _is_congestion(result.outcome)
             finally:
                 await self.gate.release(congested=congested)
@@ -389,36 +390,18 @@ class Worker:
         if wait > 0:
             await wait_for_event(self.stop_event, wait)
 
-    async def fetch_one(self, client: ResponsesClient, job: Job) -> FetchResult | None:
-        """Fetch one job and decide its outcome; None when the run must stop (StopAll)."""
-        started = time.monotonic()
-        now = time.time()
-        self.summary.requests += 1
-        try:
-            exchange = await client.fetch(job.response_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            outcome: Outcome = classify_exception(
-                exc, attempt=job.attempt, policy=self.policy, rand=self._rand()
-            )
-        else:
-            outcome = classify_response(
-                status_code=exchange.status_code,
-                headers=exchange.headers,
-                body=exchange.body,
-                requested_id=job.response_id,
-                attempt=job.attempt,
-                previous_status_code=job.previous_status_code,
-                policy=self.policy,
-                profile=self.profile,
-                now=now,
-                rand=self._rand(),
-            )
-        duration = time.monotonic() - started
-        outcome = self._expired_if_old(job, outcome, now)
+    async def fetch_one(self, job: Job) -> FetchResult | None:
+        """Fetch one job; log, count and pause the pool as its outcome says.
+
+        Returns None when the provider refused the account (the run stops; the job stays
+        held and is released at shutdown without spending its attempt).
+        """
+        assert self.fetcher is not None
+        result = await self.fetcher.fetch(job)
+        self.summary.requests += result.requests
+        outcome = result.outcome
         if isinstance(outcome, StopAll):
-            self.metrics.observe_fetch(None, outcome.status_code, duration)
+            self.metrics.observe_fetch(None, outcome.status_code, result.duration_s)
             self._stop_all = self._stop_all or outcome.reason
             log.error(
                 "archiver.provider_refused",
@@ -427,41 +410,7 @@ class Worker:
                 error=outcome.reason,
             )
             self.request_stop(outcome.reason)
-            return None  # stays held; released at shutdown without spending the attempt
-        normalized = None
-        input_items: list[Any] | None = None
-        next_delay = 0.0
-        if isinstance(outcome, Archived):
-            try:
-                normalized = normalize_body(outcome.raw, outcome.body)
-            except Exception as exc:  # a poison body must not stop the run
-                outcome = Permanent(
-                    "failed",
-                    f"normalization failed: {type(exc).__name__}: {exc}",
-                    outcome.status_code,
-                    outcome.raw,
-                )
-            else:
-                if not outcome.terminal:
-                    next_delay = repoll_delay(job.polls + 1, self.policy, self._rand())
-                elif self.settings.with_input_items:
-                    fetched = await self._fetch_input_items(client, job)
-                    if isinstance(fetched, list):
-                        input_items = fetched
-                    elif isinstance(fetched, Permanent):
-                        log.warning(
-                            "archiver.input_items_unavailable",
-                            response_id=job.response_id,
-                            status_code=fetched.status_code,
-                            error=redact(fetched.reason),
-                        )
-                    elif isinstance(fetched, StopAll):
-                        self.metrics.observe_fetch(None, fetched.status_code, duration)
-                        self._stop_all = self._stop_all or fetched.reason
-                        self.request_stop(fetched.reason)
-                        return None
-                    else:  # a Retry: fetch the whole response again later
-                        outcome, normalized = fetched, None
+            return None
         if isinstance(outcome, Retry):
             if outcome.throttled:
                 self._not_before = max(
@@ -485,70 +434,8 @@ class Worker:
                 state=outcome.state,
                 error=redact(outcome.reason),
             )
-        self.metrics.observe_fetch(outcome, None, duration)
-        return FetchResult(
-            job=job,
-            outcome=outcome,
-            fetched_at=datetime.now(UTC),
-            normalized=normalized,
-            input_items=(
-                normalize_input_items(job.response_id, input_items) if input_items is not None else None
-            ),
-            next_delay_s=next_delay,
-            duration_s=duration,
-        )
-
-    async def _fetch_input_items(self, client: ResponsesClient, job: Job) -> list[Any] | Outcome:
-        """Every input item of a response, oldest first; or the outcome that stopped paging.
-
-        Pages are fetched one after another inside the fetcher's concurrency slot, so the
-        input items share the request budget with the responses.
-        """
-        items: list[Any] = []
-        after: str | None = None
-        for _ in range(MAX_INPUT_ITEM_PAGES):
-            self.summary.requests += 1
-            try:
-                exchange = await client.fetch_input_items_page(job.response_id, after)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                return classify_exception(exc, attempt=job.attempt, policy=self.policy, rand=self._rand())
-            page = classify_input_items_page(
-                status_code=exchange.status_code,
-                headers=exchange.headers,
-                body=exchange.body,
-                attempt=job.attempt,
-                policy=self.policy,
-                profile=self.profile,
-                now=time.time(),
-                rand=self._rand(),
-            )
-            if not isinstance(page, InputItemsPage):
-                return page
-            lone_surrogates = b"\\ud" in exchange.body or b"\\uD" in exchange.body
-            items.extend(scrub_surrogates(page.items) if lone_surrogates else page.items)
-            if not page.has_more or page.last_id is None or page.last_id == after:
-                return items
-            after = page.last_id
-        return Permanent("failed", f"input items: more than {MAX_INPUT_ITEM_PAGES} pages", 200)
-
-    def _expired_if_old(self, job: Job, outcome: Outcome, now: float) -> Outcome:
-        """A 404 for an ID older than the provider's retention is final: it expired."""
-        if self.retention_s is None or job.created_at is None:
-            return outcome
-        is_404 = (isinstance(outcome, Retry) and outcome.status_code == 404) or (
-            isinstance(outcome, Permanent) and outcome.state == "not_found"
-        )
-        age = now - job.created_at
-        if not is_404 or age <= self.retention_s:
-            return outcome
-        return Permanent(
-            "not_found",
-            f"expired: the provider keeps stored responses {self.retention_s / 86400:g} days "
-            f"and this one is {age / 86400:.1f} days old",
-            404,
-        )
+        self.metrics.observe_fetch(outcome, None, result.duration_s)
+        return result
 
     # --- writer and heartbeat -------------------------------------------------------------------
 
@@ -692,33 +579,3 @@ def _rate_limiter(max_rps: float | None) -> AsyncLimiter | None:
 def _is_congestion(outcome: Outcome) -> bool:
     """429s and timeouts shrink the adaptive concurrency limit."""
     return isinstance(outcome, Retry) and (outcome.throttled or "timed out" in outcome.reason)
-
-
-def normalize_body(raw: bytes, body: Any = None) -> Any:
-    """Normalize an archived body (parsing it unless ``body`` is given); raises on a poison body.
-
-    Lone UTF-16 surrogates (a token boundary inside an emoji) cannot be stored as text:
-    the derived columns get U+FFFD for them, while ``raw`` keeps the exact bytes.
-    """
-    if body is None:
-        body = orjson.loads(raw)
-    if not isinstance(body, dict):
-        raise NormalizationError("body is not a JSON object")
-    if b"\\ud" in raw or b"\\uD" in raw:
-        body = scrub_surrogates(body)
-    return normalize(body)
-
-
-def _fix_str(value: str) -> str:
-    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def scrub_surrogates(value: Any) -> Any:
-    """Replace lone surrogates in every string of a parsed JSON value with U+FFFD."""
-    if isinstance(value, str):
-        return _fix_str(value)
-    if isinstance(value, dict):
-        return {(_fix_str(k) if isinstance(k, str) else k): scrub_surrogates(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [scrub_surrogates(v) for v in value]
-    return value

@@ -64,7 +64,7 @@ PHASES = [
     (lambda f, p: f.startswith("QueueStore."), "DB other queue statements"),
     (lambda f, p: f.startswith("Metrics.") or "prometheus_client" in p, "metrics (prometheus)"),
     (lambda f, p: "structlog" in p or "archiver/logs.py" in p, "logging"),
-    (lambda f, p: f.startswith("Worker."), "worker glue (fetch_one/_writer/_claimer own code)"),
+    (lambda f, p: f.startswith(("Worker.", "Fetcher.")), "worker glue (fetch_one/_writer/_claimer own code)"),
 ]  # fmt: skip
 
 

@@ -24,12 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver.db import open_database
 from archiver.errors import StopRun
+from archiver.fetch import normalize_body
 from archiver.mockapi import MockConfig, MockStats, body_for, start_mock_server
 from archiver.policy import profile_for_base_url
 from archiver.queue import QUEUE_STATES, QueueStore
 from archiver.schema import CHILD_TABLES
 from archiver.settings import Settings
-from archiver.worker import RunSummary, Worker, normalize_body
+from archiver.worker import RunSummary, Worker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -692,9 +693,10 @@ async def test_writer_isolates_a_result_the_database_refuses(db_url: str, make_s
     """One unstorable result in a batch fails that ID alone; the others are written."""
     from datetime import UTC, datetime
 
+    from archiver.fetch import normalize_body
     from archiver.outcomes import Archived
     from archiver.store import FetchResult
-    from archiver.worker import Worker, normalize_body
+    from archiver.worker import Worker
 
     ids = [f"resp_ok_iso{i}" for i in range(3)]
     async with open_database(db_url) as engine:

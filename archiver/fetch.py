@@ -1,0 +1,223 @@
+"""What one fetch of one queued ID comes to: HTTP, classification, expiry, rows.
+
+:class:`Fetcher` turns a leased :class:`~archiver.queue.Job` into a
+:class:`~archiver.store.FetchResult`: the outcome the policy gives the HTTP answer, and
+for an archived body its normalized rows (and input items, when asked for). It neither
+logs routine outcomes nor touches the database: the worker does that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from archiver.client import ResponsesClient
+from archiver.errors import NormalizationError
+from archiver.logs import get_logger, redact
+from archiver.normalize import NormalizedResponse, normalize, normalize_input_items
+from archiver.outcomes import Archived, Outcome, Permanent, Retry
+from archiver.policy import (
+    InputItemsPage,
+    ProviderProfile,
+    RetryPolicy,
+    classify_exception,
+    classify_input_items_page,
+    classify_response,
+    repoll_delay,
+)
+from archiver.queue import Job
+from archiver.store import FetchResult
+
+log = get_logger()
+
+MAX_INPUT_ITEM_PAGES = 1000
+
+
+class Fetcher:
+    """Fetches jobs over one client with one retry policy.
+
+    Args:
+        client: the open HTTP client.
+        policy: retry and re-poll rules.
+        profile: whose error codes apply.
+        retention_s: how long the provider keeps responses (None: unknown).
+        with_input_items: also fetch every page of the response's input items.
+        rand: jitter source in [0, 1).
+    """
+
+    def __init__(
+        self,
+        client: ResponsesClient,
+        policy: RetryPolicy,
+        profile: ProviderProfile,
+        *,
+        retention_s: float | None,
+        with_input_items: bool,
+        rand: Callable[[], float],
+    ) -> None:
+        self.client = client
+        self.policy = policy
+        self.profile = profile
+        self.retention_s = retention_s
+        self.with_input_items = with_input_items
+        self.rand = rand
+
+    async def fetch(self, job: Job) -> FetchResult:
+        """One fetch. A :class:`StopAll` outcome means the account was refused."""
+        started = time.monotonic()
+        now = time.time()
+        requests = 1
+        try:
+            exchange = await self.client.fetch(job.response_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            outcome: Outcome = classify_exception(
+                exc, attempt=job.attempt, policy=self.policy, rand=self.rand()
+            )
+        else:
+            outcome = classify_response(
+                status_code=exchange.status_code,
+                headers=exchange.headers,
+                body=exchange.body,
+                requested_id=job.response_id,
+                attempt=job.attempt,
+                previous_status_code=job.previous_status_code,
+                policy=self.policy,
+                profile=self.profile,
+                now=now,
+                rand=self.rand(),
+            )
+        outcome = self.expired_if_old(job, outcome, now)
+        normalized: NormalizedResponse | None = None
+        input_items: list[Any] | None = None
+        next_delay = 0.0
+        if isinstance(outcome, Archived):
+            try:
+                normalized = normalize_body(outcome.raw, outcome.body)
+            except Exception as exc:  # a poison body must not stop the run
+                outcome = Permanent(
+                    "failed",
+                    f"normalization failed: {type(exc).__name__}: {exc}",
+                    outcome.status_code,
+                    outcome.raw,
+                )
+            else:
+                if not outcome.terminal:
+                    next_delay = repoll_delay(job.polls + 1, self.policy, self.rand())
+                elif self.with_input_items:
+                    fetched, pages = await self._input_items(job)
+                    requests += pages
+                    if isinstance(fetched, list):
+                        input_items = fetched
+                    elif isinstance(fetched, Permanent):
+                        log.warning(
+                            "archiver.input_items_unavailable",
+                            response_id=job.response_id,
+                            status_code=fetched.status_code,
+                            error=redact(fetched.reason),
+                        )
+                    else:  # Retry (fetch it all again later) or StopAll
+                        outcome, normalized = fetched, None
+        return FetchResult(
+            job=job,
+            outcome=outcome,
+            fetched_at=datetime.now(UTC),
+            normalized=normalized,
+            input_items=(
+                normalize_input_items(job.response_id, input_items) if input_items is not None else None
+            ),
+            next_delay_s=next_delay,
+            duration_s=time.monotonic() - started,
+            requests=requests,
+        )
+
+    async def _input_items(self, job: Job) -> tuple[list[Any] | Outcome, int]:
+        """(every input item oldest first, or the outcome that stopped paging; pages fetched).
+
+        Pages are fetched one after another inside the caller's concurrency slot, so input
+        items share the request budget with the responses.
+        """
+        items: list[Any] = []
+        after: str | None = None
+        for page_no in range(1, MAX_INPUT_ITEM_PAGES + 1):
+            try:
+                exchange = await self.client.fetch_input_items_page(job.response_id, after)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                return classify_exception(
+                    exc, attempt=job.attempt, policy=self.policy, rand=self.rand()
+                ), page_no
+            page = classify_input_items_page(
+                status_code=exchange.status_code,
+                headers=exchange.headers,
+                body=exchange.body,
+                attempt=job.attempt,
+                policy=self.policy,
+                profile=self.profile,
+                now=time.time(),
+                rand=self.rand(),
+            )
+            if not isinstance(page, InputItemsPage):
+                return page, page_no
+            lone_surrogates = b"\\ud" in exchange.body or b"\\uD" in exchange.body
+            items.extend(scrub_surrogates(page.items) if lone_surrogates else page.items)
+            if not page.has_more or page.last_id is None or page.last_id == after:
+                return items, page_no
+            after = page.last_id
+        return Permanent(
+            "failed", f"input items: more than {MAX_INPUT_ITEM_PAGES} pages", 200
+        ), MAX_INPUT_ITEM_PAGES
+
+    def expired_if_old(self, job: Job, outcome: Outcome, now: float) -> Outcome:
+        """A 404 for an ID older than the provider's retention is final: it expired."""
+        if self.retention_s is None or job.created_at is None:
+            return outcome
+        is_404 = (isinstance(outcome, Retry) and outcome.status_code == 404) or (
+            isinstance(outcome, Permanent) and outcome.state == "not_found"
+        )
+        age = now - job.created_at
+        if not is_404 or age <= self.retention_s:
+            return outcome
+        return Permanent(
+            "not_found",
+            f"expired: the provider keeps stored responses {self.retention_s / 86400:g} days "
+            f"and this one is {age / 86400:.1f} days old",
+            404,
+        )
+
+
+def normalize_body(raw: bytes, body: Any = None) -> NormalizedResponse:
+    """Normalize an archived body (parsing it unless ``body`` is given); raises on a poison body.
+
+    Lone UTF-16 surrogates (a token boundary inside an emoji) cannot be stored as text:
+    the derived columns get U+FFFD for them, while ``raw`` keeps the exact bytes.
+    """
+    if body is None:
+        body = orjson.loads(raw)
+    if not isinstance(body, dict):
+        raise NormalizationError("body is not a JSON object")
+    if b"\\ud" in raw or b"\\uD" in raw:
+        body = scrub_surrogates(body)
+    return normalize(body)
+
+
+def _fix_str(value: str) -> str:
+    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def scrub_surrogates(value: Any) -> Any:
+    """Replace lone surrogates in every string of a parsed JSON value with U+FFFD."""
+    if isinstance(value, str):
+        return _fix_str(value)
+    if isinstance(value, dict):
+        return {(_fix_str(k) if isinstance(k, str) else k): scrub_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_surrogates(v) for v in value]
+    return value
