@@ -292,11 +292,12 @@ class Worker:
         if leftover:
             await self._release(leftover, "shutdown in flight")
 
-    async def _release(self, jobs: list[Job], reason: str) -> None:
+    async def _release(self, jobs: list[Job], reason: str, *, quiet: bool = False) -> None:
         try:
             await with_db_retry(lambda: self.queue.release(jobs, reason))
             self.summary.released += len(jobs)
-            log.info("archiver.released", count=len(jobs), reason=reason)
+            if not quiet:  # one-job releases by fetchers are summed in run_stopped instead
+                log.info("archiver.released", count=len(jobs), reason=reason)
         except Exception as exc:
             # The leases will expire and another run will pick these rows up.
             log.error("archiver.release_failed", count=len(jobs), error=redact(str(exc)))
@@ -373,7 +374,7 @@ class Worker:
                     # Stopped before this job started (possibly while it waited out a 429,
                     # a slot or the rate limit): release it without spending the attempt.
                     self._held.pop(job.response_id, None)
-                    await self._release([job], "shutdown before start")
+                    await self._release([job], "shutdown before start", quiet=True)
                     continue
                 with self.metrics.track_request():
                     result = await self.fetch_one(job)
