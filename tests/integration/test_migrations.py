@@ -153,3 +153,24 @@ def test_schema_head_constant_matches_the_migrations() -> None:
     from archiver.db import SCHEMA_HEAD, head_revision
 
     assert head_revision() == SCHEMA_HEAD, "update archiver.db.SCHEMA_HEAD with the new migration"
+
+
+async def test_other_applications_can_insert_just_an_id(db_url: str, make_settings: Any) -> None:
+    """DESIGN: IDs may arrive by plain INSERT from other apps; the daemon picks them up."""
+    from archiver.mockapi import start_mock_server
+    from archiver.queue import QueueStore
+    from archiver.worker import Worker
+
+    engine = create_engine(db_url)
+    try:
+        await migrate(engine)
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO archive_queue (id) VALUES ('resp_ok_plain_insert')"))
+        details = await QueueStore(engine).status_details()
+        assert details["states"]["pending"] == 1
+        assert details["oldest_pending_age_s"] is not None and 0 <= details["oldest_pending_age_s"] < 60
+        async with await start_mock_server() as mock:
+            summary = await Worker(make_settings(db_url, mock.base_url), engine, once=True).run()
+        assert summary.archived == 1
+    finally:
+        await engine.dispose()
