@@ -14,7 +14,6 @@ import orjson
 
 from archiver.db import (
     head_revision,
-    normalize_database_url,
     open_database,
     redact_url,
 )
@@ -154,7 +153,7 @@ async def status(settings: Settings) -> dict[str, Any]:
     """Counts per state, oldest pending age, expired leases, recent errors."""
     async with open_database(settings.database_url) as engine:
         details = await QueueStore(engine).status_details(retention_s=settings.retention_s)
-    details["database"] = redact_url(normalize_database_url(settings.database_url))
+    details["database"] = redact_url(settings.database_url.strip())  # as the user wrote it, no password
     return details
 
 
