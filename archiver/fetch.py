@@ -19,7 +19,7 @@ import orjson
 from archiver.client import ResponsesClient
 from archiver.errors import NormalizationError
 from archiver.logs import get_logger, redact
-from archiver.normalize import NormalizedResponse, normalize, normalize_input_items
+from archiver.normalize import NormalizedResponse, map_strings, normalize, normalize_input_items
 from archiver.outcomes import Archived, Outcome, Permanent, Retry
 from archiver.policy import (
     InputItemsPage,
@@ -214,10 +214,4 @@ def _fix_str(value: str) -> str:
 
 def scrub_surrogates(value: Any) -> Any:
     """Replace lone surrogates in every string of a parsed JSON value with U+FFFD."""
-    if isinstance(value, str):
-        return _fix_str(value)
-    if isinstance(value, dict):
-        return {(_fix_str(k) if isinstance(k, str) else k): scrub_surrogates(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [scrub_surrogates(v) for v in value]
-    return value
+    return map_strings(value, _fix_str)

@@ -723,22 +723,8 @@ def normalize_input_items(response_id: str, items: list[Any]) -> list[Row]:
     """
     rows: list[Row] = []
     for position, item in enumerate(items):
-        if type(item) is not dict:
-            rows.append(
-                {
-                    "response_id": response_id,
-                    "position": position,
-                    "id": None,
-                    "type": None,
-                    "role": None,
-                    "status": None,
-                    "call_id": None,
-                    "text": None,
-                    "item": item,
-                }
-            )
-            continue
-        content = item.get("content")
+        get = item.get if type(item) is dict else _absent
+        content = get("content")
         if type(content) is str:
             text: str | None = content
         elif type(content) is list:
@@ -750,13 +736,24 @@ def normalize_input_items(response_id: str, items: list[Any]) -> list[Row]:
             {
                 "response_id": response_id,
                 "position": position,
-                "id": _text(item.get("id")),
-                "type": _text(item.get("type")),
-                "role": _text(item.get("role")),
-                "status": _text(item.get("status")),
-                "call_id": _text(item.get("call_id")),
+                "id": _text(get("id")),
+                "type": _text(get("type")),
+                "role": _text(get("role")),
+                "status": _text(get("status")),
+                "call_id": _text(get("call_id")),
                 "text": text,
                 "item": item,
             }
         )
     return rows
+
+
+def map_strings(value: Any, fix: Callable[[str], str]) -> Any:
+    """A parsed JSON value with ``fix`` applied to every string in it, keys included."""
+    if isinstance(value, str):
+        return fix(value)
+    if isinstance(value, dict):
+        return {(fix(k) if isinstance(k, str) else k): map_strings(v, fix) for k, v in value.items()}
+    if isinstance(value, list):
+        return [map_strings(v, fix) for v in value]
+    return value

@@ -20,7 +20,7 @@ from sqlalchemy import JSON, Boolean, DateTime, Table, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from archiver.db import json_dumps, now_sql
-from archiver.normalize import NormalizedResponse
+from archiver.normalize import NormalizedResponse, map_strings
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
 from archiver.queue import Job, archive_queue
 from archiver.schema import CHILD_TABLES, responses
@@ -83,13 +83,11 @@ def scrub_nul(value: Any) -> Any:
 
     Only derived columns are scrubbed; ``raw`` keeps the exact bytes.
     """
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
-    if isinstance(value, dict):
-        return {scrub_nul(k): scrub_nul(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [scrub_nul(v) for v in value]
-    return value
+    return map_strings(value, _replace_nul)
+
+
+def _replace_nul(text_: str) -> str:
+    return text_.replace("\x00", "\ufffd") if "\x00" in text_ else text_
 
 
 def _sqlite_datetime(value: datetime) -> str:
