@@ -65,6 +65,15 @@ HTTP_OPTIONS: list[Option] = [
 ]
 RUN_OPTIONS: list[Option] = [
     (
+        "--writer",
+        "ARCHIVER_WRITER",
+        "writer",
+        str,
+        "where bodies are normalized and written: process (a child process, on another core), "
+        "inline (the fetching process), or auto (default: process with 2+ cores and a database "
+        "file or server)",
+    ),
+    (
         "--with-input-items",
         "ARCHIVER_WITH_INPUT_ITEMS",
         "with_input_items",
@@ -439,7 +448,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         )
     progress = Progress.for_stream(sys.stderr) if args.once else None
     try:
-        summary = asyncio.run(commands.run(settings, once=args.once, progress=progress))
+        if os.environ.get("EXP_UVLOOP"):
+            import uvloop
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                summary = runner.run(commands.run(settings, once=args.once, progress=progress))
+        else:
+            summary = asyncio.run(commands.run(settings, once=args.once, progress=progress))
     finally:
         if progress is not None:
             progress.close()

@@ -46,3 +46,7 @@ class StopRun(ArchiverError):
 
 class NormalizationError(ArchiverError):
     """The response body could not be normalized into rows."""
+
+
+class WriterFailed(ArchiverError):
+    """The writer process failed; rows it did not confirm stay leased and are fetched again."""

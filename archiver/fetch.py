@@ -1,9 +1,10 @@
-"""What one fetch of one queued ID comes to: HTTP, classification, expiry, rows.
+"""What one fetch of one queued ID comes to: HTTP, classification, expiry.
 
 :class:`Fetcher` turns a leased :class:`~archiver.queue.Job` into a
 :class:`~archiver.store.FetchResult`: the outcome the policy gives the HTTP answer, and
-for an archived body its normalized rows (and input items, when asked for). It neither
-logs routine outcomes nor touches the database: the worker does that.
+for an archived body its input items, when asked for. It neither normalizes bodies (the
+writer does, possibly in another process: see :mod:`archiver.writer`), nor logs routine
+outcomes, nor touches the database.
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from archiver.client import ResponsesClient
-from archiver.errors import NormalizationError
 from archiver.logs import get_logger, redact
-from archiver.normalize import NormalizedResponse, map_strings, normalize, normalize_input_items
+from archiver.normalize import normalize_input_items, scrub_surrogates
 from archiver.outcomes import Archived, Outcome, Permanent, Retry
 from archiver.policy import (
     InputItemsPage,
@@ -94,41 +92,29 @@ class Fetcher:
                 rand=self.rand(),
             )
         outcome = self.expired_if_old(job, outcome, now)
-        normalized: NormalizedResponse | None = None
         input_items: list[Any] | None = None
         next_delay = 0.0
         if isinstance(outcome, Archived):
-            try:
-                normalized = normalize_body(outcome.raw, outcome.body)
-            except Exception as exc:  # a poison body must not stop the run
-                outcome = Permanent(
-                    "failed",
-                    f"normalization failed: {type(exc).__name__}: {exc}",
-                    outcome.status_code,
-                    outcome.raw,
-                )
-            else:
-                if not outcome.terminal:
-                    next_delay = repoll_delay(job.polls + 1, self.policy, self.rand())
-                elif self.with_input_items:
-                    fetched, pages = await self._input_items(job)
-                    requests += pages
-                    if isinstance(fetched, list):
-                        input_items = fetched
-                    elif isinstance(fetched, Permanent):
-                        log.warning(
-                            "archiver.input_items_unavailable",
-                            response_id=job.response_id,
-                            status_code=fetched.status_code,
-                            error=redact(fetched.reason),
-                        )
-                    else:  # Retry (fetch it all again later) or StopAll
-                        outcome, normalized = fetched, None
+            if not outcome.terminal:
+                next_delay = repoll_delay(job.polls + 1, self.policy, self.rand())
+            elif self.with_input_items:
+                fetched, pages = await self._input_items(job)
+                requests += pages
+                if isinstance(fetched, list):
+                    input_items = fetched
+                elif isinstance(fetched, Permanent):
+                    log.warning(
+                        "archiver.input_items_unavailable",
+                        response_id=job.response_id,
+                        status_code=fetched.status_code,
+                        error=redact(fetched.reason),
+                    )
+                else:  # Retry (fetch it all again later) or StopAll
+                    outcome = fetched
         return FetchResult(
             job=job,
             outcome=outcome,
             fetched_at=datetime.now(UTC),
-            normalized=normalized,
             input_items=(
                 normalize_input_items(job.response_id, input_items) if input_items is not None else None
             ),
@@ -191,27 +177,3 @@ class Fetcher:
             f"and this one is {age / 86400:.1f} days old",
             404,
         )
-
-
-def normalize_body(raw: bytes, body: Any = None) -> NormalizedResponse:
-    """Normalize an archived body (parsing it unless ``body`` is given); raises on a poison body.
-
-    Lone UTF-16 surrogates (a token boundary inside an emoji) cannot be stored as text:
-    the derived columns get U+FFFD for them, while ``raw`` keeps the exact bytes.
-    """
-    if body is None:
-        body = orjson.loads(raw)
-    if not isinstance(body, dict):
-        raise NormalizationError("body is not a JSON object")
-    if b"\\ud" in raw or b"\\uD" in raw:
-        body = scrub_surrogates(body)
-    return normalize(body)
-
-
-def _fix_str(value: str) -> str:
-    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def scrub_surrogates(value: Any) -> Any:
-    """Replace lone surrogates in every string of a parsed JSON value with U+FFFD."""
-    return map_strings(value, _fix_str)

@@ -16,6 +16,7 @@ import structlog
 
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\"]+")
 _SECRETS: list[str] = []
+_CONFIGURED: dict[str, Any] = {"level": "info", "json": None}
 
 
 def register_secret(secret: str | None) -> None:
@@ -49,6 +50,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None, json: b
         stream: where lines go (default stderr).
         json: force JSON (True) or console (False); default: JSON unless a terminal.
     """
+    _CONFIGURED.update(level=level, json=json)
     out = stream or sys.stderr
     use_json = (not out.isatty()) if json is None else json
     renderer: Any = (
@@ -68,6 +70,11 @@ def configure_logging(level: str = "info", stream: TextIO | None = None, json: b
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+
+
+def logging_config() -> tuple[str, bool | None]:
+    """(level, json) as last given to :func:`configure_logging`, for a child process to copy."""
+    return _CONFIGURED["level"], _CONFIGURED["json"]
 
 
 def get_logger() -> Any:

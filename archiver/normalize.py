@@ -757,3 +757,27 @@ def map_strings(value: Any, fix: Callable[[str], str]) -> Any:
     if isinstance(value, list):
         return [map_strings(v, fix) for v in value]
     return value
+
+
+def normalize_body(raw: bytes, body: Any = None) -> NormalizedResponse:
+    """Normalize an archived body (parsing it unless ``body`` is given); raises on a poison body.
+
+    Lone UTF-16 surrogates (a token boundary inside an emoji) cannot be stored as text:
+    the derived columns get U+FFFD for them, while ``raw`` keeps the exact bytes.
+    """
+    if body is None:
+        body = orjson.loads(raw)
+    if not isinstance(body, dict):
+        raise NormalizationError("body is not a JSON object")
+    if b"\\ud" in raw or b"\\uD" in raw:
+        body = scrub_surrogates(body)
+    return normalize(body)
+
+
+def _fix_str(value: str) -> str:
+    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def scrub_surrogates(value: Any) -> Any:
+    """Replace lone surrogates in every string of a parsed JSON value with U+FFFD."""
+    return map_strings(value, _fix_str)

@@ -19,7 +19,8 @@ PermanentState = Literal["not_found", "failed"]
 class Archived:
     """A valid Response body. ``terminal`` is False for ``queued``/``in_progress`` snapshots.
 
-    ``body`` is the parsed object, so the body is parsed once per fetch.
+    ``body`` is the parsed object, so the body is parsed once per fetch (and once more
+    in the writer process, which receives ``raw`` only).
     """
 
     raw: bytes
@@ -27,6 +28,11 @@ class Archived:
     terminal: bool
     response_status: str | None
     body: Any = field(default=None, compare=False, repr=False)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # ``body`` stays behind when pickled (to the writer process): parsing ``raw``
+        # again there is cheaper than pickling the parsed object here.
+        return (Archived, (self.raw, self.status_code, self.terminal, self.response_status))
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     metrics_refresh: float = 15.0
     with_input_items: bool = False
+    writer: str = "auto"
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     def __post_init__(self) -> None:
@@ -63,6 +64,8 @@ class Settings:
             raise ConfigError("lease-seconds must be at least 1")
         if self.provider not in ("auto", "dashscope", "openai", "generic"):
             raise ConfigError(f"provider must be auto, dashscope, openai or generic, not {self.provider!r}")
+        if self.writer not in ("auto", "process", "inline"):
+            raise ConfigError(f"writer must be auto, process or inline, not {self.writer!r}")
         if self.max_rps is not None and self.max_rps <= 0:
             raise ConfigError("max-rps must be positive")
         if not self.base_url.startswith(("http://", "https://")):

@@ -93,11 +93,8 @@ def _replace_nul(text_: str) -> str:
 def _sqlite_datetime(value: datetime) -> str:
     # SQLAlchemy's SQLite DATETIME storage format (UTC, no offset), so reads parse it back.
     if value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    return (
-        f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
-        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}"
-    )
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(" ", "microseconds")
 
 
 def _sqlite_datetime_or_none(value: datetime | None) -> str | None:

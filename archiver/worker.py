@@ -22,21 +22,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import __version__
 from archiver.client import ResponsesClient
-from archiver.db import is_transient_db_error, redact_url, with_db_retry
+from archiver.db import redact_url, with_db_retry
 from archiver.errors import StopRun
 from archiver.fetch import Fetcher
 from archiver.limits import AdaptiveLimit
 from archiver.logs import get_logger, redact, redact_base_url
 from archiver.metrics import Metrics
 from archiver.notify import SystemdNotifier, watchdog_loop
-from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
+from archiver.outcomes import Outcome, Permanent, Retry, StopAll
 from archiver.policy import (
     ProviderProfile,
     RetryPolicy,
 )
 from archiver.queue import Job, QueueStore
 from archiver.settings import Settings
-from archiver.store import ArchiveStore, FetchResult, WriteReport
+from archiver.store import FetchResult, WriteReport
+from archiver.writer import BatchWriter, make_writer
 
 log = get_logger()
 
@@ -130,7 +131,7 @@ class Worker:
         self.settings = settings
         self.once = once
         self.queue = QueueStore(engine)
-        self.store = ArchiveStore(engine, max_polls=settings.max_polls)
+        self.writer: BatchWriter = make_writer(settings, engine, settings.writer)
         self.policy = retry_policy_from(settings)
         self.profile: ProviderProfile = settings.profile  # type: ignore[assignment]  # validated
         self.retention_s = settings.retention_s
@@ -188,6 +189,27 @@ class Worker:
             profile=self.profile,
             owner=s.owner,
         )
+        await self.writer.start()
+        try:
+            await self._run_pipeline()
+        finally:
+            await self.writer.close()
+        self.summary.duration_s = time.monotonic() - started
+        with contextlib.suppress(Exception):
+            self.summary.remaining = await self.queue.counts()
+        log.info(
+            "archiver.run_stopped",
+            reason=self.summary.stop_reason or "drained",
+            **self._summary_fields(),
+        )
+        if self._fatal is not None:
+            raise self._fatal
+        if self._stop_all is not None:
+            raise StopRun(self._stop_all)
+        return self.summary
+
+    async def _run_pipeline(self) -> None:
+        s = self.settings
         async with ResponsesClient(
             s.base_url,
             s.api_key,
@@ -219,19 +241,6 @@ class Worker:
                 self.request_stop("cancelled")
                 await claimer
             await self._shutdown(fetchers, writer, [heartbeat, *watchers])
-        self.summary.duration_s = time.monotonic() - started
-        with contextlib.suppress(Exception):
-            self.summary.remaining = await self.queue.counts()
-        log.info(
-            "archiver.run_stopped",
-            reason=self.summary.stop_reason or "drained",
-            **self._summary_fields(),
-        )
-        if self._fatal is not None:
-            raise self._fatal
-        if self._stop_all is not None:
-            raise StopRun(self._stop_all)
-        return self.summary
 
     _stop_all: str | None = None
 
@@ -306,7 +315,9 @@ class Worker:
 
     async def _claimer(self) -> None:
         s = self.settings
-        capacity = s.concurrency * 2 + s.batch_size
+        # Held rows: queued for a fetcher, being fetched, waiting for the writer, and one
+        # batch being written (in another process it overlaps with the next one filling).
+        capacity = s.concurrency * 2 + s.batch_size * 3
         while not self.stop_event.is_set():
             self._last_tick = time.monotonic()
             room = capacity - len(self._held)
@@ -441,97 +452,72 @@ class Worker:
     # --- writer and heartbeat -------------------------------------------------------------------
 
     async def _writer(self) -> None:
-        finished = False
-        while not finished:
-            first = await self._results.get()
-            if first is None:
-                return
-            batch = [first]
-            deadline = time.monotonic() + WRITE_LINGER_S
-            while len(batch) < self.settings.batch_size:
-                try:
-                    item = self._results.get_nowait()
-                except asyncio.QueueEmpty:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self._results.get(), remaining)
-                    except TimeoutError:
-                        break
-                if item is None:
-                    finished = True
-                    break
-                batch.append(item)
-            started = time.monotonic()
-            report = await self._write_isolating_poison(batch)
-            for r in batch:
-                self._held.pop(r.job.response_id, None)
-            self._slot_freed.set()
-            self.summary.add(report)
-            self.metrics.observe_batch(report)
-            if report.lost_lease:
-                log.warning(
-                    "archiver.lease_lost",
-                    count=report.lost_lease,
-                    response_ids=report.lost_ids[:10],
-                )
-            log.info(
-                "archiver.batch_written",
-                results=len(batch),
-                archived=report.archived,
-                unchanged=report.unchanged,
-                repolled=report.repolled,
-                retried=report.retried,
-                not_found=report.not_found,
-                failed=report.failed,
-                rows=report.rows_written,
-                duration_s=round(time.monotonic() - started, 4),
-            )
-            if self._on_progress is not None:
-                self._on_progress(self.summary)
-
-    async def _write_isolating_poison(self, batch: list[FetchResult]) -> WriteReport:
-        """Write a batch; if it fails for a reason retrying cannot fix, find the culprit.
-
-        The batch is written again one result at a time, and a result that still cannot
-        be stored (a body the database or the JSON encoder refuses) marks its ID
-        ``failed`` with the error and the raw bytes kept, so one poison body never blocks
-        the queue or crashes the run.
-        """
+        # Up to ``writer.depth`` batches are written at once while the next one fills.
+        writes: set[asyncio.Task[None]] = set()
         try:
-            return await with_db_retry(
-                partial(self.store.write_batch, batch), on_retry=self._log_db_retry, attempts=12
-            )
-        except Exception as exc:
-            if is_transient_db_error(exc):
-                raise
-            first_error = exc
-        log.warning("archiver.batch_write_failed", results=len(batch), error=redact(_first_line(first_error)))
-        total = WriteReport()
-        for result in batch:
+            finished = False
+            while not finished and self._fatal is None:
+                batch, finished = await self._next_batch()
+                if not batch:
+                    continue
+                while len(writes) >= self.writer.depth:
+                    _, writes = await asyncio.wait(writes, return_when=asyncio.FIRST_COMPLETED)
+                writes.add(self._spawn("write", self._write(batch)))
+        finally:
+            if writes:
+                await asyncio.wait(writes)
+
+    async def _next_batch(self) -> tuple[list[FetchResult], bool]:
+        """(results to write, whether the end-of-results marker came)."""
+        first = await self._results.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        deadline = time.monotonic() + WRITE_LINGER_S
+        while len(batch) < self.settings.batch_size:
             try:
-                report = await with_db_retry(
-                    partial(self.store.write_batch, [result]), on_retry=self._log_db_retry, attempts=12
-                )
-            except Exception as exc:
-                if is_transient_db_error(exc):
-                    raise
-                raw = result.outcome.raw if isinstance(result.outcome, Archived) else None
-                reason = f"cannot store the response: {type(exc).__name__}: {_first_line(exc)}"
-                log.warning(
-                    "archiver.fetch_failed",
-                    response_id=result.job.response_id,
-                    attempt=result.job.attempt,
-                    state="failed",
-                    error=redact(reason),
-                )
-                poison = FetchResult(result.job, Permanent("failed", reason, 200, raw), result.fetched_at)
-                report = await with_db_retry(
-                    partial(self.store.write_batch, [poison]), on_retry=self._log_db_retry, attempts=12
-                )
-            total.merge(report)
-        return total
+                item = self._results.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._results.get(), remaining)
+                except TimeoutError:
+                    break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    async def _write(self, batch: list[FetchResult]) -> None:
+        started = time.monotonic()
+        report = await self.writer.write(batch)
+        for r in batch:
+            self._held.pop(r.job.response_id, None)
+        self._slot_freed.set()
+        self.summary.add(report)
+        self.metrics.observe_batch(report)
+        if report.lost_lease:
+            log.warning(
+                "archiver.lease_lost",
+                count=report.lost_lease,
+                response_ids=report.lost_ids[:10],
+            )
+        log.info(
+            "archiver.batch_written",
+            results=len(batch),
+            archived=report.archived,
+            unchanged=report.unchanged,
+            repolled=report.repolled,
+            retried=report.retried,
+            not_found=report.not_found,
+            failed=report.failed,
+            rows=report.rows_written,
+            duration_s=round(time.monotonic() - started, 4),
+        )
+        if self._on_progress is not None:
+            self._on_progress(self.summary)
 
     async def _expiry_watch(self) -> None:
         """Warn about pending IDs the provider is about to delete (or already has)."""

@@ -260,8 +260,8 @@ def baseline_available() -> tuple[bool, str]:
 def expected_rows(n: int) -> dict[str, int] | None:
     """Rows per archive table that n ``resp_ok_b`` bodies normalize into (None if unknown)."""
     try:
-        from archiver.fetch import normalize_body
         from archiver.mockapi import body_for
+        from archiver.normalize import normalize_body
     except ImportError:
         return None
     counts: Counter[str] = Counter({"responses": n})

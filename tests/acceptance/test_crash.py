@@ -134,8 +134,13 @@ def enqueue(cli: Cli, ids: list[str]) -> None:
     assert out.stdout.decode().startswith(f"queued {len(ids)},")
 
 
-def spawn(cli: Cli, log_dir: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
-    """``python -m archiver ARGS`` in the background; output goes to files (never a full pipe)."""
+def spawn(
+    cli: Cli, log_dir: Path, *args: str, new_session: bool = False, **env: str
+) -> subprocess.Popen[bytes]:
+    """``python -m archiver ARGS`` in the background; output goes to files (never a full pipe).
+
+    ``new_session``: in a process group of its own, which a test may signal as a whole.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / "stdout").open("wb") as out, (log_dir / "stderr").open("wb") as err:
         return subprocess.Popen(
@@ -144,6 +149,7 @@ def spawn(cli: Cli, log_dir: Path, *args: str, **env: str) -> subprocess.Popen[b
             stderr=err,
             env={**cli.env, **env},
             cwd=cli.cwd,
+            start_new_session=new_session,
         )
 
 

@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver.db import open_database
 from archiver.errors import StopRun
-from archiver.fetch import normalize_body
 from archiver.mockapi import MockConfig, MockStats, body_for, start_mock_server
+from archiver.normalize import normalize_body
 from archiver.policy import profile_for_base_url
 from archiver.queue import QUEUE_STATES, QueueStore
 from archiver.schema import CHILD_TABLES
@@ -693,10 +693,10 @@ async def test_writer_isolates_a_result_the_database_refuses(db_url: str, make_s
     """One unstorable result in a batch fails that ID alone; the others are written."""
     from datetime import UTC, datetime
 
-    from archiver.fetch import normalize_body
+    from archiver.normalize import normalize_body
     from archiver.outcomes import Archived
-    from archiver.store import FetchResult
-    from archiver.worker import Worker
+    from archiver.store import ArchiveStore, FetchResult
+    from archiver.writer import InlineWriter
 
     ids = [f"resp_ok_iso{i}" for i in range(3)]
     async with open_database(db_url) as engine:
@@ -715,8 +715,7 @@ async def test_writer_isolates_a_result_the_database_refuses(db_url: str, make_s
                     job, Archived(raw, 200, True, "completed"), datetime.now(UTC), normalized=normalized
                 )
             )
-        worker = Worker(make_settings(db_url), engine, once=True)
-        report = await worker._write_isolating_poison(results)
+        report = await InlineWriter(ArchiveStore(engine)).write(results)
         assert report.archived == 2 and report.failed == 1
         async with engine.connect() as conn:
             states = dict((await conn.execute(text("SELECT id, state FROM archive_queue"))).fetchall())

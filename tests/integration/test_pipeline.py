@@ -57,11 +57,16 @@ async def fetch_all(engine: Any, sql: str, **params: Any) -> list[Any]:
         return list((await conn.execute(text(sql), params)).fetchall())
 
 
-async def test_mixed_run_ends_every_id_in_one_known_state(db_url: str, make_settings: Any) -> None:
+@pytest.mark.parametrize("writer", ["process", "inline"])
+async def test_mixed_run_ends_every_id_in_one_known_state(
+    db_url: str, make_settings: Any, writer: str
+) -> None:
     ids = mixed_ids(copies=3)
     config = MockConfig(latency_ms=15, jitter_ms=5, hang_s=3.0)
     async with await start_mock_server(config) as mock:
-        settings = make_settings(db_url, mock.base_url, concurrency=8, max_attempts=4, request_timeout=1.0)
+        settings = make_settings(
+            db_url, mock.base_url, concurrency=8, max_attempts=4, request_timeout=1.0, writer=writer
+        )
         async with open_database(db_url) as engine:
             counts = await QueueStore(engine).enqueue(list(ids))
             assert counts.queued == len(ids)

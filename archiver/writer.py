@@ -1,0 +1,369 @@
+"""The write step: normalize fetched bodies and apply batches to the database.
+
+Two ways to run it, one behaviour:
+
+- :class:`InlineWriter` writes in this process, on the event loop that also fetches.
+- :class:`ProcessWriter` runs an :class:`InlineWriter` in a child interpreter
+  (``python -m archiver.writer``) and hands it batches over a pipe. Normalizing and
+  inserting about eight rows per response is half of archiver's CPU time; in a child it
+  runs on a second core instead of slowing the fetchers (bench/README.md has the figures).
+
+The worker waits for each batch's report before it forgets the batch's rows, so the
+child only ever holds rows that are still leased: if it dies, or the parent is killed,
+those rows' leases expire and another run fetches them again (writes are idempotent).
+The child ignores SIGINT, SIGTERM and SIGHUP (a terminal's Ctrl-C and systemd's stop
+reach the whole process group) and exits when the parent closes its end of the pipe,
+after the parent's last batch is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import struct
+import sys
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from functools import partial
+from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from archiver.db import is_transient_db_error, with_db_retry
+from archiver.errors import WriterFailed
+from archiver.logs import get_logger, redact
+from archiver.normalize import normalize_body
+from archiver.outcomes import Archived, Permanent
+from archiver.settings import Settings
+from archiver.store import ArchiveStore, FetchResult, WriteReport
+
+log = get_logger()
+
+_HEADER = struct.Struct("!I")
+_ENV_NOT_FOR_CHILD = ("ARCHIVER_API_KEY", "DASHSCOPE_API_KEY", "ARCHIVER_API_KEY_FILE")
+START_TIMEOUT_S = 60.0
+
+
+class BatchWriter(Protocol):
+    """What the worker's writer task calls.
+
+    ``depth`` is how many batches may be in :meth:`write` at once: the worker fills the
+    next batch while earlier ones are written.
+    """
+
+    depth: int
+
+    async def start(self) -> None:
+        """Get ready to write (may return before the first write can run)."""
+
+    async def write(self, batch: list[FetchResult]) -> WriteReport:
+        """Write one batch in one transaction (or, after a poison result, one per result)."""
+
+    async def close(self) -> None:
+        """Finish: every batch given to :meth:`write` has been written or has raised."""
+
+
+def prepare(result: FetchResult) -> FetchResult:
+    """Normalize an archived body into rows; a body that cannot be normalized fails its ID.
+
+    The raw bytes are kept with the failure, for forensics.
+    """
+    outcome = result.outcome
+    if not isinstance(outcome, Archived) or result.normalized is not None:
+        return result
+    try:
+        normalized = normalize_body(outcome.raw, outcome.body)
+    except Exception as exc:  # a poison body must not stop the run
+        reason = f"normalization failed: {type(exc).__name__}: {exc}"
+        log.warning(
+            "archiver.fetch_failed",
+            response_id=result.job.response_id,
+            attempt=result.job.attempt,
+            status_code=outcome.status_code,
+            state="failed",
+            error=redact(reason),
+        )
+        return replace(result, outcome=Permanent("failed", reason, outcome.status_code, outcome.raw))
+    return replace(result, normalized=normalized)
+
+
+class InlineWriter:
+    """Writes batches in this process (see the module docstring).
+
+    Args:
+        store: the archive store of the open engine.
+        on_db_retry: called with (error, wait) before a transient database error is retried.
+    """
+
+    def __init__(
+        self, store: ArchiveStore, on_db_retry: Callable[[BaseException, float], None] | None = None
+    ) -> None:
+        self.store = store
+        self._on_db_retry = on_db_retry or _log_db_retry
+
+    depth = 1  # concurrent transactions would only wait for each other's locks
+
+    async def start(self) -> None:
+        """Nothing to start."""
+
+    async def close(self) -> None:
+        """Nothing to close: the engine belongs to the caller."""
+
+    async def write(self, batch: list[FetchResult]) -> WriteReport:
+        """Normalize, then write; if that fails for a reason retrying cannot fix, find the culprit.
+
+        The batch is written again one result at a time, and a result that still cannot
+        be stored (a body the database or the JSON encoder refuses) marks its ID
+        ``failed`` with the error and the raw bytes kept, so one poison body never blocks
+        the queue or crashes the run.
+        """
+        return await self.write_prepared([prepare(r) for r in batch])
+
+    async def write_prepared(self, prepared: list[FetchResult]) -> WriteReport:
+        """:meth:`write` for results that went through :func:`prepare` already."""
+        try:
+            return await self._write(prepared)
+        except Exception as exc:
+            if is_transient_db_error(exc):
+                raise
+            first_error = exc
+        log.warning(
+            "archiver.batch_write_failed", results=len(prepared), error=redact(_first_line(first_error))
+        )
+        total = WriteReport()
+        for result in prepared:
+            try:
+                report = await self._write([result])
+            except Exception as exc:
+                if is_transient_db_error(exc):
+                    raise
+                raw = result.outcome.raw if isinstance(result.outcome, Archived) else None
+                reason = f"cannot store the response: {type(exc).__name__}: {_first_line(exc)}"
+                log.warning(
+                    "archiver.fetch_failed",
+                    response_id=result.job.response_id,
+                    attempt=result.job.attempt,
+                    state="failed",
+                    error=redact(reason),
+                )
+                poison = FetchResult(result.job, Permanent("failed", reason, 200, raw), result.fetched_at)
+                report = await self._write([poison])
+            total.merge(report)
+        return total
+
+    async def _write(self, batch: Sequence[FetchResult]) -> WriteReport:
+        return await with_db_retry(
+            partial(self.store.write_batch, batch), on_retry=self._on_db_retry, attempts=12
+        )
+
+
+class ProcessWriter:
+    """Writes batches in a child process (see the module docstring).
+
+    Up to ``depth`` batches are in the pipe at once: the child normalizes the next batch
+    while SQLite or PostgreSQL works on the current one. Reports come back in order.
+
+    Args:
+        settings: the run's settings; the child opens ``settings.database_url`` itself and
+            never receives the API key.
+        log_config: (level, json) for the child's logs, which go to the same stderr.
+    """
+
+    depth = 2
+
+    def __init__(self, settings: Settings, log_config: tuple[str, bool | None]) -> None:
+        self._init = {"settings": settings.with_changes(api_key=None), "log": log_config}
+        self._proc: asyncio.subprocess.Process | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._waiting: deque[asyncio.Future[WriteReport]] = deque()
+        self._replies: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the child; it opens the database while the parent starts fetching."""
+        env = {k: v for k, v in os.environ.items() if k not in _ENV_NOT_FOR_CHILD}
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "archiver.writer",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+            )
+        except OSError as exc:
+            raise WriterFailed(f"cannot start the writer process: {exc}") from None
+        self._ready = asyncio.get_running_loop().create_future()
+        self._replies = asyncio.create_task(self._read_replies(self._proc), name="archiver.writer-replies")
+        await self._send(self._init)
+
+    async def write(self, batch: list[FetchResult]) -> WriteReport:
+        """Send a batch and wait for its report.
+
+        Raises:
+            WriterFailed: the child could not write it (its message says why) or died.
+        """
+        assert self._ready is not None, "call start() first"
+        await asyncio.wait_for(asyncio.shield(self._ready), START_TIMEOUT_S)
+        reply: asyncio.Future[WriteReport] = asyncio.get_running_loop().create_future()
+        self._waiting.append(reply)
+        await self._send(("write", batch))
+        return await reply
+
+    async def close(self) -> None:
+        """Let the child finish and exit (it is killed if it does not within 30 s)."""
+        proc = self._proc
+        if proc is None:
+            return
+        self._proc = None
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        if self._replies is not None:
+            await self._replies
+        if self._ready is not None and self._ready.done() and not self._ready.cancelled():
+            self._ready.exception()  # retrieved: write() raised it already, if anyone asked
+        if proc.returncode:
+            log.warning("archiver.writer_exited", exit_status=proc.returncode)
+
+    async def _send(self, message: Any) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            raise WriterFailed("the writer process is closed")
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            proc.stdin.write(_HEADER.pack(len(data)) + data)
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            raise WriterFailed(f"the writer process exited (status {await proc.wait()})") from None
+
+    async def _read_replies(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None and self._ready is not None
+        failure: WriterFailed | None = None
+        while failure is None:
+            try:
+                header = await proc.stdout.readexactly(_HEADER.size)
+                reply = pickle.loads(await proc.stdout.readexactly(_HEADER.unpack(header)[0]))  # noqa: S301 (our child)
+            except asyncio.IncompleteReadError:
+                failure = WriterFailed(f"the writer process exited (status {await proc.wait()})")
+                break
+            if not self._ready.done():
+                if reply == ("ready",):
+                    self._ready.set_result(None)
+                else:
+                    failure = WriterFailed(f"the writer process did not start: {_reply_error(reply)}")
+            elif not self._waiting:
+                failure = WriterFailed(f"unexpected reply from the writer process: {reply!r:.200}")
+            elif reply[0] == "report":
+                self._waiting.popleft().set_result(reply[1])
+            else:
+                self._waiting.popleft().set_exception(
+                    WriterFailed(f"the writer process failed: {_reply_error(reply)}")
+                )
+        if not self._ready.done():
+            self._ready.set_exception(failure)
+        while self._waiting:
+            self._waiting.popleft().set_exception(failure)
+
+
+def make_writer(settings: Settings, engine: AsyncEngine, mode: str) -> BatchWriter:
+    """The writer for ``mode`` (``auto``, ``process`` or ``inline``; see ``--writer``)."""
+    if mode == "auto":
+        mode = "process" if _cores() >= 2 and engine.url.database not in (None, "", ":memory:") else "inline"
+    if mode == "process":
+        from archiver.logs import logging_config
+
+        return ProcessWriter(settings, logging_config())
+    return InlineWriter(ArchiveStore(engine, max_polls=settings.max_polls))
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _reply_error(reply: Any) -> str:
+    if isinstance(reply, tuple) and len(reply) == 2 and reply[0] == "error":
+        return str(reply[1])
+    return f"unexpected reply {reply!r:.200}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _log_db_retry(exc: BaseException, delay: float) -> None:
+    log.warning("archiver.db_retry", error=redact(_first_line(exc)), wait_s=delay)
+
+
+# --- the child ------------------------------------------------------------------------------
+
+
+async def _serve(read_fd: int, write_fd: int) -> None:
+    from archiver.db import open_database
+    from archiver.logs import configure_logging
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**31 - 1)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+    )
+
+    def reply(message: Any) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        os.write(write_fd, _HEADER.pack(len(data)) + data)  # replies are small
+
+    async def receive() -> Any:
+        try:
+            header = await reader.readexactly(_HEADER.size)
+        except asyncio.IncompleteReadError:
+            return None  # the parent closed the pipe: done
+        return pickle.loads(await reader.readexactly(_HEADER.unpack(header)[0]))  # noqa: S301 (our parent)
+
+    init = await receive()
+    if init is None:
+        return
+    settings: Settings = init["settings"]
+    level, json = init["log"]
+    configure_logging(level, json=json)
+    try:
+        async with open_database(settings.database_url, pool_size=1) as engine:
+            writer = InlineWriter(ArchiveStore(engine, max_polls=settings.max_polls))
+            reply(("ready",))
+            while (message := await receive()) is not None:
+                try:
+                    report = await writer.write(message[1])
+                except Exception as exc:
+                    reply(("error", redact(f"{type(exc).__name__}: {_first_line(exc)}")))
+                else:
+                    reply(("report", report))
+    except Exception as exc:
+        reply(("error", redact(f"{type(exc).__name__}: {_first_line(exc)}")))
+
+
+def child_main() -> None:
+    """Entry point of the writer process: serve batches from stdin until it closes."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    # Frames go out on a private copy of stdout; fd 1 becomes stderr, so a stray print
+    # from any library can never corrupt the protocol.
+    write_fd = os.dup(1)
+    os.dup2(2, 1)
+    read_fd = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    asyncio.run(_serve(read_fd, write_fd))
+
+
+if __name__ == "__main__":
+    child_main()

@@ -1,0 +1,45 @@
+"""The writer process itself: how it starts, fails and is chosen (see also test_writer_process.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from archiver.db import create_engine
+from archiver.errors import WriterFailed
+from archiver.writer import InlineWriter, ProcessWriter, make_writer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_a_writer_process_that_cannot_open_the_database_fails_the_first_write(
+    make_settings: Any, tmp_path: Path
+) -> None:
+    settings = make_settings(f"sqlite:///{tmp_path / 'missing-dir' / 'archive.db'}")
+    writer = ProcessWriter(settings, ("warning", True))
+    await writer.start()
+    try:
+        with pytest.raises(WriterFailed, match=r"did not start: DatabaseUnavailable: .*missing-dir"):
+            await writer.write([])
+    finally:
+        await writer.close()
+
+
+async def test_auto_writes_in_a_process_only_where_a_child_can_open_the_database(
+    make_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file_url = f"sqlite:///{tmp_path / 'archive.db'}"
+    for url, cores, expected in [
+        (file_url, 2, ProcessWriter),
+        (file_url, 1, InlineWriter),
+        ("sqlite:///:memory:", 2, InlineWriter),
+    ]:
+        monkeypatch.setattr("archiver.writer._cores", lambda cores=cores: cores)
+        engine = create_engine(url)
+        try:
+            assert type(make_writer(make_settings(url), engine, "auto")) is expected, (url, cores)
+            assert type(make_writer(make_settings(url), engine, "inline")) is InlineWriter
+        finally:
+            await engine.dispose()
