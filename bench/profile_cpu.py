@@ -57,6 +57,7 @@ PHASES = [
     (lambda f, p: f in {"migrate", "open_database", "_current_revision", "create_engine"}
      and "archiver/db.py" in p, "startup: open database, schema check"),
     (lambda f, p: f == "normalize_body", "normalize (normalize_body)"),
+    (lambda f, p: f.startswith("ProcessWriter."), "handing batches to the writer process (pickle, pipe)"),
     (lambda f, p: f == "classify_response", "policy (classify_response: orjson.loads + checks)"),
     (lambda f, p: f == "ResponsesClient.fetch", "HTTP request (aiohttp session.get/read)"),
     (lambda f, p: f.startswith("ArchiveStore."), "DB write_batch (archiver side, excl. greenlet)"),
@@ -97,9 +98,29 @@ def library_of(file: str) -> str:
     return "other: " + file.rsplit("/", 1)[-1] if file else "other"
 
 
+def _split(stack: str) -> tuple[str, str, list[str]]:
+    """(process, thread, Python frames) of one py-spy raw line (with or without --subprocesses)."""
+    frames = stack.split(";")
+    process = "run"
+    while frames and frames[0].startswith("process "):
+        if "archiver.writer" in frames[0]:
+            process = "writer"
+        frames = frames[1:]
+    thread = frames[0].split(": ", 1)[-1] if frames and frames[0].startswith("thread ") else "?"
+    frames = frames[1:]
+    if "connection_worker" in thread or any("connection_worker" in f for f in frames):
+        thread = "aiosqlite (waiting in tx.get)" if frames and "core.py:59)" in frames[-1] else "aiosqlite"
+    elif "waitpid" in thread:
+        thread = "asyncio child watcher (waitpid)"
+    else:
+        # Until the threading module names it, the main thread shows as a bare id.
+        thread = "MainThread"
+    return process, thread, frames
+
+
 def analyze(raw: Path, top: int) -> str:
-    per_thread: Counter[str] = Counter()
-    stacks: list[tuple[str, list[tuple[str, str]], int]] = []
+    per_thread: Counter[tuple[str, str]] = Counter()
+    stacks: list[tuple[str, str, list[tuple[str, str]], int]] = []
     for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
         if not line.strip():
             continue
@@ -108,23 +129,23 @@ def analyze(raw: Path, top: int) -> str:
             count = int(count_s)
         except ValueError:
             continue
-        frames = stack.split(";")
-        if "connection_worker" in stack:
-            name = (
-                "aiosqlite"
-                if "core.py:59)" not in stack.rsplit(";", 1)[-1]
-                else "aiosqlite (waiting in tx.get)"
-            )
-        else:
-            # Until the threading module names it, the main thread shows as a bare id.
-            name = "MainThread"
-        per_thread[name] += count
-        stacks.append((name, [parse_frame(f) for f in frames[1:]], count))
+        process, thread, frames = _split(stack)
+        per_thread[(process, thread)] += count
+        stacks.append((process, thread, [parse_frame(f) for f in frames], count))
     total = sum(per_thread.values())
-    out = [f"samples: {total} (on-CPU only)"]
-    for name, n in per_thread.most_common():
-        out.append(f"  thread {name:20s} {n:6d}  {100 * n / total:5.1f}%")
-    main = [(frames, n) for name, frames, n in stacks if name == "MainThread"]
+    out = [f"samples: {total} (on-CPU only; GIL waits can show as on-CPU)"]
+    for (process, thread), n in sorted(per_thread.items()):
+        out.append(f"  {process:7s} {thread:32s} {n:6d}  {100 * n / total:5.1f}%")
+    for process in ("run", "writer"):
+        main = [(frames, n) for p, t, frames, n in stacks if p == process and t == "MainThread"]
+        if main:
+            title = "archiver run" if process == "run" else "writer process (python -m archiver.writer)"
+            out.append(_analyze_main(title, main, top))
+    return "\n".join(out)
+
+
+def _analyze_main(title: str, main: list[tuple[list[tuple[str, str]], int]], top: int) -> str:
+    out: list[str] = []
     main_total = sum(n for _, n in main) or 1
 
     phases: Counter[str] = Counter()
@@ -152,7 +173,7 @@ def analyze(raw: Path, top: int) -> str:
     def pct(n: int) -> str:
         return f"{100 * n / main_total:5.1f}%"
 
-    out.append(f"\nMainThread (event loop): {main_total} samples = 100%")
+    out.append(f"\n=== {title}: main thread, {main_total} samples = 100%")
     out.append("\nby phase (each sample counted once, see PHASES):")
     out += [f"  {pct(n)}  {k}" for k, n in phases.most_common()]
     out.append("\ninclusive % by archiver function (time in it and everything it calls):")
@@ -210,8 +231,8 @@ def main() -> int:
                 raise RuntimeError(enq.stderr)
             raw = work / "profile.txt"
             run = run_process(
-                [py_spy, "record", "--format", "raw", "--threads", "--rate", str(args.rate), "-o", str(raw),
-                 "--", PY, "-m", "archiver", "run", "--once", "--concurrency", str(args.concurrency)],
+                [py_spy, "record", "--subprocesses", "--format", "raw", "--threads", "--rate", str(args.rate),
+                 "-o", str(raw), "--", PY, "-m", "archiver", "run", "--once", "--concurrency", str(args.concurrency)],
                 env,
             )  # fmt: skip
             if run.returncode != 0:
