@@ -120,6 +120,15 @@ def _rss_mb(pid: int) -> tuple[float, float] | None:
     return (rss, hwm) if rss is not None and hwm is not None else None
 
 
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
 def run_process(
     cmd: list[str],
     env: dict[str, str],
@@ -131,8 +140,9 @@ def run_process(
 ) -> ProcessRun:
     """Run ``cmd`` to its end, timing the process from spawn to reap.
 
-    With ``sample_rss``, /proc/PID/status is polled every 50 ms: the peak RSS is the
-    largest ``VmHWM`` seen (the kernel's high-water mark of that process image; it can
+    With ``sample_rss``, /proc/PID/status of the process and of its children (archiver's
+    writer process) is polled every 50 ms: the peak RSS is the sum of the largest
+    ``VmHWM`` seen per process (the kernel's high-water mark of that process image; it can
     miss growth in the last 50 ms before exit). ``ru_maxrss`` from ``wait4`` is no good
     here: Linux carries the parent's RSS at fork over into the child's figure, so a
     big harness would inflate it. ``stop_after`` sends SIGTERM after that many seconds
@@ -145,12 +155,23 @@ def run_process(
         samples: list[tuple[float, float]] = []
         peak: list[float] = []
 
+        peaks: dict[int, float] = {}  # VmHWM per process of the tree (archiver's writer child too)
+
         def sampler() -> None:
             while not done.wait(0.05):
                 got = _rss_mb(proc.pid)
-                if got is not None:
-                    samples.append((time.perf_counter() - started, got[0]))
-                    peak[:] = [max([got[1], *peak])]
+                if got is None:
+                    continue
+                rss = got[0]
+                peaks[proc.pid] = got[1]
+                for child in _children(proc.pid):
+                    child_got = _rss_mb(child)
+                    if child_got is not None:
+                        rss += child_got[0]
+                        peaks[child] = max(peaks.get(child, 0.0), child_got[1])
+                samples.append((time.perf_counter() - started, rss))
+                # Sum of each process's own peak: an upper bound of the tree's peak.
+                peak[:] = [max([sum(peaks.values()), *peak])]
 
         def stopper(sig: int) -> None:
             if not done.is_set():
