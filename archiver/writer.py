@@ -285,8 +285,8 @@ def make_writer(settings: Settings, engine: AsyncEngine, mode: str) -> BatchWrit
 
 def _cores() -> int:
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
+        return len(os.sched_getaffinity(0))  # the cores this process may use (cgroups, taskset)
+    except (AttributeError, OSError):  # not Linux, or a seccomp filter refuses it
         return os.cpu_count() or 1
 
 
