@@ -208,8 +208,12 @@ class ProcessWriter:
         assert self._ready is not None, "call start() first"
         await asyncio.wait_for(asyncio.shield(self._ready), START_TIMEOUT_S)
         reply: asyncio.Future[WriteReport] = asyncio.get_running_loop().create_future()
-        self._waiting.append(reply)
-        await self._send(("write", batch))
+        self._waiting.append(reply)  # before sending: the reply may come before send returns
+        try:
+            await self._send(("write", batch))
+        except WriterFailed:
+            self._waiting.remove(reply)
+            raise
         return await reply
 
     async def close(self) -> None:
@@ -253,6 +257,11 @@ class ProcessWriter:
             except asyncio.IncompleteReadError:
                 failure = WriterFailed(f"the writer process exited (status {await proc.wait()})")
                 break
+            except Exception as exc:  # a reply that cannot be read must fail the writes, not hang them
+                failure = WriterFailed(
+                    f"unreadable reply from the writer process: {type(exc).__name__}: {exc}"
+                )
+                break
             if not self._ready.done():
                 if reply == ("ready",):
                     self._ready.set_result(None)
@@ -260,16 +269,20 @@ class ProcessWriter:
                     failure = WriterFailed(f"the writer process did not start: {_reply_error(reply)}")
             elif not self._waiting:
                 failure = WriterFailed(f"unexpected reply from the writer process: {reply!r:.200}")
-            elif reply[0] == "report":
-                self._waiting.popleft().set_result(reply[1])
             else:
-                self._waiting.popleft().set_exception(
-                    WriterFailed(f"the writer process failed: {_reply_error(reply)}")
-                )
+                waiter = self._waiting.popleft()
+                if waiter.done():  # its caller was cancelled
+                    continue
+                if reply[0] == "report":
+                    waiter.set_result(reply[1])
+                else:
+                    waiter.set_exception(WriterFailed(f"the writer process failed: {_reply_error(reply)}"))
         if not self._ready.done():
             self._ready.set_exception(failure)
         while self._waiting:
-            self._waiting.popleft().set_exception(failure)
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(failure)
 
 
 def make_writer(settings: Settings, engine: AsyncEngine, mode: str) -> BatchWriter:
@@ -325,9 +338,10 @@ async def _serve(read_fd: int, write_fd: int) -> None:
     async def receive() -> Any:
         try:
             header = await reader.readexactly(_HEADER.size)
+            data = await reader.readexactly(_HEADER.unpack(header)[0])
         except asyncio.IncompleteReadError:
-            return None  # the parent closed the pipe: done
-        return pickle.loads(await reader.readexactly(_HEADER.unpack(header)[0]))  # noqa: S301 (our parent)
+            return None  # the parent closed the pipe (or died mid-frame): done
+        return pickle.loads(data)  # noqa: S301 (our parent)
 
     init = await receive()
     if init is None:

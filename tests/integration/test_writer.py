@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from archiver.db import create_engine
+from archiver.db import create_engine, open_database
 from archiver.errors import WriterFailed
+from archiver.store import WriteReport
 from archiver.writer import InlineWriter, ProcessWriter, make_writer
 
 pytestmark = pytest.mark.timeout(60)
@@ -43,3 +45,26 @@ async def test_auto_writes_in_a_process_only_where_a_child_can_open_the_database
             assert type(make_writer(make_settings(url), engine, "inline")) is InlineWriter
         finally:
             await engine.dispose()
+
+
+async def test_a_cancelled_write_leaves_the_pipe_usable(make_settings: Any, sqlite_url: str) -> None:
+    """The reply to a write whose caller was cancelled is skipped; later writes still work."""
+    async with open_database(sqlite_url):
+        pass  # the schema, as the parent makes it before starting a writer
+    writer = ProcessWriter(make_settings(sqlite_url), ("warning", True))
+    await writer.start()
+    try:
+        assert await writer.write([]) == WriteReport()  # the child is ready
+        cancelled = asyncio.create_task(writer.write([]))
+        for _ in range(1000):  # until it is sent and waits for its reply
+            if writer._waiting:
+                break
+            await asyncio.sleep(0)
+        assert writer._waiting
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert await asyncio.wait_for(writer.write([]), 10) == WriteReport()
+        assert not writer._waiting
+    finally:
+        await writer.close()
