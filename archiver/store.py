@@ -9,6 +9,7 @@ the same transaction; identical bytes only refresh ``fetched_at``.
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -137,8 +138,18 @@ class _FastInsert:
 
     def params(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         """One tuple per row, in column order."""
-        plan = list(zip(self.names, self.converters, strict=True))
-        return [tuple(row[n] if f is None else f(row[n]) for n, f in plan) for row in rows]
+        # itemgetter picks every column in C; only the few converted columns run Python.
+        pick = operator.itemgetter(*self.names)
+        convert = [(i, f) for i, f in enumerate(self.converters) if f is not None]
+        if not convert:
+            return [pick(row) for row in rows]
+        out: list[tuple[Any, ...]] = []
+        for row in rows:
+            values = list(pick(row))
+            for i, f in convert:
+                values[i] = f(values[i])
+            out.append(tuple(values))
+        return out
 
 
 def _input_items_digest(rows: list[dict[str, Any]]) -> str:
