@@ -1,5 +1,5 @@
 """``python -m archiver``."""
 
-from archiver.cli import main
+from archiver.cli import console
 
-raise SystemExit(main())
+console()
