@@ -21,7 +21,8 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from archiver.errors import ConfigError, DatabaseUnavailable, SchemaError
+from archiver.errors import ConfigError, DatabaseUnavailable, SchemaError, first_line
+from archiver.logs import get_logger, redact
 
 T = TypeVar("T")
 
@@ -157,6 +158,11 @@ def is_transient_db_error(exc: BaseException) -> bool:
         text_ = str(orig).lower()
         return any(s in text_ for s in ("connection", "database is locked", "terminating"))
     return isinstance(exc, (ConnectionError, OSError, asyncio.TimeoutError))
+
+
+def log_db_retry(exc: BaseException, delay: float) -> None:
+    """The ``on_retry`` of :func:`with_db_retry` for the pipeline: one warning per retry."""
+    get_logger().warning("archiver.db_retry", error=redact(first_line(exc)), wait_s=delay)
 
 
 async def with_db_retry(

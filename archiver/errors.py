@@ -7,6 +7,12 @@ A subclass's docstring is its default message.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 500 characters), or its type name."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if text else type(exc).__name__
+
+
 class ArchiverError(Exception):
     """archiver failed."""
 

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import __version__
 from archiver.client import ResponsesClient
-from archiver.db import redact_url, with_db_retry
+from archiver.db import log_db_retry, redact_url, with_db_retry
 from archiver.errors import StopRun
 from archiver.fetch import Fetcher
 from archiver.limits import AdaptiveLimit
@@ -225,7 +225,7 @@ class Worker:
                 with_input_items=s.with_input_items,
                 rand=self._rand,
             )
-            writer = self._spawn("writer", self._writer())
+            writer_task = self._spawn("writer", self._writer())
             heartbeat = self._spawn("heartbeat", self._heartbeat())
             watchers = [
                 self._spawn("expiry-watch", self._expiry_watch()),
@@ -240,7 +240,7 @@ class Worker:
                 # Cancelling run() becomes a graceful stop.
                 self.request_stop("cancelled")
                 await claimer
-            await self._shutdown(fetchers, writer, [heartbeat, *watchers])
+            await self._shutdown(fetchers, writer_task, [heartbeat, *watchers])
 
     _stop_all: str | None = None
 
@@ -329,7 +329,7 @@ class Worker:
                 partial(
                     self.queue.claim_batch, s.owner, min(s.batch_size, room), s.lease_seconds, s.max_attempts
                 ),
-                on_retry=self._log_db_retry,
+                on_retry=log_db_retry,
             )
             for job in jobs:
                 self._held[job.response_id] = job
@@ -360,13 +360,6 @@ class Worker:
         finally:
             for w in waiters:
                 w.cancel()
-
-    def _log_db_retry(self, exc: BaseException, delay: float) -> None:
-        log.warning(
-            "archiver.db_retry",
-            error=redact(str(exc).splitlines()[0] if str(exc) else repr(exc)),
-            wait_s=delay,
-        )
 
     # --- fetchers -------------------------------------------------------------------------
 
@@ -549,11 +542,6 @@ class Worker:
                     await self.queue.extend_leases(tokens, self.settings.lease_seconds)
                 except Exception as exc:
                     log.warning("archiver.heartbeat_failed", error=redact(str(exc).splitlines()[0]))
-
-
-def _first_line(exc: BaseException) -> str:
-    text_ = str(exc).strip()
-    return text_.splitlines()[0][:500] if text_ else type(exc).__name__
 
 
 def _rate_limiter(max_rps: float | None) -> AsyncLimiter | None:

@@ -32,8 +32,8 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from archiver.db import is_transient_db_error, with_db_retry
-from archiver.errors import WriterFailed
+from archiver.db import is_transient_db_error, log_db_retry, with_db_retry
+from archiver.errors import WriterFailed, first_line
 from archiver.logs import get_logger, redact
 from archiver.normalize import normalize_body
 from archiver.outcomes import Archived, Permanent
@@ -102,7 +102,7 @@ class InlineWriter:
         self, store: ArchiveStore, on_db_retry: Callable[[BaseException, float], None] | None = None
     ) -> None:
         self.store = store
-        self._on_db_retry = on_db_retry or _log_db_retry
+        self._on_db_retry = on_db_retry or log_db_retry
 
     depth = 1  # concurrent transactions would only wait for each other's locks
 
@@ -131,7 +131,7 @@ class InlineWriter:
                 raise
             first_error = exc
         log.warning(
-            "archiver.batch_write_failed", results=len(prepared), error=redact(_first_line(first_error))
+            "archiver.batch_write_failed", results=len(prepared), error=redact(first_line(first_error))
         )
         total = WriteReport()
         for result in prepared:
@@ -141,7 +141,7 @@ class InlineWriter:
                 if is_transient_db_error(exc):
                     raise
                 raw = result.outcome.raw if isinstance(result.outcome, Archived) else None
-                reason = f"cannot store the response: {type(exc).__name__}: {_first_line(exc)}"
+                reason = f"cannot store the response: {type(exc).__name__}: {first_line(exc)}"
                 log.warning(
                     "archiver.fetch_failed",
                     response_id=result.job.response_id,
@@ -309,15 +309,6 @@ def _reply_error(reply: Any) -> str:
     return f"unexpected reply {reply!r:.200}"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _log_db_retry(exc: BaseException, delay: float) -> None:
-    log.warning("archiver.db_retry", error=redact(_first_line(exc)), wait_s=delay)
-
-
 # --- the child ------------------------------------------------------------------------------
 
 
@@ -357,11 +348,11 @@ async def _serve(read_fd: int, write_fd: int) -> None:
                 try:
                     report = await writer.write(message[1])
                 except Exception as exc:
-                    reply(("error", redact(f"{type(exc).__name__}: {_first_line(exc)}")))
+                    reply(("error", redact(f"{type(exc).__name__}: {first_line(exc)}")))
                 else:
                     reply(("report", report))
     except Exception as exc:
-        reply(("error", redact(f"{type(exc).__name__}: {_first_line(exc)}")))
+        reply(("error", redact(f"{type(exc).__name__}: {first_line(exc)}")))
 
 
 def child_main() -> None:
