@@ -25,16 +25,16 @@ import signal
 import struct
 import sys
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from archiver.db import is_transient_db_error, log_db_retry, with_db_retry
+from archiver.db import is_transient_db_error, log_db_retry, open_database, with_db_retry
 from archiver.errors import WriterFailed, first_line
-from archiver.logs import get_logger, redact
+from archiver.logs import configure_logging, get_logger, logging_config, redact
 from archiver.normalize import normalize_body
 from archiver.outcomes import Archived, Permanent
 from archiver.settings import Settings
@@ -95,14 +95,10 @@ class InlineWriter:
 
     Args:
         store: the archive store of the open engine.
-        on_db_retry: called with (error, wait) before a transient database error is retried.
     """
 
-    def __init__(
-        self, store: ArchiveStore, on_db_retry: Callable[[BaseException, float], None] | None = None
-    ) -> None:
+    def __init__(self, store: ArchiveStore) -> None:
         self.store = store
-        self._on_db_retry = on_db_retry or log_db_retry
 
     depth = 1  # concurrent transactions would only wait for each other's locks
 
@@ -120,10 +116,7 @@ class InlineWriter:
         ``failed`` with the error and the raw bytes kept, so one poison body never blocks
         the queue or crashes the run.
         """
-        return await self.write_prepared([prepare(r) for r in batch])
-
-    async def write_prepared(self, prepared: list[FetchResult]) -> WriteReport:
-        """:meth:`write` for results that went through :func:`prepare` already."""
+        prepared = [prepare(r) for r in batch]
         try:
             return await self._write(prepared)
         except Exception as exc:
@@ -155,9 +148,7 @@ class InlineWriter:
         return total
 
     async def _write(self, batch: Sequence[FetchResult]) -> WriteReport:
-        return await with_db_retry(
-            partial(self.store.write_batch, batch), on_retry=self._on_db_retry, attempts=12
-        )
+        return await with_db_retry(partial(self.store.write_batch, batch), on_retry=log_db_retry, attempts=12)
 
 
 class ProcessWriter:
@@ -290,8 +281,6 @@ def make_writer(settings: Settings, engine: AsyncEngine, mode: str) -> BatchWrit
     if mode == "auto":
         mode = "process" if _cores() >= 2 and engine.url.database not in (None, "", ":memory:") else "inline"
     if mode == "process":
-        from archiver.logs import logging_config
-
         return ProcessWriter(settings, logging_config())
     return InlineWriter(ArchiveStore(engine, max_polls=settings.max_polls))
 
@@ -313,14 +302,14 @@ def _reply_error(reply: Any) -> str:
 
 
 async def _serve(read_fd: int, write_fd: int) -> None:
-    from archiver.db import open_database
-    from archiver.logs import configure_logging
-
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**31 - 1)
     await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
     )
+
+    def reply_error(exc: BaseException) -> None:
+        reply(("error", redact(f"{type(exc).__name__}: {first_line(exc)}")))
 
     def reply(message: Any) -> None:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
@@ -348,11 +337,11 @@ async def _serve(read_fd: int, write_fd: int) -> None:
                 try:
                     report = await writer.write(message[1])
                 except Exception as exc:
-                    reply(("error", redact(f"{type(exc).__name__}: {first_line(exc)}")))
+                    reply_error(exc)
                 else:
                     reply(("report", report))
     except Exception as exc:
-        reply(("error", redact(f"{type(exc).__name__}: {first_line(exc)}")))
+        reply_error(exc)
 
 
 def child_main() -> None:
