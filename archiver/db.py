@@ -20,6 +20,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import await_
 
 from archiver.errors import ConfigError, DatabaseUnavailable, SchemaError, first_line
 from archiver.logs import get_logger, redact
@@ -110,7 +111,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _enter_wal(cursor, engine.dialect.loaded_dbapi.OperationalError)
         # NORMAL in WAL mode survives process crashes; a power cut may lose the last commits,
         # which only means those IDs are fetched again after their lease expires.
         cursor.execute("PRAGMA synchronous = NORMAL")
@@ -119,6 +120,29 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _enter_wal(cursor: Any, operational_error: type[Exception]) -> None:
+    """Put the file in WAL mode, waiting while another connection holds it.
+
+    The switch from a rollback journal needs the file to itself, and SQLite answers
+    "database is locked" at once instead of calling the busy handler. That happens when
+    several processes open a new file at the same moment; once one has switched, the
+    mode is stored in the file and the others find it set. The wait is an asyncio sleep
+    (this runs inside SQLAlchemy's greenlet), so the connection holding the file, which
+    may belong to this same event loop, can finish.
+    """
+    delay, waited = 0.005, 0.0
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except operational_error as exc:
+            if "locked" not in str(exc) or waited >= SQLITE_BUSY_TIMEOUT_MS / 1000:
+                raise
+        await_(asyncio.sleep(delay))
+        waited += delay
+        delay = min(delay * 2, 0.25)
 
 
 def is_postgres(engine: AsyncEngine | AsyncConnection) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +113,27 @@ async def test_three_engines_migrating_at_once_all_succeed(db_url: str) -> None:
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+async def test_a_new_sqlite_file_held_by_another_writer_is_waited_for_not_locked(tmp_path: Path) -> None:
+    # Switching a new file to WAL needs it to itself, and SQLite answers "database is
+    # locked" at once rather than waiting: this is how three instances starting on one new
+    # file failed. The connection must wait for the other writer, then find WAL mode.
+    path = tmp_path / "new.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("CREATE TABLE t (x)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t VALUES (1)")
+    asyncio.get_running_loop().call_later(0.3, other.commit)
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        async with engine.connect() as conn:
+            mode = (await conn.execute(text("PRAGMA journal_mode"))).scalar()
+        assert mode == "wal"
+        assert other.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    finally:
+        await engine.dispose()
+        other.close()
 
 
 async def test_a_newer_schema_makes_status_fail_with_a_clear_message(db_url: str, tmp_path: Path) -> None:
