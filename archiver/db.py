@@ -119,7 +119,8 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if not conn.get_execution_options().get(_EACH_STATEMENT_COMMITS):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _enter_wal(cursor: Any, operational_error: type[Exception]) -> None:
@@ -143,6 +144,27 @@ def _enter_wal(cursor: Any, operational_error: type[Exception]) -> None:
         await_(asyncio.sleep(delay))
         waited += delay
         delay = min(delay * 2, 0.25)
+
+
+_EACH_STATEMENT_COMMITS = "archiver_each_statement_commits"
+
+
+@asynccontextmanager
+async def statement_at_a_time(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for work where every statement stands alone.
+
+    On SQLite each statement is then its own transaction (no ``BEGIN IMMEDIATE``), so the
+    file's write lock is held only while SQLite runs that statement, not across the
+    event-loop round trips between statements. A single ``UPDATE`` takes the write lock
+    when it starts, before it reads, so it waits in the busy handler like ``BEGIN
+    IMMEDIATE`` does and cannot deadlock. On PostgreSQL this is one ordinary transaction.
+    """
+    if is_postgres(engine):
+        async with engine.begin() as conn:
+            yield conn
+        return
+    async with engine.connect() as conn:
+        yield await conn.execution_options(**{_EACH_STATEMENT_COMMITS: True})
 
 
 def is_postgres(engine: AsyncEngine | AsyncConnection) -> bool:

@@ -6,6 +6,7 @@ hosts with skewed clocks agree on when a lease expired. Every statement is param
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from archiver.db import now_sql
+from archiver.db import now_sql, statement_at_a_time
 from archiver.schema import metadata
 
 QUEUE_STATES = ("pending", "in_flight", "archived", "not_found", "failed")
@@ -55,6 +56,8 @@ archive_queue = Table(
 )
 
 ENQUEUE_CHUNK = 20_000
+RECOVER_EVERY_S = 1.0
+"""How often claims sweep expired leases while the queue has a backlog."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,7 @@ class QueueStore:
         self.engine = engine
         self.dialect = engine.dialect.name
         self.now = now_sql(self.dialect)
+        self._last_recovery = -RECOVER_EVERY_S
 
     # --- enqueue -----------------------------------------------------------------
 
@@ -175,42 +179,61 @@ class QueueStore:
 
         Rows whose lease expired go back to ``pending`` first (or to ``failed`` when that
         lease was their last attempt), so a crashed worker's rows are finished by others.
+        That sweep runs at most every ``RECOVER_EVERY_S`` while claims come back full,
+        and whenever a claim comes back short: with a backlog an expired row waits at most
+        that long, and a nearly drained queue always finds it.
         """
         if limit <= 0:
             return []
         token = uuid.uuid4().hex
-        async with self.engine.begin() as conn:
-            await self._recover_expired(conn, max_attempts)
-            if self.dialect == "postgresql":
-                # The CTE is a fence: the planner cannot lock or update more rows than LIMIT.
-                sql = (
-                    "WITH due AS (SELECT id FROM archive_queue "
-                    f"WHERE state = 'pending' AND next_attempt_at <= {self.now} "
-                    "ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
-                    "UPDATE archive_queue AS q SET state = 'in_flight', attempts = q.attempts + 1, "
-                    f"lease_owner = :owner, lease_token = :token, "
-                    f"lease_expires_at = {self.now} + :lease, updated_at = {self.now} "
-                    "FROM due WHERE q.id = due.id "
-                    "RETURNING q.id, q.attempts, q.polls, q.last_status_code, "
-                    "coalesce(q.response_created_at, q.enqueued_at)"
-                )
-            else:
-                sql = (
-                    "UPDATE archive_queue SET state = 'in_flight', attempts = attempts + 1, "
-                    f"lease_owner = :owner, lease_token = :token, "
-                    f"lease_expires_at = {self.now} + :lease, updated_at = {self.now} "
-                    "WHERE id IN (SELECT id FROM archive_queue "
-                    f"WHERE state = 'pending' AND next_attempt_at <= {self.now} "
-                    "ORDER BY next_attempt_at LIMIT :limit) "
-                    "RETURNING id, attempts, polls, last_status_code, "
-                    "coalesce(response_created_at, enqueued_at)"
-                )
-            result = await conn.execute(
-                text(sql), {"limit": limit, "owner": owner, "token": token, "lease": lease_seconds}
-            )
-            return [Job.from_row(row, token) for row in result.fetchall()]
+        # Statement at a time: the claim is hot, and on SQLite a transaction around it
+        # would hold the file's write lock across event-loop round trips in a busy process
+        # (the writer waits on that lock). Every statement here is correct on its own.
+        async with statement_at_a_time(self.engine) as conn:
+            swept = False
+            if time.monotonic() - self._last_recovery >= RECOVER_EVERY_S:
+                await self._recover_expired(conn, max_attempts)
+                swept = True
+            jobs = await self._claim(conn, owner, token, limit, lease_seconds)
+            if len(jobs) < limit and not swept and await self._recover_expired(conn, max_attempts):
+                jobs += await self._claim(conn, owner, token, limit - len(jobs), lease_seconds)
+        return jobs
 
-    async def _recover_expired(self, conn: AsyncConnection, max_attempts: int) -> None:
+    async def _claim(
+        self, conn: AsyncConnection, owner: str, token: str, limit: int, lease_seconds: float
+    ) -> list[Job]:
+        if self.dialect == "postgresql":
+            # The CTE is a fence: the planner cannot lock or update more rows than LIMIT.
+            sql = (
+                "WITH due AS (SELECT id FROM archive_queue "
+                f"WHERE state = 'pending' AND next_attempt_at <= {self.now} "
+                "ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
+                "UPDATE archive_queue AS q SET state = 'in_flight', attempts = q.attempts + 1, "
+                f"lease_owner = :owner, lease_token = :token, "
+                f"lease_expires_at = {self.now} + :lease, updated_at = {self.now} "
+                "FROM due WHERE q.id = due.id "
+                "RETURNING q.id, q.attempts, q.polls, q.last_status_code, "
+                "coalesce(q.response_created_at, q.enqueued_at)"
+            )
+        else:
+            sql = (
+                "UPDATE archive_queue SET state = 'in_flight', attempts = attempts + 1, "
+                f"lease_owner = :owner, lease_token = :token, "
+                f"lease_expires_at = {self.now} + :lease, updated_at = {self.now} "
+                "WHERE id IN (SELECT id FROM archive_queue "
+                f"WHERE state = 'pending' AND next_attempt_at <= {self.now} "
+                "ORDER BY next_attempt_at LIMIT :limit) "
+                "RETURNING id, attempts, polls, last_status_code, "
+                "coalesce(response_created_at, enqueued_at)"
+            )
+        result = await conn.execute(
+            text(sql), {"limit": limit, "owner": owner, "token": token, "lease": lease_seconds}
+        )
+        return [Job.from_row(row, token) for row in result.fetchall()]
+
+    async def _recover_expired(self, conn: AsyncConnection, max_attempts: int) -> int:
+        """Finish rows whose lease expired; returns how many went back to ``pending``."""
+        self._last_recovery = time.monotonic()
         expired = f"state = 'in_flight' AND lease_expires_at <= {self.now}"
         await conn.execute(
             text(
@@ -221,7 +244,7 @@ class QueueStore:
             ),
             {"max": max_attempts},
         )
-        await conn.execute(
+        result = await conn.execute(
             text(
                 "UPDATE archive_queue SET state = 'pending', lease_owner = NULL, lease_token = NULL, "
                 f"lease_expires_at = NULL, next_attempt_at = {self.now}, updated_at = {self.now}, "
@@ -229,6 +252,7 @@ class QueueStore:
                 f"WHERE {expired}"
             )
         )
+        return max(result.rowcount, 0)
 
     async def extend_leases(self, tokens: Iterable[str], lease_seconds: float) -> int:
         """Heartbeat: push back the expiry of rows still leased under these tokens."""
@@ -283,7 +307,7 @@ class QueueStore:
     async def counts(self) -> dict[str, int]:
         """Rows per state; every state name is present."""
         counts = dict.fromkeys(QUEUE_STATES, 0)
-        async with self.engine.connect() as conn:
+        async with statement_at_a_time(self.engine) as conn:
             result = await conn.execute(text("SELECT state, count(*) FROM archive_queue GROUP BY state"))
             for state, n in result.fetchall():
                 counts[state] = int(n)
@@ -299,7 +323,7 @@ class QueueStore:
             not drained while any row is in flight anywhere).
         """
         due_at = "CASE WHEN state = 'pending' THEN next_attempt_at ELSE lease_expires_at END"
-        async with self.engine.connect() as conn:
+        async with statement_at_a_time(self.engine) as conn:
             row = (
                 await conn.execute(
                     text(
@@ -320,7 +344,7 @@ class QueueStore:
         gave it, else from when it was enqueued (a lower bound of its true age).
         """
         expires = f"coalesce(response_created_at, enqueued_at) + :retention - {self.now}"
-        async with self.engine.connect() as conn:
+        async with statement_at_a_time(self.engine) as conn:
             row = (
                 await conn.execute(
                     text(

@@ -139,7 +139,7 @@ class Worker:
         self.stop_event = asyncio.Event()
         self._on_progress = on_progress
         self._rand = rand
-        self._jobs: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=settings.concurrency)
+        self._jobs: asyncio.Queue[Job | None] = asyncio.Queue()  # bounded by the claimer's capacity
         self._results: asyncio.Queue[FetchResult | None] = asyncio.Queue()
         self._held: dict[str, Job] = {}  # claimed and not yet written
         self._slot_freed = asyncio.Event()
@@ -315,9 +315,11 @@ class Worker:
 
     async def _claimer(self) -> None:
         s = self.settings
-        # Held rows: queued for a fetcher, being fetched, waiting for the writer, and one
-        # batch being written (in another process it overlaps with the next one filling).
-        capacity = s.concurrency * 2 + s.batch_size * 3
+        # Held rows: queued for a fetcher, being fetched, waiting for the writer, and the
+        # batches being written. The slack lets fetchers run on while a claim waits for the
+        # SQLite write lock, and while the writer works through a burst; it is bounded so a
+        # slow writer stops the claims (bench/README.md, "claim ahead", has the figures).
+        capacity = s.concurrency * 2 + s.batch_size * 6
         while not self.stop_event.is_set():
             self._last_tick = time.monotonic()
             room = capacity - len(self._held)
