@@ -278,7 +278,9 @@ lets every command skip importing alembic when the database is already current."
 
 async def _stamped_revision(engine: AsyncEngine) -> str | None:
     """The revision in alembic_version, read with plain SQL (None if there is none)."""
-    async with engine.connect() as conn:
+    # No SQLite write lock for this read (every command starts with it); on PostgreSQL a
+    # plain connection, because the failed SELECT of an empty database aborts a transaction.
+    async with engine.connect() if is_postgres(engine) else statement_at_a_time(engine) as conn:
         try:
             return (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
         except DBAPIError as exc:
@@ -320,7 +322,7 @@ def _known_revision(revision: str) -> bool:
 
 async def schema_revision(engine: AsyncEngine) -> str | None:
     """The revision the database is at (None for an empty database)."""
-    async with engine.connect() as conn:
+    async with statement_at_a_time(engine) as conn:
         return await conn.run_sync(_current_revision)
 
 

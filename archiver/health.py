@@ -23,6 +23,7 @@ from archiver.db import (
     now_sql,
     redact_url,
     schema_revision,
+    statement_at_a_time,
 )
 from archiver.errors import DatabaseUnavailable
 
@@ -102,7 +103,7 @@ async def _queue_problems(
     engine: AsyncEngine, max_pending_age_s: float, max_expired_leases: int
 ) -> list[str]:
     now = now_sql(engine.dialect.name)
-    async with engine.connect() as conn:
+    async with statement_at_a_time(engine) as conn:  # reads: no SQLite write lock
         stale_count, stale_oldest = (
             await conn.execute(
                 text(

@@ -363,7 +363,7 @@ class QueueStore:
         """Counts, oldest pending age, expired leases, expiry risk and the most recent errors."""
         counts = await self.counts()
         near, past = await self.expiry_counts(retention_s) if retention_s else (None, None)
-        async with self.engine.connect() as conn:
+        async with statement_at_a_time(self.engine) as conn:
             oldest = (
                 await conn.execute(
                     text(f"SELECT {self.now} - min(enqueued_at) FROM archive_queue WHERE state = 'pending'")

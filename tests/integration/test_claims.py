@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import queue as queue_module
 from archiver.db import now_sql, open_database
+from archiver.health import run_checks
 from archiver.queue import QueueStore
 
 
@@ -73,7 +74,7 @@ async def test_with_a_backlog_expired_leases_are_swept_every_interval(db_url: st
     assert after["resp_backlog_038"] == ("failed", 5, None)
 
 
-async def test_sqlite_reads_do_not_wait_for_another_processes_write(tmp_path: Path) -> None:
+async def test_sqlite_reads_and_start_up_do_not_wait_for_another_processes_write(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'q.db'}"
     async with open_database(url) as engine:
         queue = QueueStore(engine)
@@ -84,6 +85,14 @@ async def test_sqlite_reads_do_not_wait_for_another_processes_write(tmp_path: Pa
             other.execute("UPDATE archive_queue SET attempts = 3 WHERE id = 'resp_a'")
             counts = await asyncio.wait_for(queue.counts(), 5)
             due, _ = await asyncio.wait_for(queue.due_summary(60), 5)
+            details = await asyncio.wait_for(queue.status_details(), 5)
+            check = await asyncio.wait_for(run_checks(url), 5)
+
+            async def open_another() -> None:
+                async with open_database(url):  # every command starts by reading the schema revision
+                    pass
+
+            await asyncio.wait_for(open_another(), 5)
             # A claim waits for the lock (busy timeout), then succeeds.
             asyncio.get_running_loop().call_later(0.3, other.commit)
             started = time.monotonic()
@@ -93,6 +102,8 @@ async def test_sqlite_reads_do_not_wait_for_another_processes_write(tmp_path: Pa
             other.close()
         states = await _states(engine)
     assert counts["pending"] == 2
+    assert details["states"]["pending"] == 2
+    assert check.ok, check.problems
     assert due == 2
     assert sorted(j.response_id for j in claimed) == ["resp_a", "resp_b"]
     assert waited >= 0.25, "the claim did not wait for the other writer"
