@@ -151,20 +151,21 @@ _EACH_STATEMENT_COMMITS = "archiver_each_statement_commits"
 
 @asynccontextmanager
 async def statement_at_a_time(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection for work where every statement stands alone.
+    """A connection for work where every statement stands alone: each commits by itself.
 
-    On SQLite each statement is then its own transaction (no ``BEGIN IMMEDIATE``), so the
-    file's write lock is held only while SQLite runs that statement, not across the
-    event-loop round trips between statements. A single ``UPDATE`` takes the write lock
-    when it starts, before it reads, so it waits in the busy handler like ``BEGIN
-    IMMEDIATE`` does and cannot deadlock. On PostgreSQL this is one ordinary transaction.
+    On SQLite there is then no ``BEGIN IMMEDIATE``, so the file's write lock is held only
+    while SQLite runs a statement, not across the event-loop round trips between
+    statements. A single ``UPDATE`` takes the write lock when it starts, before it reads,
+    so it waits in the busy handler like ``BEGIN IMMEDIATE`` does and cannot deadlock.
+    On PostgreSQL the connection is in autocommit mode, so a failing read (a table that
+    does not exist yet) leaves no aborted transaction behind.
     """
-    if is_postgres(engine):
-        async with engine.begin() as conn:
-            yield conn
-        return
+    # SQLite gets its own option, not AUTOCOMMIT: SQLAlchemy would reset the driver's
+    # isolation_level when the connection goes back to the pool, and the sqlite3 module
+    # would then begin transactions itself (see _tune_sqlite).
+    options = {"isolation_level": "AUTOCOMMIT"} if is_postgres(engine) else {_EACH_STATEMENT_COMMITS: True}
     async with engine.connect() as conn:
-        yield await conn.execution_options(**{_EACH_STATEMENT_COMMITS: True})
+        yield await conn.execution_options(**options)
 
 
 def is_postgres(engine: AsyncEngine | AsyncConnection) -> bool:
@@ -278,9 +279,8 @@ lets every command skip importing alembic when the database is already current."
 
 async def _stamped_revision(engine: AsyncEngine) -> str | None:
     """The revision in alembic_version, read with plain SQL (None if there is none)."""
-    # No SQLite write lock for this read (every command starts with it); on PostgreSQL a
-    # plain connection, because the failed SELECT of an empty database aborts a transaction.
-    async with engine.connect() if is_postgres(engine) else statement_at_a_time(engine) as conn:
+    # Every command starts with this read: on SQLite it must not wait for the write lock.
+    async with statement_at_a_time(engine) as conn:
         try:
             return (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
         except DBAPIError as exc:

@@ -190,10 +190,9 @@ class QueueStore:
         # would hold the file's write lock across event-loop round trips in a busy process
         # (the writer waits on that lock). Every statement here is correct on its own.
         async with statement_at_a_time(self.engine) as conn:
-            swept = False
-            if time.monotonic() - self._last_recovery >= RECOVER_EVERY_S:
+            swept = time.monotonic() - self._last_recovery >= RECOVER_EVERY_S
+            if swept:
                 await self._recover_expired(conn, max_attempts)
-                swept = True
             jobs = await self._claim(conn, owner, token, limit, lease_seconds)
             if len(jobs) < limit and not swept and await self._recover_expired(conn, max_attempts):
                 jobs += await self._claim(conn, owner, token, limit - len(jobs), lease_seconds)

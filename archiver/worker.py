@@ -318,7 +318,8 @@ class Worker:
         # Held rows: queued for a fetcher, being fetched, waiting for the writer, and the
         # batches being written. The slack lets fetchers run on while a claim waits for the
         # SQLite write lock, and while the writer works through a burst; it is bounded so a
-        # slow writer stops the claims (bench/README.md, "claim ahead", has the figures).
+        # slow writer stops the claims (bench/README.md, "claims that do not wait on the
+        # writer's lock", has the figures).
         capacity = s.concurrency * 2 + s.batch_size * 6
         while not self.stop_event.is_set():
             self._last_tick = time.monotonic()
