@@ -11,13 +11,15 @@ import asyncio
 import importlib.resources
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import orjson
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import await_
@@ -91,7 +93,7 @@ def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
             json_deserializer=orjson.loads,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         )
-        _tune_sqlite(engine)
+        _tune_sqlite(engine.sync_engine, sleep=lambda delay: await_(asyncio.sleep(delay)))
         return engine
     return create_async_engine(
         url,
@@ -104,34 +106,59 @@ def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
     )
 
 
-def _tune_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _tune_sqlite(engine: Engine, *, sleep: Callable[[float], object]) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control away from the sqlite3 module so BEGIN IMMEDIATE is ours.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        _enter_wal(cursor, engine.dialect.loaded_dbapi.OperationalError)
+        _enter_wal(cursor, engine.dialect.loaded_dbapi.OperationalError, sleep)
         # NORMAL in WAL mode survives process crashes; a power cut may lose the last commits,
         # which only means those IDs are fetched again after their lease expires.
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         if not conn.get_execution_options().get(_EACH_STATEMENT_COMMITS):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _enter_wal(cursor: Any, operational_error: type[Exception]) -> None:
+def sqlite_write_engine(engine: AsyncEngine) -> Engine | None:
+    """A synchronous engine on the same SQLite file as ``engine``, for the batch writer.
+
+    Through aiosqlite every statement is a round trip between the event loop and
+    aiosqlite's thread, and a batch transaction of ~19 statements held the file's write
+    lock across all of them. With this engine the whole transaction runs in one call on
+    a thread of its own (see :class:`archiver.store.ArchiveStore`). Same tuning as
+    :func:`create_engine`. None for PostgreSQL and for an in-memory database (a second
+    engine would open a different one). The caller disposes of it.
+    """
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    write_engine = create_sync_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        json_serializer=json_dumps,
+        json_deserializer=orjson.loads,
+        # Used from one writer thread, but disposed from the event loop's.
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        pool_size=1,
+    )
+    _tune_sqlite(write_engine, sleep=time.sleep)
+    return write_engine
+
+
+def _enter_wal(cursor: Any, operational_error: type[Exception], sleep: Callable[[float], object]) -> None:
     """Put the file in WAL mode, waiting while another connection holds it.
 
     The switch from a rollback journal needs the file to itself, and SQLite answers
     "database is locked" at once instead of calling the busy handler. That happens when
     several processes open a new file at the same moment; once one has switched, the
-    mode is stored in the file and the others find it set. The wait is an asyncio sleep
-    (this runs inside SQLAlchemy's greenlet), so the connection holding the file, which
-    may belong to this same event loop, can finish.
+    mode is stored in the file and the others find it set. On an AsyncEngine the wait is
+    an asyncio sleep (this runs inside SQLAlchemy's greenlet), so the connection holding
+    the file, which may belong to this same event loop, can finish.
     """
     delay, waited = 0.005, 0.0
     while True:
@@ -141,7 +168,7 @@ def _enter_wal(cursor: Any, operational_error: type[Exception]) -> None:
         except operational_error as exc:
             if "locked" not in str(exc) or waited >= SQLITE_BUSY_TIMEOUT_MS / 1000:
                 raise
-        await_(asyncio.sleep(delay))
+        sleep(delay)
         waited += delay
         delay = min(delay * 2, 0.25)
 

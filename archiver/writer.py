@@ -106,7 +106,8 @@ class InlineWriter:
         """Nothing to start."""
 
     async def close(self) -> None:
-        """Nothing to close: the engine belongs to the caller."""
+        """Stop the store's write thread, if any; the engines belong to the caller."""
+        self.store.close()
 
     async def write(self, batch: list[FetchResult]) -> WriteReport:
         """Normalize, then write; if that fails for a reason retrying cannot fix, find the culprit.
@@ -154,8 +155,8 @@ class InlineWriter:
 class ProcessWriter:
     """Writes batches in a child process (see the module docstring).
 
-    Up to ``depth`` batches are in the pipe at once: the child normalizes the next batch
-    while SQLite or PostgreSQL works on the current one. Reports come back in order.
+    Up to ``depth`` batches are in the pipe at once, so the child finds the next batch
+    waiting when it finishes one. Reports come back in order.
 
     Args:
         settings: the run's settings; the child opens ``settings.database_url`` itself and
@@ -282,7 +283,12 @@ def make_writer(settings: Settings, engine: AsyncEngine, mode: str) -> BatchWrit
         mode = "process" if _cores() >= 2 and engine.url.database not in (None, "", ":memory:") else "inline"
     if mode == "process":
         return ProcessWriter(settings, logging_config())
-    return InlineWriter(ArchiveStore(engine, max_polls=settings.max_polls))
+    return InlineWriter(_write_threaded_store(engine, settings))
+
+
+def _write_threaded_store(engine: AsyncEngine, settings: Settings) -> ArchiveStore:
+    # On a SQLite file each batch is one call on the store's write thread (see ArchiveStore).
+    return ArchiveStore(engine, max_polls=settings.max_polls, write_thread=True)
 
 
 def _cores() -> int:
@@ -331,15 +337,18 @@ async def _serve(read_fd: int, write_fd: int) -> None:
     configure_logging(level, json=json)
     try:
         async with open_database(settings.database_url, pool_size=1) as engine:
-            writer = InlineWriter(ArchiveStore(engine, max_polls=settings.max_polls))
+            writer = InlineWriter(_write_threaded_store(engine, settings))
             reply(("ready",))
-            while (message := await receive()) is not None:
-                try:
-                    report = await writer.write(message[1])
-                except Exception as exc:
-                    reply_error(exc)
-                else:
-                    reply(("report", report))
+            try:
+                while (message := await receive()) is not None:
+                    try:
+                        report = await writer.write(message[1])
+                    except Exception as exc:
+                        reply_error(exc)
+                    else:
+                        reply(("report", report))
+            finally:
+                await writer.close()
     except Exception as exc:
         reply_error(exc)
 

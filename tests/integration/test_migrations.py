@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 import archiver.queue  # noqa: F401  (registers archive_queue on the shared metadata)
 from archiver import schema
-from archiver.db import create_engine, head_revision, migrate, schema_revision
+from archiver.db import create_engine, head_revision, migrate, schema_revision, sqlite_write_engine
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -134,6 +135,50 @@ async def test_a_new_sqlite_file_held_by_another_writer_is_waited_for_not_locked
     finally:
         await engine.dispose()
         other.close()
+
+
+async def test_the_write_engine_also_waits_for_a_new_file_held_by_another_writer(tmp_path: Path) -> None:
+    # The same race for the writer's synchronous engine (sqlite_write_engine), whose
+    # connect hook waits with time.sleep on its own thread.
+    path = tmp_path / "new.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE t (x)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t VALUES (1)")
+    release = threading.Timer(0.3, other.commit)
+    engine = create_engine(f"sqlite:///{path}")
+    write_engine = sqlite_write_engine(engine)
+    assert write_engine is not None
+    try:
+        release.start()
+        mode = await asyncio.to_thread(_journal_mode, write_engine)
+        assert mode == "wal"
+        assert other.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    finally:
+        release.join()
+        write_engine.dispose()
+        await engine.dispose()
+        other.close()
+
+
+def _journal_mode(engine: Engine) -> Any:
+    with engine.connect() as conn:
+        return conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+
+
+async def test_there_is_no_write_engine_where_a_second_engine_would_be_another_database(
+    db_url: str,
+) -> None:
+    for url in (db_url, "sqlite:///:memory:"):
+        engine = create_engine(url)
+        try:
+            expected = url.startswith("sqlite:///") and not url.endswith(":memory:")
+            write_engine = sqlite_write_engine(engine)
+            assert (write_engine is not None) == expected, url
+            if write_engine is not None:
+                write_engine.dispose()
+        finally:
+            await engine.dispose()
 
 
 async def test_a_newer_schema_makes_status_fail_with_a_clear_message(db_url: str, tmp_path: Path) -> None:

@@ -202,8 +202,9 @@ async def test_wrong_key_stops_the_run_and_spends_no_attempt(db_url: str, make_s
             assert {r[0] for r in rows} == {"archived"}
 
 
-async def test_lost_lease_cannot_overwrite_newer_work(db_url: str, make_settings: Any) -> None:
-    """A result written under a stale lease token is dropped (fenced)."""
+@pytest.mark.parametrize("write_thread", [False, True], ids=["event-loop", "write-thread"])
+async def test_lost_lease_cannot_overwrite_newer_work(db_url: str, write_thread: bool) -> None:
+    """A result written under a stale lease token is dropped (fenced), on either write path."""
     from datetime import UTC, datetime
 
     from archiver.outcomes import Permanent
@@ -219,9 +220,13 @@ async def test_lost_lease_cannot_overwrite_newer_work(db_url: str, make_settings
         await asyncio.sleep(0.05)
         (fresh,) = await queue.claim_batch("worker-b", 10, lease_seconds=60, max_attempts=5)
         assert fresh.lease_token != stale.lease_token and fresh.attempt == 2
-        report = await ArchiveStore(engine).write_batch(
-            [FetchResult(stale, Permanent("failed", "stale worker"), datetime.now(UTC))]
-        )
+        store = ArchiveStore(engine, write_thread=write_thread)
+        try:
+            report = await store.write_batch(
+                [FetchResult(stale, Permanent("failed", "stale worker"), datetime.now(UTC))]
+            )
+        finally:
+            store.close()
         assert report.lost_lease == 1
         rows = await fetch_all(engine, "SELECT state, lease_token FROM archive_queue WHERE id = :i", i=rid)
         assert rows == [("in_flight", fresh.lease_token)]
