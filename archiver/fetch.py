@@ -46,6 +46,10 @@ class Fetcher:
         retention_s: how long the provider keeps responses (None: unknown).
         with_input_items: also fetch every page of the response's input items.
         rand: jitter source in [0, 1).
+        keep_parsed_body: keep the parsed body in :class:`Archived` outcomes, for a writer
+            in this process to reuse. Without it the result holds ``raw`` only: a writer
+            process parses again anyway, and thousands of parsed bodies waiting for the
+            writer cost memory and garbage-collector time here.
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class Fetcher:
         retention_s: float | None,
         with_input_items: bool,
         rand: Callable[[], float],
+        keep_parsed_body: bool = True,
     ) -> None:
         self.client = client
         self.policy = policy
@@ -64,6 +69,7 @@ class Fetcher:
         self.retention_s = retention_s
         self.with_input_items = with_input_items
         self.rand = rand
+        self.keep_parsed_body = keep_parsed_body
 
     async def fetch(self, job: Job) -> FetchResult:
         """One fetch. A :class:`StopAll` outcome means the account was refused."""
@@ -95,6 +101,8 @@ class Fetcher:
         input_items: list[Any] | None = None
         next_delay = 0.0
         if isinstance(outcome, Archived):
+            if not self.keep_parsed_body:
+                outcome = outcome.without_body()
             if not outcome.terminal:
                 next_delay = repoll_delay(job.polls + 1, self.policy, self.rand())
             elif self.with_input_items:

@@ -19,8 +19,8 @@ PermanentState = Literal["not_found", "failed"]
 class Archived:
     """A valid Response body. ``terminal`` is False for ``queued``/``in_progress`` snapshots.
 
-    ``body`` is the parsed object, so the body is parsed once per fetch (and once more
-    in the writer process, which receives ``raw`` only).
+    ``body`` is the parsed object, so the body is parsed once per fetch when the writer
+    runs in this process. The writer process receives ``raw`` only and parses it again.
     """
 
     raw: bytes
@@ -28,6 +28,10 @@ class Archived:
     terminal: bool
     response_status: str | None
     body: Any = field(default=None, compare=False, repr=False)
+
+    def without_body(self) -> Archived:
+        """The same outcome without the parsed object (``raw`` keeps everything)."""
+        return Archived(self.raw, self.status_code, self.terminal, self.response_status)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # ``body`` stays behind when pickled (to the writer process): parsing ``raw``

@@ -224,6 +224,7 @@ class Worker:
                 retention_s=self.retention_s,
                 with_input_items=s.with_input_items,
                 rand=self._rand,
+                keep_parsed_body=self.writer.reuses_parsed_body,
             )
             writer_task = self._spawn("writer", self._writer())
             heartbeat = self._spawn("heartbeat", self._heartbeat())

@@ -51,10 +51,12 @@ class BatchWriter(Protocol):
     """What the worker's writer task calls.
 
     ``depth`` is how many batches may be in :meth:`write` at once: the worker fills the
-    next batch while earlier ones are written.
+    next batch while earlier ones are written. ``reuses_parsed_body`` says whether it
+    normalizes the parsed body the fetch left in :class:`Archived` (else only ``raw``).
     """
 
     depth: int
+    reuses_parsed_body: bool
 
     async def start(self) -> None:
         """Get ready to write (may return before the first write can run)."""
@@ -101,6 +103,7 @@ class InlineWriter:
         self.store = store
 
     depth = 1  # concurrent transactions would only wait for each other's locks
+    reuses_parsed_body = True
 
     async def start(self) -> None:
         """Nothing to start."""
@@ -165,6 +168,7 @@ class ProcessWriter:
     """
 
     depth = 2
+    reuses_parsed_body = False  # bodies reach the child as bytes (see Archived.__reduce__)
 
     def __init__(self, settings: Settings, log_config: tuple[str, bool | None]) -> None:
         self._init = {"settings": settings.with_changes(api_key=None), "log": log_config}

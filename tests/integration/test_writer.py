@@ -6,11 +6,16 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from archiver.db import create_engine, open_database
 from archiver.errors import WriterFailed
-from archiver.store import WriteReport
+from archiver.mockapi import body_for, start_mock_server
+from archiver.outcomes import Archived
+from archiver.queue import QueueStore
+from archiver.store import ArchiveStore, FetchResult, WriteReport
+from archiver.worker import Worker
 from archiver.writer import InlineWriter, ProcessWriter, make_writer
 
 pytestmark = pytest.mark.timeout(60)
@@ -68,3 +73,31 @@ async def test_a_cancelled_write_leaves_the_pipe_usable(make_settings: Any, sqli
         assert not writer._waiting
     finally:
         await writer.close()
+
+
+@pytest.mark.parametrize("mode", ["process", "inline"])
+async def test_parsed_bodies_are_kept_only_for_a_writer_in_this_process(
+    make_settings: Any, sqlite_url: str, mode: str
+) -> None:
+    """A writer process parses the bytes again, so the parent drops its parsed copy early."""
+    rid = "resp_ok_parsed1"
+    async with await start_mock_server() as mock, open_database(sqlite_url) as engine:
+        await QueueStore(engine).enqueue([rid])
+        worker = Worker(make_settings(sqlite_url, mock.base_url, writer=mode), engine, once=True)
+        handed: list[FetchResult] = []
+        write = worker.writer.write
+
+        async def write_and_record(batch: list[FetchResult]) -> WriteReport:
+            handed.extend(batch)
+            return await write(batch)
+
+        worker.writer.write = write_and_record  # type: ignore[method-assign]
+        summary = await worker.run()
+        assert summary.archived == 1
+        assert await ArchiveStore(engine).raw_body(rid) == body_for(rid)
+    (result,) = handed
+    assert isinstance(result.outcome, Archived) and result.outcome.raw == body_for(rid)
+    if mode == "inline":
+        assert result.outcome.body == orjson.loads(body_for(rid))
+    else:
+        assert result.outcome.body is None
