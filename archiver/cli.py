@@ -120,7 +120,7 @@ RUN_OPTIONS: list[Option] = [
         "ARCHIVER_BATCH_SIZE",
         "batch_size",
         int,
-        "rows claimed and written per transaction (default 100)",
+        "rows claimed and written per transaction (default 200)",
     ),
     (
         "--lease-seconds",

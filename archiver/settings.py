@@ -32,7 +32,7 @@ class Settings:
     connect_timeout: float = 10.0
     concurrency: int = 16
     max_attempts: int = 8
-    batch_size: int = 100
+    batch_size: int = 200
     lease_seconds: float = 60.0
     grace_seconds: float = 20.0
     poll_interval: float = 2.0
