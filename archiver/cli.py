@@ -1,5 +1,9 @@
 """Command line: parse flags (each also read from an ``ARCHIVER_*`` variable), build Settings,
-run one async command. Expected faults print one line and exit non-zero, never a traceback."""
+run one async command. Expected faults print one line and exit non-zero, never a traceback.
+
+:mod:`archiver.commands`, and with it SQLAlchemy and aiohttp, is imported by the handler
+that needs it: ``run`` starts its writer process first (see :func:`_run`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
-from archiver import __version__, commands
+from archiver import __version__
+from archiver.childproc import discard, start_writer_process, wants_process
 from archiver.errors import ArchiverError, ConfigError
 from archiver.logs import configure_logging, register_secret
 from archiver.settings import DEFAULT_BASE_URL, DEFAULT_DATABASE_URL, Settings, read_api_key
@@ -441,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver import commands
+
     report = asyncio.run(commands.enqueue(settings, args.files, refetch=args.refetch))
     parts = [
         f"queued {report.queued}",
@@ -454,19 +461,25 @@ def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from archiver.progress import Progress
-
     if settings.api_key is None and not _is_loopback(settings.base_url):
         raise ConfigError(
             "no API key: set ARCHIVER_API_KEY or DASHSCOPE_API_KEY (or --api-key-file); "
             "to try archiver without a key, run `archiver demo`"
         )
-    progress = Progress.for_stream(sys.stderr) if args.once else None
+    # The writer process starts before this process imports the heavy part of archiver,
+    # so both import at once, on two cores (see archiver.childproc).
+    early = start_writer_process() if wants_process(settings.writer, settings.database_url) else None
+    progress = None
     try:
-        summary = asyncio.run(commands.run(settings, once=args.once, progress=progress))
+        from archiver import commands
+        from archiver.progress import Progress
+
+        progress = Progress.for_stream(sys.stderr) if args.once else None
+        summary = asyncio.run(commands.run(settings, once=args.once, progress=progress, writer_process=early))
     finally:
         if progress is not None:
             progress.close()
+        discard(early)
     if args.once:
         print(commands.dumps(summary.as_dict()))
     return 0
@@ -480,6 +493,8 @@ def _is_loopback(base_url: str) -> bool:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver import commands
+
     details = asyncio.run(commands.status(settings))
     if args.json:
         print(commands.dumps(details))
@@ -491,6 +506,8 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _show(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver import commands
+
     raw = asyncio.run(commands.show(settings, args.response_id))
     if raw is None:
         print(f"archiver: {args.response_id} is not archived", file=sys.stderr)
@@ -501,12 +518,16 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _retry(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver import commands
+
     moved = asyncio.run(commands.retry(settings, args.state or ["failed", "not_found"], args.response_ids))
     print(f"moved {moved} back to pending")
     return 0
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver import commands
+
     result = asyncio.run(
         commands.check(
             settings, max_pending_age_s=args.max_pending_age, max_expired_leases=args.max_expired_leases
@@ -521,6 +542,8 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver import commands
+
     head = asyncio.run(commands.migrate(settings))
     print(f"schema at {head}")
     return 0
@@ -561,6 +584,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _export(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver import commands
+
     env = os.environ
     try:
         chunk_size = args.chunk_size or int(env.get("ARCHIVER_EXPORT_CHUNK_SIZE") or 5000)

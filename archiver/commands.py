@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack
@@ -97,8 +98,17 @@ async def enqueue(
     return report
 
 
-async def run(settings: Settings, *, once: bool, progress: Any = None) -> RunSummary:
-    """The pipeline (daemon or backfill). See :class:`archiver.worker.Worker`."""
+async def run(
+    settings: Settings,
+    *,
+    once: bool,
+    progress: Any = None,
+    writer_process: subprocess.Popen[bytes] | None = None,
+) -> RunSummary:
+    """The pipeline (daemon or backfill). See :class:`archiver.worker.Worker`.
+
+    ``writer_process``: a writer process the caller started early and still owns.
+    """
     from archiver.signals import on_stop_signals
 
     async with open_database(settings.database_url, pool_size=4) as engine:
@@ -113,6 +123,7 @@ async def run(settings: Settings, *, once: bool, progress: Any = None) -> RunSum
             on_progress=progress,
             metrics=metrics,
             notifier=SystemdNotifier.from_env(),
+            writer_process=writer_process,
         )
         async with AsyncExitStack() as stack:
             if settings.metrics_port is not None:

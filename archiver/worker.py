@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -115,7 +116,11 @@ async def wait_for_event(event: asyncio.Event, timeout: float) -> bool:
 
 
 class Worker:
-    """Archives due queue rows. Build one per run; call :meth:`run` once."""
+    """Archives due queue rows. Build one per run; call :meth:`run` once.
+
+    ``writer_process`` is a writer process already started (:mod:`archiver.childproc`),
+    for the writer to use instead of starting one; its starter stays its owner.
+    """
 
     def __init__(
         self,
@@ -127,11 +132,12 @@ class Worker:
         rand: Callable[[], float] = random.random,
         metrics: Metrics | None = None,
         notifier: SystemdNotifier | None = None,
+        writer_process: subprocess.Popen[bytes] | None = None,
     ) -> None:
         self.settings = settings
         self.once = once
         self.queue = QueueStore(engine)
-        self.writer: BatchWriter = make_writer(settings, engine, settings.writer)
+        self.writer: BatchWriter = make_writer(settings, engine, settings.writer, writer_process)
         self.policy = retry_policy_from(settings)
         self.profile: ProviderProfile = settings.profile  # type: ignore[assignment]  # validated
         self.retention_s = settings.retention_s

@@ -23,6 +23,7 @@ import os
 import pickle
 import signal
 import struct
+import subprocess
 import sys
 from collections import deque
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from archiver.childproc import cores, start_writer_process
 from archiver.db import is_transient_db_error, log_db_retry, open_database, with_db_retry
 from archiver.errors import WriterFailed, first_line
 from archiver.logs import configure_logging, get_logger, logging_config, redact
@@ -43,7 +45,6 @@ from archiver.store import ArchiveStore, FetchResult, WriteReport
 log = get_logger()
 
 _HEADER = struct.Struct("!I")
-_ENV_NOT_FOR_CHILD = ("ARCHIVER_API_KEY", "DASHSCOPE_API_KEY", "ARCHIVER_API_KEY_FILE")
 START_TIMEOUT_S = 60.0
 
 
@@ -170,27 +171,24 @@ class ProcessWriter:
     depth = 2
     reuses_parsed_body = False  # bodies reach the child as bytes (see Archived.__reduce__)
 
-    def __init__(self, settings: Settings, log_config: tuple[str, bool | None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_config: tuple[str, bool | None],
+        process: subprocess.Popen[bytes] | None = None,
+    ) -> None:
         self._init = {"settings": settings.with_changes(api_key=None), "log": log_config}
-        self._proc: asyncio.subprocess.Process | None = None
+        self._started = process
+        self._proc: _Child | None = None
         self._ready: asyncio.Future[None] | None = None
         self._waiting: deque[asyncio.Future[WriteReport]] = deque()
         self._replies: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Start the child; it opens the database while the parent starts fetching."""
-        env = {k: v for k, v in os.environ.items() if k not in _ENV_NOT_FOR_CHILD}
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "archiver.writer",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                env=env,
-            )
-        except OSError as exc:
-            raise WriterFailed(f"cannot start the writer process: {exc}") from None
+        """Start the child, or take the one started early; it opens the database while
+        the parent starts fetching."""
+        process, self._started = self._started or start_writer_process(), None
+        self._proc = await _Child.attach(process)
         self._ready = asyncio.get_running_loop().create_future()
         self._replies = asyncio.create_task(self._read_replies(self._proc), name="archiver.writer-replies")
         await self._send(self._init)
@@ -218,8 +216,7 @@ class ProcessWriter:
         if proc is None:
             return
         self._proc = None
-        if proc.stdin is not None:
-            proc.stdin.close()
+        proc.stdin.close()
         try:
             await asyncio.wait_for(proc.wait(), 30)
         except TimeoutError:
@@ -234,7 +231,7 @@ class ProcessWriter:
 
     async def _send(self, message: Any) -> None:
         proc = self._proc
-        if proc is None or proc.stdin is None:
+        if proc is None:
             raise WriterFailed("the writer process is closed")
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         try:
@@ -243,8 +240,8 @@ class ProcessWriter:
         except (BrokenPipeError, ConnectionResetError):
             raise WriterFailed(f"the writer process exited (status {await proc.wait()})") from None
 
-    async def _read_replies(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None and self._ready is not None
+    async def _read_replies(self, proc: _Child) -> None:
+        assert self._ready is not None
         failure: WriterFailed | None = None
         while failure is None:
             try:
@@ -281,12 +278,20 @@ class ProcessWriter:
                 waiter.set_exception(failure)
 
 
-def make_writer(settings: Settings, engine: AsyncEngine, mode: str) -> BatchWriter:
-    """The writer for ``mode`` (``auto``, ``process`` or ``inline``; see ``--writer``)."""
+def make_writer(
+    settings: Settings, engine: AsyncEngine, mode: str, process: subprocess.Popen[bytes] | None = None
+) -> BatchWriter:
+    """The writer for ``mode`` (``auto``, ``process`` or ``inline``; see ``--writer``).
+
+    ``process`` is a writer process started early (:mod:`archiver.childproc`); it is
+    used, or killed if this database gets an inline writer after all.
+    """
     if mode == "auto":
-        mode = "process" if _cores() >= 2 and engine.url.database not in (None, "", ":memory:") else "inline"
+        mode = "process" if cores() >= 2 and engine.url.database not in (None, "", ":memory:") else "inline"
     if mode == "process":
-        return ProcessWriter(settings, logging_config())
+        return ProcessWriter(settings, logging_config(), process)
+    if process is not None:
+        process.kill()  # its owner reaps it (childproc.discard)
     return InlineWriter(_write_threaded_store(engine, settings))
 
 
@@ -295,11 +300,35 @@ def _write_threaded_store(engine: AsyncEngine, settings: Settings) -> ArchiveSto
     return ArchiveStore(engine, max_polls=settings.max_polls, write_thread=True)
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # the cores this process may use (cgroups, taskset)
-    except (AttributeError, OSError):  # not Linux, or a seccomp filter refuses it
-        return os.cpu_count() or 1
+class _Child:
+    """A started writer process, its pipes made asyncio streams."""
+
+    def __init__(
+        self, process: subprocess.Popen[bytes], stdin: asyncio.StreamWriter, stdout: asyncio.StreamReader
+    ) -> None:
+        self.process = process
+        self.stdin = stdin
+        self.stdout = stdout
+
+    @classmethod
+    async def attach(cls, process: subprocess.Popen[bytes]) -> _Child:
+        assert process.stdin is not None and process.stdout is not None
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=2**31 - 1)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), process.stdout)
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, process.stdin)
+        return cls(process, asyncio.StreamWriter(transport, protocol, None, loop), reader)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    async def wait(self) -> int:
+        """Wait for the exit (on a thread: the process is not asyncio's child)."""
+        return await asyncio.to_thread(self.process.wait)
+
+    def kill(self) -> None:
+        self.process.kill()
 
 
 def _reply_error(reply: Any) -> str:

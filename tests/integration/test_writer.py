@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from archiver.childproc import discard, start_writer_process
 from archiver.db import create_engine, open_database
 from archiver.errors import WriterFailed
 from archiver.mockapi import body_for, start_mock_server
@@ -43,7 +44,7 @@ async def test_auto_writes_in_a_process_only_where_a_child_can_open_the_database
         (file_url, 1, InlineWriter),
         ("sqlite:///:memory:", 2, InlineWriter),
     ]:
-        monkeypatch.setattr("archiver.writer._cores", lambda cores=cores: cores)
+        monkeypatch.setattr("archiver.writer.cores", lambda cores=cores: cores)
         engine = create_engine(url)
         try:
             assert type(make_writer(make_settings(url), engine, "auto")) is expected, (url, cores)
@@ -101,3 +102,40 @@ async def test_parsed_bodies_are_kept_only_for_a_writer_in_this_process(
         assert result.outcome.body == orjson.loads(body_for(rid))
     else:
         assert result.outcome.body is None
+
+
+async def test_a_writer_process_started_early_is_the_one_that_writes(
+    make_settings: Any, sqlite_url: str
+) -> None:
+    async with open_database(sqlite_url) as engine:
+        early = start_writer_process()
+        try:
+            writer = make_writer(make_settings(sqlite_url), engine, "process", early)
+            assert isinstance(writer, ProcessWriter)
+            await writer.start()
+            try:
+                assert await writer.write([]) == WriteReport()
+                assert writer._proc is not None and writer._proc.process is early
+            finally:
+                await writer.close()
+            assert early.returncode == 0
+        finally:
+            discard(early)
+
+
+async def test_a_writer_process_started_early_is_killed_when_the_writer_is_inline(
+    make_settings: Any,
+) -> None:
+    url = "sqlite:///:memory:"
+    early = start_writer_process()
+    try:
+        engine = create_engine(url)
+        try:
+            writer = make_writer(make_settings(url), engine, "auto", early)
+            assert isinstance(writer, InlineWriter)
+        finally:
+            await engine.dispose()
+        assert await asyncio.to_thread(early.wait, 10) == -9
+    finally:
+        discard(early)
+    assert early.stdin is not None and early.stdin.closed
