@@ -166,6 +166,8 @@ class ProcessWriter:
         settings: the run's settings; the child opens ``settings.database_url`` itself and
             never receives the API key.
         log_config: (level, json) for the child's logs, which go to the same stderr.
+        process: the child, if it was started early (:mod:`archiver.childproc`); else
+            :meth:`start` starts it.
     """
 
     depth = 2
@@ -287,6 +289,8 @@ def make_writer(
     used, or killed if this database gets an inline writer after all.
     """
     if mode == "auto":
+        # The early start (childproc.wants_process) judges the URL as text; this judges
+        # the parsed URL, and a disagreement only costs the early process.
         mode = "process" if cores() >= 2 and engine.url.database not in (None, "", ":memory:") else "inline"
     if mode == "process":
         return ProcessWriter(settings, logging_config(), process)
