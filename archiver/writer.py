@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -318,8 +318,7 @@ class _Child:
     async def attach(cls, process: subprocess.Popen[bytes]) -> _Child:
         assert process.stdin is not None and process.stdout is not None
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=2**31 - 1)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), process.stdout)
+        reader = await _frame_reader(process.stdout)
         transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, process.stdin)
         return cls(process, asyncio.StreamWriter(transport, protocol, None, loop), reader)
 
@@ -344,12 +343,18 @@ def _reply_error(reply: Any) -> str:
 # --- the child ------------------------------------------------------------------------------
 
 
-async def _serve(read_fd: int, write_fd: int) -> None:
-    loop = asyncio.get_running_loop()
+async def _frame_reader(pipe: IO[bytes]) -> asyncio.StreamReader:
+    """An asyncio reader over one end of the pipe between the two processes.
+
+    No buffer limit: frames are read with ``readexactly`` and a batch may be large.
+    """
     reader = asyncio.StreamReader(limit=2**31 - 1)
-    await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
-    )
+    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    return reader
+
+
+async def _serve(read_fd: int, write_fd: int) -> None:
+    reader = await _frame_reader(os.fdopen(read_fd, "rb", buffering=0))
 
     def reply_error(exc: BaseException) -> None:
         reply(("error", redact(f"{type(exc).__name__}: {first_line(exc)}")))
