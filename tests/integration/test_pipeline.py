@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -246,6 +247,39 @@ async def test_run_once_finishes_rows_a_dead_worker_left_in_flight(db_url: str, 
             assert summary.archived == 5
             rows = await fetch_all(engine, "SELECT state, attempts FROM archive_queue")
             assert rows == [("archived", 2)] * 5
+
+
+async def test_run_once_is_not_drained_by_a_query_that_raced_a_write(db_url: str, make_settings: Any) -> None:
+    """A write that lands while the drain check queries must not end the run early.
+
+    The young 404 becomes ``pending`` (re-check in 0.05 s) while the first drain query
+    runs; that query is made to answer late, after the write, as a slow database would.
+    Found as a rare failure of test_expiry.py's young-404 test.
+    """
+    async with await start_mock_server(MockConfig(latency_ms=100)) as mock:
+        settings = make_settings(db_url, mock.base_url, not_found_recheck=0.05)
+        async with open_database(db_url) as engine:
+            await QueueStore(engine).enqueue(["resp_notfound_young"])
+            worker = Worker(settings, engine, once=True)
+            real_due_summary = worker.queue.due_summary
+            stale = []
+
+            async def due_summary_answering_late(horizon_s: float) -> tuple[int, float | None]:
+                answer = await real_due_summary(horizon_s)
+                if not stale:  # the first query: answer after the write has landed
+                    stale.append(answer)
+                    while worker._held:  # the writer sets _slot_freed after each batch
+                        worker._slot_freed.clear()
+                        await asyncio.wait_for(worker._slot_freed.wait(), 10)
+                return answer
+
+            worker.queue.due_summary = due_summary_answering_late  # type: ignore[method-assign]
+            summary = await worker.run()
+            rows = await fetch_all(engine, "SELECT state FROM archive_queue")
+    assert stale == [(0, None)], "the first drain query ran while the row was in flight"
+    assert rows == [("not_found",)]
+    assert summary.not_found == 1
+    assert mock.stats.as_dict()["requests_by_id"]["resp_notfound_young"] == 2
 
 
 async def test_change_seq_moves_only_when_content_changes(db_url: str, make_settings: Any) -> None:
