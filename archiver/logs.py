@@ -12,7 +12,19 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
-import structlog
+# structlog imports rich when it is installed (archiver depends on it for the progress
+# bar), only for rich tracebacks in its console renderer. That import cost every command
+# ~30 ms before its first line of work. A None entry in sys.modules makes an import fail
+# (see the documentation of sys.modules), so structlog takes rich for absent and console
+# tracebacks are plain text; the entry goes at once, and rich imports normally later.
+if "rich" in sys.modules:
+    import structlog
+else:
+    sys.modules["rich"] = None  # type: ignore[assignment]
+    try:
+        import structlog
+    finally:
+        del sys.modules["rich"]
 
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\"]+")
 _SECRETS: list[str] = []

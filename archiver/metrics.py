@@ -16,9 +16,8 @@ import platform
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -33,6 +32,9 @@ from archiver.logs import get_logger, redact
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
 from archiver.queue import QUEUE_STATES, QueueStore
 from archiver.store import WriteReport
+
+if TYPE_CHECKING:
+    from aiohttp import web  # imported where a server starts: most runs serve no metrics
 
 __all__ = [
     "DEFAULT_METRICS_HOST",
@@ -418,6 +420,7 @@ class MetricsServer:
 
 def build_metrics_app(metrics: Metrics, is_live: Callable[[], bool] = lambda: True) -> web.Application:
     """The aiohttp application behind :func:`start_metrics_server` (``/metrics``, ``/healthz``)."""
+    from aiohttp import web
 
     async def serve_metrics(_request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -456,6 +459,8 @@ async def start_metrics_server(
     Raises:
         ConfigError: the address cannot be bound (port in use, unknown host).
     """
+    from aiohttp import web
+
     # No access log: a scrape every few seconds would drown the canonical log lines.
     runner = web.AppRunner(build_metrics_app(metrics, is_live), access_log=None, shutdown_timeout=1.0)
     await runner.setup()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any, TextIO
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
-from rich.progress import Progress as RichProgress
+from typing import TYPE_CHECKING, Any, TextIO
 
 from archiver.logs import get_logger
 from archiver.worker import RunSummary
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress as RichProgress
 
 LOG_EVERY_S = 10.0
 
@@ -34,7 +34,11 @@ class Progress:
         self._last_log = self.started
         self._bar: RichProgress | None = None
         self._task: Any = None
-        self._console = Console(file=stream) if tty else None
+        self._console: Console | None = None
+        if tty:
+            from rich.console import Console
+
+            self._console = Console(file=stream)
 
     @classmethod
     def for_stream(cls, stream: TextIO) -> Progress:
@@ -45,6 +49,15 @@ class Progress:
         """How many IDs this run expects to finish (pending and in flight at its start)."""
         self.total = total
         if self.tty and self._bar is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
             self._bar = RichProgress(
                 TextColumn("archiving"),
                 BarColumn(),

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Engine,
     Integer,
@@ -28,7 +27,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from archiver import schema
 from archiver.normalize import NormalizedResponse, normalize
-from archiver.schema import CHILD_TABLES, metadata, output_items, responses
+from archiver.schema import CHILD_TABLES, JSONDoc, metadata, output_items, responses
 
 CORPUS_DIR = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "responses"
 CORPUS_FILES = sorted(CORPUS_DIR.glob("*.json"))
@@ -96,7 +95,7 @@ def test_child_table_conventions(table: Table) -> None:
             assert isinstance(column.type, Integer) and not column.nullable, column.name
         if column.name.endswith("_tokens") or column.name == "count":
             assert isinstance(column.type, BigInteger), column.name
-    json_columns = [c for c in table.columns if isinstance(c.type, JSON)]
+    json_columns = [c for c in table.columns if isinstance(c.type, JSONDoc)]
     assert json_columns, "every child table keeps the whole element as JSON"
 
 
@@ -111,7 +110,7 @@ def test_responses_contract_columns() -> None:
         assert columns[name].type.timezone, name
     json_columns = ("error", "metadata", "incomplete_details", "instructions", "tool_choice")
     for name in (*json_columns, "tools", "reasoning", "text", "usage", "extra"):
-        assert isinstance(columns[name].type, JSON), name
+        assert isinstance(columns[name].type, JSONDoc), name
     assert columns.raw_sha256.type.length == 64
     assert {ix.name for ix in responses.indexes} == {
         "ix_responses_created_at",
