@@ -208,7 +208,10 @@ class ProcessWriter:
         try:
             await self._send(("write", batch))
         except WriterFailed:
-            self._waiting.remove(reply)
+            if reply in self._waiting:
+                self._waiting.remove(reply)
+            elif reply.done():  # the reply reader saw the exit first and failed every waiter
+                reply.exception()  # retrieved: the WriterFailed below says the same
             raise
         return await reply
 

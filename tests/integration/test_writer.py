@@ -76,6 +76,36 @@ async def test_a_cancelled_write_leaves_the_pipe_usable(make_settings: Any, sqli
         await writer.close()
 
 
+async def test_a_write_whose_send_fails_after_the_reader_saw_the_exit_raises_writer_failed(
+    make_settings: Any, sqlite_url: str
+) -> None:
+    """The writer process dies while a batch is being sent, and the reply reader notices
+    first: the write raises WriterFailed (the run then stops with a one-line error), not
+    ValueError from the waiter list (once seen in test_writer_process.py's kill test)."""
+    async with open_database(sqlite_url):
+        pass
+    writer = ProcessWriter(make_settings(sqlite_url), ("warning", True))
+    await writer.start()
+    try:
+        assert await writer.write([]) == WriteReport()  # the child is ready
+        child = writer._proc
+        real_send = writer._send
+        assert child is not None and writer._replies is not None
+        replies = writer._replies
+
+        async def send_to_a_child_that_just_died(message: Any) -> None:
+            child.kill()
+            await replies  # the reader sees the exit and fails every waiting write
+            await real_send(message)  # the pipe is broken now
+
+        writer._send = send_to_a_child_that_just_died  # type: ignore[method-assign]
+        with pytest.raises(WriterFailed, match="the writer process exited"):
+            await writer.write([])
+        assert not writer._waiting
+    finally:
+        await writer.close()
+
+
 @pytest.mark.parametrize("mode", ["process", "inline"])
 async def test_parsed_bodies_are_kept_only_for_a_writer_in_this_process(
     make_settings: Any, sqlite_url: str, mode: str
