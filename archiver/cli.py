@@ -128,6 +128,14 @@ RUN_OPTIONS: list[Option] = [
         "rows claimed and written per transaction (default 200)",
     ),
     (
+        "--max-held-mb",
+        "ARCHIVER_MAX_HELD_MB",
+        "max_held_mb",
+        float,
+        "response bodies fetched and not yet written, in MB, above which no new request "
+        "starts; a write batch closes at an eighth of it (default 64)",
+    ),
+    (
         "--lease-seconds",
         "ARCHIVER_LEASE_SECONDS",
         "lease_seconds",

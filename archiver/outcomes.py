@@ -79,3 +79,12 @@ class StopAll:
 
 
 Outcome = Archived | Retry | Permanent | StopAll
+
+
+def held_bytes(outcome: Outcome) -> int:
+    """Bytes of response body an outcome keeps until it is written (0 when none)."""
+    if isinstance(outcome, Archived):
+        return len(outcome.raw)
+    if isinstance(outcome, (Retry, Permanent)) and outcome.body is not None:
+        return len(outcome.body)
+    return 0

@@ -30,7 +30,7 @@ from archiver.limits import AdaptiveLimit
 from archiver.logs import get_logger, redact, redact_base_url
 from archiver.metrics import Metrics
 from archiver.notify import SystemdNotifier, watchdog_loop
-from archiver.outcomes import Outcome, Permanent, Retry, StopAll
+from archiver.outcomes import Outcome, Permanent, Retry, StopAll, held_bytes
 from archiver.policy import (
     ProviderProfile,
     RetryPolicy,
@@ -43,6 +43,8 @@ from archiver.writer import BatchWriter, make_writer
 log = get_logger()
 
 WRITE_LINGER_S = 0.02
+MB = 1 << 20
+BATCH_SHARE_OF_HELD = 8  # a write batch closes at this fraction of --max-held-mb
 EXPIRY_CHECK_INTERVAL_S = 600.0
 LIVENESS_TIMEOUT_S = 120.0
 
@@ -61,6 +63,7 @@ class RunSummary:
     released: int = 0
     requests: int = 0
     batches: int = 0
+    peak_held_bytes: int = 0
     duration_s: float = 0.0
     stop_reason: str | None = None
     remaining: dict[str, int] = field(default_factory=dict)
@@ -88,6 +91,7 @@ class RunSummary:
             "lost_lease": self.lost_lease,
             "released": self.released,
             "requests": self.requests,
+            "peak_held_mb": round(self.peak_held_bytes / MB, 1),
             "duration_s": round(self.duration_s, 3),
             "stop_reason": self.stop_reason,
             "remaining": self.remaining,
@@ -148,6 +152,10 @@ class Worker:
         self._jobs: asyncio.Queue[Job | None] = asyncio.Queue()  # bounded by the claimer's capacity
         self._results: asyncio.Queue[FetchResult | None] = asyncio.Queue()
         self._held: dict[str, Job] = {}  # claimed and not yet written
+        # Bytes of the bodies fetched and not yet written, and the budget for them.
+        self._held_bytes = 0
+        self._max_held_bytes = int(settings.max_held_mb * MB)
+        self._bytes_freed = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._not_before = 0.0  # monotonic time before which no request is sent (429 pause)
         self.gate = AdaptiveLimit(settings.concurrency)
@@ -382,6 +390,7 @@ class Worker:
             job = await self._jobs.get()
             if job is None:
                 return
+            await self._wait_for_byte_room()
             await self.gate.acquire()
             congested = False
             try:
@@ -402,7 +411,20 @@ class Worker:
                 self.metrics.set_concurrency(self.gate.limit, self.gate.max_limit)
             if result is None:
                 continue
+            self._held_bytes += held_bytes(result.outcome)
+            self.summary.peak_held_bytes = max(self.summary.peak_held_bytes, self._held_bytes)
             await self._results.put(result)
+
+    async def _wait_for_byte_room(self) -> None:
+        """Start no request while the bodies waiting for the writer fill ``--max-held-mb``.
+
+        The count of held rows bounds memory for ordinary bodies; this bounds it for large
+        ones (multi-megabyte outputs, base64 images). Requests already running finish, so
+        the peak is the budget plus what ``--concurrency`` requests bring in at once.
+        """
+        while self._held_bytes >= self._max_held_bytes and not self.stop_event.is_set():
+            self._bytes_freed.clear()
+            await self._wait_any(self._bytes_freed, self.settings.poll_interval)
 
     async def _pause_if_throttled(self) -> None:
         wait = self._not_before - time.monotonic()
@@ -480,8 +502,10 @@ class Worker:
         if first is None:
             return [], True
         batch = [first]
+        size = held_bytes(first.outcome)
+        max_size = self._max_held_bytes // BATCH_SHARE_OF_HELD
         deadline = time.monotonic() + WRITE_LINGER_S
-        while len(batch) < self.settings.batch_size:
+        while len(batch) < self.settings.batch_size and size < max_size:
             try:
                 item = self._results.get_nowait()
             except asyncio.QueueEmpty:
@@ -495,6 +519,7 @@ class Worker:
             if item is None:
                 return batch, True
             batch.append(item)
+            size += held_bytes(item.outcome)
         return batch, False
 
     async def _write(self, batch: list[FetchResult]) -> None:
@@ -502,7 +527,9 @@ class Worker:
         report = await self.writer.write(batch)
         for r in batch:
             self._held.pop(r.job.response_id, None)
+            self._held_bytes -= held_bytes(r.outcome)
         self._slot_freed.set()
+        self._bytes_freed.set()
         self.summary.add(report)
         self.metrics.observe_batch(report)
         if report.lost_lease:

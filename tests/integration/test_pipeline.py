@@ -282,6 +282,36 @@ async def test_run_once_is_not_drained_by_a_query_that_raced_a_write(db_url: str
     assert mock.stats.as_dict()["requests_by_id"]["resp_notfound_young"] == 2
 
 
+@pytest.mark.parametrize("budget_mb", [8.0, 1024.0])
+async def test_large_bodies_wait_for_the_writer_within_the_byte_budget(
+    db_url: str, make_settings: Any, budget_mb: float
+) -> None:
+    """--max-held-mb bounds the bodies fetched and not yet written; batches close early.
+
+    ``big`` bodies are ~4 MB each. The writer takes longer per body than the fetch, so
+    without a budget (1024 MB here) the fetched bodies pile up; with 8 MB, no request
+    starts while 8 MB wait, so the peak stays within 8 MB plus 4 requests in flight.
+    """
+    ids = [f"resp_big_{i:02d}" for i in range(24)]
+    async with await start_mock_server() as mock:
+        settings = make_settings(db_url, mock.base_url, concurrency=4, max_held_mb=budget_mb)
+        async with open_database(db_url) as engine:
+            await QueueStore(engine).enqueue(ids)
+            summary = await Worker(settings, engine, once=True).run()
+            rows = dict(await fetch_all(engine, "SELECT id, raw FROM responses"))
+    assert summary.archived == 24 and rows == {i: body_for(i) for i in ids}
+    body = max(len(raw) for raw in rows.values())
+    assert body > 4_000_000
+    assert mock.stats.requests_total == 24
+    peak_mb = summary.peak_held_bytes / (1 << 20)
+    if budget_mb == 8.0:
+        assert peak_mb <= 8.0 + 4 * body / (1 << 20), peak_mb
+        # a batch closes once it holds budget / 8 = 1 MB: one big body per batch
+        assert summary.batches == 24
+    else:
+        assert peak_mb > 8.0 + 4 * body / (1 << 20), "the writer kept up: the test shows nothing"
+
+
 async def test_change_seq_moves_only_when_content_changes(db_url: str, make_settings: Any) -> None:
     from archiver.schema import CHILD_TABLES
 
