@@ -132,7 +132,7 @@ RUN_OPTIONS: list[Option] = [
         "ARCHIVER_MAX_HELD_MB",
         "max_held_mb",
         float,
-        "response bodies fetched and not yet written, in MB, above which no new request "
+        "response bodies fetched and not yet written, in MiB, at which no new request "
         "starts; a write batch closes at an eighth of it (default 64)",
     ),
     (
