@@ -43,7 +43,6 @@ from typing import IO, Any, Literal, get_args
 
 import orjson
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     DateTime,
@@ -72,7 +71,7 @@ from archiver import __version__
 from archiver.db import is_postgres
 from archiver.errors import ArchiverError
 from archiver.logs import get_logger
-from archiver.schema import CHILD_TABLES, JSONDoc, archive_changes, export_cursors, responses
+from archiver.schema import CHILD_TABLES, archive_changes, export_cursors, is_json_type, responses
 
 __all__ = [
     "CHUNK_BYTES",
@@ -147,7 +146,7 @@ def export_tables() -> tuple[Table, ...]:
 def column_kind(column: Any) -> ColumnKind:
     """The export type of a SQLAlchemy column (the ``type`` in ``_schema.json``)."""
     type_ = column.type
-    if isinstance(type_, (JSON, JSONDoc)):
+    if is_json_type(type_):
         return "json"
     if isinstance(type_, BigInteger):
         return "int64"

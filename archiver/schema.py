@@ -58,6 +58,7 @@ __all__ = [
     "file_search_results",
     "image_search_results",
     "input_items",
+    "is_json_type",
     "mcp_tools",
     "metadata",
     "output_items",
@@ -104,6 +105,11 @@ class JSONDoc(TypeDecorator[Any]):
 
             return dialect.type_descriptor(JSONB(none_as_null=True))
         return dialect.type_descriptor(JSON(none_as_null=True))
+
+
+def is_json_type(type_: Any) -> bool:
+    """Whether a column type holds JSON: ``JSON`` itself, or a type built on it like :class:`JSONDoc`."""
+    return isinstance(type_, JSON) or isinstance(getattr(type_, "impl", None), JSON)
 
 
 ID = String(256)

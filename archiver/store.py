@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, Boolean, DateTime, Table, bindparam, delete, select, text, update
+from sqlalchemy import Boolean, DateTime, Table, bindparam, delete, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,7 +27,7 @@ from archiver.db import json_dumps, now_sql, sqlite_write_engine
 from archiver.normalize import NormalizedResponse, map_strings
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
 from archiver.queue import Job, archive_queue
-from archiver.schema import CHILD_TABLES, responses
+from archiver.schema import CHILD_TABLES, is_json_type, responses
 from archiver.schema import input_items as input_items_table
 
 MAX_ERROR_CHARS = 2000
@@ -130,7 +130,7 @@ class _FastInsert:
         self.converters: list[Any] = []
         for column in table.columns:
             kind = column.type
-            if isinstance(kind, JSON) or isinstance(getattr(kind, "impl", None), JSON):
+            if is_json_type(kind):
                 self.converters.append(_sqlite_json)
             elif isinstance(kind, DateTime):
                 self.converters.append(_sqlite_datetime_or_none)
