@@ -359,9 +359,10 @@ class Worker:
                 # Held rows are noted before the query: a batch written while it runs can
                 # leave a row pending and due soon (a 404 to re-check) that the query
                 # did not see, so only a query begun with nothing held can end the run.
+                # (Only this loop adds held rows, so none appear during the query.)
                 held_before = bool(self._held)
                 due, next_due = await with_db_retry(lambda: self.queue.due_summary(s.drain_horizon))
-                if not held_before and not self._held and due == 0:
+                if not held_before and due == 0:
                     return  # rows due later than the horizon stay pending (see summary.remaining)
                 wait = s.poll_interval if next_due is None else min(s.poll_interval, max(next_due, 0.01))
                 if self._held:
