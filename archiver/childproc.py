@@ -1,5 +1,9 @@
 """Starting the writer process (:mod:`archiver.writer`), with no heavy imports.
 
+The process itself runs ``python -m archiver.childproc`` (:func:`main`): this module
+is light, so the collector can be turned off before the writer's imports (see
+:mod:`archiver.heap`).
+
 ``archiver run`` starts the child before it imports SQLAlchemy and aiohttp itself, so
 the child's own start-up (about 0.3 s of imports, then opening the database) runs on the
 second core while the parent imports, instead of after it. In the cpu-bound benchmark
@@ -13,6 +17,7 @@ import os
 import subprocess
 import sys
 
+from archiver import heap
 from archiver.errors import WriterFailed
 
 ENV_NOT_FOR_CHILD = ("ARCHIVER_API_KEY", "DASHSCOPE_API_KEY", "ARCHIVER_API_KEY_FILE")
@@ -47,7 +52,7 @@ def wants_process(mode: str, database_url: str) -> bool:
 
 
 def start_writer_process() -> subprocess.Popen[bytes]:
-    """Start ``python -m archiver.writer`` with pipes on its stdin and stdout.
+    """Start the writer process (``python -m archiver.childproc``) with pipes on its stdin and stdout.
 
     It imports what it needs, then waits for its settings on stdin; closing stdin before
     sending them makes it exit.
@@ -58,7 +63,7 @@ def start_writer_process() -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in ENV_NOT_FOR_CHILD}
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "archiver.writer"],
+            [sys.executable, "-m", "archiver.childproc"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -77,3 +82,15 @@ def discard(process: subprocess.Popen[bytes] | None) -> None:
     for pipe in (process.stdin, process.stdout):
         if pipe is not None and not pipe.closed:
             pipe.close()
+
+
+def main() -> None:
+    """Entry point of the writer process: :func:`archiver.writer.child_main`."""
+    heap.hold()  # until the writer's imports are done
+    from archiver.writer import child_main  # after hold(), on purpose
+
+    child_main()
+
+
+if __name__ == "__main__":
+    main()

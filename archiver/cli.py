@@ -13,14 +13,16 @@ import contextlib
 import dataclasses
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, NoReturn, TypeVar
 
-from archiver import __version__
+from archiver import __version__, heap
 from archiver.childproc import discard, start_writer_process, wants_process
 from archiver.errors import ArchiverError, ConfigError
 from archiver.logs import configure_logging, register_secret
 from archiver.settings import DEFAULT_BASE_URL, DEFAULT_DATABASE_URL, Settings, read_api_key
+
+T = TypeVar("T")
 
 # (flag, env variable, settings field, type, help). Defaults come from Settings.
 Option = tuple[str, str, str, Callable[[str], Any], str]
@@ -427,6 +429,7 @@ def console() -> NoReturn:
     rest, which took ~0.1 s per command and bought nothing. Output is flushed first. An
     unexpected exception still ends the normal way, with its traceback.
     """
+    heap.hold()  # until the command's imports are done (_arun)
     code = main()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # e.g. a closed pipe: nothing left to save
@@ -453,10 +456,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _arun(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, the collector first back on (see :mod:`archiver.heap`).
+
+    Every command calls it once its imports are done, so the objects they made are
+    frozen before the work starts.
+    """
+    heap.release()
+    return asyncio.run(main)
+
+
 def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
-    report = asyncio.run(commands.enqueue(settings, args.files, refetch=args.refetch))
+    report = _arun(commands.enqueue(settings, args.files, refetch=args.refetch))
     parts = [
         f"queued {report.queued}",
         f"already known {report.already_known}",
@@ -483,7 +496,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from archiver.progress import Progress
 
         progress = Progress.for_stream(sys.stderr) if args.once else None
-        summary = asyncio.run(commands.run(settings, once=args.once, progress=progress, writer_process=early))
+        summary = _arun(commands.run(settings, once=args.once, progress=progress, writer_process=early))
     finally:
         if progress is not None:
             progress.close()
@@ -503,7 +516,7 @@ def _is_loopback(base_url: str) -> bool:
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
-    details = asyncio.run(commands.status(settings))
+    details = _arun(commands.status(settings))
     if args.json:
         print(commands.dumps(details))
     elif sys.stdout.isatty():
@@ -516,7 +529,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 def _show(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
-    raw = asyncio.run(commands.show(settings, args.response_id))
+    raw = _arun(commands.show(settings, args.response_id))
     if raw is None:
         print(f"archiver: {args.response_id} is not archived", file=sys.stderr)
         return 1
@@ -528,7 +541,7 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 def _retry(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
-    moved = asyncio.run(commands.retry(settings, args.state or ["failed", "not_found"], args.response_ids))
+    moved = _arun(commands.retry(settings, args.state or ["failed", "not_found"], args.response_ids))
     print(f"moved {moved} back to pending")
     return 0
 
@@ -536,7 +549,7 @@ def _retry(args: argparse.Namespace, settings: Settings) -> int:
 def _check(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
-    result = asyncio.run(
+    result = _arun(
         commands.check(
             settings, max_pending_age_s=args.max_pending_age, max_expired_leases=args.max_expired_leases
         )
@@ -552,7 +565,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
-    head = asyncio.run(commands.migrate(settings))
+    head = _arun(commands.migrate(settings))
     print(f"schema at {head}")
     return 0
 
@@ -579,7 +592,7 @@ def _mock_server(args: argparse.Namespace, settings: Settings) -> int:
         print(f"mock Responses API at {base_url}  (ARCHIVER_BASE_URL={base_url})", flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(config, args.host, args.port, ready=ready))
+        _arun(serve_forever(config, args.host, args.port, ready=ready))
     return 0
 
 
@@ -588,7 +601,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
     if not os.environ.get("ARCHIVER_DATABASE_URL") and args.database_url is None:
         settings = settings.with_changes(database_url="sqlite:///demo.db")
-    return asyncio.run(run_demo(settings, count=args.count))
+    return _arun(run_demo(settings, count=args.count))
 
 
 def _export(args: argparse.Namespace, settings: Settings) -> int:
@@ -599,7 +612,7 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
         chunk_size = args.chunk_size or int(env.get("ARCHIVER_EXPORT_CHUNK_SIZE") or 5000)
     except ValueError:
         raise ConfigError("ARCHIVER_EXPORT_CHUNK_SIZE must be a whole number") from None
-    report = asyncio.run(
+    report = _arun(
         commands.export(
             settings,
             args.out_dir,

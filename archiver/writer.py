@@ -4,7 +4,7 @@ Two ways to run it, one behaviour:
 
 - :class:`InlineWriter` writes in this process, on the event loop that also fetches.
 - :class:`ProcessWriter` runs an :class:`InlineWriter` in a child interpreter
-  (``python -m archiver.writer``) and hands it batches over a pipe. Normalizing and
+  (``python -m archiver.childproc``) and hands it batches over a pipe. Normalizing and
   inserting about eight rows per response is half of archiver's CPU time; in a child it
   runs on a second core instead of slowing the fetchers (bench/README.md has the figures).
 
@@ -33,6 +33,7 @@ from typing import IO, Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from archiver import heap
 from archiver.childproc import cores, start_writer_process
 from archiver.db import is_transient_db_error, log_db_retry, open_database, with_db_retry
 from archiver.errors import WriterFailed, first_line
@@ -399,7 +400,7 @@ async def _serve(read_fd: int, write_fd: int) -> None:
 
 
 def child_main() -> None:
-    """Entry point of the writer process: serve batches from stdin until it closes."""
+    """The writer process (:func:`archiver.childproc.main`): serve batches from stdin until it closes."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     # Frames go out on a private copy of stdout; fd 1 becomes stderr, so a stray print
@@ -410,13 +411,10 @@ def child_main() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    heap.release()
     asyncio.run(_serve(read_fd, write_fd))
     # Everything is committed and the engine disposed. Skip the interpreter's teardown of
     # SQLAlchemy and friends: the parent waits for this exit (it took ~60 ms).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
-
-
-if __name__ == "__main__":
-    child_main()

@@ -1,6 +1,6 @@
 """The writer process (``--writer process``, the default on 2+ cores) under stops and kills.
 
-Each test runs the real CLI, which starts its own ``python -m archiver.writer`` child, and
+Each test runs the real CLI, which starts its own ``python -m archiver.childproc`` writer process, and
 then checks the invariant of ``tests/integration/test_faults.py`` after a later run.
 """
 
@@ -54,11 +54,13 @@ def children_of(pid: int) -> list[int]:
 
 
 def writer_pid(parent: int) -> int:
-    """The archiver.writer child of ``parent`` (waits for it to appear)."""
+    """The writer process (``archiver.childproc``) of ``parent`` (waits for it to appear)."""
     pids: list[int] = []
 
     def started() -> bool:
-        pids[:] = [pid for pid in children_of(parent) if b"archiver.writer" in _read(f"/proc/{pid}/cmdline")]
+        pids[:] = [
+            pid for pid in children_of(parent) if b"archiver.childproc" in _read(f"/proc/{pid}/cmdline")
+        ]
         return bool(pids)
 
     wait_until(started, "the writer process to start")

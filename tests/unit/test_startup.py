@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from archiver.logs import configure_logging
 from archiver.progress import LOG_EVERY_S, Progress
@@ -52,6 +53,60 @@ def test_the_optional_modules_still_load_where_they_are_needed() -> None:
         """
     )
     assert all(name in loaded for name in OPTIONAL)
+
+
+def _stderr_of(code: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_the_console_script_runs_its_command_with_the_start_up_objects_frozen(tmp_path: Path) -> None:
+    # What the collector looks like when the command's work starts (archiver.heap).
+    err = _stderr_of(
+        """
+        import asyncio, gc, sys
+        from archiver import cli
+
+        real_run = asyncio.run
+
+        def spy(main, **kwargs):
+            print("enabled", gc.isenabled(), "frozen", gc.get_freeze_count(), file=sys.stderr)
+            return real_run(main, **kwargs)
+
+        asyncio.run = spy
+        sys.argv = ["archiver", "status", "--json", "--database-url", sys.argv[1]]
+        cli.console()
+        """,
+        f"sqlite:///{tmp_path / 'a.db'}",
+    )
+    words = err.split()
+    assert words[:2] == ["enabled", "True"], err
+    # Everything the command imported (SQLAlchemy among it) was frozen: tens of thousands.
+    assert words[2] == "frozen" and int(words[3]) > 20_000, err
+
+
+def test_release_without_hold_leaves_a_library_users_collector_alone() -> None:
+    err = _stderr_of(
+        """
+        import gc, sys
+        from archiver import heap
+
+        heap.release()  # the library path: nothing held
+        print(gc.isenabled(), gc.get_freeze_count(), file=sys.stderr)
+        gc.disable()  # the embedder's own choice survives hold/release
+        heap.hold()
+        heap.release()
+        print(gc.isenabled(), gc.get_freeze_count(), file=sys.stderr)
+        gc.enable()
+        heap.hold()
+        held = gc.isenabled()
+        heap.release()
+        heap.release()  # a second release changes nothing
+        print(held, gc.isenabled(), gc.get_freeze_count() > 0, file=sys.stderr)
+        """
+    )
+    assert err.split("\n")[:3] == ["True 0", "False 0", "False True True"], err
 
 
 class _Terminal(io.StringIO):
