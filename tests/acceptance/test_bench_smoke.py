@@ -13,11 +13,11 @@ RATIO_LINES = ("ratio archiver/baseline:", "ratio archiver/floor:", "ratio archi
 
 
 def _bench(
-    tmp_path: Path, *extra: str, env: dict[str, str] | None = None
+    tmp_path: Path, *extra: str, env: dict[str, str] | None = None, scenario: str = "cpu-bound"
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
     return subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--scenario", "cpu-bound", "--ids", "200", "--repeat", "1",
+        [sys.executable, str(RUN), "--quick", "--scenario", scenario, "--ids", "200", "--repeat", "1",
          "--workdir", str(tmp_path / "work"), *extra],
         capture_output=True, text=True, timeout=110, env={**base, **(env or {})}, check=False,
     )  # fmt: skip
@@ -26,6 +26,10 @@ def _bench(
 def _assert_ran(out: subprocess.CompletedProcess[str]) -> list[str]:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lines = out.stdout.splitlines()
+    # Timed like a regular install: the package's bytecode is written before the first run.
+    assert any(
+        line.startswith("byte-compiled ") and line.endswith("(as a regular install is)") for line in lines
+    )
     for prefix in RATIO_LINES:
         assert any(line.startswith(prefix) for line in lines), f"no {prefix!r} line in:\n{out.stdout}"
     # Correctness, not speed: every normalized row of every archived ID is there.
@@ -52,3 +56,12 @@ def test_bench_skips_the_baseline_without_openai(tmp_path: Path) -> None:
     lines = _assert_ran(_bench(tmp_path, env={"PYTHONPATH": pythonpath}))
     assert any(line.startswith("baseline: skipped") for line in lines)
     assert "ratio archiver/baseline: n/a (baseline skipped)" in lines
+
+
+def test_bench_latency_bound_reports_the_floor_against_the_bound(tmp_path: Path) -> None:
+    lines = _assert_ran(_bench(tmp_path, "--no-baseline", scenario="latency-bound"))
+    bound = next(line for line in lines if line.startswith("ratio archiver/bound:"))
+    assert "(target >= 0.9:" in bound
+    floor = [line for line in lines if line.startswith("info: floor/bound")]
+    assert len(floor) == 1
+    assert 0 < float(floor[0].rsplit(":", 1)[1]) <= 1.5
