@@ -826,10 +826,18 @@ def _postgres(spec: str | None) -> Iterator[str | None]:
     if not spec:
         yield None
     elif spec == "throwaway":
-        from throwaway_pg import throwaway_postgres
+        # The server the test fixtures start (tests/pgserver.py), with the same settings.
+        sys.path.insert(0, str(BENCH.parent))
+        from tests.pgserver import PgCluster, pg_bindir
 
-        with throwaway_postgres() as url:
-            yield url
+        bindir = pg_bindir()
+        if bindir is None or not (bindir / "pg_ctl").exists():
+            raise RuntimeError("no PostgreSQL server binaries (apt-get install postgresql)")
+        cluster = PgCluster.create(bindir, max_connections=100)
+        try:
+            yield cluster.admin_url()
+        finally:
+            cluster.destroy()
     else:
         yield spec.replace("postgres://", "postgresql://", 1)
 

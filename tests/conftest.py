@@ -9,17 +9,10 @@ server is an error, never a skip.
 from __future__ import annotations
 
 import asyncio
-import glob
 import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +20,7 @@ import pytest
 
 from archiver.mockapi import MockConfig, MockServer, start_mock_server
 from archiver.settings import Settings
+from tests.pgserver import PgCluster, pg_bindir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -48,71 +42,6 @@ def corpus_dir() -> Path:
 # --- PostgreSQL ---------------------------------------------------------------------------
 
 
-def _pg_bindir() -> Path | None:
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    if candidates:
-        return Path(candidates[-1]).parent
-    found = shutil.which("initdb")
-    return Path(found).resolve().parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class PgCluster:
-    """A throwaway PostgreSQL server this test session started (or one given by URL)."""
-
-    host: str
-    port: int
-    user: str
-    bindir: Path | None = None
-    datadir: Path | None = None
-    as_user: list[str] | None = None
-    external_url: str | None = None
-
-    def admin_url(self, database: str = "postgres") -> str:
-        if self.external_url:
-            base = self.external_url.rsplit("/", 1)[0]
-            return f"{base}/{database}"
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
-
-    def _ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        assert self.bindir is not None and self.datadir is not None
-        cmd = [*(self.as_user or []), str(self.bindir / "pg_ctl"), "-D", str(self.datadir), *args]
-        return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=120)
-
-    def start(self) -> None:
-        opts = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.datadir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
-        )
-        self._ctl("-o", opts, "-l", str(self.datadir / "server.log"), "-w", "-t", "60", "start")
-
-    def stop(self, mode: str = "fast") -> None:
-        self._ctl("-m", mode, "-w", "stop", check=False)
-
-    def restart(self, mode: str = "fast") -> None:
-        """Stop and start the server (for database-fault tests)."""
-        self.stop(mode)
-        self.start()
-
-    def psql(self, sql: str, database: str = "postgres") -> str:
-        psql = str(self.bindir / "psql") if self.bindir else "psql"
-        out = subprocess.run(
-            [psql, self.admin_url(database), "-v", "ON_ERROR_STOP=1", "-tAc", sql],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"psql failed: {out.stderr.strip()}")
-        return out.stdout.strip()
-
-
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
     """A PostgreSQL server for the session (skips locally, fails in CI, when none can run)."""
@@ -120,45 +49,17 @@ def pg_cluster() -> Iterator[PgCluster]:
     if external:
         yield PgCluster(host="", port=0, user="", external_url=external)
         return
-    bindir = _pg_bindir()
+    bindir = pg_bindir()
     if bindir is None or not (bindir / "pg_ctl").exists():
         message = "no PostgreSQL server binaries (apt-get install postgresql, or set ARCHIVER_TEST_PG_URL)"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-    root = Path(tempfile.mkdtemp(prefix="archiver-pg-"))
-    datadir = root / "data"
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        # The server refuses to run as root: run it as the postgres user.
-        pw = pwd.getpwnam("postgres")
-        os.chmod(root, 0o755)
-        datadir.mkdir()
-        os.chown(datadir, pw.pw_uid, pw.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "initdb"),
-            "-D",
-            str(datadir),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale=C.UTF-8",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    cluster = PgCluster("127.0.0.1", _free_port(), "postgres", bindir, datadir, as_user)
-    cluster.start()
+    cluster = PgCluster.create(bindir)
     try:
         yield cluster
     finally:
-        cluster.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.destroy()
 
 
 @pytest.fixture
