@@ -52,6 +52,10 @@ class FetchResult:
     requests: int = 1
 
 
+OUTCOME_COUNTS = ("archived", "unchanged", "repolled", "retried", "not_found", "failed", "lost_lease")
+"""The per-outcome counters that :class:`WriteReport` and ``worker.RunSummary`` share."""
+
+
 @dataclass(slots=True)
 class WriteReport:
     """What one batch write did, for logs and metrics."""
@@ -68,16 +72,7 @@ class WriteReport:
 
     def merge(self, other: WriteReport) -> None:
         """Add another report's counts to this one."""
-        for name in (
-            "archived",
-            "unchanged",
-            "repolled",
-            "retried",
-            "not_found",
-            "failed",
-            "lost_lease",
-            "rows_written",
-        ):
+        for name in (*OUTCOME_COUNTS, "rows_written"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.lost_ids.extend(other.lost_ids)
 

@@ -37,7 +37,7 @@ from archiver.policy import (
 )
 from archiver.queue import Job, QueueStore
 from archiver.settings import Settings
-from archiver.store import FetchResult, WriteReport
+from archiver.store import OUTCOME_COUNTS, FetchResult, WriteReport
 from archiver.writer import BatchWriter, make_writer
 
 log = get_logger()
@@ -70,13 +70,8 @@ class RunSummary:
 
     def add(self, report: WriteReport) -> None:
         """Fold one batch report in."""
-        self.archived += report.archived
-        self.unchanged += report.unchanged
-        self.repolled += report.repolled
-        self.retried += report.retried
-        self.not_found += report.not_found
-        self.failed += report.failed
-        self.lost_lease += report.lost_lease
+        for name in OUTCOME_COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(report, name))
         self.batches += 1
 
     def as_dict(self) -> dict[str, Any]:
