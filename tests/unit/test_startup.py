@@ -56,7 +56,9 @@ def test_the_optional_modules_still_load_where_they_are_needed() -> None:
 
 
 def _stderr_of(code: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     return done.stderr
 
