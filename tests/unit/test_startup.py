@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from archiver.logs import configure_logging
 from archiver.progress import LOG_EVERY_S, Progress
@@ -86,6 +89,61 @@ def test_the_console_script_runs_its_command_with_the_start_up_objects_frozen(tm
     assert words[:2] == ["enabled", "True"], err
     # Everything the command imported (SQLAlchemy among it) was frozen: tens of thousands.
     assert words[2] == "frozen" and int(words[3]) > 20_000, err
+
+
+# One argument list per command: each must reach asyncio.run through cli._arun, or a
+# long-running command (run, mock-server, export) would work with the collector off.
+COMMAND_ARGS = {
+    "enqueue": ["{ids}"],
+    "run": ["--once", "--base-url", "http://127.0.0.1:9/v1"],
+    "status": ["--json"],
+    "show": ["resp_not_there"],
+    "retry": [],
+    "check": [],
+    "migrate": [],
+    "mock-server": ["--port", "0"],
+    "demo": ["--count", "1"],
+    "export": ["{out}"],
+}
+
+
+def test_every_command_is_covered_by_the_collector_check() -> None:
+    from archiver.cli import _HANDLERS
+
+    assert set(COMMAND_ARGS) == set(_HANDLERS)
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_ARGS))
+def test_every_command_starts_its_work_with_the_collector_on(command: str, tmp_path: Path) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("resp_a\n")
+    args = [a.format(ids=ids, out=tmp_path / "out") for a in COMMAND_ARGS[command]]
+    code = """
+        import asyncio, gc, os, sys
+        from archiver import cli
+
+        def spy(main, **kwargs):
+            # The state when the command's work would start; then stop right there.
+            main.close()
+            print("enabled", gc.isenabled(), "frozen", gc.get_freeze_count(), file=sys.stderr, flush=True)
+            os._exit(0)
+
+        asyncio.run = spy
+        sys.argv = ["archiver", *sys.argv[1:]]
+        cli.console()
+        """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
+    env["ARCHIVER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'a.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), command, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    words = done.stderr.split()
+    assert done.returncode == 0 and words[:2] == ["enabled", "True"], done.stderr
+    assert words[2] == "frozen" and int(words[3]) > 1_000, done.stderr
 
 
 def test_release_without_hold_leaves_a_library_users_collector_alone() -> None:
