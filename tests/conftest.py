@@ -50,7 +50,7 @@ def pg_cluster() -> Iterator[PgCluster]:
         yield PgCluster(host="", port=0, user="", external_url=external)
         return
     bindir = pg_bindir()
-    if bindir is None or not (bindir / "pg_ctl").exists():
+    if bindir is None:
         message = "no PostgreSQL server binaries (apt-get install postgresql, or set ARCHIVER_TEST_PG_URL)"
         if IN_CI:
             pytest.fail(message)

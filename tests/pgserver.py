@@ -20,12 +20,15 @@ from pathlib import Path
 
 
 def pg_bindir() -> Path | None:
-    """The newest installed server binaries, or None."""
+    """The newest installed server binaries (``initdb`` beside ``pg_ctl``), or None."""
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     if candidates:
-        return Path(candidates[-1]).parent
-    found = shutil.which("initdb")
-    return Path(found).resolve().parent if found else None
+        bindir = Path(candidates[-1]).parent
+    elif found := shutil.which("initdb"):
+        bindir = Path(found).resolve().parent
+    else:
+        return None
+    return bindir if (bindir / "pg_ctl").exists() else None
 
 
 def free_port() -> int:
@@ -57,19 +60,21 @@ class PgCluster:
         root = Path(tempfile.mkdtemp(prefix="archiver-pg-"))
         datadir = root / "data"
         as_user: list[str] = []
-        if os.geteuid() == 0:
-            pw = pwd.getpwnam("postgres")
-            os.chmod(root, 0o755)
-            datadir.mkdir()
-            os.chown(datadir, pw.pw_uid, pw.pw_gid)
-            as_user = ["runuser", "-u", "postgres", "--"]
-        subprocess.run(
-            [*as_user, str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--locale=C.UTF-8"],
-            check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
-        cluster = cls("127.0.0.1", free_port(), "postgres", bindir, datadir, as_user, None, max_connections)
         try:
+            if os.geteuid() == 0:
+                pw = pwd.getpwnam("postgres")
+                os.chmod(root, 0o755)
+                datadir.mkdir()
+                os.chown(datadir, pw.pw_uid, pw.pw_gid)
+                as_user = ["runuser", "-u", "postgres", "--"]
+            subprocess.run(
+                [*as_user, str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "--auth=trust",
+                 "--encoding=UTF8", "--locale=C.UTF-8"],
+                check=True, capture_output=True, timeout=120,
+            )  # fmt: skip
+            cluster = cls(
+                "127.0.0.1", free_port(), "postgres", bindir, datadir, as_user, None, max_connections
+            )
             cluster.start()
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
