@@ -58,37 +58,16 @@ def test_the_optional_modules_still_load_where_they_are_needed() -> None:
     assert all(name in loaded for name in OPTIONAL)
 
 
-def _stderr_of(code: str, *args: str) -> str:
+def _stderr_of(code: str, *args: str, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     return done.stderr
-
-
-def test_the_console_script_runs_its_command_with_the_start_up_objects_frozen(tmp_path: Path) -> None:
-    # What the collector looks like when the command's work starts (archiver.heap).
-    err = _stderr_of(
-        """
-        import asyncio, gc, sys
-        from archiver import cli
-
-        real_run = asyncio.run
-
-        def spy(main, **kwargs):
-            print("enabled", gc.isenabled(), "frozen", gc.get_freeze_count(), file=sys.stderr)
-            return real_run(main, **kwargs)
-
-        asyncio.run = spy
-        sys.argv = ["archiver", "status", "--json", "--database-url", sys.argv[1]]
-        cli.console()
-        """,
-        f"sqlite:///{tmp_path / 'a.db'}",
-    )
-    words = err.split()
-    assert words[:2] == ["enabled", "True"], err
-    # Everything the command imported (SQLAlchemy among it) was frozen: tens of thousands.
-    assert words[2] == "frozen" and int(words[3]) > 20_000, err
 
 
 # One argument list per command: each must reach asyncio.run through cli._arun, or a
@@ -134,16 +113,11 @@ def test_every_command_starts_its_work_with_the_collector_on(command: str, tmp_p
         """
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
     env["ARCHIVER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'a.db'}"
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), command, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    words = done.stderr.split()
-    assert done.returncode == 0 and words[:2] == ["enabled", "True"], done.stderr
-    assert words[2] == "frozen" and int(words[3]) > 1_000, done.stderr
+    err = _stderr_of(code, command, *args, env=env)
+    words = err.split()
+    assert words[:2] == ["enabled", "True"], err
+    # Everything the command imported (SQLAlchemy among it) was frozen: tens of thousands.
+    assert words[2] == "frozen" and int(words[3]) > 20_000, err
 
 
 def test_release_without_hold_leaves_a_library_users_collector_alone() -> None:
