@@ -138,6 +138,14 @@ RUN_OPTIONS: list[Option] = [
         "starts; a write batch closes at an eighth of it (default 64)",
     ),
     (
+        "--max-body-mb",
+        "ARCHIVER_MAX_BODY_MB",
+        "max_body_mb",
+        float,
+        "largest response body (and input items of one response, all pages together) read, "
+        "in MiB after decompression; a larger one fails its ID (default 64)",
+    ),
+    (
         "--lease-seconds",
         "ARCHIVER_LEASE_SECONDS",
         "lease_seconds",

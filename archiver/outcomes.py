@@ -6,7 +6,8 @@ database changes. They are plain frozen records so policy code stays pure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 TERMINAL_RESPONSE_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete"})
@@ -43,7 +44,9 @@ class Archived:
 class Retry:
     """Try again no earlier than ``delay_s`` seconds from now.
 
-    ``body`` keeps bytes of a bad body for forensics. ``throttled`` marks a provider
+    ``body`` keeps bytes of a bad body for forensics: once past the fetcher, at most
+    :data:`FORENSIC_PREFIX_BYTES` of it, with ``body_bytes`` (the whole length) and
+    ``body_sha256`` (of the whole body) beside it (see :func:`with_body_sample`). ``throttled`` marks a provider
     rate-limit signal (it pauses the whole pool). ``spend_attempt`` is False for waits
     that are not the ID's fault (e.g. a transient 404 re-check is still an attempt,
     but a shutdown release is not).
@@ -55,6 +58,8 @@ class Retry:
     body: bytes | None = None
     throttled: bool = False
     spend_attempt: bool = True
+    body_bytes: int | None = None
+    body_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,8 @@ class Permanent:
     reason: str
     status_code: int | None = None
     body: bytes | None = None
+    body_bytes: int | None = None
+    body_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,25 @@ class StopAll:
 
 
 Outcome = Archived | Retry | Permanent | StopAll
+
+FORENSIC_PREFIX_BYTES = 64 * 1024
+"""How much of a bad body is kept in ``archive_queue.last_body`` (the rest is counted and hashed)."""
+
+
+def with_body_sample(outcome: Outcome) -> Outcome:
+    """The outcome with its forensic body cut to a prefix, its length and SHA-256 recorded.
+
+    Idempotent: an outcome whose ``body_bytes`` is set is returned as it is.
+    """
+    if not isinstance(outcome, (Retry, Permanent)) or outcome.body is None or outcome.body_bytes is not None:
+        return outcome
+    body = outcome.body
+    return replace(
+        outcome,
+        body=body[:FORENSIC_PREFIX_BYTES],
+        body_bytes=len(body),
+        body_sha256=hashlib.sha256(body).hexdigest(),
+    )
 
 
 def held_bytes(outcome: Outcome) -> int:

@@ -34,6 +34,7 @@ class Settings:
     max_attempts: int = 8
     batch_size: int = 200
     max_held_mb: float = 64.0
+    max_body_mb: float = 64.0
     lease_seconds: float = 60.0
     grace_seconds: float = 20.0
     poll_interval: float = 2.0
@@ -63,6 +64,8 @@ class Settings:
             raise ConfigError("batch size must be at least 1")
         if self.max_held_mb <= 0:
             raise ConfigError("max-held-mb must be positive")
+        if self.max_body_mb <= 0:
+            raise ConfigError("max-body-mb must be positive")
         if self.lease_seconds < 1:
             raise ConfigError("lease-seconds must be at least 1")
         if self.provider not in ("auto", "dashscope", "openai", "generic"):
