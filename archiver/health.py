@@ -26,6 +26,7 @@ from archiver.db import (
     statement_at_a_time,
 )
 from archiver.errors import DatabaseUnavailable
+from archiver.workers import worker_problems
 
 EXPIRED_LEASE_SLACK_S = 60.0
 """A lease expired this long ago with nobody recovering it means no live worker.
@@ -45,7 +46,8 @@ class CheckResult:
 async def run_checks(
     database_url: str, *, max_pending_age_s: float = 3600.0, max_expired_leases: int = 0
 ) -> CheckResult:
-    """Check that the database answers, its schema is current, and the queue moves.
+    """Check that the database answers, its schema is current, the queue moves, and no live
+    worker reports its endpoint paused or its key refused (:mod:`archiver.workers`).
 
     Args:
         database_url: as users write it; passwords never appear in the problems.
@@ -71,7 +73,8 @@ async def run_checks(
         head = head_revision()
         if revision != head:
             return _result([_schema_problem(revision, head)])
-        return _result(await _queue_problems(engine, max_pending_age_s, max_expired_leases))
+        problems = await _queue_problems(engine, max_pending_age_s, max_expired_leases)
+        return _result(problems + await worker_problems(engine))
     except (TimeoutError, OSError, DBAPIError) as exc:
         return _result([f"database unreachable: {shown}: {_scrub(_short_db_error(exc), url.password)}"])
     finally:

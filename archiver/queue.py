@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     Index,
@@ -29,6 +30,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from archiver.db import now_sql, statement_at_a_time
 from archiver.schema import metadata
+from archiver.workers import (
+    archive_workers,  # noqa: F401  (registers the table, as archive_queue)
+    troubled_workers,
+)
 
 QUEUE_STATES = ("pending", "in_flight", "archived", "not_found", "failed")
 """Every state a queue row can be in (contract)."""
@@ -49,7 +54,11 @@ archive_queue = Table(
     Column("lease_expires_at", Float),
     Column("last_status_code", Integer),
     Column("last_error", Text),
+    # A bad body: at most outcomes.FORENSIC_PREFIX_BYTES of it, with the whole body's
+    # length and SHA-256 (all three NULL when there is no body).
     Column("last_body", LargeBinary),
+    Column("last_body_bytes", BigInteger),
+    Column("last_body_sha256", Text),
     Column("response_created_at", Float),
     Index("ix_archive_queue_state_next_attempt_at", "state", "next_attempt_at"),
     comment="One row per response ID to archive; see docs/schema.md",
@@ -163,7 +172,8 @@ class QueueStore:
         stmt = text(
             f"UPDATE archive_queue SET state = 'pending', attempts = 0, polls = 0, "
             f"next_attempt_at = {self.now}, updated_at = {self.now}, last_error = NULL, "
-            "last_body = NULL, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
+            "last_body = NULL, last_body_bytes = NULL, last_body_sha256 = NULL, "
+            "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
             "WHERE id IN :ids AND state IN :states"
         ).bindparams(bindparam("ids", expanding=True), bindparam("states", expanding=True))
         total = 0
@@ -296,7 +306,8 @@ class QueueStore:
                 return await self._requeue(conn, list(response_ids), states)
         stmt = text(
             f"UPDATE archive_queue SET state = 'pending', attempts = 0, polls = 0, "
-            f"next_attempt_at = {self.now}, updated_at = {self.now}, last_error = NULL, last_body = NULL "
+            f"next_attempt_at = {self.now}, updated_at = {self.now}, last_error = NULL, "
+            "last_body = NULL, last_body_bytes = NULL, last_body_sha256 = NULL "
             "WHERE state IN :states"
         ).bindparams(bindparam("states", expanding=True))
         async with self.engine.begin() as conn:
@@ -359,7 +370,12 @@ class QueueStore:
     async def status_details(
         self, recent_errors: int = 10, retention_s: float | None = None
     ) -> dict[str, Any]:
-        """Counts, oldest pending age, expired leases, expiry risk and the most recent errors."""
+        """Counts, oldest pending age, expired leases, expiry risk, the most recent errors and
+        the live workers that cannot fetch (``workers``, see :mod:`archiver.workers`).
+
+        A recent error carries ``body_bytes`` (the whole bad body's length) when a body
+        was kept for it.
+        """
         counts = await self.counts()
         near, past = await self.expiry_counts(retention_s) if retention_s else (None, None)
         async with statement_at_a_time(self.engine) as conn:
@@ -379,13 +395,17 @@ class QueueStore:
             errors = (
                 await conn.execute(
                     text(
-                        "SELECT id, state, attempts, last_status_code, last_error FROM archive_queue "
+                        "SELECT id, state, attempts, last_status_code, last_error, "
+                        "CASE WHEN last_body IS NULL THEN NULL "
+                        "ELSE coalesce(last_body_bytes, length(last_body)) END "
+                        "FROM archive_queue "
                         "WHERE last_error IS NOT NULL AND state IN ('failed', 'not_found', 'pending') "
                         "ORDER BY updated_at DESC LIMIT :n"
                     ),
                     {"n": recent_errors},
                 )
             ).fetchall()
+            workers = await troubled_workers(conn)
         return {
             "states": counts,
             "total": sum(counts.values()),
@@ -394,14 +414,19 @@ class QueueStore:
             "retention_days": round(retention_s / 86400, 3) if retention_s else None,
             "pending_near_expiry": near,
             "pending_past_retention": past,
-            "recent_errors": [
-                {
-                    "response_id": r[0],
-                    "state": r[1],
-                    "attempts": r[2],
-                    "status_code": r[3],
-                    "error": r[4],
-                }
-                for r in errors
-            ],
+            "recent_errors": [_recent_error(r) for r in errors],
+            "workers": [w.as_dict() for w in workers],
         }
+
+
+def _recent_error(row: Any) -> dict[str, Any]:
+    error = {
+        "response_id": row[0],
+        "state": row[1],
+        "attempts": row[2],
+        "status_code": row[3],
+        "error": row[4],
+    }
+    if row[5] is not None:
+        error["body_bytes"] = int(row[5])
+    return error

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver.db import json_dumps, now_sql, sqlite_write_engine
 from archiver.normalize import NormalizedResponse, map_strings
-from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
+from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll, with_body_sample
 from archiver.queue import Job, archive_queue
 from archiver.schema import CHILD_TABLES, is_json_type, responses
 from archiver.schema import input_items as input_items_table
@@ -153,6 +153,20 @@ class _FastInsert:
 def _input_items_digest(rows: list[dict[str, Any]]) -> str:
     """SHA-256 of the input items as received (their JSON, in order)."""
     return hashlib.sha256(orjson.dumps([row["item"] for row in rows])).hexdigest()
+
+
+_NO_BODY: dict[str, Any] = {"body": None, "body_bytes": None, "body_sha256": None}
+
+
+def _body_columns(outcome: Retry | Permanent) -> dict[str, Any]:
+    """The queue's forensic body parameters: a bounded prefix, the whole length, its SHA-256.
+
+    Sampled here too, not only in the fetcher: ``writer.prepare()`` fails an ID whose
+    body cannot be normalized with the whole body (``with_body_sample`` is idempotent).
+    """
+    sampled = with_body_sample(outcome)
+    assert isinstance(sampled, (Retry, Permanent))
+    return {"body": sampled.body, "body_bytes": sampled.body_bytes, "body_sha256": sampled.body_sha256}
 
 
 def _short(text_: str) -> str:
@@ -366,7 +380,7 @@ class ArchiveStore:
                             "code": o.status_code,
                             "error": f"still {o.response_status} after {self.max_polls} polls "
                             "(latest snapshot is archived)",
-                            "body": None,
+                            **_NO_BODY,
                         }
                     )
                 else:
@@ -378,7 +392,7 @@ class ArchiveStore:
                             "delay": r.next_delay_s,
                             "code": o.status_code,
                             "error": f"response is {o.response_status}; re-polling",
-                            "body": None,
+                            **_NO_BODY,
                             "attempt_refund": r.job.attempt,
                             "polls": 1,
                         }
@@ -392,7 +406,7 @@ class ArchiveStore:
                         "delay": o.delay_s,
                         "code": o.status_code,
                         "error": _short(o.reason),
-                        "body": o.body,
+                        **_body_columns(o),
                         "attempt_refund": 0 if o.spend_attempt else 1,
                         "polls": 0,
                     }
@@ -409,18 +423,20 @@ class ArchiveStore:
                         "state": o.state,
                         "code": o.status_code,
                         "error": _short(o.reason),
-                        "body": o.body,
+                        **_body_columns(o),
                     }
                 )
             elif isinstance(o, StopAll):  # pragma: no cover - the worker releases these
                 raise AssertionError("StopAll results are released, not written")
         fence = "WHERE id = :rid AND lease_token = :token"
         clear_lease = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+        clear_body = "last_body = NULL, last_body_bytes = NULL, last_body_sha256 = NULL"
+        set_body = "last_body = :body, last_body_bytes = :body_bytes, last_body_sha256 = :body_sha256"
         if done:
             self._update_many(
                 conn,
                 f"UPDATE archive_queue SET state = 'archived', {clear_lease}, last_status_code = 200, "
-                f"last_error = NULL, last_body = NULL, updated_at = {self.now} {fence}",
+                f"last_error = NULL, {clear_body}, updated_at = {self.now} {fence}",
                 done,
             )
         if later:
@@ -431,14 +447,14 @@ class ArchiveStore:
                 "THEN attempts - :attempt_refund ELSE 0 END, "
                 "polls = polls + :polls, "
                 f"next_attempt_at = {self.now} + :delay, last_status_code = :code, "
-                f"last_error = :error, last_body = :body, updated_at = {self.now} {fence}",
+                f"last_error = :error, {set_body}, updated_at = {self.now} {fence}",
                 later,
             )
         if final:
             self._update_many(
                 conn,
                 f"UPDATE archive_queue SET state = :state, {clear_lease}, last_status_code = :code, "
-                f"last_error = :error, last_body = :body, updated_at = {self.now} {fence}",
+                f"last_error = :error, {set_body}, updated_at = {self.now} {fence}",
                 final,
             )
 
