@@ -50,6 +50,12 @@ class StopRun(ArchiverError):
     exit_code = 3
 
 
+class EndpointDown(ArchiverError):
+    """The run was stopped: the endpoint answers every ID the same wrong way (see archiver.breaker)."""
+
+    exit_code = 4
+
+
 class NormalizationError(ArchiverError):
     """The response body could not be normalized into rows."""
 

@@ -15,10 +15,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from archiver.client import ResponsesClient
+from archiver.budget import Reservation
+from archiver.client import BodyTooLarge, ResponsesClient
+from archiver.ids import response_id_problem
 from archiver.logs import get_logger, redact
 from archiver.normalize import normalize_input_items, scrub_surrogates
-from archiver.outcomes import Archived, Outcome, Permanent, Retry
+from archiver.outcomes import Archived, Outcome, Permanent, Retry, with_body_sample
 from archiver.policy import (
     InputItemsPage,
     ProviderProfile,
@@ -29,6 +31,7 @@ from archiver.policy import (
     repoll_delay,
 )
 from archiver.queue import Job
+from archiver.redaction import scrub_outcome
 from archiver.store import FetchResult
 
 log = get_logger()
@@ -71,19 +74,34 @@ class Fetcher:
         self.rand = rand
         self.keep_parsed_body = keep_parsed_body
 
-    async def fetch(self, job: Job) -> FetchResult:
-        """One fetch. A :class:`StopAll` outcome means the account was refused."""
+    async def fetch(self, job: Job, reservation: Reservation | None = None) -> FetchResult:
+        """One fetch. A :class:`StopAll` outcome means the account was refused.
+
+        Every outcome leaves through :func:`_finish`: its forensic body cut to a sample and
+        every registered secret scrubbed from its text, before anything stores or logs it.
+
+        Args:
+            job: the leased row.
+            reservation: counts the bytes read against the byte budget (``--max-held-mb``).
+        """
         started = time.monotonic()
         now = time.time()
+        problem = response_id_problem(job.response_id)
+        if problem is not None:
+            # A row inserted by another application that archiver enqueue would have refused:
+            # never sent, not even URL-quoted.
+            outcome: Outcome = Permanent("failed", f"not a valid response ID: {problem}")
+            return self._finish(job, outcome, started, requests=0)
         requests = 1
         try:
-            exchange = await self.client.fetch(job.response_id)
+            exchange = await self.client.fetch(job.response_id, reservation=reservation)
         except asyncio.CancelledError:
             raise
+        except BodyTooLarge as exc:
+            outcome = Permanent("failed", f"{exc} (read {exc.read} bytes, then stopped)", 200)
+            return self._finish(job, outcome, started, requests=requests)
         except Exception as exc:
-            outcome: Outcome = classify_exception(
-                exc, attempt=job.attempt, policy=self.policy, rand=self.rand()
-            )
+            outcome = classify_exception(exc, attempt=job.attempt, policy=self.policy, rand=self.rand())
         else:
             outcome = classify_response(
                 status_code=exchange.status_code,
@@ -106,44 +124,77 @@ class Fetcher:
             if not outcome.terminal:
                 next_delay = repoll_delay(job.polls + 1, self.policy, self.rand())
             elif self.with_input_items:
-                fetched, pages = await self._input_items(job)
+                fetched, pages = await self._input_items(job, reservation)
                 requests += pages
                 if isinstance(fetched, list):
                     input_items = fetched
-                elif isinstance(fetched, Permanent):
+                elif isinstance(fetched, Permanent) and fetched.status_code != 200:
                     log.warning(
                         "archiver.input_items_unavailable",
                         response_id=job.response_id,
                         status_code=fetched.status_code,
                         error=redact(fetched.reason),
                     )
-                else:  # Retry (fetch it all again later) or StopAll
+                else:  # Retry (fetch it all again later), StopAll, or a hostile list: failed
                     outcome = fetched
+        return self._finish(
+            job,
+            outcome,
+            started,
+            requests=requests,
+            input_items=normalize_input_items(job.response_id, input_items)
+            if input_items is not None
+            else None,
+            next_delay=next_delay,
+        )
+
+    def _finish(
+        self,
+        job: Job,
+        outcome: Outcome,
+        started: float,
+        *,
+        requests: int,
+        input_items: list[dict[str, Any]] | None = None,
+        next_delay: float = 0.0,
+    ) -> FetchResult:
         return FetchResult(
             job=job,
-            outcome=outcome,
+            outcome=scrub_outcome(with_body_sample(outcome)),
             fetched_at=datetime.now(UTC),
-            input_items=(
-                normalize_input_items(job.response_id, input_items) if input_items is not None else None
-            ),
+            input_items=input_items,
             next_delay_s=next_delay,
             duration_s=time.monotonic() - started,
             requests=requests,
         )
 
-    async def _input_items(self, job: Job) -> tuple[list[Any] | Outcome, int]:
+    async def _input_items(
+        self, job: Job, reservation: Reservation | None
+    ) -> tuple[list[Any] | Outcome, int]:
         """(every input item oldest first, or the outcome that stopped paging; pages fetched).
 
         Pages are fetched one after another inside the caller's concurrency slot, so input
-        items share the request budget with the responses.
+        items share the request budget with the responses. All pages of one response
+        together may hold at most ``--max-body-mb``: past it the ID fails.
         """
         items: list[Any] = []
         after: str | None = None
+        left = self.client.max_body_bytes
         for page_no in range(1, MAX_INPUT_ITEM_PAGES + 1):
             try:
-                exchange = await self.client.fetch_input_items_page(job.response_id, after)
+                exchange = await self.client.fetch_input_items_page(
+                    job.response_id, after, max_bytes=left, reservation=reservation
+                )
             except asyncio.CancelledError:
                 raise
+            except BodyTooLarge as exc:
+                return Permanent(
+                    "failed",
+                    "input items: all pages together larger than --max-body-mb "
+                    f"({self.client.max_body_bytes / (1 << 20):g} MiB after decompression; "
+                    f"stopped at {exc.read} bytes of page {page_no})",
+                    200,
+                ), page_no
             except Exception as exc:
                 return classify_exception(
                     exc, attempt=job.attempt, policy=self.policy, rand=self.rand()
@@ -160,6 +211,7 @@ class Fetcher:
             )
             if not isinstance(page, InputItemsPage):
                 return page, page_no
+            left -= len(exchange.body)
             lone_surrogates = b"\\ud" in exchange.body or b"\\uD" in exchange.body
             items.extend(scrub_surrogates(page.items) if lone_surrogates else page.items)
             if not page.has_more or page.last_id is None or page.last_id == after:

@@ -15,6 +15,11 @@ TERMINAL_RESPONSE_STATUSES = frozenset({"completed", "failed", "cancelled", "inc
 
 PermanentState = Literal["not_found", "failed"]
 
+Symptom = Literal["plain_404", "redirect", "connect", "5xx"]
+"""What an answer says about the endpoint rather than about one ID (see :mod:`archiver.breaker`):
+a plain (non-JSON) 404 of an unknown route, a redirect, a failed connection (refused,
+DNS, TLS), a server error."""
+
 
 @dataclass(frozen=True, slots=True)
 class Archived:
@@ -46,10 +51,12 @@ class Retry:
 
     ``body`` keeps bytes of a bad body for forensics: once past the fetcher, at most
     :data:`FORENSIC_PREFIX_BYTES` of it, with ``body_bytes`` (the whole length) and
-    ``body_sha256`` (of the whole body) beside it (see :func:`with_body_sample`). ``throttled`` marks a provider
-    rate-limit signal (it pauses the whole pool). ``spend_attempt`` is False for waits
+    ``body_sha256`` (of the whole body) beside it (see :func:`with_body_sample`).
+    ``throttled`` marks a provider rate-limit signal (it pauses the whole pool).
+    ``spend_attempt`` is False for waits
     that are not the ID's fault (e.g. a transient 404 re-check is still an attempt,
-    but a shutdown release is not).
+    but a shutdown release is not). ``symptom`` marks an answer that may be about the
+    endpoint rather than the ID: the worker holds it back until it knows which.
     """
 
     delay_s: float
@@ -60,6 +67,7 @@ class Retry:
     spend_attempt: bool = True
     body_bytes: int | None = None
     body_sha256: str | None = None
+    symptom: Symptom | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,7 @@ class Permanent:
     body: bytes | None = None
     body_bytes: int | None = None
     body_sha256: str | None = None
+    symptom: Symptom | None = None
 
 
 @dataclass(frozen=True, slots=True)

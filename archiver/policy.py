@@ -18,6 +18,8 @@ import http
 import json
 import math
 import re
+import socket
+import ssl
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from archiver.outcomes import (
     Permanent,
     Retry,
     StopAll,
+    Symptom,
 )
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "classify_response",
     "parse_retry_after",
     "profile_for_base_url",
+    "refused_for_one_id",
     "repoll_delay",
     "retention_seconds",
 ]
@@ -331,6 +335,30 @@ def classify_response(
     force = should_retry.strip().lower() if should_retry is not None else None
     described = _describe(status_code, error)
 
+    if 300 <= status_code <= 399:
+        # Redirects are never followed (a redirect to another host would take the key
+        # along); one on every ID means the base URL is wrong.
+        location = _HeaderLookup(headers).get("location")
+        where = f" to {_shorten(_clean(location))}" if location else ""
+        retry = Retry(
+            backoff_delay(attempt, policy, rand),
+            f"{status_code} redirect{where} (redirects are not followed)",
+            status_code,
+            symptom="redirect",
+        )
+        return _retry_or_give_up(retry, attempt, policy)
+
+    if status_code == 404 and not _is_error_envelope(body):
+        # Not the provider's "Response with id ... not found": a plain 404 of an unknown
+        # route (a base URL without /v1, a proxy). It says nothing about this ID.
+        retry = Retry(
+            backoff_delay(attempt, policy, rand),
+            f"{described} (a plain 404, not the provider's JSON error)",
+            status_code,
+            symptom="plain_404",
+        )
+        return _retry_or_give_up(retry, attempt, policy)
+
     if status_code == 404:
         if force != "false" and attempt < policy.max_attempts:
             if previous_status_code != 404:
@@ -358,7 +386,10 @@ def classify_response(
     delay = _server_wait(headers, now, policy)
     if delay is None:
         delay = backoff_delay(attempt, policy, rand)
-    return _retry_or_give_up(Retry(delay, described, status_code, throttled=throttled), attempt, policy)
+    symptom: Symptom | None = "5xx" if 500 <= status_code <= 599 else None
+    return _retry_or_give_up(
+        Retry(delay, described, status_code, throttled=throttled, symptom=symptom), attempt, policy
+    )
 
 
 def classify_exception(exc: BaseException, *, attempt: int, policy: RetryPolicy, rand: float) -> Outcome:
@@ -393,7 +424,20 @@ def classify_exception(exc: BaseException, *, attempt: int, policy: RetryPolicy,
         reason += f": {text})" if text else ")"
     else:
         reason = f"{name}: {text}" if text else name
-    return _retry_or_give_up(Retry(backoff_delay(attempt, policy, rand), _bounded(reason)), attempt, policy)
+    symptom: Symptom | None = "connect" if _is_connect_error(exc) else None
+    retry = Retry(backoff_delay(attempt, policy, rand), _bounded(reason), symptom=symptom)
+    return _retry_or_give_up(retry, attempt, policy)
+
+
+def refused_for_one_id(refusal: StopAll, *, attempt: int, policy: RetryPolicy, rand: float) -> Outcome:
+    """A refusal (401/403/billing) on one ID while the same key works for other IDs.
+
+    It is about this ID, not the account: retried with backoff like any per-ID fault,
+    then ``failed`` after ``max_attempts``.
+    """
+    reason = _bounded(f"{refusal.reason} (refused for this ID only: the same key works for other IDs)")
+    retry = Retry(backoff_delay(attempt, policy, rand), reason, refusal.status_code)
+    return _retry_or_give_up(retry, attempt, policy)
 
 
 # --- input items pages ---------------------------------------------------------------
@@ -604,6 +648,17 @@ def _retry_or_give_up(retry: Retry, attempt: int, policy: RetryPolicy) -> Outcom
         _bounded(f"gave up after {attempt} attempts: {retry.reason}"),
         retry.status_code,
         retry.body,
+        symptom=retry.symptom,
+    )
+
+
+def _is_error_envelope(body: bytes) -> bool:
+    """Whether a body is a provider's JSON error: ``{"error": ...}`` or ``{"code", "message"}``."""
+    data = _loads_or_none(body)
+    if not isinstance(data, dict):
+        return False
+    return isinstance(data.get("error"), dict | str) or (
+        isinstance(data.get("message"), str) and ("code" in data or "request_id" in data or "type" in data)
     )
 
 
@@ -617,6 +672,16 @@ def _is_network_error(exc: BaseException) -> bool:
     if isinstance(exc, OSError | TimeoutError):
         return True
     return any(marker in cls.__name__ for cls in type(exc).__mro__ for marker in _NETWORK_CLASS_MARKERS)
+
+
+_CONNECT_CLASS_MARKERS = ("ClientConnectorError", "ClientSSLError", "ClientConnectorCertificateError")
+
+
+def _is_connect_error(exc: BaseException) -> bool:
+    """No connection at all: refused, DNS, TLS (aiohttp's connector errors, by name: no import here)."""
+    if isinstance(exc, ConnectionRefusedError | ssl.SSLError | socket.gaierror):
+        return True
+    return any(marker in cls.__name__ for cls in type(exc).__mro__ for marker in _CONNECT_CLASS_MARKERS)
 
 
 def _is_timeout(exc: BaseException) -> bool:

@@ -14,7 +14,7 @@ import random
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -22,9 +22,11 @@ from aiolimiter import AsyncLimiter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import __version__
+from archiver.breaker import Breaker, Trip
+from archiver.budget import ByteBudget
 from archiver.client import ResponsesClient
 from archiver.db import log_db_retry, redact_url, with_db_retry
-from archiver.errors import StopRun
+from archiver.errors import EndpointDown, StopRun
 from archiver.fetch import Fetcher
 from archiver.limits import AdaptiveLimit
 from archiver.logs import get_logger, redact, redact_base_url
@@ -34,6 +36,7 @@ from archiver.outcomes import Outcome, Permanent, Retry, StopAll, held_bytes
 from archiver.policy import (
     ProviderProfile,
     RetryPolicy,
+    refused_for_one_id,
 )
 from archiver.queue import Job, QueueStore
 from archiver.settings import Settings
@@ -147,10 +150,11 @@ class Worker:
         self._jobs: asyncio.Queue[Job | None] = asyncio.Queue()  # bounded by the claimer's capacity
         self._results: asyncio.Queue[FetchResult | None] = asyncio.Queue()
         self._held: dict[str, Job] = {}  # claimed and not yet written
-        # Bytes of the bodies fetched and not yet written, and the budget for them.
-        self._held_bytes = 0
+        # Bytes of the bodies being read or fetched and not yet written, and the budget for them.
         self._max_held_bytes = int(settings.max_held_mb * MB)
-        self._bytes_freed = asyncio.Event()
+        self.budget = ByteBudget(self._max_held_bytes)
+        self.breaker = Breaker(display_endpoint(settings.base_url))
+        self._tripped: Trip | None = None
         self._slot_freed = asyncio.Event()
         self._not_before = 0.0  # monotonic time before which no request is sent (429 pause)
         self.gate = AdaptiveLimit(settings.concurrency)
@@ -172,6 +176,10 @@ class Worker:
             return False
         stalled_after = max(LIVENESS_TIMEOUT_S, self.settings.poll_interval * 5)
         return time.monotonic() - self._last_tick < stalled_after
+
+    def is_healthy(self) -> bool:
+        """For /healthz: live, and the circuit breaker is not holding the run (endpoint answers)."""
+        return self.is_live() and not (self.breaker.open or self.breaker.probing)
 
     def request_stop(self, reason: str) -> None:
         """Ask the run to stop gracefully (idempotent; the first reason is kept)."""
@@ -213,8 +221,10 @@ class Worker:
         )
         if self._fatal is not None:
             raise self._fatal
-        if self._stop_all is not None:
-            raise StopRun(self._stop_all)
+        if self._tripped is not None:
+            if self._tripped.key_refused:
+                raise StopRun(self._tripped.reason)
+            raise EndpointDown(self._tripped.reason)
         return self.summary
 
     async def _run_pipeline(self) -> None:
@@ -225,6 +235,7 @@ class Worker:
             concurrency=s.concurrency,
             request_timeout=s.request_timeout,
             connect_timeout=s.connect_timeout,
+            max_body_bytes=int(s.max_body_mb * MB),
         ) as client:
             self.fetcher = Fetcher(
                 client,
@@ -251,8 +262,6 @@ class Worker:
                 self.request_stop("cancelled")
                 await claimer
             await self._shutdown(fetchers, writer_task, [heartbeat, *watchers])
-
-    _stop_all: str | None = None
 
     def _summary_fields(self) -> dict[str, Any]:
         d = self.summary.as_dict()
@@ -333,15 +342,15 @@ class Worker:
         capacity = s.concurrency * 2 + s.batch_size * 6
         while not self.stop_event.is_set():
             self._last_tick = time.monotonic()
-            room = capacity - len(self._held)
-            if room < min(s.batch_size, s.concurrency):
-                self._slot_freed.clear()
-                await self._wait_any(self._slot_freed, s.poll_interval)
+            trip = self.breaker.should_trip()
+            if trip is not None:
+                await self._trip(trip)
+                continue
+            limit = await self._claim_limit(capacity)
+            if limit == 0:
                 continue
             jobs = await with_db_retry(
-                partial(
-                    self.queue.claim_batch, s.owner, min(s.batch_size, room), s.lease_seconds, s.max_attempts
-                ),
+                partial(self.queue.claim_batch, s.owner, limit, s.lease_seconds, s.max_attempts),
                 on_retry=log_db_retry,
             )
             for job in jobs:
@@ -350,6 +359,13 @@ class Worker:
                 await self._jobs.put(job)
             if jobs:
                 continue
+            if self.breaker.held and len(self.breaker.held) >= len(self._held):
+                # Nothing else is in flight or due: no other answer will tell whether the
+                # held results are about their IDs or about the endpoint. Assume the endpoint.
+                trip = self.breaker.should_trip(all_held=True)
+                if trip is not None:
+                    await self._trip(trip)
+                    continue
             if self.once:
                 # Held rows are noted before the query: a batch written while it runs can
                 # leave a row pending and due soon (a 404 to re-check) that the query
@@ -366,6 +382,96 @@ class Worker:
                 wait = s.poll_interval
             self._slot_freed.clear()
             await self._wait_any(self._slot_freed, wait)
+
+    async def _claim_limit(self, capacity: int) -> int:
+        """How many rows to claim now (0: waited instead; loop again).
+
+        While the circuit breaker is open nothing is claimed until its pause ends; then
+        one row is claimed as a probe, and no more until an answer closes the breaker.
+        """
+        s = self.settings
+        if self.breaker.open:
+            left = self.breaker.pause_left()
+            if left > 0 or self._held:
+                await wait_for_event(self.stop_event, min(left, s.poll_interval) if left > 0 else 0.05)
+                return 0
+            self.breaker.start_probe()
+            log.info("archiver.endpoint_probe", endpoint=self.breaker.endpoint)
+            return 1
+        if self.breaker.probing:
+            if self._held:
+                await wait_for_event(self.stop_event, 0.05)
+                return 0
+            return 1  # the last probe proved nothing either way (a timeout): probe again
+        room = capacity - len(self._held)
+        if room < min(s.batch_size, s.concurrency):
+            self._slot_freed.clear()
+            await self._wait_any(self._slot_freed, s.poll_interval)
+            return 0
+        return min(s.batch_size, room)
+
+    async def _trip(self, trip: Trip) -> None:
+        """The endpoint (or the key) is at fault: give held rows back; stop (--once) or pause."""
+        refund = list(self.breaker.streak_5xx) if trip.kind == "5xx" else []
+        released = self.breaker.trip()
+        if refund:
+            await self._refund_attempts(refund)
+        self.metrics.endpoint_up.set(0)
+        self.metrics.breaker_trips.inc()
+        await self._release_results(released, f"circuit breaker: {trip.kind}")
+        if self.once:
+            log.error("archiver.endpoint_down", kind=trip.kind, error=trip.reason, released=len(released))
+            self._tripped = self._tripped or trip
+            self.request_stop(trip.reason)
+            return
+        pause = self.breaker.pause_left()
+        log.error(
+            "archiver.endpoint_down",
+            kind=trip.kind,
+            error=trip.reason,
+            released=len(released),
+            wait_s=round(pause, 3),
+        )
+        self.notifier.status(f"paused {pause:.0f}s: {trip.reason}")
+        await self._record_health("refused" if trip.key_refused else "paused", trip.reason)
+
+    async def _refund_attempts(self, response_ids: list[str]) -> None:
+        """Give back the attempt that a 5xx spent, to IDs caught in a run that tripped the breaker.
+
+        Waits for the writer first, so the retries being written are refunded too.
+        """
+        deadline = time.monotonic() + 10.0
+        while any(rid in self._held for rid in response_ids) and time.monotonic() < deadline:
+            self._slot_freed.clear()
+            await self._wait_any(self._slot_freed, 0.05)
+        try:
+            await with_db_retry(lambda: self.queue.refund_attempts(response_ids))
+        except Exception as exc:
+            log.warning("archiver.refund_failed", count=len(response_ids), error=redact(str(exc)))
+
+    def _recovered(self) -> None:
+        self.breaker.reset()
+        self.metrics.endpoint_up.set(1)
+        log.info("archiver.endpoint_recovered", endpoint=self.breaker.endpoint)
+        self.notifier.status(f"archiving with concurrency {self.settings.concurrency}")
+        self._spawn("health-record", self._record_health("ok", None))
+
+    async def _record_health(self, state: str, detail: str | None) -> None:
+        """Write this worker's breaker state where ``archiver check`` and ``status`` read it."""
+        try:
+            from archiver.workers import record_worker
+        except ImportError:  # pragma: no cover - older checkouts without the table
+            return
+        try:
+            await record_worker(
+                self.queue.engine,
+                self.settings.owner,
+                state=state,
+                detail=redact(detail) if detail else None,
+                base_url=self.breaker.endpoint,
+            )
+        except Exception as exc:
+            log.warning("archiver.health_record_failed", error=redact(str(exc).splitlines()[0]))
 
     async def _wait_any(self, other: asyncio.Event, timeout: float) -> None:
         """Sleep up to ``timeout``, waking early on stop or on ``other``."""
@@ -386,68 +492,102 @@ class Worker:
             job = await self._jobs.get()
             if job is None:
                 return
-            await self._wait_for_byte_room()
+            await self.budget.wait_for_room(self.stop_event)
             await self.gate.acquire()
             congested = False
             try:
                 await self._pause_if_throttled()
                 if self._rate is not None:
                     await self._rate.acquire()
-                if self.stop_event.is_set():
-                    # Stopped before this job started (possibly while it waited out a 429,
-                    # a slot or the rate limit): release it without spending the attempt.
+                if self.stop_event.is_set() or self.breaker.open:
+                    # Stopped (or the breaker tripped) before this job started, possibly while
+                    # it waited out a 429, a slot or the rate limit: release it without
+                    # spending the attempt.
                     self._held.pop(job.response_id, None)
                     await self._release([job], "shutdown before start", quiet=True)
                     continue
                 with self.metrics.track_request():
                     result = await self.fetch_one(job)
-                congested = result is not None and _is_congestion(result.outcome)
+                congested = _is_congestion(result.outcome)
             finally:
                 await self.gate.release(congested=congested)
                 self.metrics.set_concurrency(self.gate.limit, self.gate.max_limit)
-            if result is None:
-                continue
-            self._held_bytes += held_bytes(result.outcome)
-            self.summary.peak_held_bytes = max(self.summary.peak_held_bytes, self._held_bytes)
+            self.summary.peak_held_bytes = max(self.summary.peak_held_bytes, self.budget.peak)
+            await self._route(result)
+
+    async def _route(self, result: FetchResult) -> None:
+        """Send a result to the writer, or hold it back / release it as the breaker says."""
+        was_probing = self.breaker.probing or self.breaker.open
+        verdict, decided = self.breaker.observe(result)
+        if was_probing and not (self.breaker.probing or self.breaker.open):
+            self._recovered()
+        for held in decided:  # answers about their own IDs after all
+            await self._results.put(self._per_id(held))
+        if verdict == "write":
             await self._results.put(result)
+        elif verdict == "release":
+            await self._release_results([result], "circuit breaker open")
+        else:
+            trip = self.breaker.should_trip()
+            if trip is not None:
+                await self._trip(trip)
 
-    async def _wait_for_byte_room(self) -> None:
-        """Start no request while the bodies waiting for the writer fill ``--max-held-mb``.
+    def _per_id(self, result: FetchResult) -> FetchResult:
+        outcome = result.outcome
+        if not isinstance(outcome, StopAll):
+            return result
+        per_id = refused_for_one_id(
+            outcome, attempt=result.job.attempt, policy=self.policy, rand=self._rand()
+        )
+        log.warning(
+            "archiver.fetch_retry" if isinstance(per_id, Retry) else "archiver.fetch_failed",
+            response_id=result.job.response_id,
+            attempt=result.job.attempt,
+            status_code=outcome.status_code,
+            error=redact(per_id.reason) if isinstance(per_id, Retry | Permanent) else None,
+        )
+        return replace(result, outcome=per_id)
 
-        The count of held rows bounds memory for ordinary bodies; this bounds it for large
-        ones (multi-megabyte outputs, base64 images). Requests already running finish, so
-        the peak is the budget plus what ``--concurrency`` requests bring in at once.
-        """
-        while self._held_bytes >= self._max_held_bytes and not self.stop_event.is_set():
-            self._bytes_freed.clear()
-            await self._wait_any(self._bytes_freed, self.settings.poll_interval)
+    async def _release_results(self, results: list[FetchResult], reason: str) -> None:
+        """Give rows whose results are not written back as ``pending``, attempts given back."""
+        if not results:
+            return
+        for r in results:
+            self._held.pop(r.job.response_id, None)
+            self.budget.release(held_bytes(r.outcome))
+        await self._release([r.job for r in results], reason)
+        self._slot_freed.set()
 
     async def _pause_if_throttled(self) -> None:
         wait = self._not_before - time.monotonic()
         if wait > 0:
             await wait_for_event(self.stop_event, wait)
 
-    async def fetch_one(self, job: Job) -> FetchResult | None:
+    async def fetch_one(self, job: Job) -> FetchResult:
         """Fetch one job; log, count and pause the pool as its outcome says.
 
-        Returns None when the provider refused the account (the run stops; the job stays
-        held and is released at shutdown without spending its attempt).
+        The bytes read count against the byte budget from the first one; once the fetch is
+        over, only what its outcome keeps stays counted until it is written.
         """
         assert self.fetcher is not None
-        result = await self.fetcher.fetch(job)
+        reservation = self.budget.reservation()
+        try:
+            result = await self.fetcher.fetch(job, reservation)
+        except BaseException:
+            reservation.keep(0)
+            raise
+        reservation.keep(held_bytes(result.outcome))
         self.summary.requests += result.requests
         outcome = result.outcome
         if isinstance(outcome, StopAll):
             self.metrics.observe_fetch(None, outcome.status_code, result.duration_s)
-            self._stop_all = self._stop_all or outcome.reason
-            log.error(
+            log.warning(
                 "archiver.provider_refused",
                 response_id=job.response_id,
                 status_code=outcome.status_code,
                 error=outcome.reason,
             )
-            self.request_stop(outcome.reason)
-            return None
+            return result
         if isinstance(outcome, Retry):
             if outcome.throttled:
                 self._not_before = max(
@@ -523,9 +663,8 @@ class Worker:
         report = await self.writer.write(batch)
         for r in batch:
             self._held.pop(r.job.response_id, None)
-            self._held_bytes -= held_bytes(r.outcome)
+            self.budget.release(held_bytes(r.outcome))
         self._slot_freed.set()
-        self._bytes_freed.set()
         self.summary.add(report)
         self.metrics.observe_batch(report)
         if report.lost_lease:
@@ -579,6 +718,22 @@ class Worker:
                     await self.queue.extend_leases(tokens, self.settings.lease_seconds)
                 except Exception as exc:
                     log.warning("archiver.heartbeat_failed", error=redact(str(exc).splitlines()[0]))
+
+
+def display_endpoint(base_url: str) -> str:
+    """How messages show the endpoint: ``scheme://host:port/path/responses/…`` (IPv6 in brackets)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port else host
+    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}/responses/…"
 
 
 def _rate_limiter(max_rps: float | None) -> AsyncLimiter | None:

@@ -300,6 +300,8 @@ EXPECTED_FAMILIES = {
     "archiver_lost_leases": "counter",
     "archiver_build_info": "gauge",
     "archiver_last_batch_timestamp_seconds": "gauge",
+    "archiver_endpoint_up": "gauge",
+    "archiver_breaker_trips": "counter",
 }
 
 
