@@ -167,7 +167,7 @@ class PeakRss(threading.Thread):
             total += rss
             self.peak_by_pid[pid] = max(self.peak_by_pid.get(pid, 0), rss)
             self.hwm_by_pid[pid] = hwm
-            if pid not in self.label_by_pid:
+            if self.label_by_pid.get(pid) != "writer":  # a fork shows its parent's cmdline until exec
                 self.label_by_pid[pid] = _label(pid)
         self.samples += 1
         self.peak_sum = max(self.peak_sum, total)
