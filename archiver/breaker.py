@@ -9,8 +9,9 @@ and no ID is marked) until the next answer decides:
   JSON error about one ID) means the held results were about their IDs: they are written
   as the per-ID outcomes they are;
 - ``TRIP_AFTER`` different IDs held with no such answer between them, or held results
-  that are all the worker has, trip the breaker: the held rows go back to ``pending``
-  with their attempts given back, and the run stops (``run --once``, exit 4; exit 3 for a refused key) or the daemon pauses and
+  that are all the worker has with no good answer for ``RECENT_GOOD_S``, trip the
+  breaker: the held rows go back to ``pending`` with their attempts given back, and the
+  run stops (``run --once``, exit 4; exit 3 for a refused key) or the daemon pauses and
   probes the endpoint again with backoff.
 
 Server errors (5xx) are not held: retrying them is how a busy provider recovers, so they
@@ -40,6 +41,10 @@ TRIP_AFTER_5XX = 5
 
 STREAK_5XX_MIN_S = 10.0
 """... for at least this long: then the provider is down, not shedding a burst of load."""
+
+RECENT_GOOD_S = 60.0
+"""Held results that are all the worker has do not trip the breaker when a good answer came
+this recently: the endpoint and key worked a moment ago, so they are about their IDs."""
 
 HOLD_MAX_S = 120.0
 """A result held back longer than this with no deciding answer trips the breaker."""
@@ -99,7 +104,9 @@ class Breaker:
     def __init__(self, endpoint: str, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.endpoint = endpoint
         self.held: dict[str, tuple[FetchResult, Kind, float]] = {}
-        self.streak_5xx: dict[str, float] = {}  # IDs answered 5xx since the last good answer
+        self.last_good = -RECENT_GOOD_S  # when a good answer last came (monotonic)
+        # ID -> (first 5xx, attempts spent on 5xx) since the last good answer
+        self.streak_5xx: dict[str, tuple[float, int]] = {}
         self.last_5xx: FetchResult | None = None
         self.open = False
         self.probing = False
@@ -119,6 +126,7 @@ class Breaker:
         kind = symptom_of(result.outcome)
         if kind is None:
             if proves_endpoint(result.outcome):
+                self.last_good = self._clock()
                 decided = [r for r, _, _ in self.held.values()]
                 self.held.clear()
                 self.streak_5xx.clear()
@@ -132,7 +140,8 @@ class Breaker:
             # Written as the retry it is (retries are how a busy provider recovers), but
             # counted: a long enough run of them trips the breaker, and the caller then
             # gives these IDs their attempts back.
-            self.streak_5xx.setdefault(result.job.response_id, self._clock())
+            first, spent = self.streak_5xx.get(result.job.response_id, (self._clock(), 0))
+            self.streak_5xx[result.job.response_id] = (first, spent + 1)
             self.last_5xx = result
             return "write", []
         self.held[result.job.response_id] = (result, kind, self._clock())
@@ -143,7 +152,9 @@ class Breaker:
 
         Args:
             all_held: nothing else is in flight or waiting, so no other answer will
-                decide (a small queue, or a probe).
+                decide (a small queue, the end of a backfill). Then the held results trip
+                the breaker unless a good answer came in the last ``RECENT_GOOD_S``; if one
+                did, the caller writes them as per-ID outcomes (:meth:`take_held`).
         """
         if self.open:
             return None
@@ -152,7 +163,7 @@ class Breaker:
             self.probing
             or (
                 len(self.streak_5xx) >= TRIP_AFTER_5XX
-                and now - min(self.streak_5xx.values()) >= STREAK_5XX_MIN_S
+                and now - min(first for first, _ in self.streak_5xx.values()) >= STREAK_5XX_MIN_S
             )
         ):
             return Trip("5xx", self._describe("5xx", len(self.streak_5xx)))
@@ -161,7 +172,13 @@ class Breaker:
         kinds = Counter(kind for _, kind, _ in self.held.values())
         count = len(self.held)
         oldest = min(at for _, _, at in self.held.values())
-        if all_held or self.probing or count >= TRIP_AFTER or now - oldest > HOLD_MAX_S:
+        recently_good = now - self.last_good < RECENT_GOOD_S
+        if (
+            (all_held and not recently_good)
+            or self.probing
+            or count >= TRIP_AFTER
+            or now - oldest > HOLD_MAX_S
+        ):
             kind = "refused" if "refused" in kinds else kinds.most_common(1)[0][0]
             return Trip(kind, self._describe(kind, count))
         return None

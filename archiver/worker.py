@@ -366,6 +366,8 @@ class Worker:
                 if trip is not None:
                     await self._trip(trip)
                     continue
+                for held in self.breaker.take_held():  # the endpoint worked a moment ago
+                    await self._results.put(self._per_id(held))
             if self.once:
                 # Held rows are noted before the query: a batch written while it runs can
                 # leave a row pending and due soon (a 404 to re-check) that the query
@@ -412,7 +414,7 @@ class Worker:
 
     async def _trip(self, trip: Trip) -> None:
         """The endpoint (or the key) is at fault: give held rows back; stop (--once) or pause."""
-        refund = list(self.breaker.streak_5xx) if trip.kind == "5xx" else []
+        refund = {rid: n for rid, (_, n) in self.breaker.streak_5xx.items()} if trip.kind == "5xx" else {}
         released = self.breaker.trip()
         if refund:
             await self._refund_attempts(refund)
@@ -435,8 +437,8 @@ class Worker:
         self.notifier.status(f"paused {pause:.0f}s: {trip.reason}")
         await self._record_health("refused" if trip.key_refused else "paused", trip.reason)
 
-    async def _refund_attempts(self, response_ids: list[str]) -> None:
-        """Give back the attempt that a 5xx spent, to IDs caught in a run that tripped the breaker.
+    async def _refund_attempts(self, response_ids: dict[str, int]) -> None:
+        """Give back the attempts 5xx answers spent, to IDs caught in a run that tripped the breaker.
 
         Waits for the writer first, so the retries being written are refunded too.
         """

@@ -306,9 +306,34 @@ def test_404_request_id_in_reason() -> None:
     assert outcome.reason == "404 NotFound: Response not found (request id req-9f3a)"
 
 
-def test_404_with_non_json_body() -> None:
+def test_404_with_non_json_body_is_an_endpoint_symptom_not_not_found() -> None:
+    # A plain 404 of an unknown route (a base URL without /v1) says nothing about the ID.
     outcome = classify(404, b"<html>\n<h1>404   Not Found</h1></html>", previous=404)
-    assert outcome == Permanent("not_found", "404 Not Found: <html> <h1>404 Not Found</h1></html>", 404)
+    assert isinstance(outcome, Retry)
+    assert outcome.symptom == "plain_404"
+    assert "plain 404" in outcome.reason
+    final = classify(404, b"404: Not Found", previous=404, attempt=8)
+    assert isinstance(final, Permanent)
+    assert final.state == "failed"
+    assert final.symptom == "plain_404"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"detail": "Not Found"}', b"[]", b'{"message": "no route"}', b""],
+)
+def test_404_json_without_an_error_envelope_is_plain(body: bytes) -> None:
+    outcome = classify(404, body)
+    assert isinstance(outcome, Retry)
+    assert outcome.symptom == "plain_404"
+
+
+def test_404_dashscope_native_envelope_is_not_found() -> None:
+    body = b'{"code": "NotFound", "message": "Response not found", "request_id": "r-1"}'
+    outcome = classify(404, body, previous=404)
+    assert isinstance(outcome, Permanent)
+    assert outcome.state == "not_found"
+    assert outcome.symptom is None
 
 
 # --- 400 / 422 / other 4xx / 3xx -----------------------------------------------------------
@@ -336,10 +361,33 @@ def test_dashscope_native_400_is_failed() -> None:
 @pytest.mark.parametrize("status", [301, 302, 304, 405, 410, 413, 418, 451, 204, 299])
 def test_other_statuses_are_failed(status: int) -> None:
     outcome = classify(status, b"")
+    if 300 <= status <= 399:
+        # Redirects are never followed; they are an endpoint symptom (see test_redirect_*).
+        assert isinstance(outcome, Retry)
+        assert outcome.symptom == "redirect"
+        return
     assert isinstance(outcome, Permanent)
     assert outcome.state == "failed"
     assert outcome.status_code == status
     assert outcome.reason.startswith(str(status))
+
+
+def test_redirect_names_its_target_and_gives_up_after_max_attempts() -> None:
+    outcome = classify(301, b"", headers={"Location": "https://example.invalid/v1/responses/x"})
+    assert isinstance(outcome, Retry)
+    assert outcome.reason.startswith("301 redirect to https://example.invalid/v1/responses/x")
+    final = classify(302, b"", attempt=8)
+    assert isinstance(final, Permanent)
+    assert final.symptom == "redirect"
+
+
+def test_5xx_is_marked_as_a_symptom_and_4xx_is_not() -> None:
+    five = classify(502, b"")
+    assert isinstance(five, Retry)
+    assert five.symptom == "5xx"
+    four = classify(409, b"")
+    assert isinstance(four, Retry)
+    assert four.symptom is None
 
 
 # --- stop the run -----------------------------------------------------------------------
@@ -583,7 +631,9 @@ def test_x_should_retry_true_makes_4xx_retryable(status: int) -> None:
 
 def test_x_should_retry_true_does_not_touch_3xx() -> None:
     outcome = classify(302, b"", headers={"x-should-retry": "true"})
-    assert isinstance(outcome, Permanent)
+    assert isinstance(outcome, Retry)
+    assert outcome.symptom == "redirect"
+    assert "server asked" not in outcome.reason
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 503])
