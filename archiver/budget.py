@@ -3,9 +3,11 @@
 ``--max-held-mb`` bounds them. A request starts only while the budget has room
 (:meth:`ByteBudget.wait_for_room`), and a body counts from its first byte, not once it is
 whole: each reader takes bytes from the budget as they arrive (:meth:`Reservation.take`).
-When the budget is full, readers wait, except one: the *overflow reader* may go past the
-budget until its own body is read, so a budget filled by half-read bodies cannot
-deadlock. The bytes held therefore stay below::
+When the budget is full, readers wait for the writer to free bytes. Only when nothing
+but half-read bodies fills it (no finished body the writer will free) would they wait
+for ever; then one of them, the *overflow reader*, goes past the budget until its own
+body is read, and no other reader may overflow until finished bodies are freed again.
+The bytes held therefore stay below::
 
     max_held + max_body + concurrency * READ_PIECE
 
@@ -31,6 +33,8 @@ class ByteBudget:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max(int(max_bytes), 1)
         self.used = 0
+        self.reading = 0  # of ``used``: bytes of bodies still being read
+        self.aside = 0  # of ``used``: finished bodies the writer will not free soon (held back)
         self.peak = 0
         self._overflow: Reservation | None = None
         self._waiters: list[asyncio.Future[None]] = []
@@ -62,8 +66,24 @@ class ByteBudget:
                 if not changed.done():
                     changed.cancel()
 
+    def set_aside(self, count: int) -> None:
+        """``count`` finished bytes wait for something other than the writer (a breaker decision)."""
+        self.aside += max(count, 0)
+
+    def take_back(self, count: int) -> None:
+        """Bytes set aside go on to the writer (or are released) after all."""
+        self.aside = max(self.aside - max(count, 0), 0)
+        self._wake()
+
+    def _may_overflow(self, reader: Reservation) -> bool:
+        if self._overflow is not None:
+            return self._overflow is reader
+        # Nothing the writer will free: waiting would wait for ever.
+        return self.used - self.reading - self.aside <= 0
+
     def _add(self, count: int) -> None:
         self.used += count
+        self.reading += count
         self.peak = max(self.peak, self.used)
 
     def _changed(self) -> asyncio.Future[None]:
@@ -88,14 +108,15 @@ class Reservation:
     async def take(self, count: int) -> None:
         """Count ``count`` more bytes read, waiting while the budget is full.
 
-        The first reader to find the budget full becomes the overflow reader and goes on
-        without waiting until :meth:`done`.
+        When only half-read bodies fill the budget, the first reader to find it full
+        becomes the overflow reader and goes on without waiting until :meth:`done`.
         """
         budget = self.budget
-        while budget.used + count > budget.max_bytes and budget._overflow not in (None, self):
+        while budget.used + count > budget.max_bytes:
+            if budget._may_overflow(self):
+                budget._overflow = self
+                break
             await budget._changed()
-        if budget.used + count > budget.max_bytes:
-            budget._overflow = self
         budget._add(count)
         self.taken += count
 
@@ -103,11 +124,14 @@ class Reservation:
         """Return up to ``count`` of the bytes taken (all of them for a failed read)."""
         count = min(count, self.taken)
         self.taken -= count
+        self.budget.reading -= count
         self.budget.release(count)
 
     def keep(self, count: int) -> None:
         """The read is over and ``count`` bytes of it stay held until written: return the rest."""
         self.give_back(self.taken - max(count, 0))
+        self.budget.reading -= self.taken  # finished now: the writer frees them
+        self.taken = 0
         self.done()
 
     def done(self) -> None:

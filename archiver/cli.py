@@ -20,7 +20,16 @@ from archiver import __version__, heap
 from archiver.childproc import discard, start_writer_process, wants_process
 from archiver.errors import ArchiverError, ConfigError
 from archiver.logs import configure_logging, register_secret
-from archiver.settings import DEFAULT_BASE_URL, DEFAULT_DATABASE_URL, Settings, read_api_key
+from archiver.redaction import install_excepthook, redact, register_database_url
+from archiver.settings import (
+    DEFAULT_BASE_URL,
+    DEFAULT_DATABASE_URL,
+    PROVIDERS,
+    WRITERS,
+    Settings,
+    is_loopback,
+    read_api_key,
+)
 
 T = TypeVar("T")
 
@@ -36,6 +45,32 @@ def flag(value: str) -> bool:
     if lowered in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(value)
+
+
+def one_of(*allowed: str) -> Callable[[str], str]:
+    """A setting with a fixed set of values (case-insensitive); the error names them."""
+
+    def parse(value: str) -> str:
+        lowered = value.strip().lower()
+        if lowered not in allowed:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(allowed)}")
+        return lowered
+
+    return parse
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _expected(type_: Callable[[str], Any]) -> str:
+    """What a value of this option type must look like, for an error about a variable."""
+    if type_ is int:
+        return "must be a whole number"
+    if type_ is float:
+        return "must be a number"
+    if type_ is flag:
+        return "must be one of 1, true, yes, on, 0, false, no, off"
+    return "is not valid"
 
 
 COMMON_OPTIONS: list[Option] = [
@@ -60,7 +95,23 @@ HTTP_OPTIONS: list[Option] = [
         "ARCHIVER_BASE_URL",
         "base_url",
         str,
-        f"Responses API base URL (default {DEFAULT_BASE_URL})",
+        f"Responses API base URL (default {DEFAULT_BASE_URL}); https://, or http:// to loopback",
+    ),
+    (
+        "--allow-insecure-http",
+        "ARCHIVER_ALLOW_INSECURE_HTTP",
+        "allow_insecure_http",
+        flag,
+        "allow a plain http:// base URL to a host that is not loopback (the key crosses the "
+        "network unencrypted)",
+    ),
+    (
+        "--provider",
+        "ARCHIVER_PROVIDER",
+        "provider",
+        one_of(*PROVIDERS),
+        "which provider's error codes apply: auto (from the base URL host, the default), "
+        "dashscope, openai or generic",
     ),
     (
         "--request-timeout",
@@ -69,13 +120,20 @@ HTTP_OPTIONS: list[Option] = [
         float,
         "seconds one request may take in all (default 60)",
     ),
+    (
+        "--connect-timeout",
+        "ARCHIVER_CONNECT_TIMEOUT",
+        "connect_timeout",
+        float,
+        "seconds to connect to the API host (default 10)",
+    ),
 ]
 RUN_OPTIONS: list[Option] = [
     (
         "--writer",
         "ARCHIVER_WRITER",
         "writer",
-        str,
+        one_of(*WRITERS),
         "where bodies are normalized and written: process (a child process, on another core), "
         "inline (the fetching process), or auto (default: process with 2+ cores and a database "
         "file or server)",
@@ -107,6 +165,13 @@ RUN_OPTIONS: list[Option] = [
         "metrics_refresh",
         float,
         "seconds between refreshes of the queue gauges (default 15)",
+    ),
+    (
+        "--max-rps",
+        "ARCHIVER_MAX_RPS",
+        "max_rps",
+        float,
+        "ceiling on requests per second of this process, e.g. 5 or 0.5 (default: none)",
     ),
     (
         "--concurrency",
@@ -143,7 +208,7 @@ RUN_OPTIONS: list[Option] = [
         "max_body_mb",
         float,
         "largest response body (and input items of one response, all pages together) read, "
-        "in MiB after decompression; a larger one fails its ID (default 64)",
+        "in MiB after decompression; a larger one fails its ID (default 16)",
     ),
     (
         "--lease-seconds",
@@ -208,6 +273,13 @@ RUN_OPTIONS: list[Option] = [
         float,
         "first delay before re-polling a queued/in_progress response (default 5)",
     ),
+    (
+        "--max-polls",
+        "ARCHIVER_MAX_POLLS",
+        "max_polls",
+        int,
+        "snapshots of a queued/in_progress response before its ID fails (default 200)",
+    ),
 ]
 
 
@@ -242,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(common, COMMON_OPTIONS)
     common.add_argument(
         "--log-level",
+        type=one_of(*LOG_LEVELS),
         default=None,
         help="debug, info, warning, error (default info) [env: ARCHIVER_LOG_LEVEL]",
     )
@@ -412,16 +485,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_level(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    """``--log-level``, else ARCHIVER_LOG_LEVEL, else info; a bad variable exits 2 like a bad flag.
+
+    (Logging is configured before anything else, so this cannot wait for a ConfigError.)
+    """
+    if args.log_level:
+        return str(args.log_level)  # argparse checked it
+    raw = env.get("ARCHIVER_LOG_LEVEL", "")
+    try:
+        return one_of(*LOG_LEVELS)(raw) if raw.strip() else "info"
+    except argparse.ArgumentTypeError as exc:
+        print(f"archiver: error: ARCHIVER_LOG_LEVEL={raw!r}: {exc}", file=sys.stderr)
+        raise SystemExit(ConfigError.exit_code) from None
+
+
 def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     """Settings from parsed flags, then ARCHIVER_* variables, then defaults."""
     values: dict[str, Any] = {}
-    for name, env_name, field_name, type_, _ in COMMON_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS:
+    for _flag_name, env_name, field_name, type_, _ in COMMON_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS:
         value = getattr(args, field_name, None)
         if value is None and env.get(env_name, "").strip():
             try:
                 value = type_(env[env_name].strip())
+            except argparse.ArgumentTypeError as exc:
+                raise ConfigError(f"{env_name}={env[env_name]!r}: {exc}") from None
             except ValueError:
-                raise ConfigError(f"{env_name}={env[env_name]!r} is not a valid {name}") from None
+                raise ConfigError(f"{env_name}={env[env_name]!r}: {_expected(type_)}") from None
         if value is not None:
             values[field_name] = value
     if getattr(args, "command", None) == "run":
@@ -450,18 +540,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     env = os.environ
-    configure_logging(args.log_level or env.get("ARCHIVER_LOG_LEVEL", "info"))
+    install_excepthook()
+    register_secrets(args, env)
+    configure_logging(_log_level(args, env))
     try:
         settings = settings_from(args, env)
         register_secret(settings.api_key)
+        register_database_url(settings.database_url)
         handler = _HANDLERS[args.command]
         return handler(args, settings)
     except ArchiverError as exc:
-        print(f"archiver: error: {exc}", file=sys.stderr)
+        print(f"archiver: error: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("archiver: interrupted", file=sys.stderr)
         return 130
+
+
+def register_secrets(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+    """Register every secret this process can find, whatever the command (see :mod:`archiver.redaction`).
+
+    The API key (every variable, the key file, systemd credentials), the mock server's key,
+    and the passwords in the database and base URLs. A key file that cannot be read fails
+    only the commands that need the key, later, with their own message.
+    """
+    from archiver.settings import API_KEY_VARIABLES
+
+    for name in (*API_KEY_VARIABLES, "ARCHIVER_MOCK_API_KEY"):
+        register_secret(env.get(name, "").strip())
+    without_variables = {k: v for k, v in env.items() if k not in API_KEY_VARIABLES}
+    with contextlib.suppress(ArchiverError, OSError, ValueError):
+        register_secret(read_api_key(without_variables, getattr(args, "api_key_file", None)))
+    for url in (
+        getattr(args, "database_url", None),
+        env.get("ARCHIVER_DATABASE_URL"),
+        getattr(args, "base_url", None),
+        env.get("ARCHIVER_BASE_URL"),
+    ):
+        register_database_url(url)
 
 
 def _arun(main: Coroutine[Any, Any, T]) -> T:
@@ -490,7 +606,7 @@ def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    if settings.api_key is None and not _is_loopback(settings.base_url):
+    if settings.api_key is None and not is_loopback(settings.base_url):
         raise ConfigError(
             "no API key: set ARCHIVER_API_KEY or DASHSCOPE_API_KEY (or --api-key-file); "
             "to try archiver without a key, run `archiver demo`"
@@ -510,15 +626,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             progress.close()
         discard(early)
     if args.once:
-        print(commands.dumps(summary.as_dict()))
+        print(redact(commands.dumps(summary.as_dict())))  # stop_reason may quote the server
     return 0
-
-
-def _is_loopback(base_url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    host = urlsplit(base_url).hostname or ""
-    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
@@ -566,7 +675,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
         print("ok")
         return 0
     for problem in result.problems:
-        print(problem, file=sys.stderr)
+        print(redact(problem), file=sys.stderr)
     return 1
 
 

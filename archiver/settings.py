@@ -6,12 +6,14 @@ taken from a flag (it would show in ``ps``): only from the environment or a key 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from archiver.errors import ConfigError
 
@@ -19,6 +21,8 @@ DEFAULT_DATABASE_URL = "sqlite:///archive.db"
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
 API_KEY_VARIABLES = ("ARCHIVER_API_KEY", "DASHSCOPE_API_KEY")
 CREDENTIAL_NAME = "api_key"  # systemd LoadCredential=api_key:/etc/archiver/api_key
+PROVIDERS = ("auto", "dashscope", "openai", "generic")
+WRITERS = ("auto", "process", "inline")
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class Settings:
     max_attempts: int = 8
     batch_size: int = 200
     max_held_mb: float = 64.0
-    max_body_mb: float = 64.0
+    max_body_mb: float = 16.0
     lease_seconds: float = 60.0
     grace_seconds: float = 20.0
     poll_interval: float = 2.0
@@ -47,6 +51,7 @@ class Settings:
     max_polls: int = 200
     max_rps: float | None = None
     provider: str = "auto"
+    allow_insecure_http: bool = False
     retention_days: float | None = None
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
@@ -66,16 +71,19 @@ class Settings:
             raise ConfigError("max-held-mb must be positive")
         if self.max_body_mb <= 0:
             raise ConfigError("max-body-mb must be positive")
+        if self.connect_timeout <= 0:
+            raise ConfigError("connect-timeout must be positive")
+        if self.max_polls < 1:
+            raise ConfigError("max-polls must be at least 1")
         if self.lease_seconds < 1:
             raise ConfigError("lease-seconds must be at least 1")
-        if self.provider not in ("auto", "dashscope", "openai", "generic"):
-            raise ConfigError(f"provider must be auto, dashscope, openai or generic, not {self.provider!r}")
-        if self.writer not in ("auto", "process", "inline"):
-            raise ConfigError(f"writer must be auto, process or inline, not {self.writer!r}")
+        if self.provider not in PROVIDERS:
+            raise ConfigError(f"provider must be one of {', '.join(PROVIDERS)}, not {self.provider!r}")
+        if self.writer not in WRITERS:
+            raise ConfigError(f"writer must be one of {', '.join(WRITERS)}, not {self.writer!r}")
         if self.max_rps is not None and self.max_rps <= 0:
             raise ConfigError("max-rps must be positive")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"base URL must start with http:// or https://, got {self.base_url!r}")
+        check_base_url(self.base_url, allow_insecure_http=self.allow_insecure_http)
 
     @property
     def profile(self) -> str:
@@ -94,6 +102,90 @@ class Settings:
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with some fields replaced."""
         return replace(self, **changes)
+
+
+def _split_base_url(url: str) -> tuple[SplitResult, str, int | None]:
+    """(parts, host, port) of a base URL; ConfigError for one that does not parse."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port could not be cast ...", out of range
+        raise ConfigError(f"base URL is malformed ({exc}): {_without_userinfo(url)!r}") from None
+    return parts, host, port
+
+
+def _without_userinfo(url: str) -> str:
+    """A URL that failed to parse, for a message: its user info (and password) as ``***``."""
+    text = url.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text[:200]
+    authority = rest[: min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))]
+    if "@" in authority:
+        rest = "***@" + rest[authority.rindex("@") + 1 :]
+    return f"{scheme}://{rest}"[:200]
+
+
+def _netloc(host: str, port: int | None) -> str:
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
+    return f"{shown}:{port}" if port is not None else shown
+
+
+def display_base_url(url: str) -> str:
+    """The base URL as logs and messages show it: no user info, query or fragment.
+
+    IPv6 hosts keep their brackets (``http://[::1]:8080/v1``). A URL that does not parse
+    is shown without anything that could be a password.
+    """
+    try:
+        parts, host, port = _split_base_url(url)
+    except ConfigError:
+        return _without_userinfo(url)
+    return urlunsplit((parts.scheme, _netloc(host, port), parts.path, "", ""))
+
+
+def is_loopback(base_url: str) -> bool:
+    """True when the URL's host is this machine: ``localhost``, 127.0.0.0/8 or ``::1``."""
+    try:
+        _, host, _ = _split_base_url(base_url)
+    except ConfigError:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])  # a zone (fe80::1%eth0) is not the address
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def check_base_url(url: str, *, allow_insecure_http: bool = False) -> None:
+    """Refuse a base URL that cannot be right, or that would send the key in the clear.
+
+    Raises:
+        ConfigError: one line, which never repeats a password given in the URL.
+    """
+    parts, host, _ = _split_base_url(url)
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"base URL must start with http:// or https://, got {display_base_url(url)!r}")
+    if not host:
+        raise ConfigError(f"base URL has no host: {display_base_url(url)!r}")
+    shown = display_base_url(url)
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"base URL must not contain user info (user:password@): {shown!r}; "
+            "the API key goes in ARCHIVER_API_KEY or a key file"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(f"base URL must not have a query string or fragment (?...#...): {shown!r}")
+    if parts.scheme == "http" and not allow_insecure_http and not is_loopback(url):
+        raise ConfigError(
+            f"base URL {shown!r} is plain http:// to another host: the API key would cross the "
+            "network unencrypted; use https://, or --allow-insecure-http (ARCHIVER_ALLOW_INSECURE_HTTP=1)"
+        )
 
 
 def read_api_key(env: Mapping[str, str], key_file: str | None = None) -> str | None:

@@ -367,6 +367,7 @@ class Worker:
                     await self._trip(trip)
                     continue
                 for held in self.breaker.take_held():  # the endpoint worked a moment ago
+                    self.budget.take_back(held_bytes(held.outcome))
                     await self._results.put(self._per_id(held))
             if self.once:
                 # Held rows are noted before the query: a batch written while it runs can
@@ -416,6 +417,8 @@ class Worker:
         """The endpoint (or the key) is at fault: give held rows back; stop (--once) or pause."""
         refund = {rid: n for rid, (_, n) in self.breaker.streak_5xx.items()} if trip.kind == "5xx" else {}
         released = self.breaker.trip()
+        for held in released:
+            self.budget.take_back(held_bytes(held.outcome))
         if refund:
             await self._refund_attempts(refund)
         self.metrics.endpoint_up.set(0)
@@ -524,12 +527,14 @@ class Worker:
         if was_probing and not (self.breaker.probing or self.breaker.open):
             self._recovered()
         for held in decided:  # answers about their own IDs after all
+            self.budget.take_back(held_bytes(held.outcome))
             await self._results.put(self._per_id(held))
         if verdict == "write":
             await self._results.put(result)
         elif verdict == "release":
             await self._release_results([result], "circuit breaker open")
         else:
+            self.budget.set_aside(held_bytes(result.outcome))
             trip = self.breaker.should_trip()
             if trip is not None:
                 await self._trip(trip)

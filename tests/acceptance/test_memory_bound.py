@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+from archiver.settings import Settings
 from tests import hostile_server as hostile
 
 from .conftest import Cli, base_env
@@ -257,6 +258,9 @@ class Figures:
 
 RESULTS: list[Figures] = []
 
+DEFAULT_MB = Settings().max_body_mb
+assert Settings().concurrency == 16, "the default scenario below is the --concurrency 16 one"
+
 SCENARIOS = [
     # Every hostile body at once: in flight together, the worst case for the peak.
     pytest.param(
@@ -265,13 +269,13 @@ SCENARIOS = [
     pytest.param(
         Scenario("all, 8MiB, c4", 8, ("--max-body-mb", "8", "--concurrency", "4")), id="all-8MiB-c4"
     ),
-    pytest.param(Scenario("all, defaults (64MiB, c16)", 64, ()), id="all-defaults"),
+    pytest.param(Scenario(f"all, defaults ({DEFAULT_MB:g}MiB, c16)", DEFAULT_MB, ()), id="all-defaults"),
     pytest.param(
-        Scenario("all, 64MiB, c4", 64, ("--max-body-mb", "64", "--concurrency", "4")), id="all-64MiB-c4"
+        Scenario(f"all, {DEFAULT_MB:g}MiB, c4", DEFAULT_MB, ("--concurrency", "4")), id="all-default-MiB-c4"
     ),
     # One hostile body each, at the defaults: which one costs what (the figures for the README).
     *(
-        pytest.param(Scenario(f"{rid}, defaults", 64, (), (rid,)), id=f"{rid}-defaults")
+        pytest.param(Scenario(f"{rid}, defaults", DEFAULT_MB, (), (rid,)), id=f"{rid}-defaults")
         for rid in hostile.HOSTILE_IDS
     ),
 ]
