@@ -41,6 +41,7 @@ from archiver.policy import (
 from archiver.queue import Job, QueueStore
 from archiver.settings import Settings
 from archiver.store import OUTCOME_COUNTS, FetchResult, WriteReport
+from archiver.workers import forget_worker, record_worker
 from archiver.writer import BatchWriter, make_writer
 
 log = get_logger()
@@ -50,6 +51,7 @@ MB = 1 << 20
 BATCH_SHARE_OF_HELD = 8  # a write batch closes at this fraction of --max-held-mb
 EXPIRY_CHECK_INTERVAL_S = 600.0
 LIVENESS_TIMEOUT_S = 120.0
+HEALTH_REFRESH_S = 60.0  # archive_workers rows older than workers.DEFAULT_MAX_AGE_S count as dead
 
 
 @dataclass(slots=True)
@@ -155,6 +157,9 @@ class Worker:
         self.budget = ByteBudget(self._max_held_bytes)
         self.breaker = Breaker(display_endpoint(settings.base_url))
         self._tripped: Trip | None = None
+        self._health: tuple[str, str | None] = ("ok", None)
+        self._health_changed = asyncio.Event()
+        self._health_done = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._not_before = 0.0  # monotonic time before which no request is sent (429 pause)
         self.gate = AdaptiveLimit(settings.concurrency)
@@ -214,6 +219,8 @@ class Worker:
         self.summary.duration_s = time.monotonic() - started
         with contextlib.suppress(Exception):
             self.summary.remaining = await self.queue.counts()
+        with contextlib.suppress(Exception):
+            await forget_worker(self.queue.engine, s.owner)
         log.info(
             "archiver.run_stopped",
             reason=self.summary.stop_reason or "drained",
@@ -252,6 +259,7 @@ class Worker:
                 self._spawn("expiry-watch", self._expiry_watch()),
                 self._spawn("watchdog", watchdog_loop(self.notifier, self.is_live, self.stop_event)),
             ]
+            health = self._spawn("health-report", self._health_report())
             self.notifier.ready(f"archiving with concurrency {s.concurrency}")
             fetchers = [self._spawn(f"fetcher-{i}", self._fetcher()) for i in range(s.concurrency)]
             claimer = self._spawn("claimer", self._claimer())
@@ -262,6 +270,10 @@ class Worker:
                 self.request_stop("cancelled")
                 await claimer
             await self._shutdown(fetchers, writer_task, [heartbeat, *watchers])
+            # Not cancelled with the other side tasks: a write cut off mid-statement would
+            # leave a connection behind. It ends by itself once told to.
+            self._health_done.set()
+            await health
 
     def _summary_fields(self) -> dict[str, Any]:
         d = self.summary.as_dict()
@@ -438,7 +450,7 @@ class Worker:
             wait_s=round(pause, 3),
         )
         self.notifier.status(f"paused {pause:.0f}s: {trip.reason}")
-        await self._record_health("refused" if trip.key_refused else "paused", trip.reason)
+        self._set_health("refused" if trip.key_refused else "paused", trip.reason)
 
     async def _refund_attempts(self, response_ids: dict[str, int]) -> None:
         """Give back the attempts 5xx answers spent, to IDs caught in a run that tripped the breaker.
@@ -459,14 +471,30 @@ class Worker:
         self.metrics.endpoint_up.set(1)
         log.info("archiver.endpoint_recovered", endpoint=self.breaker.endpoint)
         self.notifier.status(f"archiving with concurrency {self.settings.concurrency}")
-        self._spawn("health-record", self._record_health("ok", None))
+        self._set_health("ok", None)
+
+    def _set_health(self, state: str, detail: str | None) -> None:
+        self._health = (state, detail)
+        self._health_changed.set()
+
+    async def _health_report(self) -> None:
+        """Keep this worker's row in ``archive_workers`` current: on every change, and every
+        ``HEALTH_REFRESH_S`` (a row not refreshed is a dead worker's)."""
+        while not self._health_done.is_set():
+            self._health_changed.clear()
+            await self._record_health(*self._health)
+            waiters = [
+                asyncio.ensure_future(self._health_changed.wait()),
+                asyncio.ensure_future(self._health_done.wait()),
+            ]
+            try:
+                await asyncio.wait(waiters, timeout=HEALTH_REFRESH_S, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
 
     async def _record_health(self, state: str, detail: str | None) -> None:
         """Write this worker's breaker state where ``archiver check`` and ``status`` read it."""
-        try:
-            from archiver.workers import record_worker
-        except ImportError:  # pragma: no cover - older checkouts without the table
-            return
         try:
             await record_worker(
                 self.queue.engine,

@@ -28,6 +28,7 @@ from archiver.errors import EndpointDown, StopRun
 from archiver.mockapi import MockConfig, body_for, start_mock_server
 from archiver.queue import QueueStore
 from archiver.worker import Worker
+from archiver.workers import worker_problems
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -93,6 +94,14 @@ async def run_once(settings: Any, engine: AsyncEngine) -> tuple[BaseException | 
     return None, time.monotonic() - started
 
 
+async def wait_for_problems(engine: AsyncEngine) -> list[str]:
+    deadline = time.monotonic() + 5
+    while not (problems := await worker_problems(engine)):
+        assert time.monotonic() < deadline, "the worker never reported itself"
+        await asyncio.sleep(0.02)
+    return problems
+
+
 async def assert_all_pending_unspent(engine: AsyncEngine, queued: list[str]) -> None:
     rows = await states(engine)
     assert set(rows) == set(queued)
@@ -126,7 +135,9 @@ async def test_redirecting_base_url_stops_and_never_follows(
     db_url: str, make_settings: Any, hostile: Any
 ) -> None:
     server = await hostile(
-        lambda request: web.Response(status=301, headers={"Location": "https://127.0.0.1:1/v1" + request.path})
+        lambda request: web.Response(
+            status=301, headers={"Location": "https://127.0.0.1:1/v1" + request.path}
+        )
     )
     queued = ids(30)
     settings = make_settings(db_url, server.base_url)
@@ -285,6 +296,8 @@ async def test_daemon_pauses_reports_unhealthy_and_resumes_by_itself(
         assert not worker.is_healthy()
         assert worker.is_live()  # paused, not wedged: the systemd watchdog must not kill it
         assert "archiver_endpoint_up 0.0" in worker.metrics.render().decode()
+        problems = await wait_for_problems(engine)  # what `archiver check` prints
+        assert len(problems) == 1 and "plain 404" in problems[0], problems
         await asyncio.sleep(1.0)  # several probes while still broken
         rows = await states(engine)
         assert all(row[0] in ("pending", "in_flight") and row[1] <= 1 for row in rows.values()), rows
@@ -295,5 +308,34 @@ async def test_daemon_pauses_reports_unhealthy_and_resumes_by_itself(
             await asyncio.sleep(0.05)
         assert worker.is_healthy()
         assert "archiver_endpoint_up 1.0" in worker.metrics.render().decode()
+        deadline = time.monotonic() + 5
+        while await worker_problems(engine):
+            assert time.monotonic() < deadline, "the worker still reports itself paused"
+            await asyncio.sleep(0.05)
         worker.request_stop("test over")
         await task
+
+
+async def test_daemon_with_a_refused_key_pauses_instead_of_exiting(
+    db_url: str, make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(breaker, "PAUSE_FIRST_S", 0.2)
+    queued = ids(10)
+    async with await start_mock_server(MockConfig(api_key="right-key-123456")) as mock:
+        settings = make_settings(db_url, mock.base_url, api_key="wrong-key-987654")
+        async with open_database(db_url) as engine:
+            await QueueStore(engine).enqueue(queued)
+            worker = Worker(settings, engine, once=False)
+            task = asyncio.create_task(worker.run())
+            deadline = time.monotonic() + 10
+            while worker.breaker.trips < 2:
+                assert not task.done(), "the daemon exited on a refused key"
+                assert time.monotonic() < deadline, "the breaker never tripped twice"
+                await asyncio.sleep(0.02)
+            problems = await wait_for_problems(engine)
+            assert len(problems) == 1 and "refused" in problems[0], problems
+            assert not worker.is_healthy()
+            worker.request_stop("test over")
+            await task  # a graceful stop: no StopRun from the daemon
+            await assert_all_pending_unspent(engine, queued)
+            assert await worker_problems(engine) == []  # a clean exit forgets its row
