@@ -254,7 +254,9 @@ async def test_ids_inserted_unvalidated_are_failed_and_never_sent(
 ) -> None:
     server = await hostile(lambda request: web.Response(body=b"{}", content_type="application/json"))
     settings = make_settings(db_url, server.base_url)
-    bad = ["..", ".", "", "a/b", "x" * 300, "resp_\u00e9"]
+    bad = ["..", ".", "", "a/b", "resp_\u00e9", "resp?x=1", "%2e%2e"]
+    if db_url.startswith("sqlite"):
+        bad.append("x" * 300)  # PostgreSQL's varchar(256) refuses it at the INSERT already
     async with open_database(db_url) as engine:
         async with engine.begin() as conn:
             for rid in bad:
