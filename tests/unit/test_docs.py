@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
-from archiver.cli import COMMON_OPTIONS, HTTP_OPTIONS, RUN_OPTIONS, build_parser
+from archiver.cli import COMMON_OPTIONS, HTTP_OPTIONS, RUN_OPTIONS, Option, build_parser
+from archiver.settings import Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 
@@ -31,7 +34,7 @@ def test_every_command_has_help_and_a_readme_mention(name: str) -> None:
 
 
 @pytest.mark.parametrize("option", COMMON_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS, ids=lambda o: o[0])
-def test_every_variable_is_in_help_and_readme(option: tuple) -> None:
+def test_every_variable_is_in_help_and_readme(option: Option) -> None:
     flag, env, *_ = option
     assert env in README, f"{env} missing from README"
     helps = [sub.format_help() for sub in _subcommands().values()]
@@ -43,3 +46,81 @@ def test_api_key_is_never_a_flag() -> None:
         flags = {s for a in sub._actions for s in a.option_strings}
         assert "--api-key" not in flags
     assert "ARCHIVER_API_KEY" in README and "DASHSCOPE_API_KEY" in README
+
+
+# --- nothing documented that the CLI lacks; no setting that is not an option ----------------
+
+REPO = Path(__file__).resolve().parents[2]
+DOCUMENTS = sorted(
+    [
+        REPO / "README.md",
+        *(REPO / "docs").rglob("*.md"),
+        *(p for p in (REPO / "systemd").iterdir() if p.is_file()),
+    ]
+)
+OTHER_TOOLS_FLAGS = {
+    "--now": "systemctl enable --now",
+    "--failed": "systemctl --failed",
+    "--autogenerate": "alembic revision --autogenerate (developers)",
+}
+OTHER_VARIABLES = {
+    "ARCHIVER_TEST_PG_URL": "the test suite's PostgreSQL server, not the CLI's",
+}
+NOT_OPTIONS = {
+    "api_key": "a secret: never a flag (ps shows flags); ARCHIVER_API_KEY, DASHSCOPE_API_KEY or a key file",
+    "owner": "this process's lease owner name (host:pid), not configuration",
+}
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+VARIABLE = re.compile(r"\bARCHIVER_[A-Z0-9_]*[A-Z0-9]")
+
+
+def _accepted_flags() -> set[str]:
+    flags = {s for a in build_parser()._actions for s in a.option_strings}
+    for sub in _subcommands().values():
+        flags |= {s for a in sub._actions for s in a.option_strings}
+    return flags
+
+
+def _accepted_variables() -> set[str]:
+    """Every variable some ``--help`` names (each option's ``[env: ...]``, the key, the mock's key)."""
+    return {v for sub in _subcommands().values() for v in VARIABLE.findall(sub.format_help())}
+
+
+def _unknown_names(text: str) -> set[str]:
+    flags = set(FLAG.findall(text)) - _accepted_flags() - set(OTHER_TOOLS_FLAGS)
+    variables = set(VARIABLE.findall(text)) - _accepted_variables() - set(OTHER_VARIABLES)
+    return flags | variables
+
+
+def test_the_scan_finds_a_flag_and_a_variable_the_cli_lacks() -> None:
+    text = "run `archiver run --max-rps 5 --no-such-flag` with ARCHIVER_NO_SUCH=1 and ARCHIVER_MAX_RPS=5"
+    assert _unknown_names(text) == {"--no-such-flag", "ARCHIVER_NO_SUCH"}
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: str(p.relative_to(REPO)))
+def test_documents_name_only_flags_and_variables_the_cli_accepts(path: Path) -> None:
+    unknown = _unknown_names(path.read_text(encoding="utf-8"))
+    assert not unknown, f"{path.relative_to(REPO)} names what the CLI does not accept: {sorted(unknown)}"
+
+
+def test_the_documents_scanned_include_the_env_example_and_docs() -> None:
+    names = {str(p.relative_to(REPO)) for p in DOCUMENTS}
+    assert {"README.md", "docs/schema.md", "systemd/archiver.env.example"} <= names
+
+
+def test_every_settings_field_is_a_flag_and_a_variable() -> None:
+    options = {o[2] for o in COMMON_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS}
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    assert set(NOT_OPTIONS) <= fields, "NOT_OPTIONS names a field Settings no longer has"
+    missing = fields - options - set(NOT_OPTIONS)
+    assert not missing, f"Settings fields with no flag and ARCHIVER_* variable: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("option", COMMON_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS, ids=lambda o: o[0])
+def test_every_option_has_its_row_in_the_readme_configuration_table(option: Option) -> None:
+    flag, env, *_ = option
+    section = README.split("### Configuration", 1)[1].split("\n#", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    assert any(f"`{flag}`" in row and f"`{env}`" in row for row in rows), (
+        f"no row of README's configuration table names both `{flag}` and `{env}`"
+    )
