@@ -20,7 +20,12 @@ import sys
 from archiver import heap
 from archiver.errors import WriterFailed
 
-ENV_NOT_FOR_CHILD = ("ARCHIVER_API_KEY", "DASHSCOPE_API_KEY", "ARCHIVER_API_KEY_FILE")
+ENV_NOT_FOR_CHILD = (
+    "ARCHIVER_API_KEY",
+    "DASHSCOPE_API_KEY",
+    "ARCHIVER_API_KEY_FILE",
+    "ARCHIVER_MOCK_API_KEY",
+)
 
 
 def cores() -> int:

@@ -26,6 +26,7 @@ from archiver.ids import IdLine, RejectedLine, parse_id_lines, validate_response
 from archiver.metrics import Metrics, queue_gauge_loop, start_metrics_server
 from archiver.notify import SystemdNotifier
 from archiver.queue import QUEUE_STATES, EnqueueCounts, QueueStore
+from archiver.redaction import redact, redact_value
 from archiver.settings import Settings
 from archiver.store import ArchiveStore
 from archiver.worker import RunSummary, Worker
@@ -90,7 +91,7 @@ async def enqueue(
                 elif isinstance(parsed, RejectedLine):
                     report.rejected += 1
                     print(
-                        f"{name}:{parsed.line_no}: rejected: {parsed.reason}: {parsed.text!r}",
+                        redact(f"{name}:{parsed.line_no}: rejected: {parsed.reason}: {parsed.text!r}"),
                         file=err,
                     )
         if batch:
@@ -161,11 +162,16 @@ async def _serve_metrics(
 
 
 async def status(settings: Settings) -> dict[str, Any]:
-    """Counts per state, oldest pending age, expired leases, recent errors."""
+    """Counts per state, oldest pending age, expired leases, recent errors.
+
+    Every string is redacted (:func:`archiver.redaction.redact_value`): the errors were
+    redacted before they were stored, and this masks rows stored before a secret was known.
+    """
     async with open_database(settings.database_url) as engine:
         details = await QueueStore(engine).status_details(retention_s=settings.retention_s)
     details["database"] = redact_url(settings.database_url.strip())  # as the user wrote it, no password
-    return details
+    redacted: dict[str, Any] = redact_value(details)
+    return redacted
 
 
 async def show(settings: Settings, response_id: str) -> bytes | None:

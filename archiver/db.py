@@ -11,7 +11,9 @@ import asyncio
 import importlib.resources
 import json
 import os
+import re
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -25,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.util import await_
 
 from archiver.errors import ConfigError, DatabaseUnavailable, SchemaError, first_line
-from archiver.logs import get_logger, redact
+from archiver.logs import get_logger
+from archiver.redaction import redact
 
 T = TypeVar("T")
 
@@ -55,13 +58,38 @@ def normalize_database_url(url: str) -> URL:
     raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
 
 
+_CREDENTIAL_PARAMETER = re.compile(r"(?i)pass|secret|token|key")
+"""Query parameters whose value may be a credential (``password``, ``sslkey``, ...)."""
+
+
 def redact_url(url: str | URL) -> str:
-    """The URL with any password replaced by ``***`` (for logs and errors)."""
-    try:
-        parsed = url if isinstance(url, URL) else make_url(url)
-    except ArgumentError:
-        return "<unparseable database URL>"
-    return parsed.render_as_string(hide_password=True)
+    """The URL as written, without its password (for logs, errors and ``status``).
+
+    A password in the user info becomes ``***`` (one with an unescaped ``@`` too: the user
+    info ends at the last ``@`` before the query), query parameters whose name contains
+    pass/secret/token/key are dropped, and registered secrets are masked
+    (:func:`archiver.redaction.redact`).
+    """
+    if isinstance(url, URL):
+        text = url.render_as_string(hide_password=False)
+    else:
+        text = url.strip()
+        try:
+            make_url(text)
+        except ArgumentError:
+            return "<unparseable database URL>"
+    scheme, sep, rest = text.partition("://")
+    location, question, query = rest.partition("?")
+    if sep and "@" in location and not location.startswith("/"):
+        userinfo, _, host_and_path = location.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        location = f"{user}:***@{host_and_path}" if colon else f"{userinfo}@{host_and_path}"
+    kept = [
+        pair
+        for pair in query.split("&")
+        if pair and not _CREDENTIAL_PARAMETER.search(urllib.parse.unquote_plus(pair.partition("=")[0]))
+    ]
+    return redact(f"{scheme}{sep}{location}" + (question + "&".join(kept) if kept else ""))
 
 
 def json_dumps(value: Any) -> str:
@@ -383,4 +411,4 @@ async def open_database(
 def _short_db_error(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     message = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-    return message[:300]
+    return redact(message[:300])

@@ -26,6 +26,7 @@ from archiver.db import (
     statement_at_a_time,
 )
 from archiver.errors import DatabaseUnavailable
+from archiver.redaction import MIN_SECRET_CHARS, database_passwords, redact
 from archiver.workers import worker_problems
 
 EXPIRED_LEASE_SLACK_S = 60.0
@@ -76,7 +77,7 @@ async def run_checks(
         problems = await _queue_problems(engine, max_pending_age_s, max_expired_leases)
         return _result(problems + await worker_problems(engine))
     except (TimeoutError, OSError, DBAPIError) as exc:
-        return _result([f"database unreachable: {shown}: {_scrub(_short_db_error(exc), url.password)}"])
+        return _result([f"database unreachable: {shown}: {_scrub(_short_db_error(exc), database_url)}"])
     finally:
         await engine.dispose()
 
@@ -88,7 +89,7 @@ def _sqlite_file_missing(url: URL) -> bool:
 
 
 def _result(problems: list[str]) -> CheckResult:
-    return CheckResult(ok=not problems, problems=problems)
+    return CheckResult(ok=not problems, problems=[redact(problem) for problem in problems])
 
 
 def _schema_problem(revision: str | None, head: str | None) -> str:
@@ -149,6 +150,10 @@ def format_duration(seconds: float) -> str:
     return f"{max(seconds, 0):.0f}s"
 
 
-def _scrub(message: str, password: str | None) -> str:
-    # Driver messages should not carry the password; make sure of it.
-    return message.replace(password, "***") if password else message
+def _scrub(message: str, database_url: str) -> str:
+    # Driver messages should not carry the password; make sure of it, also when the caller
+    # (a library user, not the CLI) never registered it.
+    for password in sorted(database_passwords(database_url), key=len, reverse=True):
+        if len(password) >= MIN_SECRET_CHARS:
+            message = message.replace(password, "***")
+    return redact(message)

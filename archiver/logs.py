@@ -7,7 +7,6 @@ Logs go to stderr: stdout carries command output that scripts pipe (``show``,
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
@@ -26,32 +25,42 @@ else:
     finally:
         del sys.modules["rich"]
 
-_BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\"]+")
-_SECRETS: list[str] = []
+from archiver.redaction import redact, redact_value, register_secret
+
+__all__ = [
+    "configure_logging",
+    "get_logger",
+    "logging_config",
+    "redact",
+    "redact_base_url",
+    "register_secret",
+]
+
 _CONFIGURED: dict[str, Any] = {"level": "info", "json": None}
-
-
-def register_secret(secret: str | None) -> None:
-    """Make sure this value never appears in any log line (it is replaced by ``***``)."""
-    if secret and len(secret) >= 4 and secret not in _SECRETS:
-        _SECRETS.append(secret)
-
-
-def redact(text: str) -> str:
-    """Remove registered secrets and bearer tokens from a string."""
-    for secret in _SECRETS:
-        if secret in text:
-            text = text.replace(secret, "***")
-    return _BEARER.sub(r"\1***", text) if "earer" in text else text
 
 
 def _redact_processor(
     _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
+    # Every value, however nested (lists, dicts, exceptions, the formatted traceback).
     for key, value in event_dict.items():
-        if isinstance(value, str):
-            event_dict[key] = redact(value)
+        if not isinstance(value, (int, float, bool)) and value is not None:
+            event_dict[key] = redact_value(value)
     return event_dict
+
+
+class _RedactingStderrHandler(logging.Handler):
+    """The standard library's last-resort handler (warnings of asyncio, aiohttp ...), redacted.
+
+    It writes to whatever ``sys.stderr`` is at the time, as :data:`logging.lastResort` does.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(redact(self.format(record)) + "\n")
+            sys.stderr.flush()
+        except Exception:  # a closed stream: nowhere left to report it
+            self.handleError(record)
 
 
 def configure_logging(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
@@ -63,6 +72,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None, json: b
         json: force JSON (True) or console (False); default: JSON unless a terminal.
     """
     _CONFIGURED.update(level=level, json=json)
+    logging.lastResort = _RedactingStderrHandler(logging.WARNING)
     out = stream or sys.stderr
     use_json = (not out.isatty()) if json is None else json
     renderer: Any = (
@@ -75,6 +85,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None, json: b
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
             _redact_processor,
             renderer,
         ],

@@ -40,6 +40,7 @@ from archiver.errors import WriterFailed, first_line
 from archiver.logs import configure_logging, get_logger, logging_config, redact
 from archiver.normalize import normalize_body
 from archiver.outcomes import Archived, Permanent
+from archiver.redaction import register_database_url
 from archiver.settings import Settings
 from archiver.store import ArchiveStore, FetchResult, WriteReport
 
@@ -379,6 +380,10 @@ async def _serve(read_fd: int, write_fd: int) -> None:
     if init is None:
         return
     settings: Settings = init["settings"]
+    # The child never receives the API key; what it can know it masks: the passwords of
+    # the URLs it was given (the database's, for its connection errors and logs).
+    register_database_url(settings.database_url)
+    register_database_url(settings.base_url)
     level, json = init["log"]
     configure_logging(level, json=json)
     try:

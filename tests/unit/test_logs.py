@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+
+import pytest
 
 from archiver.logs import configure_logging, get_logger, redact, redact_base_url, register_secret
 
@@ -37,3 +40,39 @@ def test_database_urls_are_shown_as_written_without_the_password() -> None:
 
     assert redact_url("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert redact_url("sqlite:///demo.db") == "sqlite:///demo.db"
+
+
+def test_nested_values_and_exceptions_are_redacted() -> None:
+    key = "Zx9logsNESTEDkey4471"
+    register_secret(key)
+    out = io.StringIO()
+    configure_logging("info", stream=out, json=True)
+    try:
+        raise RuntimeError(f"server said {key}")
+    except RuntimeError as exc:
+        get_logger().error(
+            "archiver.task_crashed",
+            errors=[f"first {key}", {"body": key, "codes": [1, 2]}],
+            headers={"x-request-id": key},
+            error=exc,
+            exc_info=True,
+        )
+    text = out.getvalue()
+    assert key not in text
+    line = json.loads(text.splitlines()[-1])
+    assert line["errors"] == ["first ***", {"body": "***", "codes": [1, 2]}]
+    assert line["headers"] == {"x-request-id": "***"}
+    assert line["error"] == "RuntimeError: server said ***"
+    assert "Traceback" in line["exception"] and "server said ***" in line["exception"]
+
+
+def test_standard_library_warnings_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    # asyncio and aiohttp log through the standard library; with no handler configured it
+    # prints through logging.lastResort, which configure_logging makes redacting.
+    key = "Zx9logsSTDLIBkey5582"
+    register_secret(key)
+    configure_logging("info", stream=io.StringIO(), json=True)
+    logger = logging.getLogger("archiver-test-stdlib")
+    logger.propagate = False  # pytest's own handlers sit on the root logger
+    logger.warning("Unclosed connection to %s", key)
+    assert capsys.readouterr().err == "Unclosed connection to ***\n"
