@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -275,6 +275,22 @@ class QueueStore:
         async with self.engine.begin() as conn:
             result = await conn.execute(stmt, {"lease": lease_seconds, "tokens": token_list})
         return max(result.rowcount, 0)
+
+    async def refund_attempts(self, spent: Mapping[str, int]) -> int:
+        """Give back attempts that were not the IDs' fault (ID -> how many), to ``pending`` rows."""
+        params = [{"id": rid, "n": n} for rid, n in spent.items() if n > 0]
+        if not params:
+            return 0
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE archive_queue SET attempts = "
+                    "CASE WHEN attempts > :n THEN attempts - :n ELSE 0 END "
+                    "WHERE state = 'pending' AND id = :id"
+                ),
+                params,
+            )
+        return len(params)
 
     async def release(self, jobs: Iterable[Job], reason: str) -> int:
         """Give leased rows back as ``pending`` and due now, without spending their attempt.

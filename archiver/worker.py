@@ -29,7 +29,7 @@ from archiver.db import log_db_retry, redact_url, with_db_retry
 from archiver.errors import EndpointDown, StopRun
 from archiver.fetch import Fetcher
 from archiver.limits import AdaptiveLimit
-from archiver.logs import get_logger, redact, redact_base_url
+from archiver.logs import get_logger, redact
 from archiver.metrics import Metrics
 from archiver.notify import SystemdNotifier, watchdog_loop
 from archiver.outcomes import Outcome, Permanent, Retry, StopAll, held_bytes
@@ -39,7 +39,7 @@ from archiver.policy import (
     refused_for_one_id,
 )
 from archiver.queue import Job, QueueStore
-from archiver.settings import Settings
+from archiver.settings import Settings, display_base_url
 from archiver.store import OUTCOME_COUNTS, FetchResult, WriteReport
 from archiver.workers import forget_worker, record_worker
 from archiver.writer import BatchWriter, make_writer
@@ -205,7 +205,7 @@ class Worker:
             "archiver.run_started",
             version=__version__,
             database=self._engine_url,
-            base_url=redact_base_url(s.base_url),
+            base_url=display_base_url(s.base_url),
             concurrency=s.concurrency,
             once=self.once,
             profile=self.profile,
@@ -757,18 +757,7 @@ class Worker:
 
 def display_endpoint(base_url: str) -> str:
     """How messages show the endpoint: ``scheme://host:port/path/responses/…`` (IPv6 in brackets)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(base_url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = f"{host}:{port}" if port else host
-    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}/responses/…"
+    return display_base_url(base_url).rstrip("/") + "/responses/…"
 
 
 def _rate_limiter(max_rps: float | None) -> AsyncLimiter | None:

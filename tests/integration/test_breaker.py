@@ -163,6 +163,17 @@ async def test_unreachable_host_stops_fast_with_exit_4(db_url: str, make_setting
         await assert_all_pending_unspent(engine, queued)
 
 
+async def test_an_ipv6_endpoint_is_shown_with_its_brackets(db_url: str, make_settings: Any) -> None:
+    queued = ids(3)
+    settings = make_settings(db_url, f"http://[::1]:{closed_port()}/v1")
+    async with open_database(db_url) as engine:
+        await QueueStore(engine).enqueue(queued)
+        exc, _ = await run_once(settings, engine)
+        assert isinstance(exc, EndpointDown)
+        assert "http://[::1]:" in str(exc)
+        await assert_all_pending_unspent(engine, queued)
+
+
 async def test_a_single_id_with_a_plain_404_still_trips(db_url: str, make_settings: Any) -> None:
     # Fewer IDs than the threshold: nothing else will answer, so the endpoint is blamed.
     queued = ids(1)
