@@ -30,6 +30,7 @@ from archiver.redaction import redact, redact_value
 from archiver.settings import Settings
 from archiver.store import ArchiveStore
 from archiver.worker import RunSummary, Worker
+from archiver.workers import worker_lines
 
 ENQUEUE_BATCH = 20_000
 
@@ -139,7 +140,7 @@ async def _serve_metrics(
 ) -> None:
     """Start /metrics and /healthz, and a task refreshing the queue gauges."""
     server = await start_metrics_server(
-        metrics, settings.metrics_host, settings.metrics_port or 0, is_live=worker.is_live
+        metrics, settings.metrics_host, settings.metrics_port or 0, is_live=worker.is_healthy
     )
     stack.push_async_callback(server.close)
     stop = asyncio.Event()
@@ -235,6 +236,7 @@ def _health_lines(details: dict[str, Any]) -> list[str]:
             f"{details['pending_near_expiry']} pending within a day of expiry, "
             f"{details['pending_past_retention']} past it"
         )
+    lines.extend(worker_lines(details))
     return lines
 
 

@@ -218,6 +218,18 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(version=__version__, python=platform.python_version()).set(1)
+        self.endpoint_up = Gauge(
+            "archiver_endpoint_up",
+            "1 while the provider endpoint answers; 0 while the circuit breaker holds the run "
+            "(endpoint down, wrong base URL, or key refused on every ID).",
+            registry=r,
+        )
+        self.endpoint_up.set(1)
+        self.breaker_trips = Counter(
+            "archiver_breaker_trips",
+            "Times the circuit breaker tripped (answers about the endpoint, not about one ID).",
+            registry=r,
+        )
         # Zero-valued series exist from the start, so rate() and absent() behave.
         for reason in RETRY_REASONS:
             self.retries.labels(reason=reason)

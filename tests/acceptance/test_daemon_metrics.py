@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -92,3 +93,61 @@ def test_daemon_serves_metrics_and_stops_on_sigterm(
         _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert b"archiver.run_stopped" in err and b"SIGTERM" in err
+
+
+def test_daemon_with_a_wrong_base_url_pauses_and_says_so(
+    sqlite_cli: Cli, mock_process: str, tmp_path: Path
+) -> None:
+    """A base URL without /v1: the daemon does not burn the queue; /healthz, check and status say why."""
+    ids = [f"resp_ok_w{i:03d}" for i in range(20)]
+    assert sqlite_cli("enqueue", input="\n".join(ids).encode()).returncode == 0
+    port = _free_port()
+    env = {
+        **sqlite_cli.env,
+        "ARCHIVER_BASE_URL": mock_process.removesuffix("/v1"),
+        "ARCHIVER_METRICS_PORT": str(port),
+        "ARCHIVER_POLL_INTERVAL": "0.1",
+        "ARCHIVER_BACKOFF_BASE": "0.01",
+        "ARCHIVER_LOG_LEVEL": "info",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archiver", "run"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        health: tuple[int, str] = (0, "")
+        while time.monotonic() < deadline:
+            try:
+                health = _get(base + "/healthz")
+            except OSError:
+                health = (0, "")
+            if health[0] == 503:
+                break
+            time.sleep(0.1)
+        assert health == (503, "unhealthy\n")
+        samples = _samples(_get(base + "/metrics")[1])
+        assert samples[("archiver_endpoint_up", ())] == 0
+        assert samples[("archiver_breaker_trips_total", ())] >= 1
+        check = sqlite_cli("check")
+        while b"paused" not in check.stderr and time.monotonic() < deadline:
+            time.sleep(0.1)
+            check = sqlite_cli("check")
+        assert check.returncode == 1
+        assert b"paused" in check.stderr and b"plain 404" in check.stderr, check.stderr
+        status = sqlite_cli("status")
+        assert b"paused" in status.stdout, status.stdout
+        assert proc.poll() is None, "the daemon exited instead of pausing"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"archiver.endpoint_down" in err
+    assert b"Traceback" not in err
+    states = json.loads(sqlite_cli("status", "--json").stdout)["states"]
+    assert states["pending"] == 20, states  # nothing marked not_found or failed
+    assert states["not_found"] == states["failed"] == states["in_flight"] == 0
