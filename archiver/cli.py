@@ -308,16 +308,47 @@ def _add_key_file(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (also used by the docs test)."""
-    common = argparse.ArgumentParser(add_help=False)
-    _add_options(common, COMMON_OPTIONS)
-    common.add_argument(
+def _add_log_level(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--log-level",
         type=one_of(*LOG_LEVELS),
         default=None,
         help="debug, info, warning, error (default info) [env: ARCHIVER_LOG_LEVEL]",
     )
+
+
+QUEUE_STATE_NAMES = ("pending", "in_flight", "archived", "not_found", "failed")
+"""archiver.queue.QUEUE_STATES, without importing SQLAlchemy for a parser (a test keeps them equal)."""
+
+
+def _count(value: str) -> int:
+    """A whole number, 0 or more."""
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return number
+
+
+DEMO_DATABASE_URL = "sqlite:///demo.db"
+IGNORED_BY = {"demo": ("ARCHIVER_DATABASE_URL",)}
+"""Variables a command does not read: the demo never writes into the archive they name."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the docs test)."""
+    common = argparse.ArgumentParser(add_help=False)
+    _add_options(common, COMMON_OPTIONS)
+    _add_log_level(common)
+    demo_common = argparse.ArgumentParser(add_help=False)
+    _add_options(demo_common, [o for o in COMMON_OPTIONS if o[0] != "--database-url"])
+    demo_common.add_argument(
+        "--database-url",
+        dest="database_url",
+        default=None,
+        help=f"the demo's database (default {DEMO_DATABASE_URL}). Only this flag sets it: "
+        "ARCHIVER_DATABASE_URL is ignored, so the demo never writes into your archive",
+    )
+    _add_log_level(demo_common)
 
     parser = argparse.ArgumentParser(
         prog="archiver",
@@ -333,9 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="queue response IDs from files or stdin",
         description="Queue response IDs: one per line, or JSON lines with an id field; "
         "blank lines and # comments are skipped. Bad lines are reported with their line "
-        "number; good lines are still queued; exit status 1 when any line was rejected.",
+        "number (the first 100; the rest are counted); good lines are still queued; exit "
+        "status 1 when any line was rejected. Piped lines are committed within a second; "
+        "SIGINT/SIGTERM/SIGHUP commit what was read and exit.",
     )
     p.add_argument("files", nargs="*", metavar="FILE", help="ID files (default: stdin; - for stdin)")
+    p.add_argument(
+        "--follow",
+        metavar="FILE",
+        default=None,
+        help="follow this log like tail -F: wait for new lines, survive rotation and truncation, "
+        "keep the position in the database (a restart neither loses nor re-reads lines); "
+        "runs until SIGTERM/SIGINT/SIGHUP, then exits 0",
+    )
     p.add_argument(
         "--refetch",
         action="store_true",
@@ -367,12 +408,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print a JSON object whose `states` maps every state to its count",
     )
+    p.add_argument(
+        "--state",
+        dest="error_states",
+        action="append",
+        choices=QUEUE_STATE_NAMES,
+        default=None,
+        help="list the errors of rows in this state (repeatable; default failed, then not_found, "
+        "then pending with an error)",
+    )
+    p.add_argument(
+        "--limit",
+        type=_count,
+        default=10,
+        help="how many errors to list (default 10)",
+    )
 
     p = sub.add_parser(
         "show",
         parents=[common],
         help="print the archived raw JSON of one ID exactly as received",
-        description="Print the archived raw JSON exactly as received; exit 1 if not archived.",
+        description="Print the archived raw JSON exactly as received. Exit 1 if not archived, "
+        "saying on stderr where the ID stands: its state and last error, or not in the queue.",
     )
     p.add_argument("response_id", metavar="ID")
 
@@ -380,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
         "retry",
         parents=[common],
         help="move failed/not_found IDs back to pending",
-        description="Move failed and not_found rows (or only the given IDs) back to pending.",
+        description="Move failed and not_found rows (or only the given IDs) back to pending. "
+        "Says on stderr why a given ID did not move (not in the queue, already archived, in "
+        "flight, already pending), or that there were no rows to move.",
     )
     p.add_argument(
         "--state",
@@ -476,10 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        parents=[common],
+        parents=[demo_common],
         help="end to end against the built-in mock API (no key needed)",
         description="Start the mock API, queue sample IDs, archive them, and show the result. "
-        "Uses demo.db unless --database-url / ARCHIVER_DATABASE_URL is given.",
+        "Uses demo.db unless --database-url is given on the command line (ARCHIVER_DATABASE_URL "
+        "is ignored); refuses a database holding IDs the demo did not create.",
     )
     p.add_argument("--count", type=int, default=200, help="how many sample IDs (default 200)")
     return parser
@@ -503,9 +563,10 @@ def _log_level(args: argparse.Namespace, env: Mapping[str, str]) -> str:
 def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     """Settings from parsed flags, then ARCHIVER_* variables, then defaults."""
     values: dict[str, Any] = {}
+    ignored = IGNORED_BY.get(getattr(args, "command", None) or "", ())
     for _flag_name, env_name, field_name, type_, _ in COMMON_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS:
         value = getattr(args, field_name, None)
-        if value is None and env.get(env_name, "").strip():
+        if value is None and env_name not in ignored and env.get(env_name, "").strip():
             try:
                 value = type_(env[env_name].strip())
             except argparse.ArgumentTypeError as exc:
@@ -552,9 +613,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ArchiverError as exc:
         print(f"archiver: error: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # Whoever read stdout stopped (`| head`): nothing more to tell them, and no traceback.
+        _discard_stdout()
+        return 1
+    except Exception as exc:
+        line = _database_error_line(exc)
+        if line is None:
+            raise
+        print(f"archiver: error: {line}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("archiver: interrupted", file=sys.stderr)
         return 130
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit cannot fail on the closed pipe again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _database_error_line(exc: Exception) -> str | None:
+    """One line for a database error that escaped :func:`archiver.db.open_database`, else None.
+
+    Never ``str(exc)``: a SQLAlchemy error carries its statement and parameters.
+    """
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    if sqlalchemy_exc is None or not isinstance(exc, sqlalchemy_exc.DBAPIError):
+        return None
+    from archiver.db import database_error
+
+    return redact(str(database_error(exc, "the database")))
 
 
 def register_secrets(args: argparse.Namespace, env: Mapping[str, str]) -> None:
@@ -593,16 +685,13 @@ def _arun(main: Coroutine[Any, Any, T]) -> T:
 def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
-    report = _arun(commands.enqueue(settings, args.files, refetch=args.refetch))
-    parts = [
-        f"queued {report.queued}",
-        f"already known {report.already_known}",
-        f"rejected {report.rejected}",
-    ]
-    if args.refetch:
-        parts.append(f"requeued {report.requeued}")
-    print(", ".join(parts))
-    return 1 if report.rejected or report.missing_files else 0
+    if args.follow is not None and args.files:
+        raise ConfigError("--follow FILE reads that one file: give no other FILE")
+    report = _arun(commands.enqueue(settings, args.files, refetch=args.refetch, follow=args.follow))
+    print(report.summary(refetch=args.refetch))
+    if args.follow is not None:
+        return 0  # stopped by a signal; rejected lines were reported as they came
+    return 1 if report.failed else 0
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
@@ -614,7 +703,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     # The writer process starts before this process imports the heavy part of archiver,
     # so both import at once, on two cores (see archiver.childproc).
     early = start_writer_process() if wants_process(settings.writer, settings.database_url) else None
-    progress = None
+    progress = summary = None
     try:
         from archiver import commands
         from archiver.progress import Progress
@@ -623,7 +712,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         summary = _arun(commands.run(settings, once=args.once, progress=progress, writer_process=early))
     finally:
         if progress is not None:
-            progress.close()
+            progress.close(summary)
         discard(early)
     if args.once:
         print(redact(commands.dumps(summary.as_dict())))  # stop_reason may quote the server
@@ -633,7 +722,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
-    details = _arun(commands.status(settings))
+    details = _arun(commands.status(settings, error_states=args.error_states, limit=args.limit))
     if args.json:
         print(commands.dumps(details))
     elif sys.stdout.isatty():
@@ -646,10 +735,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 def _show(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
-    raw = _arun(commands.show(settings, args.response_id))
-    if raw is None:
-        print(f"archiver: {args.response_id} is not archived", file=sys.stderr)
-        return 1
+    raw = _arun(commands.show(settings, args.response_id))  # NotArchived says where it stands
     sys.stdout.buffer.write(raw)
     sys.stdout.buffer.flush()
     return 0
@@ -658,8 +744,11 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 def _retry(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
-    moved = _arun(commands.retry(settings, args.state or ["failed", "not_found"], args.response_ids))
-    print(f"moved {moved} back to pending")
+    report = _arun(commands.retry(settings, args.state or ["failed", "not_found"], args.response_ids))
+    for rid, reason in report.not_moved:
+        print(f"archiver: {rid} not moved: {reason}", file=sys.stderr)
+    why = f": {report.nothing_reason}" if report.nothing_reason else ""
+    print(f"moved {report.moved} back to pending{why}")
     return 0
 
 
@@ -716,8 +805,8 @@ def _mock_server(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from archiver.demo import run_demo
 
-    if not os.environ.get("ARCHIVER_DATABASE_URL") and args.database_url is None:
-        settings = settings.with_changes(database_url="sqlite:///demo.db")
+    if args.database_url is None:  # never ARCHIVER_DATABASE_URL (see settings_from)
+        settings = settings.with_changes(database_url=DEMO_DATABASE_URL)
     return _arun(run_demo(settings, count=args.count))
 
 

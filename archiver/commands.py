@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import io
+import errno
+import os
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
@@ -21,83 +23,37 @@ from archiver.db import (
 from archiver.db import (
     migrate as migrate_db,
 )
+from archiver.errors import NotArchived
 from archiver.health import CheckResult, run_checks
-from archiver.ids import IdLine, RejectedLine, parse_id_lines, validate_response_id
+from archiver.ids import validate_response_id
+from archiver.ingest import EnqueueReport, enqueue_inputs, follow_file
 from archiver.metrics import Metrics, queue_gauge_loop, start_metrics_server
 from archiver.notify import SystemdNotifier
-from archiver.queue import QUEUE_STATES, EnqueueCounts, QueueStore
+from archiver.queue import QUEUE_STATES, QueueEntry, QueueStore
 from archiver.redaction import redact, redact_value
 from archiver.settings import Settings
 from archiver.store import ArchiveStore
 from archiver.worker import RunSummary, Worker
 from archiver.workers import worker_lines
 
-ENQUEUE_BATCH = 20_000
-
-
-@dataclass(slots=True)
-class EnqueueReport:
-    """Totals of one ``enqueue`` call."""
-
-    queued: int = 0
-    already_known: int = 0
-    requeued: int = 0
-    rejected: int = 0
-    missing_files: int = 0
-
-    def add(self, counts: EnqueueCounts) -> None:
-        """Fold one chunk's counts in."""
-        self.queued += counts.queued
-        self.already_known += counts.already_known
-        self.requeued += counts.requeued
-
-
-def _open_sources(
-    paths: Sequence[str], err: TextIO, report: EnqueueReport
-) -> Iterator[tuple[str, Iterable[str]]]:
-    if not paths:
-        yield "<stdin>", io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
-        return
-    for path in paths:
-        if path == "-":
-            yield "<stdin>", io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
-            continue
-        try:
-            handle = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            report.missing_files += 1
-            print(f"archiver: cannot read {path}: {exc.strerror}", file=err)
-            continue
-        with handle:
-            yield path, handle
-
 
 async def enqueue(
-    settings: Settings, paths: Sequence[str], *, refetch: bool = False, err: TextIO = sys.stderr
+    settings: Settings,
+    paths: Sequence[str],
+    *,
+    refetch: bool = False,
+    follow: str | None = None,
+    err: TextIO = sys.stderr,
 ) -> EnqueueReport:
-    """Queue the IDs in ``paths`` (stdin when empty); report bad lines on ``err`` with line numbers."""
-    report = EnqueueReport()
+    """Queue the IDs in ``paths`` (stdin when empty), or follow the log ``follow``.
+
+    Bad lines are reported on ``err`` with line numbers. See :mod:`archiver.ingest`.
+    """
     async with open_database(settings.database_url) as engine:
         queue = QueueStore(engine)
-        batch: list[str] = []
-        created: list[float | None] = []
-        for name, lines in _open_sources(paths, err, report):
-            for parsed in parse_id_lines(lines):
-                if isinstance(parsed, IdLine):
-                    batch.append(parsed.response_id)
-                    created.append(parsed.created_at)
-                    if len(batch) >= ENQUEUE_BATCH:
-                        report.add(await queue.enqueue(batch, refetch=refetch, created_at=created))
-                        batch, created = [], []
-                elif isinstance(parsed, RejectedLine):
-                    report.rejected += 1
-                    print(
-                        redact(f"{name}:{parsed.line_no}: rejected: {parsed.reason}: {parsed.text!r}"),
-                        file=err,
-                    )
-        if batch:
-            report.add(await queue.enqueue(batch, refetch=refetch, created_at=created))
-    return report
+        if follow is not None:
+            return await follow_file(queue, follow, refetch=refetch, err=err)
+        return await enqueue_inputs(queue, paths, refetch=refetch, err=err)
 
 
 async def run(
@@ -162,32 +118,97 @@ async def _serve_metrics(
     stack.push_async_callback(stop_task)
 
 
-async def status(settings: Settings) -> dict[str, Any]:
+async def status(
+    settings: Settings, *, error_states: Sequence[str] | None = None, limit: int = 10
+) -> dict[str, Any]:
     """Counts per state, oldest pending age, expired leases, recent errors.
+
+    Args:
+        settings: the database to read.
+        error_states: list the errors of rows in these states (default failed, then
+            not_found, then pending; see :meth:`QueueStore.status_details`).
+        limit: how many errors to list.
 
     Every string is redacted (:func:`archiver.redaction.redact_value`): the errors were
     redacted before they were stored, and this masks rows stored before a secret was known.
     """
-    async with open_database(settings.database_url) as engine:
-        details = await QueueStore(engine).status_details(retention_s=settings.retention_s)
+    async with open_database(settings.database_url, create=False) as engine:
+        details = await QueueStore(engine).status_details(
+            recent_errors=limit, retention_s=settings.retention_s, error_states=error_states
+        )
     details["database"] = redact_url(settings.database_url.strip())  # as the user wrote it, no password
     redacted: dict[str, Any] = redact_value(details)
     return redacted
 
 
-async def show(settings: Settings, response_id: str) -> bytes | None:
-    """The archived raw body of one ID, or None."""
+async def show(settings: Settings, response_id: str) -> bytes:
+    """The archived raw body of one ID.
+
+    Raises:
+        NotArchived: the ID is not archived; the message says where it stands in the queue.
+    """
     validate_response_id(response_id)
-    async with open_database(settings.database_url) as engine:
-        return await ArchiveStore(engine).raw_body(response_id)
+    async with open_database(settings.database_url, create=False) as engine:
+        raw = await ArchiveStore(engine).raw_body(response_id)
+        if raw is not None:
+            return raw
+        entry = (await QueueStore(engine).entries([response_id])).get(response_id)
+    raise NotArchived(redact(not_archived_message(response_id, entry)))
 
 
-async def retry(settings: Settings, states: Sequence[str], response_ids: Sequence[str]) -> int:
-    """Move failed/not_found rows back to pending; returns how many moved."""
+def not_archived_message(response_id: str, entry: QueueEntry | None) -> str:
+    """Why ``show`` has nothing: the ID's state and last error, or that it is not queued."""
+    if entry is None:
+        return f"{response_id} is not archived and not in the queue"
+    code = f", status {entry.last_status_code}" if entry.last_status_code is not None else ""
+    error = f": {entry.last_error}" if entry.last_error else ""
+    return f"{response_id} is not archived: {entry.state} (attempts {entry.attempts}{code}){error}"
+
+
+@dataclass(slots=True)
+class RetryReport:
+    """What ``retry`` did: how many rows moved, and why the others did not."""
+
+    moved: int = 0
+    not_moved: list[tuple[str, str]] = field(default_factory=list)
+    """(ID, reason) for each ID given that did not move."""
+    nothing_reason: str | None = None
+    """Why nothing moved, for a retry by state only."""
+
+
+def _why_not_moved(entry: QueueEntry | None, states: Sequence[str]) -> str:
+    if entry is None:
+        return "not in the queue"
+    reasons = {
+        "archived": "already archived",
+        "in_flight": "in flight (a worker is fetching it)",
+        "pending": "already pending",
+    }
+    return reasons.get(entry.state, f"{entry.state}, not in --state {' / '.join(states)}")
+
+
+async def retry(settings: Settings, states: Sequence[str], response_ids: Sequence[str]) -> RetryReport:
+    """Move failed/not_found rows (all, or only ``response_ids``) back to pending.
+
+    Returns:
+        how many moved, and for each given ID that did not, why (not in the queue,
+        already archived, in flight, already pending, or in a state not asked for); for
+        a retry by state that moved nothing, ``nothing_reason``.
+    """
     for rid in response_ids:
         validate_response_id(rid)
-    async with open_database(settings.database_url) as engine:
-        return await QueueStore(engine).retry(states, response_ids or None)
+    report = RetryReport()
+    async with open_database(settings.database_url, create=False) as engine:
+        queue = QueueStore(engine)
+        entries = await queue.entries(response_ids) if response_ids else {}
+        report.moved = await queue.retry(states, response_ids or None)
+    for rid in dict.fromkeys(response_ids):
+        entry = entries.get(rid)
+        if entry is None or entry.state not in states:
+            report.not_moved.append((rid, _why_not_moved(entry, states)))
+    if not response_ids and not report.moved:
+        report.nothing_reason = f"no {' or '.join(states)} rows"
+    return report
 
 
 async def migrate(settings: Settings) -> str | None:
@@ -213,14 +234,24 @@ def format_status(details: dict[str, Any]) -> str:
     lines.append(f"  {'total':<{width}}  {details['total']:>10,}")
     lines.append("")
     lines.extend(_health_lines(details))
-    if details["recent_errors"]:
-        lines.append("recent errors:")
+    if details.get("error_rows") is not None:
+        lines.append(_errors_title(details) + (":" if details["recent_errors"] else ""))
         for e in details["recent_errors"]:
             code = e["status_code"] if e["status_code"] is not None else "-"
             lines.append(
                 f"  {e['response_id']}  {e['state']}  attempts={e['attempts']}  status={code}  {e['error']}"
             )
     return "\n".join(lines)
+
+
+def _errors_title(details: dict[str, Any]) -> str:
+    """``recent errors in failed, not_found, pending (10 of 523; ...)``, or ``...: none``."""
+    shown, matching = len(details["recent_errors"]), details["error_rows"]
+    title = f"recent errors in {', '.join(details['error_states'])}"
+    if not matching:
+        return f"{title}: none"
+    more = "" if shown >= matching else "; --limit N shows more"
+    return f"{title} ({shown:,} of {matching:,}{more})"
 
 
 def _health_lines(details: dict[str, Any]) -> list[str]:
@@ -256,8 +287,10 @@ def print_status_table(details: dict[str, Any]) -> None:
     console.print(states)
     for line in _health_lines(details):
         console.print(line)
+    if not details["recent_errors"] and details.get("error_rows") is not None:
+        console.print(_errors_title(details), markup=False, highlight=False)
     if details["recent_errors"]:
-        errors = Table(title="recent errors")
+        errors = Table(title=_errors_title(details))
         for column in ("response_id", "state", "attempts", "status", "error"):
             errors.add_column(column)
         for e in details["recent_errors"]:
@@ -285,16 +318,40 @@ async def export(
     settings: Settings, out_dir: str, *, fmt: str, cursor: str, full: bool, chunk_size: int
 ) -> Any:
     """One export batch (see :func:`archiver.export.export`)."""
-    from pathlib import Path
 
+    from archiver.export import ExportError
     from archiver.export import export as export_batch
 
-    async with open_database(settings.database_url) as engine:
-        return await export_batch(
-            engine,
-            Path(out_dir),
-            fmt=fmt,  # type: ignore[arg-type]  # argparse choices
-            cursor=cursor,
-            full=full,
-            chunk_size=chunk_size,
-        )
+    target = _export_directory(out_dir)
+    async with open_database(settings.database_url, create=False) as engine:
+        try:
+            return await export_batch(
+                engine,
+                target,
+                fmt=fmt,  # type: ignore[arg-type]  # argparse choices
+                cursor=cursor,
+                full=full,
+                chunk_size=chunk_size,
+            )
+        except OSError as exc:  # a full disk, a directory made read-only meanwhile
+            name = exc.filename or out_dir
+            raise ExportError(f"cannot export into {out_dir}: {name}: {exc.strerror or exc}") from None
+
+
+def _export_directory(out_dir: str) -> Path:
+    """The export's output directory, created if missing; one line when it cannot be written.
+
+    Checked before the database is opened, so a typo costs nothing.
+    """
+    from archiver.export import ExportError
+
+    target = Path(out_dir)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        if not os.access(target, os.W_OK):  # as root too: a read-only file system says no
+            raise PermissionError(errno.EACCES, "not writable")
+    except FileExistsError:
+        raise ExportError(f"cannot export into {out_dir}: it is a file, not a directory") from None
+    except OSError as exc:
+        raise ExportError(f"cannot export into {out_dir}: {exc.strerror or exc}") from None
+    return target

@@ -8,12 +8,15 @@ on a lock upgrade (the case that makes SQLite answer "database is locked" at onc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.resources
 import json
 import os
 import re
+import sys
 import time
 import urllib.parse
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -26,7 +29,14 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import await_
 
-from archiver.errors import ConfigError, DatabaseUnavailable, SchemaError, first_line
+from archiver.errors import (
+    ConfigError,
+    DatabaseFault,
+    DatabaseUnavailable,
+    DatabaseVanished,
+    SchemaError,
+    first_line,
+)
 from archiver.logs import get_logger
 from archiver.redaction import redact
 
@@ -42,20 +52,57 @@ def normalize_database_url(url: str) -> URL:
     ``sqlite:///file.db`` -> ``sqlite+aiosqlite``; ``postgresql://`` and ``postgres://``
     -> ``postgresql+asyncpg``. A bare ``postgresql://`` with no host also honours the
     libpq ``PG*`` variables (through asyncpg).
+
+    A SQLite URL must name its file: ``sqlite:///`` (what ``sqlite:///$DB`` gives when the
+    variable is unset) and ``sqlite://`` would be a throwaway in-memory database, so an
+    in-memory database is had only by asking for ``sqlite:///:memory:``.
+
+    Raises:
+        ConfigError: not a URL archiver can use; the message suggests the right form.
     """
     raw = url.strip()
+    if not raw:
+        raise ConfigError(f"no database URL: use {_SQLITE_EXAMPLE} or postgresql://user@host/db")
+    if "://" not in raw:
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", raw):
+            raise ConfigError(
+                f"not a database URL: {redact_url(raw)}: use {_SQLITE_EXAMPLE} or postgresql://user@host/db"
+            )
+        raise ConfigError(
+            f"not a database URL: {redact(raw)}: for a SQLite file write sqlite:///{redact(raw)}"
+        )
     if raw.startswith("postgres://"):
         raw = "postgresql://" + raw[len("postgres://") :]
     try:
         parsed = make_url(raw)
     except ArgumentError:
-        raise ConfigError(f"not a database URL: {redact_url(raw)!r}") from None
+        raise ConfigError(f"not a database URL: {redact_url(raw)}") from None
+    except ValueError:  # sqlalchemy parses the port with int(): "abc", or "[::1" cut at a colon
+        raise ConfigError(
+            f"not a database URL: {redact_url(raw)}: the host and port cannot be read "
+            "(the port must be a number; an IPv6 address goes in brackets: [::1]:5432)"
+        ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
+        if parsed.host or parsed.port or parsed.username:
+            path = raw.partition("://")[2].partition("?")[0]
+            raise ConfigError(
+                f"not a SQLite URL: {redact_url(raw)}: a SQLite URL has three slashes before a "
+                f"relative path (sqlite:///{path}) and four before an absolute one"
+            )
+        if not parsed.database:
+            raise ConfigError(
+                f"the database URL {redact_url(raw)} names no file (an unset variable in "
+                f"sqlite:///$DB?): use {_SQLITE_EXAMPLE}, or sqlite:///:memory: for a throwaway "
+                "in-memory database"
+            )
         return parsed.set(drivername="sqlite+aiosqlite")
     if backend == "postgresql":
         return parsed.set(drivername="postgresql+asyncpg")
     raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+
+
+_SQLITE_EXAMPLE = "sqlite:///archive.db"
 
 
 _CREDENTIAL_PARAMETER = re.compile(r"(?i)pass|secret|token|key")
@@ -70,14 +117,9 @@ def redact_url(url: str | URL) -> str:
     pass/secret/token/key are dropped, and registered secrets are masked
     (:func:`archiver.redaction.redact`).
     """
-    if isinstance(url, URL):
-        text = url.render_as_string(hide_password=False)
-    else:
-        text = url.strip()
-        try:
-            make_url(text)
-        except ArgumentError:
-            return "<unparseable database URL>"
+    # A URL that does not parse is masked the same way below (and register_database_url
+    # registered every value its password could be read as).
+    text = url.render_as_string(hide_password=False) if isinstance(url, URL) else url.strip()
     scheme, sep, rest = text.partition("://")
     location, question, query = rest.partition("?")
     if sep and "@" in location and not location.startswith("/"):
@@ -111,10 +153,11 @@ def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
     """
     url = normalize_database_url(database_url)
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            directory = os.path.dirname(os.path.abspath(url.database))
-            if not os.path.isdir(directory):
-                raise DatabaseUnavailable(f"directory for the SQLite file does not exist: {directory}")
+        path = sqlite_path(url)
+        if path is not None:
+            problem = _directory_problem(path)
+            if problem:
+                raise DatabaseUnavailable(problem)
         engine = create_async_engine(
             url,
             json_serializer=json_dumps,
@@ -134,9 +177,39 @@ def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
     )
 
 
-def _tune_sqlite(engine: Engine, *, sleep: Callable[[float], object]) -> None:
+def _tune_sqlite(
+    engine: Engine, *, sleep: Callable[[float], object], same_file_as: Engine | None = None
+) -> None:
+    path = sqlite_path(engine.url)
+    # The file the engine's first connection opened; shared with the write engine made
+    # from it (sqlite_write_engine), whose first connection comes later.
+    watch = _WATCHES.setdefault(same_file_as or engine, _FileWatch())
+    _WATCHES[engine] = watch
+
+    @event.listens_for(engine, "do_connect")
+    def _on_do_connect(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        if path is None or watch.identity is None:
+            return  # the first connection may create the file (open_database made it already)
+        # Later connections (the pool opens more as it needs them) must never create it:
+        # a file deleted during the run would come back empty and the run write into it.
+        if not os.path.exists(path):
+            raise DatabaseVanished(_vanished_message(path, deleted=True))
+        cargs[:1] = [f"file:{urllib.parse.quote(path)}?mode=rw"]
+        cparams["uri"] = True
+
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        if path is not None:
+            # The file this connection opened (stat right after the open). Every write
+            # batch compares it with what the path names now (check_same_file), and a
+            # later connection must open the same file as the first one did.
+            identity = _file_identity(path)
+            if identity is not None:
+                if watch.identity is not None and identity != watch.identity:
+                    dbapi_connection.close()
+                    raise DatabaseVanished(_vanished_message(path, deleted=False))
+                watch.identity = identity
+                record.info[_FILE_IDENTITY] = (path, identity)
         # Take transaction control away from the sqlite3 module so BEGIN IMMEDIATE is ours.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -146,11 +219,152 @@ def _tune_sqlite(engine: Engine, *, sleep: Callable[[float], object]) -> None:
         # which only means those IDs are fetched again after their lease expires.
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
+        if path is not None:
+            watch.note_side_files(path)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         if not conn.get_execution_options().get(_EACH_STATEMENT_COMMITS):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+_FILE_IDENTITY = "archiver_file_identity"
+
+
+class _FileWatch:
+    """What an engine's connections opened: the SQLite file, and its ``-wal``/``-shm`` files."""
+
+    def __init__(self) -> None:
+        self.identity: tuple[int, int] | None = None
+        self.side_files: set[tuple[int, int]] = set()
+
+    def note_side_files(self, path: str) -> None:
+        for suffix in _SIDE_FILES:
+            identity = _file_identity(path + suffix)
+            if identity is not None:
+                self.side_files.add(identity)
+
+
+_WATCHES: weakref.WeakKeyDictionary[Engine, _FileWatch] = weakref.WeakKeyDictionary()
+_SIDE_FILES = ("-wal", "-shm")
+
+
+def forget_side_files(engine: AsyncEngine) -> None:
+    """After ``engine`` is disposed: if its SQLite file was deleted or replaced meanwhile, remove
+    the ``-wal`` and ``-shm`` files its connections left at the path.
+
+    They belong to the old file, and SQLite would replay that WAL into whatever file is at
+    the path now (a database renamed over the archive reads as corrupt), or into a new
+    archive created there.
+    """
+    path = sqlite_path(engine.url)
+    watch = _WATCHES.get(engine.sync_engine)
+    if path is None or watch is None or watch.identity is None or _file_identity(path) == watch.identity:
+        return
+    for suffix in _SIDE_FILES:
+        if _file_identity(path + suffix) in watch.side_files:
+            with contextlib.suppress(OSError):
+                os.unlink(path + suffix)
+
+
+def sqlite_path(url: URL) -> str | None:
+    """The absolute path of a SQLite file URL; None for PostgreSQL and in-memory databases."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    if url.database.startswith("file:"):  # a URI filename: SQLite parses it, not us
+        return None
+    return os.path.abspath(url.database)
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _vanished_message(path: str, *, deleted: bool) -> str:
+    how = "deleted" if deleted else "replaced by another file"
+    return (
+        f"the archive file {path} was {how} while archiver was using it: stopped before the "
+        "next write (what this run wrote earlier went with the old file)"
+    )
+
+
+def check_same_file(conn: Connection) -> None:
+    """Raise :class:`DatabaseVanished` when the SQLite file of ``conn`` is no longer at its path.
+
+    Called inside every write transaction before it commits: a file deleted (or renamed
+    over) during a run still takes writes through the open descriptor, into an inode
+    nobody can read any more, and the run would report them archived.
+    """
+    if conn.dialect.name != "sqlite":
+        return
+    recorded = conn.connection.info.get(_FILE_IDENTITY)
+    if recorded is None:
+        return
+    path, identity = recorded
+    now = _file_identity(path)
+    if now != identity:
+        raise DatabaseVanished(_vanished_message(path, deleted=now is None))
+
+
+def _directory_problem(path: str) -> str | None:
+    """Why a SQLite file cannot be at ``path`` whatever its contents (None: it can)."""
+    directory = os.path.dirname(path)
+    if os.path.isdir(path):
+        return f"{path} is a directory, not a SQLite file"
+    if not os.path.exists(directory):
+        return f"directory for the SQLite file does not exist: {directory}"
+    if not os.path.isdir(directory):
+        return f"{directory} is not a directory (in the SQLite path {path})"
+    return None
+
+
+def prepare_sqlite_file(url: URL, *, create: bool) -> str | None:
+    """Make sure the SQLite file of ``url`` exists before anything connects to it.
+
+    Connecting to a missing file creates an empty one, so a command that only reads
+    would leave an empty archive behind and report zeros.
+
+    Args:
+        url: a normalized URL (PostgreSQL and in-memory databases pass unchecked).
+        create: create a missing file (``enqueue``, ``run``, ``migrate``, ``demo``).
+
+    Returns:
+        The path when this call created the file, else None.
+
+    Raises:
+        DatabaseUnavailable: the file is missing and ``create`` is false, or it cannot be
+            created; one line naming the path.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        return None
+    problem = _directory_problem(path)
+    if problem:
+        raise DatabaseUnavailable(problem)
+    if os.path.exists(path):
+        return None
+    if not create:
+        raise DatabaseUnavailable(
+            f"no archive at {path}: the file does not exist (check the path; "
+            "`archiver migrate` or `archiver enqueue` creates a new archive)"
+        )
+    # What a deleted archive left beside it: SQLite would replay an old WAL into the new
+    # file. (Removed first: once the file exists, another process may make its own.)
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(OSError):
+            os.unlink(path + suffix)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return None  # another process made it a moment ago
+    except OSError as exc:
+        raise DatabaseUnavailable(f"cannot create the archive at {path}: {exc.strerror or exc}") from None
+    os.close(fd)
+    return path
 
 
 def sqlite_write_engine(engine: AsyncEngine) -> Engine | None:
@@ -174,7 +388,7 @@ def sqlite_write_engine(engine: AsyncEngine) -> Engine | None:
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         pool_size=1,
     )
-    _tune_sqlite(write_engine, sleep=time.sleep)
+    _tune_sqlite(write_engine, sleep=time.sleep, same_file_as=engine.sync_engine)
     return write_engine
 
 
@@ -235,8 +449,84 @@ def now_sql(dialect_name: str) -> str:
     return "((julianday('now') - 2440587.5) * 86400.0)"
 
 
+# Driver messages (lower case) of conditions retrying cannot fix, and what to tell the user.
+_FULL = "the disk holding the database is full; free some space, then run again"
+_READ_ONLY = "the database is read-only; make it writable, then run again"
+_PERMANENT_SQLITE = (
+    ("database or disk is full", _FULL),
+    ("attempt to write a readonly database", _READ_ONLY),
+    ("unable to open database file", "the database file cannot be opened"),
+    ("disk i/o error", "the disk holding the database fails"),
+    ("file is not a database", "the file is not a SQLite database"),
+    ("database disk image is malformed", "the database file is corrupt"),
+)
+_PERMANENT_SQLSTATE = {
+    "53100": _FULL,
+    "25006": _READ_ONLY,
+    "42501": "the database user lacks a privilege",
+}
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+    return str(code) if code else None
+
+
+def permanent_db_fault(exc: BaseException) -> str | None:
+    """What is wrong, when ``exc`` is a database condition that retrying cannot fix, else None.
+
+    A full disk, a read-only file or database, a file that cannot be opened: the user must
+    act, so these stop the work at once with one line instead of being retried.
+    """
+    if not isinstance(exc, DBAPIError):
+        return None
+    code = _sqlstate(exc)
+    if code in _PERMANENT_SQLSTATE:
+        return _PERMANENT_SQLSTATE[code]
+    message = str(exc.orig).lower()
+    for needle, meaning in _PERMANENT_SQLITE:
+        if needle in message:
+            return meaning
+    return None
+
+
+def db_error_message(exc: BaseException) -> str:
+    """The driver's message of a database error, one line, redacted.
+
+    Never ``str()`` of a SQLAlchemy error: that carries the statement and its parameters
+    (a whole batch of IDs or bodies).
+    """
+    if isinstance(exc, DBAPIError):
+        return _short_db_error(exc)
+    return redact(first_line(exc))
+
+
+def database_error(exc: BaseException, where: str) -> DatabaseFault | DatabaseUnavailable:
+    """The one-line ArchiverError for a database error (``where`` names the database)."""
+    fault = permanent_db_fault(exc)
+    if fault is not None:
+        meaning, _, hint = fault.partition("; ")
+        return DatabaseFault(f"{meaning}: {where} ({_short_db_error(exc)})" + (f"; {hint}" if hint else ""))
+    return DatabaseUnavailable(f"cannot use the database {where}: {_short_db_error(exc)}")
+
+
+def describe_database(url: URL) -> str:
+    """How messages name a database: the SQLite file's path, or the URL without password."""
+    path = sqlite_path(url)
+    if path is not None:
+        return path
+    if url.get_backend_name() == "postgresql":
+        url = url.set(drivername="postgresql")
+    elif url.get_backend_name() == "sqlite":
+        url = url.set(drivername="sqlite")
+    return redact_url(url)
+
+
 def is_transient_db_error(exc: BaseException) -> bool:
     """True when retrying the transaction may succeed (lost connection, lock, restart)."""
+    if permanent_db_fault(exc) is not None:
+        return False
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     if isinstance(exc, OperationalError):
@@ -327,7 +617,7 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 """The newest migration shipped (a test checks it against alembic's head). Knowing it
 lets every command skip importing alembic when the database is already current."""
 
@@ -383,13 +673,27 @@ async def schema_revision(engine: AsyncEngine) -> str | None:
 
 @asynccontextmanager
 async def open_database(
-    database_url: str, *, pool_size: int = 5, upgrade: bool = True
+    database_url: str, *, pool_size: int = 5, upgrade: bool = True, create: bool = True
 ) -> AsyncIterator[AsyncEngine]:
     """Open the database, check it answers, bring its schema to head, and dispose at the end.
 
+    Args:
+        database_url: as users write it (see :func:`normalize_database_url`).
+        pool_size: PostgreSQL connections kept open.
+        upgrade: migrate the schema to head (else only check the database answers).
+        create: create a missing SQLite file, saying so once on stderr. Commands that only
+            read pass False: a missing file is then an error naming the path.
+
     Raises:
+        ConfigError: the URL is not one archiver can use.
         DatabaseUnavailable: it cannot be reached (the message names it, without password).
+        DatabaseFault: it refuses the work for good (disk full, read-only), at open or in
+            the body of the ``async with``; also database errors raised in the body become
+            one-line ArchiverErrors, never a SQLAlchemy error carrying SQL parameters.
     """
+    url = normalize_database_url(database_url)
+    where = describe_database(url)
+    created = prepare_sqlite_file(url, create=create)
     engine = create_engine(database_url, pool_size=pool_size)
     try:
         try:
@@ -399,13 +703,16 @@ async def open_database(
                 async with engine.connect() as conn:
                     await conn.execute(text("SELECT 1"))
         except (TimeoutError, OSError, DBAPIError) as exc:
-            raise DatabaseUnavailable(
-                f"cannot use the database {redact_url(normalize_database_url(database_url))}: "
-                f"{_short_db_error(exc)}"
-            ) from None
-        yield engine
+            raise database_error(exc, where) from None
+        if created is not None:
+            print(f"archiver: created a new archive at {created}", file=sys.stderr, flush=True)
+        try:
+            yield engine
+        except DBAPIError as exc:
+            raise database_error(exc, where) from None
     finally:
         await engine.dispose()
+        forget_side_files(engine)
 
 
 def _short_db_error(exc: BaseException) -> str:

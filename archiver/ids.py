@@ -129,7 +129,7 @@ def response_path(response_id: str) -> str:
     return "responses/" + urllib.parse.quote(response_id, safe="")
 
 
-def parse_id_lines(lines: Iterable[str]) -> Iterator[IdLine | RejectedLine]:
+def parse_id_lines(lines: Iterable[str], *, start: int = 1) -> Iterator[IdLine | RejectedLine]:
     """Read response IDs from text lines, one result per line that is not skipped.
 
     A line is either a bare ID or a JSON object (e.g. an application log line) holding
@@ -140,13 +140,14 @@ def parse_id_lines(lines: Iterable[str]) -> Iterator[IdLine | RejectedLine]:
 
     Args:
         lines: physical lines, with or without their line endings (a file object works).
+        start: the line number of the first line (when ``lines`` continue a stream).
 
     Yields:
         :class:`IdLine` for each accepted ID and :class:`RejectedLine` for each line
         that is neither blank, a comment, nor a usable ID, with 1-based line numbers.
     """
     match = _VALID_ID.match
-    for line_no, raw in enumerate(lines, 1):
+    for line_no, raw in enumerate(lines, start):
         line = raw.strip()
         if match(line):
             yield IdLine(line_no, line)

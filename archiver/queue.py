@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from archiver.db import now_sql, statement_at_a_time
+from archiver.follow import archive_follow  # noqa: F401  (registers the table, as archive_queue)
 from archiver.schema import metadata
 from archiver.workers import (
     archive_workers,  # noqa: F401  (registers the table, as archive_queue)
@@ -38,6 +39,11 @@ from archiver.workers import (
 QUEUE_STATES = ("pending", "in_flight", "archived", "not_found", "failed")
 """Every state a queue row can be in (contract)."""
 TERMINAL_STATES = ("archived", "not_found", "failed")
+ERROR_STATES = ("failed", "not_found", "pending")
+"""The states ``status`` lists errors of by default, in this order: what needs action first."""
+# Errors are listed by state in this order (then newest first), so the failed rows an
+# operator must act on are never hidden behind not_found ones.
+_ERROR_ORDER = "CASE state WHEN 'failed' THEN 0 WHEN 'not_found' THEN 1 WHEN 'pending' THEN 2 ELSE 3 END"
 
 archive_queue = Table(
     "archive_queue",
@@ -91,6 +97,22 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """Where one ID stands in the queue (for ``show`` and ``retry`` to explain themselves)."""
+
+    response_id: str
+    state: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> QueueEntry:
+        """Build from ``(id, state, attempts, last_status_code, last_error)``."""
+        return cls(row[0], row[1], int(row[2]), row[3], row[4])
+
+
+@dataclass(frozen=True, slots=True)
 class EnqueueCounts:
     """How one enqueue call went."""
 
@@ -131,10 +153,26 @@ class QueueStore:
             if created is not None and all(c is None for c in created):
                 created = None
             async with self.engine.begin() as conn:
-                queued += await self._insert_chunk(conn, chunk, created)
-                if refetch:
-                    requeued += await self._requeue(conn, chunk, TERMINAL_STATES)
+                counts = await self.enqueue_on(conn, chunk, refetch=refetch, created_at=created)
+            queued += counts.queued
+            requeued += counts.requeued
         # A line whose ID was known before, or seen earlier in the same input, is "already known".
+        return EnqueueCounts(queued=queued, already_known=len(response_ids) - queued, requeued=requeued)
+
+    async def enqueue_on(
+        self,
+        conn: AsyncConnection,
+        response_ids: list[str],
+        *,
+        refetch: bool = False,
+        created_at: list[float | None] | None = None,
+    ) -> EnqueueCounts:
+        """:meth:`enqueue` of one chunk (up to ``ENQUEUE_CHUNK`` IDs) in the caller's transaction.
+
+        ``archiver enqueue --follow`` saves its file position in the same transaction.
+        """
+        queued = await self._insert_chunk(conn, response_ids, created_at)
+        requeued = await self._requeue(conn, response_ids, TERMINAL_STATES) if refetch else 0
         return EnqueueCounts(queued=queued, already_known=len(response_ids) - queued, requeued=requeued)
 
     async def _insert_chunk(
@@ -330,6 +368,19 @@ class QueueStore:
             result = await conn.execute(stmt, {"states": list(states)})
         return max(result.rowcount, 0)
 
+    async def entries(self, response_ids: Sequence[str]) -> dict[str, QueueEntry]:
+        """The queue rows of these IDs (IDs not in the queue are absent)."""
+        stmt = text(
+            "SELECT id, state, attempts, last_status_code, last_error FROM archive_queue WHERE id IN :ids"
+        ).bindparams(bindparam("ids", expanding=True))
+        found: dict[str, QueueEntry] = {}
+        ids = list(dict.fromkeys(response_ids))
+        async with statement_at_a_time(self.engine) as conn:
+            for start in range(0, len(ids), 500):
+                for row in (await conn.execute(stmt, {"ids": ids[start : start + 500]})).fetchall():
+                    found[row[0]] = QueueEntry.from_row(row)
+        return found
+
     async def counts(self) -> dict[str, int]:
         """Rows per state; every state name is present."""
         counts = dict.fromkeys(QUEUE_STATES, 0)
@@ -384,14 +435,25 @@ class QueueStore:
         return int(row[0] or 0), int(row[1] or 0)
 
     async def status_details(
-        self, recent_errors: int = 10, retention_s: float | None = None
+        self,
+        recent_errors: int = 10,
+        retention_s: float | None = None,
+        error_states: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """Counts, oldest pending age, expired leases, expiry risk, the most recent errors and
         the live workers that cannot fetch (``workers``, see :mod:`archiver.workers`).
 
+        Args:
+            recent_errors: how many rows with an error to list (0: none, and no count).
+            retention_s: the provider's retention, for the expiry counts.
+            error_states: list errors of rows in these states (default ``ERROR_STATES``):
+                ``failed`` first, then ``not_found``, then ``pending``, newest first within
+                each. ``error_rows`` counts every row that matches.
+
         A recent error carries ``body_bytes`` (the whole bad body's length) when a body
         was kept for it.
         """
+        states = list(error_states or ERROR_STATES)
         counts = await self.counts()
         near, past = await self.expiry_counts(retention_s) if retention_s else (None, None)
         async with statement_at_a_time(self.engine) as conn:
@@ -408,19 +470,28 @@ class QueueStore:
                     )
                 )
             ).scalar()
+            with_error = "FROM archive_queue WHERE last_error IS NOT NULL AND state IN :states"
             errors = (
                 await conn.execute(
                     text(
                         "SELECT id, state, attempts, last_status_code, last_error, "
                         "CASE WHEN last_body IS NULL THEN NULL "
                         "ELSE coalesce(last_body_bytes, length(last_body)) END "
-                        "FROM archive_queue "
-                        "WHERE last_error IS NOT NULL AND state IN ('failed', 'not_found', 'pending') "
-                        "ORDER BY updated_at DESC LIMIT :n"
-                    ),
-                    {"n": recent_errors},
+                        f"{with_error} ORDER BY {_ERROR_ORDER}, updated_at DESC LIMIT :n"
+                    ).bindparams(bindparam("states", expanding=True)),
+                    {"n": recent_errors, "states": states},
                 )
             ).fetchall()
+            error_rows = (
+                (
+                    await conn.execute(
+                        text(f"SELECT count(*) {with_error}").bindparams(bindparam("states", expanding=True)),
+                        {"states": states},
+                    )
+                ).scalar()
+                if recent_errors > 0
+                else None
+            )
             workers = await troubled_workers(conn)
         return {
             "states": counts,
@@ -431,6 +502,8 @@ class QueueStore:
             "pending_near_expiry": near,
             "pending_past_retention": past,
             "recent_errors": [_recent_error(r) for r in errors],
+            "error_states": states,
+            "error_rows": int(error_rows) if error_rows is not None else None,
             "workers": [w.as_dict() for w in workers],
         }
 

@@ -62,6 +62,7 @@ OTHER_TOOLS_FLAGS = {
     "--now": "systemctl enable --now",
     "--failed": "systemctl --failed",
     "--autogenerate": "alembic revision --autogenerate (developers)",
+    "--path": "systemd-escape --path (the archiver-follow@ instance name)",
 }
 OTHER_VARIABLES = {
     "ARCHIVER_TEST_PG_URL": "the test suite's PostgreSQL server, not the CLI's",

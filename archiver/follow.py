@@ -1,0 +1,264 @@
+"""Following a log like ``tail -F``, with the position kept in the database.
+
+``archiver enqueue --follow FILE`` reads the file at a path, waits for new lines, and
+survives rotation (the file renamed, a new one created at the path) and truncation
+(logrotate's ``copytruncate``). Its position is one ``archive_follow`` row per path: the
+file's identity (device and inode), the byte offset just past the last complete line
+consumed, the number of lines consumed, and a SHA-256 of up to 256 bytes before that
+offset. :mod:`archiver.ingest` writes the row in the transaction that queues the IDs read
+up to it, so a restart neither loses nor re-reads a line.
+
+On start the saved position is checked against the file: the same identity, at least
+that many bytes, and the same bytes before the offset mean "resume there". When the path
+holds another file (rotated while archiver was down), the old file is looked for by its
+inode in the same directory (``app.log.1``) and its rest is read first. Anything that does
+not match starts the file again from byte 0: re-reading is harmless (known IDs count as
+"already known"), skipping would lose IDs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Float, Table, Text, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from archiver.db import now_sql, statement_at_a_time
+from archiver.errors import ArchiverError, ConfigError
+from archiver.schema import metadata
+
+FINGERPRINT_BYTES = 256
+"""Bytes before the saved offset whose hash must still match on resume."""
+
+archive_follow = Table(
+    "archive_follow",
+    metadata,
+    Column("path", Text, primary_key=True),
+    Column("device", BigInteger, nullable=False),
+    Column("inode", BigInteger, nullable=False),
+    Column("byte_offset", BigInteger, nullable=False),
+    Column("line_no", BigInteger, nullable=False),
+    Column("tail_sha256", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    comment="Where `archiver enqueue --follow` is in each followed file; see archiver/follow.py",
+)
+
+
+class FollowConflict(ArchiverError):
+    """Another `archiver enqueue --follow` moved this file's position: run one follower per file."""
+
+
+def _signed(value: int) -> int:
+    """A 64-bit unsigned number (an inode) as the signed value a BIGINT holds."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+@dataclass(frozen=True, slots=True)
+class FollowPosition:
+    """Where a follower is: which file, the byte after the last consumed line, lines consumed."""
+
+    device: int
+    inode: int
+    byte_offset: int
+    line_no: int
+    tail_sha256: str
+
+    @classmethod
+    def from_row(cls, row: Any) -> FollowPosition:
+        """Build from ``(device, inode, byte_offset, line_no, tail_sha256)``."""
+        return cls(int(row[0]), int(row[1]), int(row[2]), int(row[3]), str(row[4]))
+
+
+def identity(st: os.stat_result) -> tuple[int, int]:
+    """(device, inode) of a file, as stored (signed 64-bit)."""
+    return _signed(st.st_dev), _signed(st.st_ino)
+
+
+def fingerprint(fd: int, offset: int) -> str:
+    """SHA-256 (hex) of the up to 256 bytes before ``offset`` in the open file ``fd``."""
+    start = max(0, offset - FINGERPRINT_BYTES)
+    return hashlib.sha256(os.pread(fd, offset - start, start)).hexdigest()
+
+
+async def load_position(engine: AsyncEngine, path: str) -> FollowPosition | None:
+    """The saved position for ``path`` (an absolute path), or None."""
+    async with statement_at_a_time(engine) as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT device, inode, byte_offset, line_no, tail_sha256 FROM archive_follow "
+                    "WHERE path = :path"
+                ),
+                {"path": path},
+            )
+        ).first()
+    return FollowPosition.from_row(row) if row is not None else None
+
+
+async def save_position(
+    conn: AsyncConnection, path: str, old: FollowPosition | None, new: FollowPosition
+) -> None:
+    """Move ``path``'s row from ``old`` to ``new`` inside the caller's transaction.
+
+    Fenced: the row must still hold ``old`` (nothing, for the first save), so two followers
+    of one file cannot both advance it.
+
+    Raises:
+        FollowConflict: another follower saved a position in between.
+    """
+    now = now_sql(conn.dialect.name)
+    values = {
+        "path": path,
+        "device": new.device,
+        "inode": new.inode,
+        "offset": new.byte_offset,
+        "line_no": new.line_no,
+        "tail": new.tail_sha256,
+    }
+    if old is None:
+        result = await conn.execute(
+            text(
+                "INSERT INTO archive_follow (path, device, inode, byte_offset, line_no, tail_sha256, "
+                f"updated_at) VALUES (:path, :device, :inode, :offset, :line_no, :tail, {now}) "
+                "ON CONFLICT (path) DO NOTHING"
+            ),
+            values,
+        )
+    else:
+        result = await conn.execute(
+            text(
+                "UPDATE archive_follow SET device = :device, inode = :inode, byte_offset = :offset, "
+                f"line_no = :line_no, tail_sha256 = :tail, updated_at = {now} "
+                "WHERE path = :path AND device = :old_device AND inode = :old_inode "
+                "AND byte_offset = :old_offset AND line_no = :old_line_no"
+            ),
+            {
+                **values,
+                "old_device": old.device,
+                "old_inode": old.inode,
+                "old_offset": old.byte_offset,
+                "old_line_no": old.line_no,
+            },
+        )
+    if result.rowcount != 1:
+        raise FollowConflict(
+            f"another `archiver enqueue --follow` moved the position of {path}: run one follower per file"
+        )
+
+
+@dataclass(slots=True)
+class Opened:
+    """A followed file open for reading: where to start, and why there."""
+
+    fd: int
+    identity: tuple[int, int]
+    byte_offset: int
+    line_no: int
+    note: str | None = None
+    """Set when the saved position could not be used as it was (for the log)."""
+
+
+def open_followed(path: str, saved: FollowPosition | None) -> Opened | None:
+    """Open the file to follow and find where to start reading.
+
+    Args:
+        path: absolute path of the followed file.
+        saved: the position saved by an earlier run, if any.
+
+    Returns:
+        None while nothing is at ``path`` (and no saved file is found): try again later.
+
+    Raises:
+        ArchiverError: ``path`` is not a regular file (a FIFO, a directory, a device).
+    """
+    if saved is not None:
+        found = _open_identity(path, (saved.device, saved.inode))
+        if found is not None:
+            fd, where = found
+            size = os.fstat(fd).st_size
+            if size >= saved.byte_offset and fingerprint(fd, saved.byte_offset) == saved.tail_sha256:
+                return Opened(fd, (saved.device, saved.inode), saved.byte_offset, saved.line_no, where)
+            os.close(fd)
+            if where is None:
+                return _open_path(path, "the file changed under the saved position: reading it again")
+            # The rotated file no longer holds what was read: what it held is gone.
+            note = f"{where}: the rotated file no longer matches the saved position"
+            return _open_path(path, note)
+        return _open_path(path, "the file followed before is gone: reading the path from its start")
+    return _open_path(path, None)
+
+
+def _open_path(path: str, note: str | None) -> Opened | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot follow {path}: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ConfigError(f"cannot follow {path}: not a regular file (--follow reads logs that grow)")
+    os.set_blocking(fd, True)
+    return Opened(fd, identity(st), 0, 1, note)
+
+
+def _open_identity(path: str, wanted: tuple[int, int]) -> tuple[int, str | None] | None:
+    """Open the file with identity ``wanted``: at ``path``, else a rotated name beside it.
+
+    Returns ``(fd, None)`` for the path itself, ``(fd, name)`` for a rotated file.
+    """
+    try:
+        if identity(os.stat(path)) == wanted:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            if identity(os.fstat(fd)) == wanted:
+                return fd, None
+            os.close(fd)
+    except OSError:
+        pass
+    directory = os.path.dirname(path)
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            if _signed(entry.inode()) != wanted[1] or not entry.is_file(follow_symlinks=False):
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        if identity(os.fstat(fd)) == wanted:
+            return fd, entry.path
+        os.close(fd)
+    return None
+
+
+def path_change(path: str, fd: int, current: tuple[int, int], read_to: int) -> str | None:
+    """What happened to a followed file since the last look.
+
+    Args:
+        path: the followed path.
+        fd: the open file being read.
+        current: its identity.
+        read_to: how far it has been read.
+
+    Returns:
+        ``"truncated"`` when the open file is now shorter than what was read;
+        ``"rotated"`` when the path holds another file that has data (until it has,
+        the writer may still be appending to the old one, which is read on);
+        else None.
+    """
+    if os.fstat(fd).st_size < read_to:
+        return "truncated"
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # deleted or being replaced: keep reading the open file
+    if identity(st) != current and stat.S_ISREG(st.st_mode) and st.st_size > 0:
+        return "rotated"
+    return None
