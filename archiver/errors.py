@@ -32,12 +32,28 @@ class DatabaseUnavailable(ArchiverError):
     """The database cannot be reached."""
 
 
+class DatabaseFault(ArchiverError):
+    """The database refuses the work for a reason retrying cannot fix (disk full, read-only file)."""
+
+
+class DatabaseVanished(ArchiverError):
+    """The SQLite file was deleted or replaced while archiver was using it."""
+
+
 class SchemaError(ArchiverError):
     """The database schema is not at the version this archiver expects."""
 
 
 class InvalidResponseId(ArchiverError):
     """Not a valid response ID."""
+
+
+class NotADemoDatabase(ArchiverError):
+    """The database holds IDs that ``archiver demo`` did not create: the demo leaves it alone."""
+
+
+class NotArchived(ArchiverError):
+    """The ID is not archived."""
 
 
 class IdSourceError(ArchiverError):

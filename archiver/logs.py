@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+import threading
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TextIO
 
 # structlog imports rich when it is installed (archiver depends on it for the progress
@@ -34,9 +35,65 @@ __all__ = [
     "redact",
     "redact_base_url",
     "register_secret",
+    "send_lines_to",
 ]
 
 _CONFIGURED: dict[str, Any] = {"level": "info", "json": None}
+
+# Where rendered lines go instead of the stream while a progress bar is live (see
+# send_lines_to), and which events are left out meanwhile.
+_ROUTE: dict[str, Any] = {"sink": None, "quiet": frozenset()}
+
+
+def send_lines_to(sink: Callable[[str], None] | None, *, quiet: Iterable[str] = ()) -> None:
+    """Send every log line to ``sink`` (None: back to the configured stream).
+
+    A live progress bar owns the terminal: a line written straight to it lands on the bar's
+    unfinished line. The bar passes a sink that prints above itself (``console.print``).
+
+    Args:
+        sink: called with each rendered line (no newline), or None to stop.
+        quiet: event names not printed while the sink is set, unless the level is debug
+            (the per-batch lines a bar already shows as counts).
+    """
+    hidden = frozenset(quiet) if sink is not None and _CONFIGURED["level"] != "debug" else frozenset()
+    _ROUTE.update(sink=sink, quiet=hidden)
+
+
+def _drop_quiet_events(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    if _ROUTE["quiet"] and event_dict.get("event") in _ROUTE["quiet"]:
+        raise structlog.DropEvent
+    return event_dict
+
+
+class _LineLogger:
+    """structlog's output end: one rendered line to the sink of :func:`send_lines_to`, else the stream."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()  # the SQLite write thread logs too
+
+    def msg(self, message: str) -> None:
+        """Write one line."""
+        sink = _ROUTE["sink"]
+        if sink is not None:
+            sink(message)
+            return
+        with self._lock:
+            self._stream.write(message + "\n")
+            self._stream.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = failure = err = msg
+
+
+class _LineLoggerFactory:
+    def __init__(self, stream: TextIO) -> None:
+        self._logger = _LineLogger(stream)
+
+    def __call__(self, *_args: Any) -> _LineLogger:
+        return self._logger
 
 
 def _redact_processor(
@@ -82,6 +139,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None, json: b
     )
     structlog.configure(
         processors=[
+            _drop_quiet_events,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -90,7 +148,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None, json: b
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=_LineLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
 

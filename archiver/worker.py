@@ -25,8 +25,8 @@ from archiver import __version__
 from archiver.breaker import Breaker, Trip
 from archiver.budget import ByteBudget
 from archiver.client import ResponsesClient
-from archiver.db import log_db_retry, redact_url, with_db_retry
-from archiver.errors import EndpointDown, StopRun
+from archiver.db import db_error_message, log_db_retry, redact_url, with_db_retry
+from archiver.errors import ArchiverError, EndpointDown, StopRun
 from archiver.fetch import Fetcher
 from archiver.limits import AdaptiveLimit
 from archiver.logs import get_logger, redact
@@ -56,7 +56,14 @@ HEALTH_REFRESH_S = 60.0  # archive_workers rows older than workers.DEFAULT_MAX_A
 
 @dataclass(slots=True)
 class RunSummary:
-    """What one run did. ``stop_reason`` is None for a normal end."""
+    """What one run did. ``stop_reason`` is None for a normal end.
+
+    ``archived``, ``not_found`` and ``failed`` count IDs that reached that state.
+    ``unchanged`` is not another outcome: it counts the bodies, among those written, that
+    were byte-identical to the archived one (a re-fetch), so most are also in ``archived``.
+    ``waiting_retry`` is a gauge, not a total: IDs of this run now ``pending`` after a
+    retryable failure (kept only when the run reports progress).
+    """
 
     archived: int = 0
     unchanged: int = 0
@@ -72,6 +79,7 @@ class RunSummary:
     duration_s: float = 0.0
     stop_reason: str | None = None
     remaining: dict[str, int] = field(default_factory=dict)
+    waiting_retry: int = 0
 
     def add(self, report: WriteReport) -> None:
         """Fold one batch report in."""
@@ -148,6 +156,7 @@ class Worker:
         self.summary = RunSummary()
         self.stop_event = asyncio.Event()
         self._on_progress = on_progress
+        self._waiting_retry: set[str] = set()  # for the progress display (see RunSummary)
         self._rand = rand
         self._jobs: asyncio.Queue[Job | None] = asyncio.Queue()  # bounded by the claimer's capacity
         self._results: asyncio.Queue[FetchResult | None] = asyncio.Queue()
@@ -169,6 +178,7 @@ class Worker:
         self.metrics.set_concurrency(self.gate.limit, self.gate.max_limit)
         self._rate = _rate_limiter(settings.max_rps)
         self._fatal: BaseException | None = None
+        self._release_failed = False
         self.near_expiry = 0
         self._last_tick = time.monotonic()
         self._engine_url = redact_url(engine.url)
@@ -289,8 +299,10 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # A dead side task must stop the run loudly, never leave it hanging.
-            log.error("archiver.task_crashed", task=name, error=redact(f"{type(exc).__name__}: {exc}"))
+            # A dead side task must stop the run loudly, never leave it hanging. (Once: the
+            # other write tasks and the claimer often die of the same full disk.)
+            if self._fatal is None or describe_error(exc) != describe_error(self._fatal):
+                log.error("archiver.task_crashed", task=name, error=describe_error(exc))
             if self._fatal is None:
                 self._fatal = exc
             self.request_stop(f"task {name} crashed")
@@ -339,8 +351,11 @@ class Worker:
             if not quiet:  # one-job releases by fetchers are summed in run_stopped instead
                 log.info("archiver.released", count=len(jobs), reason=reason)
         except Exception as exc:
-            # The leases will expire and another run will pick these rows up.
-            log.error("archiver.release_failed", count=len(jobs), error=redact(str(exc)))
+            # The leases will expire and another run will pick these rows up. One line per
+            # run: with a full disk every fetcher's release fails the same way.
+            if not self._release_failed:
+                self._release_failed = True
+                log.error("archiver.release_failed", count=len(jobs), error=db_error_message(exc))
 
     # --- claimer ---------------------------------------------------------------------------
 
@@ -464,7 +479,7 @@ class Worker:
         try:
             await with_db_retry(lambda: self.queue.refund_attempts(response_ids))
         except Exception as exc:
-            log.warning("archiver.refund_failed", count=len(response_ids), error=redact(str(exc)))
+            log.warning("archiver.refund_failed", count=len(response_ids), error=db_error_message(exc))
 
     def _recovered(self) -> None:
         self.breaker.reset()
@@ -702,6 +717,8 @@ class Worker:
         self._slot_freed.set()
         self.summary.add(report)
         self.metrics.observe_batch(report)
+        if self._on_progress is not None:
+            self._track_retries(batch, report)
         if report.lost_lease:
             log.warning(
                 "archiver.lease_lost",
@@ -722,6 +739,18 @@ class Worker:
         )
         if self._on_progress is not None:
             self._on_progress(self.summary)
+
+    def _track_retries(self, batch: list[FetchResult], report: WriteReport) -> None:
+        """Keep ``summary.waiting_retry``: IDs written back as ``pending`` for a retry, until
+        a later batch of this run writes them again (finished, or retried once more)."""
+        lost = set(report.lost_ids)
+        for r in batch:
+            rid = r.job.response_id
+            if isinstance(r.outcome, Retry) and rid not in lost:
+                self._waiting_retry.add(rid)
+            else:
+                self._waiting_retry.discard(rid)
+        self.summary.waiting_retry = len(self._waiting_retry)
 
     async def _expiry_watch(self) -> None:
         """Warn about pending IDs the provider is about to delete (or already has)."""
@@ -753,6 +782,14 @@ class Worker:
                     await self.queue.extend_leases(tokens, self.settings.lease_seconds)
                 except Exception as exc:
                     log.warning("archiver.heartbeat_failed", error=redact(str(exc).splitlines()[0]))
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception for a log line: an expected fault's message, else its type and the first
+    line (a database error's driver message only, never its SQL and parameters)."""
+    if isinstance(exc, ArchiverError):
+        return redact(str(exc))
+    return f"{type(exc).__name__}: {db_error_message(exc)}"
 
 
 def display_endpoint(base_url: str) -> str:

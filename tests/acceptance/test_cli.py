@@ -179,4 +179,6 @@ def test_demo_runs_end_to_end(sqlite_cli: Cli, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     text = out.stdout.decode()
     assert "archived" in text and "responses per model" in text
-    assert status_json(sqlite_cli)["states"]["pending"] == 0
+    # Into demo.db, whatever ARCHIVER_DATABASE_URL says (see test_find_failures.py).
+    demo = Cli({**sqlite_cli.env, "ARCHIVER_DATABASE_URL": "sqlite:///demo.db"}, tmp_path)
+    assert status_json(demo)["states"]["pending"] == 0
