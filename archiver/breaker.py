@@ -1,25 +1,31 @@
 """The circuit breaker: tells answers about one ID from answers about the whole endpoint.
 
-A plain 404 of an unknown route, a redirect, a refused connection, or a refused key may
-be about one ID or about every ID. The worker cannot tell from one answer, so it *holds
-back* such results (they are not written, so no attempt is spent
-and no ID is marked) until the next answer decides:
+A plain 404 of an unknown route, a redirect, a failed connection, or a refused key may be
+about one ID or about every ID. The worker cannot tell from one answer, so it *holds
+back* such results (they are not written, so no attempt is spent and no ID is marked)
+until something decides:
 
 - an answer that proves the endpoint and key work (an archived body, or the provider's
   JSON error about one ID) means the held results were about their IDs: they are written
   as the per-ID outcomes they are;
-- ``TRIP_AFTER`` different IDs held with no such answer between them, or held results
-  that are all the worker has with no good answer for ``RECENT_GOOD_S``, trip the
-  breaker: the held rows go back to ``pending`` with their attempts given back, and the
-  run stops (``run --once``, exit 4; exit 3 for a refused key) or the daemon pauses and
-  probes the endpoint again with backoff.
+- when the held results look like the endpoint's fault (``TRIP_AFTER`` different IDs
+  with no good answer between them, held results that are all the worker has, one held
+  for ``HOLD_MAX_S``), the worker first **probes** the endpoint with one request of its
+  own (an ID it archived, or one that cannot exist, whose answer on a working endpoint is
+  the provider's JSON not-found error). If the probe proves the endpoint works, the held
+  results are per-ID after all. If not, the breaker **trips**: the held rows go back to
+  ``pending`` with their attempts given back, and the run stops (``run --once``, exit 4;
+  exit 3 for a refused key) or the daemon pauses, probes again with backoff, and resumes
+  when a probe proves the endpoint works.
 
 Server errors (5xx) are not held: retrying them is how a busy provider recovers, so they
 are written as retries, and only a run of them on ``TRIP_AFTER_5XX`` different IDs lasting
-``STREAK_5XX_MIN_S`` with no good answer trips the breaker (the worker then gives those
-IDs their attempts back).
+``STREAK_5XX_MIN_S`` with no good answer leads to a probe (and the worker gives those IDs
+back the attempts the run spent on them if it trips). A 5xx on an ID's last attempt is
+held, so an outage shorter than the 5xx rule cannot fail IDs for good.
 
-Pure state, no I/O: the worker (:mod:`archiver.worker`) acts on what it says.
+Pure state, no I/O: the worker (:mod:`archiver.worker`) sends the probe and acts on what
+this says.
 """
 
 from __future__ import annotations
@@ -34,20 +40,16 @@ from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
 from archiver.store import FetchResult
 
 TRIP_AFTER = 3
-"""Different IDs answered with an endpoint symptom, no success between: the breaker trips."""
+"""Different IDs held back with no good answer between them: probe the endpoint."""
 
 TRIP_AFTER_5XX = 5
-"""Different IDs answered 5xx with no good answer between them ...  """
+"""Different IDs answered 5xx with no good answer between them ..."""
 
 STREAK_5XX_MIN_S = 10.0
-"""... for at least this long: then the provider is down, not shedding a burst of load."""
-
-RECENT_GOOD_S = 60.0
-"""Held results that are all the worker has do not trip the breaker when a good answer came
-this recently: the endpoint and key worked a moment ago, so they are about their IDs."""
+"""... for at least this long: then the provider may be down, not shedding a burst of load."""
 
 HOLD_MAX_S = 120.0
-"""A result held back longer than this with no deciding answer trips the breaker."""
+"""A result held back longer than this with nothing deciding: probe the endpoint."""
 
 PAUSE_FIRST_S = 5.0
 PAUSE_MAX_S = 300.0
@@ -81,10 +83,12 @@ def proves_endpoint(outcome: Outcome) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Trip:
-    """The breaker tripped: why, and on what."""
+    """The breaker is about to trip (or tripped): why, and on what."""
 
     kind: Kind
     reason: str
+    probe: bool = True
+    """Ask the endpoint first. Not for billing refusals: those are about the account."""
 
     @property
     def key_refused(self) -> bool:
@@ -93,7 +97,7 @@ class Trip:
 
 
 class Breaker:
-    """Holds back symptom results and decides when they are about the endpoint.
+    """Holds back symptom results and decides when to suspect the endpoint.
 
     Args:
         endpoint: how the endpoint is shown in messages, e.g.
@@ -104,14 +108,11 @@ class Breaker:
     def __init__(self, endpoint: str, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.endpoint = endpoint
         self.held: dict[str, tuple[FetchResult, Kind, float]] = {}
-        self.last_good = -RECENT_GOOD_S  # when a good answer last came (monotonic)
         # ID -> (first 5xx, attempts spent on 5xx) since the last good answer
         self.streak_5xx: dict[str, tuple[float, int]] = {}
         self.last_5xx: FetchResult | None = None
         self.open = False
-        self.probing = False
         self.trips = 0
-        self.last_trip: Trip | None = None
         self.paused_until = 0.0
         self._clock = clock
 
@@ -120,26 +121,20 @@ class Breaker:
 
         Returns:
             (``write``: write it; ``hold``: keep it back; ``release``: give its row back
-            without spending the attempt (the breaker is open), and held results that an
+            without spending the attempt (the breaker is open)), and held results that an
             answer just decided are about their IDs, to write now.
         """
-        kind = symptom_of(result.outcome)
+        outcome = result.outcome
+        kind = symptom_of(outcome)
         if kind is None:
-            if proves_endpoint(result.outcome):
-                self.last_good = self._clock()
-                decided = [r for r, _, _ in self.held.values()]
-                self.held.clear()
-                self.streak_5xx.clear()
-                if self.open or self.probing:
-                    self.open = self.probing = False
-                return "write", decided
+            if proves_endpoint(outcome):
+                return "write", self.vouch()
             return "write", []
         if self.open:
             return "release", []
-        if kind == "5xx":
+        if kind == "5xx" and isinstance(outcome, Retry):
             # Written as the retry it is (retries are how a busy provider recovers), but
-            # counted: a long enough run of them trips the breaker, and the caller then
-            # gives these IDs their attempts back.
+            # counted: a long enough run of them makes the worker probe the endpoint.
             first, spent = self.streak_5xx.get(result.job.response_id, (self._clock(), 0))
             self.streak_5xx[result.job.response_id] = (first, spent + 1)
             self.last_5xx = result
@@ -147,40 +142,46 @@ class Breaker:
         self.held[result.job.response_id] = (result, kind, self._clock())
         return "hold", []
 
+    def vouch(self) -> list[FetchResult]:
+        """The endpoint and key work (a good answer, or a probe): held results are per-ID.
+
+        Closes the breaker and returns the held results, to be written.
+        """
+        decided = [r for r, _, _ in self.held.values()]
+        self.held.clear()
+        self.streak_5xx.clear()
+        self.open = False
+        return decided
+
     def should_trip(self, *, all_held: bool = False) -> Trip | None:
-        """A :class:`Trip` when the held results say the endpoint (or key) is at fault.
+        """A :class:`Trip` when the held results suggest the endpoint (or key) is at fault.
+
+        The worker probes the endpoint before it acts on it.
 
         Args:
-            all_held: nothing else is in flight or waiting, so no other answer will
-                decide (a small queue, the end of a backfill). Then the held results trip
-                the breaker unless a good answer came in the last ``RECENT_GOOD_S``; if one
-                did, the caller writes them as per-ID outcomes (:meth:`take_held`).
+            all_held: nothing else is in flight or waiting, so no other answer will decide
+                (a small queue, the end of a backfill).
         """
         if self.open:
             return None
         now = self._clock()
-        if self.streak_5xx and (
-            self.probing
-            or (
-                len(self.streak_5xx) >= TRIP_AFTER_5XX
-                and now - min(first for first, _ in self.streak_5xx.values()) >= STREAK_5XX_MIN_S
-            )
+        if self.held:
+            kinds = Counter(kind for _, kind, _ in self.held.values())
+            count = len(self.held)
+            oldest = min(at for _, _, at in self.held.values())
+            if all_held or count >= TRIP_AFTER or now - oldest > HOLD_MAX_S or "5xx" in kinds:
+                kind = "refused" if "refused" in kinds else kinds.most_common(1)[0][0]
+                if kind == "5xx":
+                    count = len(set(self.held) | set(self.streak_5xx))
+                billing = any(
+                    isinstance(r.outcome, StopAll) and r.outcome.billing for r, _, _ in self.held.values()
+                )
+                return Trip(kind, self._describe(kind, count), probe=not billing)
+        if (
+            len(self.streak_5xx) >= TRIP_AFTER_5XX
+            and now - min(first for first, _ in self.streak_5xx.values()) >= STREAK_5XX_MIN_S
         ):
             return Trip("5xx", self._describe("5xx", len(self.streak_5xx)))
-        if not self.held:
-            return None
-        kinds = Counter(kind for _, kind, _ in self.held.values())
-        count = len(self.held)
-        oldest = min(at for _, _, at in self.held.values())
-        recently_good = now - self.last_good < RECENT_GOOD_S
-        if (
-            (all_held and not recently_good)
-            or self.probing
-            or count >= TRIP_AFTER
-            or now - oldest > HOLD_MAX_S
-        ):
-            kind = "refused" if "refused" in kinds else kinds.most_common(1)[0][0]
-            return Trip(kind, self._describe(kind, count))
         return None
 
     def take_held(self) -> list[FetchResult]:
@@ -195,7 +196,6 @@ class Breaker:
         self.held.clear()
         self.streak_5xx.clear()
         self.open = True
-        self.probing = False
         self.trips += 1
         pause = min(PAUSE_FIRST_S * 2 ** min(self.trips - 1, 10), PAUSE_MAX_S)
         self.paused_until = self._clock() + pause
@@ -205,19 +205,14 @@ class Breaker:
         """Seconds left in the pause after a trip (0 once a probe may go)."""
         return max(self.paused_until - self._clock(), 0.0) if self.open else 0.0
 
-    def start_probe(self) -> None:
-        """Half-open: one ID is sent; a symptom on it trips at once, a good answer closes."""
-        self.open = False
-        self.probing = True
-
     def reset(self) -> None:
-        """Closed and healthy (after a good answer)."""
-        self.open = self.probing = False
+        """Closed and healthy (a probe proved the endpoint works)."""
+        self.open = False
         self.trips = 0
 
     def _describe(self, kind: Kind, count: int) -> str:
         held = [r for r, k, _ in self.held.values() if k == kind]
-        if kind == "5xx" and self.last_5xx is not None:
+        if kind == "5xx" and self.last_5xx is not None and not held:
             held = [self.last_5xx]
         sample = held[-1].outcome if held else None
         detail = getattr(sample, "reason", "") if sample is not None else ""

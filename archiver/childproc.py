@@ -66,6 +66,10 @@ def start_writer_process() -> subprocess.Popen[bytes]:
         WriterFailed: the process could not be started.
     """
     env = {k: v for k, v in os.environ.items() if k not in ENV_NOT_FOR_CHILD}
+    # The child writes on a thread of its own: with glibc's default of one malloc arena per
+    # thread and core, memory freed after a large body stays mapped in the other arena.
+    # Two arenas measured 10-20 MiB less peak RSS with large bodies (README, Guarantees).
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "archiver.childproc"],

@@ -200,7 +200,7 @@ RUN_OPTIONS: list[Option] = [
         "max_held_mb",
         float,
         "response bodies fetched and not yet written, in MiB, at which no new request "
-        "starts; a write batch closes at an eighth of it (default 64)",
+        "starts; a write batch closes at an eighth of it (default 32)",
     ),
     (
         "--max-body-mb",

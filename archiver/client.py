@@ -21,6 +21,8 @@ from archiver.ids import response_path
 ERROR_BODY_LIMIT = 1 << 20
 """At most this much of a non-200 body is read (the rest is dropped): an error envelope is small."""
 
+_HEAD_LIMIT = 1 << 20  # input kept until the first output, to retry "deflate" as raw
+
 MAX_GZIP_MEMBERS = 64
 """A gzip body of more members than this is refused (each member restarts the inflater)."""
 
@@ -233,10 +235,14 @@ class _Inflater:
         self._gzip = encoding in ("gzip", "x-gzip")
         self._wbits = 31 if self._gzip else 15
         self._obj = zlib.decompressobj(self._wbits)
-        self._started = False
+        self._started = False  # some output came: the format is settled
+        self._head: bytes | None = b""  # input before the first output, for the raw-deflate retry
         self._members = 1
 
     def feed(self, data: bytes) -> Iterator[bytes]:
+        if not self._started and self._wbits == 15 and self._head is not None:
+            # Kept whole or not at all: a retry as raw deflate must start at the first byte.
+            self._head = self._head + data if len(self._head) + len(data) <= _HEAD_LIMIT else None
         buf = data
         while buf:
             if self._obj.eof:
@@ -249,13 +255,16 @@ class _Inflater:
             try:
                 out = self._obj.decompress(buf, READ_PIECE)
             except zlib.error as exc:
-                if not self._started and not self._gzip and self._wbits == 15:
-                    # "deflate" is meant to be zlib-wrapped, but servers also send it raw.
+                if not self._started and self._wbits == 15 and self._head is not None:
+                    # "deflate" is meant to be zlib-wrapped, but servers also send it raw:
+                    # start again from the first byte as raw deflate.
                     self._wbits = -15
                     self._obj = zlib.decompressobj(self._wbits)
+                    buf, self._head = self._head, None
                     continue
                 raise UndecodableBody(f"corrupt compressed body: {exc}") from None
-            self._started = True
+            if out:
+                self._started = True
             buf = self._obj.unused_data if self._obj.eof else self._obj.unconsumed_tail
             if out:
                 yield out

@@ -92,6 +92,8 @@ class StopAll:
 
     reason: str
     status_code: int | None = None
+    billing: bool = False
+    """A billing problem (arrears, no credit): about the account by definition, never one ID."""
 
 
 Outcome = Archived | Retry | Permanent | StopAll

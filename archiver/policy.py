@@ -591,6 +591,7 @@ def _account_stop(status: int, error: ProviderError, profile: ProviderProfile) -
             f"the provider account has a billing problem ({tag}){details}: "
             "settle the account or raise its quota, then run again",
             status,
+            billing=True,
         )
     if any(c in _KEY_CODES for c in codes) or status == 401:
         return StopAll(
@@ -674,12 +675,22 @@ def _is_network_error(exc: BaseException) -> bool:
     return any(marker in cls.__name__ for cls in type(exc).__mro__ for marker in _NETWORK_CLASS_MARKERS)
 
 
-_CONNECT_CLASS_MARKERS = ("ClientConnectorError", "ClientSSLError", "ClientConnectorCertificateError")
+# No answer at all from the endpoint: refused, DNS, TLS, no connection within the connect
+# timeout (dropped SYNs), or a connection closed or reset before any answer (a proxy
+# without its backend). Each may be one flaky request: the breaker holds them and probes before it trips.
+_CONNECT_CLASS_MARKERS = (
+    "ClientConnectorError",
+    "ClientSSLError",
+    "ClientConnectorCertificateError",
+    "ConnectionTimeoutError",
+    "ServerDisconnectedError",
+    "ClientOSError",
+)
 
 
 def _is_connect_error(exc: BaseException) -> bool:
     """No connection at all: refused, DNS, TLS (aiohttp's connector errors, by name: no import here)."""
-    if isinstance(exc, ConnectionRefusedError | ssl.SSLError | socket.gaierror):
+    if isinstance(exc, ConnectionError | ssl.SSLError | socket.gaierror):
         return True
     return any(marker in cls.__name__ for cls in type(exc).__mro__ for marker in _CONNECT_CLASS_MARKERS)
 

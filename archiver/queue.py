@@ -315,7 +315,7 @@ class QueueStore:
         return max(result.rowcount, 0)
 
     async def refund_attempts(self, spent: Mapping[str, int]) -> int:
-        """Give back attempts that were not the IDs' fault (ID -> how many), to ``pending`` rows."""
+        """Give back attempts that were not the IDs' fault (ID -> how many), to rows not yet final."""
         params = [{"id": rid, "n": n} for rid, n in spent.items() if n > 0]
         if not params:
             return 0
@@ -324,7 +324,7 @@ class QueueStore:
                 text(
                     "UPDATE archive_queue SET attempts = "
                     "CASE WHEN attempts > :n THEN attempts - :n ELSE 0 END "
-                    "WHERE state = 'pending' AND id = :id"
+                    "WHERE state IN ('pending', 'in_flight') AND id = :id"
                 ),
                 params,
             )

@@ -37,7 +37,7 @@ class Settings:
     concurrency: int = 16
     max_attempts: int = 8
     batch_size: int = 200
-    max_held_mb: float = 64.0
+    max_held_mb: float = 32.0
     max_body_mb: float = 16.0
     lease_seconds: float = 60.0
     grace_seconds: float = 20.0

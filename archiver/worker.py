@@ -13,6 +13,7 @@ import contextlib
 import random
 import subprocess
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -22,9 +23,9 @@ from aiolimiter import AsyncLimiter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import __version__
-from archiver.breaker import Breaker, Trip
+from archiver.breaker import Breaker, Trip, proves_endpoint
 from archiver.budget import ByteBudget
-from archiver.client import ResponsesClient
+from archiver.client import ERROR_BODY_LIMIT, ResponsesClient
 from archiver.db import db_error_message, log_db_retry, redact_url, with_db_retry
 from archiver.errors import ArchiverError, EndpointDown, StopRun
 from archiver.fetch import Fetcher
@@ -36,6 +37,8 @@ from archiver.outcomes import Outcome, Permanent, Retry, StopAll, held_bytes
 from archiver.policy import (
     ProviderProfile,
     RetryPolicy,
+    classify_exception,
+    classify_response,
     refused_for_one_id,
 )
 from archiver.queue import Job, QueueStore
@@ -166,6 +169,11 @@ class Worker:
         self.budget = ByteBudget(self._max_held_bytes)
         self.breaker = Breaker(display_endpoint(settings.base_url))
         self._tripped: Trip | None = None
+        self._last_trip: Trip | None = None
+        self._probe_lock = asyncio.Lock()
+        self._kept: dict[str, int] = {}  # bytes each fetched result holds until written
+        self._big_batch = self._max_held_bytes // BATCH_SHARE_OF_HELD
+        self._big_writes = 0  # batches of large bodies being written now
         self._health: tuple[str, str | None] = ("ok", None)
         self._health_changed = asyncio.Event()
         self._health_done = asyncio.Event()
@@ -194,7 +202,7 @@ class Worker:
 
     def is_healthy(self) -> bool:
         """For /healthz: live, and the circuit breaker is not holding the run (endpoint answers)."""
-        return self.is_live() and not (self.breaker.open or self.breaker.probing)
+        return self.is_live() and not self.breaker.open
 
     def request_stop(self, reason: str) -> None:
         """Ask the run to stop gracefully (idempotent; the first reason is kept)."""
@@ -369,10 +377,7 @@ class Worker:
         capacity = s.concurrency * 2 + s.batch_size * 6
         while not self.stop_event.is_set():
             self._last_tick = time.monotonic()
-            trip = self.breaker.should_trip()
-            if trip is not None:
-                await self._trip(trip)
-                continue
+            await self._consider_trip()
             limit = await self._claim_limit(capacity)
             if limit == 0:
                 continue
@@ -388,14 +393,9 @@ class Worker:
                 continue
             if self.breaker.held and len(self.breaker.held) >= len(self._held):
                 # Nothing else is in flight or due: no other answer will tell whether the
-                # held results are about their IDs or about the endpoint. Assume the endpoint.
-                trip = self.breaker.should_trip(all_held=True)
-                if trip is not None:
-                    await self._trip(trip)
-                    continue
-                for held in self.breaker.take_held():  # the endpoint worked a moment ago
-                    self.budget.take_back(held_bytes(held.outcome))
-                    await self._results.put(self._per_id(held))
+                # held results are about their IDs or about the endpoint. Ask the endpoint.
+                await self._consider_trip(all_held=True)
+                continue
             if self.once:
                 # Held rows are noted before the query: a batch written while it runs can
                 # leave a row pending and due soon (a 404 to re-check) that the query
@@ -416,8 +416,9 @@ class Worker:
     async def _claim_limit(self, capacity: int) -> int:
         """How many rows to claim now (0: waited instead; loop again).
 
-        While the circuit breaker is open nothing is claimed until its pause ends; then
-        one row is claimed as a probe, and no more until an answer closes the breaker.
+        While the circuit breaker is open nothing is claimed until its pause ends; then a
+        probe of the worker's own decides: claims resume when it proves the endpoint works,
+        else the breaker trips again with a longer pause.
         """
         s = self.settings
         if self.breaker.open:
@@ -425,14 +426,12 @@ class Worker:
             if left > 0 or self._held:
                 await wait_for_event(self.stop_event, min(left, s.poll_interval) if left > 0 else 0.05)
                 return 0
-            self.breaker.start_probe()
-            log.info("archiver.endpoint_probe", endpoint=self.breaker.endpoint)
-            return 1
-        if self.breaker.probing:
-            if self._held:
-                await wait_for_event(self.stop_event, 0.05)
-                return 0
-            return 1  # the last probe proved nothing either way (a timeout): probe again
+            if await self._probe_proves():
+                self.breaker.vouch()
+                self._recovered()
+            elif self._last_trip is not None:
+                await self._trip(self._last_trip)
+            return 0
         room = capacity - len(self._held)
         if room < min(s.batch_size, s.concurrency):
             self._slot_freed.clear()
@@ -440,17 +439,77 @@ class Worker:
             return 0
         return min(s.batch_size, room)
 
+    async def _consider_trip(self, *, all_held: bool = False) -> None:
+        """Probe the endpoint when held results suggest it is at fault; trip if the probe agrees.
+
+        Args:
+            all_held: the held results are all this worker has (see Breaker.should_trip).
+        """
+        if self.breaker.should_trip(all_held=all_held) is None:
+            return
+        async with self._probe_lock:
+            trip = self.breaker.should_trip(all_held=all_held)  # again: another task may have decided
+            if trip is None:
+                return
+            if trip.probe and await self._probe_proves():
+                decided = self.breaker.vouch()
+                log.info("archiver.endpoint_vouched", kind=trip.kind, per_id=len(decided))
+                for held in decided:  # the endpoint works: they were about their own IDs
+                    self.budget.take_back(self._kept_of(held))
+                    await self._results.put(self._per_id(held))
+                return
+            await self._trip(trip)
+
+    async def _probe_proves(self) -> bool:
+        """Ask the endpoint about an ID that cannot exist: a working one answers its JSON not-found.
+
+        Any answer only a working endpoint and an accepted key give (see
+        :func:`archiver.breaker.proves_endpoint`), or a throttle, proves it works.
+        """
+        assert self.fetcher is not None
+        probe_id = f"resp_archiver_probe_{uuid.uuid4().hex}"
+        try:
+            exchange = await self.fetcher.client.fetch(probe_id, max_bytes=ERROR_BODY_LIMIT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            outcome: Outcome = classify_exception(exc, attempt=1, policy=self.policy, rand=0.0)
+        else:
+            outcome = classify_response(
+                status_code=exchange.status_code,
+                headers=exchange.headers,
+                body=exchange.body,
+                requested_id=probe_id,
+                attempt=1,
+                previous_status_code=404,
+                policy=self.policy,
+                profile=self.profile,
+                now=time.time(),
+                rand=0.0,
+            )
+        self.summary.requests += 1
+        proven = proves_endpoint(outcome) or (isinstance(outcome, Retry) and outcome.throttled)
+        log.info(
+            "archiver.endpoint_probe",
+            endpoint=self.breaker.endpoint,
+            proven=proven,
+            status_code=getattr(outcome, "status_code", None),
+            error=redact(getattr(outcome, "reason", "")) or None,
+        )
+        return proven
+
     async def _trip(self, trip: Trip) -> None:
         """The endpoint (or the key) is at fault: give held rows back; stop (--once) or pause."""
+        self._last_trip = trip
         refund = {rid: n for rid, (_, n) in self.breaker.streak_5xx.items()} if trip.kind == "5xx" else {}
         released = self.breaker.trip()
         for held in released:
-            self.budget.take_back(held_bytes(held.outcome))
-        if refund:
-            await self._refund_attempts(refund)
+            self.budget.take_back(self._kept_of(held))
         self.metrics.endpoint_up.set(0)
         self.metrics.breaker_trips.inc()
         await self._release_results(released, f"circuit breaker: {trip.kind}")
+        if refund:
+            await self._refund_attempts(refund)
         if self.once:
             log.error("archiver.endpoint_down", kind=trip.kind, error=trip.reason, released=len(released))
             self._tripped = self._tripped or trip
@@ -467,19 +526,16 @@ class Worker:
         self.notifier.status(f"paused {pause:.0f}s: {trip.reason}")
         self._set_health("refused" if trip.key_refused else "paused", trip.reason)
 
-    async def _refund_attempts(self, response_ids: dict[str, int]) -> None:
+    async def _refund_attempts(self, spent: dict[str, int]) -> None:
         """Give back the attempts 5xx answers spent, to IDs caught in a run that tripped the breaker.
 
-        Waits for the writer first, so the retries being written are refunded too.
+        Rows still in flight are refunded too: their own fetch is then released (one more
+        attempt back) or written as the retry the refund already counted.
         """
-        deadline = time.monotonic() + 10.0
-        while any(rid in self._held for rid in response_ids) and time.monotonic() < deadline:
-            self._slot_freed.clear()
-            await self._wait_any(self._slot_freed, 0.05)
         try:
-            await with_db_retry(lambda: self.queue.refund_attempts(response_ids))
+            await with_db_retry(lambda: self.queue.refund_attempts(spent))
         except Exception as exc:
-            log.warning("archiver.refund_failed", count=len(response_ids), error=db_error_message(exc))
+            log.warning("archiver.refund_failed", count=len(spent), error=redact(str(exc)))
 
     def _recovered(self) -> None:
         self.breaker.reset()
@@ -562,25 +618,35 @@ class Worker:
                 self.metrics.set_concurrency(self.gate.limit, self.gate.max_limit)
             self.summary.peak_held_bytes = max(self.summary.peak_held_bytes, self.budget.peak)
             await self._route(result)
+            # Not kept alive while this task waits for its next job: a body of up to
+            # --max-body-mb per fetcher would otherwise stay in memory, uncounted.
+            del result
 
     async def _route(self, result: FetchResult) -> None:
         """Send a result to the writer, or hold it back / release it as the breaker says."""
-        was_probing = self.breaker.probing or self.breaker.open
+        was_open = self.breaker.open
         verdict, decided = self.breaker.observe(result)
-        if was_probing and not (self.breaker.probing or self.breaker.open):
-            self._recovered()
+        if was_open and not self.breaker.open:
+            self._recovered()  # a straggler's good answer while paused
         for held in decided:  # answers about their own IDs after all
-            self.budget.take_back(held_bytes(held.outcome))
+            self.budget.take_back(self._kept_of(held))
             await self._results.put(self._per_id(held))
         if verdict == "write":
             await self._results.put(result)
         elif verdict == "release":
             await self._release_results([result], "circuit breaker open")
         else:
-            self.budget.set_aside(held_bytes(result.outcome))
-            trip = self.breaker.should_trip()
-            if trip is not None:
-                await self._trip(trip)
+            self.budget.set_aside(self._kept_of(result))
+        if verdict != "release" and (verdict == "hold" or self.breaker.streak_5xx):
+            await self._consider_trip()
+
+    def _kept_of(self, result: FetchResult) -> int:
+        """Bytes a fetched result holds in the budget until it is written or released."""
+        return self._kept.get(result.job.response_id, held_bytes(result.outcome))
+
+    def _let_go(self, result: FetchResult) -> None:
+        """The result is written or released: its bytes leave the budget."""
+        self.budget.release(self._kept.pop(result.job.response_id, held_bytes(result.outcome)))
 
     def _per_id(self, result: FetchResult) -> FetchResult:
         outcome = result.outcome
@@ -604,7 +670,7 @@ class Worker:
             return
         for r in results:
             self._held.pop(r.job.response_id, None)
-            self.budget.release(held_bytes(r.outcome))
+            self._let_go(r)
         await self._release([r.job for r in results], reason)
         self._slot_freed.set()
 
@@ -626,7 +692,11 @@ class Worker:
         except BaseException:
             reservation.keep(0)
             raise
-        reservation.keep(held_bytes(result.outcome))
+        # Input items wait for the writer beside the body (parsed, so likely larger than
+        # their pages): everything read stays counted then.
+        kept = reservation.taken if result.input_items else held_bytes(result.outcome)
+        reservation.keep(kept)
+        self._kept[job.response_id] = kept
         self.summary.requests += result.requests
         outcome = result.outcome
         if isinstance(outcome, StopAll):
@@ -675,9 +745,14 @@ class Worker:
                 batch, finished = await self._next_batch()
                 if not batch:
                     continue
-                while len(writes) >= self.writer.depth:
+                # A batch of large bodies is written alone: the writer process then holds one
+                # such batch at a time (its memory grows with the bodies it normalizes).
+                big = sum(held_bytes(r.outcome) for r in batch) >= self._big_batch
+                depth = 1 if big or self._big_writes else self.writer.depth
+                while len(writes) >= depth:
                     _, writes = await asyncio.wait(writes, return_when=asyncio.FIRST_COMPLETED)
-                writes.add(self._spawn("write", self._write(batch)))
+                    depth = 1 if big or self._big_writes else self.writer.depth
+                writes.add(self._spawn("write", self._write(batch, big=big)))
         finally:
             if writes:
                 await asyncio.wait(writes)
@@ -708,12 +783,16 @@ class Worker:
             size += held_bytes(item.outcome)
         return batch, False
 
-    async def _write(self, batch: list[FetchResult]) -> None:
+    async def _write(self, batch: list[FetchResult], *, big: bool = False) -> None:
         started = time.monotonic()
-        report = await self.writer.write(batch)
+        self._big_writes += big
+        try:
+            report = await self.writer.write(batch)
+        finally:
+            self._big_writes -= big
         for r in batch:
             self._held.pop(r.job.response_id, None)
-            self.budget.release(held_bytes(r.outcome))
+            self._let_go(r)
         self._slot_freed.set()
         self.summary.add(report)
         self.metrics.observe_batch(report)

@@ -35,8 +35,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import heap
 from archiver.childproc import cores, start_writer_process
-from archiver.db import is_transient_db_error, log_db_retry, open_database, with_db_retry
-from archiver.errors import WriterFailed, first_line
+from archiver.db import (
+    database_error,
+    db_error_message,
+    describe_database,
+    is_transient_db_error,
+    log_db_retry,
+    open_database,
+    permanent_db_fault,
+    with_db_retry,
+)
+from archiver.errors import ArchiverError, WriterFailed, first_line
 from archiver.logs import configure_logging, get_logger, logging_config, redact
 from archiver.normalize import normalize_body
 from archiver.outcomes import Archived, Permanent
@@ -46,6 +55,7 @@ from archiver.store import ArchiveStore, FetchResult, WriteReport
 
 log = get_logger()
 
+_SEND_SLICE = 1 << 20
 _HEADER = struct.Struct("!I")
 START_TIMEOUT_S = 60.0
 
@@ -127,8 +137,7 @@ class InlineWriter:
         try:
             return await self._write(prepared)
         except Exception as exc:
-            if is_transient_db_error(exc):
-                raise
+            self._raise_if_not_about_the_batch(exc)
             first_error = exc
         log.warning(
             "archiver.batch_write_failed", results=len(prepared), error=redact(first_line(first_error))
@@ -138,8 +147,7 @@ class InlineWriter:
             try:
                 report = await self._write([result])
             except Exception as exc:
-                if is_transient_db_error(exc):
-                    raise
+                self._raise_if_not_about_the_batch(exc)
                 raw = result.outcome.raw if isinstance(result.outcome, Archived) else None
                 reason = f"cannot store the response: {type(exc).__name__}: {first_line(exc)}"
                 log.warning(
@@ -153,6 +161,15 @@ class InlineWriter:
                 report = await self._write([poison])
             total.merge(report)
         return total
+
+    def _raise_if_not_about_the_batch(self, exc: Exception) -> None:
+        """Re-raise what no single body caused: a transient error (retried by the caller),
+        a database that refuses every write (disk full, read-only: one line, no SQL), a
+        SQLite file that vanished. Only what is left may be a poison body."""
+        if is_transient_db_error(exc) or isinstance(exc, ArchiverError):
+            raise exc
+        if permanent_db_fault(exc) is not None:
+            raise database_error(exc, describe_database(self.store.engine.url)) from None
 
     async def _write(self, batch: Sequence[FetchResult]) -> WriteReport:
         return await with_db_retry(partial(self.store.write_batch, batch), on_retry=log_db_retry, attempts=12)
@@ -186,6 +203,7 @@ class ProcessWriter:
         self._proc: _Child | None = None
         self._ready: asyncio.Future[None] | None = None
         self._waiting: deque[asyncio.Future[WriteReport]] = deque()
+        self._send_lock = asyncio.Lock()
         self._replies: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -241,15 +259,23 @@ class ProcessWriter:
         if proc is None:
             raise WriterFailed("the writer process is closed")
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            proc.stdin.write(_HEADER.pack(len(data)) + data)
-            await proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            raise WriterFailed(f"the writer process exited (status {await proc.wait()})") from None
+        # No await between a reply's place in _waiting and this lock: frames go out in that order.
+        async with self._send_lock:
+            try:
+                proc.stdin.write(_HEADER.pack(len(data)))
+                # In slices, draining between them: a multi-megabyte batch is then never
+                # copied whole into the pipe transport's buffer (memory bounded by settings).
+                view = memoryview(data)
+                for start in range(0, len(data), _SEND_SLICE):
+                    proc.stdin.write(view[start : start + _SEND_SLICE])
+                    await proc.stdin.drain()
+                await proc.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                raise WriterFailed(f"the writer process exited (status {await proc.wait()})") from None
 
     async def _read_replies(self, proc: _Child) -> None:
         assert self._ready is not None
-        failure: WriterFailed | None = None
+        failure: ArchiverError | None = None
         while failure is None:
             try:
                 header = await proc.stdout.readexactly(_HEADER.size)
@@ -265,6 +291,9 @@ class ProcessWriter:
             if not self._ready.done():
                 if reply == ("ready",):
                     self._ready.set_result(None)
+                elif reply[0] == "fault":
+                    name, fault = type(reply[1]).__name__, reply[1]
+                    failure = WriterFailed(f"the writer process did not start: {name}: {fault}")
                 else:
                     failure = WriterFailed(f"the writer process did not start: {_reply_error(reply)}")
             elif not self._waiting:
@@ -275,6 +304,8 @@ class ProcessWriter:
                     continue
                 if reply[0] == "report":
                     waiter.set_result(reply[1])
+                elif reply[0] == "fault":
+                    waiter.set_exception(reply[1])
                 else:
                     waiter.set_exception(WriterFailed(f"the writer process failed: {_reply_error(reply)}"))
         if not self._ready.done():
@@ -362,7 +393,10 @@ async def _serve(read_fd: int, write_fd: int) -> None:
     reader = await _frame_reader(os.fdopen(read_fd, "rb", buffering=0))
 
     def reply_error(exc: BaseException) -> None:
-        reply(("error", redact(f"{type(exc).__name__}: {first_line(exc)}")))
+        if isinstance(exc, ArchiverError):  # an expected fault: the parent raises it as it is
+            reply(("fault", type(exc)(redact(str(exc)))))
+        else:
+            reply(("error", redact(f"{type(exc).__name__}: {db_error_message(exc)}")))
 
     def reply(message: Any) -> None:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
@@ -387,7 +421,8 @@ async def _serve(read_fd: int, write_fd: int) -> None:
     level, json = init["log"]
     configure_logging(level, json=json)
     try:
-        async with open_database(settings.database_url, pool_size=1) as engine:
+        # The parent created the file if it was missing: a file missing now was deleted.
+        async with open_database(settings.database_url, pool_size=1, create=False) as engine:
             writer = InlineWriter(_write_threaded_store(engine, settings))
             reply(("ready",))
             try:

@@ -12,6 +12,7 @@ the first line on stdout. Routes, under ``/v1/responses/{id}``:
 - ``resp_endless``: a chunked body of valid-looking JSON text that never ends.
 - ``resp_over`` / ``resp_under``: valid Response bodies 1 MiB over / under ``--limit-mb``
   (:func:`over_size`, :func:`under_size`, :func:`sized_body`).
+- ``resp_under_NN``: as many more just-under-the-limit bodies as a test asks for.
 - ``resp_items``: a small valid body whose ``/input_items`` pages never end (each page
   about 4 MB of items, ``has_more: true``, a new ``last_id`` every time).
 - ``resp_ok_000`` ...: small valid bodies (:func:`ok_body`), with one small input-items page.
@@ -42,6 +43,8 @@ from aiohttp import web
 MiB = 1024 * 1024
 
 OK_PREFIX = "resp_ok_"
+UNDER_PREFIX = "resp_under_"
+"""``resp_under_NN``: more bodies like ``resp_under``, each its own (many at once)."""
 HOSTILE_IDS = (
     "resp_gzipbomb",
     "resp_deflatebomb",
@@ -234,7 +237,8 @@ class HostileApi:
 
     def sized(self, response_id: str) -> bytes:
         if response_id not in self._sized:
-            size = under_size(self.limit_mb) if response_id == "resp_under" else over_size(self.limit_mb)
+            under = response_id == "resp_under" or response_id.startswith(UNDER_PREFIX)
+            size = under_size(self.limit_mb) if under else over_size(self.limit_mb)
             self._sized[response_id] = sized_body(response_id, size)
         return self._sized[response_id]
 
@@ -248,7 +252,7 @@ class HostileApi:
             return await self._bomb(request, bomb, encoding, stats)
         if response_id == "resp_endless":
             return await self._endless(request, response_id, stats)
-        if response_id in ("resp_over", "resp_under"):
+        if response_id in ("resp_over", "resp_under") or response_id.startswith(UNDER_PREFIX):
             body = self.sized(response_id)
         elif response_id in self.ok or response_id == "resp_items":
             body = ok_body(response_id)

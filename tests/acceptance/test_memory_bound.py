@@ -273,6 +273,17 @@ SCENARIOS = [
     pytest.param(
         Scenario(f"all, {DEFAULT_MB:g}MiB, c4", DEFAULT_MB, ("--concurrency", "4")), id="all-default-MiB-c4"
     ),
+    # Many valid bodies just under the limit, more than --concurrency: each fetcher must
+    # let go of its last body, and the byte budget hold the rest back.
+    pytest.param(
+        Scenario(
+            f"24 x just under, defaults ({DEFAULT_MB:g}MiB, c16)",
+            DEFAULT_MB,
+            (),
+            tuple(f"{hostile.UNDER_PREFIX}{i:02d}" for i in range(24)),
+        ),
+        id="many-under-defaults",
+    ),
     # One hostile body each, at the defaults: which one costs what (the figures for the README).
     *(
         pytest.param(Scenario(f"{rid}, defaults", DEFAULT_MB, (), (rid,)), id=f"{rid}-defaults")

@@ -352,3 +352,124 @@ async def test_daemon_with_a_refused_key_pauses_instead_of_exiting(
             await task  # a graceful stop: no StopRun from the daemon
             await assert_all_pending_unspent(engine, queued)
             assert await worker_problems(engine) == []  # a clean exit forgets its row
+
+
+# --- a few bad IDs among good ones are per-ID faults, whatever their shape ----------------
+
+
+def bad_answer(kind: str) -> web.Response:
+    if kind == "redirect":
+        return web.Response(status=302, headers={"Location": "https://127.0.0.1:1/elsewhere"})
+    if kind == "plain_404":
+        return web.Response(status=404, text="404: Not Found")
+    if kind == "refused":
+        return web.json_response({"error": {"message": "no", "code": "invalid_api_key"}}, status=401)
+    return web.json_response({"error": {"message": "boom"}}, status=500)
+
+
+@pytest.mark.parametrize("kind", ["redirect", "plain_404", "refused", "5xx"])
+@pytest.mark.parametrize("bad_first", [True, False])
+async def test_a_few_bad_ids_among_good_ones_end_failed_and_never_stall_the_queue(
+    db_url: str, make_settings: Any, hostile: Any, monkeypatch: pytest.MonkeyPatch, kind: str, bad_first: bool
+) -> None:
+    monkeypatch.setattr(breaker, "STREAK_5XX_MIN_S", 0.2)
+    bad = ids(5 if kind == "5xx" else 3, prefix="resp_bad")
+    good = ids(40)
+
+    def answer(request: web.Request) -> web.Response:
+        rid = request.match_info["tail"].rsplit("/", 1)[-1]
+        if rid in bad:
+            return bad_answer(kind)
+        return web.Response(body=body_for(rid), content_type="application/json")
+
+    server = await hostile(answer)
+    settings = make_settings(db_url, server.base_url, max_attempts=3)
+    async with open_database(db_url) as engine:
+        queue = QueueStore(engine)
+        for batch in [bad, good] if bad_first else [good, bad]:
+            await queue.enqueue(batch)
+        for _ in range(3):  # like a backfill run again after each stop: it must converge
+            exc, _ = await run_once(settings, engine)
+            if exc is None:
+                break
+        assert exc is None, f"the run stopped on per-ID faults: {exc}"
+        rows = await states(engine)
+    assert all(rows[rid][0] == "archived" for rid in good)
+    assert {rows[rid][0] for rid in bad} == {"failed"}, {rid: rows[rid] for rid in bad}
+    assert all(rows[rid][1] == 3 for rid in bad)
+    probes = [p for p in server.seen if "archiver_probe" in p]
+    assert probes, "the endpoint was not probed before the bad IDs were called per-ID"
+
+
+async def test_an_outage_shorter_than_the_5xx_rule_fails_no_id(
+    db_url: str, make_settings: Any, hostile: Any
+) -> None:
+    # Backoffs that add up to well under STREAK_5XX_MIN_S: IDs reach their last attempt
+    # while the provider is still down. That last 5xx is held, the probe fails, it trips.
+    server = await hostile(lambda request: web.json_response({"error": {"message": "down"}}, status=503))
+    queued = ids(12)
+    settings = make_settings(db_url, server.base_url, max_attempts=3)
+    async with open_database(db_url) as engine:
+        await QueueStore(engine).enqueue(queued)
+        exc, elapsed = await run_once(settings, engine)
+        assert isinstance(exc, EndpointDown)
+        assert elapsed < breaker.STREAK_5XX_MIN_S
+        await assert_all_pending_unspent(engine, queued)
+
+
+async def test_a_proxy_without_its_backend_trips(db_url: str, make_settings: Any) -> None:
+    """Connections are accepted and closed at once, before any answer."""
+
+    async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(close_at_once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    queued = ids(20)
+    settings = make_settings(db_url, f"http://127.0.0.1:{port}/v1", max_attempts=8)
+    try:
+        async with open_database(db_url) as engine:
+            await QueueStore(engine).enqueue(queued)
+            exc, _ = await run_once(settings, engine)
+            assert isinstance(exc, EndpointDown)
+            assert "cannot connect" in str(exc)
+            await assert_all_pending_unspent(engine, queued)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_daemon_fetches_new_ids_behind_bad_ones(
+    db_url: str, make_settings: Any, hostile: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(breaker, "PAUSE_FIRST_S", 0.2)
+    bad = ids(3, prefix="resp_bad")
+
+    def answer(request: web.Request) -> web.Response:
+        rid = request.match_info["tail"].rsplit("/", 1)[-1]
+        if rid in bad:
+            return bad_answer("redirect")
+        return web.Response(body=body_for(rid), content_type="application/json")
+
+    server = await hostile(answer)
+    settings = make_settings(db_url, server.base_url, max_attempts=3)
+    async with open_database(db_url) as engine:
+        queue = QueueStore(engine)
+        await queue.enqueue(bad)
+        worker = Worker(settings, engine, once=False)
+        task = asyncio.create_task(worker.run())
+        await asyncio.sleep(0.5)
+        late = ids(20, prefix="resp_late")
+        await queue.enqueue(late)
+        deadline = time.monotonic() + 15
+        while True:
+            rows = await states(engine)
+            if all(rows.get(rid, ("",))[0] == "archived" for rid in late) and all(
+                rows[rid][0] == "failed" for rid in bad
+            ):
+                break
+            assert time.monotonic() < deadline, f"stalled: {rows}"
+            await asyncio.sleep(0.05)
+        assert worker.is_healthy()
+        worker.request_stop("test over")
+        await task
