@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import subprocess
 import sys
@@ -319,9 +318,10 @@ async def export(
 ) -> Any:
     """One export batch (see :func:`archiver.export.export`)."""
 
-    from archiver.export import ExportError
+    from archiver.export import ExportError, _check_arguments
     from archiver.export import export as export_batch
 
+    _check_arguments(fmt, cursor, chunk_size)  # a bad cursor name touches nothing
     target = _export_directory(out_dir)
     async with open_database(settings.database_url, create=False) as engine:
         try:
@@ -339,19 +339,20 @@ async def export(
 
 
 def _export_directory(out_dir: str) -> Path:
-    """The export's output directory, created if missing; one line when it cannot be written.
+    """The export's output directory; one line when it cannot be written into.
 
-    Checked before the database is opened, so a typo costs nothing.
+    Checked before the database is opened, so a typo costs nothing; nothing is created
+    here (the export makes the directory once its arguments passed).
     """
     from archiver.export import ExportError
 
     target = Path(out_dir)
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        if not os.access(target, os.W_OK):  # as root too: a read-only file system says no
-            raise PermissionError(errno.EACCES, "not writable")
-    except FileExistsError:
-        raise ExportError(f"cannot export into {out_dir}: it is a file, not a directory") from None
-    except OSError as exc:
-        raise ExportError(f"cannot export into {out_dir}: {exc.strerror or exc}") from None
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "it is" if existing == target else f"{existing} is"
+        raise ExportError(f"cannot export into {out_dir}: {where} a file, not a directory")
+    if not os.access(existing, os.W_OK):  # as root too: a read-only file system says no
+        raise ExportError(f"cannot export into {out_dir}: {existing} is not writable")
     return target

@@ -6,11 +6,9 @@ queue row. Each problem is one human-readable line; no problems means healthy.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,10 +16,11 @@ from archiver.db import (
     _known_revision,
     _short_db_error,
     create_engine,
+    describe_database,
     head_revision,
     normalize_database_url,
     now_sql,
-    redact_url,
+    prepare_sqlite_file,
     schema_revision,
     statement_at_a_time,
 )
@@ -61,14 +60,13 @@ async def run_checks(
         ConfigError: ``database_url`` is not a supported database URL.
     """
     url = normalize_database_url(database_url)
-    shown = redact_url(url)
-    if _sqlite_file_missing(url):
-        # Connecting would create an empty file: report it missing instead.
-        return _result([f"database unreachable: {shown}: the SQLite file does not exist"])
+    shown = describe_database(url)
     try:
+        # Connecting to a missing file would create an empty one: report it missing instead.
+        prepare_sqlite_file(url, create=False)
         engine = create_engine(database_url, pool_size=1)
     except DatabaseUnavailable as exc:
-        return _result([f"database unreachable: {shown}: {exc}"])
+        return _result([f"database unreachable: {exc}"])
     try:
         revision = await schema_revision(engine)
         head = head_revision()
@@ -80,12 +78,6 @@ async def run_checks(
         return _result([f"database unreachable: {shown}: {_scrub(_short_db_error(exc), database_url)}"])
     finally:
         await engine.dispose()
-
-
-def _sqlite_file_missing(url: URL) -> bool:
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return False
-    return not os.path.exists(url.database)
 
 
 def _result(problems: list[str]) -> CheckResult:

@@ -23,7 +23,7 @@ from sqlalchemy import Boolean, DateTime, Table, bindparam, delete, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from archiver.db import json_dumps, now_sql, sqlite_write_engine
+from archiver.db import check_same_file, json_dumps, now_sql, sqlite_write_engine
 from archiver.normalize import NormalizedResponse, map_strings
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll, with_body_sample
 from archiver.queue import Job, archive_queue
@@ -249,6 +249,9 @@ class ArchiveStore:
         if archived:
             self._write_archive(conn, archived, existing, report)
         self._move_queue_rows(conn, kept, report)
+        # Last before the commit: a SQLite file deleted or replaced during the run still
+        # takes writes, into a file that is no longer the archive.
+        check_same_file(conn)
         return report
 
     def _owned(

@@ -108,6 +108,7 @@ def test_a_wrong_base_url_is_refused_at_start_without_echoing_secrets(
 
 
 def test_plain_http_to_another_host_needs_allow_insecure_http(sqlite_cli: Cli) -> None:
+    assert sqlite_cli("migrate").returncode == 0  # `status` only reads: it needs an archive
     insecure = {"ARCHIVER_BASE_URL": "http://api.example.test/v1"}
     assert _with_env(sqlite_cli, insecure)("status").returncode == 2
     out = _with_env(sqlite_cli, insecure)("status", ARCHIVER_ALLOW_INSECURE_HTTP="true")

@@ -13,6 +13,7 @@ import pytest
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
 from archiver.db import open_database
 from archiver.errors import ConfigError
@@ -35,9 +36,10 @@ async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def remove_files(directory: Path, pattern: str) -> None:
-    for path in directory.glob(pattern):
-        path.unlink()
+async def set_queue_table(url: str, old: str, new: str) -> None:
+    """Rename the queue table through another connection."""
+    async with open_database(url, upgrade=False) as other, other.begin() as conn:
+        await conn.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
 
 
 def ids(n: int) -> list[str]:
@@ -158,10 +160,9 @@ async def test_queue_gauge_loop_survives_a_broken_database(sqlite_url: str, tmp_
             try:
                 await eventually(lambda: value(metrics, "archiver_queue_rows", state="pending") == 5)
 
-                # Break it: the file disappears under the loop; the next connection opens
-                # a new, empty database without the queue table.
-                await engine.dispose()
-                remove_files(tmp_path, "archive.db*")
+                # Break it: the queue table disappears under the loop. (Not the file: the
+                # engine then refuses to open whatever is at its path, see test_database_safety.)
+                await set_queue_table(sqlite_url, "archive_queue", "archive_queue_away")
                 await eventually(lambda: (value(metrics, "archiver_queue_refresh_failures_total") or 0) >= 3)
                 assert not loop.done()
                 assert value(metrics, "archiver_queue_rows", state="pending") == 5  # last known value
@@ -169,8 +170,11 @@ async def test_queue_gauge_loop_survives_a_broken_database(sqlite_url: str, tmp_
                 assert failures and failures[0]["log_level"] == "warning"
                 assert "archive_queue" in failures[0]["error"]
 
-                # Repair it: a fresh, migrated database at the same path; the loop recovers.
+                # Repair it: the table comes back with 3 rows; the loop recovers.
+                await set_queue_table(sqlite_url, "archive_queue_away", "archive_queue")
                 async with open_database(sqlite_url) as repaired:
+                    async with repaired.begin() as conn:
+                        await conn.execute(text("DELETE FROM archive_queue"))
                     await QueueStore(repaired).enqueue(ids(3))
                 await eventually(lambda: value(metrics, "archiver_queue_rows", state="pending") == 3)
                 assert not loop.done()
