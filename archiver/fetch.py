@@ -212,6 +212,8 @@ class Fetcher:
             if not isinstance(page, InputItemsPage):
                 return page, page_no
             left -= len(exchange.body)
+            if after is not None and page.last_id == after:
+                return items, page_no  # the same page again (a server that ignores `after`)
             lone_surrogates = b"\\ud" in exchange.body or b"\\uD" in exchange.body
             items.extend(scrub_surrogates(page.items) if lone_surrogates else page.items)
             if not page.has_more or page.last_id is None or page.last_id == after:

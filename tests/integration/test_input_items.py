@@ -124,3 +124,61 @@ async def test_views_summarize_responses_and_daily_usage(db_url: str, make_setti
             assert sum(r[2] for r in daily) == len(ids)
             (total_in,) = (await rows(engine, "SELECT sum(input_tokens) FROM responses"))[0]
             assert sum(r[3] for r in daily) == total_in
+
+
+async def test_a_server_that_ignores_after_does_not_duplicate_items(
+    db_url: str, make_settings: Any, unused_tcp_port: int
+) -> None:
+    """Input items whose every page is the first one again, with has_more forever."""
+    from aiohttp import web
+
+    page = {
+        "object": "list",
+        "data": [
+            {
+                "id": "msg_a",
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "a"}],
+            },
+            {
+                "id": "msg_b",
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "b"}],
+            },
+        ],
+        "first_id": "msg_a",
+        "last_id": "msg_b",
+        "has_more": True,
+    }
+    pages_served = 0
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal pages_served
+        rid = request.match_info["rid"]
+        if request.path.endswith("/input_items"):
+            pages_served += 1
+            return web.json_response(page)
+        return web.Response(body=body_for(rid), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/v1/responses/{rid}", answer)
+    app.router.add_get("/v1/responses/{rid}/input_items", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    try:
+        base = f"http://127.0.0.1:{unused_tcp_port}/v1"
+        settings = make_settings(db_url, base, with_input_items=True)
+        async with open_database(db_url) as engine:
+            await QueueStore(engine).enqueue(["resp_ok_repeat"])
+            summary = await Worker(settings, engine, once=True).run()
+            assert summary.archived == 1
+            got = await rows(
+                engine, "SELECT id FROM input_items WHERE response_id = 'resp_ok_repeat' ORDER BY position"
+            )
+            assert [r[0] for r in got] == ["msg_a", "msg_b"]
+        assert pages_served == 2  # the repeat is noticed at once, not after 1,000 pages
+    finally:
+        await runner.cleanup()
