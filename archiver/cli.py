@@ -516,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         dest="export_format",
-        choices=["jsonl", "parquet", "csv"],
+        choices=list(EXPORT_FORMATS),
         default=None,
         help="file format (default jsonl; parquet needs pyarrow) [env: ARCHIVER_EXPORT_FORMAT]",
     )
@@ -810,6 +810,19 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return _arun(run_demo(settings, count=args.count))
 
 
+EXPORT_FORMATS = ("jsonl", "parquet", "csv")
+
+
+def _export_format_from(env: Mapping[str, str]) -> str:
+    """``ARCHIVER_EXPORT_FORMAT``, checked like every other variable (exit 2 naming the choices)."""
+    value = env.get("ARCHIVER_EXPORT_FORMAT", "").strip()
+    if not value:
+        return "jsonl"
+    if value not in EXPORT_FORMATS:
+        raise ConfigError(f"ARCHIVER_EXPORT_FORMAT={value!r}: must be one of {', '.join(EXPORT_FORMATS)}")
+    return value
+
+
 def _export(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
@@ -822,7 +835,7 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
         commands.export(
             settings,
             args.out_dir,
-            fmt=args.export_format or env.get("ARCHIVER_EXPORT_FORMAT") or "jsonl",
+            fmt=args.export_format or _export_format_from(env),
             cursor=args.cursor or env.get("ARCHIVER_EXPORT_CURSOR") or "default",
             full=args.full,
             chunk_size=chunk_size,

@@ -83,6 +83,18 @@ def test_an_invalid_variable_is_one_line_naming_the_allowed_values(
     assert line == f"archiver: error: {variable}={value!r}: {expected}"
 
 
+def test_an_invalid_export_format_variable_is_exit_2_naming_the_formats(
+    sqlite_cli: Cli, tmp_path: Path
+) -> None:
+    assert sqlite_cli("migrate").returncode == 0
+    out = sqlite_cli("export", str(tmp_path / "out"), ARCHIVER_EXPORT_FORMAT="xml")
+    assert out.returncode == 2
+    assert out.stderr.decode().strip() == (
+        "archiver: error: ARCHIVER_EXPORT_FORMAT='xml': must be one of jsonl, parquet, csv"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("base_url", "expected"),
     [
