@@ -45,6 +45,7 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Float,
     Integer,
@@ -68,10 +69,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Select
 
 from archiver import __version__
+from archiver.codec import Codec
 from archiver.db import is_postgres
 from archiver.errors import ArchiverError
 from archiver.logs import get_logger
 from archiver.schema import CHILD_TABLES, archive_changes, export_cursors, is_json_type, responses
+from archiver.store import load_dictionaries
 
 __all__ = [
     "CHUNK_BYTES",
@@ -140,6 +143,17 @@ def export_tables() -> tuple[Table, ...]:
     return (responses, *CHILD_TABLES)
 
 
+STORAGE_COLUMNS = frozenset({"raw_codec", "raw_dict_id"})
+"""How ``raw`` is stored: read to decode it, never exported (``raw`` is exported decoded)."""
+
+
+def exported_columns(table: Table) -> list[Column[Any]]:
+    """The columns of ``table`` an export writes, in order."""
+    if table is not responses:
+        return list(table.columns)
+    return [c for c in table.columns if c.name not in STORAGE_COLUMNS]
+
+
 # --- column types -------------------------------------------------------------------------
 
 
@@ -194,7 +208,7 @@ def schema_document() -> dict[str, Any]:
     tables: dict[str, Any] = {}
     for table in export_tables():
         columns: list[dict[str, Any]] = []
-        for column in table.columns:
+        for column in exported_columns(table):
             columns.append(
                 {"name": str(column.name), "type": column_kind(column), "nullable": column.nullable}
             )
@@ -284,8 +298,8 @@ class _Layout:
 
     @classmethod
     def of(cls, table: Table) -> _Layout:
-        names = tuple(str(c.name) for c in table.columns)  # quoted_name is a str subclass
-        kinds = tuple(column_kind(c) for c in table.columns)
+        names = tuple(str(c.name) for c in exported_columns(table))  # quoted_name is a str subclass
+        kinds = tuple(column_kind(c) for c in exported_columns(table))
         binaries = [i for i, kind in enumerate(kinds) if kind == "binary"]
         assert len(binaries) <= 1, "one binary column per table (responses.raw)"
         text_names = list(names)
@@ -388,7 +402,7 @@ def arrow_schema(table: Table) -> Any:
         "binary": pa.binary(),
     }
     return pa.schema(
-        [pa.field(c.name, types[column_kind(c)], nullable=bool(c.nullable)) for c in table.columns]
+        [pa.field(c.name, types[column_kind(c)], nullable=bool(c.nullable)) for c in exported_columns(table)]
     )
 
 
@@ -565,12 +579,12 @@ async def _read_chunk(
                 return None
             last = rows[-1]
             chunk: dict[str, list[Any]] = {"responses": _json_as_text(responses, rows, dialect)}
-            ids = [row.id for row in rows]
+            ids = [row[_ID] for row in rows]
             for table in CHILD_TABLES:
                 stmt = _select_rows(table, dialect).where(_one_of(table.c.response_id, ids, dialect))
                 result = await conn.execute(stmt.order_by(*table.primary_key.columns))
                 chunk[str(table.name)] = _json_as_text(table, result.all(), dialect)
-    return _Chunk(chunk, (int(last.change_seq), str(last.id)), more=cut or len(rows) == limit)
+    return _Chunk(chunk, (int(last[_CHANGE_SEQ]), str(last[_ID])), more=cut or len(rows) == limit)
 
 
 def _select_rows(table: Table, dialect: str) -> Select[Any]:
@@ -580,16 +594,17 @@ def _select_rows(table: Table, dialect: str) -> Select[Any]:
     as is instead of being parsed and serialized again (that was a third of the export's
     time). PostgreSQL's jsonb comes back parsed: see :func:`_json_as_text`.
     """
-    if dialect != "sqlite":
-        return select(table)
-    return select(
-        *(type_coerce(c, Text).label(c.name) if column_kind(c) == "json" else c for c in table.columns)
-    )
+    columns: list[Any] = exported_columns(table)
+    if dialect == "sqlite":
+        columns = [type_coerce(c, Text).label(c.name) if column_kind(c) == "json" else c for c in columns]
+    if table is responses:  # last, to decode raw (see _read_responses)
+        columns += [responses.c.raw_codec, responses.c.raw_dict_id]
+    return select(*columns)
 
 
 def _json_as_text(table: Table, rows: Sequence[Any], dialect: str) -> list[Any]:
     """Rows with JSON columns as compact JSON text (on SQLite they already are)."""
-    positions = [i for i, c in enumerate(table.columns) if column_kind(c) == "json"]
+    positions = [i for i, c in enumerate(exported_columns(table)) if column_kind(c) == "json"]
     if dialect == "sqlite" or not positions:
         return list(rows)
     converted: list[Any] = []
@@ -609,16 +624,33 @@ def _one_of(column: Any, ids: list[str], dialect: str) -> Any:
     return column.in_(select(func.json_each(orjson.dumps(ids).decode()).table_valued("value").c.value))
 
 
-async def _read_responses(conn: AsyncConnection, stmt: Any) -> tuple[list[Any], bool]:
-    """Stream the rows of ``stmt``, stopping early once their bodies reach CHUNK_BYTES."""
-    rows: list[Any] = []
+_EXPORTED_NAMES = [c.name for c in exported_columns(responses)]
+_ID = _EXPORTED_NAMES.index("id")
+_CHANGE_SEQ = _EXPORTED_NAMES.index("change_seq")
+_RAW = _EXPORTED_NAMES.index("raw")
+
+
+async def _read_responses(conn: AsyncConnection, stmt: Any) -> tuple[list[list[Any]], bool]:
+    """Stream the rows of ``stmt``, stopping early once their bodies reach CHUNK_BYTES.
+
+    Returns lists of the exported columns, ``raw`` decoded (the body as received).
+
+    Raises:
+        MissingDictionary: a body's dictionary is not in the database.
+    """
+    rows: list[list[Any]] = []
     size = 0
+    reader = Codec(await load_dictionaries(conn))
     result = await conn.stream(stmt.execution_options(yield_per=STREAM_ROWS))
     try:
         async for partition in result.partitions():
             for row in partition:
-                rows.append(row)
-                size += len(row.raw)
+                values = list(row)
+                dict_id = values.pop()
+                raw_codec = values.pop()
+                values[_RAW] = reader.decode(values[_RAW], raw_codec, dict_id)
+                rows.append(values)
+                size += len(values[_RAW])
                 if size >= CHUNK_BYTES:
                     return rows, True
     finally:

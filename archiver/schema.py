@@ -50,6 +50,7 @@ __all__ = [
     "JSONDoc",
     "annotations",
     "archive_changes",
+    "archive_dictionaries",
     "billing_details",
     "code_interpreter_outputs",
     "content_parts",
@@ -189,7 +190,11 @@ responses = Table(
     Column("extra", JSONDoc()),
     # filled by the store, not by normalize()
     Column("raw", LargeBinary, nullable=False),
-    Column("raw_sha256", String(64), nullable=False),
+    Column("raw_sha256", String(64), nullable=False),  # of the body as received, not as stored
+    # How raw is stored (see archiver/codec.py): NULL or 'identity' (as received), 'zstd',
+    # 'zstd+dict' (with archive_dictionaries row raw_dict_id).
+    Column("raw_codec", Text),
+    Column("raw_dict_id", Integer),
     Column("fetched_at", Timestamp, nullable=False),
     Column("archived_at", Timestamp, nullable=False),
     # Change tracking: a new, higher value every time the archived content changes (a
@@ -202,7 +207,16 @@ responses = Table(
 )
 
 STORE_COLUMNS: frozenset[str] = frozenset(
-    {"raw", "raw_sha256", "fetched_at", "archived_at", "change_seq", "input_items_sha256"}
+    {
+        "raw",
+        "raw_sha256",
+        "raw_codec",
+        "raw_dict_id",
+        "fetched_at",
+        "archived_at",
+        "change_seq",
+        "input_items_sha256",
+    }
 )
 """Columns of ``responses`` that the store fills; ``normalize()`` returns all the others."""
 
@@ -464,6 +478,19 @@ archive_changes = Table(
     Column("name", String(64), primary_key=True),
     Column("seq", BigInteger, nullable=False),
     comment="Change-sequence counter; its row lock orders change_seq by commit order",
+)
+
+archive_dictionaries = Table(
+    "archive_dictionaries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("size", Integer, nullable=False),
+    # Bodies written (archive_changes.seq) when it was trained: the next one is due at 10x.
+    Column("trained_on", BigInteger, nullable=False),
+    Column("samples", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    comment="zstd dictionaries that responses.raw is compressed with; see archiver/codec.py",
 )
 
 export_cursors = Table(

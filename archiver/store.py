@@ -19,16 +19,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import zstandard
 from sqlalchemy import Boolean, DateTime, Table, bindparam, delete, select, text, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from archiver import codec
+from archiver.codec import Codec
 from archiver.db import check_same_file, json_dumps, now_sql, sqlite_write_engine
+from archiver.errors import ArchiverError
+from archiver.logs import get_logger
 from archiver.normalize import NormalizedResponse, map_strings
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll, with_body_sample
 from archiver.queue import Job, archive_queue
-from archiver.schema import CHILD_TABLES, is_json_type, responses
+from archiver.schema import CHILD_TABLES, archive_dictionaries, is_json_type, responses
 from archiver.schema import input_items as input_items_table
+
+log = get_logger()
 
 MAX_ERROR_CHARS = 2000
 IN_CHUNK = 500
@@ -212,6 +219,11 @@ class ArchiveStore:
             "LEFT JOIN responses AS r ON r.id = q.id WHERE q.id IN :ids AND q.state = 'in_flight'"
             + (" FOR UPDATE OF q" if self.dialect == "postgresql" else "")
         ).bindparams(bindparam("ids", expanding=True))
+        # How new bodies are compressed: loaded with the newest dictionary on the first
+        # batch; _train_at is the bodies written (archive_changes.seq) that make the next due.
+        self._codec: Codec | None = None
+        self._train_at = codec.FIRST_TRAINING_AT
+        self._train_due = False
         self._fast_inserts = (
             {table.name: _FastInsert(table, engine.dialect) for table in (responses, *CHILD_TABLES)}
             if self.dialect == "sqlite"
@@ -227,12 +239,87 @@ class ArchiveStore:
                 self._write_thread, self._write_on_own_engine, results
             )
         async with self.engine.begin() as conn:
-            return await conn.run_sync(self.write_batch_sync, results)
+            report = await conn.run_sync(self.write_batch_sync, results)
+        if self._train_due:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(self.train_dictionary_sync)
+        return report
 
     def _write_on_own_engine(self, results: Sequence[FetchResult]) -> WriteReport:
         assert self._write_engine is not None
         with self._write_engine.begin() as conn:
-            return self.write_batch_sync(conn, results)
+            report = self.write_batch_sync(conn, results)
+        if self._train_due:
+            with self._write_engine.begin() as conn:
+                self.train_dictionary_sync(conn)
+        return report
+
+    def _writing_codec(self, conn: Connection) -> Codec:
+        """The codec new bodies are written with: the newest dictionary, if there is one."""
+        if self._codec is None:
+            row = conn.execute(
+                select(
+                    archive_dictionaries.c.id, archive_dictionaries.c.data, archive_dictionaries.c.trained_on
+                )
+                .order_by(archive_dictionaries.c.id.desc())
+                .limit(1)
+            ).first()
+            self._codec = Codec({int(row.id): bytes(row.data)} if row is not None else None)
+            self._train_at = codec.next_training_at(int(row.trained_on) if row is not None else None)
+        return self._codec
+
+    def train_dictionary_sync(self, conn: Connection) -> int | None:
+        """Train a new dictionary on the most recent bodies, if one is due; its id or None.
+
+        Due when the bodies written (``archive_changes.seq``) reach 1,000 for the first one,
+        then 10 times the count the newest one was trained on. Runs in its own transaction
+        after a batch. Another writer may have trained one meanwhile: then that one is
+        adopted. A failed training (too little data) waits for the archive to double.
+        """
+        self._train_due = False
+        self._codec = None  # reload: picks up a dictionary another writer trained
+        current = self._writing_codec(conn)
+        written = int(conn.execute(text("SELECT coalesce(max(seq), 0) FROM archive_changes")).scalar() or 0)
+        if written < self._train_at:
+            return None
+        samples: list[bytes] = []
+        size = 0
+        reader = Codec(load_dictionaries_sync(conn))
+        rows = conn.execute(
+            select(responses.c.raw, responses.c.raw_codec, responses.c.raw_dict_id)
+            .order_by(responses.c.change_seq.desc())
+            .limit(codec.TRAINING_SAMPLES)
+        )
+        for raw, raw_codec, dict_id in rows:
+            try:
+                body = reader.decode(raw, raw_codec, dict_id)
+            except (ArchiverError, zstandard.ZstdError):  # an unreadable row trains nothing
+                continue
+            samples.append(body)
+            size += len(body)
+            if size >= codec.TRAINING_BYTES:
+                break
+        try:
+            data = codec.train(samples)
+        except Exception as exc:  # zstd refuses too few or too small samples
+            self._train_at = written * 2
+            log.warning("archiver.dictionary_not_trained", bodies=len(samples), error=str(exc))
+            return None
+        dict_id = conn.execute(
+            archive_dictionaries.insert()
+            .values(
+                created_at=datetime.now(UTC),
+                size=len(data),
+                trained_on=written,
+                samples=len(samples),
+                data=data,
+            )
+            .returning(archive_dictionaries.c.id)
+        ).scalar_one()
+        current.add(int(dict_id), data)
+        self._train_at = codec.next_training_at(written)
+        log.info("archiver.dictionary_trained", dictionary_id=dict_id, bodies=len(samples), written=written)
+        return int(dict_id)
 
     def write_batch_sync(self, conn: Connection, results: Sequence[FetchResult]) -> WriteReport:
         """Write a batch in the transaction open on ``conn``; the work of :meth:`write_batch`."""
@@ -313,6 +400,9 @@ class ArchiveStore:
         # Taken last-but-inserts: the counter row stays locked until commit, so change_seq
         # values become visible in increasing order even with several writers.
         first_seq = self._next_change_seqs(conn, len(changed))
+        encoder = self._writing_codec(conn)
+        if first_seq + len(changed) - 1 >= self._train_at:
+            self._train_due = True
         response_rows: list[dict[str, Any]] = []
         child_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
         kept_inputs: list[dict[str, Any]] = []
@@ -326,8 +416,11 @@ class ArchiveStore:
             if needs_scrub:
                 row = scrub_nul(row)
             old = existing.get(rid)
+            stored, raw_codec, raw_dict_id = encoder.encode(raw)
             row.update(
-                raw=raw,
+                raw=stored,
+                raw_codec=raw_codec,
+                raw_dict_id=raw_dict_id,
                 raw_sha256=digests[rid],
                 fetched_at=result.fetched_at,
                 archived_at=result.fetched_at,
@@ -503,9 +596,44 @@ class ArchiveStore:
             self._write_engine = None
 
     async def raw_body(self, response_id: str) -> bytes | None:
-        """The archived body exactly as received, or None."""
+        """The archived body exactly as received (decoded), or None.
+
+        Raises:
+            MissingDictionary: the body's dictionary is not in the database.
+        """
         async with self.engine.connect() as conn:
-            value = (
-                await conn.execute(select(responses.c.raw).where(responses.c.id == response_id))
-            ).scalar()
-        return bytes(value) if value is not None else None
+            bodies = await read_bodies(conn, [response_id])
+        return bodies.get(response_id)
+
+
+def load_dictionaries_sync(conn: Connection, ids: Iterable[int] | None = None) -> dict[int, bytes]:
+    """Dictionary bytes by id: the ones in ``ids``, or all of them."""
+    stmt = select(archive_dictionaries.c.id, archive_dictionaries.c.data)
+    if ids is not None:
+        stmt = stmt.where(archive_dictionaries.c.id.in_(sorted(set(ids))))
+    return {int(i): bytes(data) for i, data in conn.execute(stmt)}
+
+
+async def load_dictionaries(conn: AsyncConnection, ids: Iterable[int] | None = None) -> dict[int, bytes]:
+    """Dictionary bytes by id: the ones in ``ids``, or all of them."""
+    return await conn.run_sync(load_dictionaries_sync, ids)
+
+
+async def read_bodies(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, bytes]:
+    """The archived bodies of ``ids`` exactly as received, decoded (IDs not archived are left out).
+
+    Raises:
+        MissingDictionary: a body's dictionary is not in the database.
+    """
+    found: dict[str, tuple[bytes, str | None, int | None]] = {}
+    for chunk in _chunks(ids):
+        result = await conn.execute(
+            select(responses.c.id, responses.c.raw, responses.c.raw_codec, responses.c.raw_dict_id).where(
+                responses.c.id.in_(chunk)
+            )
+        )
+        for rid, raw, raw_codec, dict_id in result:
+            found[rid] = (bytes(raw), raw_codec, dict_id)
+    wanted = {dict_id for _, _, dict_id in found.values() if dict_id is not None}
+    reader = Codec(await load_dictionaries(conn, wanted) if wanted else None)
+    return {rid: reader.decode(*stored) for rid, stored in found.items()}

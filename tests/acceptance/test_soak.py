@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from archiver.codec import Codec
 from archiver.mockapi import body_for
 
 from .conftest import base_env, start_mock_process
@@ -110,7 +111,10 @@ def test_soak_with_two_sigkills(tmp_path: Path) -> None:
         assert max_attempts <= 25
         # Byte-exact for a sample across every kind of ID.
         for rid in ids[::97]:
-            (raw,) = conn.execute("SELECT raw FROM responses WHERE id = ?", (rid,)).fetchone()
+            stored = conn.execute(
+                "SELECT raw, raw_codec, raw_dict_id FROM responses WHERE id = ?", (rid,)
+            ).fetchone()
+            raw = Codec(dict(conn.execute("SELECT id, data FROM archive_dictionaries"))).decode(*stored)
             assert raw == body_for(rid, fetch_number=stats["requests_by_id"][rid]), rid
     per_id = stats["requests_total"] / TOTAL
     print(

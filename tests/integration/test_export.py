@@ -12,6 +12,7 @@ import os
 from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -26,6 +27,7 @@ from archiver.export import ExportError, ExportReport, export, export_tables, sc
 from archiver.mockapi import start_mock_server
 from archiver.queue import QueueStore
 from archiver.schema import export_cursors, responses
+from archiver.store import read_bodies
 from archiver.worker import Worker
 
 pytestmark = pytest.mark.timeout(180)
@@ -70,8 +72,11 @@ async def db_counts(engine: Any, ids: Collection[str] | None = None) -> dict[str
 
 
 async def db_responses(engine: Any) -> dict[str, Any]:
+    """Every responses row, ``raw`` decoded (the body as received)."""
     async with engine.connect() as conn:
-        return {row.id: row for row in (await conn.execute(select(responses))).all()}
+        rows = {row.id: row for row in (await conn.execute(select(responses))).all()}
+        bodies = await read_bodies(conn, list(rows))
+    return {rid: SimpleNamespace(**{**row._asdict(), "raw": bodies[rid]}) for rid, row in rows.items()}
 
 
 async def cursor_row(engine: Any, name: str = "default") -> Any:
@@ -326,7 +331,9 @@ async def test_every_format_reads_back_with_the_documented_types(
         await archive(engine, make_settings(db_url, mock.base_url), ROUND_1)
         # A body that is not UTF-8 (kept byte-exact; exported as base64 in text formats).
         async with engine.begin() as conn:
-            await conn.execute(responses.update().where(responses.c.id == "resp_ok_e1").values(raw=not_utf8))
+            await conn.execute(
+                responses.update().where(responses.c.id == "resp_ok_e1").values(raw=not_utf8, raw_codec=None)
+            )
         reports = {fmt: await export(engine, out, fmt=fmt, cursor=fmt) for fmt in ("jsonl", "csv", "parquet")}
         want = await db_counts(engine)
         stored = await db_responses(engine)

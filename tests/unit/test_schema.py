@@ -75,7 +75,7 @@ def store(engine: Engine, raw: bytes, result: NormalizedResponse) -> None:
 
 
 def test_child_tables_are_every_table_but_responses_parents_first() -> None:
-    bookkeeping = {schema.archive_changes, schema.export_cursors}
+    bookkeeping = {schema.archive_changes, schema.export_cursors, schema.archive_dictionaries}
     assert set(CHILD_TABLES) == set(archive_tables()) - {responses} - bookkeeping
     assert len(set(CHILD_TABLES)) == len(CHILD_TABLES)
     assert CHILD_TABLES[:3] == (schema.output_items, schema.content_parts, schema.annotations)
