@@ -167,6 +167,22 @@ RUN_OPTIONS: list[Option] = [
         "seconds between refreshes of the queue gauges (default 15)",
     ),
     (
+        "--ingest-token-file",
+        "ARCHIVER_INGEST_TOKEN_FILE",
+        "ingest_token_file",
+        str,
+        "file holding the bearer token of POST /v1/enqueue on the metrics listener "
+        "(default: no such endpoint)",
+    ),
+    (
+        "--webhook-secret-file",
+        "ARCHIVER_WEBHOOK_SECRET_FILE",
+        "webhook_secret_file",
+        str,
+        "file holding the Standard Webhooks secret (whsec_...) of POST /webhooks/default on "
+        "the metrics listener (default: no such endpoint)",
+    ),
+    (
         "--max-rps",
         "ARCHIVER_MAX_RPS",
         "max_rps",

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
@@ -34,6 +34,9 @@ from archiver.settings import Settings
 from archiver.store import ArchiveStore
 from archiver.worker import RunSummary, Worker
 from archiver.workers import worker_lines
+
+if TYPE_CHECKING:
+    from archiver.ingest_http import IngestSecrets
 
 
 async def enqueue(
@@ -66,8 +69,10 @@ async def run(
 
     ``writer_process``: a writer process the caller started early and still owns.
     """
+    from archiver.ingest_http import load_ingest_secrets
     from archiver.signals import on_stop_signals
 
+    ingest_secrets = load_ingest_secrets(settings)  # a bad file stops the start, before the database
     async with open_database(settings.database_url, pool_size=4) as engine:
         if progress is not None:
             counts = await QueueStore(engine).counts()
@@ -84,18 +89,29 @@ async def run(
         )
         async with AsyncExitStack() as stack:
             if settings.metrics_port is not None:
-                await _serve_metrics(stack, settings, metrics, worker, QueueStore(engine))
+                await _serve_metrics(stack, settings, metrics, worker, QueueStore(engine), ingest_secrets)
             with on_stop_signals(worker.request_stop):
                 return await worker.run()
     raise AssertionError("unreachable")
 
 
 async def _serve_metrics(
-    stack: AsyncExitStack, settings: Settings, metrics: Metrics, worker: Worker, queue: QueueStore
+    stack: AsyncExitStack,
+    settings: Settings,
+    metrics: Metrics,
+    worker: Worker,
+    queue: QueueStore,
+    ingest_secrets: IngestSecrets,
 ) -> None:
-    """Start /metrics and /healthz, and a task refreshing the queue gauges."""
+    """Start /metrics, /healthz and the push ingestion routes, and a task refreshing the queue gauges."""
+    from archiver.ingest_http import ingest_routes
+
     server = await start_metrics_server(
-        metrics, settings.metrics_host, settings.metrics_port or 0, is_live=worker.is_healthy
+        metrics,
+        settings.metrics_host,
+        settings.metrics_port or 0,
+        is_live=worker.is_healthy,
+        routes=ingest_routes(queue, ingest_secrets) if ingest_secrets.any else (),
     )
     stack.push_async_callback(server.close)
     stop = asyncio.Event()

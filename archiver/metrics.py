@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import platform
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -430,8 +430,15 @@ class MetricsServer:
         await self.close()
 
 
-def build_metrics_app(metrics: Metrics, is_live: Callable[[], bool] = lambda: True) -> web.Application:
-    """The aiohttp application behind :func:`start_metrics_server` (``/metrics``, ``/healthz``)."""
+def build_metrics_app(
+    metrics: Metrics,
+    is_live: Callable[[], bool] = lambda: True,
+    routes: Sequence[web.AbstractRouteDef] = (),
+) -> web.Application:
+    """The aiohttp application behind :func:`start_metrics_server` (``/metrics``, ``/healthz``).
+
+    ``routes``: more handlers on the same listener (push ingestion, :mod:`archiver.ingest_http`).
+    """
     from aiohttp import web
 
     async def serve_metrics(_request: web.Request) -> web.Response:
@@ -449,6 +456,7 @@ def build_metrics_app(metrics: Metrics, is_live: Callable[[], bool] = lambda: Tr
     app = web.Application()
     app.router.add_get("/metrics", serve_metrics)
     app.router.add_get("/healthz", serve_health)
+    app.router.add_routes(routes)
     return app
 
 
@@ -457,6 +465,7 @@ async def start_metrics_server(
     host: str = DEFAULT_METRICS_HOST,
     port: int = DEFAULT_METRICS_PORT,
     is_live: Callable[[], bool] = lambda: True,
+    routes: Sequence[web.AbstractRouteDef] = (),
 ) -> MetricsServer:
     """Serve ``GET /metrics`` and ``GET /healthz`` in the running event loop.
 
@@ -467,6 +476,7 @@ async def start_metrics_server(
         port: TCP port; 0 picks a free one (see ``MetricsServer.port``).
         is_live: ``/healthz`` answers 200 ``ok`` while it returns True, else (or when it
             raises) 503 ``unhealthy``.
+        routes: more handlers on the same listener (see :func:`build_metrics_app`).
 
     Raises:
         ConfigError: the address cannot be bound (port in use, unknown host).
@@ -474,7 +484,7 @@ async def start_metrics_server(
     from aiohttp import web
 
     # No access log: a scrape every few seconds would drown the canonical log lines.
-    runner = web.AppRunner(build_metrics_app(metrics, is_live), access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(build_metrics_app(metrics, is_live, routes), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

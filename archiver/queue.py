@@ -206,13 +206,44 @@ class QueueStore:
             result = await conn.execute(text(sql), {"rows": rows})
         return max(result.rowcount, 0)
 
-    async def _requeue(self, conn: AsyncConnection, ids: list[str], from_states: Sequence[str]) -> int:
+    async def enqueue_due_now(self, response_ids: Sequence[str]) -> EnqueueCounts:
+        """Queue IDs the provider says just finished (a webhook), due now.
+
+        New IDs are queued; ``pending`` ones are made due now; one whose archived snapshot
+        is still ``queued``/``in_progress`` (its row ``archived`` or ``failed`` after
+        ``--max-polls``) goes back to ``pending``, due now, attempts and polls reset.
+        Rows in flight, and terminal snapshots, are left alone. One transaction.
+
+        Returns:
+            ``queued`` new rows, ``requeued`` rows moved back to pending, and
+            ``already_known`` the rest (a pending row made due now counts here).
+        """
+        ids = list(dict.fromkeys(response_ids))
+        if not ids:
+            return EnqueueCounts()
+        unfinished = (
+            "EXISTS (SELECT 1 FROM responses AS r WHERE r.id = archive_queue.id "
+            "AND r.status IN ('queued', 'in_progress'))"
+        )
+        due_now = text(
+            f"UPDATE archive_queue SET next_attempt_at = {self.now}, updated_at = {self.now} "
+            f"WHERE id IN :ids AND state = 'pending' AND next_attempt_at > {self.now}"
+        ).bindparams(bindparam("ids", expanding=True))
+        async with self.engine.begin() as conn:
+            queued = await self._insert_chunk(conn, ids, None)
+            await conn.execute(due_now, {"ids": ids})
+            requeued = await self._requeue(conn, ids, TERMINAL_STATES, where=unfinished)
+        return EnqueueCounts(queued=queued, already_known=len(ids) - queued, requeued=requeued)
+
+    async def _requeue(
+        self, conn: AsyncConnection, ids: list[str], from_states: Sequence[str], *, where: str = "true"
+    ) -> int:
         stmt = text(
             f"UPDATE archive_queue SET state = 'pending', attempts = 0, polls = 0, "
             f"next_attempt_at = {self.now}, updated_at = {self.now}, last_error = NULL, "
             "last_body = NULL, last_body_bytes = NULL, last_body_sha256 = NULL, "
             "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
-            "WHERE id IN :ids AND state IN :states"
+            f"WHERE id IN :ids AND state IN :states AND {where}"
         ).bindparams(bindparam("ids", expanding=True), bindparam("states", expanding=True))
         total = 0
         for start in range(0, len(ids), 500):

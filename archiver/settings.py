@@ -56,6 +56,8 @@ class Settings:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     metrics_refresh: float = 15.0
+    ingest_token_file: str | None = None
+    webhook_secret_file: str | None = None
     with_input_items: bool = False
     writer: str = "auto"
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")

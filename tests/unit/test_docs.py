@@ -63,6 +63,7 @@ OTHER_TOOLS_FLAGS = {
     "--failed": "systemctl --failed",
     "--autogenerate": "alembic revision --autogenerate (developers)",
     "--path": "systemd-escape --path (the archiver-follow@ instance name)",
+    "--data-binary": "curl --data-binary (the push ingestion example: NDJSON keeps its newlines)",
 }
 OTHER_VARIABLES = {
     "ARCHIVER_TEST_PG_URL": "the test suite's PostgreSQL server, not the CLI's",

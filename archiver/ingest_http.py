@@ -1,0 +1,370 @@
+"""Push ingestion on the daemon's HTTP listener: ``POST /v1/enqueue`` and ``POST /webhooks/{source}``.
+
+Both routes live beside ``/metrics`` and ``/healthz`` (loopback unless configured
+otherwise) and exist only when their secret file is configured:
+
+- ``/v1/enqueue`` takes a bearer token (``--ingest-token-file``) and a JSON array or
+  NDJSON of IDs or objects (``id``, optional ``source``, optional ``created_at``),
+  validated as ``archiver enqueue`` validates lines (:mod:`archiver.ids`). It answers
+  with the counts and the rejected items once the rows are committed.
+- ``/webhooks/default`` takes Standard Webhooks deliveries signed with
+  ``--webhook-secret-file`` (:mod:`archiver.webhooks`); a ``response.*`` event makes its
+  ``data.id`` due now.
+
+Bodies are read up to a cap (413 beyond it) without holding more. Every answer passes
+the redaction point, and the token and secret are registered there when they are read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from archiver.errors import ConfigError, first_line
+from archiver.ids import IdLine, RejectedLine, json_type_name, parse_id_lines, response_id_problem
+from archiver.logs import get_logger
+from archiver.queue import QueueStore
+from archiver.redaction import redact_value, register_secret
+from archiver.settings import Settings
+from archiver.webhooks import SECRET_PREFIX, SeenDeliveries, WebhookRejected, decode_secret, verify
+
+__all__ = [
+    "DEFAULT_SOURCE",
+    "ENQUEUE_MAX_BYTES",
+    "RESPONSE_EVENTS",
+    "WEBHOOK_MAX_BYTES",
+    "IngestSecrets",
+    "ingest_routes",
+    "load_ingest_secrets",
+    "parse_enqueue_body",
+]
+
+log = get_logger()
+
+DEFAULT_SOURCE = "default"
+ENQUEUE_MAX_BYTES = 8 * 1024 * 1024
+WEBHOOK_MAX_BYTES = 1024 * 1024
+MAX_REJECTED_SHOWN = 1000
+"""Rejected items listed in one answer (the count covers all of them)."""
+RESPONSE_EVENTS = frozenset(
+    ("response.completed", "response.failed", "response.incomplete", "response.cancelled")
+)
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class IngestSecrets:
+    """The bearer token of ``/v1/enqueue`` and the HMAC key of ``/webhooks/default`` (None: off)."""
+
+    token: str | None = field(default=None, repr=False)
+    webhook_key: bytes | None = field(default=None, repr=False)
+
+    @property
+    def any(self) -> bool:
+        """Whether either endpoint is on."""
+        return self.token is not None or self.webhook_key is not None
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} file is not UTF-8 text: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    if not value:
+        raise ConfigError(f"{what} file is empty: {path}")
+    return value
+
+
+def load_ingest_secrets(settings: Settings) -> IngestSecrets:
+    """Read the token and webhook secret files, and register both with the redaction point.
+
+    Raises:
+        ConfigError: a file is missing, unreadable or empty, the secret is not base64, or
+            a file is given without ``--metrics-port`` (the endpoints need the listener).
+    """
+    token = key = None
+    if settings.ingest_token_file:
+        token = _read_secret_file(settings.ingest_token_file, "ingest token")
+        register_secret(token)
+    if settings.webhook_secret_file:
+        secret = _read_secret_file(settings.webhook_secret_file, "webhook secret")
+        register_secret(secret)
+        register_secret(secret.removeprefix(SECRET_PREFIX))
+        try:
+            key = decode_secret(secret)
+        except ValueError as exc:
+            raise ConfigError(f"{exc}: {settings.webhook_secret_file}") from None
+    secrets = IngestSecrets(token, key)
+    if secrets.any and settings.metrics_port is None:
+        raise ConfigError(
+            "--ingest-token-file and --webhook-secret-file serve on the metrics listener: "
+            "set --metrics-port too"
+        )
+    return secrets
+
+
+# --- the /v1/enqueue body ------------------------------------------------------------------
+
+
+class BodyError(ValueError):
+    """The request body cannot be read as IDs at all (400)."""
+
+
+def parse_enqueue_body(body: bytes) -> tuple[list[IdLine], list[RejectedLine]]:
+    """The IDs in a ``/v1/enqueue`` body: a JSON array, else NDJSON (one ID or object a line).
+
+    An array item is an ID string (checked as is) or an object read like a JSON line of
+    ``archiver enqueue``; line numbers are 1-based item numbers. An object naming a
+    ``source`` other than ``default`` is rejected (``unknown source``).
+
+    Raises:
+        BodyError: the body is not UTF-8, or starts like an array but is not valid JSON.
+    """
+    try:
+        text = body.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        raise BodyError("the body is not UTF-8 text") from None
+    accepted: list[IdLine] = []
+    rejected: list[RejectedLine] = []
+    for item in _items(text):
+        if isinstance(item, IdLine):
+            accepted.append(item)
+        else:
+            rejected.append(item)
+    return accepted, rejected
+
+
+def _items(text: str) -> Iterator[IdLine | RejectedLine]:
+    if text.lstrip().startswith("["):
+        try:
+            values = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise BodyError(f"the body starts with '[' but is not a JSON array: {exc}") from None
+        if not isinstance(values, list):
+            raise BodyError(f"the body is a JSON {json_type_name(values)}, not an array")
+        for number, value in enumerate(values, 1):
+            yield _array_item(number, value)
+        return
+    for number, line in enumerate(text.splitlines(), 1):
+        unknown = _unknown_source(line)
+        if unknown is not None:
+            yield RejectedLine(number, unknown, _shorten(line.strip()))
+            continue
+        yield from parse_id_lines([line], start=number)
+
+
+def _array_item(number: int, value: object) -> IdLine | RejectedLine:
+    if isinstance(value, str):
+        problem = response_id_problem(value)
+        if problem is None:
+            return IdLine(number, value)
+        return RejectedLine(number, f"invalid response ID: {problem}", _shorten(value))
+    line = orjson.dumps(value).decode()
+    if not isinstance(value, dict):
+        return RejectedLine(number, f"JSON {json_type_name(value)} is not an ID or an object", _shorten(line))
+    unknown = _unknown_source(line)
+    if unknown is not None:
+        return RejectedLine(number, unknown, _shorten(line))
+    return next(iter(parse_id_lines([line], start=number)))
+
+
+def _unknown_source(line: str) -> str | None:
+    """``unknown source 'x'`` for a JSON object line naming another source, else None."""
+    if not line.lstrip().startswith("{"):
+        return None
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None  # parse_id_lines says what is wrong with it
+    if not isinstance(record, dict) or "source" not in record:
+        return None
+    source = record["source"]
+    if source == DEFAULT_SOURCE:
+        return None
+    shown = repr(source) if isinstance(source, str) else f"({json_type_name(source)})"
+    return f"unknown source {_shorten(shown)}"
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+
+def _answer(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
+    """A JSON answer; every string in it passes the redaction point."""
+    return web.Response(
+        status=status,
+        body=orjson.dumps(redact_value(payload)),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_capped(request: web.Request, cap: int) -> bytes:
+    """The whole body, or :class:`_TooLarge` as soon as it is longer than ``cap`` bytes."""
+    if request.content_length is not None and request.content_length > cap:
+        raise _TooLarge
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(_CHUNK):
+        if len(body) + len(chunk) > cap:
+            raise _TooLarge
+        body += chunk
+    return bytes(body)
+
+
+def _too_large(cap: int) -> web.Response:
+    return _answer(413, {"error": f"request body larger than {cap // 1024} KiB"}, Connection="close")
+
+
+def _bearer_ok(request: web.Request, token: str) -> bool:
+    import hmac
+
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _rejected_json(rejected: list[RejectedLine]) -> list[dict[str, Any]]:
+    return [{"line": r.line_no, "reason": r.reason, "text": r.text} for r in rejected[:MAX_REJECTED_SHOWN]]
+
+
+def ingest_routes(
+    queue: QueueStore,
+    secrets: IngestSecrets,
+    *,
+    clock: Callable[[], float] = time.time,
+    enqueue_max_bytes: int = ENQUEUE_MAX_BYTES,
+    webhook_max_bytes: int = WEBHOOK_MAX_BYTES,
+) -> list[web.RouteDef]:
+    """The routes of the configured endpoints, for :func:`archiver.metrics.start_metrics_server`.
+
+    Args:
+        queue: where IDs go.
+        secrets: which endpoints are on (:func:`load_ingest_secrets`).
+        clock: unix time, for webhook timestamps.
+        enqueue_max_bytes: the body cap of ``/v1/enqueue``.
+        webhook_max_bytes: the body cap of a webhook delivery.
+    """
+    routes: list[web.RouteDef] = []
+    if secrets.token is not None:
+        routes.append(web.post("/v1/enqueue", _enqueue_handler(queue, secrets.token, enqueue_max_bytes)))
+    if secrets.webhook_key is not None:
+        handler = _webhook_handler(queue, secrets.webhook_key, clock, webhook_max_bytes)
+        routes.append(web.post("/webhooks/{source}", handler))
+    return routes
+
+
+def _enqueue_handler(queue: QueueStore, token: str, cap: int) -> Callable[[web.Request], Any]:
+    async def enqueue(request: web.Request) -> web.Response:
+        if not _bearer_ok(request, token):
+            log.warning("archiver.ingest_refused", status_code=401, remote=request.remote)
+            return _answer(401, {"error": "missing or wrong ingest token"}, **{"WWW-Authenticate": "Bearer"})
+        try:
+            body = await _read_capped(request, cap)
+        except _TooLarge:
+            log.warning("archiver.ingest_refused", status_code=413, remote=request.remote)
+            return _too_large(cap)
+        try:
+            accepted, rejected = parse_enqueue_body(body)
+        except BodyError as exc:
+            return _answer(400, {"error": str(exc)})
+        try:
+            counts = await queue.enqueue(
+                [line.response_id for line in accepted],
+                created_at=[line.created_at for line in accepted],
+            )
+        except Exception as exc:  # the database is down: the sender retries
+            log.error("archiver.ingest_failed", error=first_line(exc), error_type=type(exc).__name__)
+            return _answer(503, {"error": "the queue cannot be written now; retry later"})
+        log.info(
+            "archiver.ingest_enqueued",
+            queued=counts.queued,
+            already_known=counts.already_known,
+            rejected=len(rejected),
+        )
+        return _answer(
+            200,
+            {
+                "queued": counts.queued,
+                "already_known": counts.already_known,
+                "rejected": len(rejected),
+                "rejected_lines": _rejected_json(rejected),
+            },
+        )
+
+    return enqueue
+
+
+def _webhook_handler(
+    queue: QueueStore, key: bytes, clock: Callable[[], float], cap: int
+) -> Callable[[web.Request], Any]:
+    seen = SeenDeliveries()
+
+    async def webhook(request: web.Request) -> web.Response:
+        source = request.match_info["source"]
+        if source != DEFAULT_SOURCE:
+            return _answer(404, {"error": "unknown source"})
+        try:
+            body = await _read_capped(request, cap)
+        except _TooLarge:
+            log.warning("archiver.webhook_refused", status_code=413, remote=request.remote)
+            return _too_large(cap)
+        now = clock()
+        try:
+            delivery = verify(key, request.headers, body, now=now)
+        except WebhookRejected as exc:
+            log.warning("archiver.webhook_refused", status_code=exc.status, error=str(exc))
+            return _answer(exc.status, {"error": str(exc)})
+        if delivery.webhook_id in seen:
+            log.info("archiver.webhook_replayed", webhook_id=delivery.webhook_id)
+            return _answer(200, {"duplicate": True, "queued": 0})
+        try:
+            event = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _answer(400, {"error": "the body is not JSON"})
+        event_type = event.get("type") if isinstance(event, dict) else None
+        if event_type not in RESPONSE_EVENTS:
+            seen.add(delivery.webhook_id, now)
+            log.info("archiver.webhook_ignored", webhook_id=delivery.webhook_id, event_type=str(event_type))
+            return _answer(200, {"ignored": True, "type": str(event_type)})
+        data = event.get("data")
+        response_id = data.get("id") if isinstance(data, dict) else None
+        problem = response_id_problem(response_id)
+        if problem is not None:
+            return _answer(400, {"error": f"data.id: {problem}"})
+        assert isinstance(response_id, str)
+        try:
+            counts = await queue.enqueue_due_now([response_id])
+        except Exception as exc:  # not remembered as seen: the provider's retry is welcome
+            log.error("archiver.webhook_failed", error=first_line(exc), error_type=type(exc).__name__)
+            return _answer(503, {"error": "the queue cannot be written now; retry later"})
+        seen.add(delivery.webhook_id, now)
+        log.info(
+            "archiver.webhook_enqueued",
+            webhook_id=delivery.webhook_id,
+            event_type=event_type,
+            response_id=response_id,
+            queued=counts.queued,
+            requeued=counts.requeued,
+        )
+        answer = {"type": event_type, "response_id": response_id}
+        return _answer(200, {**answer, "queued": counts.queued, "requeued": counts.requeued})
+
+    return webhook
