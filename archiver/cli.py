@@ -24,6 +24,7 @@ from archiver.redaction import install_excepthook, redact, register_database_url
 from archiver.settings import (
     DEFAULT_BASE_URL,
     DEFAULT_DATABASE_URL,
+    INCLUDE_VALUE,
     PROVIDERS,
     WRITERS,
     Settings,
@@ -58,6 +59,21 @@ def one_of(*allowed: str) -> Callable[[str], str]:
 
     return parse
 
+
+def include_list(value: str) -> tuple[str, ...]:
+    """Comma-separated ``include[]`` values; an empty value means none."""
+    values = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    for v in values:
+        if not INCLUDE_VALUE.match(v):
+            raise argparse.ArgumentTypeError(
+                f"{v[:60]!r} is not an include value (letters, digits and _ . -, "
+                "e.g. reasoning.encrypted_content)"
+            )
+    return values
+
+
+EMPTY_IS_A_VALUE = frozenset({"include"})
+"""Settings whose variable set to an empty string means something (no values), not "unset"."""
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -144,6 +160,15 @@ RUN_OPTIONS: list[Option] = [
         "with_input_items",
         flag,
         "also fetch and store each response's input items (GET /responses/{id}/input_items)",
+    ),
+    (
+        "--include",
+        "ARCHIVER_INCLUDE",
+        "include",
+        include_list,
+        "comma-separated include[] values sent with every request, for fields returned only "
+        "when asked for (e.g. reasoning.encrypted_content); an empty value sends none; default "
+        "by provider: openai all it documents for retrieve, dashscope and generic none",
     ),
     (
         "--metrics-port",
@@ -582,7 +607,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     ignored = IGNORED_BY.get(getattr(args, "command", None) or "", ())
     for _flag_name, env_name, field_name, type_, _ in COMMON_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS:
         value = getattr(args, field_name, None)
-        if value is None and env_name not in ignored and env.get(env_name, "").strip():
+        explicit = env.get(env_name, "").strip() or (field_name in EMPTY_IS_A_VALUE and env_name in env)
+        if value is None and env_name not in ignored and explicit:
             try:
                 value = type_(env[env_name].strip())
             except argparse.ArgumentTypeError as exc:

@@ -8,7 +8,7 @@ limit instead of filling memory. Redirects are never followed.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -128,22 +128,34 @@ class ResponsesClient:
         *,
         max_bytes: int | None = None,
         reservation: Reservation | None = None,
+        include: Sequence[str] = (),
     ) -> Exchange:
         """GET one page of ``/responses/{id}/input_items``, oldest first.
+
+        ``include`` values go out as repeated ``include[]`` query parameters.
 
         Raises:
             BodyTooLarge: the page passed ``max_bytes`` (default: the client's limit).
         """
-        params = {"order": "asc", "limit": str(limit)}
+        params = [("order", "asc"), ("limit", str(limit))]
         if after is not None:
-            params["after"] = after
+            params.append(("after", after))
+        params.extend(("include[]", value) for value in include)
         url = self.url_for(response_id) + "/input_items"
         return await self._get(url, params, max_bytes, reservation)
 
     async def fetch(
-        self, response_id: str, *, max_bytes: int | None = None, reservation: Reservation | None = None
+        self,
+        response_id: str,
+        *,
+        max_bytes: int | None = None,
+        reservation: Reservation | None = None,
+        include: Sequence[str] = (),
     ) -> Exchange:
         """GET one response and read its body, at most ``max_bytes`` of it after decompression.
+
+        ``include`` values (fields returned only when asked for) go out as repeated
+        ``include[]`` query parameters, e.g. ``?include[]=reasoning.encrypted_content``.
 
         Raises:
             BodyTooLarge: a 200 body passed the limit.
@@ -151,12 +163,13 @@ class ResponsesClient:
             aiohttp.ClientError, asyncio.TimeoutError, OSError: transport faults, for the
                 policy to classify.
         """
-        return await self._get(self.url_for(response_id), None, max_bytes, reservation)
+        params = [("include[]", value) for value in include]
+        return await self._get(self.url_for(response_id), params or None, max_bytes, reservation)
 
     async def _get(
         self,
         url: str,
-        params: dict[str, str] | None,
+        params: list[tuple[str, str]] | None,
         max_bytes: int | None,
         reservation: Reservation | None,
     ) -> Exchange:

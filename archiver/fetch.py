@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +53,9 @@ class Fetcher:
             in this process to reuse. Without it the result holds ``raw`` only: a writer
             process parses again anyway, and thousands of parsed bodies waiting for the
             writer cost memory and garbage-collector time here.
+        include: ``include[]`` values sent with every request (fields returned only when
+            asked for). A value the provider rejects with a 400 naming it is dropped for
+            the rest of the run, separately for responses and input items.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class Fetcher:
         with_input_items: bool,
         rand: Callable[[], float],
         keep_parsed_body: bool = True,
+        include: Sequence[str] = (),
     ) -> None:
         self.client = client
         self.policy = policy
@@ -73,6 +77,8 @@ class Fetcher:
         self.with_input_items = with_input_items
         self.rand = rand
         self.keep_parsed_body = keep_parsed_body
+        self.include = tuple(include)
+        self.input_items_include = tuple(include)
 
     async def fetch(self, job: Job, reservation: Reservation | None = None) -> FetchResult:
         """One fetch. A :class:`StopAll` outcome means the account was refused.
@@ -92,29 +98,37 @@ class Fetcher:
             # never sent, not even URL-quoted.
             outcome: Outcome = Permanent("failed", f"not a valid response ID: {problem}")
             return self._finish(job, outcome, started, requests=0)
-        requests = 1
-        try:
-            exchange = await self.client.fetch(job.response_id, reservation=reservation)
-        except asyncio.CancelledError:
-            raise
-        except BodyTooLarge as exc:
-            outcome = Permanent("failed", f"{exc} (read {exc.read} bytes, then stopped)", 200)
-            return self._finish(job, outcome, started, requests=requests)
-        except Exception as exc:
-            outcome = classify_exception(exc, attempt=job.attempt, policy=self.policy, rand=self.rand())
-        else:
-            outcome = classify_response(
-                status_code=exchange.status_code,
-                headers=exchange.headers,
-                body=exchange.body,
-                requested_id=job.response_id,
-                attempt=job.attempt,
-                previous_status_code=job.previous_status_code,
-                policy=self.policy,
-                profile=self.profile,
-                now=now,
-                rand=self.rand(),
-            )
+        requests = 0
+        while True:
+            # Each pass drops one rejected include value, so this ends within len(include) + 1.
+            include = self.include
+            requests += 1
+            try:
+                exchange = await self.client.fetch(job.response_id, reservation=reservation, include=include)
+            except asyncio.CancelledError:
+                raise
+            except BodyTooLarge as exc:
+                outcome = Permanent("failed", f"{exc} (read {exc.read} bytes, then stopped)", 200)
+                return self._finish(job, outcome, started, requests=requests)
+            except Exception as exc:
+                outcome = classify_exception(exc, attempt=job.attempt, policy=self.policy, rand=self.rand())
+            else:
+                outcome = classify_response(
+                    status_code=exchange.status_code,
+                    headers=exchange.headers,
+                    body=exchange.body,
+                    requested_id=job.response_id,
+                    attempt=job.attempt,
+                    previous_status_code=job.previous_status_code,
+                    policy=self.policy,
+                    profile=self.profile,
+                    now=now,
+                    rand=self.rand(),
+                    include=include,
+                )
+            if not (isinstance(outcome, Permanent) and outcome.rejected_include is not None):
+                break
+            self.drop_include(outcome.rejected_include, "responses", job.response_id, outcome.reason)
         outcome = self.expired_if_old(job, outcome, now)
         input_items: list[Any] | None = None
         next_delay = 0.0
@@ -180,48 +194,78 @@ class Fetcher:
         items: list[Any] = []
         after: str | None = None
         left = self.client.max_body_bytes
+        requests = 0
         for page_no in range(1, MAX_INPUT_ITEM_PAGES + 1):
-            try:
-                exchange = await self.client.fetch_input_items_page(
-                    job.response_id, after, max_bytes=left, reservation=reservation
+            while True:  # again without an include value the provider rejected (ends: see fetch)
+                include = self.input_items_include
+                requests += 1
+                try:
+                    exchange = await self.client.fetch_input_items_page(
+                        job.response_id, after, max_bytes=left, reservation=reservation, include=include
+                    )
+                except asyncio.CancelledError:
+                    raise
+                except BodyTooLarge as exc:
+                    return Permanent(
+                        "failed",
+                        "input items: all pages together larger than --max-body-mb "
+                        f"({self.client.max_body_bytes / (1 << 20):g} MiB after decompression; "
+                        f"stopped at {exc.read} bytes of page {page_no})",
+                        200,
+                    ), requests
+                except Exception as exc:
+                    return classify_exception(
+                        exc, attempt=job.attempt, policy=self.policy, rand=self.rand()
+                    ), requests
+                page = classify_input_items_page(
+                    status_code=exchange.status_code,
+                    headers=exchange.headers,
+                    body=exchange.body,
+                    attempt=job.attempt,
+                    policy=self.policy,
+                    profile=self.profile,
+                    now=time.time(),
+                    rand=self.rand(),
+                    include=include,
                 )
-            except asyncio.CancelledError:
-                raise
-            except BodyTooLarge as exc:
-                return Permanent(
-                    "failed",
-                    "input items: all pages together larger than --max-body-mb "
-                    f"({self.client.max_body_bytes / (1 << 20):g} MiB after decompression; "
-                    f"stopped at {exc.read} bytes of page {page_no})",
-                    200,
-                ), page_no
-            except Exception as exc:
-                return classify_exception(
-                    exc, attempt=job.attempt, policy=self.policy, rand=self.rand()
-                ), page_no
-            page = classify_input_items_page(
-                status_code=exchange.status_code,
-                headers=exchange.headers,
-                body=exchange.body,
-                attempt=job.attempt,
-                policy=self.policy,
-                profile=self.profile,
-                now=time.time(),
-                rand=self.rand(),
-            )
+                if not (isinstance(page, Permanent) and page.rejected_include is not None):
+                    break
+                self.drop_include(page.rejected_include, "input_items", job.response_id, page.reason)
             if not isinstance(page, InputItemsPage):
-                return page, page_no
+                return page, requests
             left -= len(exchange.body)
             if after is not None and page.last_id == after:
-                return items, page_no  # the same page again (a server that ignores `after`)
+                return items, requests  # the same page again (a server that ignores `after`)
             lone_surrogates = b"\\ud" in exchange.body or b"\\uD" in exchange.body
             items.extend(scrub_surrogates(page.items) if lone_surrogates else page.items)
             if not page.has_more or page.last_id is None or page.last_id == after:
-                return items, page_no
+                return items, requests
             after = page.last_id
-        return Permanent(
-            "failed", f"input items: more than {MAX_INPUT_ITEM_PAGES} pages", 200
-        ), MAX_INPUT_ITEM_PAGES
+        return Permanent("failed", f"input items: more than {MAX_INPUT_ITEM_PAGES} pages", 200), requests
+
+    def drop_include(self, value: str, endpoint: str, response_id: str, reason: str) -> None:
+        """Stop sending ``value`` to ``endpoint`` (``responses`` or ``input_items``) for this run.
+
+        Logged once per value and endpoint; a request still in flight with the value
+        finds it gone and simply asks again.
+        """
+        current = self.include if endpoint == "responses" else self.input_items_include
+        if value not in current:
+            return
+        kept = tuple(v for v in current if v != value)
+        if endpoint == "responses":
+            self.include = kept
+        else:
+            self.input_items_include = kept
+        log.warning(
+            "archiver.include_dropped",
+            include=value,
+            endpoint=endpoint,
+            response_id=response_id,
+            status_code=400,
+            error=redact(reason),
+            kept=list(kept),
+        )
 
     def expired_if_old(self, job: Job, outcome: Outcome, now: float) -> Outcome:
         """A 404 for an ID older than the provider's retention is final: it expired."""

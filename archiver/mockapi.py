@@ -58,6 +58,13 @@ with ``.`` or ``:``) is a normal completed response.
 - ``resetN``: closes the connection without any response bytes, then 200. aiohttp's
   client silently retries an idempotent request once after a disconnect, so one
   ``session.get`` may use up two fetches.
+- ``gated``: 200 with the fields OpenAI returns only when asked for with ``include[]``
+  (see :data:`GATED_INCLUDE`): a reasoning item's ``encrypted_content``, a
+  ``file_search_call``'s ``results``, a ``web_search_call``'s ``action.sources``, a
+  ``code_interpreter_call``'s ``outputs``, and an ``output_text``'s ``logprobs``, each
+  present only when its value was requested (``results``/``outputs`` are null
+  otherwise). Its input items hold an ``input_image`` whose ``image_url`` and a
+  ``computer_call_output`` whose ``output.image_url`` are likewise gated.
 - ``servererror``: 500. ``badrequest``: 400 ``InvalidParameter``. ``unauthorized``: 401
   ``invalid_api_key``. ``forbidden``: 403 ``AccessDenied.Unpurchased``. ``arrearage``:
   400 DashScope ``Arrearage``. (N works for these too, but they exist to be permanent.)
@@ -70,6 +77,11 @@ name order wins a duplicate ID); ``bodies_only`` turns every other ID into a 404
 scenario, files from ``bodies_dir``) into a transient fault
 (429 with Retry-After, 500 or 503), decided by a hash of (seed, ID, fetch number), so a
 given fetch always fails the same way whatever the request interleaving.
+
+``include[]`` query values (repeated; ``include`` is read too) are recorded per ID in
+``MockStats.include_by_id`` (requests without any are not). A request that carries a value listed in
+``MockConfig.reject_include`` gets OpenAI's 400 ``invalid_value`` naming it (``param``
+``include[N]``, the message listing the values still supported), on both routes.
 """
 
 from __future__ import annotations
@@ -81,7 +93,7 @@ import hashlib
 import hmac
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -110,13 +122,24 @@ SCENARIOS: Final = frozenset(
         "ok", "kitchensink", "notfound", "flaky", "ratelimit", "quota", "trunc",
         "garbage", "mismatch", "pending", "big", "nul", "unicode", "hang", "reset",
         "servererror", "badrequest", "unauthorized", "forbidden", "arrearage",
-        "manyinputs", "inputflaky", "noinputs",
+        "manyinputs", "inputflaky", "noinputs", "gated",
     }
 )  # fmt: skip
 
 JSON_CONTENT_TYPE: Final = "application/json"
 GARBAGE_BODY: Final = b"<html>502 Bad Gateway</html>"
 BIG_BODY_BYTES: Final = 4 * 1024 * 1024
+GATED_INCLUDE: Final = (
+    "reasoning.encrypted_content",
+    "file_search_call.results",
+    "web_search_call.action.sources",
+    "message.output_text.logprobs",
+    "code_interpreter_call.outputs",
+    "computer_call_output.output.image_url",
+    "message.input_image.image_url",
+)
+"""The ``include[]`` values the mock understands (OpenAI's); other values are ignored."""
+INCLUDE_RECORDS: Final = 16
 
 
 @dataclass(frozen=True)
@@ -142,6 +165,8 @@ class MockConfig:
     seed: int = 0
     prefix: str = "/v1"
     """Path of the base URL, e.g. ``http://127.0.0.1:PORT/v1``."""
+    reject_include: frozenset[str] = frozenset()
+    """``include[]`` values answered with a 400 naming them (a provider that does not know them)."""
 
 
 @dataclass
@@ -159,6 +184,9 @@ class MockStats:
     input_items_total: int = 0
     """Requests for ``/responses/{id}/input_items`` pages (not in ``requests_total``)."""
     input_items_by_id: dict[str, int] = field(default_factory=dict)
+    include_by_id: dict[str, list[list[str]]] = field(default_factory=dict)
+    """The ``include[]`` values of the requests for an ID that carried any (both routes, in
+    arrival order, the first :data:`INCLUDE_RECORDS` per ID: bounded for long benchmarks)."""
 
     def reset(self) -> None:
         """Clear every counter; requests in progress still count as in flight."""
@@ -166,6 +194,7 @@ class MockStats:
         self.requests_by_id.clear()
         self.input_items_total = 0
         self.input_items_by_id.clear()
+        self.include_by_id.clear()
         self.status_counts.clear()
         self.max_in_flight = self.in_flight
         self.dropped_total = 0
@@ -181,6 +210,7 @@ class MockStats:
             "dropped_total": self.dropped_total,
             "input_items_total": self.input_items_total,
             "input_items_by_id": dict(self.input_items_by_id),
+            "include_by_id": {k: [list(v) for v in lists] for k, lists in self.include_by_id.items()},
         }
 
 
@@ -209,7 +239,7 @@ def _phase(response_id: str, fetch_number: int) -> str:
     return "queued" if fetch_number <= 1 else "in_progress"
 
 
-def body_for(response_id: str, fetch_number: int = 1, seed: int = 0) -> bytes:
+def body_for(response_id: str, fetch_number: int = 1, seed: int = 0, include: Iterable[str] = ()) -> bytes:
     """The exact bytes the mock answers on a 200 for this ID and fetch.
 
     Fetches that are not a 200 (e.g. the first N of ``flakyN``) have no 200 body; for
@@ -220,23 +250,25 @@ def body_for(response_id: str, fetch_number: int = 1, seed: int = 0) -> bytes:
         response_id: The ID as requested (not URL-quoted).
         fetch_number: 1 for the first request of this ID, 2 for the next, ...
         seed: ``MockConfig.seed`` of the server.
+        include: the ``include[]`` values of the request (only ``gated`` bodies differ).
     """
     name, count = _scenario(response_id)
     if name == "garbage":
         return GARBAGE_BODY
     if name == "big":
         return _render_big(response_id, seed)
-    full = _render(response_id, _phase(response_id, fetch_number), seed)
+    gates = frozenset(include) & frozenset(GATED_INCLUDE) if name == "gated" else frozenset()
+    full = _render(response_id, _phase(response_id, fetch_number), seed, gates)
     if name == "trunc" and _within(count, fetch_number):
         return full[: len(full) // 2]
     return full
 
 
 @lru_cache(maxsize=32768)
-def _render(response_id: str, phase: str, seed: int) -> bytes:
-    """Serialize a body once; later fetches of the same (ID, phase, seed) reuse the bytes."""
+def _render(response_id: str, phase: str, seed: int, gates: frozenset[str] = frozenset()) -> bytes:
+    """Serialize a body once; later fetches of the same (ID, phase, seed, gates) reuse the bytes."""
     name, _ = _scenario(response_id)
-    return orjson.dumps(_BodyBuilder(response_id, seed).build(name, phase))
+    return orjson.dumps(_BodyBuilder(response_id, seed, gates).build(name, phase))
 
 
 @lru_cache(maxsize=4)  # 4 MB each: kept out of the large cache above
@@ -270,8 +302,9 @@ _NUL_TEXT: Final = (
 class _BodyBuilder:
     """Builds one deterministic Response object from an ID's hash."""
 
-    def __init__(self, response_id: str, seed: int) -> None:
+    def __init__(self, response_id: str, seed: int, gates: frozenset[str] = frozenset()) -> None:
         self.response_id = response_id
+        self.gates = gates
         self.key = f"{seed}\x00{response_id}".encode()
         self.hash = int.from_bytes(hashlib.blake2b(self.key, digest_size=8).digest(), "big")
         self.item_counter = 0
@@ -459,6 +492,34 @@ class _BodyBuilder:
             "type": "file_search_call",
         }
 
+    def gated(self) -> list[dict[str, Any]]:
+        """Output items whose include-gated fields appear only for the requested values."""
+        on = self.gates.__contains__
+        reasoning = self.reasoning()
+        if on("reasoning.encrypted_content"):
+            reasoning["encrypted_content"] = "gAAAAAB" + hashlib.sha256(self.key).hexdigest() * 4
+        file_search = self.file_search_call()
+        if not on("file_search_call.results"):
+            file_search["results"] = None
+        web_search = self.web_search_call()
+        if not on("web_search_call.action.sources"):
+            del web_search["action"]["sources"]
+        code = self.code_interpreter_call()
+        if not on("code_interpreter_call.outputs"):
+            code["outputs"] = None
+        message = self.message("Done: 杭州 25°C, 7-day returns, 385.")
+        if on("message.output_text.logprobs"):
+            message["content"][0]["logprobs"] = [
+                {
+                    "token": token,
+                    "logprob": -0.01 * (i + 1),
+                    "bytes": list(token.encode()),
+                    "top_logprobs": [],
+                }
+                for i, token in enumerate(("Done", ":", " 杭州"))
+            ]
+        return [reasoning, file_search, web_search, code, message]
+
     def hologram_call(self) -> dict[str, Any]:
         """An item type no reference documents yet: archivers must keep it anyway."""
         return {
@@ -483,6 +544,9 @@ class _BodyBuilder:
             return [self.message(_NUL_TEXT)], [], {}
         if name == "unicode":
             return [self.reasoning(), self.message(_UNICODE_TEXT)], [], {}
+        if name == "gated":
+            tools: list[dict[str, Any]] = [_FILE_SEARCH_TOOL, {"type": "web_search"}, _CODE_TOOL]
+            return self.gated(), tools, {"file_search": {"count": 1}, "web_search": {"count": 1}}
         text = _PLAIN_TEXTS[self.pick(8, len(_PLAIN_TEXTS))]
         match self.pick(0, 10):
             case 0:
@@ -629,6 +693,7 @@ _MCP_TOOL: Final = {
     "server_url": "https://mcp.example.com/amap/sse",
 }
 _FILE_SEARCH_TOOL: Final = {"type": "file_search", "vector_store_ids": ["kb_returns_2025"]}
+_CODE_TOOL: Final = {"type": "code_interpreter", "container": {"type": "auto"}}
 
 
 def _partial(output: list[dict[str, Any]], phase: str) -> list[dict[str, Any]]:
@@ -752,13 +817,55 @@ _INPUT_TEXTS: Final = (
 )
 
 
-@lru_cache(maxsize=4096)
-def input_items_for(response_id: str) -> tuple[dict[str, Any], ...]:
+_PIXEL_PNG: Final = (
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
+)
+
+
+def input_items_for(response_id: str, include: Iterable[str] = ()) -> tuple[dict[str, Any], ...]:
     """The input items the mock serves for an ID, oldest first (deterministic).
 
-    ``manyinputs`` IDs have 230 items (three pages of 100); others 1-4:
-    a system message, user messages with ``input_text`` parts, and a function call output.
+    ``manyinputs`` IDs have 230 items (three pages of 100); ``gated`` IDs a user message
+    with an ``input_image`` and a ``computer_call_output``, whose ``image_url`` fields
+    appear only for their ``include`` values; others 1-4: a system message, user
+    messages with ``input_text`` parts, and a function call output.
     """
+    name, _ = _scenario(response_id)
+    if name == "gated":
+        return _gated_input_items(response_id, frozenset(include) & frozenset(GATED_INCLUDE))
+    return _input_items(response_id)
+
+
+@lru_cache(maxsize=64)
+def _gated_input_items(response_id: str, gates: frozenset[str]) -> tuple[dict[str, Any], ...]:
+    stem = hashlib.sha256(response_id.encode()).hexdigest()
+    image: dict[str, Any] = {"type": "input_image", "detail": "auto", "file_id": None}
+    if "message.input_image.image_url" in gates:
+        image["image_url"] = _PIXEL_PNG
+    screenshot: dict[str, Any] = {"type": "computer_screenshot", "file_id": f"file_{stem[:24]}"}
+    if "computer_call_output.output.image_url" in gates:
+        screenshot["image_url"] = _PIXEL_PNG
+    return (
+        {
+            "id": f"msg_{stem[:24]}",
+            "type": "message",
+            "role": "user",
+            "status": "completed",
+            "content": [{"type": "input_text", "text": "What is in this picture?"}, image],
+        },
+        {
+            "id": f"cuo_{stem[24:48]}",
+            "type": "computer_call_output",
+            "status": "completed",
+            "call_id": f"call_{stem[:12]}",
+            "output": screenshot,
+        },
+    )
+
+
+@lru_cache(maxsize=4096)
+def _input_items(response_id: str) -> tuple[dict[str, Any], ...]:
     name, _ = _scenario(response_id)
     digest = hashlib.sha256(response_id.encode()).digest()
     count = 230 if name == "manyinputs" else 1 + digest[0] % 4
@@ -799,9 +906,9 @@ def input_items_for(response_id: str) -> tuple[dict[str, Any], ...]:
     return tuple(items)
 
 
-def _input_items_page(response_id: str, query: Any) -> bytes | None:
+def _input_items_page(response_id: str, query: Any, include: Iterable[str] = ()) -> bytes | None:
     """One page of ``GET /responses/{id}/input_items``, or None for a bad query."""
-    items = list(input_items_for(response_id))
+    items = list(input_items_for(response_id, include))
     try:
         limit = int(query.get("limit", INPUT_PAGE_DEFAULT))
     except ValueError:
@@ -892,7 +999,11 @@ class _MockApi:
                 return _json(404, _error("Not found.", "NotFound"))
             if name == "inputflaky" and _within(count, number):
                 return _json(503, _error("The service is temporarily unavailable.", "ServiceUnavailable"))
-            page = _input_items_page(response_id, request.query)
+            include = self.requested_include(request, response_id)
+            rejected = self.include_rejection(include)
+            if rejected is not None:
+                return rejected
+            page = _input_items_page(response_id, request.query, include)
             if page is None:
                 return _json(
                     400, _error("Invalid pagination parameters.", "InvalidParameter", "InvalidParameter")
@@ -910,6 +1021,29 @@ class _MockApi:
         if delay_ms > 0:
             await asyncio.sleep(delay_ms / 1000)
 
+    def requested_include(self, request: web.Request, response_id: str) -> list[str]:
+        """The request's ``include[]`` values (recorded in the stats)."""
+        include = [*request.query.getall("include[]", []), *request.query.getall("include", [])]
+        if include:
+            records = self.stats.include_by_id.setdefault(response_id, [])
+            if len(records) < INCLUDE_RECORDS:
+                records.append(include)
+        return include
+
+    def include_rejection(self, include: list[str]) -> web.Response | None:
+        """OpenAI's 400 for the first requested value in ``reject_include``, or None."""
+        for index, value in enumerate(include):
+            if value in self.config.reject_include:
+                supported = ", ".join(f"'{v}'" for v in GATED_INCLUDE if v not in self.config.reject_include)
+                error = {
+                    "message": f"Invalid value: '{value}'. Supported values are: {supported}.",
+                    "type": "invalid_request_error",
+                    "param": f"include[{index}]",
+                    "code": "invalid_value",
+                }
+                return _json(400, orjson.dumps({"error": error}))
+        return None
+
     def authorized(self, request: web.Request) -> bool:
         if self.expected_auth is None:
             return True
@@ -920,6 +1054,10 @@ class _MockApi:
         """The answer to one fetch, or None when the connection was dropped instead."""
         if not self.authorized(request):
             return _json(401, INVALID_KEY_BODY)
+        include = self.requested_include(request, response_id)
+        rejected = self.include_rejection(include)
+        if rejected is not None:
+            return rejected
         config = self.config
         stored = self.bodies.get(response_id)
         if stored is not None:
@@ -940,7 +1078,7 @@ class _MockApi:
             early = self.scenario_answer(request, name, response_id)
             if early is not None or name == "reset":
                 return early
-        body = body_for(response_id, fetch_number, config.seed)
+        body = body_for(response_id, fetch_number, config.seed, include)
         if name == "garbage":
             return web.Response(status=200, body=body, content_type="text/html")
         return _json(200, body)

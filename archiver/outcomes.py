@@ -72,7 +72,12 @@ class Retry:
 
 @dataclass(frozen=True, slots=True)
 class Permanent:
-    """The ID is done without an archived body: ``not_found`` or ``failed``."""
+    """The ID is done without an archived body: ``not_found`` or ``failed``.
+
+    ``rejected_include``: a 400 that names one of the ``include[]`` values the request
+    carried. It is about that value, not the ID: the fetcher drops the value and asks
+    again at once, and this outcome is never stored.
+    """
 
     state: PermanentState
     reason: str
@@ -81,6 +86,7 @@ class Permanent:
     body_bytes: int | None = None
     body_sha256: str | None = None
     symptom: Symptom | None = None
+    rejected_include: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

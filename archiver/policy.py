@@ -21,7 +21,7 @@ import re
 import socket
 import ssl
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,9 +47,11 @@ __all__ = [
     "classify_exception",
     "classify_input_items_page",
     "classify_response",
+    "default_include",
     "parse_retry_after",
     "profile_for_base_url",
     "refused_for_one_id",
+    "rejected_include_value",
     "repoll_delay",
     "retention_seconds",
 ]
@@ -93,6 +95,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}\Z")
 # its 401 message). Replaced wholesale, never partially shown.
 _SECRET = re.compile(r"(?i)\bbearer\s+\S+|\b(?:sk|xai|gsk)[-_][A-Za-z0-9*_.\-]{6,}|\bAIza[A-Za-z0-9_\-]{20,}")
 _WHITESPACE = re.compile(r"\s+")
+_INCLUDE_PARAM = re.compile(r"\s*include(?:\[\])?\[(\d{1,4})\]\s*\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,65 @@ def retention_seconds(profile: ProviderProfile, override_days: float | None = No
     """The retention period in seconds for a profile (``override_days`` wins); None if unknown."""
     days = override_days if override_days is not None else DEFAULT_RETENTION_DAYS.get(profile)
     return None if days is None or days <= 0 else days * 86400.0
+
+
+OPENAI_INCLUDE: tuple[str, ...] = (
+    "reasoning.encrypted_content",
+    "file_search_call.results",
+    "web_search_call.action.sources",
+    "message.output_text.logprobs",
+    "code_interpreter_call.outputs",
+    "computer_call_output.output.image_url",
+    "message.input_image.image_url",
+)
+"""Every ``include`` value OpenAI's retrieve endpoint documents: fields it returns only when asked."""
+
+DEFAULT_INCLUDE: dict[str, tuple[str, ...]] = {"openai": OPENAI_INCLUDE, "dashscope": (), "generic": ()}
+"""``include[]`` values sent by default per profile. None for DashScope and generic
+providers until they are known to accept them (an unknown value may be a 400)."""
+
+
+def default_include(profile: ProviderProfile) -> tuple[str, ...]:
+    """The ``include[]`` values a profile sends unless ``--include`` says otherwise."""
+    return DEFAULT_INCLUDE.get(profile, ())
+
+
+def rejected_include_value(status_code: int, body: bytes, include: Sequence[str]) -> str | None:
+    """The ``include[]`` value a 400 rejects, or None when it is about something else.
+
+    A value counts as named when the error's ``param`` contains it, or is
+    ``include[N]`` (its index in the request) with a message that is empty or contains
+    it, else when the error message contains it. A
+    message that lists the supported values after the rejected one (OpenAI: "Invalid
+    value: 'x'. Supported values are: ...") names the value that comes first.
+
+    Args:
+        status_code: HTTP status (only a 400 can reject a value).
+        body: the error body.
+        include: the values the request carried, in order.
+    """
+    if status_code != 400 or not include:
+        return None
+    data = _loads_or_none(body)
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    fields = error if isinstance(error, dict) else data
+    param = fields.get("param")
+    message = fields.get("message")
+    if not isinstance(message, str):
+        message = error if isinstance(error, str) else ""
+    if isinstance(param, str) and param:
+        index = _INCLUDE_PARAM.match(param)
+        if index is not None and int(index.group(1)) < len(include):
+            value = include[int(index.group(1))]
+            if not message or value in message:  # a message naming another value wins
+                return value
+        named = [value for value in include if value in param]
+        if named:
+            return max(named, key=len)  # "a.b.c" over "a.b" when both match
+    found = [(message.find(value), -len(value), value) for value in include if value in message]
+    return min(found)[2] if found else None
 
 
 def profile_for_base_url(base_url: str) -> ProviderProfile:
@@ -300,6 +362,7 @@ def classify_response(
     profile: ProviderProfile,
     now: float,
     rand: float,
+    include: Sequence[str] = (),
 ) -> Outcome:
     """Decide what one HTTP response to ``GET responses/{id}`` means.
 
@@ -316,12 +379,15 @@ def classify_response(
             but a per-minute throttle on DashScope).
         now: current unix time (for an HTTP-date ``Retry-After``).
         rand: a uniform random number in ``[0, 1)`` for jitter.
+        include: the ``include[]`` values the request carried.
 
     Returns:
         ``Archived`` for a body of the requested response; ``Retry`` for transient
         faults; ``Permanent`` once the ID is done without a body (``not_found`` or
         ``failed``, also after ``max_attempts``); ``StopAll`` when the account is
-        refused (bad key, no access, billing).
+        refused (bad key, no access, billing). A 400 that names one of ``include``
+        is ``Permanent`` with ``rejected_include`` set: the caller drops the value and
+        asks again without spending an attempt.
     """
     if status_code == 200:
         return _classify_body(body, requested_id, attempt, policy, rand)
@@ -330,6 +396,9 @@ def classify_response(
     stop = _account_stop(status_code, error, profile)
     if stop is not None:
         return stop
+    rejected = rejected_include_value(status_code, body, include)
+    if rejected is not None:
+        return _include_rejected(rejected, error)
 
     should_retry = _HeaderLookup(headers).get("x-should-retry")
     force = should_retry.strip().lower() if should_retry is not None else None
@@ -465,13 +534,15 @@ def classify_input_items_page(
     profile: ProviderProfile,
     now: float,
     rand: float,
+    include: Sequence[str] = (),
 ) -> InputItemsPage | Outcome:
     """What one input-items page means.
 
     Returns the page; or ``Permanent("failed", ...)`` when the provider does not offer
     input items for this response (400/404/405/422/501: the worker then archives the
     response without them); or the same Retry/StopAll the response itself would get
-    for 401/403/429/5xx and transport-level trouble.
+    for 401/403/429/5xx and transport-level trouble. A 400 that names one of
+    ``include`` (the values the request carried) has ``rejected_include`` set.
     """
     if status_code == 200:
         try:
@@ -486,6 +557,9 @@ def classify_input_items_page(
         return InputItemsPage(
             data["data"], data.get("has_more") is True, last_id if isinstance(last_id, str) else None
         )
+    rejected = rejected_include_value(status_code, body, include)
+    if rejected is not None:
+        return _include_rejected(rejected, ProviderError.from_api(body, headers))
     if status_code in _INPUT_ITEMS_UNSUPPORTED:
         error = ProviderError.from_api(body, headers)
         return Permanent("failed", f"input items unavailable: {_describe(status_code, error)}", status_code)
@@ -569,6 +643,11 @@ def _reject_constant(name: str) -> Any:
 
 
 # --- error statuses ---------------------------------------------------------------------
+
+
+def _include_rejected(value: str, error: ProviderError) -> Permanent:
+    reason = _bounded(f"include value {_shorten(_clean(value))!r} rejected: {_describe(400, error)}")
+    return Permanent("failed", reason, 400, rejected_include=value)
 
 
 def _account_stop(status: int, error: ProviderError, profile: ProviderProfile) -> StopAll | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,8 @@ API_KEY_VARIABLES = ("ARCHIVER_API_KEY", "DASHSCOPE_API_KEY")
 CREDENTIAL_NAME = "api_key"  # systemd LoadCredential=api_key:/etc/archiver/api_key
 PROVIDERS = ("auto", "dashscope", "openai", "generic")
 WRITERS = ("auto", "process", "inline")
+INCLUDE_VALUE = re.compile(r"[A-Za-z0-9_.\-]{1,128}\Z")
+"""One ``include[]`` value: a dotted field path such as ``reasoning.encrypted_content``."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class Settings:
     ingest_token_file: str | None = None
     webhook_secret_file: str | None = None
     with_input_items: bool = False
+    include: tuple[str, ...] | None = None
+    """``include[]`` values to send; None: the provider profile's default (see :attr:`include_values`)."""
     writer: str = "auto"
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
@@ -85,6 +90,12 @@ class Settings:
             raise ConfigError(f"writer must be one of {', '.join(WRITERS)}, not {self.writer!r}")
         if self.max_rps is not None and self.max_rps <= 0:
             raise ConfigError("max-rps must be positive")
+        for value in self.include or ():
+            if not INCLUDE_VALUE.match(value):
+                raise ConfigError(
+                    f"include value {value[:60]!r} is not valid: use letters, digits and _ . - "
+                    "(e.g. reasoning.encrypted_content)"
+                )
         check_base_url(self.base_url, allow_insecure_http=self.allow_insecure_http)
 
     @property
@@ -93,6 +104,15 @@ class Settings:
         from archiver.policy import profile_for_base_url
 
         return profile_for_base_url(self.base_url) if self.provider == "auto" else self.provider
+
+    @property
+    def include_values(self) -> tuple[str, ...]:
+        """The ``include[]`` values in force: ``include``, or the provider profile's default."""
+        from archiver.policy import default_include
+
+        if self.include is not None:
+            return self.include
+        return default_include(self.profile)  # type: ignore[arg-type]
 
     @property
     def retention_s(self) -> float | None:

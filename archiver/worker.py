@@ -227,6 +227,7 @@ class Worker:
             concurrency=s.concurrency,
             once=self.once,
             profile=self.profile,
+            include=list(s.include_values),
             owner=s.owner,
         )
         await self.writer.start()
@@ -270,6 +271,7 @@ class Worker:
                 with_input_items=s.with_input_items,
                 rand=self._rand,
                 keep_parsed_body=self.writer.reuses_parsed_body,
+                include=s.include_values,
             )
             writer_task = self._spawn("writer", self._writer())
             heartbeat = self._spawn("heartbeat", self._heartbeat())
