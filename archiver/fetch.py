@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from archiver.budget import Reservation
-from archiver.client import BodyTooLarge, ResponsesClient
+from archiver.client import ERROR_BODY_LIMIT, BodyTooLarge, ResponsesClient
 from archiver.ids import response_id_problem
 from archiver.logs import get_logger, redact
 from archiver.normalize import normalize_input_items, scrub_surrogates
@@ -160,6 +161,33 @@ class Fetcher:
             if input_items is not None
             else None,
             next_delay=next_delay,
+        )
+
+    async def probe_endpoint(self) -> Outcome:
+        """Ask the endpoint for an ID that cannot exist, and classify the answer.
+
+        A working endpoint with an accepted key answers the provider's JSON not-found
+        error (see :mod:`archiver.breaker`); a wrong base URL, a down host or a refused key
+        answer it as they answer every ID. Nothing of it is archived.
+        """
+        probe_id = f"resp_archiver_probe_{uuid.uuid4().hex}"
+        try:
+            exchange = await self.client.fetch(probe_id, max_bytes=ERROR_BODY_LIMIT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return classify_exception(exc, attempt=1, policy=self.policy, rand=0.0)
+        return classify_response(
+            status_code=exchange.status_code,
+            headers=exchange.headers,
+            body=exchange.body,
+            requested_id=probe_id,
+            attempt=1,
+            previous_status_code=404,
+            policy=self.policy,
+            profile=self.profile,
+            now=time.time(),
+            rand=0.0,
         )
 
     def _finish(

@@ -13,7 +13,6 @@ import contextlib
 import random
 import subprocess
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -25,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from archiver import __version__
 from archiver.breaker import Breaker, Trip, proves_endpoint
 from archiver.budget import ByteBudget
-from archiver.client import ERROR_BODY_LIMIT, ResponsesClient
+from archiver.client import ResponsesClient
 from archiver.db import db_error_message, log_db_retry, redact_url, with_db_retry
 from archiver.errors import ArchiverError, EndpointDown, StopRun
 from archiver.fetch import Fetcher
@@ -37,8 +36,6 @@ from archiver.outcomes import Outcome, Permanent, Retry, StopAll, held_bytes
 from archiver.policy import (
     ProviderProfile,
     RetryPolicy,
-    classify_exception,
-    classify_response,
     refused_for_one_id,
 )
 from archiver.queue import Job, QueueStore
@@ -469,26 +466,7 @@ class Worker:
         :func:`archiver.breaker.proves_endpoint`), or a throttle, proves it works.
         """
         assert self.fetcher is not None
-        probe_id = f"resp_archiver_probe_{uuid.uuid4().hex}"
-        try:
-            exchange = await self.fetcher.client.fetch(probe_id, max_bytes=ERROR_BODY_LIMIT)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            outcome: Outcome = classify_exception(exc, attempt=1, policy=self.policy, rand=0.0)
-        else:
-            outcome = classify_response(
-                status_code=exchange.status_code,
-                headers=exchange.headers,
-                body=exchange.body,
-                requested_id=probe_id,
-                attempt=1,
-                previous_status_code=404,
-                policy=self.policy,
-                profile=self.profile,
-                now=time.time(),
-                rand=0.0,
-            )
+        outcome = await self.fetcher.probe_endpoint()
         self.summary.requests += 1
         proven = proves_endpoint(outcome) or (isinstance(outcome, Retry) and outcome.throttled)
         log.info(
