@@ -290,9 +290,12 @@ def print_status_table(details: dict[str, Any]) -> None:
     """The status as rich tables, for a terminal."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console()
-    console.print(f"database: {details['database']}")
+    # Text from the database and the provider is data, never rich markup ("[bold]" in an
+    # error message must print as it is).
+    console.print(Text(f"database: {details['database']}"))
     states = Table(show_header=True)
     states.add_column("state")
     states.add_column("rows", justify="right")
@@ -301,7 +304,7 @@ def print_status_table(details: dict[str, Any]) -> None:
     states.add_row("total", f"{details['total']:,}", style="bold")
     console.print(states)
     for line in _health_lines(details):
-        console.print(line)
+        console.print(Text(line))
     if not details["recent_errors"] and details.get("error_rows") is not None:
         console.print(_errors_title(details), markup=False, highlight=False)
     if details["recent_errors"]:
@@ -310,7 +313,7 @@ def print_status_table(details: dict[str, Any]) -> None:
             errors.add_column(column)
         for e in details["recent_errors"]:
             code = str(e["status_code"]) if e["status_code"] is not None else "-"
-            errors.add_row(e["response_id"], e["state"], str(e["attempts"]), code, e["error"])
+            errors.add_row(e["response_id"], e["state"], str(e["attempts"]), code, Text(e["error"] or ""))
         console.print(errors)
 
 

@@ -185,3 +185,20 @@ def test_demo_ignores_the_archive_variable_and_refuses_a_real_archive(
 def test_demo_help_says_the_variable_is_ignored(sqlite_cli: Cli) -> None:
     text = " ".join(sqlite_cli("demo", "--help").stdout.decode().split())
     assert "ARCHIVER_DATABASE_URL is ignored" in text and "sqlite:///demo.db" in text
+
+
+def test_the_status_table_prints_provider_text_as_it_is(sqlite_cli: Cli) -> None:
+    """An error message with rich markup in it is data: printed as it is, never styled away."""
+    import sqlite3
+
+    assert sqlite_cli("enqueue", input=b"resp_markup_1\n").returncode == 0
+    db = sqlite_cli.env["ARCHIVER_DATABASE_URL"].removeprefix("sqlite:///")
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE archive_queue SET state = 'failed', last_error = ? WHERE id = 'resp_markup_1'",
+            ("502 [bold]gateway[/bold] said [link=x]no[/link]",),
+        )
+    status, table = run_in_terminal(sqlite_cli, "status", timeout=60)
+    assert status == 0, table
+    flat = " ".join(table.split())
+    assert "[bold]gateway[/bold]" in flat and "[link=x]no[/link]" in flat, table
