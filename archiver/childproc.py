@@ -75,6 +75,9 @@ def start_writer_process() -> subprocess.Popen[bytes]:
             [sys.executable, "-m", "archiver.childproc"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            # Through the parent (archiver.writer), so its log lines go where the parent's
+            # go: above a progress bar, never onto its line.
+            stderr=subprocess.PIPE,
             env=env,
         )
     except OSError as exc:
@@ -88,7 +91,7 @@ def discard(process: subprocess.Popen[bytes] | None) -> None:
     if process.poll() is None:
         process.kill()
     process.wait()
-    for pipe in (process.stdin, process.stdout):
+    for pipe in (process.stdin, process.stdout, process.stderr):
         if pipe is not None and not pipe.closed:
             pipe.close()
 

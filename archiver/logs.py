@@ -128,10 +128,12 @@ def configure_logging(level: str = "info", stream: TextIO | None = None, json: b
         stream: where lines go (default stderr).
         json: force JSON (True) or console (False); default: JSON unless a terminal.
     """
-    _CONFIGURED.update(level=level, json=json)
     logging.lastResort = _RedactingStderrHandler(logging.WARNING)
     out = stream or sys.stderr
     use_json = (not out.isatty()) if json is None else json
+    # Resolved, not "auto": a child process whose stderr is a pipe to this one must render
+    # as this process does (see emit_line).
+    _CONFIGURED.update(level=level, json=use_json)
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
@@ -151,6 +153,22 @@ def configure_logging(level: str = "info", stream: TextIO | None = None, json: b
         logger_factory=_LineLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+
+
+def emit_line(line: str) -> None:
+    """Write one already rendered log line (a child process's) where this process's lines go.
+
+    While a progress bar is live that is above the bar, never onto its line.
+    """
+    sink = _ROUTE["sink"]
+    if sink is not None:
+        sink(line)
+        return
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # stderr closed: nothing to save
+        pass
 
 
 def logging_config() -> tuple[str, bool | None]:

@@ -19,6 +19,7 @@ after the parent's last batch is written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pickle
 import signal
@@ -46,7 +47,7 @@ from archiver.db import (
     with_db_retry,
 )
 from archiver.errors import ArchiverError, WriterFailed, first_line
-from archiver.logs import configure_logging, get_logger, logging_config, redact
+from archiver.logs import configure_logging, emit_line, get_logger, logging_config, redact
 from archiver.normalize import normalize_body
 from archiver.outcomes import Archived, Permanent
 from archiver.redaction import register_database_url
@@ -247,6 +248,7 @@ class ProcessWriter:
         except TimeoutError:
             proc.kill()
             await proc.wait()
+        await proc.lines_done()
         if self._replies is not None:
             await self._replies
         if self._ready is not None and self._ready.done() and not self._ready.cancelled():
@@ -344,11 +346,16 @@ class _Child:
     """A started writer process, its pipes made asyncio streams."""
 
     def __init__(
-        self, process: subprocess.Popen[bytes], stdin: asyncio.StreamWriter, stdout: asyncio.StreamReader
+        self,
+        process: subprocess.Popen[bytes],
+        stdin: asyncio.StreamWriter,
+        stdout: asyncio.StreamReader,
+        log_lines: asyncio.Task[None] | None = None,
     ) -> None:
         self.process = process
         self.stdin = stdin
         self.stdout = stdout
+        self.log_lines = log_lines
 
     @classmethod
     async def attach(cls, process: subprocess.Popen[bytes]) -> _Child:
@@ -356,7 +363,18 @@ class _Child:
         loop = asyncio.get_running_loop()
         reader = await _frame_reader(process.stdout)
         transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, process.stdin)
-        return cls(process, asyncio.StreamWriter(transport, protocol, None, loop), reader)
+        log_lines = None
+        if process.stderr is not None:
+            log_lines = asyncio.create_task(
+                _forward_lines(await _frame_reader(process.stderr)), name="archiver.writer-stderr"
+            )
+        return cls(process, asyncio.StreamWriter(transport, protocol, None, loop), reader, log_lines)
+
+    async def lines_done(self) -> None:
+        """Wait (briefly) until every line the child wrote to stderr is passed on."""
+        if self.log_lines is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self.log_lines), 5)
 
     @property
     def returncode(self) -> int | None:
@@ -377,6 +395,20 @@ def _reply_error(reply: Any) -> str:
 
 
 # --- the child ------------------------------------------------------------------------------
+
+
+async def _forward_lines(reader: asyncio.StreamReader) -> None:
+    """Pass the writer process's stderr on, line by line, through :func:`archiver.logs.emit_line`."""
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as end:
+            line = end.partial
+        except asyncio.LimitOverrunError as long:
+            line = await reader.read(long.consumed)
+        if not line:
+            return
+        emit_line(line.decode("utf-8", errors="replace").rstrip("\r\n"))
 
 
 async def _frame_reader(pipe: IO[bytes]) -> asyncio.StreamReader:
