@@ -184,12 +184,6 @@ class Breaker:
             return Trip("5xx", self._describe("5xx", len(self.streak_5xx)))
         return None
 
-    def take_held(self) -> list[FetchResult]:
-        """Let go of the held results as answers about their own IDs (to be written)."""
-        results = [r for r, _, _ in self.held.values()]
-        self.held.clear()
-        return results
-
     def trip(self) -> list[FetchResult]:
         """Open the breaker; returns the held results, whose rows go back to ``pending``."""
         released = [r for r, _, _ in self.held.values()]

@@ -8,7 +8,7 @@ limit instead of filling memory. Redirects are never followed.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -204,32 +204,31 @@ async def read_body(
         BodyTooLarge: past the limit, unless ``truncate``.
         UndecodableBody: see :func:`inflater_for`.
     """
-    inflater = inflater_for(resp.headers.get("Content-Encoding", ""))
     parts: list[bytes] = []
     total = 0
-    async for wire in resp.content.iter_chunked(READ_PIECE):
-        for piece in inflater.feed(wire):
-            if total + len(piece) > limit:
-                if not truncate:
-                    raise BodyTooLarge(limit, total + len(piece))
-                piece = piece[: limit - total]
-                if reservation is not None:
-                    await reservation.take(len(piece))
-                parts.append(piece)
-                return b"".join(parts), True
-            if reservation is not None:
-                await reservation.take(len(piece))
-            total += len(piece)
-            parts.append(piece)
-    for piece in inflater.finish():
-        if total + len(piece) > limit:
+    async for piece in _decoded_pieces(resp):
+        cut = total + len(piece) > limit
+        if cut:
             if not truncate:
                 raise BodyTooLarge(limit, total + len(piece))
-            parts.append(piece[: limit - total])
-            return b"".join(parts), True
+            piece = piece[: limit - total]
+        if reservation is not None:
+            await reservation.take(len(piece))
         total += len(piece)
         parts.append(piece)
+        if cut:
+            return b"".join(parts), True
     return b"".join(parts), False
+
+
+async def _decoded_pieces(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The body after decompression, in pieces of at most READ_PIECE bytes."""
+    inflater = inflater_for(resp.headers.get("Content-Encoding", ""))
+    async for wire in resp.content.iter_chunked(READ_PIECE):
+        for piece in inflater.feed(wire):
+            yield piece
+    for piece in inflater.finish():
+        yield piece
 
 
 class _Identity:
@@ -276,10 +275,9 @@ class _Inflater:
                     buf, self._head = self._head, None
                     continue
                 raise UndecodableBody(f"corrupt compressed body: {exc}") from None
-            if out:
-                self._started = True
             buf = self._obj.unused_data if self._obj.eof else self._obj.unconsumed_tail
             if out:
+                self._started = True
                 yield out
             while not self._obj.eof and not buf:
                 # Output still pending inside the inflater (the last call stopped at READ_PIECE).

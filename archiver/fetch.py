@@ -105,28 +105,17 @@ class Fetcher:
             include = self.include
             requests += 1
             try:
-                exchange = await self.client.fetch(job.response_id, reservation=reservation, include=include)
-            except asyncio.CancelledError:
-                raise
+                outcome = await self._ask(
+                    job.response_id,
+                    attempt=job.attempt,
+                    previous_status_code=job.previous_status_code,
+                    include=include,
+                    reservation=reservation,
+                    now=now,
+                )
             except BodyTooLarge as exc:
                 outcome = Permanent("failed", f"{exc} (read {exc.read} bytes, then stopped)", 200)
                 return self._finish(job, outcome, started, requests=requests)
-            except Exception as exc:
-                outcome = classify_exception(exc, attempt=job.attempt, policy=self.policy, rand=self.rand())
-            else:
-                outcome = classify_response(
-                    status_code=exchange.status_code,
-                    headers=exchange.headers,
-                    body=exchange.body,
-                    requested_id=job.response_id,
-                    attempt=job.attempt,
-                    previous_status_code=job.previous_status_code,
-                    policy=self.policy,
-                    profile=self.profile,
-                    now=now,
-                    rand=self.rand(),
-                    include=include,
-                )
             if not (isinstance(outcome, Permanent) and outcome.rejected_include is not None):
                 break
             self.drop_include(outcome.rejected_include, "responses", job.response_id, outcome.reason)
@@ -172,22 +161,46 @@ class Fetcher:
         """
         probe_id = f"resp_archiver_probe_{uuid.uuid4().hex}"
         try:
-            exchange = await self.client.fetch(probe_id, max_bytes=ERROR_BODY_LIMIT)
-        except asyncio.CancelledError:
+            return await self._ask(probe_id, attempt=1, previous_status_code=404, max_bytes=ERROR_BODY_LIMIT)
+        except BodyTooLarge as exc:
+            return classify_exception(exc, attempt=1, policy=self.policy, rand=0.0)
+
+    async def _ask(
+        self,
+        response_id: str,
+        *,
+        attempt: int,
+        previous_status_code: int | None,
+        include: Sequence[str] = (),
+        reservation: Reservation | None = None,
+        max_bytes: int | None = None,
+        now: float | None = None,
+    ) -> Outcome:
+        """GET one response and classify the answer (or the transport fault).
+
+        Raises:
+            BodyTooLarge: the body passed ``max_bytes`` (the caller says what that means).
+        """
+        try:
+            exchange = await self.client.fetch(
+                response_id, max_bytes=max_bytes, reservation=reservation, include=include
+            )
+        except (asyncio.CancelledError, BodyTooLarge):
             raise
         except Exception as exc:
-            return classify_exception(exc, attempt=1, policy=self.policy, rand=0.0)
+            return classify_exception(exc, attempt=attempt, policy=self.policy, rand=self.rand())
         return classify_response(
             status_code=exchange.status_code,
             headers=exchange.headers,
             body=exchange.body,
-            requested_id=probe_id,
-            attempt=1,
-            previous_status_code=404,
+            requested_id=response_id,
+            attempt=attempt,
+            previous_status_code=previous_status_code,
             policy=self.policy,
             profile=self.profile,
-            now=time.time(),
-            rand=0.0,
+            now=time.time() if now is None else now,
+            rand=self.rand(),
+            include=include,
         )
 
     def _finish(

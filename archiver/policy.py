@@ -751,7 +751,13 @@ def _is_network_error(exc: BaseException) -> bool:
     # asyncio.TimeoutError is TimeoutError since Python 3.11.
     if isinstance(exc, OSError | TimeoutError):
         return True
-    return any(marker in cls.__name__ for cls in type(exc).__mro__ for marker in _NETWORK_CLASS_MARKERS)
+    return _class_named(exc, _NETWORK_CLASS_MARKERS)
+
+
+def _class_named(exc: BaseException, markers: tuple[str, ...]) -> bool:
+    """Whether a class of ``exc`` (or a base) has a marker in its name: aiohttp's errors,
+    recognised without importing aiohttp here."""
+    return any(marker in cls.__name__ for cls in type(exc).__mro__ for marker in markers)
 
 
 # No answer at all from the endpoint: refused, DNS, TLS, no connection within the connect
@@ -771,7 +777,7 @@ def _is_connect_error(exc: BaseException) -> bool:
     """No connection at all: refused, DNS, TLS (aiohttp's connector errors, by name: no import here)."""
     if isinstance(exc, ConnectionError | ssl.SSLError | socket.gaierror):
         return True
-    return any(marker in cls.__name__ for cls in type(exc).__mro__ for marker in _CONNECT_CLASS_MARKERS)
+    return _class_named(exc, _CONNECT_CLASS_MARKERS)
 
 
 def _is_timeout(exc: BaseException) -> bool:

@@ -118,6 +118,16 @@ def retry_policy_from(settings: Settings) -> RetryPolicy:
     )
 
 
+async def wait_first(events: list[asyncio.Event], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds until any of ``events`` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
 async def wait_for_event(event: asyncio.Event, timeout: float) -> bool:
     """Wait for ``event`` at most ``timeout`` seconds; True if it was set."""
     if event.is_set():
@@ -169,7 +179,8 @@ class Worker:
         self._last_trip: Trip | None = None
         self._probe_lock = asyncio.Lock()
         self._kept: dict[str, int] = {}  # bytes each fetched result holds until written
-        self._big_batch = self._max_held_bytes // BATCH_SHARE_OF_HELD
+        # A write batch closes at this many bytes of bodies; a batch that reaches it is "big".
+        self._batch_bytes = self._max_held_bytes // BATCH_SHARE_OF_HELD
         self._big_writes = 0  # batches of large bodies being written now
         self._health: tuple[str, str | None] = ("ok", None)
         self._health_changed = asyncio.Event()
@@ -515,7 +526,7 @@ class Worker:
         try:
             await with_db_retry(lambda: self.queue.refund_attempts(spent))
         except Exception as exc:
-            log.warning("archiver.refund_failed", count=len(spent), error=redact(str(exc)))
+            log.warning("archiver.refund_failed", count=len(spent), error=db_error_message(exc))
 
     def _recovered(self) -> None:
         self.breaker.reset()
@@ -534,15 +545,7 @@ class Worker:
         while not self._health_done.is_set():
             self._health_changed.clear()
             await self._record_health(*self._health)
-            waiters = [
-                asyncio.ensure_future(self._health_changed.wait()),
-                asyncio.ensure_future(self._health_done.wait()),
-            ]
-            try:
-                await asyncio.wait(waiters, timeout=HEALTH_REFRESH_S, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waiters:
-                    w.cancel()
+            await wait_first([self._health_changed, self._health_done], HEALTH_REFRESH_S)
 
     async def _record_health(self, state: str, detail: str | None) -> None:
         """Write this worker's breaker state where ``archiver check`` and ``status`` read it."""
@@ -551,23 +554,15 @@ class Worker:
                 self.queue.engine,
                 self.settings.owner,
                 state=state,
-                detail=redact(detail) if detail else None,
+                detail=detail,  # record_worker redacts and shortens it
                 base_url=self.breaker.endpoint,
             )
         except Exception as exc:
-            log.warning("archiver.health_record_failed", error=redact(str(exc).splitlines()[0]))
+            log.warning("archiver.health_record_failed", error=db_error_message(exc))
 
     async def _wait_any(self, other: asyncio.Event, timeout: float) -> None:
         """Sleep up to ``timeout``, waking early on stop or on ``other``."""
-        waiters = [
-            asyncio.ensure_future(self.stop_event.wait()),
-            asyncio.ensure_future(other.wait()),
-        ]
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
+        await wait_first([self.stop_event, other], timeout)
 
     # --- fetchers -------------------------------------------------------------------------
 
@@ -727,11 +722,9 @@ class Worker:
                     continue
                 # A batch of large bodies is written alone: the writer process then holds one
                 # such batch at a time (its memory grows with the bodies it normalizes).
-                big = sum(held_bytes(r.outcome) for r in batch) >= self._big_batch
-                depth = 1 if big or self._big_writes else self.writer.depth
-                while len(writes) >= depth:
+                big = sum(held_bytes(r.outcome) for r in batch) >= self._batch_bytes
+                while len(writes) >= (1 if big or self._big_writes else self.writer.depth):
                     _, writes = await asyncio.wait(writes, return_when=asyncio.FIRST_COMPLETED)
-                    depth = 1 if big or self._big_writes else self.writer.depth
                 writes.add(self._spawn("write", self._write(batch, big=big)))
         finally:
             if writes:
@@ -744,9 +737,8 @@ class Worker:
             return [], True
         batch = [first]
         size = held_bytes(first.outcome)
-        max_size = self._max_held_bytes // BATCH_SHARE_OF_HELD
         deadline = time.monotonic() + WRITE_LINGER_S
-        while len(batch) < self.settings.batch_size and size < max_size:
+        while len(batch) < self.settings.batch_size and size < self._batch_bytes:
             try:
                 item = self._results.get_nowait()
             except asyncio.QueueEmpty:
@@ -819,7 +811,7 @@ class Worker:
             try:
                 near, past = await self.queue.expiry_counts(self.retention_s)
             except Exception as exc:
-                log.warning("archiver.expiry_check_failed", error=redact(str(exc).splitlines()[0]))
+                log.warning("archiver.expiry_check_failed", error=db_error_message(exc))
             else:
                 self.near_expiry = near
                 if near or past:
@@ -840,7 +832,7 @@ class Worker:
                 try:
                     await self.queue.extend_leases(tokens, self.settings.lease_seconds)
                 except Exception as exc:
-                    log.warning("archiver.heartbeat_failed", error=redact(str(exc).splitlines()[0]))
+                    log.warning("archiver.heartbeat_failed", error=db_error_message(exc))
 
 
 def describe_error(exc: BaseException) -> str:
