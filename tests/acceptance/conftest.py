@@ -84,3 +84,30 @@ def start_mock_process(tmp_path: Path, *extra: str, env: dict[str, Any] | None =
         proc.terminate()
         proc.wait(timeout=10)
         proc.stdout.close()
+
+
+def start_daemon(env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """``archiver run`` (the daemon) in a subprocess with ``env``, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "archiver", "run"],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def children_of(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces: the fields after the last ')' are fixed.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import Cli
+from .conftest import Cli, start_daemon
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -57,13 +55,7 @@ def test_daemon_serves_metrics_and_stops_on_sigterm(
         "ARCHIVER_METRICS_REFRESH": "0.5",
         "ARCHIVER_LOG_LEVEL": "info",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "archiver", "run"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = start_daemon(env, tmp_path)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -110,13 +102,7 @@ def test_daemon_with_a_wrong_base_url_pauses_and_says_so(
         "ARCHIVER_BACKOFF_BASE": "0.01",
         "ARCHIVER_LOG_LEVEL": "info",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "archiver", "run"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = start_daemon(env, tmp_path)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30

@@ -37,7 +37,7 @@ import pytest
 from archiver.settings import Settings
 from tests import hostile_server as hostile
 
-from .conftest import Cli, base_env
+from .conftest import Cli, base_env, children_of
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -82,24 +82,9 @@ def _children(pid: int) -> list[int]:
         try:
             found.extend(int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
         except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN
-            return _children_by_walk(pid)
+            return children_of(pid)
         except OSError:
             continue
-    return found
-
-
-def _children_by_walk(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces: the fields after the last ')' are fixed.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry))
     return found
 
 

@@ -6,8 +6,6 @@ import base64
 import json
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 import standardwebhooks
 
-from .conftest import Cli
+from .conftest import Cli, start_daemon
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -72,13 +70,7 @@ def test_push_ingestion_into_a_running_daemon(cli: Cli, mock_process: str, tmp_p
         "ARCHIVER_MAX_POLLS": "2",
         "ARCHIVER_LOG_LEVEL": "debug",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "archiver", "run"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = start_daemon(env, tmp_path)
     base = f"http://127.0.0.1:{port}"
     bodies: list[str] = []
 

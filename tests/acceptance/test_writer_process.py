@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Cli
+from .conftest import Cli, children_of
 from .test_crash import (
     FAST,
     check_invariant,
@@ -35,22 +35,6 @@ from .test_crash import (
 pytestmark = pytest.mark.timeout(180)
 
 SECRET = "sk-writer-test-0123456789abcdef"  # noqa: S105 (a fake key to look for)
-
-
-def children_of(pid: int) -> list[int]:
-    """PIDs whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces: the fields after the last ')' are fixed.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry))
-    return found
 
 
 def writer_pid(parent: int) -> int:
