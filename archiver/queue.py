@@ -51,6 +51,9 @@ archive_queue = Table(
     Column("id", String(256), primary_key=True),
     Column("state", String(16), nullable=False, server_default="pending"),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    # Leases that expired on this row (its worker died, hung or could not write); they
+    # give the claim's attempt back, and --max-attempts of them end the row failed.
+    Column("lease_expiries", Integer, nullable=False, server_default="0"),
     Column("polls", Integer, nullable=False, server_default="0"),
     Column("next_attempt_at", Float, nullable=False),
     Column("enqueued_at", Float, nullable=False),
@@ -239,7 +242,7 @@ class QueueStore:
         self, conn: AsyncConnection, ids: list[str], from_states: Sequence[str], *, where: str = "true"
     ) -> int:
         stmt = text(
-            f"UPDATE archive_queue SET state = 'pending', attempts = 0, polls = 0, "
+            f"UPDATE archive_queue SET state = 'pending', attempts = 0, polls = 0, lease_expiries = 0, "
             f"next_attempt_at = {self.now}, updated_at = {self.now}, last_error = NULL, "
             "last_body = NULL, last_body_bytes = NULL, last_body_sha256 = NULL, "
             "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
@@ -256,8 +259,9 @@ class QueueStore:
     async def claim_batch(self, owner: str, limit: int, lease_seconds: float, max_attempts: int) -> list[Job]:
         """Lease up to ``limit`` due rows to ``owner`` and count an attempt on each.
 
-        Rows whose lease expired go back to ``pending`` first (or to ``failed`` when that
-        lease was their last attempt), so a crashed worker's rows are finished by others.
+        Rows whose lease expired go back to ``pending`` first, their attempt given back
+        (or to ``failed`` when their lease has now expired ``max_attempts`` times), so a
+        crashed worker's rows are finished by others.
         That sweep runs at most every ``RECOVER_EVERY_S`` while claims come back full,
         and whenever a claim comes back short: with a backlog an expired row waits at most
         that long, and a nearly drained queue always finds it.
@@ -310,23 +314,32 @@ class QueueStore:
         return [Job.from_row(row, token) for row in result.fetchall()]
 
     async def _recover_expired(self, conn: AsyncConnection, max_attempts: int) -> int:
-        """Finish rows whose lease expired; returns how many went back to ``pending``."""
+        """Finish rows whose lease expired; returns how many went back to ``pending``.
+
+        An expired lease is the worker's failure, not the ID's (killed, hung, or unable
+        to write: disk full, a read-only file), so the claim's attempt is given back and
+        ``lease_expiries`` counts it instead; ``max_attempts`` expiries end the row
+        ``failed``, so a body that kills every worker that fetches it cannot loop for ever.
+        """
         self._last_recovery = time.monotonic()
         expired = f"state = 'in_flight' AND lease_expires_at <= {self.now}"
+        clear = f"lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = {self.now}"
+        given_back = "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
         await conn.execute(
             text(
-                "UPDATE archive_queue SET state = 'failed', lease_owner = NULL, lease_token = NULL, "
-                f"lease_expires_at = NULL, updated_at = {self.now}, "
-                "last_error = 'lease expired on the last attempt (worker died or hung)' "
-                f"WHERE {expired} AND attempts >= :max"
+                f"UPDATE archive_queue SET state = 'failed', {clear}, {given_back}, "
+                "lease_expiries = lease_expiries + 1, "
+                "last_error = 'lease expired ' || (lease_expiries + 1) || "
+                "' times (each worker holding this ID died, hung or could not write)' "
+                f"WHERE {expired} AND lease_expiries + 1 >= :max"
             ),
             {"max": max_attempts},
         )
         result = await conn.execute(
             text(
-                "UPDATE archive_queue SET state = 'pending', lease_owner = NULL, lease_token = NULL, "
-                f"lease_expires_at = NULL, next_attempt_at = {self.now}, updated_at = {self.now}, "
-                "last_error = 'lease expired (worker died or hung)' "
+                f"UPDATE archive_queue SET state = 'pending', {clear}, {given_back}, "
+                f"lease_expiries = lease_expiries + 1, next_attempt_at = {self.now}, "
+                "last_error = 'lease expired (worker died, hung or could not write); attempt given back' "
                 f"WHERE {expired}"
             )
         )
@@ -390,7 +403,7 @@ class QueueStore:
             async with self.engine.begin() as conn:
                 return await self._requeue(conn, list(response_ids), states)
         stmt = text(
-            f"UPDATE archive_queue SET state = 'pending', attempts = 0, polls = 0, "
+            f"UPDATE archive_queue SET state = 'pending', attempts = 0, polls = 0, lease_expiries = 0, "
             f"next_attempt_at = {self.now}, updated_at = {self.now}, last_error = NULL, "
             "last_body = NULL, last_body_bytes = NULL, last_body_sha256 = NULL "
             "WHERE state IN :states"

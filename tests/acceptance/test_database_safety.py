@@ -311,6 +311,7 @@ def test_a_full_disk_is_one_line_in_seconds_and_a_rerun_loses_nothing(
     assert counts["failed"] == counts["not_found"] == 0, counts  # no attempt spent into failure
     assert sum(counts.values()) == len(ids), counts
     assert counts["pending"] + counts["in_flight"] > 0, counts  # the disk did fill mid-run
+    print(f"left in flight (the release could not be written): {counts['in_flight']}")
 
     # enqueue on the full disk: one line, without the IDs it was given
     more = [f"resp_ok{i}_{'x' * 200}" for i in range(20_000)]
@@ -325,6 +326,12 @@ def test_a_full_disk_is_one_line_in_seconds_and_a_rerun_loses_nothing(
     rerun = cli("run", "--once", "--writer", writer, "--lease-seconds", "2")
     assert rerun.returncode == 0, rerun.stderr
     assert states(cli) == {"pending": 0, "in_flight": 0, "archived": len(ids), "not_found": 0, "failed": 0}
+    # Rows the full disk stranded in flight came back when their lease expired, with the
+    # attempt given back: each ID spent exactly the one attempt that archived it.
+    with sqlite3.connect(db) as conn:
+        by_attempts = "SELECT attempts, count(*) FROM archive_queue GROUP BY attempts"
+        spent = dict(conn.execute(by_attempts).fetchall())
+    assert spent == {1: len(ids)}, spent
 
 
 def test_an_export_into_a_full_disk_is_one_line(small_disk: SmallDisk, tmp_path: Path) -> None:

@@ -21,17 +21,19 @@ from archiver.health import run_checks
 from archiver.queue import QueueStore
 
 
-async def _expire_lease(engine: AsyncEngine, ids: list[str], *, attempts: int = 1) -> None:
-    """Make ``ids`` look leased by a worker that died: in flight, lease expired 10 s ago."""
+async def _expire_lease(engine: AsyncEngine, ids: list[str], *, attempts: int = 1, expiries: int = 0) -> None:
+    """Make ``ids`` look leased by a worker that died: in flight, lease expired 10 s ago
+    (``expiries`` earlier leases of theirs expired too)."""
     now = now_sql(engine.dialect.name)
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "UPDATE archive_queue SET state = 'in_flight', attempts = :attempts, "
+                "UPDATE archive_queue SET state = 'in_flight', "
+                "attempts = :attempts, lease_expiries = :expiries, "
                 f"lease_owner = 'dead:1', lease_token = 'dead', lease_expires_at = {now} - 10 "
                 "WHERE id IN :ids"
             ).bindparams(bindparam("ids", expanding=True)),
-            {"ids": ids, "attempts": attempts},
+            {"ids": ids, "attempts": attempts, "expiries": expiries},
         )
 
 
@@ -51,7 +53,8 @@ async def test_a_short_claim_takes_an_expired_lease_at_once(db_url: str) -> None
         claimed = await queue.claim_batch("w:2", 10, 60, 5)
         states = await _states(engine)
     assert "resp_dead" in {j.response_id for j in claimed}
-    assert states["resp_dead"] == ("in_flight", 2, "w:2")
+    # The dead worker's attempt was given back; this claim is the row's first real one.
+    assert states["resp_dead"] == ("in_flight", 1, "w:2")
 
 
 async def test_with_a_backlog_expired_leases_are_swept_every_interval(db_url: str) -> None:
@@ -61,17 +64,25 @@ async def test_with_a_backlog_expired_leases_are_swept_every_interval(db_url: st
         await queue.enqueue(ids)
         await queue.claim_batch("w:1", 5, 60, 5)  # sweeps now
         await _expire_lease(engine, ["resp_backlog_039"])
-        await _expire_lease(engine, ["resp_backlog_038"], attempts=5)  # its last attempt
+        await _expire_lease(engine, ["resp_backlog_037"], attempts=5)  # its last attempt
+        await _expire_lease(engine, ["resp_backlog_038"], attempts=2, expiries=4)  # its 5th expiry
         full = await queue.claim_batch("w:1", 5, 60, 5)
         before = await _states(engine)
         queue._last_recovery = time.monotonic() - queue_module.RECOVER_EVERY_S  # the interval passed
         await queue.claim_batch("w:1", 5, 60, 5)
         after = await _states(engine)
+        async with engine.connect() as conn:
+            error = (
+                await conn.execute(text("SELECT last_error FROM archive_queue WHERE id = 'resp_backlog_038'"))
+            ).scalar()
     assert len(full) == 5
     assert before["resp_backlog_039"] == ("in_flight", 1, "dead:1"), "swept before the interval"
     assert after["resp_backlog_039"][0] == "pending"
-    assert after["resp_backlog_039"][1:] == (1, None)
-    assert after["resp_backlog_038"] == ("failed", 5, None)
+    assert after["resp_backlog_039"][1:] == (0, None)  # the attempt given back
+    # An expiry never spends an attempt, even the last one; max_attempts expiries fail a row.
+    assert after["resp_backlog_037"] == ("pending", 4, None)
+    assert after["resp_backlog_038"] == ("failed", 1, None)
+    assert error == "lease expired 5 times (each worker holding this ID died, hung or could not write)"
 
 
 async def test_sqlite_reads_and_start_up_do_not_wait_for_another_processes_write(tmp_path: Path) -> None:
