@@ -193,15 +193,21 @@ def profile_for_base_url(base_url: str) -> ProviderProfile:
             missing scheme is tolerated.
 
     Returns:
-        ``"dashscope"`` for ``*.aliyuncs.com`` and ``dashscope*`` hosts, ``"openai"`` for
+        ``"dashscope"`` for ``*.aliyuncs.com`` hosts (regions and workspace domains
+        ``{WorkspaceId}.{region}.maas.aliyuncs.com``), ``dashscope*`` hosts and any host
+        serving DashScope's ``/compatible-mode/`` path (a proxy, or the older
+        ``/api/v2/apps/protocols/compatible-mode/v1``); ``"openai"`` for
         ``api.openai.com`` (and its regional ``*.api.openai.com``) and Azure OpenAI
         hosts, else ``"generic"``.
     """
     text = base_url.strip()
     if "://" not in text:
         text = "//" + text
-    host = (urllib.parse.urlsplit(text).hostname or "").rstrip(".").lower()
+    parts = urllib.parse.urlsplit(text)
+    host = (parts.hostname or "").rstrip(".").lower()
     if host == "aliyuncs.com" or host.endswith(".aliyuncs.com") or host.startswith("dashscope"):
+        return "dashscope"
+    if "/compatible-mode/" in parts.path.lower() + "/":
         return "dashscope"
     if (
         host == "api.openai.com"

@@ -82,6 +82,14 @@ def dashscope_error(code: str, message: str, request_id: str = "d7f1-42") -> dic
         ("https://DashScope.AliyunCS.com./api/v1", "dashscope"),
         ("https://my-workspace.cn-beijing.aliyuncs.com/v1", "dashscope"),
         ("dashscope-intl.aliyuncs.com/compatible-mode/v1", "dashscope"),
+        # workspace domains: {WorkspaceId}.{region}.maas.aliyuncs.com
+        ("https://llm-8f3kx2.cn-beijing.maas.aliyuncs.com/compatible-mode/v1", "dashscope"),
+        ("https://ws-1a2b3c.ap-southeast-1.maas.aliyuncs.com/compatible-mode/v1", "dashscope"),
+        # the older application path, on DashScope and behind a proxy
+        ("https://dashscope.aliyuncs.com/api/v2/apps/protocols/compatible-mode/v1", "dashscope"),
+        ("https://llm-proxy.corp.example/api/v2/apps/protocols/compatible-mode/v1", "dashscope"),
+        ("https://llm-proxy.corp.example/compatible-mode", "dashscope"),
+        ("https://llm-proxy.corp.example/not-compatible-mode-at-all/v1", "generic"),
         ("https://api.openai.com/v1", "openai"),
         ("https://eu.api.openai.com/v1", "openai"),
         ("https://myres.openai.azure.com/openai/v1", "openai"),
