@@ -38,6 +38,7 @@ from archiver.errors import (
     first_line,
 )
 from archiver.logs import get_logger
+from archiver.pgurl import split_postgresql_url
 from archiver.redaction import redact
 
 T = TypeVar("T")
@@ -98,7 +99,9 @@ def normalize_database_url(url: str) -> URL:
             )
         return parsed.set(drivername="sqlite+aiosqlite")
     if backend == "postgresql":
-        return parsed.set(drivername="postgresql+asyncpg")
+        postgresql = parsed.set(drivername="postgresql+asyncpg")
+        split_postgresql_url(postgresql)  # refuse parameters asyncpg would choke on, now
+        return postgresql
     raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
 
 
@@ -166,6 +169,7 @@ def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
         )
         _tune_sqlite(engine.sync_engine, sleep=lambda delay: await_(asyncio.sleep(delay)))
         return engine
+    url, connect_args = split_postgresql_url(url)
     return create_async_engine(
         url,
         json_serializer=json_dumps,
@@ -173,7 +177,7 @@ def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
         pool_size=pool_size,
         max_overflow=2,
         pool_pre_ping=True,
-        connect_args={"timeout": 15, "server_settings": {"application_name": "archiver"}},
+        connect_args=connect_args,
     )
 
 
