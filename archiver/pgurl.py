@@ -9,7 +9,8 @@ one) is not one of its keywords. This module sorts the parameters:
   ``sslrootcert``, ``target_session_attrs`` ...) go to asyncpg as a DSN holding only them;
 - ``application_name`` and ``options=-c name=value`` become server settings;
 - ``connect_timeout`` becomes asyncpg's ``timeout``;
-- ``host`` and ``port`` (a Unix socket directory, several hosts) stay for SQLAlchemy;
+- ``host`` and ``port`` (a Unix socket directory, several hosts), ``user`` and
+  ``password`` stay in the URL; ``dbname`` names the database when the path does not;
 - anything else is refused with the list of what is understood.
 """
 
@@ -40,9 +41,10 @@ DSN_PARAMETERS = (
     "gsslib",
 )
 """libpq parameters asyncpg reads from a DSN's query string."""
-SQLALCHEMY_PARAMETERS = ("host", "port")
-"""Parameters SQLAlchemy's dialect reads itself (Unix socket directories, several hosts)."""
-OTHER_PARAMETERS = ("application_name", "options", "connect_timeout")
+SQLALCHEMY_PARAMETERS = ("host", "port", "user", "password")
+"""Parameters that stay in the URL: SQLAlchemy's dialect reads ``host`` and ``port`` (Unix
+socket directories, several hosts); ``user`` and ``password`` reach asyncpg as keywords."""
+OTHER_PARAMETERS = ("application_name", "options", "connect_timeout", "dbname")
 DEFAULT_CONNECT_TIMEOUT_S = 15.0
 DEFAULT_APPLICATION_NAME = "archiver"
 
@@ -60,6 +62,7 @@ def split_postgresql_url(url: URL) -> tuple[URL, dict[str, Any]]:
     server_settings = {"application_name": DEFAULT_APPLICATION_NAME}
     timeout = DEFAULT_CONNECT_TIMEOUT_S
     kept: dict[str, str | tuple[str, ...]] = {}
+    kept_database: str | None = None
     for name, value in url.query.items():
         if name in SQLALCHEMY_PARAMETERS:
             kept[name] = value
@@ -73,6 +76,8 @@ def split_postgresql_url(url: URL) -> tuple[URL, dict[str, Any]]:
             server_settings["application_name"] = one
         elif name == "options":
             server_settings.update(_options(one))
+        elif name == "dbname":
+            kept_database = one
         elif name == "connect_timeout":
             timeout = _timeout(one)
         else:
@@ -84,7 +89,10 @@ def split_postgresql_url(url: URL) -> tuple[URL, dict[str, Any]]:
     if dsn_query:
         # Only these parameters: host, user, password and database still come from the URL.
         connect_args["dsn"] = "postgresql://?" + urllib.parse.urlencode(dsn_query)
-    return url.set(query=kept), connect_args
+    url = url.set(query=kept)
+    if kept_database is not None and not url.database:
+        url = url.set(database=kept_database)
+    return url, connect_args
 
 
 def _single(name: str, value: str | tuple[str, ...]) -> str:

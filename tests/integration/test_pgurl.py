@@ -103,3 +103,9 @@ def test_only_libpq_parameters_go_to_asyncpg_as_a_dsn() -> None:
     assert url.query == {"port": "6432"}
     assert args["dsn"] == "postgresql://?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem"
     assert args["server_settings"] == {"application_name": "archiver"} and args["timeout"] == 15.0
+
+
+def test_user_password_and_dbname_parameters_as_libpq_takes_them() -> None:
+    url, args = split_postgresql_url(normalize_database_url("postgresql:///?dbname=arch&user=u&password=pw"))
+    assert url.database == "arch" and url.query == {"user": "u", "password": "pw"}
+    assert "dsn" not in args
