@@ -73,7 +73,14 @@ from archiver.codec import Codec
 from archiver.db import is_postgres
 from archiver.errors import ArchiverError
 from archiver.logs import get_logger
-from archiver.schema import CHILD_TABLES, archive_changes, export_cursors, is_json_type, responses
+from archiver.schema import (
+    CHILD_TABLES,
+    archive_changes,
+    export_cursors,
+    input_items,
+    is_json_type,
+    responses,
+)
 from archiver.store import load_dictionaries
 
 __all__ = [
@@ -138,9 +145,14 @@ class ExportReport:
     full: bool
 
 
+EXPORTED_CHILDREN: tuple[Table, ...] = (*CHILD_TABLES, input_items)
+"""Every child table, then the ``input_items`` view (the items of each response in order,
+read through the view so a warehouse gets one row per item as before)."""
+
+
 def export_tables() -> tuple[Table, ...]:
     """The tables an export writes, in file order: ``responses``, then every child table."""
-    return (responses, *CHILD_TABLES)
+    return (responses, *EXPORTED_CHILDREN)
 
 
 STORAGE_COLUMNS = frozenset({"raw_codec", "raw_dict_id"})
@@ -580,7 +592,7 @@ async def _read_chunk(
             last = rows[-1]
             chunk: dict[str, list[Any]] = {"responses": _json_as_text(responses, rows, dialect)}
             ids = [row[_ID] for row in rows]
-            for table in CHILD_TABLES:
+            for table in EXPORTED_CHILDREN:
                 stmt = _select_rows(table, dialect).where(_one_of(table.c.response_id, ids, dialect))
                 result = await conn.execute(stmt.order_by(*table.primary_key.columns))
                 chunk[str(table.name)] = _json_as_text(table, result.all(), dialect)

@@ -6,11 +6,15 @@
 ``schema.CHILD_TABLES``. Every row has exactly its table's column keys, so the writer can
 hand each list to one executemany INSERT.
 
-Nothing in the body is dropped. Typed columns take a value only when it has the expected
-JSON type; otherwise the column is None and the value stays in a JSON column: the whole
-element (``item``, ``part``, ``annotation``, ...) for child rows, ``extra`` for top-level
-scalars. Top-level keys without a column of their own (unknown, provider-specific, future)
-go to ``extra``; ``output`` is spread over ``output_items``.
+The rows are a projection of the body, which the store keeps byte-exact in ``raw``:
+nothing is stored twice, and nothing is out of reach. Each value lands in one place: a
+typed column (when it has the expected JSON type), the rows of a child table (arrays such
+as ``output``, ``content``, ``usage.x_details``), or the row's ``extra`` object, which
+holds exactly the fields no column or child row took (unknown, provider-specific, future
+fields, and values of an unexpected type), never the element's whole subtree. Long
+opaque payloads (base64 images, encrypted reasoning, ``data:`` URLs; see
+:func:`is_opaque`) are left in ``raw`` only: where they were, a stub records their
+length and SHA-256.
 
 The rows reference the parsed values; nothing is copied, so do not mutate the body while
 the rows are in use.
@@ -18,8 +22,10 @@ the rows are in use.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -29,7 +35,7 @@ import orjson
 from archiver.errors import NormalizationError
 from archiver.schema import CHILD_TABLES, STORE_COLUMNS, responses
 
-__all__ = ["NormalizedResponse", "normalize"]
+__all__ = ["NormalizedResponse", "is_opaque", "normalize", "normalize_input_items", "output_text"]
 
 Row = dict[str, Any]
 Rows = dict[str, list[Row]]
@@ -165,17 +171,15 @@ _RESPONSE_JSON: Final[frozenset[str]] = frozenset(
         "tools",
         "reasoning",
         "text",
-        "usage",
         "prompt",
         "prompt_cache_options",
         "conversation",
         "moderation",
         "billing",
-        "tool_usage",
         "content_filters",
     }
 )
-"""Top-level keys stored as given in a JSON column of the same name."""
+"""Top-level keys stored as given (opaque payloads aside) in a JSON column of the same name."""
 
 _RESPONSE_TEMPLATE: Final[Row] = dict.fromkeys(
     column.name for column in responses.columns if column.name not in STORE_COLUMNS
@@ -204,8 +208,11 @@ def normalize(body: Mapping[str, Any]) -> NormalizedResponse:
     row = _RESPONSE_TEMPLATE.copy()
     extra: Row = {}
     output: list[Any] | None = None
+    usage: dict[str, Any] | None = None
+    tool_usage: dict[str, Any] | None = None
     for key, value in body.items():
         convert = _RESPONSE_SCALARS.get(key)
+        kind = type(value)
         if convert is not None:
             if value is not None:
                 typed = convert(value)
@@ -213,27 +220,30 @@ def normalize(body: Mapping[str, Any]) -> NormalizedResponse:
                     extra[key] = value  # odd type: keep it where a reader can find it
                 row[key] = typed
         elif key in _RESPONSE_JSON:
-            row[key] = value
-        elif key == "output" and type(value) is list:
+            row[key] = value if kind is not dict and kind is not list else without_opaque(value)
+        elif key == "output" and kind is list:
             output = value
+        elif key == "usage" and kind is dict:
+            usage = value
+        elif key == "tool_usage" and kind is dict:
+            tool_usage = value
         elif key != "id":
-            # Includes a top-level "output_text" (an SDK serialization artefact): the
-            # column of that name is computed from the output, so the body's own value
-            # is kept here.
-            extra[key] = value
+            # Includes a top-level "output_text" (an SDK serialization artefact): the SDK
+            # computes it from the output, so the body's own value is kept here.
+            extra[key] = without_opaque(value)
     row["id"] = response_id
-    row["extra"] = extra or None
 
     _lift_scalars(row)
     children: Rows = {name: [] for name in _CHILD_TABLE_NAMES}
     if output is not None:
-        row["output_text"] = _output_rows(response_id, output, children)
-    usage = row["usage"]
-    if type(usage) is dict:
-        _usage_rows(response_id, usage, row, children)
-    tool_usage = row["tool_usage"]
-    if type(tool_usage) is dict:
+        _output_rows(response_id, output, children)
+    if usage is not None:
+        rest = _usage_rows(response_id, usage, row, children)
+        if rest:
+            extra["usage"] = rest
+    if tool_usage is not None:
         _tool_usage_rows(response_id, "tool_usage", tool_usage, children["tool_usage"])
+    row["extra"] = extra or None
     return NormalizedResponse(response=row, children=children)
 
 
@@ -257,61 +267,83 @@ def _lift_scalars(row: Row) -> None:
         row["conversation_id"] = conversation
 
 
-def _usage_rows(response_id: str, usage: dict[str, Any], row: Row, children: Rows) -> None:
-    row["input_tokens"] = _bigint(usage.get("input_tokens"))
-    row["output_tokens"] = _bigint(usage.get("output_tokens"))
-    row["total_tokens"] = _bigint(usage.get("total_tokens"))
-    input_details = _dict_at(usage, "input_tokens_details", "prompt_tokens_details")
-    if input_details is not None:
-        row["cached_tokens"] = _bigint(input_details.get("cached_tokens"))
-        row["cache_write_tokens"] = _bigint(input_details.get("cache_write_tokens"))
-    output_details = _dict_at(usage, "output_tokens_details", "completion_tokens_details")
-    if output_details is not None:
-        row["reasoning_tokens"] = _bigint(output_details.get("reasoning_tokens"))
+def _usage_rows(response_id: str, usage: dict[str, Any], row: Row, children: Rows) -> Row:
+    """Token columns of ``responses``, billing and tool rows; returns what none of them took."""
+    taken: dict[str, Any] = {}
+    row["input_tokens"] = _take(usage, "input_tokens", _bigint, taken)
+    row["output_tokens"] = _take(usage, "output_tokens", _bigint, taken)
+    row["total_tokens"] = _take(usage, "total_tokens", _bigint, taken)
+    for key in ("input_tokens_details", "prompt_tokens_details"):
+        details = usage.get(key)
+        if type(details) is dict:
+            in_details: dict[str, Any] = {}
+            row["cached_tokens"] = _take(details, "cached_tokens", _bigint, in_details)
+            row["cache_write_tokens"] = _take(details, "cache_write_tokens", _bigint, in_details)
+            taken[key] = in_details
+            break
+    for key in ("output_tokens_details", "completion_tokens_details"):
+        details = usage.get(key)
+        if type(details) is dict:
+            out_details: dict[str, Any] = {}
+            row["reasoning_tokens"] = _take(details, "reasoning_tokens", _bigint, out_details)
+            taken[key] = out_details
+            break
 
     x_details = usage.get("x_details")
     if type(x_details) is list:
+        taken["x_details"] = True
         billing = children["billing_details"]
         for position, detail in enumerate(x_details):
-            if type(detail) is not dict:
-                billing.append(
-                    {
-                        "response_id": response_id,
-                        "position": position,
-                        "x_billing_type": None,
-                        "input_tokens": None,
-                        "output_tokens": None,
-                        "total_tokens": None,
-                        "cached_tokens": None,
-                        "reasoning_tokens": None,
-                        "detail": detail,
-                    }
-                )
-                continue
-            cached = _dict_at(detail, "prompt_tokens_details", "input_tokens_details") or {}
-            reasoning = _dict_at(detail, "output_tokens_details", "completion_tokens_details") or {}
-            billing.append(
-                {
-                    "response_id": response_id,
-                    "position": position,
-                    "x_billing_type": _text(detail.get("x_billing_type")),
-                    "input_tokens": _bigint(detail.get("input_tokens")),
-                    "output_tokens": _bigint(detail.get("output_tokens")),
-                    "total_tokens": _bigint(detail.get("total_tokens")),
-                    "cached_tokens": _bigint(cached.get("cached_tokens")),
-                    "reasoning_tokens": _bigint(reasoning.get("reasoning_tokens")),
-                    "detail": detail,
-                }
-            )
+            billing.append(_billing_row(response_id, position, detail))
 
     tool_rows = children["tool_usage"]
     x_tools = usage.get("x_tools")
     if type(x_tools) is dict:
+        taken["x_tools"] = True
         _tool_usage_rows(response_id, "usage.x_tools", x_tools, tool_rows)
     server_side = usage.get("server_side_tool_usage_details")
     if type(server_side) is dict:
+        taken["server_side_tool_usage_details"] = True
         source = "usage.server_side_tool_usage_details"
         _tool_usage_rows(response_id, source, server_side, tool_rows)
+    return _remainder(usage, taken)
+
+
+def _billing_row(response_id: str, position: int, detail: Any) -> Row:
+    row: Row = {"response_id": response_id, "position": position}
+    if type(detail) is not dict:
+        row.update(
+            x_billing_type=None,
+            input_tokens=None,
+            output_tokens=None,
+            total_tokens=None,
+            cached_tokens=None,
+            reasoning_tokens=None,
+            extra=_element_extra(detail),
+        )
+        return row
+    taken: dict[str, Any] = {}
+    row["x_billing_type"] = _take(detail, "x_billing_type", _text, taken)
+    row["input_tokens"] = _take(detail, "input_tokens", _bigint, taken)
+    row["output_tokens"] = _take(detail, "output_tokens", _bigint, taken)
+    row["total_tokens"] = _take(detail, "total_tokens", _bigint, taken)
+    row["cached_tokens"] = row["reasoning_tokens"] = None
+    for key in ("prompt_tokens_details", "input_tokens_details"):
+        details = detail.get(key)
+        if type(details) is dict:
+            in_details: dict[str, Any] = {}
+            row["cached_tokens"] = _take(details, "cached_tokens", _bigint, in_details)
+            taken[key] = in_details
+            break
+    for key in ("output_tokens_details", "completion_tokens_details"):
+        details = detail.get(key)
+        if type(details) is dict:
+            out_details: dict[str, Any] = {}
+            row["reasoning_tokens"] = _take(details, "reasoning_tokens", _bigint, out_details)
+            taken[key] = out_details
+            break
+    row["extra"] = _remainder(detail, taken) or None
+    return row
 
 
 def _tool_usage_rows(response_id: str, source: str, usage_by_tool: dict[str, Any], rows: list[Row]) -> None:
@@ -319,108 +351,231 @@ def _tool_usage_rows(response_id: str, source: str, usage_by_tool: dict[str, Any
     ``{"web_search": {"num_requests": 1}, "image_gen": {"input_tokens": ...}}``, xAI
     ``{"web_search_calls": 1}``."""
     for tool, detail in usage_by_tool.items():
+        row: Row = {"response_id": response_id, "source": source, "tool": tool}
         if type(detail) is dict:
-            count = _bigint(detail.get("count"))
+            taken: dict[str, Any] = {}
+            count = _take(detail, "count", _bigint, taken)
             if count is None:
-                count = _bigint(detail.get("num_requests"))
-            input_tokens = _bigint(detail.get("input_tokens"))
-            output_tokens = _bigint(detail.get("output_tokens"))
-            total_tokens = _bigint(detail.get("total_tokens"))
+                count = _take(detail, "num_requests", _bigint, taken)
+            row["count"] = count
+            row["input_tokens"] = _take(detail, "input_tokens", _bigint, taken)
+            row["output_tokens"] = _take(detail, "output_tokens", _bigint, taken)
+            row["total_tokens"] = _take(detail, "total_tokens", _bigint, taken)
+            row["extra"] = _remainder(detail, taken) or None
         else:
             count = _bigint(detail)
-            input_tokens = output_tokens = total_tokens = None
-        rows.append(
-            {
-                "response_id": response_id,
-                "source": source,
-                "tool": tool,
-                "count": count,
-                "input_tokens": input_tokens,
-                "output_tokens": output_tokens,
-                "total_tokens": total_tokens,
-                "detail": detail,
-            }
-        )
+            row.update(
+                count=count,
+                input_tokens=None,
+                output_tokens=None,
+                total_tokens=None,
+                extra=None if count is not None or detail is None else _element_extra(detail),
+            )
+        rows.append(row)
+
+
+# --- what no column maps: extra, and opaque payloads left in raw ---
+
+OPAQUE_MIN_CHARS: Final = 1024
+"""Strings at least this long that are ``data:`` URLs or base64 are opaque payloads."""
+
+OPAQUE_KEY: Final = "$in_raw"
+"""The key of the object that stands in for an opaque payload outside ``raw``."""
+
+_BASE64: Final = re.compile(r"[A-Za-z0-9+/=_\-]*")
+
+
+def is_opaque(value: str) -> bool:
+    """Whether a string is a long opaque payload: a base64 image, encrypted reasoning, a ``data:`` URL.
+
+    Such strings live only in ``raw``; :func:`opaque_stub` stands in for them elsewhere.
+    """
+    if len(value) < OPAQUE_MIN_CHARS:
+        return False
+    return value.startswith("data:") or _BASE64.fullmatch(value) is not None
+
+
+def opaque_stub(value: str) -> dict[str, Any]:
+    """``{"$in_raw": {"length": N, "sha256": hex}}``: the length in characters and the
+    SHA-256 of the UTF-8 text of a payload that stays only in ``raw``."""
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return {OPAQUE_KEY: {"length": len(value), "sha256": digest}}
+
+
+def without_opaque(value: Any) -> Any:
+    """``value`` with every opaque string in it replaced by its stub (the same object
+    when there is none, so the common case copies nothing)."""
+    kind = type(value)
+    if kind is str:
+        return opaque_stub(value) if len(value) >= OPAQUE_MIN_CHARS and is_opaque(value) else value
+    if kind is dict:
+        changed: dict[str, Any] | None = None
+        for key, item in value.items():
+            new = without_opaque(item)
+            if new is not item:
+                if changed is None:
+                    changed = dict(value)
+                changed[key] = new
+        return value if changed is None else changed
+    if kind is list:
+        changed_list: list[Any] | None = None
+        for index, item in enumerate(value):
+            new = without_opaque(item)
+            if new is not item:
+                if changed_list is None:
+                    changed_list = list(value)
+                changed_list[index] = new
+        return value if changed_list is None else changed_list
+    return value
+
+
+Convert = Callable[[Any], Any]
+Fields = tuple[tuple[str, str, Convert], ...]
+"""(column, key, converter) for each typed column a JSON object's key fills."""
+
+
+def _fill(
+    row: Row, element: dict[str, Any], fields: Fields, mapped: frozenset[str], spread: Iterable[str] = ()
+) -> None:
+    """Set ``row``'s typed columns from ``element`` and ``row["extra"]`` to the rest.
+
+    ``mapped`` are the keys of ``fields``; ``spread`` the keys whose value went into rows of
+    another table. A value a column cannot take (another JSON type, an opaque payload)
+    stays in ``extra``; ``extra`` is None when nothing is left.
+    """
+    get = element.get
+    kept: list[str] | None = None
+    for column, key, convert in fields:
+        value = get(key)
+        if value is None:
+            row[column] = None
+            continue
+        typed = convert(value)
+        if typed is None or (type(typed) is str and len(typed) >= OPAQUE_MIN_CHARS and is_opaque(typed)):
+            row[column] = None
+            if kept is None:
+                kept = []
+            kept.append(key)
+        else:
+            row[column] = typed
+    extra: Row | None = None
+    for key, value in element.items():
+        if key in mapped and (kept is None or key not in kept):
+            continue
+        if key in spread:
+            continue
+        if extra is None:
+            extra = {}
+        extra[key] = without_opaque(value)
+    row["extra"] = extra
+
+
+def _take(obj: dict[str, Any], key: str, convert: Convert, taken: dict[str, Any]) -> Any:
+    """``convert(obj[key])``, recording in ``taken`` that the key's value is in a column."""
+    value = obj.get(key)
+    if value is None:
+        if key in obj:
+            taken[key] = True  # JSON null: the column's NULL says it
+        return None
+    typed = convert(value)
+    if typed is not None:
+        taken[key] = True
+    return typed
+
+
+def _remainder(obj: dict[str, Any], taken: dict[str, Any]) -> Row:
+    """``obj`` without what ``taken`` says went to columns (``True``: the key; a dict: within
+    the key's object). Objects left empty are left out."""
+    rest: Row = {}
+    for key, value in obj.items():
+        spec = taken.get(key)
+        if spec is True:
+            continue
+        if spec is not None and type(value) is dict:
+            sub = _remainder(value, spec)
+            if sub:
+                rest[key] = sub
+            continue
+        rest[key] = without_opaque(value)
+    return rest
+
+
+def _element_extra(element: Any) -> Any:
+    """``extra`` of an array element that is not an object: the value itself."""
+    return without_opaque(element)
 
 
 # --- output items ---
 
+_ITEM_FIELDS: Final[Fields] = (
+    ("id", "id", _text),
+    ("type", "type", _text),
+    ("role", "role", _text),
+    ("status", "status", _text),
+    ("phase", "phase", _text),
+    ("name", "name", _text),
+    ("namespace", "namespace", _text),
+    ("call_id", "call_id", _text),
+    ("arguments", "arguments", _json_text),
+    ("server_label", "server_label", _text),
+    ("approval_request_id", "approval_request_id", _text),
+    ("code", "code", _text),
+    ("container_id", "container_id", _text),
+    ("goal", "goal", _text),
+    ("input", "input", _json_text),
+    ("output", "output", _json_text),
+    ("error", "error", _json_text),
+    ("execution", "execution", _text),
+    ("created_by", "created_by", _text),
+)
+_ITEM_MAPPED: Final = frozenset(key for _, key, _ in _ITEM_FIELDS)
 
-def _output_rows(response_id: str, output: list[Any], children: Rows) -> str:
-    """Fill the item-level tables; return the SDK's ``output_text``.
 
-    ``output_text`` is the concatenation of the ``text`` of every ``output_text`` part of
-    every ``message`` item, in order (empty when there is none), as in the OpenAI SDKs.
-    """
+def _output_rows(response_id: str, output: list[Any], children: Rows) -> None:
+    """Fill the item-level tables."""
     items = children["output_items"]
-    texts: list[str] = []
     for position, item in enumerate(output):
+        row: Row = {"response_id": response_id, "position": position}
         if type(item) is not dict:
-            items.append(_bare_item_row(response_id, position, item))
+            for column, _, _ in _ITEM_FIELDS:
+                row[column] = None
+            row["extra"] = _element_extra(item)
+            items.append(row)
             continue
-        get = item.get
-        item_type = _text(get("type"))
-        items.append(
-            {
-                "response_id": response_id,
-                "position": position,
-                "id": _text(get("id")),
-                "type": item_type,
-                "role": _text(get("role")),
-                "status": _text(get("status")),
-                "phase": _text(get("phase")),
-                "name": _text(get("name")),
-                "namespace": _text(get("namespace")),
-                "call_id": _text(get("call_id")),
-                "arguments": _json_text(get("arguments")),
-                "server_label": _text(get("server_label")),
-                "approval_request_id": _text(get("approval_request_id")),
-                "code": _text(get("code")),
-                "container_id": _text(get("container_id")),
-                "goal": _text(get("goal")),
-                "input": _json_text(get("input")),
-                "output": _json_text(get("output")),
-                "error": _json_text(get("error")),
-                "execution": _text(get("execution")),
-                "created_by": _text(get("created_by")),
-                "item": item,
-            }
-        )
-        content = get("content")
+        item_type = _text(item.get("type"))
+        spread: tuple[str, ...] = ()
+        content = item.get("content")
         if type(content) is list:
-            _content_rows(response_id, position, item_type, content, children, texts)
+            _content_rows(response_id, position, item_type, content, children)
+            spread = ("content",)
         handler = _ITEM_HANDLERS.get(item_type) if item_type is not None else None
         if handler is not None:
-            handler(response_id, position, item, children)
-    return "".join(texts)
+            spread += handler(response_id, position, item, children)
+        _fill(row, item, _ITEM_FIELDS, _ITEM_MAPPED, spread)
+        if "output" in spread:  # its rows hold it: not the text too
+            row["output"] = None
+        items.append(row)
 
 
-def _bare_item_row(response_id: str, position: int, item: Any) -> Row:
-    """An ``output`` element that is not an object: kept whole, nothing typed."""
-    return {
-        "response_id": response_id,
-        "position": position,
-        "id": None,
-        "type": None,
-        "role": None,
-        "status": None,
-        "phase": None,
-        "name": None,
-        "namespace": None,
-        "call_id": None,
-        "arguments": None,
-        "server_label": None,
-        "approval_request_id": None,
-        "code": None,
-        "container_id": None,
-        "goal": None,
-        "input": None,
-        "output": None,
-        "error": None,
-        "execution": None,
-        "created_by": None,
-        "item": item,
-    }
+def output_text(children: Mapping[str, list[Row]]) -> str:
+    """The SDKs' ``response.output_text`` from the rows: the ``text`` of every
+    ``output_text`` part of every ``message`` item, in order (empty when there is none).
+
+    Not stored (the parts hold the text); the ``response_summary`` view computes it the same way.
+    """
+    return "".join(
+        row["text"]
+        for row in children["content_parts"]
+        if row["item_type"] == "message" and row["type"] == "output_text" and row["text"] is not None
+    )
+
+
+_PART_FIELDS: Final[Fields] = (
+    ("type", "type", _text),
+    ("text", "text", _text),
+    ("refusal", "refusal", _text),
+)
+_PART_MAPPED: Final = frozenset(key for _, key, _ in _PART_FIELDS) | {"logprobs"}
 
 
 def _content_rows(
@@ -429,50 +584,41 @@ def _content_rows(
     item_type: str | None,
     content: list[Any],
     children: Rows,
-    texts: list[str],
 ) -> None:
     """Parts of any item's ``content`` (``message``: output_text/refusal; ``reasoning``:
     reasoning_text) and the annotations of each part."""
     parts = children["content_parts"]
-    collect_text = item_type == "message"
     for position, part in enumerate(content):
+        row: Row = {
+            "response_id": response_id,
+            "item_position": item_position,
+            "position": position,
+            "item_type": item_type,
+        }
         if type(part) is not dict:
-            parts.append(
-                {
-                    "response_id": response_id,
-                    "item_position": item_position,
-                    "position": position,
-                    "item_type": item_type,
-                    "type": None,
-                    "text": None,
-                    "refusal": None,
-                    "annotations": None,
-                    "logprobs": None,
-                    "part": part,
-                }
-            )
+            row.update(type=None, text=None, refusal=None, logprobs=None, extra=_element_extra(part))
+            parts.append(row)
             continue
-        part_type = _text(part.get("type"))
-        text = _text(part.get("text"))
         annotations = part.get("annotations")
-        parts.append(
-            {
-                "response_id": response_id,
-                "item_position": item_position,
-                "position": position,
-                "item_type": item_type,
-                "type": part_type,
-                "text": text,
-                "refusal": _text(part.get("refusal")),
-                "annotations": annotations,
-                "logprobs": part.get("logprobs"),
-                "part": part,
-            }
-        )
-        if collect_text and text is not None and part_type == "output_text":
-            texts.append(text)
+        spread = ("annotations",) if type(annotations) is list else ()
+        _fill(row, part, _PART_FIELDS, _PART_MAPPED, spread)
+        row["logprobs"] = without_opaque(part.get("logprobs"))
+        parts.append(row)
         if type(annotations) is list:
             _annotation_rows(response_id, item_position, position, annotations, children)
+
+
+_ANNOTATION_FIELDS: Final[Fields] = (
+    ("type", "type", _text),
+    ("url", "url", _text),
+    ("title", "title", _text),
+    ("start_index", "start_index", _int32),
+    ("end_index", "end_index", _int32),
+    ("file_id", "file_id", _text),
+    ("filename", "filename", _text),
+    ("container_id", "container_id", _text),
+    ("file_index", "index", _int32),
+)
 
 
 def _annotation_rows(
@@ -484,221 +630,213 @@ def _annotation_rows(
 ) -> None:
     rows = children["annotations"]
     for position, annotation in enumerate(annotations):
-        get = annotation.get if type(annotation) is dict else _absent
-        rows.append(
-            {
-                "response_id": response_id,
-                "item_position": item_position,
-                "part_position": part_position,
-                "position": position,
-                "type": _text(get("type")),
-                "url": _text(get("url")),
-                "title": _text(get("title")),
-                "start_index": _int32(get("start_index")),
-                "end_index": _int32(get("end_index")),
-                "file_id": _text(get("file_id")),
-                "filename": _text(get("filename")),
-                "container_id": _text(get("container_id")),
-                "file_index": _int32(get("index")),
-                "annotation": annotation,
-            }
-        )
+        row: Row = {
+            "response_id": response_id,
+            "item_position": item_position,
+            "part_position": part_position,
+            "position": position,
+        }
+        _element_row(row, annotation, _ANNOTATION_FIELDS)
+        rows.append(row)
 
 
-def _absent(key: str) -> None:
-    """``dict.get`` stand-in for elements that are not objects."""
-    return None
+_MAPPED_CACHE: dict[int, frozenset[str]] = {}
 
 
-def _url_of(element: Any) -> str | None:
-    """A URL given as a bare string or as an object's ``url``."""
-    if type(element) is str:
-        return element
-    if type(element) is dict:
-        return _text(element.get("url"))
-    return None
+def _element_row(row: Row, element: Any, fields: Fields, spread: Iterable[str] = ()) -> Row:
+    """Typed columns and ``extra`` of one array element (any JSON value)."""
+    if type(element) is not dict:
+        for column, _, _ in fields:
+            row[column] = None
+        row["extra"] = _element_extra(element)
+        return row
+    mapped = _MAPPED_CACHE.get(id(fields))
+    if mapped is None:
+        mapped = _MAPPED_CACHE[id(fields)] = frozenset(key for _, key, _ in fields)
+    _fill(row, element, fields, mapped, spread)
+    return row
 
 
-def _reasoning(response_id: str, item_position: int, item: dict[str, Any], children: Rows) -> None:
+def _url_row(row: Row, element: Any, fields: Fields) -> Row:
+    """An element given as a bare URL string or as an object with ``url``."""
+    if type(element) is str and not is_opaque(element):
+        for column, _, _ in fields:
+            row[column] = None
+        row["url"] = element
+        row["extra"] = None
+        return row
+    return _element_row(row, element, fields)
+
+
+_SUMMARY_FIELDS: Final[Fields] = (("type", "type", _text), ("text", "text", _text))
+
+
+def _reasoning(response_id: str, item_position: int, item: dict[str, Any], children: Rows) -> tuple[str, ...]:
     summary = item.get("summary")
     if type(summary) is not list:
-        return
+        return ()
     rows = children["reasoning_summaries"]
     for position, part in enumerate(summary):
-        get = part.get if type(part) is dict else _absent
-        rows.append(
-            {
-                "response_id": response_id,
-                "item_position": item_position,
-                "position": position,
-                "type": _text(get("type")),
-                "text": _text(get("text")),
-                "summary": part,
-            }
-        )
+        row: Row = {"response_id": response_id, "item_position": item_position, "position": position}
+        rows.append(_element_row(row, part, _SUMMARY_FIELDS))
+    return ("summary",)
 
 
-def _web_search_call(response_id: str, item_position: int, item: dict[str, Any], children: Rows) -> None:
+_ACTION_FIELDS: Final[Fields] = (
+    ("type", "type", _text),
+    ("query", "query", _text),
+    ("url", "url", _text),
+    ("pattern", "pattern", _text),
+)
+_SOURCE_FIELDS: Final[Fields] = (("type", "type", _text), ("url", "url", _text), ("title", "title", _text))
+
+
+def _web_search_call(
+    response_id: str, item_position: int, item: dict[str, Any], children: Rows
+) -> tuple[str, ...]:
     action = item.get("action")
+    spread: tuple[str, ...] = ()
     sources = None
     if type(action) is dict:
-        get = action.get
-        children["web_search_actions"].append(
-            {
-                "response_id": response_id,
-                "item_position": item_position,
-                "type": _text(get("type")),
-                "query": _text(get("query")),
-                "queries": get("queries"),
-                "url": _text(get("url")),
-                "pattern": _text(get("pattern")),
-                "action": action,
-            }
-        )
-        sources = get("sources")
+        sources = action.get("sources")
+        row: Row = {"response_id": response_id, "item_position": item_position}
+        in_action = ("sources",) if type(sources) is list else ()
+        _element_row(row, action, _ACTION_FIELDS, ("queries", *in_action))
+        row["queries"] = without_opaque(action.get("queries"))
+        children["web_search_actions"].append(row)
+        spread = ("action",)
     if type(sources) is not list:
         # Not in OpenAI's schema, but a provider may put the sources beside the action.
         sources = item.get("sources")
         if type(sources) is not list:
-            return
+            return spread
+        spread = (*spread, "sources")
     rows = children["web_search_sources"]
     for position, source in enumerate(sources):
-        source_get = source.get if type(source) is dict else _absent
-        rows.append(
-            {
-                "response_id": response_id,
-                "item_position": item_position,
-                "position": position,
-                "type": _text(source_get("type")),
-                "url": _url_of(source),
-                "title": _text(source_get("title")),
-                "source": source,
-            }
-        )
+        row = {"response_id": response_id, "item_position": item_position, "position": position}
+        rows.append(_url_row(row, source, _SOURCE_FIELDS))
+    return spread
+
+
+_CODE_OUTPUT_FIELDS: Final[Fields] = (("type", "type", _text), ("logs", "logs", _text), ("url", "url", _text))
 
 
 def _code_interpreter_call(
     response_id: str, item_position: int, item: dict[str, Any], children: Rows
-) -> None:
+) -> tuple[str, ...]:
     outputs = item.get("outputs")
     if type(outputs) is not list:
-        return
+        return ()
     rows = children["code_interpreter_outputs"]
     for position, output in enumerate(outputs):
-        get = output.get if type(output) is dict else _absent
-        rows.append(
-            {
-                "response_id": response_id,
-                "item_position": item_position,
-                "position": position,
-                "type": _text(get("type")),
-                "logs": _text(get("logs")),
-                "url": _text(get("url")),
-                "output": output,
-            }
-        )
+        row: Row = {"response_id": response_id, "item_position": item_position, "position": position}
+        rows.append(_element_row(row, output, _CODE_OUTPUT_FIELDS))
+    return ("outputs",)
 
 
-def _web_extractor_call(response_id: str, item_position: int, item: dict[str, Any], children: Rows) -> None:
+_URL_FIELDS: Final[Fields] = (("url", "url", _text),)
+
+
+def _web_extractor_call(
+    response_id: str, item_position: int, item: dict[str, Any], children: Rows
+) -> tuple[str, ...]:
     urls = item.get("urls")
     if type(urls) is not list:
-        return
+        return ()
     rows = children["web_extractor_urls"]
     for position, url in enumerate(urls):
-        rows.append(
-            {
-                "response_id": response_id,
-                "item_position": item_position,
-                "position": position,
-                "url": _url_of(url),
-                "value": url,
-            }
-        )
+        row: Row = {"response_id": response_id, "item_position": item_position, "position": position}
+        rows.append(_url_row(row, url, _URL_FIELDS))
+    return ("urls",)
 
 
-def _image_search_call(response_id: str, item_position: int, item: dict[str, Any], children: Rows) -> None:
+_IMAGE_RESULT_FIELDS: Final[Fields] = (
+    ("title", "title", _text),
+    ("url", "url", _text),
+    ("result_index", "index", _int32),
+)
+
+
+def _image_search_call(
+    response_id: str, item_position: int, item: dict[str, Any], children: Rows
+) -> tuple[str, ...]:
     """``web_search_image_call`` and ``image_search_call``: ``output`` is a JSON string
-    holding an array of ``{"title", "url", "index"}``."""
+    holding an array of ``{"title", "url", "index"}``; when it is one, its rows hold it."""
     results = item.get("output")
     if type(results) is str:
         try:
             results = orjson.loads(results)
         except orjson.JSONDecodeError:
-            return  # not JSON: the text stays in output_items.output
+            return ()  # not JSON: the text stays in output_items.output
     if type(results) is not list:
-        return
+        return ()
     rows = children["image_search_results"]
     for position, result in enumerate(results):
-        get = result.get if type(result) is dict else _absent
-        rows.append(
-            {
-                "response_id": response_id,
-                "item_position": item_position,
-                "position": position,
-                "title": _text(get("title")),
-                "url": _text(get("url")),
-                "result_index": _int32(get("index")),
-                "result": result,
-            }
-        )
+        row: Row = {"response_id": response_id, "item_position": item_position, "position": position}
+        rows.append(_element_row(row, result, _IMAGE_RESULT_FIELDS))
+    return ("output",)
 
 
-def _mcp_list_tools(response_id: str, item_position: int, item: dict[str, Any], children: Rows) -> None:
+_MCP_TOOL_FIELDS: Final[Fields] = (("name", "name", _text), ("description", "description", _text))
+
+
+def _mcp_list_tools(
+    response_id: str, item_position: int, item: dict[str, Any], children: Rows
+) -> tuple[str, ...]:
     tools = item.get("tools")
     if type(tools) is not list:
-        return
+        return ()
     server_label = _text(item.get("server_label"))
     rows = children["mcp_tools"]
     for position, tool in enumerate(tools):
-        get = tool.get if type(tool) is dict else _absent
-        rows.append(
-            {
-                "response_id": response_id,
-                "item_position": item_position,
-                "position": position,
-                "server_label": server_label,
-                "name": _text(get("name")),
-                "description": _text(get("description")),
-                "tool": tool,
-            }
-        )
+        row: Row = {"response_id": response_id, "item_position": item_position, "position": position}
+        _element_row(row, tool, _MCP_TOOL_FIELDS)
+        row["server_label"] = server_label
+        rows.append(row)
+    return ("tools",)
 
 
-def _file_search_call(response_id: str, item_position: int, item: dict[str, Any], children: Rows) -> None:
+_FILE_RESULT_FIELDS: Final[Fields] = (
+    ("file_id", "file_id", _text),
+    ("filename", "filename", _text),
+    ("score", "score", _float),
+    ("text", "text", _text),
+)
+
+
+def _file_search_call(
+    response_id: str, item_position: int, item: dict[str, Any], children: Rows
+) -> tuple[str, ...]:
+    spread: list[str] = []
     queries = item.get("queries")
     if type(queries) is list:
         query_rows = children["file_search_queries"]
         for position, query in enumerate(queries):
+            text = _text(query)
+            keep = text is None or is_opaque(text)
             query_rows.append(
                 {
                     "response_id": response_id,
                     "item_position": item_position,
                     "position": position,
-                    "query": _text(query),
-                    "value": query,
+                    "query": None if keep else text,
+                    "extra": _element_extra(query) if keep else None,
                 }
             )
+        spread.append("queries")
     results = item.get("results")
     if type(results) is list:
         result_rows = children["file_search_results"]
         for position, result in enumerate(results):
-            get = result.get if type(result) is dict else _absent
-            result_rows.append(
-                {
-                    "response_id": response_id,
-                    "item_position": item_position,
-                    "position": position,
-                    "file_id": _text(get("file_id")),
-                    "filename": _text(get("filename")),
-                    "score": _float(get("score")),
-                    "text": _text(get("text")),
-                    "attributes": get("attributes"),
-                    "result": result,
-                }
-            )
+            row: Row = {"response_id": response_id, "item_position": item_position, "position": position}
+            _element_row(row, result, _FILE_RESULT_FIELDS, ("attributes",))
+            row["attributes"] = without_opaque(result.get("attributes")) if type(result) is dict else None
+            result_rows.append(row)
+        spread.append("results")
+    return tuple(spread)
 
 
-_ITEM_HANDLERS: Final[dict[str, Callable[[str, int, dict[str, Any], Rows], None]]] = {
+_ITEM_HANDLERS: Final[dict[str, Callable[[str, int, dict[str, Any], Rows], tuple[str, ...]]]] = {
     "reasoning": _reasoning,
     "web_search_call": _web_search_call,
     "code_interpreter_call": _code_interpreter_call,
@@ -708,44 +846,40 @@ _ITEM_HANDLERS: Final[dict[str, Callable[[str, int, dict[str, Any], Rows], None]
     "mcp_list_tools": _mcp_list_tools,
     "file_search_call": _file_search_call,
 }
-"""Item type -> the function that fills the tables specific to that type."""
+"""Item type -> the function that fills the tables specific to that type; it returns the
+keys of the item whose values its rows hold (left out of the item's ``extra``)."""
+
+
+# --- input items (content-addressed) ---
+
+
+def item_digest(item: Any) -> str:
+    """SHA-256 (hex) of an input item's canonical JSON: keys sorted, no whitespace."""
+    try:
+        text = orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        # orjson refuses integers beyond 64 bits; the standard library does not.
+        text = json.dumps(item, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+    return hashlib.sha256(text).hexdigest()
 
 
 def normalize_input_items(response_id: str, items: list[Any]) -> list[Row]:
-    """Rows for ``input_items`` from the items of ``GET /responses/{id}/input_items``.
+    """Rows for a response's input items from ``GET /responses/{id}/input_items``.
 
     Args:
         response_id: the response the items belong to.
         items: every item, oldest first (all pages joined).
 
-    ``text`` joins the text of the item's content parts (``input_text``, ``output_text``,
-    ``text``), or is the content itself when it is a plain string.
+    Returns:
+        One row per item, in order: ``response_id``, ``position``, ``item_sha256`` (see
+        :func:`item_digest`) and ``item`` (the item as received). The store keeps each
+        distinct item once, in ``input_item_contents``, and the order in
+        ``response_input_items``; the ``input_items`` view joins them.
     """
-    rows: list[Row] = []
-    for position, item in enumerate(items):
-        get = item.get if type(item) is dict else _absent
-        content = get("content")
-        if type(content) is str:
-            text: str | None = content
-        elif type(content) is list:
-            texts = [part["text"] for part in content if type(part) is dict and type(part.get("text")) is str]
-            text = "\n".join(texts) if texts else None
-        else:
-            text = None
-        rows.append(
-            {
-                "response_id": response_id,
-                "position": position,
-                "id": _text(get("id")),
-                "type": _text(get("type")),
-                "role": _text(get("role")),
-                "status": _text(get("status")),
-                "call_id": _text(get("call_id")),
-                "text": text,
-                "item": item,
-            }
-        )
-    return rows
+    return [
+        {"response_id": response_id, "position": position, "item_sha256": item_digest(item), "item": item}
+        for position, item in enumerate(items)
+    ]
 
 
 def map_strings(value: Any, fix: Callable[[str], str]) -> Any:

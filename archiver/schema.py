@@ -9,10 +9,16 @@ Rules every child table follows:
 
 - a ``response_id`` column and a composite primary key that starts with it;
 - positions are 0-based indexes into the JSON array they come from;
-- one JSON column holds the element exactly as parsed, so fields without a column of
-  their own (unknown, provider-specific, future) are never dropped;
+- an ``extra`` JSON column holds the element's fields that no column maps (unknown,
+  provider-specific, future), never the whole element: ``responses.raw`` is the one
+  copy of everything (see ``archiver.normalize``);
 - no foreign keys: the writer deletes and re-inserts a response's children in the
-  transaction that upserts the response, which keeps the rows consistent without them.
+  transaction that upserts the response, which keeps the rows consistent without them;
+- on SQLite ``WITHOUT ROWID``: the primary key is the table, no second copy of it in an index.
+
+Input items are content-addressed: ``input_item_contents`` holds each distinct item
+once, ``response_input_items`` each response's ordered list of item hashes, and the
+``input_items`` view (:data:`input_items`, in :data:`view_metadata`) joins them.
 
 Free text is ``Text``: a length limit would turn an unusually long provider value into a
 failed insert on PostgreSQL. Only ``responses.id`` and the ``response_id`` keys are bounded,
@@ -58,14 +64,17 @@ __all__ = [
     "file_search_queries",
     "file_search_results",
     "image_search_results",
+    "input_item_contents",
     "input_items",
     "is_json_type",
     "mcp_tools",
     "metadata",
     "output_items",
     "reasoning_summaries",
+    "response_input_items",
     "responses",
     "tool_usage",
+    "view_metadata",
     "web_extractor_urls",
     "web_search_actions",
     "web_search_sources",
@@ -137,7 +146,7 @@ responses = Table(
     Column("model", Text, index=True),
     Column("created_at", Timestamp, index=True),
     Column("completed_at", Timestamp),
-    # usage, flattened (the whole object is in `usage`)
+    # usage, flattened (what no column or child row takes is in extra["usage"])
     Column("input_tokens", BigInteger),
     Column("cached_tokens", BigInteger),
     Column("cache_write_tokens", BigInteger),
@@ -169,7 +178,6 @@ responses = Table(
     Column("reasoning_effort", Text),
     Column("reasoning_summary", Text),
     Column("conversation_id", Text),
-    Column("output_text", Text),
     # structured fields, as given
     Column("error", JSONDoc()),
     Column("incomplete_details", JSONDoc()),
@@ -179,13 +187,11 @@ responses = Table(
     Column("tools", JSONDoc()),
     Column("reasoning", JSONDoc()),
     Column("text", JSONDoc()),
-    Column("usage", JSONDoc()),
     Column("prompt", JSONDoc()),
     Column("prompt_cache_options", JSONDoc()),
     Column("conversation", JSONDoc()),
     Column("moderation", JSONDoc()),
     Column("billing", JSONDoc()),
-    Column("tool_usage", JSONDoc()),
     Column("content_filters", JSONDoc()),
     Column("extra", JSONDoc()),
     # filled by the store, not by normalize()
@@ -247,8 +253,9 @@ output_items = Table(
     Column("error", Text),
     Column("execution", Text),
     Column("created_by", Text),
-    Column("item", JSONDoc()),
+    Column("extra", JSONDoc()),
     PrimaryKeyConstraint("response_id", "position"),
+    sqlite_with_rowid=False,
 )
 
 content_parts = Table(
@@ -261,10 +268,10 @@ content_parts = Table(
     Column("type", Text),
     Column("text", Text),
     Column("refusal", Text),
-    Column("annotations", JSONDoc()),
     Column("logprobs", JSONDoc()),
-    Column("part", JSONDoc()),
+    Column("extra", JSONDoc()),
     PrimaryKeyConstraint("response_id", "item_position", "position"),
+    sqlite_with_rowid=False,
 )
 
 # The name shadows `from __future__ import annotations`, harmlessly at run time.
@@ -284,8 +291,9 @@ annotations = Table(  # type: ignore[assignment]
     Column("filename", Text),
     Column("container_id", Text),
     Column("file_index", Integer),
-    Column("annotation", JSONDoc()),
+    Column("extra", JSONDoc()),
     PrimaryKeyConstraint("response_id", "item_position", "part_position", "position"),
+    sqlite_with_rowid=False,
 )
 
 reasoning_summaries = Table(
@@ -296,8 +304,9 @@ reasoning_summaries = Table(
     _position("position"),
     Column("type", Text),
     Column("text", Text),
-    Column("summary", JSONDoc()),
+    Column("extra", JSONDoc()),
     PrimaryKeyConstraint("response_id", "item_position", "position"),
+    sqlite_with_rowid=False,
 )
 
 web_search_actions = Table(
@@ -310,8 +319,9 @@ web_search_actions = Table(
     Column("queries", JSONDoc()),
     Column("url", Text),
     Column("pattern", Text),
-    Column("action", JSONDoc()),
+    Column("extra", JSONDoc()),
     PrimaryKeyConstraint("response_id", "item_position"),
+    sqlite_with_rowid=False,
 )
 
 web_search_sources = Table(
@@ -323,8 +333,9 @@ web_search_sources = Table(
     Column("type", Text),
     Column("url", Text),
     Column("title", Text),
-    Column("source", JSONDoc()),
+    Column("extra", JSONDoc()),
     PrimaryKeyConstraint("response_id", "item_position", "position"),
+    sqlite_with_rowid=False,
 )
 
 code_interpreter_outputs = Table(
@@ -336,8 +347,9 @@ code_interpreter_outputs = Table(
     Column("type", Text),
     Column("logs", Text),
     Column("url", Text),
-    Column("output", JSONDoc()),
+    Column("extra", JSONDoc()),
     PrimaryKeyConstraint("response_id", "item_position", "position"),
+    sqlite_with_rowid=False,
 )
 
 web_extractor_urls = Table(
@@ -347,8 +359,9 @@ web_extractor_urls = Table(
     _position("item_position"),
     _position("position"),
     Column("url", Text),
-    Column("value", JSONDoc()),
+    Column("extra", JSONDoc()),
     PrimaryKeyConstraint("response_id", "item_position", "position"),
+    sqlite_with_rowid=False,
 )
 
 image_search_results = Table(
@@ -360,8 +373,9 @@ image_search_results = Table(
     Column("title", Text),
     Column("url", Text),
     Column("result_index", Integer),
-    Column("result", JSONDoc()),
+    Column("extra", JSONDoc()),
     PrimaryKeyConstraint("response_id", "item_position", "position"),
+    sqlite_with_rowid=False,
 )
 
 mcp_tools = Table(
@@ -373,8 +387,9 @@ mcp_tools = Table(
     Column("server_label", Text),
     Column("name", Text),
     Column("description", Text),
-    Column("tool", JSONDoc()),
+    Column("extra", JSONDoc()),
     PrimaryKeyConstraint("response_id", "item_position", "position"),
+    sqlite_with_rowid=False,
 )
 
 file_search_queries = Table(
@@ -384,8 +399,9 @@ file_search_queries = Table(
     _position("item_position"),
     _position("position"),
     Column("query", Text),
-    Column("value", JSONDoc()),
+    Column("extra", JSONDoc()),
     PrimaryKeyConstraint("response_id", "item_position", "position"),
+    sqlite_with_rowid=False,
 )
 
 file_search_results = Table(
@@ -399,8 +415,9 @@ file_search_results = Table(
     Column("score", Float),
     Column("text", Text),
     Column("attributes", JSONDoc()),
-    Column("result", JSONDoc()),
+    Column("extra", JSONDoc()),
     PrimaryKeyConstraint("response_id", "item_position", "position"),
+    sqlite_with_rowid=False,
 )
 
 billing_details = Table(
@@ -414,8 +431,9 @@ billing_details = Table(
     Column("total_tokens", BigInteger),
     Column("cached_tokens", BigInteger),
     Column("reasoning_tokens", BigInteger),
-    Column("detail", JSONDoc()),
+    Column("extra", JSONDoc()),
     PrimaryKeyConstraint("response_id", "position"),
+    sqlite_with_rowid=False,
 )
 
 tool_usage = Table(
@@ -428,24 +446,9 @@ tool_usage = Table(
     Column("input_tokens", BigInteger),
     Column("output_tokens", BigInteger),
     Column("total_tokens", BigInteger),
-    Column("detail", JSONDoc()),
+    Column("extra", JSONDoc()),
     PrimaryKeyConstraint("response_id", "source", "tool"),
-)
-
-input_items = Table(
-    "input_items",
-    metadata,
-    _response_id(),
-    _position("position"),
-    Column("id", Text),
-    Column("type", Text),
-    Column("role", Text),
-    Column("status", Text),
-    Column("call_id", Text),
-    Column("text", Text),
-    Column("item", JSONDoc()),
-    PrimaryKeyConstraint("response_id", "position"),
-    comment="GET /responses/{id}/input_items (only with --with-input-items), oldest first",
+    sqlite_with_rowid=False,
 )
 
 CHILD_TABLES: tuple[Table, ...] = (  # type: ignore[assignment]  # `annotations`: see above
@@ -463,14 +466,53 @@ CHILD_TABLES: tuple[Table, ...] = (  # type: ignore[assignment]  # `annotations`
     file_search_results,
     billing_details,
     tool_usage,
-    input_items,
 )
-"""Every table that hangs off a response (has ``response_id``), parents before children."""
+"""Every table of the rows ``normalize()`` makes from a body, parents before children."""
 
 for _table in CHILD_TABLES:
     # Child rows are replaced together with their response, so they carry its change_seq.
     _table.append_column(Column("change_seq", BigInteger, nullable=False, server_default="0"))
 del _table
+
+input_item_contents = Table(
+    "input_item_contents",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("item", JSONDoc()),
+    sqlite_with_rowid=False,
+    comment="Each distinct input item once, keyed by the SHA-256 of its canonical JSON",
+)
+
+response_input_items = Table(
+    "response_input_items",
+    metadata,
+    _response_id(),
+    _position("position"),
+    Column("item_sha256", String(64), nullable=False),
+    PrimaryKeyConstraint("response_id", "position"),
+    sqlite_with_rowid=False,
+    comment="GET /responses/{id}/input_items (only with --with-input-items), oldest first",
+)
+
+view_metadata = MetaData()
+"""Views (created by the migrations, not by ``metadata.create_all``), for reading them."""
+
+input_items = Table(
+    "input_items",
+    view_metadata,
+    _response_id(),
+    _position("position"),
+    Column("id", Text),
+    Column("type", Text),
+    Column("role", Text),
+    Column("status", Text),
+    Column("call_id", Text),
+    Column("text", Text),
+    Column("item", JSONDoc()),
+    Column("change_seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("response_id", "position"),
+    comment="View: each response's input items in order, as one row per item",
+)
 
 archive_changes = Table(
     "archive_changes",

@@ -32,8 +32,14 @@ from archiver.logs import get_logger
 from archiver.normalize import NormalizedResponse, map_strings
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll, with_body_sample
 from archiver.queue import Job, archive_queue
-from archiver.schema import CHILD_TABLES, archive_dictionaries, is_json_type, responses
-from archiver.schema import input_items as input_items_table
+from archiver.schema import (
+    CHILD_TABLES,
+    archive_dictionaries,
+    input_item_contents,
+    is_json_type,
+    response_input_items,
+    responses,
+)
 
 log = get_logger()
 
@@ -225,7 +231,10 @@ class ArchiveStore:
         self._train_at = codec.FIRST_TRAINING_AT
         self._train_due = False
         self._fast_inserts = (
-            {table.name: _FastInsert(table, engine.dialect) for table in (responses, *CHILD_TABLES)}
+            {
+                table.name: _FastInsert(table, engine.dialect)
+                for table in (responses, *CHILD_TABLES, response_input_items)
+            }
             if self.dialect == "sqlite"
             else None
         )
@@ -387,15 +396,13 @@ class ArchiveStore:
         if not changed:
             return
         replaced = [rid for rid in changed if rid in existing]
-        # Input items stored earlier survive a re-archive that did not fetch them.
-        refetched_inputs = [rid for rid in replaced if rid in input_digests]
         for chunk in _chunks(replaced):
-            for table in CHILD_TABLES:
-                if table is not input_items_table:
-                    conn.execute(delete(table).where(table.c.response_id.in_(chunk)))
+            self.delete_children(conn, chunk)
             conn.execute(delete(responses).where(responses.c.id.in_(chunk)))
+        # Input items stored earlier survive a re-archive that did not fetch them.
+        refetched_inputs = [rid for rid in changed if rid in input_digests]
         for chunk in _chunks(refetched_inputs):
-            conn.execute(delete(input_items_table).where(input_items_table.c.response_id.in_(chunk)))
+            conn.execute(delete(response_input_items).where(response_input_items.c.response_id.in_(chunk)))
         scrub = self.dialect == "postgresql"
         # Taken last-but-inserts: the counter row stays locked until commit, so change_seq
         # values become visible in increasing order even with several writers.
@@ -405,7 +412,7 @@ class ArchiveStore:
             self._train_due = True
         response_rows: list[dict[str, Any]] = []
         child_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        kept_inputs: list[dict[str, Any]] = []
+        input_rows: list[dict[str, Any]] = []
         for offset, rid in enumerate(changed):
             seq = first_seq + offset
             result = by_id[rid]
@@ -428,12 +435,9 @@ class ArchiveStore:
                 input_items_sha256=input_digests.get(rid, old[1] if old else None),
             )
             response_rows.append(row)
-            children = result.normalized.children
             if result.input_items is not None:
-                children = {**children, input_items_table.name: result.input_items}
-            elif old is not None and old[1] is not None:
-                kept_inputs.append({"rid": rid, "seq": seq})
-            for table_name, table_rows in children.items():
+                input_rows.extend(scrub_nul(result.input_items) if needs_scrub else result.input_items)
+            for table_name, table_rows in result.normalized.children.items():
                 if not table_rows:
                     continue
                 target = child_rows[table_name]
@@ -447,13 +451,41 @@ class ArchiveStore:
             if inserts:
                 self._insert(conn, table, inserts)
                 report.rows_written += len(inserts)
-        if kept_inputs:
-            conn.execute(
-                update(input_items_table)
-                .where(input_items_table.c.response_id == bindparam("rid"))
-                .values(change_seq=bindparam("seq")),
-                kept_inputs,
+        if input_rows:
+            report.rows_written += self._insert_input_items(conn, input_rows)
+
+    def delete_children(self, conn: Connection, response_ids: list[str]) -> None:
+        """Delete the child rows (not the input items) of at most ``IN_CHUNK`` responses.
+
+        The first half of replacing a response's rows; ``_write_archive`` inserts the new
+        ones in the same transaction.
+        """
+        for table in CHILD_TABLES:
+            conn.execute(delete(table).where(table.c.response_id.in_(response_ids)))
+
+    def _insert_input_items(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
+        """Store each distinct item once and every response's ordered list of item hashes.
+
+        Contents go in sorted by hash, so two writers inserting overlapping items on
+        PostgreSQL wait for each other in one order and cannot deadlock. Returns the
+        number of items listed (one ``response_input_items`` row each).
+        """
+        contents = sorted({row["item_sha256"]: row["item"] for row in rows}.items())
+        if self.dialect == "sqlite":
+            conn.exec_driver_sql(
+                "INSERT INTO input_item_contents (sha256, item) VALUES (?, ?) "
+                "ON CONFLICT (sha256) DO NOTHING",
+                [(sha, json_dumps(item)) for sha, item in contents],
             )
+        else:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            conn.execute(
+                pg_insert(input_item_contents).on_conflict_do_nothing(index_elements=["sha256"]),
+                [{"sha256": sha, "item": item} for sha, item in contents],
+            )
+        self._insert(conn, response_input_items, rows)
+        return len(rows)
 
     def _move_queue_rows(self, conn: Connection, results: list[FetchResult], report: WriteReport) -> None:
         done: list[dict[str, Any]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -12,8 +13,16 @@ from typing import Any
 import pytest
 
 from archiver.errors import NormalizationError
-from archiver.normalize import NormalizedResponse, normalize
+from archiver.normalize import (
+    OPAQUE_KEY,
+    NormalizedResponse,
+    is_opaque,
+    normalize,
+    output_text,
+    without_opaque,
+)
 from archiver.schema import CHILD_STORE_COLUMNS, CHILD_TABLES, STORE_COLUMNS, responses
+from tests.projection import assert_projection, parse_body
 
 CORPUS_DIR = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "responses"
 CORPUS_FILES = sorted(CORPUS_DIR.glob("*.json"))
@@ -117,18 +126,21 @@ def test_corpus_is_there() -> None:
 
 @pytest.mark.parametrize("path", CORPUS_FILES, ids=[p.name for p in CORPUS_FILES])
 def test_corpus_body(path: Path) -> None:
-    body = load(path)
+    raw = path.read_bytes()
+    body = parse_body(raw)
     pristine = copy.deepcopy(body)
     result = normalize(body)
     assert body == pristine, "normalize must not modify the body"
     assert_row_shapes(result, body["id"])
     row = result.response
 
-    # one output_items row per element, holding the element unchanged
+    # every field reachable from a column, extra, or (opaque payloads) raw; nothing whole twice
+    assert_projection(body, {"responses": [row], **result.children})
+
+    # one output_items row per element
     items = rows(result, "output_items")
     assert [r["position"] for r in items] == list(range(len(body["output"])))
     for r, item in zip(items, body["output"], strict=True):
-        assert r["item"] == item
         assert r["type"] == item["type"]
         assert r["id"] == item.get("id")
         assert r["status"] == (item.get("status") if isinstance(item.get("status"), str) else None)
@@ -136,12 +148,15 @@ def test_corpus_body(path: Path) -> None:
             assert r["arguments"] == item["arguments"]
         elif "arguments" in item and item["arguments"] is not None:
             assert json.loads(r["arguments"]) == item["arguments"]
+        for key in r["extra"] or {}:
+            assert key in item and key not in ("id", "type"), key
+            assert not (key == "content" and isinstance(item[key], list))
 
     # child row counts match what the body holds
     for table, count in expected_counts(body).items():
         assert len(rows(result, table)) == count, table
 
-    # content parts (message and reasoning) and annotations, whole JSON kept
+    # content parts (message and reasoning) and annotations
     parts = [
         (pos, ppos, part)
         for pos, item in enumerate(body["output"])
@@ -149,43 +164,43 @@ def test_corpus_body(path: Path) -> None:
     ]
     for r, (pos, ppos, part) in zip(rows(result, "content_parts"), parts, strict=True):
         assert (r["item_position"], r["position"]) == (pos, ppos)
-        assert r["part"] == part
         assert r["type"] == part["type"]
         assert r["text"] == part.get("text")
-        assert r["annotations"] == part.get("annotations")
         assert r["logprobs"] == part.get("logprobs")
+        assert set(r["extra"] or {}) <= set(part) - {"type", "text", "annotations", "logprobs"}
     annotations = [a for _, _, part in parts for a in listed(part.get("annotations"))]
-    assert [r["annotation"] for r in rows(result, "annotations")] == annotations
-    for r in rows(result, "annotations"):
-        assert r["type"] == r["annotation"]["type"]
-        assert r["url"] == r["annotation"].get("url")
-        assert r["start_index"] == r["annotation"].get("start_index")
-        assert r["file_id"] == r["annotation"].get("file_id")
+    assert len(rows(result, "annotations")) == len(annotations)
+    for r, annotation in zip(rows(result, "annotations"), annotations, strict=True):
+        assert r["type"] == annotation["type"]
+        assert r["url"] == annotation.get("url")
+        assert r["start_index"] == annotation.get("start_index")
+        assert r["file_id"] == annotation.get("file_id")
 
-    # usage columns equal the body's values
+    # usage columns equal the body's values; what they do not take is in extra.usage
     usage = body.get("usage")
     if isinstance(usage, dict):
-        assert row["usage"] == usage
         assert row["input_tokens"] == usage.get("input_tokens")
         assert row["output_tokens"] == usage.get("output_tokens")
         assert row["total_tokens"] == usage.get("total_tokens")
         assert row["cached_tokens"] == usage["input_tokens_details"].get("cached_tokens")
         assert row["reasoning_tokens"] == usage["output_tokens_details"].get("reasoning_tokens")
+        rest = (row["extra"] or {}).get("usage", {})
+        assert set(rest) <= set(usage) - {"input_tokens", "output_tokens", "total_tokens", "x_details"}
     else:
         for column in ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens"):
             assert row[column] is None
 
-    # every top-level key is a column or kept in `extra`; `output` became output_items
+    # every top-level key is a column, child rows, or kept in `extra`
     extra = row["extra"] or {}
     for key, value in body.items():
-        if key == "output":
+        if key in ("output", "usage", "tool_usage"):
             continue
         if key in extra:
-            assert extra[key] == value
+            assert extra[key] == without_opaque(value)
         else:
             assert key in RESPONSE_COLUMNS, key
             if key not in ("created_at", "completed_at"):
-                assert row[key] == value, key
+                assert row[key] == without_opaque(value), key
     assert set(extra) <= set(body)
 
     assert row["created_at"] == datetime.fromtimestamp(body["created_at"], UTC)
@@ -195,7 +210,25 @@ def test_corpus_body(path: Path) -> None:
         assert row["completed_at"] is None
     assert row["status"] == body["status"]
     assert row["model"] == body["model"]
-    assert row["output_text"] == sdk_output_text(body)
+    assert output_text(result.children) == sdk_output_text(body)
+
+
+def test_corpus_opaque_payloads_stay_in_raw() -> None:
+    """Image results, encrypted reasoning: a stub with length and SHA-256, nothing more."""
+    stubs = 0
+    for path in CORPUS_FILES:
+        body = parse_body(path.read_bytes())
+        result = normalize(body)
+        for item, row in zip(body["output"], rows(result, "output_items"), strict=True):
+            for key, value in item.items():
+                if isinstance(value, str) and is_opaque(value):
+                    stub = row["extra"][key][OPAQUE_KEY]
+                    assert stub == {
+                        "length": len(value),
+                        "sha256": hashlib.sha256(value.encode()).hexdigest(),
+                    }
+                    stubs += 1
+    assert stubs >= 20  # 3 image results and ~20 encrypted reasoning contents in the corpus
 
 
 def test_corpus_top_level_output_text_kept_in_extra() -> None:
@@ -204,8 +237,8 @@ def test_corpus_top_level_output_text_kept_in_extra() -> None:
     body = load(CORPUS_DIR / "pydantic-ai__032.json")
     result = normalize(body)
     assert body["output_text"] == ""
-    assert result.response["output_text"] == "4"
-    assert result.response["extra"] == {"output_text": ""}
+    assert output_text(result.children) == "4"
+    assert result.response["extra"]["output_text"] == ""
 
 
 def test_corpus_web_search_sources() -> None:
@@ -231,8 +264,12 @@ def test_corpus_openai_tool_usage() -> None:
     assert set(by_tool) == set(body["tool_usage"])
     assert by_tool["web_search"]["count"] == body["tool_usage"]["web_search"]["num_requests"]
     assert by_tool["image_gen"]["total_tokens"] == body["tool_usage"]["image_gen"]["total_tokens"]
-    assert by_tool["image_gen"]["detail"] == body["tool_usage"]["image_gen"]
-    assert result.response["tool_usage"] == body["tool_usage"]
+    assert by_tool["image_gen"]["extra"] == {
+        k: v
+        for k, v in body["tool_usage"]["image_gen"].items()
+        if k not in ("input_tokens", "output_tokens", "total_tokens")
+    }
+    assert "tool_usage" not in (result.response["extra"] or {})
 
 
 def test_corpus_dashscope_body() -> None:
@@ -256,9 +293,9 @@ def test_corpus_dashscope_body() -> None:
         "total_tokens": 146,
         "cached_tokens": 0,
         "reasoning_tokens": 33,
-        "detail": body["usage"]["x_details"][0],
+        "extra": None,
     }
-    assert result.response["output_text"] == "The capital of France is **Paris**."
+    assert output_text(result.children) == "The capital of France is **Paris**."
     assert result.response["extra"] is None
 
 
@@ -486,14 +523,12 @@ def test_every_reference_item_type_in_one_body() -> None:
     assert_row_shapes(result, RESPONSE_ID)
     # every table the body feeds gets rows, so every row literal's keys were checked above
     # (input_items come from their own endpoint: see test_input_items_rows)
-    body_tables = [t for t in CHILD_TABLES if t.name != "input_items"]
-    assert all(result.children[t.name] for t in body_tables), [
-        t.name for t in body_tables if not result.children[t.name]
+    assert all(result.children[t.name] for t in CHILD_TABLES), [
+        t.name for t in CHILD_TABLES if not result.children[t.name]
     ]
-    assert result.children["input_items"] == []
     items = rows(result, "output_items")
     assert [r["type"] for r in items] == [i["type"] for i in ALL_ITEMS]
-    assert [r["item"] for r in items] == list(ALL_ITEMS)
+    assert_projection(body, {"responses": [result.response], **result.children})
     for table, count in expected_counts(body).items():
         assert len(rows(result, table)) == count, table
 
@@ -513,8 +548,7 @@ def test_message() -> None:
         (0, 1, "message", "output_text"),
     ]
     assert parts[0]["text"] == "The code interpreter runs Python in a sandbox."
-    assert parts[0]["annotations"] == MESSAGE["content"][0]["annotations"]
-    assert parts[1]["annotations"] == []
+    assert parts[0]["extra"] is None and parts[1]["extra"] is None  # annotations: their own rows
     annotation = only(result, "annotations")
     assert annotation == {
         "response_id": RESPONSE_ID,
@@ -530,9 +564,9 @@ def test_message() -> None:
         "filename": None,
         "container_id": None,
         "file_index": None,
-        "annotation": MESSAGE["content"][0]["annotations"][0],
+        "extra": None,
     }
-    assert result.response["output_text"] == (
+    assert output_text(result.children) == (
         "The code interpreter runs Python in a sandbox. It keeps state per container."
     )
 
@@ -580,7 +614,7 @@ def test_openai_annotation_kinds_and_refusal() -> None:
         None,
         "I can't help with that.",
     )
-    assert result.response["output_text"] == "See the file."
+    assert output_text(result.children) == "See the file."
 
 
 def test_reasoning() -> None:
@@ -592,14 +626,14 @@ def test_reasoning() -> None:
         (0, 0, "summary_text", "The user wants a summary of a documentation page."),
         (0, 1, "summary_text", "I should search, then extract the page."),
     ]
-    assert summaries[1]["summary"] == REASONING["summary"][1]
+    assert summaries[1]["extra"] is None
     # reasoning content lands in content_parts, told apart by item_type ...
     reasoning_parts = [p for p in rows(result, "content_parts") if p["item_type"] == "reasoning"]
     assert [(p["type"], p["text"]) for p in reasoning_parts] == [
         ("reasoning_text", "Search first, then read the page.")
     ]
     # ... and never in output_text
-    assert "Search first" not in result.response["output_text"]
+    assert "Search first" not in output_text(result.children)
 
 
 def test_function_call() -> None:
@@ -609,7 +643,7 @@ def test_function_call() -> None:
     assert row["call_id"] == "call_9f1c4c1f3c2e4f6a8b0d2e"
     assert row["arguments"] == FUNCTION_CALL["arguments"]  # text exactly as given
     assert row["status"] == "completed"
-    assert result.response["output_text"] == ""
+    assert output_text(result.children) == ""
 
 
 def test_web_search_call() -> None:
@@ -624,7 +658,7 @@ def test_web_search_call() -> None:
         "queries": None,
         "url": None,
         "pattern": None,
-        "action": WEB_SEARCH_CALL["action"],
+        "extra": None,
     }
     sources = rows(result, "web_search_sources")
     assert [(s["position"], s["type"], s["url"]) for s in sources] == [
@@ -664,7 +698,7 @@ def test_code_interpreter_call() -> None:
         None,
         "https://files.example/plot.png",
     )
-    assert image["output"] == item["outputs"][1]
+    assert image["extra"] is None
 
 
 def test_web_extractor_call() -> None:
@@ -673,11 +707,11 @@ def test_web_extractor_call() -> None:
     assert row["goal"] == WEB_EXTRACTOR_CALL["goal"]
     assert row["output"] == WEB_EXTRACTOR_CALL["output"]
     url = only(result, "web_extractor_urls")
-    assert (url["item_position"], url["position"], url["url"], url["value"]) == (
+    assert (url["item_position"], url["position"], url["url"], url["extra"]) == (
         1,
         0,
         "https://www.alibabacloud.com/help/en/model-studio/code-interpreter",
-        "https://www.alibabacloud.com/help/en/model-studio/code-interpreter",
+        None,
     )
 
 
@@ -686,13 +720,13 @@ def test_web_search_image_call() -> None:
     row = only(result, "output_items")
     assert row["name"] == "web_search_image"
     assert json.loads(row["arguments"]) == {"queries": ["West Lake sunset", "西湖 日落"]}
-    assert row["output"] == WEB_SEARCH_IMAGE_CALL["output"]  # the JSON string, as given
+    assert row["output"] is None  # the JSON string's results are rows of their own
     results = rows(result, "image_search_results")
     assert [(r["position"], r["title"], r["url"], r["result_index"]) for r in results] == [
         (0, "West Lake at sunset", "https://img.example.cn/westlake-1.jpg", 1),
         (1, "Leifeng Pagoda, Hangzhou", "https://img.example.cn/leifeng-2.jpg", 2),
     ]
-    assert [r["result"] for r in results] == IMAGE_RESULTS
+    assert [r["extra"] for r in results] == [None, None]
 
 
 def test_image_search_call() -> None:
@@ -708,11 +742,12 @@ def test_image_search_call() -> None:
 def test_image_search_output_that_is_not_a_result_list(output: str | None) -> None:
     item = {**IMAGE_SEARCH_CALL, "output": output}
     result = normalize(dashscope_body(item))
-    assert only(result, "output_items")["output"] == output
     found = rows(result, "image_search_results")
-    if output == "[1, null]":
-        assert [(r["title"], r["result"]) for r in found] == [(None, 1), (None, None)]
+    if output == "[1, null]":  # a list: its elements are the rows, not the text too
+        assert only(result, "output_items")["output"] is None
+        assert [(r["title"], r["extra"]) for r in found] == [(None, 1), (None, None)]
     else:
+        assert only(result, "output_items")["output"] == output
         assert found == []
 
 
@@ -744,7 +779,7 @@ def test_mcp_call_and_list_tools() -> None:
         "maps_geo",
         "Convert an address into coordinates",
     )
-    assert tool["tool"] == MCP_LIST_TOOLS["tools"][0]
+    assert set(tool["extra"]) == set(MCP_LIST_TOOLS["tools"][0]) - {"name", "description"}
 
 
 def test_file_search_call() -> None:
@@ -763,7 +798,7 @@ def test_file_search_call() -> None:
     )
     assert first["text"].startswith("Employees with one to ten years")
     assert second["attributes"] == {"department": "HR", "year": 2026}
-    assert second["result"] == FILE_SEARCH_CALL["results"][1]
+    assert second["extra"] is None
 
 
 def test_file_search_call_without_results() -> None:
@@ -778,7 +813,7 @@ def test_dashscope_usage_x_details_and_x_tools() -> None:
     row = result.response
     assert (row["input_tokens"], row["cached_tokens"], row["output_tokens"]) == (5120, 1024, 830)
     assert (row["reasoning_tokens"], row["total_tokens"]) == (412, 5950)
-    assert row["usage"] == body["usage"]
+    assert row["extra"] is None  # every usage field has a column or rows
     billing = only(result, "billing_details")
     assert (billing["x_billing_type"], billing["input_tokens"], billing["output_tokens"]) == (
         "response_api",
@@ -797,7 +832,7 @@ def test_dashscope_usage_x_details_and_x_tools() -> None:
         "web_extractor": 1,
         "code_interpreter": 1,
     }
-    assert tools["web_search"]["detail"] == {"count": 2}
+    assert tools["web_search"]["extra"] is None
 
 
 def test_xai_server_side_tool_usage() -> None:
@@ -877,25 +912,26 @@ def test_unknown_item_type_and_fields_survive() -> None:
     result = normalize(body)
     assert_row_shapes(result, RESPONSE_ID)
     future_row, message_row = rows(result, "output_items")
-    assert (future_row["type"], future_row["call_id"], future_row["item"]) == (
+    assert (future_row["type"], future_row["call_id"], future_row["extra"]) == (
         "hologram_call",
         "call_h",
-        future,
+        {"beam": {"colour": "blue", "lumens": 900}},
     )
-    assert message_row["item"]["sentiment"] == "cheerful"
+    assert message_row["extra"] == {"sentiment": "cheerful"}
     text, hologram = rows(result, "content_parts")
-    assert text["part"]["voice"] == "alto"
-    assert (hologram["type"], hologram["text"], hologram["part"]) == (
+    assert text["extra"] == {"voice": "alto"}
+    assert (hologram["type"], hologram["text"], hologram["extra"]) == (
         "output_hologram",
         None,
-        {"type": "output_hologram", "frames": 24},
+        {"frames": 24},
     )
     annotation = only(result, "annotations")
-    assert (annotation["type"], annotation["url"], annotation["annotation"]) == (
+    assert (annotation["type"], annotation["url"], annotation["extra"]) == (
         "hologram_citation",
         None,
-        {"type": "hologram_citation", "frame": 3},
+        {"frame": 3},
     )
+    assert_projection(body, {"responses": [result.response], **result.children})
     assert result.response["extra"] == {"x_trace": {"region": "cn-beijing"}, "safety_score": 0.02}
 
 
@@ -927,10 +963,14 @@ def test_odd_top_level_types_go_to_extra() -> None:
     assert row["status"] is None
     assert "status" not in row["extra"]  # null is not odd: nothing to keep
     assert row["extra"]["output_text"] == "not computed here"
-    assert row["output_text"] == sdk_output_text(body)
     assert (row["input_tokens"], row["output_tokens"], row["total_tokens"]) == (None, None, 12)
     assert row["cached_tokens"] is None and row["reasoning_tokens"] is None
-    assert row["usage"] == body["usage"]
+    # what no column took, and nothing else: the odd values and the details list
+    assert row["extra"]["usage"] == {
+        "input_tokens": "45",
+        "output_tokens": 2**64,
+        "input_tokens_details": [],
+    }
 
 
 def test_odd_output_elements() -> None:
@@ -954,27 +994,33 @@ def test_odd_output_elements() -> None:
     result = normalize(body)
     assert_row_shapes(result, RESPONSE_ID)
     items = rows(result, "output_items")
-    assert [r["item"] for r in items] == body["output"]
+    assert [r["extra"] for r in items[:3]] == [42, None, "loose text"]
     assert all(r["type"] is None for r in items[:3])
-    assert [(p["type"], p["text"], p["part"]) for p in rows(result, "content_parts")] == [
+    assert [(p["type"], p["text"], p["extra"]) for p in rows(result, "content_parts")] == [
         (None, None, "plain"),
         (None, None, None),
-        ("output_text", None, {"type": "output_text", "text": 7}),
+        ("output_text", None, {"text": 7}),
     ]
+    assert items[5]["extra"] == {"outputs": {"type": "logs"}}  # not a list: not spread
+    assert items[10]["extra"] == {"type": 17, "summary": [{"text": "not a reasoning item"}]}
     call = items[4]
     assert call["name"] is None
     assert json.loads(call["arguments"]) == {"city": "Hangzhou"}
     assert json.loads(items[5]["output"]) == ["a", 1]
     assert rows(result, "code_interpreter_outputs") == []
-    assert [(s["type"], s["summary"]) for s in rows(result, "reasoning_summaries")] == [
+    assert [(s["type"], s["extra"]) for s in rows(result, "reasoning_summaries")] == [
         (None, "just a string"),
-        (None, {"text": None}),
+        (None, None),
     ]
     assert rows(result, "web_search_actions") == []
-    assert only(result, "mcp_tools")["tool"] is None
-    assert [q["query"] for q in rows(result, "file_search_queries")] == [None, "q"]
-    assert [r["score"] for r in rows(result, "file_search_results")] == [None, None]
-    assert result.response["output_text"] == ""
+    assert items[7]["extra"] == {"action": "search"}
+    assert only(result, "mcp_tools")["extra"] is None
+    assert [(q["query"], q["extra"]) for q in rows(result, "file_search_queries")] == [(None, 1), ("q", None)]
+    assert [(r["score"], r["extra"]) for r in rows(result, "file_search_results")] == [
+        (None, None),
+        (None, {"score": "high"}),
+    ]
+    assert output_text(result.children) == ""
 
 
 def test_output_that_is_not_a_list_is_kept_in_extra() -> None:
@@ -983,7 +1029,6 @@ def test_output_that_is_not_a_list_is_kept_in_extra() -> None:
     result = normalize(body)
     assert rows(result, "output_items") == []
     assert result.response["extra"] == {"output": {"type": "message"}}
-    assert result.response["output_text"] is None
 
 
 def test_missing_everything_but_the_id() -> None:
@@ -1068,31 +1113,59 @@ def test_normalized_response_is_frozen() -> None:
 
 
 def test_input_items_rows() -> None:
-    from archiver.normalize import normalize_input_items
-    from archiver.schema import CHILD_STORE_COLUMNS, input_items
+    from archiver.normalize import item_digest, normalize_input_items
 
     items = [
         {"id": "msg_1", "type": "message", "role": "system", "content": "Be brief."},
-        {
-            "id": "msg_2",
-            "type": "message",
-            "role": "user",
-            "status": "completed",
-            "content": [
-                {"type": "input_text", "text": "Hi"},
-                {"type": "input_image", "image_url": "x"},
-                {"type": "input_text", "text": "there"},
-            ],
-        },
         {"id": "fc_3", "type": "function_call_output", "call_id": "call_9", "output": "{}"},
         "not an object",
-        {"id": "hl_5", "type": "hologram_input", "future_field": [1, 2]},
+        {"role": "system", "type": "message", "content": "Be brief.", "id": "msg_1"},  # same, reordered
     ]
     rows_ = normalize_input_items("resp_x", items)
-    columns = {c.name for c in input_items.columns} - CHILD_STORE_COLUMNS
-    assert all(set(r) == columns for r in rows_)
-    assert [r["position"] for r in rows_] == [0, 1, 2, 3, 4]
-    assert [r["text"] for r in rows_] == ["Be brief.", "Hi\nthere", None, None, None]
-    assert rows_[2]["call_id"] == "call_9" and rows_[2]["type"] == "function_call_output"
-    assert rows_[3]["item"] == "not an object" and rows_[3]["id"] is None
+    assert all(set(r) == {"response_id", "position", "item_sha256", "item"} for r in rows_)
+    assert [r["position"] for r in rows_] == [0, 1, 2, 3]
     assert [r["item"] for r in rows_] == items  # nothing dropped
+    # content-addressed: the canonical JSON (keys sorted) decides, not the key order
+    assert rows_[0]["item_sha256"] == rows_[3]["item_sha256"] == item_digest(items[0])
+    assert len({r["item_sha256"] for r in rows_}) == 3
+    assert item_digest({"n": 2**70}) != item_digest({"n": 2**70 + 1})  # beyond orjson's integers
+
+
+def test_opaque_payloads() -> None:
+    png = "iVBORw0KGgo" + "A" * 2000
+    assert is_opaque(png) and is_opaque("data:image/png;base64," + "x" * 2000)
+    assert not is_opaque("A" * 1000)  # short: kept where it is
+    assert not is_opaque("word " * 400)  # text is never opaque, however long
+    item = {"id": "ig_1", "type": "image_generation_call", "status": "completed", "result": png}
+    code = {
+        "type": "code_interpreter_call",
+        "id": "ci_1",
+        "outputs": [{"type": "image", "url": "data:image/png;base64," + png}],
+    }
+    body = dashscope_body(item, code, instructions=[{"type": "input_image", "image_url": png}])
+    result = normalize(body)
+    stub = {OPAQUE_KEY: {"length": len(png), "sha256": hashlib.sha256(png.encode()).hexdigest()}}
+    assert rows(result, "output_items")[0]["extra"] == {"result": stub}
+    (image,) = rows(result, "code_interpreter_outputs")
+    assert image["url"] is None and image["extra"]["url"][OPAQUE_KEY]["length"] == len(png) + 22
+    assert result.response["instructions"] == [{"type": "input_image", "image_url": stub}]
+    assert_projection(body, {"responses": [result.response], **result.children})
+
+
+def test_the_projection_check_can_fail() -> None:
+    """tests/projection.py finds a dropped field, a whole element, an opaque payload."""
+    from tests.projection import copies_of_elements, missing_fields, opaque_outside_raw
+
+    body = dashscope_body(MESSAGE, WEB_SEARCH_CALL)
+    result = normalize(body)
+    tables = {"responses": [result.response], **result.children}
+    assert not missing_fields(body, tables)
+    dropped = copy.deepcopy(tables)
+    dropped["annotations"][0]["title"] = None
+    assert missing_fields(body, dropped) == [f"title={MESSAGE['content'][0]['annotations'][0]['title']!r}"]
+    whole = copy.deepcopy(tables)
+    whole["output_items"][0]["extra"] = {"copy": MESSAGE}
+    assert copies_of_elements(body, whole)
+    opaque = copy.deepcopy(tables)
+    opaque["content_parts"][0]["text"] = "data:image/png;base64," + "A" * 2000
+    assert opaque_outside_raw(opaque)
