@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from archiver import schema
-from archiver.normalize import NormalizedResponse, normalize
+from archiver.normalize import NormalizedResponse, normalize, output_text
 from archiver.schema import CHILD_TABLES, JSONDoc, metadata, output_items, responses
 
 CORPUS_DIR = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "responses"
@@ -37,7 +37,7 @@ NOW = datetime(2026, 5, 13, 12, 0, tzinfo=UTC)
 
 def archive_tables() -> list[Table]:
     """Every table defined in archiver.schema (the queue table lives elsewhere)."""
-    return [value for value in vars(schema).values() if isinstance(value, Table)]
+    return [value for value in vars(schema).values() if isinstance(value, Table) and value.metadata is metadata]
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def engine() -> Iterator[Engine]:
     engine = create_engine("sqlite://")
     metadata.create_all(engine, tables=archive_tables())
     # The analyst views come from a migration: create them the way it does.
-    views = importlib.import_module("archiver.migrations.versions.0004_input_items_and_analyst_views")
+    views = importlib.import_module("archiver.migrations.versions.0010_projection_without_copies")
     with engine.begin() as conn:
         for statement in views.view_statements("sqlite"):
             conn.exec_driver_sql(statement)
@@ -76,6 +76,7 @@ def store(engine: Engine, raw: bytes, result: NormalizedResponse) -> None:
 
 def test_child_tables_are_every_table_but_responses_parents_first() -> None:
     bookkeeping = {schema.archive_changes, schema.export_cursors, schema.archive_dictionaries}
+    bookkeeping |= {schema.input_item_contents, schema.response_input_items}  # input items: their own path
     assert set(CHILD_TABLES) == set(archive_tables()) - {responses} - bookkeeping
     assert len(set(CHILD_TABLES)) == len(CHILD_TABLES)
     assert CHILD_TABLES[:3] == (schema.output_items, schema.content_parts, schema.annotations)
@@ -95,8 +96,8 @@ def test_child_table_conventions(table: Table) -> None:
             assert isinstance(column.type, Integer) and not column.nullable, column.name
         if column.name.endswith("_tokens") or column.name == "count":
             assert isinstance(column.type, BigInteger), column.name
-    json_columns = [c for c in table.columns if isinstance(c.type, JSONDoc)]
-    assert json_columns, "every child table keeps the whole element as JSON"
+    assert isinstance(table.c.extra.type, JSONDoc), "what no column maps goes to extra"
+    assert table.dialect_options["sqlite"]["with_rowid"] is False
 
 
 def test_responses_contract_columns() -> None:
@@ -109,7 +110,7 @@ def test_responses_contract_columns() -> None:
     for name in ("created_at", "completed_at", "fetched_at", "archived_at"):
         assert columns[name].type.timezone, name
     json_columns = ("error", "metadata", "incomplete_details", "instructions", "tool_choice")
-    for name in (*json_columns, "tools", "reasoning", "text", "usage", "extra"):
+    for name in (*json_columns, "tools", "reasoning", "text", "extra"):
         assert isinstance(columns[name].type, JSONDoc), name
     assert columns.raw_sha256.type.length == 64
     assert {ix.name for ix in responses.indexes} == {
@@ -118,7 +119,7 @@ def test_responses_contract_columns() -> None:
         "ix_responses_change_seq",
     }
     contract = ("id", "type", "role", "status", "name", "call_id", "arguments", "server_label")
-    for name in (*contract, "item"):
+    for name in (*contract, "extra"):
         assert name in output_items.c, name
 
 
@@ -131,7 +132,7 @@ def test_postgresql_ddl() -> None:
     assert '"user" TEXT' in ddl  # reserved word in PostgreSQL: quoted
     assert "CONSTRAINT pk_responses PRIMARY KEY (id)" in ddl
     items = str(CreateTable(output_items).compile(dialect=dialect))
-    assert "item JSONB" in items
+    assert "extra JSONB" in items
     assert "CONSTRAINT pk_output_items PRIMARY KEY (response_id, position)" in items
     indexes = sorted(str(CreateIndex(ix).compile(dialect=dialect)) for ix in responses.indexes)
     assert indexes == [
@@ -143,7 +144,8 @@ def test_postgresql_ddl() -> None:
 
 def test_sqlite_ddl_has_json_text() -> None:
     ddl = str(CreateTable(schema.content_parts).compile(dialect=sqlite.dialect()))
-    assert "part JSON" in ddl
+    assert "extra JSON" in ddl
+    assert ddl.rstrip().endswith("WITHOUT ROWID")
 
 
 # --- rows fit ---------------------------------------------------------------------------
@@ -172,15 +174,16 @@ def test_every_corpus_body_fits_the_tables(engine: Engine) -> None:
         assert expected["output_items"] > 300 and expected["annotations"] > 50
 
         # raw bytes and JSON documents come back unchanged
-        for response_id, raw_back, usage in conn.execute(
-            select(responses.c.id, responses.c.raw, responses.c.usage)
+        for response_id, raw_back, metadata_ in conn.execute(
+            select(responses.c.id, responses.c.raw, responses.c.metadata)
         ):
             assert raw_back == raws[response_id]
-            assert usage == bodies[response_id].get("usage")
-        for response_id, position, item in conn.execute(
-            select(output_items.c.response_id, output_items.c.position, output_items.c.item)
+            assert metadata_ == bodies[response_id].get("metadata")
+        for response_id, position, extra in conn.execute(
+            select(output_items.c.response_id, output_items.c.position, output_items.c.extra)
         ):
-            assert item == bodies[response_id]["output"][position]
+            want = normalize(bodies[response_id]).children["output_items"][position]["extra"]
+            assert extra == want
 
         # None is SQL NULL, not the JSON text 'null'
         without_error = sum(1 for b in bodies.values() if b.get("error") is None)
@@ -194,7 +197,13 @@ def test_every_corpus_body_fits_the_tables(engine: Engine) -> None:
         ).one()
         assert dashscope.created_at.replace(tzinfo=UTC) == datetime.fromtimestamp(1787041707, UTC)
         assert dashscope.reasoning_tokens == 33
-        assert dashscope.output_text == "The capital of France is **Paris**."
+        summary = conn.exec_driver_sql(
+            "SELECT output_text FROM response_summary WHERE id = ?", (dashscope.id,)
+        ).scalar()
+        assert summary == "The capital of France is **Paris**."
+        # the view computes output_text as the SDKs do, for every body
+        computed = dict(conn.exec_driver_sql("SELECT id, output_text FROM response_summary").fetchall())
+        assert computed == {rid: output_text(normalize(body).children) for rid, body in bodies.items()}
 
 
 def test_odd_bodies_fit_the_tables(engine: Engine) -> None:
@@ -309,7 +318,16 @@ def documented_columns(section: str) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("table", [responses, *CHILD_TABLES], ids=lambda t: t.name)
+DOCUMENTED = [
+    responses,
+    *CHILD_TABLES,
+    schema.input_items,
+    schema.input_item_contents,
+    schema.response_input_items,
+]
+
+
+@pytest.mark.parametrize("table", DOCUMENTED, ids=lambda t: t.name)
 def test_docs_describe_every_column(table: Table) -> None:
     sections = doc_sections()
     assert table.name in sections, f"docs/schema.md has no section for {table.name}"
@@ -324,7 +342,7 @@ def test_docs_sql_examples_run_on_sqlite(engine: Engine) -> None:
     store(engine, json.dumps(DASHSCOPE_TOOLS_BODY).encode(), normalize(DASHSCOPE_TOOLS_BODY))
     # Input items come from their own endpoint; give one response a realistic set.
     from archiver.normalize import normalize_input_items
-    from archiver.schema import input_items
+    from archiver.schema import input_item_contents, response_input_items
 
     inputs = [
         {"id": "msg_sys", "type": "message", "role": "system", "content": "Be brief."},
@@ -335,9 +353,12 @@ def test_docs_sql_examples_run_on_sqlite(engine: Engine) -> None:
             "content": [{"type": "input_text", "text": "Hi"}],
         },
     ]
-    rows = [{**r, "change_seq": 1} for r in normalize_input_items(DASHSCOPE_TOOLS_BODY["id"], inputs)]
+    rows = normalize_input_items(DASHSCOPE_TOOLS_BODY["id"], inputs)
     with engine.begin() as conn:
-        conn.execute(input_items.insert(), rows)
+        conn.execute(
+            input_item_contents.insert(), [{"sha256": r["item_sha256"], "item": r["item"]} for r in rows]
+        )
+        conn.execute(response_input_items.insert(), rows)
 
     blocks = re.findall(r"```sql\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)
     statements = [s.strip() for block in blocks for s in block.split(";") if s.strip()]
