@@ -65,6 +65,11 @@ with ``.`` or ``:``) is a normal completed response.
   present only when its value was requested (``results``/``outputs`` are null
   otherwise). Its input items hold an ``input_image`` whose ``image_url`` and a
   ``computer_call_output`` whose ``output.image_url`` are likewise gated.
+- ``chainN``: turn N of a conversation chained with ``previous_response_id`` (the rest of
+  the ID names the conversation): a normal body, and as input items every earlier turn
+  again (each turn's user message and the assistant's answer) plus turn N's user
+  message, 2N - 1 items, the same items with the same ids on every turn, as a provider
+  returns them.
 - ``servererror``: 500. ``badrequest``: 400 ``InvalidParameter``. ``unauthorized``: 401
   ``invalid_api_key``. ``forbidden``: 403 ``AccessDenied.Unpurchased``. ``arrearage``:
   400 DashScope ``Arrearage``. (N works for these too, but they exist to be permanent.)
@@ -122,7 +127,7 @@ SCENARIOS: Final = frozenset(
         "ok", "kitchensink", "notfound", "flaky", "ratelimit", "quota", "trunc",
         "garbage", "mismatch", "pending", "big", "nul", "unicode", "hang", "reset",
         "servererror", "badrequest", "unauthorized", "forbidden", "arrearage",
-        "manyinputs", "inputflaky", "noinputs", "gated",
+        "manyinputs", "inputflaky", "noinputs", "gated", "chain",
     }
 )  # fmt: skip
 
@@ -831,10 +836,41 @@ def input_items_for(response_id: str, include: Iterable[str] = ()) -> tuple[dict
     appear only for their ``include`` values; others 1-4: a system message, user
     messages with ``input_text`` parts, and a function call output.
     """
-    name, _ = _scenario(response_id)
+    name, count = _scenario(response_id)
     if name == "gated":
         return _gated_input_items(response_id, frozenset(include) & frozenset(GATED_INCLUDE))
+    if name == "chain":
+        return _chain_input_items(response_id.split("_", 2)[2], count or 1)
     return _input_items(response_id)
+
+
+def _chain_input_items(conversation: str, turn: int) -> tuple[dict[str, Any], ...]:
+    """Turns 1..turn of a conversation: user messages and, before the last, the answers."""
+    items: list[dict[str, Any]] = []
+    for t in range(1, turn + 1):
+        stem = hashlib.sha256(f"{conversation}/{t}".encode()).hexdigest()
+        text = _INPUT_TEXTS[t % len(_INPUT_TEXTS)]
+        items.append(
+            {
+                "id": f"msg_{stem[:24]}",
+                "type": "message",
+                "role": "user",
+                "status": "completed",
+                "content": [{"type": "input_text", "text": f"{text} (turn {t} of {conversation})"}],
+            }
+        )
+        if t < turn:
+            answer = _PLAIN_TEXTS[t % len(_PLAIN_TEXTS)]
+            items.append(
+                {
+                    "id": f"msg_{stem[24:48]}",
+                    "type": "message",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": f"{answer} (turn {t})", "annotations": []}],
+                }
+            )
+    return tuple(items)
 
 
 @lru_cache(maxsize=64)

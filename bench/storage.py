@@ -52,6 +52,7 @@ from archiver.worker import Worker  # noqa: E402
 CORPUS = BENCH.parent.parent / "shared" / "corpus" / "responses"
 MOCK_ID = "resp_ok_s{:07d}"
 ARCHIVE_TABLES = {"responses", "archive_dictionaries", *(t.name for t in CHILD_TABLES)}
+ARCHIVE_TABLES |= {"input_items", "input_item_contents", "response_input_items"}  # before/after 0010
 PARTS = ("raw", "normalized", "indexes", "free", "other")
 
 

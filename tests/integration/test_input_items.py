@@ -185,3 +185,75 @@ async def test_a_server_that_ignores_after_does_not_duplicate_items(
         assert pages_served == 2  # the repeat is noticed at once, not after 1,000 pages
     finally:
         await runner.cleanup()
+
+
+async def _chain_storage(engine: Any, conversation: str, turns: int) -> tuple[int, int, int]:
+    """(distinct items stored, link rows, bytes of the stored item JSON) of one conversation."""
+    contents = await rows(
+        engine,
+        "SELECT c.sha256, c.item FROM input_item_contents AS c WHERE c.sha256 IN "
+        "(SELECT l.item_sha256 FROM response_input_items AS l WHERE l.response_id LIKE :p)",
+        p=f"resp_chain%_{conversation}",
+    )
+    links = await rows(
+        engine,
+        "SELECT count(*) FROM response_input_items WHERE response_id LIKE :p",
+        p=f"resp_chain%_{conversation}",
+    )
+    stored = sum(
+        len(orjson.dumps(item if isinstance(item, dict) else orjson.loads(item))) for _, item in contents
+    )
+    return len(contents), links[0][0], stored
+
+
+async def test_a_chained_conversation_stores_each_item_once(db_url: str, make_settings: Any) -> None:
+    """N turns chained by previous_response_id: 2N - 1 items stored, not N^2; the view lists them all."""
+    short = [f"resp_chain{t}_short" for t in range(1, 7)]
+    long = [f"resp_chain{t}_long" for t in range(1, 13)]
+    async with await start_mock_server() as mock:
+        settings = make_settings(db_url, mock.base_url, with_input_items=True)
+        async with open_database(db_url) as engine:
+            await QueueStore(engine).enqueue(short + long)
+            summary = await Worker(settings, engine, once=True).run()
+            assert summary.archived == len(short) + len(long)
+            for rid in short + long:
+                want = list(input_items_for(rid))
+                got = await rows(
+                    engine,
+                    "SELECT position, id, role, text, item, change_seq FROM input_items "
+                    "WHERE response_id = :i ORDER BY position",
+                    i=rid,
+                )
+                assert [r[4] if isinstance(r[4], dict) else orjson.loads(r[4]) for r in got] == want, rid
+                assert [(r[0], r[1], r[2]) for r in got] == [
+                    (n, item["id"], item["role"]) for n, item in enumerate(want)
+                ]
+                assert [r[3] for r in got] == [item["content"][0]["text"] for item in want]
+                (seq,) = (await rows(engine, "SELECT change_seq FROM responses WHERE id = :i", i=rid))[0]
+                assert {r[5] for r in got} == {seq}
+            six = await _chain_storage(engine, "short", 6)
+            twelve = await _chain_storage(engine, "long", 12)
+    # Items: 2N - 1 distinct ones, stored once. Listings: one small row per item per turn.
+    assert six[:2] == (11, 36) and twelve[:2] == (23, 144)
+    listed_six = sum(len(orjson.dumps(i)) for rid in short for i in input_items_for(rid))
+    listed_twelve = sum(len(orjson.dumps(i)) for rid in long for i in input_items_for(rid))
+    assert listed_twelve > 3.5 * listed_six  # what storing every turn's items would cost: N^2
+    assert twelve[2] < 2.3 * six[2]  # what is stored: linear in N
+    assert twelve[2] == sum(len(orjson.dumps(i)) for i in input_items_for(long[-1]))
+
+
+async def test_identical_items_in_one_batch_and_across_runs(db_url: str, make_settings: Any) -> None:
+    """The same conversation archived again, in another run: no item stored twice, lists intact."""
+    ids = [f"resp_chain{t}_again" for t in range(1, 5)]
+    async with await start_mock_server() as mock:
+        settings = make_settings(db_url, mock.base_url, with_input_items=True)
+        async with open_database(db_url) as engine:
+            queue = QueueStore(engine)
+            await queue.enqueue(ids)
+            await Worker(settings, engine, once=True).run()
+            mock.stats.reset()
+            await queue.enqueue(ids, refetch=True)
+            await Worker(settings, engine, once=True).run()
+            assert (await rows(engine, "SELECT count(*) FROM input_item_contents"))[0][0] == 7
+            assert (await rows(engine, "SELECT count(*) FROM response_input_items"))[0][0] == 16
+            assert (await rows(engine, "SELECT count(*) FROM input_items"))[0][0] == 16

@@ -37,7 +37,9 @@ NOW = datetime(2026, 5, 13, 12, 0, tzinfo=UTC)
 
 def archive_tables() -> list[Table]:
     """Every table defined in archiver.schema (the queue table lives elsewhere)."""
-    return [value for value in vars(schema).values() if isinstance(value, Table) and value.metadata is metadata]
+    return [
+        value for value in vars(schema).values() if isinstance(value, Table) and value.metadata is metadata
+    ]
 
 
 @pytest.fixture
