@@ -220,7 +220,7 @@ def normalize(body: Mapping[str, Any]) -> NormalizedResponse:
                     extra[key] = value  # odd type: keep it where a reader can find it
                 row[key] = typed
         elif key in _RESPONSE_JSON:
-            row[key] = value if kind is not dict and kind is not list else without_opaque(value)
+            row[key] = without_opaque(value)
         elif key == "output" and kind is list:
             output = value
         elif key == "usage" and kind is dict:
@@ -430,22 +430,37 @@ def without_opaque(value: Any) -> Any:
 
 
 Convert = Callable[[Any], Any]
-Fields = tuple[tuple[str, str, Convert], ...]
-"""(column, key, converter) for each typed column a JSON object's key fills."""
 
 
-def _fill(
-    row: Row, element: dict[str, Any], fields: Fields, mapped: frozenset[str], spread: Iterable[str] = ()
-) -> None:
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """The typed columns one kind of JSON object fills.
+
+    Attributes:
+        fields: (column, key, converter) for each typed column a key of the object fills.
+        mapped: the keys a column takes (so they stay out of ``extra``).
+    """
+
+    fields: tuple[tuple[str, str, Convert], ...]
+    mapped: frozenset[str]
+
+
+def _columns(*fields: tuple[str, str, Convert], also: Iterable[str] = ()) -> Columns:
+    """:class:`Columns` of ``fields``; ``also``: keys a column of another kind takes."""
+    return Columns(fields, frozenset(key for _, key, _ in fields) | frozenset(also))
+
+
+def _fill(row: Row, element: dict[str, Any], columns: Columns, spread: Iterable[str] = ()) -> None:
     """Set ``row``'s typed columns from ``element`` and ``row["extra"]`` to the rest.
 
-    ``mapped`` are the keys of ``fields``; ``spread`` the keys whose value went into rows of
+    ``spread`` are the keys whose value went into rows of
     another table. A value a column cannot take (another JSON type, an opaque payload)
     stays in ``extra``; ``extra`` is None when nothing is left.
     """
     get = element.get
+    mapped = columns.mapped
     kept: list[str] | None = None
-    for column, key, convert in fields:
+    for column, key, convert in columns.fields:
         value = get(key)
         if value is None:
             row[column] = None
@@ -507,7 +522,7 @@ def _element_extra(element: Any) -> Any:
 
 # --- output items ---
 
-_ITEM_FIELDS: Final[Fields] = (
+_ITEM: Final = _columns(
     ("id", "id", _text),
     ("type", "type", _text),
     ("role", "role", _text),
@@ -528,7 +543,6 @@ _ITEM_FIELDS: Final[Fields] = (
     ("execution", "execution", _text),
     ("created_by", "created_by", _text),
 )
-_ITEM_MAPPED: Final = frozenset(key for _, key, _ in _ITEM_FIELDS)
 
 
 def _output_rows(response_id: str, output: list[Any], children: Rows) -> None:
@@ -537,7 +551,7 @@ def _output_rows(response_id: str, output: list[Any], children: Rows) -> None:
     for position, item in enumerate(output):
         row: Row = {"response_id": response_id, "position": position}
         if type(item) is not dict:
-            for column, _, _ in _ITEM_FIELDS:
+            for column, _, _ in _ITEM.fields:
                 row[column] = None
             row["extra"] = _element_extra(item)
             items.append(row)
@@ -551,7 +565,7 @@ def _output_rows(response_id: str, output: list[Any], children: Rows) -> None:
         handler = _ITEM_HANDLERS.get(item_type) if item_type is not None else None
         if handler is not None:
             spread += handler(response_id, position, item, children)
-        _fill(row, item, _ITEM_FIELDS, _ITEM_MAPPED, spread)
+        _fill(row, item, _ITEM, spread)
         if "output" in spread:  # its rows hold it: not the text too
             row["output"] = None
         items.append(row)
@@ -570,12 +584,12 @@ def output_text(children: Mapping[str, list[Row]]) -> str:
     )
 
 
-_PART_FIELDS: Final[Fields] = (
+_PART: Final = _columns(
     ("type", "type", _text),
     ("text", "text", _text),
     ("refusal", "refusal", _text),
+    also=("logprobs",),
 )
-_PART_MAPPED: Final = frozenset(key for _, key, _ in _PART_FIELDS) | {"logprobs"}
 
 
 def _content_rows(
@@ -601,14 +615,14 @@ def _content_rows(
             continue
         annotations = part.get("annotations")
         spread = ("annotations",) if type(annotations) is list else ()
-        _fill(row, part, _PART_FIELDS, _PART_MAPPED, spread)
+        _fill(row, part, _PART, spread)
         row["logprobs"] = without_opaque(part.get("logprobs"))
         parts.append(row)
         if type(annotations) is list:
             _annotation_rows(response_id, item_position, position, annotations, children)
 
 
-_ANNOTATION_FIELDS: Final[Fields] = (
+_ANNOTATION: Final = _columns(
     ("type", "type", _text),
     ("url", "url", _text),
     ("title", "title", _text),
@@ -636,39 +650,33 @@ def _annotation_rows(
             "part_position": part_position,
             "position": position,
         }
-        _element_row(row, annotation, _ANNOTATION_FIELDS)
+        _element_row(row, annotation, _ANNOTATION)
         rows.append(row)
 
 
-_MAPPED_CACHE: dict[int, frozenset[str]] = {}
-
-
-def _element_row(row: Row, element: Any, fields: Fields, spread: Iterable[str] = ()) -> Row:
+def _element_row(row: Row, element: Any, columns: Columns, spread: Iterable[str] = ()) -> Row:
     """Typed columns and ``extra`` of one array element (any JSON value)."""
     if type(element) is not dict:
-        for column, _, _ in fields:
+        for column, _, _ in columns.fields:
             row[column] = None
         row["extra"] = _element_extra(element)
         return row
-    mapped = _MAPPED_CACHE.get(id(fields))
-    if mapped is None:
-        mapped = _MAPPED_CACHE[id(fields)] = frozenset(key for _, key, _ in fields)
-    _fill(row, element, fields, mapped, spread)
+    _fill(row, element, columns, spread)
     return row
 
 
-def _url_row(row: Row, element: Any, fields: Fields) -> Row:
+def _url_row(row: Row, element: Any, columns: Columns) -> Row:
     """An element given as a bare URL string or as an object with ``url``."""
     if type(element) is str and not is_opaque(element):
-        for column, _, _ in fields:
+        for column, _, _ in columns.fields:
             row[column] = None
         row["url"] = element
         row["extra"] = None
         return row
-    return _element_row(row, element, fields)
+    return _element_row(row, element, columns)
 
 
-_SUMMARY_FIELDS: Final[Fields] = (("type", "type", _text), ("text", "text", _text))
+_SUMMARY: Final = _columns(("type", "type", _text), ("text", "text", _text))
 
 
 def _reasoning(response_id: str, item_position: int, item: dict[str, Any], children: Rows) -> tuple[str, ...]:
@@ -678,17 +686,17 @@ def _reasoning(response_id: str, item_position: int, item: dict[str, Any], child
     rows = children["reasoning_summaries"]
     for position, part in enumerate(summary):
         row: Row = {"response_id": response_id, "item_position": item_position, "position": position}
-        rows.append(_element_row(row, part, _SUMMARY_FIELDS))
+        rows.append(_element_row(row, part, _SUMMARY))
     return ("summary",)
 
 
-_ACTION_FIELDS: Final[Fields] = (
+_ACTION: Final = _columns(
     ("type", "type", _text),
     ("query", "query", _text),
     ("url", "url", _text),
     ("pattern", "pattern", _text),
 )
-_SOURCE_FIELDS: Final[Fields] = (("type", "type", _text), ("url", "url", _text), ("title", "title", _text))
+_SOURCE: Final = _columns(("type", "type", _text), ("url", "url", _text), ("title", "title", _text))
 
 
 def _web_search_call(
@@ -701,7 +709,7 @@ def _web_search_call(
         sources = action.get("sources")
         row: Row = {"response_id": response_id, "item_position": item_position}
         in_action = ("sources",) if type(sources) is list else ()
-        _element_row(row, action, _ACTION_FIELDS, ("queries", *in_action))
+        _element_row(row, action, _ACTION, ("queries", *in_action))
         row["queries"] = without_opaque(action.get("queries"))
         children["web_search_actions"].append(row)
         spread = ("action",)
@@ -714,11 +722,11 @@ def _web_search_call(
     rows = children["web_search_sources"]
     for position, source in enumerate(sources):
         row = {"response_id": response_id, "item_position": item_position, "position": position}
-        rows.append(_url_row(row, source, _SOURCE_FIELDS))
+        rows.append(_url_row(row, source, _SOURCE))
     return spread
 
 
-_CODE_OUTPUT_FIELDS: Final[Fields] = (("type", "type", _text), ("logs", "logs", _text), ("url", "url", _text))
+_CODE_OUTPUT: Final = _columns(("type", "type", _text), ("logs", "logs", _text), ("url", "url", _text))
 
 
 def _code_interpreter_call(
@@ -730,11 +738,13 @@ def _code_interpreter_call(
     rows = children["code_interpreter_outputs"]
     for position, output in enumerate(outputs):
         row: Row = {"response_id": response_id, "item_position": item_position, "position": position}
-        rows.append(_element_row(row, output, _CODE_OUTPUT_FIELDS))
+        rows.append(_element_row(row, output, _CODE_OUTPUT))
     return ("outputs",)
 
 
-_URL_FIELDS: Final[Fields] = (("url", "url", _text),)
+_URL: Final = _columns(
+    ("url", "url", _text),
+)
 
 
 def _web_extractor_call(
@@ -746,11 +756,11 @@ def _web_extractor_call(
     rows = children["web_extractor_urls"]
     for position, url in enumerate(urls):
         row: Row = {"response_id": response_id, "item_position": item_position, "position": position}
-        rows.append(_url_row(row, url, _URL_FIELDS))
+        rows.append(_url_row(row, url, _URL))
     return ("urls",)
 
 
-_IMAGE_RESULT_FIELDS: Final[Fields] = (
+_IMAGE_RESULT: Final = _columns(
     ("title", "title", _text),
     ("url", "url", _text),
     ("result_index", "index", _int32),
@@ -773,11 +783,11 @@ def _image_search_call(
     rows = children["image_search_results"]
     for position, result in enumerate(results):
         row: Row = {"response_id": response_id, "item_position": item_position, "position": position}
-        rows.append(_element_row(row, result, _IMAGE_RESULT_FIELDS))
+        rows.append(_element_row(row, result, _IMAGE_RESULT))
     return ("output",)
 
 
-_MCP_TOOL_FIELDS: Final[Fields] = (("name", "name", _text), ("description", "description", _text))
+_MCP_TOOL: Final = _columns(("name", "name", _text), ("description", "description", _text))
 
 
 def _mcp_list_tools(
@@ -790,13 +800,13 @@ def _mcp_list_tools(
     rows = children["mcp_tools"]
     for position, tool in enumerate(tools):
         row: Row = {"response_id": response_id, "item_position": item_position, "position": position}
-        _element_row(row, tool, _MCP_TOOL_FIELDS)
+        _element_row(row, tool, _MCP_TOOL)
         row["server_label"] = server_label
         rows.append(row)
     return ("tools",)
 
 
-_FILE_RESULT_FIELDS: Final[Fields] = (
+_FILE_RESULT: Final = _columns(
     ("file_id", "file_id", _text),
     ("filename", "filename", _text),
     ("score", "score", _float),
@@ -829,7 +839,7 @@ def _file_search_call(
         result_rows = children["file_search_results"]
         for position, result in enumerate(results):
             row: Row = {"response_id": response_id, "item_position": item_position, "position": position}
-            _element_row(row, result, _FILE_RESULT_FIELDS, ("attributes",))
+            _element_row(row, result, _FILE_RESULT, ("attributes",))
             row["attributes"] = without_opaque(result.get("attributes")) if type(result) is dict else None
             result_rows.append(row)
         spread.append("results")
