@@ -1,8 +1,9 @@
 """Export the archive to files a warehouse loads: JSON lines, Parquet or CSV, incrementally.
 
-Every export writes one *batch*: one file per archive table (``responses`` and every
-table in :data:`archiver.schema.CHILD_TABLES`), named after the cursor and the batch
-number, plus a manifest::
+Every export writes one *batch*: one file per archive table (``responses``, every
+table in :data:`archiver.schema.CHILD_TABLES`, and the ``input_items`` view, so a
+warehouse gets each response's input items as rows whatever their storage), named after
+the cursor and the batch number, plus a manifest::
 
     OUT/responses/default-00000001.parquet
     OUT/output_items/default-00000001.parquet
