@@ -108,9 +108,9 @@ class Found:
                 parsed = _json_of_text(value)
                 if parsed is not None:
                     self._add_json(parsed, column, table)
-        for rows in tables.get("tool_usage") or []:
-            if rows.get("count") is not None:  # xAI {"web_search_calls": 2}: the tool is the key
-                self.pairs.add((rows["tool"], _comparable(rows["count"])))
+        for tool_row in tables.get("tool_usage") or []:
+            if tool_row.get("count") is not None:  # xAI {"web_search_calls": 2}: the tool is the key
+                self.pairs.add((tool_row["tool"], _comparable(tool_row["count"])))
 
     def _add_json(self, value: Any, column: str, table: str) -> None:
         self.json_values.append(value)
