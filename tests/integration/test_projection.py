@@ -18,7 +18,7 @@ from archiver.db import alembic_config, create_engine, migrate, open_database
 from archiver.export import export
 from archiver.mockapi import MockConfig, load_bodies, start_mock_server
 from archiver.queue import QueueStore
-from archiver.schema import CHILD_TABLES, responses
+from archiver.schema import CHILD_TABLES, input_items, responses
 from archiver.store import read_bodies
 from archiver.worker import Worker
 from tests.projection import assert_projection, parse_body
@@ -161,6 +161,13 @@ async def test_rows_written_before_0010_stay_readable(db_url: str, tmp_path: Pat
             assert answer == "Hi"
         summary = await export(engine, tmp_path / "out", fmt="jsonl")
         assert summary.rows["input_items"] == 3 and summary.rows["output_items"] == 1
+        # every column of the view, the item JSON as text, as before the input tables changed
+        exported = [
+            orjson.loads(line)
+            for line in next((tmp_path / "out" / "input_items").glob("*.jsonl")).read_bytes().splitlines()
+        ]
+        assert [list(row) for row in exported] == [[c.name for c in input_items.columns]] * 3
+        assert [orjson.loads(row["item"]) for row in exported] == [SYSTEM, SYSTEM, USER]
     finally:
         await engine.dispose()
     async with open_database(db_url) as engine, engine.connect() as conn:
