@@ -78,6 +78,7 @@ from archiver.schema import (
     CHILD_TABLES,
     archive_changes,
     export_cursors,
+    input_item_lists,
     input_items,
     is_json_type,
     responses,
@@ -146,9 +147,10 @@ class ExportReport:
     full: bool
 
 
-EXPORTED_CHILDREN: tuple[Table, ...] = (*CHILD_TABLES, input_items)
+EXPORTED_CHILDREN: tuple[Table, ...] = (*CHILD_TABLES, input_items, input_item_lists)
 """Every child table, then the ``input_items`` view (the items of each response in order,
-read through the view so a warehouse gets one row per item as before)."""
+read through the view so a warehouse gets one row per item as before) and the lists' own
+fields (``input_item_lists``)."""
 
 
 def export_tables() -> tuple[Table, ...]:

@@ -20,7 +20,7 @@ from archiver.budget import Reservation
 from archiver.client import ERROR_BODY_LIMIT, BodyTooLarge, ResponsesClient
 from archiver.ids import response_id_problem
 from archiver.logs import get_logger, redact
-from archiver.normalize import normalize_input_items, scrub_surrogates
+from archiver.normalize import normalize_input_items, normalize_input_list, scrub_surrogates
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, with_body_sample
 from archiver.policy import (
     InputItemsPage,
@@ -120,7 +120,7 @@ class Fetcher:
                 break
             self.drop_include(outcome.rejected_include, "responses", job.response_id, outcome.reason)
         outcome = self.expired_if_old(job, outcome, now)
-        input_items: list[Any] | None = None
+        input_items: InputItemsPage | None = None
         next_delay = 0.0
         if isinstance(outcome, Archived):
             if not self.keep_parsed_body:
@@ -130,7 +130,7 @@ class Fetcher:
             elif self.with_input_items:
                 fetched, pages = await self._input_items(job, reservation)
                 requests += pages
-                if isinstance(fetched, list):
+                if isinstance(fetched, InputItemsPage):
                     input_items = fetched
                 elif isinstance(fetched, Permanent) and fetched.status_code != 200:
                     log.warning(
@@ -146,7 +146,10 @@ class Fetcher:
             outcome,
             started,
             requests=requests,
-            input_items=normalize_input_items(job.response_id, input_items)
+            input_items=normalize_input_items(job.response_id, input_items.items)
+            if input_items is not None
+            else None,
+            input_list=normalize_input_list(job.response_id, input_items.envelope)
             if input_items is not None
             else None,
             next_delay=next_delay,
@@ -211,6 +214,7 @@ class Fetcher:
         *,
         requests: int,
         input_items: list[dict[str, Any]] | None = None,
+        input_list: dict[str, Any] | None = None,
         next_delay: float = 0.0,
     ) -> FetchResult:
         return FetchResult(
@@ -218,6 +222,7 @@ class Fetcher:
             outcome=scrub_outcome(with_body_sample(outcome)),
             fetched_at=datetime.now(UTC),
             input_items=input_items,
+            input_list=input_list,
             next_delay_s=next_delay,
             duration_s=time.monotonic() - started,
             requests=requests,
@@ -225,14 +230,18 @@ class Fetcher:
 
     async def _input_items(
         self, job: Job, reservation: Reservation | None
-    ) -> tuple[list[Any] | Outcome, int]:
+    ) -> tuple[InputItemsPage | Outcome, int]:
         """(every input item oldest first, or the outcome that stopped paging; pages fetched).
+
+        The list comes back as one page: all items, and the envelope of the first page
+        (DashScope's list fields).
 
         Pages are fetched one after another inside the caller's concurrency slot, so input
         items share the request budget with the responses. All pages of one response
         together may hold at most ``--max-body-mb``: past it the ID fails.
         """
         items: list[Any] = []
+        envelope: dict[str, Any] = {}
         after: str | None = None
         left = self.client.max_body_bytes
         requests = 0
@@ -276,11 +285,14 @@ class Fetcher:
                 return page, requests
             left -= len(exchange.body)
             if after is not None and page.last_id == after:
-                return items, requests  # the same page again (a server that ignores `after`)
+                # the same page again (a server that ignores `after`)
+                return InputItemsPage(items, False, after, envelope), requests
             lone_surrogates = b"\\ud" in exchange.body or b"\\uD" in exchange.body
             items.extend(scrub_surrogates(page.items) if lone_surrogates else page.items)
+            for name, value in page.envelope.items():
+                envelope.setdefault(name, scrub_surrogates(value) if lone_surrogates else value)
             if not page.has_more or page.last_id is None or page.last_id == after:
-                return items, requests
+                return InputItemsPage(items, False, page.last_id, envelope), requests
             after = page.last_id
         return Permanent("failed", f"input items: more than {MAX_INPUT_ITEM_PAGES} pages", 200), requests
 

@@ -13,7 +13,9 @@ Routes (``prefix`` defaults to ``/v1``):
   status code as a string; connections dropped on purpose count in ``dropped_total``.
 - ``GET {prefix}/responses/{response_id}/input_items``: the input items, paginated as
   on OpenAI (``limit`` 1-100, default 20; ``after``; ``order`` asc/desc, default desc;
-  ``has_more``, ``first_id``, ``last_id``); see :func:`input_items_for`.
+  ``has_more``, ``first_id``, ``last_id``); see :func:`input_items_for`. Served under a
+  DashScope path (one with ``/compatible-mode/``), a page also carries DashScope's list
+  fields: ``id``, ``model`` and ``created_at`` in *milliseconds*.
 - ``POST /_mock/reset``: clears the stats and the per-ID fetch counters.
 
 The stats routes never require the API key.
@@ -942,7 +944,18 @@ def _input_items(response_id: str) -> tuple[dict[str, Any], ...]:
     return tuple(items)
 
 
-def _input_items_page(response_id: str, query: Any, include: Iterable[str] = ()) -> bytes | None:
+def _dashscope_list_fields(response_id: str) -> dict[str, Any]:
+    """What DashScope's input-item lists carry besides the page: the response's ID, model
+    and creation time in milliseconds (its Response object has it in seconds)."""
+    body = orjson.loads(body_for(response_id))
+    stem = hashlib.sha256(response_id.encode()).digest()
+    millis = int(body.get("created_at", 0)) * 1000 + int.from_bytes(stem[:2], "big") % 1000
+    return {"id": response_id, "model": body.get("model"), "created_at": millis}
+
+
+def _input_items_page(
+    response_id: str, query: Any, include: Iterable[str] = (), *, dashscope: bool = False
+) -> bytes | None:
     """One page of ``GET /responses/{id}/input_items``, or None for a bad query."""
     items = list(input_items_for(response_id, include))
     try:
@@ -963,15 +976,16 @@ def _input_items_page(response_id: str, query: Any, include: Iterable[str] = ())
             return None
         items = items[ids.index(after) + 1 :]
     page = items[:limit]
-    return orjson.dumps(
-        {
-            "object": "list",
-            "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(items) > limit,
-        }
-    )
+    listed: dict[str, Any] = {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(items) > limit,
+    }
+    if dashscope:
+        listed.update(_dashscope_list_fields(response_id))
+    return orjson.dumps(listed)
 
 
 # --------------------------------------------------------------------------- server
@@ -982,6 +996,7 @@ class _MockApi:
 
     def __init__(self, config: MockConfig) -> None:
         self.config = config
+        self.dashscope = "/compatible-mode/" in _normalized_prefix(config.prefix) + "/"
         self.stats = MockStats()
         self.jitter_rng = random.Random(config.seed)
         self.bodies = load_bodies(config.bodies_dir) if config.bodies_dir else {}
@@ -1039,7 +1054,7 @@ class _MockApi:
             rejected = self.include_rejection(include)
             if rejected is not None:
                 return rejected
-            page = _input_items_page(response_id, request.query, include)
+            page = _input_items_page(response_id, request.query, include, dashscope=self.dashscope)
             if page is None:
                 return _json(
                     400, _error("Invalid pagination parameters.", "InvalidParameter", "InvalidParameter")

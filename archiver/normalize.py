@@ -892,6 +892,56 @@ def normalize_input_items(response_id: str, items: list[Any]) -> list[Row]:
     ]
 
 
+MILLISECONDS_FROM = 100_000_000_000
+"""An epoch number at least this large is in milliseconds: as seconds it would be the
+year 5138, as milliseconds it is March 1973. DashScope's input-item lists give
+``created_at`` in milliseconds while its Response objects give seconds."""
+
+
+def epoch_any_unit(value: Any) -> datetime | None:
+    """Unix seconds or milliseconds (told apart by size) as an aware UTC datetime."""
+    kind = type(value)
+    if (kind is int or kind is float) and abs(value) >= MILLISECONDS_FROM:
+        return _timestamp(value / 1000)
+    return _timestamp(value)
+
+
+def normalize_input_list(response_id: str, envelope: dict[str, Any]) -> Row | None:
+    """The row for ``input_item_lists`` from an input-item list's own fields, if it has any.
+
+    Args:
+        response_id: the response the list belongs to.
+        envelope: the list's fields besides ``object``, ``data``, ``first_id``,
+            ``last_id`` and ``has_more`` (DashScope: ``id``, ``model``, ``created_at`` in
+            milliseconds, ``previous_response_id``); OpenAI's lists have none.
+
+    ``created_at`` becomes a time whichever unit it is in; ``id`` is left out when it is
+    the response's own ID; every other field the columns do not take goes to ``extra``.
+    """
+    if not envelope:
+        return None
+    rest = dict(envelope)
+    if rest.get("id") == response_id:
+        del rest["id"]
+    created = rest.pop("created_at", None)
+    created_at = epoch_any_unit(created)
+    if created is not None and created_at is None:
+        rest["created_at"] = created  # not a number: kept as it came
+    model = rest.pop("model", None)
+    if model is not None and type(model) is not str:
+        rest["model"], model = model, None
+    previous = rest.pop("previous_response_id", None)
+    if previous is not None and type(previous) is not str:
+        rest["previous_response_id"], previous = previous, None
+    return {
+        "response_id": response_id,
+        "created_at": created_at,
+        "model": model,
+        "previous_response_id": previous,
+        "extra": rest or None,
+    }
+
+
 def map_strings(value: Any, fix: Callable[[str], str]) -> Any:
     """A parsed JSON value with ``fix`` applied to every string in it, keys included."""
     if isinstance(value, str):

@@ -22,7 +22,7 @@ import socket
 import ssl
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -520,11 +520,21 @@ def refused_for_one_id(refusal: StopAll, *, attempt: int, policy: RetryPolicy, r
 
 @dataclass(frozen=True, slots=True)
 class InputItemsPage:
-    """One page of ``GET /responses/{id}/input_items``."""
+    """One page of ``GET /responses/{id}/input_items``.
+
+    ``envelope`` holds the page's fields other than the paging ones (``object``,
+    ``data``, ``first_id``, ``last_id``, ``has_more``): DashScope's lists carry the
+    response's ``id``, ``model``, ``created_at`` (in milliseconds) and
+    ``previous_response_id`` there.
+    """
 
     items: list[Any]
     has_more: bool
     last_id: str | None
+    envelope: dict[str, Any] = field(default_factory=dict)
+
+
+_PAGING_FIELDS = frozenset({"object", "data", "first_id", "last_id", "has_more"})
 
 
 _INPUT_ITEMS_UNSUPPORTED = frozenset({400, 404, 405, 422, 501})
@@ -561,7 +571,10 @@ def classify_input_items_page(
             return _bad_body("input items: body is not a list object", body, attempt, policy, rand)
         last_id = data.get("last_id")
         return InputItemsPage(
-            data["data"], data.get("has_more") is True, last_id if isinstance(last_id, str) else None
+            data["data"],
+            data.get("has_more") is True,
+            last_id if isinstance(last_id, str) else None,
+            {k: v for k, v in data.items() if k not in _PAGING_FIELDS},
         )
     rejected = rejected_include_value(status_code, body, include)
     if rejected is not None:

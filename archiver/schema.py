@@ -65,6 +65,7 @@ __all__ = [
     "file_search_results",
     "image_search_results",
     "input_item_contents",
+    "input_item_lists",
     "input_items",
     "is_json_type",
     "mcp_tools",
@@ -492,6 +493,22 @@ response_input_items = Table(
     PrimaryKeyConstraint("response_id", "position"),
     sqlite_with_rowid=False,
     comment="GET /responses/{id}/input_items (only with --with-input-items), oldest first",
+)
+
+input_item_lists = Table(
+    "input_item_lists",
+    metadata,
+    _response_id(),
+    # DashScope's lists give the response's creation time in milliseconds; stored as a time.
+    Column("created_at", Timestamp),
+    Column("model", Text),
+    Column("previous_response_id", ID),
+    Column("extra", JSONDoc()),
+    # Its response's change_seq, kept equal when the response is re-archived without its list.
+    Column("change_seq", BigInteger, nullable=False, server_default="0"),
+    PrimaryKeyConstraint("response_id"),
+    sqlite_with_rowid=False,
+    comment="The fields an input-item list carries besides its items (DashScope: model, created_at)",
 )
 
 view_metadata = MetaData()

@@ -36,6 +36,7 @@ from archiver.schema import (
     CHILD_TABLES,
     archive_dictionaries,
     input_item_contents,
+    input_item_lists,
     is_json_type,
     response_input_items,
     responses,
@@ -60,6 +61,8 @@ class FetchResult:
     fetched_at: datetime
     normalized: NormalizedResponse | None = None
     input_items: list[dict[str, Any]] | None = None
+    input_list: dict[str, Any] | None = None
+    """The ``input_item_lists`` row (a list's own fields), when ``input_items`` has one."""
     next_delay_s: float = 0.0
     duration_s: float = 0.0
     requests: int = 1
@@ -163,9 +166,13 @@ class _FastInsert:
         return out
 
 
-def _input_items_digest(rows: list[dict[str, Any]]) -> str:
-    """SHA-256 of the input items as received (their JSON, in order)."""
-    return hashlib.sha256(orjson.dumps([row["item"] for row in rows])).hexdigest()
+def _input_items_digest(rows: list[dict[str, Any]], input_list: dict[str, Any] | None) -> str:
+    """SHA-256 of the input items as received (their JSON, in order), and of the list's
+    own fields when it has any (lists without them keep the digest they always had)."""
+    digest = hashlib.sha256(orjson.dumps([row["item"] for row in rows]))
+    if input_list is not None:
+        digest.update(orjson.dumps(input_list, option=orjson.OPT_SORT_KEYS))
+    return digest.hexdigest()
 
 
 _NO_BODY: dict[str, Any] = {"body": None, "body_bytes": None, "body_sha256": None}
@@ -233,7 +240,7 @@ class ArchiveStore:
         self._fast_inserts = (
             {
                 table.name: _FastInsert(table, engine.dialect)
-                for table in (responses, *CHILD_TABLES, response_input_items)
+                for table in (responses, *CHILD_TABLES, response_input_items, input_item_lists)
             }
             if self.dialect == "sqlite"
             else None
@@ -374,7 +381,9 @@ class ArchiveStore:
         by_id: dict[str, FetchResult] = {r.job.response_id: r for r in results}
         digests = {rid: hashlib.sha256(r.outcome.raw).hexdigest() for rid, r in by_id.items()}  # type: ignore[union-attr]
         input_digests = {
-            rid: _input_items_digest(r.input_items) for rid, r in by_id.items() if r.input_items is not None
+            rid: _input_items_digest(r.input_items, r.input_list)
+            for rid, r in by_id.items()
+            if r.input_items is not None
         }
 
         def is_unchanged(rid: str) -> bool:
@@ -403,6 +412,7 @@ class ArchiveStore:
         refetched_inputs = [rid for rid in changed if rid in input_digests]
         for chunk in _chunks(refetched_inputs):
             conn.execute(delete(response_input_items).where(response_input_items.c.response_id.in_(chunk)))
+            conn.execute(delete(input_item_lists).where(input_item_lists.c.response_id.in_(chunk)))
         scrub = self.dialect == "postgresql"
         # Taken last-but-inserts: the counter row stays locked until commit, so change_seq
         # values become visible in increasing order even with several writers.
@@ -413,6 +423,8 @@ class ArchiveStore:
         response_rows: list[dict[str, Any]] = []
         child_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
         input_rows: list[dict[str, Any]] = []
+        list_rows: list[dict[str, Any]] = []
+        kept_lists: list[dict[str, Any]] = []  # re-archived without their list: it follows
         for offset, rid in enumerate(changed):
             seq = first_seq + offset
             result = by_id[rid]
@@ -437,6 +449,12 @@ class ArchiveStore:
             response_rows.append(row)
             if result.input_items is not None:
                 input_rows.extend(scrub_nul(result.input_items) if needs_scrub else result.input_items)
+                if result.input_list is not None:
+                    list_row = scrub_nul(result.input_list) if needs_scrub else dict(result.input_list)
+                    list_row["change_seq"] = seq
+                    list_rows.append(list_row)
+            elif old is not None:
+                kept_lists.append({"rid": rid, "seq": seq})
             for table_name, table_rows in result.normalized.children.items():
                 if not table_rows:
                     continue
@@ -453,6 +471,16 @@ class ArchiveStore:
                 report.rows_written += len(inserts)
         if input_rows:
             report.rows_written += self._insert_input_items(conn, input_rows)
+        if list_rows:
+            self._insert(conn, input_item_lists, list_rows)
+            report.rows_written += len(list_rows)
+        if kept_lists:
+            conn.execute(
+                update(input_item_lists)
+                .where(input_item_lists.c.response_id == bindparam("rid"))
+                .values(change_seq=bindparam("seq")),
+                kept_lists,
+            )
 
     def delete_children(self, conn: Connection, response_ids: list[str]) -> None:
         """Delete the child rows (not the input items) of at most ``IN_CHUNK`` responses.

@@ -1169,3 +1169,44 @@ def test_the_projection_check_can_fail() -> None:
     opaque = copy.deepcopy(tables)
     opaque["content_parts"][0]["text"] = "data:image/png;base64," + "A" * 2000
     assert opaque_outside_raw(opaque)
+
+
+# --- input-item lists (DashScope's list fields) ----------------------------------------
+
+
+def test_epoch_any_unit_tells_milliseconds_from_seconds() -> None:
+    from datetime import UTC, datetime
+
+    from archiver.normalize import epoch_any_unit
+
+    seconds = datetime(2026, 5, 13, 12, 34, 26, tzinfo=UTC)
+    assert epoch_any_unit(1778675666) == seconds
+    assert epoch_any_unit(1778675666000) == seconds
+    assert epoch_any_unit(1778675666123) == seconds.replace(microsecond=123000)
+    assert epoch_any_unit(1778675666.5) == seconds.replace(microsecond=500000)
+    assert (
+        epoch_any_unit("1778675666") is None and epoch_any_unit(None) is None and epoch_any_unit(True) is None
+    )
+    assert epoch_any_unit(10**30) is None  # out of range: no time, no crash
+
+
+def test_normalize_input_list_keeps_every_field() -> None:
+    from datetime import UTC, datetime
+
+    from archiver.normalize import normalize_input_list
+
+    assert normalize_input_list("resp_a", {}) is None
+    row = normalize_input_list(
+        "resp_a",
+        {"id": "resp_a", "created_at": 1778674066000, "model": "qwen-plus", "previous_response_id": "resp_0"},
+    )
+    assert row == {
+        "response_id": "resp_a",
+        "created_at": datetime(2026, 5, 13, 12, 7, 46, tzinfo=UTC),
+        "model": "qwen-plus",
+        "previous_response_id": "resp_0",
+        "extra": None,
+    }
+    odd = normalize_input_list("resp_a", {"id": "resp_b", "created_at": "soon", "model": 7, "x_new": [1]})
+    assert odd is not None and odd["created_at"] is None and odd["model"] is None
+    assert odd["extra"] == {"id": "resp_b", "created_at": "soon", "model": 7, "x_new": [1]}

@@ -78,7 +78,8 @@ def store(engine: Engine, raw: bytes, result: NormalizedResponse) -> None:
 
 def test_child_tables_are_every_table_but_responses_parents_first() -> None:
     bookkeeping = {schema.archive_changes, schema.export_cursors, schema.archive_dictionaries}
-    bookkeeping |= {schema.input_item_contents, schema.response_input_items}  # input items: their own path
+    # input items: their own path
+    bookkeeping |= {schema.input_item_contents, schema.response_input_items, schema.input_item_lists}
     assert set(CHILD_TABLES) == set(archive_tables()) - {responses} - bookkeeping
     assert len(set(CHILD_TABLES)) == len(CHILD_TABLES)
     assert CHILD_TABLES[:3] == (schema.output_items, schema.content_parts, schema.annotations)
@@ -326,6 +327,7 @@ DOCUMENTED = [
     schema.input_items,
     schema.input_item_contents,
     schema.response_input_items,
+    schema.input_item_lists,
 ]
 
 
@@ -343,8 +345,8 @@ def test_docs_sql_examples_run_on_sqlite(engine: Engine) -> None:
         store(engine, raw, normalize(json.loads(raw)))
     store(engine, json.dumps(DASHSCOPE_TOOLS_BODY).encode(), normalize(DASHSCOPE_TOOLS_BODY))
     # Input items come from their own endpoint; give one response a realistic set.
-    from archiver.normalize import normalize_input_items
-    from archiver.schema import input_item_contents, response_input_items
+    from archiver.normalize import normalize_input_items, normalize_input_list
+    from archiver.schema import input_item_contents, input_item_lists, response_input_items
 
     inputs = [
         {"id": "msg_sys", "type": "message", "role": "system", "content": "Be brief."},
@@ -361,6 +363,12 @@ def test_docs_sql_examples_run_on_sqlite(engine: Engine) -> None:
             input_item_contents.insert(), [{"sha256": r["item_sha256"], "item": r["item"]} for r in rows]
         )
         conn.execute(response_input_items.insert(), rows)
+        # DashScope's list fields: created_at in milliseconds.
+        listed = normalize_input_list(
+            DASHSCOPE_TOOLS_BODY["id"],
+            {"id": DASHSCOPE_TOOLS_BODY["id"], "model": "qwen-plus", "created_at": 1778674066000},
+        )
+        conn.execute(input_item_lists.insert(), [listed])
 
     blocks = re.findall(r"```sql\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)
     statements = [s.strip() for block in blocks for s in block.split(";") if s.strip()]
