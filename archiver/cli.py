@@ -91,6 +91,15 @@ def _expected(type_: Callable[[str], Any]) -> str:
 
 COMMON_OPTIONS: list[Option] = [
     (
+        "--config",
+        "ARCHIVER_CONFIG",
+        "config",
+        str,
+        "TOML file naming the sources ([sources.NAME] tables: base_url, api_key_env or "
+        "api_key_file, provider, concurrency, max_rps, include, retention_days, "
+        "webhook_secret_file); without it the flags make the one source 'default'",
+    ),
+    (
         "--retention-days",
         "ARCHIVER_RETENTION_DAYS",
         "retention_days",
@@ -103,6 +112,16 @@ COMMON_OPTIONS: list[Option] = [
         "database_url",
         str,
         f"database: sqlite:///path.db or postgresql://user:pass@host/db (default {DEFAULT_DATABASE_URL})",
+    ),
+]
+ENQUEUE_OPTIONS: list[Option] = [
+    (
+        "--source",
+        "ARCHIVER_SOURCE",
+        "source",
+        str,
+        "source of the IDs that name none (a JSON line's source field wins); with --config it "
+        "must be one the file defines (default: default)",
     ),
 ]
 HTTP_OPTIONS: list[Option] = [
@@ -212,7 +231,8 @@ RUN_OPTIONS: list[Option] = [
         "ARCHIVER_MAX_RPS",
         "max_rps",
         float,
-        "ceiling on requests per second of this process, e.g. 5 or 0.5 (default: none)",
+        "ceiling on requests per second of the source for every process sharing the "
+        "database together (the fleet), e.g. 5 or 0.5 (default: none)",
     ),
     (
         "--concurrency",
@@ -371,7 +391,7 @@ def _count(value: str) -> int:
 
 
 DEMO_DATABASE_URL = "sqlite:///demo.db"
-IGNORED_BY = {"demo": ("ARCHIVER_DATABASE_URL",)}
+IGNORED_BY = {"demo": ("ARCHIVER_DATABASE_URL", "ARCHIVER_CONFIG")}
 """Variables a command does not read: the demo never writes into the archive they name."""
 
 
@@ -381,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(common, COMMON_OPTIONS)
     _add_log_level(common)
     demo_common = argparse.ArgumentParser(add_help=False)
-    _add_options(demo_common, [o for o in COMMON_OPTIONS if o[0] != "--database-url"])
+    _add_options(demo_common, [o for o in COMMON_OPTIONS if o[0] not in ("--database-url", "--config")])
     demo_common.add_argument(
         "--database-url",
         dest="database_url",
@@ -423,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also move already archived/failed/not_found IDs back to pending",
     )
+    _add_options(p, ENQUEUE_OPTIONS)
 
     p = sub.add_parser(
         "run",
@@ -605,7 +626,9 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     """Settings from parsed flags, then ARCHIVER_* variables, then defaults."""
     values: dict[str, Any] = {}
     ignored = IGNORED_BY.get(getattr(args, "command", None) or "", ())
-    for _flag_name, env_name, field_name, type_, _ in COMMON_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS:
+    for _flag_name, env_name, field_name, type_, _ in (
+        COMMON_OPTIONS + ENQUEUE_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS
+    ):
         value = getattr(args, field_name, None)
         explicit = env.get(env_name, "").strip() or (field_name in EMPTY_IS_A_VALUE and env_name in env)
         if value is None and env_name not in ignored and explicit:
@@ -617,6 +640,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
                 raise ConfigError(f"{env_name}={env[env_name]!r}: {_expected(type_)}") from None
         if value is not None:
             values[field_name] = value
+    values["explicit"] = frozenset(values)
     if getattr(args, "command", None) == "run":
         values["api_key"] = read_api_key(env, getattr(args, "api_key_file", None))
     return Settings(**values)
@@ -650,6 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(args, env)
         register_secret(settings.api_key)
         register_database_url(settings.database_url)
+        args.sources_config = _load_config(settings, env)
         handler = _HANDLERS[args.command]
         return handler(args, settings)
     except ArchiverError as exc:
@@ -714,6 +739,24 @@ def register_secrets(args: argparse.Namespace, env: Mapping[str, str]) -> None:
         register_database_url(url)
 
 
+def _load_config(settings: Settings, env: Mapping[str, str]) -> dict[str, Any] | None:
+    """The sources file of ``--config`` (None without one), its keys registered as secrets.
+
+    Raises:
+        ConfigError: the file is missing or invalid (every command, exit 2).
+    """
+    if settings.config is None:
+        return None
+    from archiver.sources import load_config
+
+    config = load_config(settings.config)
+    for source in config.values():
+        with contextlib.suppress(ArchiverError):
+            register_secret(source.read_key(env))  # a key that cannot be read fails `run` later
+        register_database_url(source.base_url)
+    return dict(config)
+
+
 def _arun(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)``, the collector first back on (see :mod:`archiver.heap`).
 
@@ -726,10 +769,14 @@ def _arun(main: Coroutine[Any, Any, T]) -> T:
 
 def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
+    from archiver.sources import SourceRouting
 
     if args.follow is not None and args.files:
         raise ConfigError("--follow FILE reads that one file: give no other FILE")
-    report = _arun(commands.enqueue(settings, args.files, refetch=args.refetch, follow=args.follow))
+    routing = SourceRouting.from_settings(settings, args.sources_config)
+    report = _arun(
+        commands.enqueue(settings, args.files, refetch=args.refetch, follow=args.follow, routing=routing)
+    )
     print(report.summary(refetch=args.refetch))
     if args.follow is not None:
         return 0  # stopped by a signal; rejected lines were reported as they came
@@ -737,11 +784,20 @@ def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    if settings.api_key is None and not is_loopback(settings.base_url):
-        raise ConfigError(
-            "no API key: set ARCHIVER_API_KEY or DASHSCOPE_API_KEY (or --api-key-file); "
-            "to try archiver without a key, run `archiver demo`"
-        )
+    from archiver.sources import source_settings
+
+    sources = source_settings(settings, args.sources_config, os.environ, api_key_file=args.api_key_file)
+    for name, source in sources.items():
+        if source.api_key is None and not is_loopback(source.base_url):
+            if args.sources_config is None:
+                raise ConfigError(
+                    "no API key: set ARCHIVER_API_KEY or DASHSCOPE_API_KEY (or --api-key-file); "
+                    "to try archiver without a key, run `archiver demo`"
+                )
+            raise ConfigError(
+                f"source {name!r}: no API key: set api_key_env or api_key_file in the config file"
+                + (" (or ARCHIVER_API_KEY / DASHSCOPE_API_KEY / --api-key-file)" if name == "default" else "")
+            )
     # The writer process starts before this process imports the heavy part of archiver,
     # so both import at once, on two cores (see archiver.childproc).
     early = start_writer_process() if wants_process(settings.writer, settings.database_url) else None
@@ -751,7 +807,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from archiver.progress import Progress
 
         progress = Progress.for_stream(sys.stderr) if args.once else None
-        summary = _arun(commands.run(settings, once=args.once, progress=progress, writer_process=early))
+        summary = _arun(
+            commands.run(settings, once=args.once, progress=progress, writer_process=early, sources=sources)
+        )
     finally:
         if progress is not None:
             progress.close(summary)
@@ -764,7 +822,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
-    details = _arun(commands.status(settings, error_states=args.error_states, limit=args.limit))
+    details = _arun(
+        commands.status(
+            settings, error_states=args.error_states, limit=args.limit, served_sources=_served(args, settings)
+        )
+    )
     if args.json:
         print(commands.dumps(details))
     elif sys.stdout.isatty():
@@ -772,6 +834,13 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(commands.format_status(details))
     return 0
+
+
+def _served(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """The sources ``run`` with the same config and environment serves."""
+    from archiver.sources import served_sources
+
+    return served_sources(settings, args.sources_config, os.environ)
 
 
 def _show(args: argparse.Namespace, settings: Settings) -> int:
@@ -799,7 +868,10 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
     result = _arun(
         commands.check(
-            settings, max_pending_age_s=args.max_pending_age, max_expired_leases=args.max_expired_leases
+            settings,
+            max_pending_age_s=args.max_pending_age,
+            max_expired_leases=args.max_expired_leases,
+            served_sources=_served(args, settings),
         )
     )
     if result.ok:

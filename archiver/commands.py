@@ -6,7 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +30,11 @@ from archiver.metrics import Metrics, queue_gauge_loop, start_metrics_server
 from archiver.notify import SystemdNotifier
 from archiver.queue import QUEUE_STATES, QueueEntry, QueueStore
 from archiver.redaction import redact, redact_value
+from archiver.runner import Runner
 from archiver.settings import Settings
+from archiver.sources import SourceRouting
 from archiver.store import ArchiveStore
-from archiver.worker import RunSummary, Worker
+from archiver.worker import RunSummary
 from archiver.workers import worker_lines
 
 if TYPE_CHECKING:
@@ -46,16 +48,19 @@ async def enqueue(
     refetch: bool = False,
     follow: str | None = None,
     err: TextIO = sys.stderr,
+    routing: SourceRouting | None = None,
 ) -> EnqueueReport:
     """Queue the IDs in ``paths`` (stdin when empty), or follow the log ``follow``.
 
     Bad lines are reported on ``err`` with line numbers. See :mod:`archiver.ingest`.
+    ``routing``: each ID's source (default: ``settings.source``, any name accepted).
     """
+    routing = routing or SourceRouting(settings.source)
     async with open_database(settings.database_url) as engine:
         queue = QueueStore(engine)
         if follow is not None:
-            return await follow_file(queue, follow, refetch=refetch, err=err)
-        return await enqueue_inputs(queue, paths, refetch=refetch, err=err)
+            return await follow_file(queue, follow, refetch=refetch, err=err, routing=routing)
+        return await enqueue_inputs(queue, paths, refetch=refetch, err=err, routing=routing)
 
 
 async def run(
@@ -64,22 +69,29 @@ async def run(
     once: bool,
     progress: Any = None,
     writer_process: subprocess.Popen[bytes] | None = None,
+    sources: Mapping[str, Settings] | None = None,
 ) -> RunSummary:
-    """The pipeline (daemon or backfill). See :class:`archiver.worker.Worker`.
+    """The pipeline (daemon or backfill) for every source. See :class:`archiver.runner.Runner`.
 
     ``writer_process``: a writer process the caller started early and still owns.
+    ``sources``: the settings of each source served (default: ``settings`` as the one
+    source ``default``).
     """
     from archiver.ingest_http import load_ingest_secrets
     from archiver.signals import on_stop_signals
 
-    ingest_secrets = load_ingest_secrets(settings)  # a bad file stops the start, before the database
-    async with open_database(settings.database_url, pool_size=4) as engine:
+    sources = sources or {settings.source: settings}
+    # A bad file stops the start, before the database.
+    ingest_secrets = load_ingest_secrets(settings, sources)
+    async with open_database(settings.database_url, pool_size=4 + len(sources)) as engine:
         if progress is not None:
-            counts = await QueueStore(engine).counts()
-            progress.set_total(counts["pending"] + counts["in_flight"])
+            by_source = await QueueStore(engine).counts_by_source()
+            progress.set_total(
+                sum(c["pending"] + c["in_flight"] for name, c in by_source.items() if name in sources)
+            )
         metrics = Metrics()
-        worker = Worker(
-            settings,
+        runner = Runner(
+            sources,
             engine,
             once=once,
             on_progress=progress,
@@ -89,9 +101,9 @@ async def run(
         )
         async with AsyncExitStack() as stack:
             if settings.metrics_port is not None:
-                await _serve_metrics(stack, settings, metrics, worker, QueueStore(engine), ingest_secrets)
-            with on_stop_signals(worker.request_stop):
-                return await worker.run()
+                await _serve_metrics(stack, settings, metrics, runner, QueueStore(engine), ingest_secrets)
+            with on_stop_signals(runner.request_stop):
+                return await runner.run()
     raise AssertionError("unreachable")
 
 
@@ -99,7 +111,7 @@ async def _serve_metrics(
     stack: AsyncExitStack,
     settings: Settings,
     metrics: Metrics,
-    worker: Worker,
+    runner: Runner,
     queue: QueueStore,
     ingest_secrets: IngestSecrets,
 ) -> None:
@@ -110,7 +122,7 @@ async def _serve_metrics(
         metrics,
         settings.metrics_host,
         settings.metrics_port or 0,
-        is_live=worker.is_healthy,
+        is_live=runner.is_healthy,
         routes=ingest_routes(queue, ingest_secrets) if ingest_secrets.any else (),
     )
     stack.push_async_callback(server.close)
@@ -134,7 +146,11 @@ async def _serve_metrics(
 
 
 async def status(
-    settings: Settings, *, error_states: Sequence[str] | None = None, limit: int = 10
+    settings: Settings,
+    *,
+    error_states: Sequence[str] | None = None,
+    limit: int = 10,
+    served_sources: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Counts per state, oldest pending age, expired leases, recent errors.
 
@@ -143,13 +159,17 @@ async def status(
         error_states: list the errors of rows in these states (default failed, then
             not_found, then pending; see :meth:`QueueStore.status_details`).
         limit: how many errors to list.
+        served_sources: the sources the config serves, to report rows of other sources.
 
     Every string is redacted (:func:`archiver.redaction.redact_value`): the errors were
     redacted before they were stored, and this masks rows stored before a secret was known.
     """
     async with open_database(settings.database_url, create=False) as engine:
         details = await QueueStore(engine).status_details(
-            recent_errors=limit, retention_s=settings.retention_s, error_states=error_states
+            recent_errors=limit,
+            retention_s=settings.retention_s,
+            error_states=error_states,
+            served_sources=served_sources,
         )
     details["database"] = redact_url(settings.database_url.strip())  # as the user wrote it, no password
     redacted: dict[str, Any] = redact_value(details)
@@ -233,10 +253,20 @@ async def migrate(settings: Settings) -> str | None:
     return head_revision()
 
 
-async def check(settings: Settings, *, max_pending_age_s: float, max_expired_leases: int) -> CheckResult:
-    """Health check for monitoring and ExecStartPre: reachable, schema current, queue moving."""
+async def check(
+    settings: Settings,
+    *,
+    max_pending_age_s: float,
+    max_expired_leases: int,
+    served_sources: Sequence[str] | None = None,
+) -> CheckResult:
+    """Health check for monitoring and ExecStartPre: reachable, schema current, queue moving,
+    every source with waiting rows served (``served_sources``)."""
     return await run_checks(
-        settings.database_url, max_pending_age_s=max_pending_age_s, max_expired_leases=max_expired_leases
+        settings.database_url,
+        max_pending_age_s=max_pending_age_s,
+        max_expired_leases=max_expired_leases,
+        served_sources=served_sources,
     )
 
 
@@ -248,6 +278,7 @@ def format_status(details: dict[str, Any]) -> str:
         lines.append(f"  {state:<{width}}  {details['states'][state]:>10,}")
     lines.append(f"  {'total':<{width}}  {details['total']:>10,}")
     lines.append("")
+    lines.extend(source_lines(details))
     lines.extend(_health_lines(details))
     if details.get("error_rows") is not None:
         lines.append(_errors_title(details) + (":" if details["recent_errors"] else ""))
@@ -257,6 +288,24 @@ def format_status(details: dict[str, Any]) -> str:
                 f"  {e['response_id']}  {e['state']}  attempts={e['attempts']}  status={code}  {e['error']}"
             )
     return "\n".join(lines)
+
+
+def source_lines(details: dict[str, Any]) -> list[str]:
+    """Counts per source (when any row is not ``default``'s), and sources nobody serves."""
+    sources: dict[str, dict[str, int]] = details.get("sources") or {}
+    lines: list[str] = []
+    if set(sources) - {"default"}:
+        lines.append("per source:")
+        width = max(len(name) for name in sources)
+        for name, counts in sources.items():
+            shown = "  ".join(f"{state} {counts.get(state, 0):,}" for state in QUEUE_STATES)
+            lines.append(f"  {name:<{width}}  {shown}")
+    for name, waiting in (details.get("unserved_sources") or {}).items():
+        lines.append(
+            f"source {name!r} is not configured: {waiting:,} rows wait for it (add [sources.{name}] "
+            "to the config file)"
+        )
+    return [*lines, ""] if lines else []
 
 
 def _errors_title(details: dict[str, Any]) -> str:
@@ -303,7 +352,7 @@ def print_status_table(details: dict[str, Any]) -> None:
         states.add_row(state, f"{details['states'][state]:,}")
     states.add_row("total", f"{details['total']:,}", style="bold")
     console.print(states)
-    for line in _health_lines(details):
+    for line in [*source_lines(details), *_health_lines(details)]:
         console.print(Text(line))
     if not details["recent_errors"] and details.get("error_rows") is not None:
         console.print(_errors_title(details), markup=False, highlight=False)

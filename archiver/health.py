@@ -6,6 +6,7 @@ queue row. Each problem is one human-readable line; no problems means healthy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -25,6 +26,7 @@ from archiver.db import (
     statement_at_a_time,
 )
 from archiver.errors import DatabaseUnavailable
+from archiver.queue import QueueStore, unserved_sources
 from archiver.redaction import MIN_SECRET_CHARS, database_passwords, redact
 from archiver.workers import worker_problems
 
@@ -44,7 +46,11 @@ class CheckResult:
 
 
 async def run_checks(
-    database_url: str, *, max_pending_age_s: float = 3600.0, max_expired_leases: int = 0
+    database_url: str,
+    *,
+    max_pending_age_s: float = 3600.0,
+    max_expired_leases: int = 0,
+    served_sources: Sequence[str] | None = None,
 ) -> CheckResult:
     """Check that the database answers, its schema is current, the queue moves, and no live
     worker reports its endpoint paused or its key refused (:mod:`archiver.workers`).
@@ -55,6 +61,8 @@ async def run_checks(
             means the queue is stalled.
         max_expired_leases: how many ``in_flight`` rows whose lease expired more than
             60 s ago are tolerated (more means no live worker is recovering them).
+        served_sources: the sources the config serves; rows waiting for another source
+            are a problem (None: not checked).
 
     Raises:
         ConfigError: ``database_url`` is not a supported database URL.
@@ -73,6 +81,7 @@ async def run_checks(
         if revision != head:
             return _result([_schema_problem(revision, head)])
         problems = await _queue_problems(engine, max_pending_age_s, max_expired_leases)
+        problems += await _source_problems(engine, served_sources)
         return _result(problems + await worker_problems(engine))
     except (TimeoutError, OSError, DBAPIError) as exc:
         return _result([f"database unreachable: {shown}: {_scrub(_short_db_error(exc), database_url)}"])
@@ -132,6 +141,17 @@ async def _queue_problems(
             f"(oldest {format_duration(float(expired_oldest))}); no live worker is recovering them"
         )
     return problems
+
+
+async def _source_problems(engine: AsyncEngine, served: Sequence[str] | None) -> list[str]:
+    if served is None:
+        return []
+    waiting = unserved_sources(await QueueStore(engine).counts_by_source(), served)
+    return [
+        f"source {name!r} is not configured: {count} rows wait for it (add [sources.{name}] "
+        "to the config file, or move them to a configured source)"
+        for name, count in waiting.items()
+    ]
 
 
 def format_duration(seconds: float) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from archiver.errors import InvalidResponseId
+from archiver.settings import SOURCE_NAME
 
 __all__ = [
     "MAX_ID_LENGTH",
@@ -49,11 +50,13 @@ class IdLine:
 
     ``created_at`` (unix seconds) is taken from a JSON line's ``created_at`` (or
     ``response.created_at``) when present: it dates the response for expiry warnings.
+    ``source`` is a JSON line's ``source`` (a valid source name; None: the enqueuer's).
     """
 
     line_no: int
     response_id: str
     created_at: float | None = None
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +197,14 @@ def _parse_json_line(line_no: int, line: str) -> IdLine | RejectedLine:
         if isinstance(candidate, str):
             problem = response_id_problem(candidate)
             if problem is None:
-                return IdLine(line_no, candidate, _created_at(record))
+                source = record.get("source")
+                if source is not None and not (isinstance(source, str) and SOURCE_NAME.match(source)):
+                    return RejectedLine(
+                        line_no,
+                        "field 'source' is not a source name (letters, digits and _ . -, up to 64)",
+                        _shorten(line),
+                    )
+                return IdLine(line_no, candidate, _created_at(record), source)
             return RejectedLine(
                 line_no, f"field {field!r} is not a valid response ID: {problem}", _shorten(line)
             )

@@ -39,6 +39,7 @@ from archiver.logs import get_logger
 from archiver.queue import EnqueueCounts, QueueStore
 from archiver.redaction import redact
 from archiver.signals import on_stop_signals
+from archiver.sources import SourceRouting
 
 __all__ = [
     "BATCH_IDS",
@@ -234,13 +235,23 @@ def _decode(block: bytes) -> list[str]:
 class _Batcher:
     """IDs read but not committed yet, the rejected-line printer, and the stop request."""
 
-    def __init__(self, queue: QueueStore, report: EnqueueReport, *, refetch: bool, err: TextIO) -> None:
+    def __init__(
+        self,
+        queue: QueueStore,
+        report: EnqueueReport,
+        *,
+        refetch: bool,
+        err: TextIO,
+        routing: SourceRouting | None = None,
+    ) -> None:
         self.queue = queue
         self.report = report
         self.refetch = refetch
         self.err = err
+        self.routing = routing or SourceRouting()
         self.ids: list[str] = []
         self.created: list[float | None] = []
+        self.sources: list[str] = []
         self.first_at: float | None = None
         self.stop_reason: str | None = None
         self._wake: Callable[[str], None] | None = None
@@ -258,7 +269,7 @@ class _Batcher:
 
     def take(self, name: str, line_no: int, pieces: list[Piece]) -> int:
         """Add the IDs of complete lines; print rejections. Returns the next line number."""
-        ids, created = self.ids, self.created
+        ids, created, sources, routing = self.ids, self.created, self.sources, self.routing
         for piece in pieces:
             if isinstance(piece, OverlongLine):
                 shown = piece.head.decode("utf-8", "replace")
@@ -268,11 +279,14 @@ class _Batcher:
                 line_no += 1
                 continue
             for parsed in parse_id_lines(piece, start=line_no):
-                if isinstance(parsed, IdLine):
+                source = routing.source_of(parsed) if isinstance(parsed, IdLine) else parsed
+                if isinstance(source, str):
+                    assert isinstance(parsed, IdLine)
                     ids.append(parsed.response_id)
                     created.append(parsed.created_at)
+                    sources.append(source)
                 else:
-                    self.reject(name, parsed)
+                    self.reject(name, source)
             line_no += len(piece)
         if ids and self.first_at is None:
             self.first_at = time.monotonic()
@@ -309,12 +323,14 @@ class _Batcher:
         """Queue the batch in one transaction (with ``save(conn)`` in it too, when given)."""
         if not self.ids and save is None:
             return
-        ids, created = self.ids, self.created
-        self.ids, self.created, self.first_at = [], [], None
+        ids, created, sources = self.ids, self.created, self.sources
+        self.ids, self.created, self.sources, self.first_at = [], [], [], None
         async with self.queue.engine.begin() as conn:
             if ids:
                 known = created if any(c is not None for c in created) else None
-                counts = await self.queue.enqueue_on(conn, ids, refetch=self.refetch, created_at=known)
+                counts = await self.queue.enqueue_on(
+                    conn, ids, refetch=self.refetch, created_at=known, sources=sources
+                )
                 self.report.add(counts)
             if save is not None:
                 await save(conn)
@@ -441,15 +457,21 @@ async def _read_input(batcher: _Batcher, name: str, fd: int) -> None:
 
 
 async def enqueue_inputs(
-    queue: QueueStore, paths: Sequence[str], *, refetch: bool = False, err: TextIO = sys.stderr
+    queue: QueueStore,
+    paths: Sequence[str],
+    *,
+    refetch: bool = False,
+    err: TextIO = sys.stderr,
+    routing: SourceRouting | None = None,
 ) -> EnqueueReport:
     """Queue the IDs in ``paths`` (stdin when empty, ``-`` for stdin), as they arrive.
 
     A stop signal ends the reading; what was read is committed, and the report's
-    ``stopped_by`` names the signal.
+    ``stopped_by`` names the signal. ``routing`` picks each ID's source (a JSON line's
+    ``source``, else ``--source``) and rejects unknown ones.
     """
     report = EnqueueReport()
-    batcher = _Batcher(queue, report, refetch=refetch, err=err)
+    batcher = _Batcher(queue, report, refetch=refetch, err=err, routing=routing)
     with on_stop_signals(batcher.request_stop):
         for name, fd in _open_inputs(paths, report, err):
             await _read_input(batcher, name, fd)
@@ -464,14 +486,19 @@ async def enqueue_inputs(
 
 
 async def follow_file(
-    queue: QueueStore, path: str, *, refetch: bool = False, err: TextIO = sys.stderr
+    queue: QueueStore,
+    path: str,
+    *,
+    refetch: bool = False,
+    err: TextIO = sys.stderr,
+    routing: SourceRouting | None = None,
 ) -> EnqueueReport:
     """Follow the log at ``path`` like ``tail -F`` until a stop signal (see :mod:`archiver.follow`).
 
     Each batch's transaction also saves the position just past its last complete line.
     """
     report = EnqueueReport()
-    batcher = _Batcher(queue, report, refetch=refetch, err=err)
+    batcher = _Batcher(queue, report, refetch=refetch, err=err, routing=routing)
     with on_stop_signals(batcher.request_stop):
         follower = _Follower(batcher, path)
         try:

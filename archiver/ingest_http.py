@@ -7,9 +7,10 @@ otherwise) and exist only when their secret file is configured:
   NDJSON of IDs or objects (``id``, optional ``source``, optional ``created_at``),
   validated as ``archiver enqueue`` validates lines (:mod:`archiver.ids`). It answers
   with the counts and the rejected items once the rows are committed.
-- ``/webhooks/default`` takes Standard Webhooks deliveries signed with
-  ``--webhook-secret-file`` (:mod:`archiver.webhooks`); a ``response.*`` event makes its
-  ``data.id`` due now.
+- ``/webhooks/{source}`` takes Standard Webhooks deliveries for a source with a webhook
+  secret (``--webhook-secret-file`` for ``default``, ``webhook_secret_file`` of a source
+  in the config file; :mod:`archiver.webhooks`); a ``response.*`` event makes its
+  ``data.id`` due now, for that source.
 
 Bodies are read up to a cap (413 beyond it) without holding more. Every answer passes
 the redaction point, and the token and secret are registered there when they are read.
@@ -18,9 +19,8 @@ the redaction point, and the token and secret are registered there when they are
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,7 +31,8 @@ from archiver.ids import IdLine, RejectedLine, json_type_name, parse_id_lines, r
 from archiver.logs import get_logger
 from archiver.queue import QueueStore
 from archiver.redaction import redact_value, register_secret
-from archiver.settings import Settings
+from archiver.settings import DEFAULT_SOURCE, Settings
+from archiver.settings import read_secret_file as _read_secret_file
 from archiver.webhooks import SECRET_PREFIX, SeenDeliveries, WebhookRejected, decode_secret, verify
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
 
 log = get_logger()
 
-DEFAULT_SOURCE = "default"
 ENQUEUE_MAX_BYTES = 8 * 1024 * 1024
 WEBHOOK_MAX_BYTES = 1024 * 1024
 MAX_REJECTED_SHOWN = 1000
@@ -60,57 +60,66 @@ _CHUNK = 64 * 1024
 
 @dataclass(frozen=True)
 class IngestSecrets:
-    """The bearer token of ``/v1/enqueue`` and the HMAC key of ``/webhooks/default`` (None: off)."""
+    """The bearer token of ``/v1/enqueue`` and the webhook HMAC keys (None / absent: off).
+
+    ``webhook_key`` is the ``default`` source's; ``source_keys`` those of other sources.
+    ``sources`` are the sources ``/v1/enqueue`` accepts (the ones this daemon serves).
+    """
 
     token: str | None = field(default=None, repr=False)
     webhook_key: bytes | None = field(default=None, repr=False)
+    source_keys: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    sources: frozenset[str] = frozenset({DEFAULT_SOURCE})
 
     @property
     def any(self) -> bool:
-        """Whether either endpoint is on."""
-        return self.token is not None or self.webhook_key is not None
+        """Whether any endpoint is on."""
+        return self.token is not None or self.webhook_key is not None or bool(self.source_keys)
+
+    def key_of(self, source: str) -> bytes | None:
+        """The webhook key of ``source`` (None: no webhook for it)."""
+        return self.webhook_key if source == DEFAULT_SOURCE else self.source_keys.get(source)
 
 
-def _read_secret_file(path: str, what: str) -> str:
-    try:
-        value = Path(path).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ConfigError(f"{what} file not found: {path}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what} file is not UTF-8 text: {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
-    if not value:
-        raise ConfigError(f"{what} file is empty: {path}")
-    return value
+def load_ingest_secrets(settings: Settings, sources: Mapping[str, Settings] | None = None) -> IngestSecrets:
+    """Read the token and webhook secret files, and register them with the redaction point.
 
-
-def load_ingest_secrets(settings: Settings) -> IngestSecrets:
-    """Read the token and webhook secret files, and register both with the redaction point.
+    Args:
+        settings: the process's settings (``--ingest-token-file``, the listener).
+        sources: the settings of each source served (default: ``settings`` as ``default``);
+            each one's ``webhook_secret_file`` turns on ``/webhooks/{source}``.
 
     Raises:
         ConfigError: a file is missing, unreadable or empty, the secret is not base64, or
             a file is given without ``--metrics-port`` (the endpoints need the listener).
     """
-    token = key = None
+    sources = sources or {DEFAULT_SOURCE: settings}
+    token = None
     if settings.ingest_token_file:
         token = _read_secret_file(settings.ingest_token_file, "ingest token")
         register_secret(token)
-    if settings.webhook_secret_file:
-        secret = _read_secret_file(settings.webhook_secret_file, "webhook secret")
-        register_secret(secret)
-        register_secret(secret.removeprefix(SECRET_PREFIX))
-        try:
-            key = decode_secret(secret)
-        except ValueError as exc:
-            raise ConfigError(f"{exc}: {settings.webhook_secret_file}") from None
-    secrets = IngestSecrets(token, key)
+    keys: dict[str, bytes] = {}
+    for name, source in sources.items():
+        if source.webhook_secret_file:
+            keys[name] = _webhook_key(source.webhook_secret_file)
+    default_key = keys.pop(DEFAULT_SOURCE, None)
+    secrets = IngestSecrets(token, default_key, keys, frozenset(sources))
     if secrets.any and settings.metrics_port is None:
         raise ConfigError(
             "--ingest-token-file and --webhook-secret-file serve on the metrics listener: "
             "set --metrics-port too"
         )
     return secrets
+
+
+def _webhook_key(path: str) -> bytes:
+    secret = _read_secret_file(path, "webhook secret")
+    register_secret(secret)
+    register_secret(secret.removeprefix(SECRET_PREFIX))
+    try:
+        return decode_secret(secret)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}: {path}") from None
 
 
 # --- the /v1/enqueue body ------------------------------------------------------------------
@@ -120,12 +129,14 @@ class BodyError(ValueError):
     """The request body cannot be read as IDs at all (400)."""
 
 
-def parse_enqueue_body(body: bytes) -> tuple[list[IdLine], list[RejectedLine]]:
+def parse_enqueue_body(
+    body: bytes, sources: frozenset[str] = frozenset({DEFAULT_SOURCE})
+) -> tuple[list[IdLine], list[RejectedLine]]:
     """The IDs in a ``/v1/enqueue`` body: a JSON array, else NDJSON (one ID or object a line).
 
     An array item is an ID string (checked as is) or an object read like a JSON line of
     ``archiver enqueue``; line numbers are 1-based item numbers. An object naming a
-    ``source`` other than ``default`` is rejected (``unknown source``).
+    ``source`` not in ``sources`` (the ones served) is rejected (``unknown source``).
 
     Raises:
         BodyError: the body is not UTF-8, or starts like an array but is not valid JSON.
@@ -136,7 +147,7 @@ def parse_enqueue_body(body: bytes) -> tuple[list[IdLine], list[RejectedLine]]:
         raise BodyError("the body is not UTF-8 text") from None
     accepted: list[IdLine] = []
     rejected: list[RejectedLine] = []
-    for item in _items(text):
+    for item in _items(text, sources):
         if isinstance(item, IdLine):
             accepted.append(item)
         else:
@@ -144,7 +155,7 @@ def parse_enqueue_body(body: bytes) -> tuple[list[IdLine], list[RejectedLine]]:
     return accepted, rejected
 
 
-def _items(text: str) -> Iterator[IdLine | RejectedLine]:
+def _items(text: str, sources: frozenset[str]) -> Iterator[IdLine | RejectedLine]:
     if text.lstrip().startswith("["):
         try:
             values = orjson.loads(text)
@@ -153,17 +164,17 @@ def _items(text: str) -> Iterator[IdLine | RejectedLine]:
         if not isinstance(values, list):
             raise BodyError(f"the body is a JSON {json_type_name(values)}, not an array")
         for number, value in enumerate(values, 1):
-            yield _array_item(number, value)
+            yield _array_item(number, value, sources)
         return
     for number, line in enumerate(text.splitlines(), 1):
-        unknown = _unknown_source(line)
+        unknown = _unknown_source(line, sources)
         if unknown is not None:
             yield RejectedLine(number, unknown, _shorten(line.strip()))
             continue
         yield from parse_id_lines([line], start=number)
 
 
-def _array_item(number: int, value: object) -> IdLine | RejectedLine:
+def _array_item(number: int, value: object, sources: frozenset[str]) -> IdLine | RejectedLine:
     if isinstance(value, str):
         problem = response_id_problem(value)
         if problem is None:
@@ -172,14 +183,14 @@ def _array_item(number: int, value: object) -> IdLine | RejectedLine:
     line = orjson.dumps(value).decode()
     if not isinstance(value, dict):
         return RejectedLine(number, f"JSON {json_type_name(value)} is not an ID or an object", _shorten(line))
-    unknown = _unknown_source(line)
+    unknown = _unknown_source(line, sources)
     if unknown is not None:
         return RejectedLine(number, unknown, _shorten(line))
     return next(iter(parse_id_lines([line], start=number)))
 
 
-def _unknown_source(line: str) -> str | None:
-    """``unknown source 'x'`` for a JSON object line naming another source, else None."""
+def _unknown_source(line: str, sources: frozenset[str]) -> str | None:
+    """``unknown source 'x'`` for a JSON object line naming a source not served, else None."""
     if not line.lstrip().startswith("{"):
         return None
     try:
@@ -189,7 +200,7 @@ def _unknown_source(line: str) -> str | None:
     if not isinstance(record, dict) or "source" not in record:
         return None
     source = record["source"]
-    if source == DEFAULT_SOURCE:
+    if isinstance(source, str) and source in sources:
         return None
     shown = repr(source) if isinstance(source, str) else f"({json_type_name(source)})"
     return f"unknown source {_shorten(shown)}"
@@ -264,14 +275,17 @@ def ingest_routes(
     """
     routes: list[web.RouteDef] = []
     if secrets.token is not None:
-        routes.append(web.post("/v1/enqueue", _enqueue_handler(queue, secrets.token, enqueue_max_bytes)))
-    if secrets.webhook_key is not None:
-        handler = _webhook_handler(queue, secrets.webhook_key, clock, webhook_max_bytes)
+        handler = _enqueue_handler(queue, secrets.token, enqueue_max_bytes, secrets.sources)
+        routes.append(web.post("/v1/enqueue", handler))
+    if secrets.webhook_key is not None or secrets.source_keys:
+        handler = _webhook_handler(queue, secrets, clock, webhook_max_bytes)
         routes.append(web.post("/webhooks/{source}", handler))
     return routes
 
 
-def _enqueue_handler(queue: QueueStore, token: str, cap: int) -> Callable[[web.Request], Any]:
+def _enqueue_handler(
+    queue: QueueStore, token: str, cap: int, sources: frozenset[str]
+) -> Callable[[web.Request], Any]:
     async def enqueue(request: web.Request) -> web.Response:
         if not _bearer_ok(request, token):
             log.warning("archiver.ingest_refused", status_code=401, remote=request.remote)
@@ -282,13 +296,14 @@ def _enqueue_handler(queue: QueueStore, token: str, cap: int) -> Callable[[web.R
             log.warning("archiver.ingest_refused", status_code=413, remote=request.remote)
             return _too_large(cap)
         try:
-            accepted, rejected = parse_enqueue_body(body)
+            accepted, rejected = parse_enqueue_body(body, sources)
         except BodyError as exc:
             return _answer(400, {"error": str(exc)})
         try:
             counts = await queue.enqueue(
                 [line.response_id for line in accepted],
                 created_at=[line.created_at for line in accepted],
+                sources=[line.source or DEFAULT_SOURCE for line in accepted],
             )
         except Exception as exc:  # the database is down: the sender retries
             log.error("archiver.ingest_failed", error=first_line(exc), error_type=type(exc).__name__)
@@ -313,14 +328,15 @@ def _enqueue_handler(queue: QueueStore, token: str, cap: int) -> Callable[[web.R
 
 
 def _webhook_handler(
-    queue: QueueStore, key: bytes, clock: Callable[[], float], cap: int
+    queue: QueueStore, secrets: IngestSecrets, clock: Callable[[], float], cap: int
 ) -> Callable[[web.Request], Any]:
     seen = SeenDeliveries()
 
     async def webhook(request: web.Request) -> web.Response:
         source = request.match_info["source"]
-        if source != DEFAULT_SOURCE:
-            return _answer(404, {"error": "unknown source"})
+        key = secrets.key_of(source)
+        if key is None:
+            return _answer(404, {"error": "unknown source, or no webhook secret for it"})
         try:
             body = await _read_capped(request, cap)
         except _TooLarge:
@@ -332,7 +348,8 @@ def _webhook_handler(
         except WebhookRejected as exc:
             log.warning("archiver.webhook_refused", status_code=exc.status, error=str(exc))
             return _answer(exc.status, {"error": str(exc)})
-        if delivery.webhook_id in seen:
+        seen_id = f"{source}/{delivery.webhook_id}"  # webhook IDs are unique per sender
+        if seen_id in seen:
             log.info("archiver.webhook_replayed", webhook_id=delivery.webhook_id)
             return _answer(200, {"duplicate": True, "queued": 0})
         try:
@@ -341,7 +358,7 @@ def _webhook_handler(
             return _answer(400, {"error": "the body is not JSON"})
         event_type = event.get("type") if isinstance(event, dict) else None
         if event_type not in RESPONSE_EVENTS:
-            seen.add(delivery.webhook_id, now)
+            seen.add(seen_id, now)
             log.info("archiver.webhook_ignored", webhook_id=delivery.webhook_id, event_type=str(event_type))
             return _answer(200, {"ignored": True, "type": str(event_type)})
         data = event.get("data")
@@ -351,13 +368,14 @@ def _webhook_handler(
             return _answer(400, {"error": f"data.id: {problem}"})
         assert isinstance(response_id, str)
         try:
-            counts = await queue.enqueue_due_now([response_id])
+            counts = await queue.enqueue_due_now([response_id], source)
         except Exception as exc:  # not remembered as seen: the provider's retry is welcome
             log.error("archiver.webhook_failed", error=first_line(exc), error_type=type(exc).__name__)
             return _answer(503, {"error": "the queue cannot be written now; retry later"})
-        seen.add(delivery.webhook_id, now)
+        seen.add(seen_id, now)
         log.info(
             "archiver.webhook_enqueued",
+            source=source,
             webhook_id=delivery.webhook_id,
             event_type=event_type,
             response_id=response_id,

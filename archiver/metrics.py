@@ -225,6 +225,14 @@ class Metrics:
             registry=r,
         )
         self.endpoint_up.set(1)
+        self.source_up = Gauge(
+            "archiver_source_up",
+            "Per source: 1 while its endpoint answers and its key is accepted; 0 while its "
+            "circuit breaker holds it (endpoint down, wrong base URL, or key refused).",
+            ["source"],
+            registry=r,
+        )
+        self._sources_up: dict[str, bool] = {}
         self.breaker_trips = Counter(
             "archiver_breaker_trips",
             "Times the circuit breaker tripped (answers about the endpoint, not about one ID).",
@@ -282,6 +290,13 @@ class Metrics:
             yield
         finally:
             self.request_finished()
+
+    def set_source_up(self, source: str, up: bool) -> None:
+        """A source's endpoint answers (or its breaker holds it); ``archiver_endpoint_up``
+        is 1 only while every source is up."""
+        self._sources_up[source] = up
+        self.source_up.labels(source=source).set(1 if up else 0)
+        self.endpoint_up.set(1 if all(self._sources_up.values()) else 0)
 
     def set_concurrency(self, limit: int, maximum: int) -> None:
         """The adaptive limit now (``AdaptiveLimit.limit``) and its ceiling (``max_limit``)."""

@@ -29,8 +29,10 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from archiver.db import now_sql, statement_at_a_time
+from archiver.fleet_rate import archive_rate_limits  # noqa: F401  (registers the table, as archive_queue)
 from archiver.follow import archive_follow  # noqa: F401  (registers the table, as archive_queue)
 from archiver.schema import metadata
+from archiver.settings import DEFAULT_SOURCE
 from archiver.workers import (
     archive_workers,  # noqa: F401  (registers the table, as archive_queue)
     troubled_workers,
@@ -69,7 +71,10 @@ archive_queue = Table(
     Column("last_body_bytes", BigInteger),
     Column("last_body_sha256", Text),
     Column("response_created_at", Float),
+    # The source (provider account) the ID is fetched with; see archiver/sources.py.
+    Column("source", String(64), nullable=False, server_default="default"),
     Index("ix_archive_queue_state_next_attempt_at", "state", "next_attempt_at"),
+    Index("ix_archive_queue_source_state_next_attempt_at", "source", "state", "next_attempt_at"),
     comment="One row per response ID to archive; see docs/schema.md",
 )
 
@@ -141,6 +146,7 @@ class QueueStore:
         *,
         refetch: bool = False,
         created_at: Sequence[float | None] | None = None,
+        sources: Sequence[str] | None = None,
     ) -> EnqueueCounts:
         """Add IDs as ``pending``; known IDs are left alone unless ``refetch``.
 
@@ -148,6 +154,8 @@ class QueueStore:
             response_ids: validated IDs (duplicates allowed; each is queued once).
             refetch: move known IDs in a terminal state back to ``pending``.
             created_at: per ID, the response's creation time (unix seconds) if known.
+            sources: per ID, its source name (default: ``default``). A known ID keeps
+                the source it was queued with.
         """
         queued = requeued = 0
         for start in range(0, len(response_ids), ENQUEUE_CHUNK):
@@ -155,8 +163,11 @@ class QueueStore:
             created = list(created_at[start : start + ENQUEUE_CHUNK]) if created_at else None
             if created is not None and all(c is None for c in created):
                 created = None
+            chunk_sources = list(sources[start : start + ENQUEUE_CHUNK]) if sources else None
             async with self.engine.begin() as conn:
-                counts = await self.enqueue_on(conn, chunk, refetch=refetch, created_at=created)
+                counts = await self.enqueue_on(
+                    conn, chunk, refetch=refetch, created_at=created, sources=chunk_sources
+                )
             queued += counts.queued
             requeued += counts.requeued
         # A line whose ID was known before, or seen earlier in the same input, is "already known".
@@ -169,47 +180,69 @@ class QueueStore:
         *,
         refetch: bool = False,
         created_at: list[float | None] | None = None,
+        sources: list[str] | None = None,
     ) -> EnqueueCounts:
         """:meth:`enqueue` of one chunk (up to ``ENQUEUE_CHUNK`` IDs) in the caller's transaction.
 
         ``archiver enqueue --follow`` saves its file position in the same transaction.
         """
-        queued = await self._insert_chunk(conn, response_ids, created_at)
+        queued = await self._insert_chunk(conn, response_ids, created_at, sources)
         requeued = await self._requeue(conn, response_ids, TERMINAL_STATES) if refetch else 0
         return EnqueueCounts(queued=queued, already_known=len(response_ids) - queued, requeued=requeued)
 
     async def _insert_chunk(
-        self, conn: AsyncConnection, ids: list[str], created: list[float | None] | None
+        self,
+        conn: AsyncConnection,
+        ids: list[str],
+        created: list[float | None] | None,
+        sources: list[str] | None = None,
     ) -> int:
-        cols = "id, state, attempts, polls, next_attempt_at, enqueued_at, updated_at, response_created_at"
+        cols = "id, state, attempts, polls, next_attempt_at, enqueued_at, updated_at, "
+        cols += "response_created_at, source"
+        if sources is not None and all(s == DEFAULT_SOURCE for s in sources):
+            sources = None
         if self.dialect == "postgresql":
             sql = (
                 f"INSERT INTO archive_queue ({cols}) "
-                "SELECT u.id, 'pending', 0, 0, n, n, n, u.created "
-                "FROM unnest(CAST(:ids AS text[]), CAST(:created AS float8[])) AS u(id, created), "
+                "SELECT u.id, 'pending', 0, 0, n, n, n, u.created, coalesce(u.source, 'default') "
+                "FROM unnest(CAST(:ids AS text[]), CAST(:created AS float8[]), CAST(:sources AS text[])) "
+                "AS u(id, created, source), "
                 f"(SELECT {self.now} AS n) AS clock "
                 "ON CONFLICT (id) DO NOTHING"
             )
-            result = await conn.execute(text(sql), {"ids": ids, "created": created or [None] * len(ids)})
-        elif created is None:
+            result = await conn.execute(
+                text(sql),
+                {
+                    "ids": ids,
+                    "created": created or [None] * len(ids),
+                    "sources": sources or [DEFAULT_SOURCE] * len(ids),
+                },
+            )
+        elif created is None and sources is None:
             # One JSON array parameter per chunk: no variable limit, one statement.
             sql = (
                 f"INSERT INTO archive_queue ({cols}) "
-                f"SELECT value, 'pending', 0, 0, {self.now}, {self.now}, {self.now}, NULL "
+                f"SELECT value, 'pending', 0, 0, {self.now}, {self.now}, {self.now}, NULL, 'default' "
                 "FROM json_each(:ids) WHERE true ON CONFLICT (id) DO NOTHING"
             )
             result = await conn.execute(text(sql), {"ids": orjson.dumps(ids).decode()})
         else:
             sql = (
                 f"INSERT INTO archive_queue ({cols}) "
-                f"SELECT value ->> 0, 'pending', 0, 0, {self.now}, {self.now}, {self.now}, value ->> 1 "
+                f"SELECT value ->> 0, 'pending', 0, 0, {self.now}, {self.now}, {self.now}, value ->> 1, "
+                "coalesce(value ->> 2, 'default') "
                 "FROM json_each(:rows) WHERE true ON CONFLICT (id) DO NOTHING"
             )
-            rows = orjson.dumps([[i, c] for i, c in zip(ids, created, strict=True)]).decode()
+            rows = orjson.dumps(
+                [
+                    [i, created[n] if created else None, sources[n] if sources else None]
+                    for n, i in enumerate(ids)
+                ]
+            ).decode()
             result = await conn.execute(text(sql), {"rows": rows})
         return max(result.rowcount, 0)
 
-    async def enqueue_due_now(self, response_ids: Sequence[str]) -> EnqueueCounts:
+    async def enqueue_due_now(self, response_ids: Sequence[str], source: str = "default") -> EnqueueCounts:
         """Queue IDs the provider says just finished (a webhook), due now.
 
         New IDs are queued; ``pending`` ones are made due now; one whose archived snapshot
@@ -233,7 +266,7 @@ class QueueStore:
             f"WHERE id IN :ids AND state = 'pending' AND next_attempt_at > {self.now}"
         ).bindparams(bindparam("ids", expanding=True))
         async with self.engine.begin() as conn:
-            queued = await self._insert_chunk(conn, ids, None)
+            queued = await self._insert_chunk(conn, ids, None, [source] * len(ids))
             await conn.execute(due_now, {"ids": ids})
             requeued = await self._requeue(conn, ids, TERMINAL_STATES, where=unfinished)
         return EnqueueCounts(queued=queued, already_known=len(ids) - queued, requeued=requeued)
@@ -256,8 +289,13 @@ class QueueStore:
 
     # --- claim, heartbeat, release -----------------------------------------------------
 
-    async def claim_batch(self, owner: str, limit: int, lease_seconds: float, max_attempts: int) -> list[Job]:
+    async def claim_batch(
+        self, owner: str, limit: int, lease_seconds: float, max_attempts: int, source: str | None = None
+    ) -> list[Job]:
         """Lease up to ``limit`` due rows to ``owner`` and count an attempt on each.
+
+        ``source``: only rows of this source (None: any; rows of every source are
+        recovered from expired leases either way).
 
         Rows whose lease expired go back to ``pending`` first, their attempt given back
         (or to ``failed`` when their lease has now expired ``max_attempts`` times), so a
@@ -276,19 +314,26 @@ class QueueStore:
             swept = time.monotonic() - self._last_recovery >= RECOVER_EVERY_S
             if swept:
                 await self._recover_expired(conn, max_attempts)
-            jobs = await self._claim(conn, owner, token, limit, lease_seconds)
+            jobs = await self._claim(conn, owner, token, limit, lease_seconds, source)
             if len(jobs) < limit and not swept and await self._recover_expired(conn, max_attempts):
-                jobs += await self._claim(conn, owner, token, limit - len(jobs), lease_seconds)
+                jobs += await self._claim(conn, owner, token, limit - len(jobs), lease_seconds, source)
         return jobs
 
     async def _claim(
-        self, conn: AsyncConnection, owner: str, token: str, limit: int, lease_seconds: float
+        self,
+        conn: AsyncConnection,
+        owner: str,
+        token: str,
+        limit: int,
+        lease_seconds: float,
+        source: str | None,
     ) -> list[Job]:
+        of_source = "" if source is None else "AND source = :source "
         if self.dialect == "postgresql":
             # The CTE is a fence: the planner cannot lock or update more rows than LIMIT.
             sql = (
                 "WITH due AS (SELECT id FROM archive_queue "
-                f"WHERE state = 'pending' AND next_attempt_at <= {self.now} "
+                f"WHERE state = 'pending' AND next_attempt_at <= {self.now} {of_source}"
                 "ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
                 "UPDATE archive_queue AS q SET state = 'in_flight', attempts = q.attempts + 1, "
                 f"lease_owner = :owner, lease_token = :token, "
@@ -303,13 +348,14 @@ class QueueStore:
                 f"lease_owner = :owner, lease_token = :token, "
                 f"lease_expires_at = {self.now} + :lease, updated_at = {self.now} "
                 "WHERE id IN (SELECT id FROM archive_queue "
-                f"WHERE state = 'pending' AND next_attempt_at <= {self.now} "
+                f"WHERE state = 'pending' AND next_attempt_at <= {self.now} {of_source}"
                 "ORDER BY next_attempt_at LIMIT :limit) "
                 "RETURNING id, attempts, polls, last_status_code, "
                 "coalesce(response_created_at, enqueued_at)"
             )
         result = await conn.execute(
-            text(sql), {"limit": limit, "owner": owner, "token": token, "lease": lease_seconds}
+            text(sql),
+            {"limit": limit, "owner": owner, "token": token, "lease": lease_seconds, "source": source},
         )
         return [Job.from_row(row, token) for row in result.fetchall()]
 
@@ -434,15 +480,30 @@ class QueueStore:
                 counts[state] = int(n)
         return counts
 
-    async def due_summary(self, horizon_s: float) -> tuple[int, float | None]:
+    async def counts_by_source(self) -> dict[str, dict[str, int]]:
+        """Rows per state of each source that has rows; every state name is present."""
+        counts: dict[str, dict[str, int]] = {}
+        async with statement_at_a_time(self.engine) as conn:
+            result = await conn.execute(
+                text(
+                    "SELECT source, state, count(*) FROM archive_queue GROUP BY source, state ORDER BY source"
+                )
+            )
+            for source, state, n in result.fetchall():
+                counts.setdefault(source, dict.fromkeys(QUEUE_STATES, 0))[state] = int(n)
+        return counts
+
+    async def due_summary(self, horizon_s: float, source: str | None = None) -> tuple[int, float | None]:
         """What ``run --once`` still has to wait for.
 
         Returns:
             (rows due within ``horizon_s``, seconds until the next one is due). A row is
             due when it is ``pending`` and its ``next_attempt_at`` comes, or when it is
             ``in_flight`` and its lease expires (its worker may have died: the queue is
-            not drained while any row is in flight anywhere).
+            not drained while any row is in flight anywhere). With ``source``, only
+            that source's rows count.
         """
+        of_source = "" if source is None else "AND source = :source "
         due_at = "CASE WHEN state = 'pending' THEN next_attempt_at ELSE lease_expires_at END"
         async with statement_at_a_time(self.engine) as conn:
             row = (
@@ -450,30 +511,35 @@ class QueueStore:
                     text(
                         f"SELECT count(*), min(due_at) - {self.now} FROM "
                         f"(SELECT {due_at} AS due_at FROM archive_queue "
-                        "WHERE state IN ('pending', 'in_flight')) AS waiting "
+                        f"WHERE state IN ('pending', 'in_flight') {of_source}) AS waiting "
                         f"WHERE due_at <= {self.now} + :h"
                     ),
-                    {"h": horizon_s},
+                    {"h": horizon_s, "source": source},
                 )
             ).one()
         return int(row[0]), (float(row[1]) if row[1] is not None else None)
 
-    async def expiry_counts(self, retention_s: float, warn_within_s: float = 86400.0) -> tuple[int, int]:
+    async def expiry_counts(
+        self, retention_s: float, warn_within_s: float = 86400.0, source: str | None = None
+    ) -> tuple[int, int]:
         """(pending rows within ``warn_within_s`` of expiry, pending rows already past it).
+
+        With ``source``, only that source's rows count.
 
         A row's age is counted from the response's creation time when the enqueuer
         gave it, else from when it was enqueued (a lower bound of its true age).
         """
         expires = f"coalesce(response_created_at, enqueued_at) + :retention - {self.now}"
+        of_source = "" if source is None else "AND source = :source"
         async with statement_at_a_time(self.engine) as conn:
             row = (
                 await conn.execute(
                     text(
                         f"SELECT sum(CASE WHEN {expires} > 0 AND {expires} <= :warn THEN 1 ELSE 0 END), "
                         f"sum(CASE WHEN {expires} <= 0 THEN 1 ELSE 0 END) "
-                        "FROM archive_queue WHERE state IN ('pending', 'in_flight')"
+                        f"FROM archive_queue WHERE state IN ('pending', 'in_flight') {of_source}"
                     ),
-                    {"retention": retention_s, "warn": warn_within_s},
+                    {"retention": retention_s, "warn": warn_within_s, "source": source},
                 )
             ).one()
         return int(row[0] or 0), int(row[1] or 0)
@@ -483,6 +549,7 @@ class QueueStore:
         recent_errors: int = 10,
         retention_s: float | None = None,
         error_states: Sequence[str] | None = None,
+        served_sources: Iterable[str] | None = None,
     ) -> dict[str, Any]:
         """Counts, oldest pending age, expired leases, expiry risk, the most recent errors and
         the live workers that cannot fetch (``workers``, see :mod:`archiver.workers`).
@@ -495,10 +562,14 @@ class QueueStore:
                 each. ``error_rows`` counts every row that matches.
 
         A recent error carries ``body_bytes`` (the whole bad body's length) when a body
-        was kept for it.
+        was kept for it. ``sources`` maps each source with rows to its counts per state;
+        ``unserved_sources`` lists the sources not in ``served_sources`` (when given) that
+        have rows waiting (``pending`` or ``in_flight``): no worker of this config fetches them.
         """
         states = list(error_states or ERROR_STATES)
         counts = await self.counts()
+        by_source = await self.counts_by_source()
+        unserved = unserved_sources(by_source, served_sources)
         near, past = await self.expiry_counts(retention_s) if retention_s else (None, None)
         async with statement_at_a_time(self.engine) as conn:
             oldest = (
@@ -549,7 +620,26 @@ class QueueStore:
             "error_states": states,
             "error_rows": int(error_rows) if error_rows is not None else None,
             "workers": [w.as_dict() for w in workers],
+            "sources": by_source,
+            "unserved_sources": unserved,
         }
+
+
+def unserved_sources(
+    by_source: Mapping[str, Mapping[str, int]], served: Iterable[str] | None
+) -> dict[str, int]:
+    """Sources not in ``served`` whose rows wait (``pending`` + ``in_flight``), with that count.
+
+    Empty when ``served`` is None (the serving config is unknown).
+    """
+    if served is None:
+        return {}
+    known = set(served)
+    return {
+        name: counts.get("pending", 0) + counts.get("in_flight", 0)
+        for name, counts in by_source.items()
+        if name not in known and counts.get("pending", 0) + counts.get("in_flight", 0)
+    }
 
 
 def _recent_error(row: Any) -> dict[str, Any]:

@@ -26,6 +26,10 @@ PROVIDERS = ("auto", "dashscope", "openai", "generic")
 WRITERS = ("auto", "process", "inline")
 INCLUDE_VALUE = re.compile(r"[A-Za-z0-9_.\-]{1,128}\Z")
 """One ``include[]`` value: a dotted field path such as ``reasoning.encrypted_content``."""
+DEFAULT_SOURCE = "default"
+"""The source of queue rows that name none, and the one source of the flag form."""
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
+"""A source name: letters, digits and ``_ . -``, up to 64 characters, not starting with a sign."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,12 @@ class Settings:
     include: tuple[str, ...] | None = None
     """``include[]`` values to send; None: the provider profile's default (see :attr:`include_values`)."""
     writer: str = "auto"
+    config: str | None = None
+    """The sources file (``--config``); None: the one source ``default`` of the flags."""
+    source: str = DEFAULT_SOURCE
+    """The source this settings object describes (run), or enqueues to (enqueue)."""
+    explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    """Fields set by a flag or variable (not defaulted): see :func:`archiver.sources.source_settings`."""
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     def __post_init__(self) -> None:
@@ -96,6 +106,11 @@ class Settings:
                     f"include value {value[:60]!r} is not valid: use letters, digits and _ . - "
                     "(e.g. reasoning.encrypted_content)"
                 )
+        if not SOURCE_NAME.match(self.source):
+            raise ConfigError(
+                f"source name {self.source[:70]!r} is not valid: use letters, digits and _ . - "
+                "(up to 64 characters)"
+            )
         check_base_url(self.base_url, allow_insecure_http=self.allow_insecure_http)
 
     @property
@@ -208,6 +223,26 @@ def check_base_url(url: str, *, allow_insecure_http: bool = False) -> None:
             f"base URL {shown!r} is plain http:// to another host: the API key would cross the "
             "network unencrypted; use https://, or --allow-insecure-http (ARCHIVER_ALLOW_INSECURE_HTTP=1)"
         )
+
+
+def read_secret_file(path: str, what: str) -> str:
+    """The stripped text of a secret file (a key, a token, a webhook secret).
+
+    Raises:
+        ConfigError: one line naming ``what`` and the path: missing, unreadable, not
+            UTF-8, or empty.
+    """
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} file is not UTF-8 text: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    if not value:
+        raise ConfigError(f"{what} file is empty: {path}")
+    return value
 
 
 def read_api_key(env: Mapping[str, str], key_file: str | None = None) -> str | None:

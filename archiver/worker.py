@@ -18,7 +18,6 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-from aiolimiter import AsyncLimiter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import __version__
@@ -28,6 +27,7 @@ from archiver.client import ResponsesClient
 from archiver.db import db_error_message, log_db_retry, redact_url, with_db_retry
 from archiver.errors import ArchiverError, EndpointDown, StopRun
 from archiver.fetch import Fetcher
+from archiver.fleet_rate import FleetRate
 from archiver.limits import AdaptiveLimit
 from archiver.logs import get_logger, redact
 from archiver.metrics import Metrics
@@ -142,6 +142,11 @@ class Worker:
 
     ``writer_process`` is a writer process already started (:mod:`archiver.childproc`),
     for the writer to use instead of starting one; its starter stays its owner.
+    ``writer`` is a writer shared with the workers of other sources (:mod:`archiver.runner`):
+    its owner starts and closes it.
+
+    A worker serves one source (``settings.source``): it claims only that source's rows,
+    with that source's URL, key, provider rules, concurrency, breaker and ``max_rps``.
     """
 
     def __init__(
@@ -155,11 +160,14 @@ class Worker:
         metrics: Metrics | None = None,
         notifier: SystemdNotifier | None = None,
         writer_process: subprocess.Popen[bytes] | None = None,
+        writer: BatchWriter | None = None,
     ) -> None:
         self.settings = settings
+        self.source = settings.source
         self.once = once
         self.queue = QueueStore(engine)
-        self.writer: BatchWriter = make_writer(settings, engine, settings.writer, writer_process)
+        self._owns_writer = writer is None
+        self.writer: BatchWriter = writer or make_writer(settings, engine, settings.writer, writer_process)
         self.policy = retry_policy_from(settings)
         self.profile: ProviderProfile = settings.profile  # type: ignore[assignment]  # validated
         self.retention_s = settings.retention_s
@@ -192,7 +200,8 @@ class Worker:
         self.notifier = notifier or SystemdNotifier()
         self.fetcher: Fetcher | None = None  # made in run(), with the HTTP session
         self.metrics.set_concurrency(self.gate.limit, self.gate.max_limit)
-        self._rate = _rate_limiter(settings.max_rps)
+        self.metrics.set_source_up(self.source, True)
+        self._rate = FleetRate(engine, self.source, settings.max_rps) if settings.max_rps else None
         self._fatal: BaseException | None = None
         self._release_failed = False
         self.near_expiry = 0
@@ -230,6 +239,7 @@ class Worker:
         log.info(
             "archiver.run_started",
             version=__version__,
+            source=self.source,
             database=self._engine_url,
             base_url=display_base_url(s.base_url),
             concurrency=s.concurrency,
@@ -238,11 +248,13 @@ class Worker:
             include=list(s.include_values),
             owner=s.owner,
         )
-        await self.writer.start()
+        if self._owns_writer:
+            await self.writer.start()
         try:
             await self._run_pipeline()
         finally:
-            await self.writer.close()
+            if self._owns_writer:
+                await self.writer.close()
         self.summary.duration_s = time.monotonic() - started
         with contextlib.suppress(Exception):
             self.summary.remaining = await self.queue.counts()
@@ -250,6 +262,7 @@ class Worker:
             await forget_worker(self.queue.engine, s.owner)
         log.info(
             "archiver.run_stopped",
+            source=self.source,
             reason=self.summary.stop_reason or "drained",
             **self._summary_fields(),
         )
@@ -392,7 +405,7 @@ class Worker:
             if limit == 0:
                 continue
             jobs = await with_db_retry(
-                partial(self.queue.claim_batch, s.owner, limit, s.lease_seconds, s.max_attempts),
+                partial(self.queue.claim_batch, s.owner, limit, s.lease_seconds, s.max_attempts, self.source),
                 on_retry=log_db_retry,
             )
             for job in jobs:
@@ -412,7 +425,9 @@ class Worker:
                 # did not see, so only a query begun with nothing held can end the run.
                 # (Only this loop adds held rows, so none appear during the query.)
                 held_before = bool(self._held)
-                due, next_due = await with_db_retry(lambda: self.queue.due_summary(s.drain_horizon))
+                due, next_due = await with_db_retry(
+                    lambda: self.queue.due_summary(s.drain_horizon, self.source)
+                )
                 if not held_before and due == 0:
                     return  # rows due later than the horizon stay pending (see summary.remaining)
                 wait = s.poll_interval if next_due is None else min(s.poll_interval, max(next_due, 0.01))
@@ -496,24 +511,19 @@ class Worker:
         released = self.breaker.trip()
         for held in released:
             self.budget.take_back(self._kept_of(held))
-        self.metrics.endpoint_up.set(0)
+        self.metrics.set_source_up(self.source, False)
         self.metrics.breaker_trips.inc()
         await self._release_results(released, f"circuit breaker: {trip.kind}")
         if refund:
             await self._refund_attempts(refund)
+        down = {"source": self.source, "kind": trip.kind, "error": trip.reason, "released": len(released)}
         if self.once:
-            log.error("archiver.endpoint_down", kind=trip.kind, error=trip.reason, released=len(released))
+            log.error("archiver.endpoint_down", **down)
             self._tripped = self._tripped or trip
             self.request_stop(trip.reason)
             return
         pause = self.breaker.pause_left()
-        log.error(
-            "archiver.endpoint_down",
-            kind=trip.kind,
-            error=trip.reason,
-            released=len(released),
-            wait_s=round(pause, 3),
-        )
+        log.error("archiver.endpoint_down", **down, wait_s=round(pause, 3))
         self.notifier.status(f"paused {pause:.0f}s: {trip.reason}")
         self._set_health("refused" if trip.key_refused else "paused", trip.reason)
 
@@ -530,8 +540,8 @@ class Worker:
 
     def _recovered(self) -> None:
         self.breaker.reset()
-        self.metrics.endpoint_up.set(1)
-        log.info("archiver.endpoint_recovered", endpoint=self.breaker.endpoint)
+        self.metrics.set_source_up(self.source, True)
+        log.info("archiver.endpoint_recovered", source=self.source, endpoint=self.breaker.endpoint)
         self.notifier.status(f"archiving with concurrency {self.settings.concurrency}")
         self._set_health("ok", None)
 
@@ -678,6 +688,7 @@ class Worker:
             self.metrics.observe_fetch(None, outcome.status_code, result.duration_s)
             log.warning(
                 "archiver.provider_refused",
+                source=self.source,
                 response_id=job.response_id,
                 status_code=outcome.status_code,
                 error=outcome.reason,
@@ -809,7 +820,7 @@ class Worker:
             return
         while not self.stop_event.is_set():
             try:
-                near, past = await self.queue.expiry_counts(self.retention_s)
+                near, past = await self.queue.expiry_counts(self.retention_s, source=self.source)
             except Exception as exc:
                 log.warning("archiver.expiry_check_failed", error=db_error_message(exc))
             else:
@@ -846,13 +857,6 @@ def describe_error(exc: BaseException) -> str:
 def display_endpoint(base_url: str) -> str:
     """How messages show the endpoint: ``scheme://host:port/path/responses/…`` (IPv6 in brackets)."""
     return display_base_url(base_url).rstrip("/") + "/responses/…"
-
-
-def _rate_limiter(max_rps: float | None) -> AsyncLimiter | None:
-    if max_rps is None:
-        return None
-    # AsyncLimiter needs max_rate >= 1 per acquire: below 1 rps, widen the period instead.
-    return AsyncLimiter(max_rps, 1.0) if max_rps >= 1 else AsyncLimiter(1, 1.0 / max_rps)
 
 
 def _is_congestion(outcome: Outcome) -> bool:

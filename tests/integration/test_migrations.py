@@ -241,3 +241,41 @@ async def test_other_applications_can_insert_just_an_id(db_url: str, make_settin
         assert summary.archived == 1
     finally:
         await engine.dispose()
+
+
+def _revision_before_sources() -> str:
+    """The revision before the one that added archive_queue.source (renumbered on rebase)."""
+    from alembic.script import ScriptDirectory
+
+    from archiver.db import alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config(None))
+    for revision in script.walk_revisions():
+        if "archive_queue.source" in (revision.doc or ""):
+            assert isinstance(revision.down_revision, str)
+            return revision.down_revision
+    raise AssertionError("no migration adds archive_queue.source")
+
+
+async def test_existing_rows_become_source_default(db_url: str) -> None:
+    from alembic import command
+
+    from archiver.db import alembic_config
+    from archiver.queue import QueueStore
+
+    before = _revision_before_sources()
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), before))
+            await conn.execute(text("INSERT INTO archive_queue (id) VALUES ('resp_old_row')"))
+        await migrate(engine)
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO archive_queue (id) VALUES ('resp_plain_insert')"))
+            await conn.execute(text("INSERT INTO archive_queue (id, source) VALUES ('resp_other', 'proj-a')"))
+        by_source = await QueueStore(engine).counts_by_source()
+        assert {name: c["pending"] for name, c in by_source.items()} == {"default": 2, "proj-a": 1}
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_diff) == []
+    finally:
+        await engine.dispose()

@@ -264,8 +264,10 @@ async def test_run_once_is_not_drained_by_a_query_that_raced_a_write(db_url: str
             real_due_summary = worker.queue.due_summary
             stale = []
 
-            async def due_summary_answering_late(horizon_s: float) -> tuple[int, float | None]:
-                answer = await real_due_summary(horizon_s)
+            async def due_summary_answering_late(
+                horizon_s: float, source: str | None = None
+            ) -> tuple[int, float | None]:
+                answer = await real_due_summary(horizon_s, source)
                 if not stale:  # the first query: answer after the write has landed
                     stale.append(answer)
                     while worker._held:  # the writer sets _slot_freed after each batch

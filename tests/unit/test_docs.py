@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from archiver.cli import COMMON_OPTIONS, HTTP_OPTIONS, RUN_OPTIONS, Option, build_parser
+from archiver.cli import COMMON_OPTIONS, ENQUEUE_OPTIONS, HTTP_OPTIONS, RUN_OPTIONS, Option, build_parser
 from archiver.settings import Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
@@ -33,7 +33,9 @@ def test_every_command_has_help_and_a_readme_mention(name: str) -> None:
             assert action.help, f"{name} {action.option_strings} has no help"
 
 
-@pytest.mark.parametrize("option", COMMON_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS, ids=lambda o: o[0])
+@pytest.mark.parametrize(
+    "option", COMMON_OPTIONS + ENQUEUE_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS, ids=lambda o: o[0]
+)
 def test_every_variable_is_in_help_and_readme(option: Option) -> None:
     flag, env, *_ = option
     assert env in README, f"{env} missing from README"
@@ -71,6 +73,7 @@ OTHER_VARIABLES = {
 NOT_OPTIONS = {
     "api_key": "a secret: never a flag (ps shows flags); ARCHIVER_API_KEY, DASHSCOPE_API_KEY or a key file",
     "owner": "this process's lease owner name (host:pid), not configuration",
+    "explicit": "bookkeeping: which fields a flag or variable set (sources.source_settings)",
 }
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 VARIABLE = re.compile(r"\bARCHIVER_[A-Z0-9_]*[A-Z0-9]")
@@ -111,14 +114,16 @@ def test_the_documents_scanned_include_the_env_example_and_docs() -> None:
 
 
 def test_every_settings_field_is_a_flag_and_a_variable() -> None:
-    options = {o[2] for o in COMMON_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS}
+    options = {o[2] for o in COMMON_OPTIONS + ENQUEUE_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS}
     fields = {f.name for f in dataclasses.fields(Settings)}
     assert set(NOT_OPTIONS) <= fields, "NOT_OPTIONS names a field Settings no longer has"
     missing = fields - options - set(NOT_OPTIONS)
     assert not missing, f"Settings fields with no flag and ARCHIVER_* variable: {sorted(missing)}"
 
 
-@pytest.mark.parametrize("option", COMMON_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS, ids=lambda o: o[0])
+@pytest.mark.parametrize(
+    "option", COMMON_OPTIONS + ENQUEUE_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS, ids=lambda o: o[0]
+)
 def test_every_option_has_its_row_in_the_readme_configuration_table(option: Option) -> None:
     flag, env, *_ = option
     section = README.split("### Configuration", 1)[1].split("\n#", 1)[0]

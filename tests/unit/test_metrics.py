@@ -301,6 +301,7 @@ EXPECTED_FAMILIES = {
     "archiver_build_info": "gauge",
     "archiver_last_batch_timestamp_seconds": "gauge",
     "archiver_endpoint_up": "gauge",
+    "archiver_source_up": "gauge",
     "archiver_breaker_trips": "counter",
 }
 
@@ -312,6 +313,7 @@ def test_render_is_parseable_text_format_with_every_family() -> None:
     m.set_concurrency(4, 8)
     m.set_queue({"pending": 5}, 12.0, 1)
     m.observe_batch(WriteReport(archived=1, rows_written=6))
+    m.set_source_up("default", True)
     families = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
     types = {name: f.type for name, f in families.items() if not name.endswith("_created")}
     assert types == EXPECTED_FAMILIES
@@ -323,6 +325,18 @@ def test_render_is_parseable_text_format_with_every_family() -> None:
     assert samples[("archiver_retries_total", (("reason", "timeout"),))] == 1
     assert samples[("archiver_queue_rows", (("state", "pending"),))] == 5
     assert samples[("archiver_rows_written_total", ())] == 6
+
+
+def test_endpoint_up_is_one_only_while_every_source_is_up() -> None:
+    m = Metrics()
+    m.set_source_up("default", True)
+    m.set_source_up("proj-a", False)
+    text = m.render().decode()
+    assert 'archiver_source_up{source="default"} 1.0' in text
+    assert 'archiver_source_up{source="proj-a"} 0.0' in text
+    assert "archiver_endpoint_up 0.0" in text
+    m.set_source_up("proj-a", True)
+    assert "archiver_endpoint_up 1.0" in m.render().decode()
 
 
 def test_two_instances_share_nothing_and_leave_the_global_registry_alone() -> None:
