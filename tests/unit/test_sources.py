@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from archiver.cli import main
 from archiver.errors import ConfigError
@@ -26,6 +29,15 @@ webhook_secret_file = "/etc/archiver/whsec"
 base_url = "https://api.openai.com/v1"
 api_key_file = "KEYFILE"
 """
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """main() configures logging onto capsys's stream, closed after the test: undo it."""
+    saved, last_resort = structlog.get_config(), logging.lastResort
+    yield
+    structlog.configure(**saved)
+    logging.lastResort = last_resort
 
 
 def write(tmp_path: Path, text: str) -> str:
