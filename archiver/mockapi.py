@@ -100,6 +100,8 @@ import hashlib
 import hmac
 import random
 import re
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -147,6 +149,8 @@ GATED_INCLUDE: Final = (
 )
 """The ``include[]`` values the mock understands (OpenAI's); other values are ignored."""
 INCLUDE_RECORDS: Final = 16
+ARRIVALS_KEPT: Final = 20_000
+"""Retrieve-request arrival times kept in the stats (the last ones): bounded for benchmarks."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,9 @@ class MockStats:
     input_items_total: int = 0
     """Requests for ``/responses/{id}/input_items`` pages (not in ``requests_total``)."""
     input_items_by_id: dict[str, int] = field(default_factory=dict)
+    arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=ARRIVALS_KEPT))
+    """Monotonic arrival times (seconds) of the last :data:`ARRIVALS_KEPT` retrieve requests,
+    for request-rate checks measured at the server."""
     include_by_id: dict[str, list[list[str]]] = field(default_factory=dict)
     """The ``include[]`` values of the requests for an ID that carried any (both routes, in
     arrival order, the first :data:`INCLUDE_RECORDS` per ID: bounded for long benchmarks)."""
@@ -202,6 +209,7 @@ class MockStats:
         self.input_items_total = 0
         self.input_items_by_id.clear()
         self.include_by_id.clear()
+        self.arrivals.clear()
         self.status_counts.clear()
         self.max_in_flight = self.in_flight
         self.dropped_total = 0
@@ -218,7 +226,23 @@ class MockStats:
             "input_items_total": self.input_items_total,
             "input_items_by_id": dict(self.input_items_by_id),
             "include_by_id": {k: [list(v) for v in lists] for k, lists in self.include_by_id.items()},
+            "arrivals": list(self.arrivals),
         }
+
+    def max_in_window(self, window_s: float = 1.0) -> int:
+        """The most retrieve requests that arrived within any ``window_s`` seconds."""
+        return max_in_window(self.arrivals, window_s)
+
+
+def max_in_window(times: Iterable[float], window_s: float = 1.0) -> int:
+    """The most of ``times`` within any half-open window ``[t, t + window_s)``."""
+    ordered = sorted(times)
+    best = start = 0
+    for end, at in enumerate(ordered):
+        while at - ordered[start] >= window_s:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
 
 
 # --------------------------------------------------------------------------- bodies
@@ -1013,6 +1037,7 @@ class _MockApi:
         fetch_number = stats.requests_by_id.get(response_id, 0) + 1
         stats.requests_by_id[response_id] = fetch_number
         stats.requests_total += 1
+        stats.arrivals.append(time.monotonic())
         stats.in_flight += 1
         if stats.in_flight > stats.max_in_flight:
             stats.max_in_flight = stats.in_flight

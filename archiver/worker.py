@@ -260,9 +260,15 @@ class Worker:
             self.summary.remaining = await self.queue.counts()
         with contextlib.suppress(Exception):
             await forget_worker(self.queue.engine, s.owner)
+        rate = (
+            {}
+            if self._rate is None
+            else {"rate_grants": self._rate.grants, "rate_skipped": self._rate.dropped}
+        )
         log.info(
             "archiver.run_stopped",
             source=self.source,
+            **rate,
             reason=self.summary.stop_reason or "drained",
             **self._summary_fields(),
         )

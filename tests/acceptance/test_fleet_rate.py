@@ -1,0 +1,71 @@
+"""Fleet-wide max_rps, end to end: three ``archiver run --once`` processes on one source with
+``max_rps = 40`` send at most 44 requests in any one-second window, measured at the mock
+API (its own process, recording arrival times), and drain 1,200 IDs within 40 s.
+
+One test per database (SQLite file: processes on one host; PostgreSQL: as across hosts).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from archiver.mockapi import max_in_window
+from tests.acceptance.conftest import Cli, start_mock_process
+
+pytestmark = pytest.mark.timeout(180)
+
+IDS = 1200
+MAX_RPS = 40
+
+
+def mock_stats(base_url: str) -> dict[str, Any]:
+    root = base_url.removesuffix("/v1")
+    with urllib.request.urlopen(f"{root}/_mock/stats", timeout=10) as resp:  # noqa: S310 - loopback
+        return dict(json.loads(resp.read()))
+
+
+def test_three_processes_together_keep_the_fleet_ceiling(cli: Cli, tmp_path: Path) -> None:
+    mock = start_mock_process(tmp_path, "--latency-ms", "20", "--jitter-ms", "10")
+    base_url = next(mock)
+    try:
+        config = tmp_path / "sources.toml"
+        config.write_text(
+            f'[sources.default]\nbase_url = "{base_url}"\nmax_rps = {MAX_RPS}\n', encoding="utf-8"
+        )
+        ids = "".join(f"resp_ok_fleet{i}\n" for i in range(IDS)).encode()
+        enqueued = cli("enqueue", input=ids)
+        assert enqueued.returncode == 0, enqueued.stderr.decode()
+        env = {**cli.env, "ARCHIVER_CONFIG": str(config), "ARCHIVER_BATCH_SIZE": "20"}
+        cmd = [sys.executable, "-m", "archiver", "run", "--once", "--concurrency", "16"]
+        started = time.monotonic()
+        procs = [
+            subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(3)
+        ]
+        results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+        elapsed = time.monotonic() - started
+        stats = mock_stats(base_url)
+    finally:
+        next(mock, None)
+    for code, _out, err in results:
+        assert code == 0, err.decode()[-2000:]
+    shares = [json.loads(out)["archived"] for _, out, _ in results]
+    assert sum(shares) == IDS and all(share > 0 for share in shares), shares  # all three sent
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["states"]["archived"] == IDS
+    arrivals = stats["arrivals"]
+    assert len(arrivals) == stats["requests_total"] >= IDS
+    peak = max_in_window(arrivals, 1.0)
+    print(
+        f"fleet ceiling: peak {peak} requests in one second (max_rps {MAX_RPS}), {IDS} IDs in {elapsed:.1f}s"
+    )
+    assert peak <= 44, peak
+    assert elapsed < 40, elapsed
