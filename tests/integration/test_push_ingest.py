@@ -48,14 +48,20 @@ class Served:
         return await self.post("/v1/enqueue", data, Authorization=f"Bearer {token}")
 
     async def webhook(
-        self, payload: dict[str, Any], *, secret: str = SECRET, msg_id: str | None = None, age_s: float = 0
+        self,
+        payload: dict[str, Any],
+        *,
+        secret: str = SECRET,
+        msg_id: str | None = None,
+        age_s: float = 0,
+        source: str = "default",
     ) -> tuple[int, dict[str, Any]]:
         body = orjson.dumps(payload).decode()
         msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
         at = datetime.now(UTC) - timedelta(seconds=age_s)
         signature = standardwebhooks.Webhook(secret).sign(msg_id, at, body)
         return await self.post(
-            "/webhooks/default",
+            f"/webhooks/{source}",
             body.encode(),
             **{
                 "webhook-id": msg_id,
@@ -280,3 +286,40 @@ async def test_a_completed_webhook_moves_an_in_progress_snapshot_back_to_pending
             ).scalar()
         assert status == "completed"
         assert (await s.rows())["resp_pending2_wh"][0] == "archived"
+
+
+# --- several sources ---------------------------------------------------------------------------
+
+SECRET_A = "whsec_" + base64.b64encode(b"canary-webhook-secret-of-proj-a-07").decode()
+
+
+async def test_each_source_has_its_webhook_and_enqueue_routes_by_source(db_url: str, tmp_path: Path) -> None:
+    (tmp_path / "secret_a").write_text(SECRET_A)
+    process = secret_files(tmp_path)
+    sources = {
+        "default": process,
+        "proj-a": process.with_changes(source="proj-a", webhook_secret_file=str(tmp_path / "secret_a")),
+        "proj-b": process.with_changes(source="proj-b", webhook_secret_file=None),
+    }
+    secrets = load_ingest_secrets(process, sources)
+    async with served(db_url, secrets) as s:
+        status, answer = await s.webhook(completed("resp_hook_a"), secret=SECRET_A, source="proj-a")
+        assert (status, answer["queued"]) == (200, 1)
+        # Another source's secret does not sign for this one; a source without a secret,
+        # or one not served, has no webhook.
+        assert (await s.webhook(completed("resp_forged"), secret=SECRET, source="proj-a"))[0] == 401
+        assert (await s.webhook(completed("resp_b"), source="proj-b"))[0] == 404
+        assert (await s.webhook(completed("resp_z"), source="nosuch"))[0] == 404
+        assert (await s.webhook(completed("resp_hook_d")))[0] == 200
+        body = b'{"id": "resp_e1", "source": "proj-b"}\nresp_e2\n{"id": "resp_e3", "source": "zz"}\n'
+        status, answer = await s.enqueue(body)
+        assert (status, answer["queued"], answer["rejected"]) == (200, 2, 1)
+        assert "unknown source" in answer["rejected_lines"][0]["reason"]
+        async with s.queue.engine.connect() as conn:
+            rows = dict((await conn.execute(text("SELECT id, source FROM archive_queue"))).fetchall())
+    assert rows == {
+        "resp_hook_a": "proj-a",
+        "resp_hook_d": "default",
+        "resp_e1": "proj-b",
+        "resp_e2": "default",
+    }

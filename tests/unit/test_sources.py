@@ -182,3 +182,26 @@ def test_json_lines_carry_their_source_and_routing_checks_it() -> None:
     unknown = routing.source_of(IdLine(7, "resp_7", None, "zz"))
     assert isinstance(unknown, RejectedLine) and "unknown source 'zz'" in unknown.reason
     assert SourceRouting("zz").source_of(lines[1]) == "zz"  # no config: any name
+
+
+def test_enqueue_source_flag_and_variable_reach_the_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    db = tmp_path / "a.db"
+    config = write(tmp_path, "[sources.a]\nbase_url = 'https://a.example/v1'\n")
+    ids = tmp_path / "ids.txt"
+    ids.write_text('resp_1\n{"id": "resp_2", "source": "default"}\n')
+    url = f"sqlite:///{db}"
+    assert main(["enqueue", "--config", config, "--source", "a", "--database-url", url, str(ids)]) == 0
+    ids.write_text("resp_3\n")
+    monkeypatch.setenv("ARCHIVER_SOURCE", "other")
+    assert main(["enqueue", "--database-url", url, str(ids)]) == 0  # no config: any name
+    assert main(["enqueue", "--config", config, "--database-url", url, str(ids)]) == 2
+    assert "unknown source 'other'" in capsys.readouterr().err
+    monkeypatch.setenv("ARCHIVER_SOURCE", "bad name")
+    assert main(["enqueue", "--database-url", url, str(ids)]) == 2
+    with sqlite3.connect(db) as conn:
+        rows = dict(conn.execute("SELECT id, source FROM archive_queue"))
+    assert rows == {"resp_1": "a", "resp_2": "default", "resp_3": "other"}
