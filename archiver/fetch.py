@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,6 +57,9 @@ class Fetcher:
         include: ``include[]`` values sent with every request (fields returned only when
             asked for). A value the provider rejects with a 400 naming it is dropped for
             the rest of the run, separately for responses and input items.
+        pace: awaited before every request but the first of a fetch (the worker paces
+            that one): a fleet-wide ``max_rps`` counts input-item pages, requests again
+            without a rejected include value, and probes too.
     """
 
     def __init__(
@@ -70,8 +73,10 @@ class Fetcher:
         rand: Callable[[], float],
         keep_parsed_body: bool = True,
         include: Sequence[str] = (),
+        pace: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.client = client
+        self.pace = pace
         self.policy = policy
         self.profile = profile
         self.retention_s = retention_s
@@ -104,6 +109,8 @@ class Fetcher:
             # Each pass drops one rejected include value, so this ends within len(include) + 1.
             include = self.include
             requests += 1
+            if requests > 1:
+                await self._pace()
             try:
                 outcome = await self._ask(
                     job.response_id,
@@ -163,10 +170,15 @@ class Fetcher:
         answer it as they answer every ID. Nothing of it is archived.
         """
         probe_id = f"resp_archiver_probe_{uuid.uuid4().hex}"
+        await self._pace()
         try:
             return await self._ask(probe_id, attempt=1, previous_status_code=404, max_bytes=ERROR_BODY_LIMIT)
         except BodyTooLarge as exc:
             return classify_exception(exc, attempt=1, policy=self.policy, rand=0.0)
+
+    async def _pace(self) -> None:
+        if self.pace is not None:
+            await self.pace()
 
     async def _ask(
         self,
@@ -249,6 +261,7 @@ class Fetcher:
             while True:  # again without an include value the provider rejected (ends: see fetch)
                 include = self.input_items_include
                 requests += 1
+                await self._pace()
                 try:
                     exchange = await self.client.fetch_input_items_page(
                         job.response_id, after, max_bytes=left, reservation=reservation, include=include

@@ -27,11 +27,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from functools import partial
 
 from sqlalchemy import Column, Float, String, Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from archiver.db import now_sql, statement_at_a_time
+from archiver.db import log_db_retry, now_sql, statement_at_a_time, with_db_retry
 from archiver.schema import metadata
 
 __all__ = ["GRANT_SECONDS", "FleetRate", "archive_rate_limits"]
@@ -112,7 +113,8 @@ class FleetRate:
             async with self._lock:
                 at = self._next_time()
                 while at is None:
-                    await self._grant(min(self._waiting, self.max_grant))
+                    count = min(self._waiting, self.max_grant)
+                    await with_db_retry(partial(self._grant, count), on_retry=log_db_retry)
                     at = self._next_time()
                 return at
         finally:

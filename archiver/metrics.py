@@ -160,11 +160,13 @@ class Metrics:
         )
         self.concurrency_limit = Gauge(
             "archiver_concurrency_limit",
-            "Requests allowed in flight now by the adaptive (AIMD) limit.",
+            "Requests allowed in flight now by the adaptive (AIMD) limits (all sources together).",
             registry=r,
         )
         self.concurrency_max = Gauge(
-            "archiver_concurrency_max", "Ceiling of the adaptive limit (--concurrency).", registry=r
+            "archiver_concurrency_max",
+            "Ceiling of the adaptive limits (each source's concurrency, added up).",
+            registry=r,
         )
         self.queue_rows = Gauge("archiver_queue_rows", "Queue rows per state.", ["state"], registry=r)
         self.oldest_pending_age = Gauge(
@@ -233,6 +235,7 @@ class Metrics:
             registry=r,
         )
         self._sources_up: dict[str, bool] = {}
+        self._concurrency: dict[str, tuple[int, int]] = {}
         self.breaker_trips = Counter(
             "archiver_breaker_trips",
             "Times the circuit breaker tripped (answers about the endpoint, not about one ID).",
@@ -298,10 +301,14 @@ class Metrics:
         self.source_up.labels(source=source).set(1 if up else 0)
         self.endpoint_up.set(1 if all(self._sources_up.values()) else 0)
 
-    def set_concurrency(self, limit: int, maximum: int) -> None:
-        """The adaptive limit now (``AdaptiveLimit.limit``) and its ceiling (``max_limit``)."""
-        self.concurrency_limit.set(limit)
-        self.concurrency_max.set(maximum)
+    def set_concurrency(self, limit: int, maximum: int, source: str = "default") -> None:
+        """A source's adaptive limit now (``AdaptiveLimit.limit``) and its ceiling (``max_limit``).
+
+        The gauges show the sum over the sources of this process.
+        """
+        self._concurrency[source] = (limit, maximum)
+        self.concurrency_limit.set(sum(v[0] for v in self._concurrency.values()))
+        self.concurrency_max.set(sum(v[1] for v in self._concurrency.values()))
 
     # --- writer ---------------------------------------------------------------------------
 

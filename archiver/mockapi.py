@@ -196,8 +196,8 @@ class MockStats:
     """Requests for ``/responses/{id}/input_items`` pages (not in ``requests_total``)."""
     input_items_by_id: dict[str, int] = field(default_factory=dict)
     arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=ARRIVALS_KEPT))
-    """Monotonic arrival times (seconds) of the last :data:`ARRIVALS_KEPT` retrieve requests,
-    for request-rate checks measured at the server."""
+    """Monotonic arrival times (seconds) of the last :data:`ARRIVALS_KEPT` requests (retrieve
+    and input-item pages), for request-rate checks measured at the server."""
     include_by_id: dict[str, list[list[str]]] = field(default_factory=dict)
     """The ``include[]`` values of the requests for an ID that carried any (both routes, in
     arrival order, the first :data:`INCLUDE_RECORDS` per ID: bounded for long benchmarks)."""
@@ -230,7 +230,7 @@ class MockStats:
         }
 
     def max_in_window(self, window_s: float = 1.0) -> int:
-        """The most retrieve requests that arrived within any ``window_s`` seconds."""
+        """The most requests that arrived within any ``window_s`` seconds."""
         return max_in_window(self.arrivals, window_s)
 
 
@@ -1061,6 +1061,7 @@ class _MockApi:
         number = stats.input_items_by_id.get(response_id, 0) + 1
         stats.input_items_by_id[response_id] = number
         stats.input_items_total += 1
+        stats.arrivals.append(time.monotonic())
         stats.in_flight += 1
         if stats.in_flight > stats.max_in_flight:
             stats.max_in_flight = stats.in_flight

@@ -199,7 +199,7 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.notifier = notifier or SystemdNotifier()
         self.fetcher: Fetcher | None = None  # made in run(), with the HTTP session
-        self.metrics.set_concurrency(self.gate.limit, self.gate.max_limit)
+        self.metrics.set_concurrency(self.gate.limit, self.gate.max_limit, self.source)
         self.metrics.set_source_up(self.source, True)
         self._rate = FleetRate(engine, self.source, settings.max_rps) if settings.max_rps else None
         self._fatal: BaseException | None = None
@@ -299,6 +299,7 @@ class Worker:
                 rand=self._rand,
                 keep_parsed_body=self.writer.reuses_parsed_body,
                 include=s.include_values,
+                pace=self._rate.acquire if self._rate is not None else None,
             )
             writer_task = self._spawn("writer", self._writer())
             heartbeat = self._spawn("heartbeat", self._heartbeat())
@@ -606,7 +607,7 @@ class Worker:
                 congested = _is_congestion(result.outcome)
             finally:
                 await self.gate.release(congested=congested)
-                self.metrics.set_concurrency(self.gate.limit, self.gate.max_limit)
+                self.metrics.set_concurrency(self.gate.limit, self.gate.max_limit, self.source)
             self.summary.peak_held_bytes = max(self.summary.peak_held_bytes, self.budget.peak)
             await self._route(result)
             # Not kept alive while this task waits for its next job: a body of up to

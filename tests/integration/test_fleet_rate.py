@@ -75,3 +75,16 @@ async def test_a_worker_with_max_rps_is_paced_at_the_server(sqlite_url: str, mak
         summary = await Worker(settings, engine, once=True).run()
     assert summary.archived == 45
     assert mock.stats.max_in_window(1.0) <= 31, mock.stats.max_in_window(1.0)
+
+
+async def test_input_item_pages_count_against_max_rps(sqlite_url: str, make_settings: Any) -> None:
+    async with await start_mock_server() as mock, open_database(sqlite_url) as engine:
+        await QueueStore(engine).enqueue([f"resp_manyinputs_{i}" for i in range(12)])
+        settings = make_settings(
+            sqlite_url, mock.base_url, concurrency=8, max_rps=20.0, with_input_items=True
+        )
+        summary = await Worker(settings, engine, once=True).run()
+    assert summary.archived == 12
+    assert mock.stats.input_items_total == 36  # three pages per response
+    assert len(mock.stats.arrivals) == mock.stats.requests_total + mock.stats.input_items_total == 48
+    assert mock.stats.max_in_window(1.0) <= 21, mock.stats.max_in_window(1.0)

@@ -327,6 +327,15 @@ def test_render_is_parseable_text_format_with_every_family() -> None:
     assert samples[("archiver_rows_written_total", ())] == 6
 
 
+def test_concurrency_gauges_add_up_the_sources() -> None:
+    m = Metrics()
+    m.set_concurrency(8, 16, "default")
+    m.set_concurrency(2, 4, "proj-a")
+    m.set_concurrency(3, 4, "proj-a")
+    text = m.render().decode()
+    assert "archiver_concurrency_limit 11.0" in text and "archiver_concurrency_max 20.0" in text
+
+
 def test_endpoint_up_is_one_only_while_every_source_is_up() -> None:
     m = Metrics()
     m.set_source_up("default", True)
