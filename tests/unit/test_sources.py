@@ -205,3 +205,15 @@ def test_enqueue_source_flag_and_variable_reach_the_rows(
     with sqlite3.connect(db) as conn:
         rows = dict(conn.execute("SELECT id, source FROM archive_queue"))
     assert rows == {"resp_1": "a", "resp_2": "default", "resp_3": "other"}
+
+
+def test_run_refuses_a_source_without_a_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("ARCHIVER_API_KEY", "DASHSCOPE_API_KEY", "ARCHIVER_API_KEY_FILE", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+    config = write(tmp_path, "[sources.proj-a]\nbase_url = 'https://api.openai.com/v1'\n")
+    url = f"sqlite:///{tmp_path}/a.db"
+    assert main(["run", "--once", "--config", config, "--database-url", url]) == 2
+    assert "source 'proj-a': no API key" in capsys.readouterr().err
+    assert not (tmp_path / "a.db").exists()
