@@ -28,7 +28,7 @@ from archiver.ids import validate_response_id
 from archiver.ingest import EnqueueReport, enqueue_inputs, follow_file
 from archiver.metrics import Metrics, queue_gauge_loop, start_metrics_server
 from archiver.notify import SystemdNotifier
-from archiver.queue import QUEUE_STATES, QueueEntry, QueueStore
+from archiver.queue import QUEUE_STATES, QueueEntry, QueueStore, unserved_line
 from archiver.redaction import redact, redact_value
 from archiver.runner import Runner
 from archiver.settings import Settings
@@ -301,10 +301,7 @@ def source_lines(details: dict[str, Any]) -> list[str]:
             shown = "  ".join(f"{state} {counts.get(state, 0):,}" for state in QUEUE_STATES)
             lines.append(f"  {name:<{width}}  {shown}")
     for name, waiting in (details.get("unserved_sources") or {}).items():
-        lines.append(
-            f"source {name!r} is not configured: {waiting:,} rows wait for it (add [sources.{name}] "
-            "to the config file)"
-        )
+        lines.append(unserved_line(name, waiting))
     return [*lines, ""] if lines else []
 
 

@@ -26,7 +26,7 @@ from archiver.db import (
     statement_at_a_time,
 )
 from archiver.errors import DatabaseUnavailable
-from archiver.queue import QueueStore, unserved_sources
+from archiver.queue import QueueStore, unserved_line, unserved_sources
 from archiver.redaction import MIN_SECRET_CHARS, database_passwords, redact
 from archiver.workers import worker_problems
 
@@ -147,11 +147,7 @@ async def _source_problems(engine: AsyncEngine, served: Sequence[str] | None) ->
     if served is None:
         return []
     waiting = unserved_sources(await QueueStore(engine).counts_by_source(), served)
-    return [
-        f"source {name!r} is not configured: {count} rows wait for it (add [sources.{name}] "
-        "to the config file, or move them to a configured source)"
-        for name, count in waiting.items()
-    ]
+    return [unserved_line(name, count) for name, count in waiting.items()]
 
 
 def format_duration(seconds: float) -> str:

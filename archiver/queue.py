@@ -642,6 +642,12 @@ def unserved_sources(
     }
 
 
+def unserved_line(source: str, waiting: int) -> str:
+    """What ``status`` and ``check`` say about rows of a source no config serves."""
+    rows = "1 row waits" if waiting == 1 else f"{waiting:,} rows wait"
+    return f"source {source!r} is not configured: {rows} for it (add [sources.{source}] to the config file)"
+
+
 def _recent_error(row: Any) -> dict[str, Any]:
     error = {
         "response_id": row[0],

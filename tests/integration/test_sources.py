@@ -81,7 +81,7 @@ async def test_each_source_is_fetched_with_its_own_url_and_key(
     assert details["unserved_sources"] == {"default": 1}
     lines = commands.source_lines(details)
     assert any(line.strip().startswith("a ") and "archived 40" in line for line in lines), lines
-    assert any("source 'default' is not configured: 1 rows wait" in line for line in lines), lines
+    assert any("source 'default' is not configured: 1 row waits" in line for line in lines), lines
     problems = (await run_checks(db_url, served_sources=["a", "b"])).problems
     assert any("source 'default' is not configured" in p for p in problems), problems
 
