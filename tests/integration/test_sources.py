@@ -28,7 +28,7 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture
 async def two_mocks() -> AsyncIterator[tuple[MockServer, MockServer]]:
     async with (
-        await start_mock_server(MockConfig(api_key="key-of-a")) as a,
+        await start_mock_server(MockConfig(api_key="key-of-a", latency_ms=10)) as a,
         await start_mock_server(MockConfig(api_key="key-of-b")) as b,
     ):
         yield a, b
@@ -41,6 +41,7 @@ def sources_for(
     path = tmp_path / "sources.toml"
     path.write_text(
         f'[sources.a]\nbase_url = "{a.base_url}"\napi_key_env = "KEY_A"\nconcurrency = 4\n'
+        'provider = "openai"\n'
         f'[sources.b]\nbase_url = "{b.base_url}"\napi_key_file = "{tmp_path / "b.key"}"\n',
         encoding="utf-8",
     )
@@ -77,6 +78,9 @@ async def test_each_source_is_fetched_with_its_own_url_and_key(
     # Seen from the servers: every ID went to its own source's server, with the right key.
     assert set(a.stats.requests_by_id) == set(ids_a) and set(b.stats.requests_by_id) == set(ids_b)
     assert set(a.stats.status_counts) == {"200"} and set(b.stats.status_counts) == {"200"}
+    # Each source's own rules: a's concurrency and its provider's include[] values.
+    assert a.stats.max_in_flight <= 4
+    assert set(a.stats.include_by_id) == set(ids_a) and not b.stats.include_by_id
     assert details["sources"]["a"]["archived"] == 40 and details["sources"]["b"]["archived"] == 30
     assert details["unserved_sources"] == {"default": 1}
     lines = commands.source_lines(details)
