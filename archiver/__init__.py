@@ -20,7 +20,10 @@ _PUBLIC = {
     "NormalizedResponse": ("archiver.normalize", "NormalizedResponse"),
     "normalize": ("archiver.normalize", "normalize"),
     "normalize_input_items": ("archiver.normalize", "normalize_input_items"),
+    "Runner": ("archiver.runner", "Runner"),
     "Settings": ("archiver.settings", "Settings"),
+    "load_config": ("archiver.sources", "load_config"),
+    "source_settings": ("archiver.sources", "source_settings"),
     "RunSummary": ("archiver.worker", "RunSummary"),
     "Worker": ("archiver.worker", "Worker"),
 }
@@ -31,12 +34,15 @@ __all__ = [
     "MockConfig",
     "NormalizedResponse",
     "RunSummary",
+    "Runner",
     "Settings",
     "Worker",
     "__version__",
     "export_archive",
+    "load_config",
     "normalize",
     "normalize_input_items",
+    "source_settings",
     "start_mock_server",
 ]
 
@@ -46,7 +52,9 @@ if TYPE_CHECKING:
     from archiver.export import export as export_archive
     from archiver.mockapi import MockConfig, start_mock_server
     from archiver.normalize import NormalizedResponse, normalize, normalize_input_items
+    from archiver.runner import Runner
     from archiver.settings import Settings
+    from archiver.sources import load_config, source_settings
     from archiver.worker import RunSummary, Worker
 
 
