@@ -25,6 +25,7 @@ a process holds few times it may not use; a time not used soon after it passes i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from functools import partial
@@ -92,17 +93,27 @@ class FleetRate:
             "ON CONFLICT (source) DO NOTHING"
         )
 
-    async def acquire(self) -> None:
+    async def acquire(self, stop: asyncio.Event | None = None) -> None:
         """Wait for this process's next send time (at once when one is due).
 
         A send time this task wakes up too late for (a busy host) is given up, and the
         task takes the next one: a gap in the schedule, never a burst.
+
+        Args:
+            stop: return early when it is set (the caller then sends nothing: a stopping
+                worker releases the job instead of waiting out a slow schedule).
         """
         while True:
             at = await self._take()
             delay = at - time.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                if stop is None:
+                    await asyncio.sleep(delay)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+            if stop is not None and stop.is_set():
+                return
             if time.monotonic() - at <= self.late_s:
                 return
             self.dropped += 1

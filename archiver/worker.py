@@ -594,7 +594,7 @@ class Worker:
             try:
                 await self._pause_if_throttled()
                 if self._rate is not None:
-                    await self._rate.acquire()
+                    await self._rate.acquire(self.stop_event)
                 if self.stop_event.is_set() or self.breaker.open:
                     # Stopped (or the breaker tripped) before this job started, possibly while
                     # it waited out a 429, a slot or the rate limit: release it without

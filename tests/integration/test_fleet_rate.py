@@ -88,3 +88,17 @@ async def test_input_item_pages_count_against_max_rps(sqlite_url: str, make_sett
     assert mock.stats.input_items_total == 36  # three pages per response
     assert len(mock.stats.arrivals) == mock.stats.requests_total + mock.stats.input_items_total == 48
     assert mock.stats.max_in_window(1.0) <= 21, mock.stats.max_in_window(1.0)
+
+
+async def test_a_stop_ends_the_wait_for_a_slow_schedule(sqlite_url: str) -> None:
+    async with open_database(sqlite_url) as engine:
+        limiter = FleetRate(engine, "slow", 0.2)  # one request every 5 s
+        await limiter.acquire()  # the first is due at once
+        stop = asyncio.Event()
+        waiting = asyncio.create_task(limiter.acquire(stop))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        started = time.monotonic()
+        stop.set()
+        await asyncio.wait_for(waiting, 1)
+        assert time.monotonic() - started < 0.5
