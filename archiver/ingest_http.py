@@ -136,7 +136,8 @@ def parse_enqueue_body(
 
     An array item is an ID string (checked as is) or an object read like a JSON line of
     ``archiver enqueue``; line numbers are 1-based item numbers. An object naming a
-    ``source`` not in ``sources`` (the ones served) is rejected (``unknown source``).
+    ``source`` not in ``sources`` (the ones served) is rejected (``unknown source``), and
+    so is an item naming none when ``default`` is not served.
 
     Raises:
         BodyError: the body is not UTF-8, or starts like an array but is not valid JSON.
@@ -148,7 +149,10 @@ def parse_enqueue_body(
     accepted: list[IdLine] = []
     rejected: list[RejectedLine] = []
     for item in _items(text, sources):
-        if isinstance(item, IdLine):
+        if isinstance(item, IdLine) and item.source is None and DEFAULT_SOURCE not in sources:
+            reason = "no source given, and this daemon does not serve the source 'default'"
+            rejected.append(RejectedLine(item.line_no, reason, item.response_id))
+        elif isinstance(item, IdLine):
             accepted.append(item)
         else:
             rejected.append(item)

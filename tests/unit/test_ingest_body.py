@@ -104,3 +104,13 @@ def test_a_webhook_secret_that_is_not_base64_is_a_config_error(tmp_path: Path) -
     with pytest.raises(ConfigError, match="not base64") as caught:
         load_ingest_secrets(Settings(webhook_secret_file=str(secret), metrics_port=0))
     assert "canary" not in str(caught.value)
+
+
+def test_sources_not_served_are_rejected() -> None:
+    body = b'["resp_a", {"id": "resp_b", "source": "proj-a"}, {"id": "resp_c", "source": "zz"}]'
+    accepted, rejected = parse_enqueue_body(body, frozenset({"proj-a"}))
+    assert [(line.response_id, line.source) for line in accepted] == [("resp_b", "proj-a")]
+    assert [(r.line_no, r.reason.split(",")[0]) for r in rejected] == [
+        (1, "no source given"),
+        (3, "unknown source 'zz'"),
+    ]
