@@ -5,8 +5,8 @@ an ID is fetched with. Existing rows, and plain INSERTs that do not name one, ar
 ``default``. ``archive_rate_limits`` holds one row per source with a fleet-wide
 ``max_rps``: the next free send time of its request schedule (see archiver/fleet_rate.py).
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-01
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0011"
-down_revision: str | None = "0010"
+revision: str = "0012"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
