@@ -1,5 +1,5 @@
 """``python -m archiver``."""
 
-from archiver.cli import console
+from archiver.launch import console
 
 console()

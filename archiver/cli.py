@@ -20,6 +20,8 @@ from archiver import __version__, heap
 from archiver.childproc import discard, start_writer_process, wants_process
 from archiver.errors import ArchiverError, ConfigError
 from archiver.logs import configure_logging, register_secret
+from archiver.ranges import OPTION_RANGES, setting_parser
+from archiver.ranges import parser as ranged
 from archiver.redaction import install_excepthook, redact, register_database_url
 from archiver.settings import (
     DEFAULT_BASE_URL,
@@ -31,6 +33,7 @@ from archiver.settings import (
     is_loopback,
     read_api_key,
 )
+from archiver.signals import defer_stop_signals
 
 T = TypeVar("T")
 
@@ -356,7 +359,13 @@ def _add_options(parser: argparse.ArgumentParser, options: list[Option]) -> None
                 help=f"{help_} [env: {env}]",
             )
         else:
-            parser.add_argument(name, dest=field_name, type=type_, default=None, help=f"{help_} [env: {env}]")
+            parser.add_argument(
+                name,
+                dest=field_name,
+                type=setting_parser(field_name, type_),
+                default=None,
+                help=f"{help_} [env: {env}]",
+            )
 
 
 def _add_key_file(parser: argparse.ArgumentParser) -> None:
@@ -380,14 +389,6 @@ def _add_log_level(parser: argparse.ArgumentParser) -> None:
 
 QUEUE_STATE_NAMES = ("pending", "in_flight", "archived", "not_found", "failed")
 """archiver.queue.QUEUE_STATES, without importing SQLAlchemy for a parser (a test keeps them equal)."""
-
-
-def _count(value: str) -> int:
-    """A whole number, 0 or more."""
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return number
 
 
 DEMO_DATABASE_URL = "sqlite:///demo.db"
@@ -481,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--limit",
-        type=_count,
+        type=ranged(OPTION_RANGES["limit"]),
         default=10,
         help="how many errors to list (default 10)",
     )
@@ -522,13 +523,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-pending-age",
-        type=float,
+        type=ranged(OPTION_RANGES["max_pending_age"]),
         default=3600.0,
         help="problem when a pending row has been due for longer than this many seconds (default 3600)",
     )
     p.add_argument(
         "--max-expired-leases",
-        type=int,
+        type=ranged(OPTION_RANGES["max_expired_leases"]),
         default=0,
         help="problem when more in_flight rows than this have a lease expired over a minute ago (default 0)",
     )
@@ -547,7 +548,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the built-in mock Responses API (for demos and for testing pipelines).",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument(
+        "--port",
+        type=ranged(OPTION_RANGES["port"]),
+        default=8765,
+        help="port (default 8765; 0 picks a free one)",
+    )
     p.add_argument("--latency-ms", type=float, default=0.0, help="added latency per request")
     p.add_argument("--jitter-ms", type=float, default=0.0, help="uniform +- jitter around the latency")
     p.add_argument(
@@ -590,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="export everything, not only what changed")
     p.add_argument(
         "--chunk-size",
-        type=int,
+        type=ranged(OPTION_RANGES["chunk_size"]),
         default=None,
         help="responses per read and per Parquet row group (default 5000) [env: ARCHIVER_EXPORT_CHUNK_SIZE]",
     )
@@ -603,7 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Uses demo.db unless --database-url is given on the command line (ARCHIVER_DATABASE_URL "
         "is ignored); refuses a database holding IDs the demo did not create.",
     )
-    p.add_argument("--count", type=int, default=200, help="how many sample IDs (default 200)")
+    p.add_argument(
+        "--count", type=ranged(OPTION_RANGES["count"]), default=200, help="how many sample IDs (default 200)"
+    )
     return parser
 
 
@@ -633,7 +641,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         explicit = env.get(env_name, "").strip() or (field_name in EMPTY_IS_A_VALUE and env_name in env)
         if value is None and env_name not in ignored and explicit:
             try:
-                value = type_(env[env_name].strip())
+                value = setting_parser(field_name, type_)(env[env_name].strip())
             except argparse.ArgumentTypeError as exc:
                 raise ConfigError(f"{env_name}={env[env_name]!r}: {exc}") from None
             except ValueError:
@@ -655,17 +663,44 @@ def console() -> NoReturn:
     unexpected exception still ends the normal way, with its traceback.
     """
     heap.hold()  # until the command's imports are done (_arun)
+    stdout_closed = _open_closed_std_streams()
     code = main()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # e.g. a closed pipe: nothing left to save
-            stream.flush()
+    try:
+        sys.stdout.flush()
+    except OSError:  # the reader went away (`show ID | head -c1`): what was asked is not all out
+        code = code or 1
+    if stdout_closed and code == 0:
+        # As GNU tools do: the work is done, but its output went nowhere.
+        print("archiver: error: stdout is closed: the command's output was lost", file=sys.stderr)
+        code = 1
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
     os._exit(code)
+
+
+def _open_closed_std_streams() -> bool:
+    """Give a command started with stdout or stderr closed (``>&-``, ``2>&-``) /dev/null there.
+
+    Python leaves ``sys.stdout``/``sys.stderr`` as None then, and the first print or log
+    line would end the command in an AttributeError: ``enqueue 2>&-`` must still queue.
+    The descriptor opened takes the closed number, so child processes get it too.
+    Returns whether stdout was closed.
+    """
+    stdout_closed = sys.stdout is None
+    for name in ("stdin", "stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "r" if name == "stdin" else "w"))  # noqa: SIM115
+    return stdout_closed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``archiver`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "enqueue":
+        # A stop signal while it starts must still end it the usual way (commit, exit 0);
+        # archiver.launch did this before the imports when started as the console script.
+        defer_stop_signals()
     env = os.environ
     install_excepthook()
     register_secrets(args, env)
@@ -847,9 +882,26 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
     raw = _arun(commands.show(settings, args.response_id))  # NotArchived says where it stands
-    sys.stdout.buffer.write(raw)
-    sys.stdout.buffer.flush()
+    _write_all(raw)
     return 0
+
+
+def _write_all(data: bytes) -> None:
+    """Write ``data`` to stdout in full, or raise (BrokenPipeError when the reader left).
+
+    The buffered writer can report a short write to a pipe whose reader went away, and
+    ``show ID | head -c1`` then looked like a success; ``os.write`` in a loop cannot.
+    """
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a real file (a test's StringIO)
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view[: 1 << 20]) :]
 
 
 def _retry(args: argparse.Namespace, settings: Settings) -> int:
@@ -911,8 +963,12 @@ def _mock_server(args: argparse.Namespace, settings: Settings) -> int:
     def ready(base_url: str) -> None:
         print(f"mock Responses API at {base_url}  (ARCHIVER_BASE_URL={base_url})", flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        _arun(serve_forever(config, args.host, args.port, ready=ready))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            _arun(serve_forever(config, args.host, args.port, ready=ready))
+    except OSError as exc:  # the address: in use, not this host's, no such name
+        where = f"{args.host}:{args.port}"
+        raise ArchiverError(f"cannot serve the mock API on {where}: {exc.strerror or exc}") from None
     return 0
 
 
@@ -925,6 +981,17 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 EXPORT_FORMATS = ("jsonl", "parquet", "csv")
+
+
+def _env_number(env: Mapping[str, str], name: str, option: str, default: int) -> int:
+    """A command option's variable, in its range (exit 2 naming the variable), else ``default``."""
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(ranged(OPTION_RANGES[option])(value))
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{name}={value!r}: {exc}") from None
 
 
 def _export_format_from(env: Mapping[str, str]) -> str:
@@ -941,10 +1008,7 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
     env = os.environ
-    try:
-        chunk_size = args.chunk_size or int(env.get("ARCHIVER_EXPORT_CHUNK_SIZE") or 5000)
-    except ValueError:
-        raise ConfigError("ARCHIVER_EXPORT_CHUNK_SIZE must be a whole number") from None
+    chunk_size = args.chunk_size or _env_number(env, "ARCHIVER_EXPORT_CHUNK_SIZE", "chunk_size", 5000)
     report = _arun(
         commands.export(
             settings,

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from archiver.errors import ConfigError
+from archiver.ranges import SETTING_RANGES
 
 DEFAULT_DATABASE_URL = "sqlite:///archive.db"
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
@@ -26,6 +27,10 @@ PROVIDERS = ("auto", "dashscope", "openai", "generic")
 WRITERS = ("auto", "process", "inline")
 INCLUDE_VALUE = re.compile(r"[A-Za-z0-9_.\-]{1,128}\Z")
 """One ``include[]`` value: a dotted field path such as ``reasoning.encrypted_content``."""
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+\Z")
+"""What an API key may hold: printable ASCII without spaces (it goes into a header)."""
+SECRET_FILE_LIMIT = 64 * 1024
+"""A key, token or secret file larger than this is not one (``/dev/zero``, a log file)."""
 DEFAULT_SOURCE = "default"
 """The source of queue rows that name none, and the one source of the flag form."""
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
@@ -78,28 +83,26 @@ class Settings:
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ConfigError("concurrency must be at least 1")
-        if self.max_attempts < 1:
-            raise ConfigError("max-attempts must be at least 1")
-        if self.batch_size < 1:
-            raise ConfigError("batch size must be at least 1")
-        if self.max_held_mb <= 0:
-            raise ConfigError("max-held-mb must be positive")
-        if self.max_body_mb <= 0:
-            raise ConfigError("max-body-mb must be positive")
-        if self.connect_timeout <= 0:
-            raise ConfigError("connect-timeout must be positive")
-        if self.max_polls < 1:
-            raise ConfigError("max-polls must be at least 1")
-        if self.lease_seconds < 1:
-            raise ConfigError("lease-seconds must be at least 1")
+        for name, allowed in SETTING_RANGES.items():
+            value = getattr(self, name)
+            problem = None if value is None else allowed.problem(value)
+            if problem:
+                flag = name.replace("_", "-")
+                raise ConfigError(f"--{flag} (ARCHIVER_{name.upper()}) {problem}, not {value!r}")
+        if self.api_key is not None and not _HEADER_SAFE.match(self.api_key):
+            raise ConfigError(
+                "the API key has a line break, a control character or a character outside ASCII "
+                "(a key file with two lines?): it cannot be sent in an Authorization header"
+            )
+        if not self.metrics_host.strip():
+            raise ConfigError(
+                "--metrics-host (ARCHIVER_METRICS_HOST) is empty: name the address to listen on, "
+                "127.0.0.1 for this host only or 0.0.0.0 for every interface"
+            )
         if self.provider not in PROVIDERS:
             raise ConfigError(f"provider must be one of {', '.join(PROVIDERS)}, not {self.provider!r}")
         if self.writer not in WRITERS:
             raise ConfigError(f"writer must be one of {', '.join(WRITERS)}, not {self.writer!r}")
-        if self.max_rps is not None and self.max_rps <= 0:
-            raise ConfigError("max-rps must be positive")
         for value in self.include or ():
             if not INCLUDE_VALUE.match(value):
                 raise ConfigError(
@@ -225,6 +228,22 @@ def check_base_url(url: str, *, allow_insecure_http: bool = False) -> None:
         )
 
 
+def read_small_text(path: Path, what: str) -> str:
+    """The UTF-8 text of a secret file, read without trusting its size.
+
+    Raises:
+        ConfigError: the file holds more than :data:`SECRET_FILE_LIMIT` bytes
+            (``/dev/zero``, a log named by mistake): it is not a secret, and reading it
+            whole could exhaust memory.
+        OSError, UnicodeDecodeError: as ``open`` and ``decode`` raise them.
+    """
+    with path.open("rb") as handle:
+        data = handle.read(SECRET_FILE_LIMIT + 1)
+    if len(data) > SECRET_FILE_LIMIT:
+        raise ConfigError(f"{what} file is larger than {SECRET_FILE_LIMIT // 1024} KiB, not a secret: {path}")
+    return data.decode("utf-8")
+
+
 def read_secret_file(path: str, what: str) -> str:
     """The stripped text of a secret file (a key, a token, a webhook secret).
 
@@ -233,7 +252,7 @@ def read_secret_file(path: str, what: str) -> str:
             UTF-8, or empty.
     """
     try:
-        value = Path(path).read_text(encoding="utf-8").strip()
+        value = read_small_text(Path(path), what).strip()
     except FileNotFoundError:
         raise ConfigError(f"{what} file not found: {path}") from None
     except UnicodeDecodeError:
@@ -265,13 +284,15 @@ def read_api_key(env: Mapping[str, str], key_file: str | None = None) -> str | N
         candidates.append(Path(env["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME)
     for i, path in enumerate(candidates):
         try:
-            value = path.read_text(encoding="utf-8").strip()
+            value = read_small_text(path, "API key").strip()
         except FileNotFoundError:
             if i == 0 and (key_file or env.get("ARCHIVER_API_KEY_FILE")):
                 raise ConfigError(f"API key file not found: {path}") from None
             continue
+        except UnicodeDecodeError:
+            raise ConfigError(f"API key file is not UTF-8 text: {path}") from None
         except OSError as exc:
-            raise ConfigError(f"cannot read API key file {path}: {exc.strerror}") from None
+            raise ConfigError(f"cannot read API key file {path}: {exc.strerror or exc}") from None
         if value:
             return value
     return None

@@ -14,6 +14,34 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 process was started to ignore it (nohup), which is respected."""
 
 
+_deferred: list[int] = []
+"""Stop signals that arrived before :func:`on_stop_signals` took over (see :func:`defer_stop_signals`)."""
+_before_deferring: dict[int, Any] = {}
+"""The handlers :func:`defer_stop_signals` replaced, for :func:`on_stop_signals` to restore."""
+
+
+def defer_stop_signals() -> None:
+    """Until :func:`on_stop_signals` takes over, remember a stop signal instead of dying of it.
+
+    A command that commits what it read on a signal (``enqueue``) spends its first half
+    second importing and opening the database; a SIGTERM then killed it (exit -15) and a
+    SIGINT ended in ``interrupted`` (130). Now the first one is handed to
+    :func:`on_stop_signals` when it is installed, so the command stops the usual way; a
+    second one exits at once, as it would later.
+    """
+
+    def remember(signum: int, _frame: Any) -> None:
+        _deferred.append(signum)
+        if len(_deferred) > 1:
+            os._exit(128 + signum)
+
+    for sig in STOP_SIGNALS:
+        if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+            continue  # started under nohup: keep ignoring hangups
+        _before_deferring.setdefault(sig, signal.getsignal(sig))
+        signal.signal(sig, remember)
+
+
 @contextmanager
 def on_stop_signals(request_stop: Callable[[str], None]) -> Iterator[None]:
     """While inside, the first SIGTERM/SIGINT/SIGHUP calls ``request_stop``; a second exits at once.
@@ -32,11 +60,13 @@ def on_stop_signals(request_stop: Callable[[str], None]) -> Iterator[None]:
 
     installed = []
     for sig in STOP_SIGNALS:
-        previous[sig] = signal.getsignal(sig)
+        previous[sig] = _before_deferring.pop(sig) if sig in _before_deferring else signal.getsignal(sig)
         if sig == signal.SIGHUP and previous[sig] == signal.SIG_IGN:
             continue  # started under nohup: keep ignoring hangups
         loop.add_signal_handler(sig, handle, int(sig))
         installed.append(sig)
+    while _deferred:  # arrived while the command was starting: act on it now
+        loop.call_soon(handle, _deferred.pop(0))
     try:
         yield
     finally:

@@ -63,6 +63,9 @@ PER_SOURCE_FIELDS = (
 
 _SECRET_KEYS = frozenset({"api_key", "key", "token", "secret", "webhook_secret", "password"})
 
+CONFIG_FILE_LIMIT = 1 << 20
+"""A sources file larger than this is not one (``/dev/zero``, a log named by mistake)."""
+
 
 @dataclass(frozen=True)
 class SourceConfig:
@@ -155,7 +158,10 @@ def load_config(path: str) -> dict[str, SourceConfig]:
     """
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            text = f.read(CONFIG_FILE_LIMIT + 1)
+        if len(text) > CONFIG_FILE_LIMIT:
+            raise ConfigError(f"config file is larger than {CONFIG_FILE_LIMIT >> 20} MiB: {path}")
+        data = tomllib.loads(text.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:

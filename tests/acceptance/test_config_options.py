@@ -70,8 +70,10 @@ def test_an_invalid_provider_is_one_line_naming_the_allowed_values(sqlite_cli: C
     ("variable", "value", "expected"),
     [
         ("ARCHIVER_WRITER", "threads", "must be one of auto, process, inline"),
-        ("ARCHIVER_MAX_RPS", "fast", "must be a number"),
-        ("ARCHIVER_CONCURRENCY", "1.5", "must be a whole number"),
+        ("ARCHIVER_MAX_RPS", "fast", "must be a number above 0 to 100000"),
+        ("ARCHIVER_MAX_RPS", "nan", "must be a number above 0 to 100000"),
+        ("ARCHIVER_CONCURRENCY", "1.5", "must be a whole number from 1 to 4096"),
+        ("ARCHIVER_CONCURRENCY", "1000000000", "must be a whole number from 1 to 4096"),
         ("ARCHIVER_ALLOW_INSECURE_HTTP", "maybe", "must be one of 1, true, yes, on, 0, false, no, off"),
         ("ARCHIVER_LOG_LEVEL", "loud", "must be one of debug, info, warning, error"),
     ],

@@ -101,18 +101,18 @@ async def test_a_list_keeps_following_its_response_when_archived_again_without_i
     ids = ["resp_ok_follow1", "resp_ok_follow2"]
     await _archive_with_input_items(db_url, make_settings, "/compatible-mode/v1", ids)
     # Another seed: other bodies for the same IDs; input items not fetched this time.
-    async with await start_mock_server(MockConfig(prefix="/compatible-mode/v1", seed=7)) as mock:
-        async with open_database(db_url) as engine:
-            await QueueStore(engine).enqueue(ids, refetch=True)
-            summary = await Worker(make_settings(db_url, mock.base_url), engine, once=True).run()
-            assert summary.archived == 2, summary
-            async with engine.connect() as conn:
-                rows = (
-                    await conn.execute(
-                        text(
-                            "SELECT r.change_seq, l.change_seq FROM responses AS r "
-                            "JOIN input_item_lists AS l ON l.response_id = r.id"
-                        )
+    config = MockConfig(prefix="/compatible-mode/v1", seed=7)
+    async with await start_mock_server(config) as mock, open_database(db_url) as engine:
+        await QueueStore(engine).enqueue(ids, refetch=True)
+        summary = await Worker(make_settings(db_url, mock.base_url), engine, once=True).run()
+        assert summary.archived == 2, summary
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT r.change_seq, l.change_seq FROM responses AS r "
+                        "JOIN input_item_lists AS l ON l.response_id = r.id"
                     )
-                ).fetchall()
+                )
+            ).fetchall()
     assert len(rows) == 2 and all(r[0] == r[1] and r[0] > 2 for r in rows), rows
