@@ -2,9 +2,10 @@
 
 :class:`Fetcher` turns a leased :class:`~archiver.queue.Job` into a
 :class:`~archiver.store.FetchResult`: the outcome the policy gives the HTTP answer, and
-for an archived body its input items, when asked for. It neither normalizes bodies (the
-writer does, possibly in another process: see :mod:`archiver.writer`), nor logs routine
-outcomes, nor touches the database.
+for an archived body its input items, when asked for. It does not normalize bodies (the
+writer does, possibly in another process: see :mod:`archiver.writer`), except one that
+echoes a registered secret (see :mod:`archiver.echoes`); it neither logs routine
+outcomes nor touches the database.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from archiver.budget import Reservation
 from archiver.client import ERROR_BODY_LIMIT, BodyTooLarge, ResponsesClient
+from archiver.echoes import echoes_secret, scrub_derived
 from archiver.ids import response_id_problem
 from archiver.logs import get_logger, redact
 from archiver.normalize import normalize_input_items, normalize_input_list, scrub_surrogates
@@ -130,8 +133,6 @@ class Fetcher:
         input_items: InputItemsPage | None = None
         next_delay = 0.0
         if isinstance(outcome, Archived):
-            if not self.keep_parsed_body:
-                outcome = outcome.without_body()
             if not outcome.terminal:
                 next_delay = repoll_delay(job.polls + 1, self.policy, self.rand())
             elif self.with_input_items:
@@ -229,9 +230,9 @@ class Fetcher:
         input_list: dict[str, Any] | None = None,
         next_delay: float = 0.0,
     ) -> FetchResult:
-        return FetchResult(
+        result = FetchResult(
             job=job,
-            outcome=scrub_outcome(with_body_sample(outcome)),
+            outcome=outcome,
             fetched_at=datetime.now(UTC),
             input_items=input_items,
             input_list=input_list,
@@ -239,6 +240,11 @@ class Fetcher:
             duration_s=time.monotonic() - started,
             requests=requests,
         )
+        if echoes_secret(result):  # normalized here, where the key is known, and scrubbed
+            result = scrub_derived(result)
+        if isinstance(result.outcome, Archived) and not self.keep_parsed_body:
+            result = replace(result, outcome=result.outcome.without_body())
+        return replace(result, outcome=scrub_outcome(with_body_sample(result.outcome)))
 
     async def _input_items(
         self, job: Job, reservation: Reservation | None

@@ -23,7 +23,7 @@ import sys
 import threading
 import traceback
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, AnyStr
@@ -32,10 +32,12 @@ from archiver.outcomes import Outcome, Permanent, Retry, StopAll
 
 __all__ = [
     "MASK",
+    "contains_secret",
     "database_passwords",
     "install_excepthook",
     "redact",
     "redact_bytes",
+    "redact_secrets",
     "redact_value",
     "register_database_url",
     "register_secret",
@@ -78,6 +80,7 @@ _secrets: list[str] = []
 # on other threads see one consistent tuple.
 _text_variants: tuple[str, ...] = ()
 _byte_variants: tuple[bytes, ...] = ()
+_needles: tuple[bytes, ...] = ()  # what contains_secret() looks for
 
 
 # --- variants ---------------------------------------------------------------------------------
@@ -175,7 +178,7 @@ def register_secret(secret: str | None) -> None:
 
     Values shorter than :data:`MIN_SECRET_CHARS` are ignored; registering twice is harmless.
     """
-    global _text_variants, _byte_variants
+    global _text_variants, _byte_variants, _needles
     if not secret or len(secret) < MIN_SECRET_CHARS:
         return
     with _lock:
@@ -186,6 +189,23 @@ def register_secret(secret: str | None) -> None:
         ordered = sorted(variants, key=lambda form: (-len(form), form))
         _text_variants = tuple(ordered)
         _byte_variants = tuple(dict.fromkeys(v.encode("utf-8", errors="surrogatepass") for v in ordered))
+        _needles = _halves(ordered)
+
+
+def _halves(variants: list[str]) -> tuple[bytes, ...]:
+    """The first and the last half of every form (a short form whole), in UTF-8, each once.
+
+    Any copy of a form, or of over half of its characters from either end (what
+    :func:`redact_secrets` masks anywhere), holds one of them.
+    """
+    needles: dict[str, None] = {}
+    for variant in variants:
+        if len(variant) < 2 * _MIN_PARTIAL_CHARS:
+            needles[variant] = None
+        else:
+            half = max(len(variant) // 2 + 1, 8)
+            needles[variant[:half]] = needles[variant[-half:]] = None
+    return tuple(n.encode("utf-8", errors="surrogatepass") for n in needles)
 
 
 def register_database_url(url: str | None) -> None:
@@ -248,15 +268,41 @@ def _mask_partials(data: AnyStr, variant: AnyStr, mask: AnyStr, ellipses: tuple[
     return data
 
 
-def _mask(data: AnyStr, variants: Iterable[AnyStr], mask: AnyStr, ellipses: tuple[AnyStr, ...]) -> AnyStr:
+def _mask(data: AnyStr, variants: Sequence[AnyStr], mask: AnyStr, ellipses: tuple[AnyStr, ...]) -> AnyStr:
+    # Whole copies of every form first: a cut-off copy of a longer form (the URL-quoted
+    # key shares the key's first characters up to its first quoted one) must not eat the
+    # head of a whole copy of a shorter form and leave its tail readable.
     for variant in variants:
         if variant in data:
             data = data.replace(variant, mask)
+    for variant in variants:
         if len(variant) >= 2 * _MIN_PARTIAL_CHARS and (
             variant[:_MIN_PARTIAL_CHARS] in data or variant[-_MIN_PARTIAL_CHARS:] in data
         ):
             data = _mask_partials(data, variant, mask, ellipses)
     return data
+
+
+def contains_secret(data: bytes) -> bool:
+    """Whether ``data`` holds a registered secret in one of its forms, whole or over half of it.
+
+    A byte search for the first and for the last half of every form (the pieces
+    :func:`redact_secrets` masks wherever they are), so a cut-off copy of over half a form
+    counts. A shorter cut-off copy (which :func:`redact` also masks at the end of a text or
+    before ``...``) is not looked for: searching every form's first 6 characters would
+    cost several times as much on every body.
+    """
+    return any(needle in data for needle in _needles)
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with every registered secret masked, whole or cut off (see :func:`redact`).
+
+    Unlike :func:`redact`, text that merely looks like a key (``sk-...``, ``Bearer ...``)
+    is kept: this is for the rows derived from archived bodies, where such text is the
+    user's content (a model explaining API keys), not a secret this process holds.
+    """
+    return _mask(text, _text_variants, MASK, _ELLIPSES_TEXT)
 
 
 def redact(text: str) -> str:

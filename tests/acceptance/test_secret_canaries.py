@@ -4,12 +4,13 @@ The server (on 127.0.0.1, in a thread of the test) reads the key from the Author
 header and sends it back, one channel per response ID: the reason phrase, response headers,
 4xx and 5xx JSON errors, a non-JSON 200 body (with the key URL-encoded, JSON-escaped and in
 base64), a header over aiohttp's 8190-byte limit, a 429 with it as ``retry-after``, a 401
-that stops the run. One valid body carries the key in its own content: it is the user's
-data, archived byte-exact.
+that stops the run. One valid body carries the key in its own content (``model``,
+``metadata``, output text): ``raw`` keeps it byte-exact, every row derived from it masks it
+(see tests/integration/test_secret_echo.py for every field and escape).
 
 The real CLI runs in subprocesses (``run --once``, ``status``, ``status --json``,
-``export --full``, ``check``) with debug logging; every byte it prints, every export file,
-every database value outside the valid response's own rows, and the SQLite file's bytes are
+``export --full``, ``check``) with debug logging; every byte it prints, every export file
+(``raw`` aside), every database value but ``responses.raw``, and the SQLite file's bytes are
 searched for the key in each of its forms, and for any piece of 8 characters of it (what a
 cut-off copy leaves). The database password gets the same treatment on PostgreSQL.
 
@@ -70,8 +71,6 @@ CHANNELS = [
     "resp_retryafter",
 ]
 STOP = "resp_stop"
-# Archive tables whose rows for VALID are the projection of its raw body (user content).
-ARCHIVE_ID_COLUMNS = ("response_id", "id")
 
 
 # --- what a leak looks like ---------------------------------------------------------------
@@ -117,13 +116,14 @@ def assert_clean(label: str, data: bytes, key: str) -> None:
 
 
 def valid_body(key: str) -> bytes:
-    """A valid Response whose own content holds the key (the user pasted it into a prompt)."""
+    """A valid Response whose own content echoes the key."""
     body = {
         "id": VALID,
         "object": "response",
         "created_at": 1767225600,
         "status": "completed",
-        "model": "canary-model",
+        "model": f"canary-model-{key}",
+        "metadata": {"echo": key},
         "output": [
             {
                 "type": "message",
@@ -252,10 +252,10 @@ def hostile() -> Iterator[HostileServer]:
 
 
 def database_values(path: Path) -> tuple[list[tuple[str, str, bytes]], list[bytes]]:
-    """(every value outside the valid response's own rows, as (table, column, bytes); those rows' values).
+    """(every value but ``responses.raw``, as (table, column, bytes); the ``raw`` values).
 
-    ``responses.raw`` and the projection of VALID into the archive tables are the user's
-    content; every other value of every table, queue and bookkeeping included, is searched.
+    ``raw`` is the body as received, byte-exact; every other value of every table, the
+    rows derived from the valid body, queue and bookkeeping included, is searched.
     """
     searched: list[tuple[str, str, bytes]] = []
     allowed: list[bytes] = []
@@ -264,16 +264,13 @@ def database_values(path: Path) -> tuple[list[tuple[str, str, bytes]], list[byte
         for table in tables:
             cursor = conn.execute(f'SELECT * FROM "{table}"')  # names from sqlite_master
             columns = [d[0] for d in cursor.description]
-            id_column = "id" if table == "responses" else "response_id"
-            is_archive = table != "archive_queue" and id_column in columns
             for row in cursor:
                 values = dict(zip(columns, row, strict=True))
-                own = is_archive and values[id_column] == VALID
                 for column, value in values.items():
                     if value is None or isinstance(value, (int, float)):
                         continue
                     data = value if isinstance(value, bytes) else str(value).encode()
-                    if own or (table, column) == ("responses", "raw"):
+                    if (table, column) == ("responses", "raw"):
                         allowed.append(data)
                     else:
                         searched.append((table, column, data))
@@ -285,11 +282,12 @@ def assert_database_clean(db_path: Path, key: str) -> None:
     assert any(table == "archive_queue" and column == "last_error" for table, column, _ in searched)
     for table, column, data in searched:
         assert_clean(f"{table}.{column}", data, key)
-    # The file's bytes: everything but the valid response's own values, byte for byte.
+    assert any(table == "content_parts" and b"***" in data for table, _, data in searched)
+    # The file's bytes: everything but the raw bodies, byte for byte.
     with sqlite3.connect(db_path) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     content = b"".join(p.read_bytes() for p in sorted(db_path.parent.glob(db_path.name + "*")))
-    assert leaks(content, key), "the valid body's projection is in the file: the search must see it"
+    assert b"You pasted ***." in content, "the masked derived row is in the file: the search sees it"
     for value in sorted(allowed, key=len, reverse=True):
         if len(value) >= 8:
             content = content.replace(value, b"#")
@@ -345,10 +343,14 @@ def test_a_key_echoed_through_every_channel_is_never_shown_or_stored(
         data = path.read_bytes()
         if path.parent.name.startswith("_") or path.parent == tmp_path / "out":
             assert_clean(f"export {path.name}", data, key)
-        else:  # a table's rows: only the valid response's, whose content is the user's
+        else:  # a table's rows: only the valid response's, masked but for its raw body
             for line in data.splitlines():
                 row = json.loads(line)
                 assert VALID in (row.get("id"), row.get("response_id")), (path, row)
+                if "raw" in row:
+                    assert row["raw"].encode() == valid_body(key)
+                derived = {name: value for name, value in row.items() if name != "raw"}
+                assert_clean(f"export {path.name}", json.dumps(derived).encode(), key)
 
     assert_database_clean(db_path, key)
 

@@ -14,9 +14,11 @@ import pytest
 from archiver.db import redact_url
 from archiver.outcomes import Archived, Permanent, Retry, StopAll
 from archiver.redaction import (
+    contains_secret,
     database_passwords,
     redact,
     redact_bytes,
+    redact_secrets,
     redact_value,
     register_database_url,
     register_secret,
@@ -34,6 +36,9 @@ CANARIES = [
     "r8_unitReplicate7788",
     "sk-unit+with/slash+plus7788",
     "Unit\u00e9K\u00e9y-\u00fc77/88",  # non-ASCII: JSON escapes it as \\u00e9
+    # No known shape, and URL-quoted its first 15 characters are over half of that form:
+    # masking the cut-off quoted form first once left "+pW4xLm8eRt5" of the key readable.
+    "Zq9-unitcy/7Hk2+pW4xLm8eRt5",
 ]
 
 
@@ -126,6 +131,24 @@ def test_cut_off_copies_are_masked() -> None:
     assert redact(f"{key[:4]} is too little to mean anything") == f"{key[:4]} is too little to mean anything"
     body = (b"x" * 100 + key.encode())[:-5]  # a forensic prefix cut inside the key
     assert redact_bytes(body) == b"x" * 100 + b"***"
+
+
+@pytest.mark.parametrize("key", CANARIES)
+def test_contains_secret_finds_every_form_whole_or_cut_off(key: str) -> None:
+    for form in encodings(key).values():
+        data = f"before {form} after".encode()
+        assert contains_secret(data)
+        assert redact_secrets(data.decode()) == "before *** after"
+    half = len(key) // 2 + 1
+    assert contains_secret(f"x {key[:half]}...".encode())
+    assert contains_secret(f"...{key[-half:]} x".encode())
+    assert redact_secrets(f"x {key[:half]}...") == "x ***..."
+    assert not contains_secret(b"an ordinary body with sk-look-alike-text and Bearer words")
+
+
+def test_redact_secrets_keeps_text_that_only_looks_like_a_key() -> None:
+    text = f"use sk-proj-abcdefghijkl or Bearer tok3n, not {CANARIES[0]}"
+    assert redact_secrets(text) == "use sk-proj-abcdefghijkl or Bearer tok3n, not ***"
 
 
 def test_redact_bytes_keeps_other_bytes_exact_and_works_on_non_utf8() -> None:

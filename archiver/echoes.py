@@ -1,0 +1,99 @@
+"""A server that echoes a secret: keep it out of the rows derived from an archived body.
+
+Archived ``raw`` bodies stay byte-exact, secret and all (see :mod:`archiver.redaction`).
+Everything derived from them (``responses`` columns, child rows, input items, input-item
+lists, and so every export) must not hold a registered secret. The writer normalizes in a
+process that never receives the API key, so the fetching process, which has it
+registered, checks each archived result here first:
+
+- :func:`echoes_secret` is the fast path every result takes: a byte search of ``raw``
+  for every registered form of every secret (no parse, no copy). Only a body with JSON
+  escapes (``\\u``, ``\\/``) that could spell a secret the search does not see is
+  serialized again without them and searched once more; input items are searched in the
+  same serialized form.
+- :func:`scrub_derived` is the slow path, for a result that may hold one: it normalizes
+  here (:func:`archiver.writer.prepare`) and masks registered secrets in every string of
+  the rows (:func:`archiver.redaction.redact_secrets`), so the writer stores them as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from archiver.normalize import NormalizedResponse, map_strings, normalize_input_items
+from archiver.outcomes import Archived
+from archiver.redaction import contains_secret, redact_secrets
+from archiver.store import FetchResult
+from archiver.writer import prepare
+
+__all__ = ["echoes_secret", "scrub_derived"]
+
+_ESCAPES = (b"\\u", b"\\/")
+"""JSON escapes that can spell a secret's characters so that a byte search misses it."""
+
+
+def _unescaped(value: Any) -> bytes:
+    """``value`` as JSON text with no escapes but those JSON requires (``"``, ``\\``, controls)."""
+    try:
+        return orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError):  # integers beyond 64 bits, lone surrogates
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        return text.encode("utf-8", errors="surrogatepass")
+
+
+def echoes_secret(result: FetchResult) -> bool:
+    """Whether the body or the input items of an archived result may hold a registered secret."""
+    outcome = result.outcome
+    if not isinstance(outcome, Archived):
+        return False
+    raw = outcome.raw
+    if contains_secret(raw):
+        return True
+    if any(escape in raw for escape in _ESCAPES):
+        body = outcome.body if outcome.body is not None else _loads(raw)
+        if body is not None and contains_secret(_unescaped(body)):
+            return True
+    if result.input_items:
+        items = [row["item"] for row in result.input_items]
+        if contains_secret(_unescaped(items)):
+            return True
+    return result.input_list is not None and contains_secret(_unescaped(result.input_list))
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+
+
+def scrub_derived(result: FetchResult) -> FetchResult:
+    """The result normalized here, with every registered secret masked in its derived rows.
+
+    ``raw`` is left as it is. A body that cannot be normalized fails its ID as the writer
+    would fail it (the caller scrubs the failure's reason and forensic body).
+    """
+    result = prepare(result)
+    normalized = result.normalized
+    if normalized is not None:
+        normalized = NormalizedResponse(
+            response=map_strings(normalized.response, redact_secrets),
+            children={name: map_strings(rows, redact_secrets) for name, rows in normalized.children.items()},
+        )
+    input_items = result.input_items
+    if input_items is not None:
+        # Digests again: input_item_contents keeps each distinct (scrubbed) item once.
+        input_items = normalize_input_items(
+            result.job.response_id, [map_strings(row["item"], redact_secrets) for row in input_items]
+        )
+    input_list = result.input_list
+    if input_list is not None:
+        input_list = map_strings(input_list, redact_secrets)
+    return replace(result, normalized=normalized, input_items=input_items, input_list=input_list)
