@@ -31,8 +31,10 @@ from archiver.export import FORMATS, export
 from archiver.queue import QueueStore
 from archiver.redaction import register_secret
 from archiver.schema import metadata
-from archiver.store import ArchiveStore, FetchResult, WriteReport
+from archiver.store import ArchiveStore
 from archiver.worker import Worker
+from tests.canaries import leaks as canary_leaks
+from tests.recording import record_writes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,26 +45,9 @@ CLEAN = "resp_echo_clean"
 RAW_COLUMNS = frozenset({"raw", "raw_encoding", "raw_codec", "raw_dict_id"})
 
 
-def forms(key: str) -> list[str]:
-    """The key as a server could echo it (computed here, not by archiver)."""
-    data = key.encode()
-    texts = {
-        key,
-        urllib.parse.quote(key, safe=""),
-        urllib.parse.quote(key),
-        urllib.parse.quote_plus(key),
-        json.dumps(key)[1:-1].replace("/", "\\/"),
-        base64.b64encode(data).decode(),
-        base64.urlsafe_b64encode(data).decode(),
-        base64.b64encode(b"user:" + data).decode()[8:32],
-    }
-    return sorted(texts, key=len, reverse=True)
-
-
-def leaks(text: str, key: str = KEY) -> list[str]:
+def leaks(text: str, key: str = KEY) -> list[bytes]:
     """Every form of the key, and every run of 8 of its characters, found in ``text``."""
-    pieces = [key[i : i + 8] for i in range(len(key) - 7)]
-    return [f for f in forms(key) if f in text] + [p for p in pieces if p in text]
+    return canary_leaks(text.encode(), key)
 
 
 def echo_body(rid: str, key: str) -> dict[str, Any]:
@@ -219,14 +204,7 @@ async def test_a_key_echoed_in_valid_bodies_stays_only_in_raw(
     async with open_database(db_url) as engine:
         await QueueStore(engine).enqueue([*rids, CLEAN])
         worker = Worker(settings, engine, once=True)
-        handed: list[FetchResult] = []
-        write = worker.writer.write
-
-        async def write_and_record(batch: list[FetchResult]) -> WriteReport:
-            handed.extend(batch)
-            return await write(batch)
-
-        worker.writer.write = write_and_record  # type: ignore[method-assign]
+        handed = record_writes(worker)
         summary = await worker.run()
         assert summary.archived == 4
         # Only the echoing bodies leave the fast path (normalized and scrubbed before the writer).

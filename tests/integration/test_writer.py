@@ -15,9 +15,10 @@ from archiver.errors import WriterFailed
 from archiver.mockapi import body_for, start_mock_server
 from archiver.outcomes import Archived
 from archiver.queue import QueueStore
-from archiver.store import ArchiveStore, FetchResult, WriteReport
+from archiver.store import ArchiveStore, WriteReport
 from archiver.worker import Worker
 from archiver.writer import InlineWriter, ProcessWriter, make_writer
+from tests.recording import record_writes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -115,14 +116,7 @@ async def test_parsed_bodies_are_kept_only_for_a_writer_in_this_process(
     async with await start_mock_server() as mock, open_database(sqlite_url) as engine:
         await QueueStore(engine).enqueue([rid])
         worker = Worker(make_settings(sqlite_url, mock.base_url, writer=mode), engine, once=True)
-        handed: list[FetchResult] = []
-        write = worker.writer.write
-
-        async def write_and_record(batch: list[FetchResult]) -> WriteReport:
-            handed.extend(batch)
-            return await write(batch)
-
-        worker.writer.write = write_and_record  # type: ignore[method-assign]
+        handed = record_writes(worker)
         summary = await worker.run()
         assert summary.archived == 1
         assert await ArchiveStore(engine).raw_body(rid) == body_for(rid)
