@@ -193,7 +193,7 @@ def register_secret(secret: str | None) -> None:
 
 
 def _halves(variants: list[str]) -> tuple[bytes, ...]:
-    """The first and the last half of every form (a short form whole), in UTF-8, each once.
+    """The first and the last half of every form (a short form whole), in UTF-8, shortest first.
 
     Any copy of a form, or of over half of its characters from either end (what
     :func:`redact_secrets` masks anywhere), holds one of them.
@@ -205,7 +205,11 @@ def _halves(variants: list[str]) -> tuple[bytes, ...]:
         else:
             half = max(len(variant) // 2 + 1, 8)
             needles[variant[:half]] = needles[variant[-half:]] = None
-    return tuple(n.encode("utf-8", errors="surrogatepass") for n in needles)
+    kept: list[bytes] = []  # a needle that holds a shorter one adds nothing to the search
+    for needle in sorted((n.encode("utf-8", errors="surrogatepass") for n in needles), key=len):
+        if not any(shorter in needle for shorter in kept):
+            kept.append(needle)
+    return tuple(kept)
 
 
 def register_database_url(url: str | None) -> None:
