@@ -7,7 +7,8 @@ process that never receives the API key, so the fetching process, which has it
 registered, checks each archived result here first:
 
 - :func:`echoes_secret` is the fast path every result takes: a byte search of ``raw``
-  for every registered form of every secret (no parse, no copy). Only a body with JSON
+  for the first and the last half of every registered form of every secret (no parse,
+  no copy; see :func:`archiver.redaction.contains_secret`). Only a body with JSON
   escapes (``\\u``, ``\\/``) that could spell a secret the search does not see is
   serialized again without them and searched once more; input items are searched in the
   same serialized form.
@@ -30,7 +31,7 @@ from archiver.redaction import contains_secret, redact_secrets
 from archiver.store import FetchResult
 from archiver.writer import prepare
 
-__all__ = ["echoes_secret", "scrub_derived"]
+__all__ = ["body_echoes_secret", "echoes_secret", "scrub_derived", "scrub_rows"]
 
 _ESCAPES = (b"\\u", b"\\/")
 """JSON escapes that can spell a secret's characters so that a byte search misses it."""
@@ -45,22 +46,29 @@ def _unescaped(value: Any) -> bytes:
         return text.encode("utf-8", errors="surrogatepass")
 
 
+def body_echoes_secret(raw: bytes, body: Any = None) -> bool:
+    """Whether an archived body may hold a registered secret (``body``: ``raw`` parsed, if at hand).
+
+    Also for whatever re-derives rows from ``raw`` (a renormalize): it must scrub a body
+    this flags with :func:`scrub_rows`, and can only know the secrets registered in its process.
+    """
+    if contains_secret(raw):
+        return True
+    if any(escape in raw for escape in _ESCAPES):
+        parsed = body if body is not None else _loads(raw)
+        return parsed is not None and contains_secret(_unescaped(parsed))
+    return False
+
+
 def echoes_secret(result: FetchResult) -> bool:
     """Whether the body or the input items of an archived result may hold a registered secret."""
     outcome = result.outcome
     if not isinstance(outcome, Archived):
         return False
-    raw = outcome.raw
-    if contains_secret(raw):
+    if body_echoes_secret(outcome.raw, outcome.body):
         return True
-    if any(escape in raw for escape in _ESCAPES):
-        body = outcome.body if outcome.body is not None else _loads(raw)
-        if body is not None and contains_secret(_unescaped(body)):
-            return True
-    if result.input_items:
-        items = [row["item"] for row in result.input_items]
-        if contains_secret(_unescaped(items)):
-            return True
+    if result.input_items and contains_secret(_unescaped([row["item"] for row in result.input_items])):
+        return True
     return result.input_list is not None and contains_secret(_unescaped(result.input_list))
 
 
@@ -74,6 +82,14 @@ def _loads(raw: bytes) -> Any:
             return None
 
 
+def scrub_rows(normalized: NormalizedResponse) -> NormalizedResponse:
+    """The rows with every registered secret masked in every string (field names included)."""
+    return NormalizedResponse(
+        response=map_strings(normalized.response, redact_secrets),
+        children={name: map_strings(rows, redact_secrets) for name, rows in normalized.children.items()},
+    )
+
+
 def scrub_derived(result: FetchResult) -> FetchResult:
     """The result normalized here, with every registered secret masked in its derived rows.
 
@@ -81,12 +97,7 @@ def scrub_derived(result: FetchResult) -> FetchResult:
     would fail it (the caller scrubs the failure's reason and forensic body).
     """
     result = prepare(result)
-    normalized = result.normalized
-    if normalized is not None:
-        normalized = NormalizedResponse(
-            response=map_strings(normalized.response, redact_secrets),
-            children={name: map_strings(rows, redact_secrets) for name, rows in normalized.children.items()},
-        )
+    normalized = scrub_rows(result.normalized) if result.normalized is not None else None
     input_items = result.input_items
     if input_items is not None:
         # Digests again: input_item_contents keeps each distinct (scrubbed) item once.
