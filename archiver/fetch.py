@@ -133,6 +133,8 @@ class Fetcher:
         input_items: InputItemsPage | None = None
         next_delay = 0.0
         if isinstance(outcome, Archived):
+            if not self.keep_parsed_body:  # dropped early: input-item pages may take a while
+                outcome = outcome.without_body()
             if not outcome.terminal:
                 next_delay = repoll_delay(job.polls + 1, self.policy, self.rand())
             elif self.with_input_items:
@@ -242,8 +244,6 @@ class Fetcher:
         )
         if echoes_secret(result):  # normalized here, where the key is known, and scrubbed
             result = scrub_derived(result)
-        if isinstance(result.outcome, Archived) and not self.keep_parsed_body:
-            result = replace(result, outcome=result.outcome.without_body())
         return replace(result, outcome=scrub_outcome(with_body_sample(result.outcome)))
 
     async def _input_items(
