@@ -14,14 +14,32 @@ holds another file (rotated while archiver was down), the old file is looked for
 inode in the same directory (``app.log.1``) and its rest is read first. Anything that does
 not match starts the file again from byte 0: re-reading is harmless (known IDs count as
 "already known"), skipping would lose IDs.
+
+Rotations the follower did not see (several while it was down, or two within one poll)
+left files it has not read beside the path. "Not read yet" is decided by
+:func:`rotated_since`: a regular file in the same directory whose name starts with the
+log's name (``app.log.1``, ``app.log.2``, ``app.log-20261201``), that is neither the file
+just finished nor the one now at the path, and that was last modified at or after the
+finished file's last modification (a later rotation holds later lines). They are read whole,
+oldest first (by modification time, then ``.2`` before ``.1``), then the file at the path
+from byte 0. A file that ties or was touched later is read again, which is harmless.
+Compressed rotations (``.gz``, ``.bz2``, ``.xz``, ``.zst``, ...) cannot be read: they are
+named in a warning and skipped.
+
+While following, a truncation is seen when the file becomes shorter than what was read,
+and also when it was truncated and written past that point within one poll: after each
+wait the last bytes read (kept in memory, at most :data:`FINGERPRINT_BYTES`) are compared
+with the file's bytes at the same place, one small ``pread``; when they differ the file was
+rewritten and is read again from byte 0.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, Float, Table, Text, text
@@ -33,6 +51,9 @@ from archiver.schema import metadata
 
 FINGERPRINT_BYTES = 256
 """Bytes before the saved offset whose hash must still match on resume."""
+
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".lzma", ".z", ".zip")
+"""Rotated files with these endings cannot be read as lines: they are skipped with a warning."""
 
 archive_follow = Table(
     "archive_follow",
@@ -80,8 +101,7 @@ def identity(st: os.stat_result) -> tuple[int, int]:
 
 def fingerprint(fd: int, offset: int) -> str:
     """SHA-256 (hex) of the up to 256 bytes before ``offset`` in the open file ``fd``."""
-    start = max(0, offset - FINGERPRINT_BYTES)
-    return hashlib.sha256(os.pread(fd, offset - start, start)).hexdigest()
+    return hashlib.sha256(tail_before(fd, offset)).hexdigest()
 
 
 async def load_position(engine: AsyncEngine, path: str) -> FollowPosition | None:
@@ -151,6 +171,15 @@ async def save_position(
 
 
 @dataclass(slots=True)
+class Rotated:
+    """A file to read whole after the current one: a rotation not read yet, or the new file."""
+
+    fd: int
+    identity: tuple[int, int]
+    name: str
+
+
+@dataclass(slots=True)
 class Opened:
     """A followed file open for reading: where to start, and why there."""
 
@@ -160,6 +189,10 @@ class Opened:
     line_no: int
     note: str | None = None
     """Set when the saved position could not be used as it was (for the log)."""
+    backlog: list[Rotated] = field(default_factory=list)
+    """Files to read whole after this one, in order (the last is the file at the path)."""
+    compressed: list[str] = field(default_factory=list)
+    """Rotations not read yet that are compressed: skipped (for a warning)."""
 
 
 def open_followed(path: str, saved: FollowPosition | None) -> Opened | None:
@@ -181,7 +214,10 @@ def open_followed(path: str, saved: FollowPosition | None) -> Opened | None:
             fd, where = found
             size = os.fstat(fd).st_size
             if size >= saved.byte_offset and fingerprint(fd, saved.byte_offset) == saved.tail_sha256:
-                return Opened(fd, (saved.device, saved.inode), saved.byte_offset, saved.line_no, where)
+                opened = Opened(fd, (saved.device, saved.inode), saved.byte_offset, saved.line_no, where)
+                if where is not None:
+                    opened.backlog, opened.compressed = backlog_after(path, fd, opened.identity)
+                return opened
             os.close(fd)
             if where is None:
                 return _open_path(path, "the file changed under the saved position: reading it again")
@@ -262,3 +298,88 @@ def path_change(path: str, fd: int, current: tuple[int, int], read_to: int) -> s
     if identity(st) != current and stat.S_ISREG(st.st_mode) and st.st_size > 0:
         return "rotated"
     return None
+
+
+def backlog_after(path: str, fd: int, finished: tuple[int, int]) -> tuple[list[Rotated], list[str]]:
+    """What to read after the rotated file ``fd``: unread rotations, then the file at ``path``.
+
+    The file at the path is opened first, so a rotation racing with this look is either
+    that file or one of the rotations found after it.
+
+    Returns:
+        the files to read whole, in order, and the compressed rotations skipped.
+    """
+    current = _open_path(path, None)
+    skip = {finished} | ({current.identity} if current is not None else set())
+    files, compressed = rotated_since(path, os.fstat(fd), skip)
+    if current is not None:
+        files.append(Rotated(current.fd, current.identity, path))
+    return files, compressed
+
+
+def rotated_since(
+    path: str, after: os.stat_result, skip: set[tuple[int, int]]
+) -> tuple[list[Rotated], list[str]]:
+    """Rotated files beside ``path`` not read yet (see the module docstring), open, oldest first.
+
+    Args:
+        path: the followed path.
+        after: the file just finished: files modified before it were read before it.
+        skip: identities not to return (the finished file, the file at the path).
+
+    Returns:
+        the open files, oldest first, and the compressed ones (names) that cannot be read.
+    """
+    directory, base = os.path.split(path)
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return [], []
+    found: list[tuple[int, int, str]] = []
+    compressed: list[str] = []
+    for entry in entries:
+        if entry.name == base or not entry.name.startswith(base):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or identity(st) in skip or st.st_mtime_ns < after.st_mtime_ns:
+            continue
+        if entry.name.lower().endswith(COMPRESSED_SUFFIXES):
+            # gzip keeps the source's mtime: the file just finished, compressed, ties (read).
+            if st.st_mtime_ns > after.st_mtime_ns:
+                compressed.append(entry.path)
+        else:
+            found.append((st.st_mtime_ns, _rotation_age(entry.name[len(base) :]), entry.path))
+    files: list[Rotated] = []
+    for _mtime, _age, name in sorted(found):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        st = os.fstat(fd)
+        if identity(st) in skip or not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            continue
+        files.append(Rotated(fd, identity(st), name))
+    return files, sorted(compressed)
+
+
+def _rotation_age(suffix: str) -> int:
+    """Order of rotations modified in the same clock tick: ``.2`` (older) before ``.1``."""
+    numbered = re.fullmatch(r"[.\-_](\d{1,4})", suffix)
+    return -int(numbered.group(1)) if numbered else 0
+
+
+def rewritten(fd: int, offset: int, tail: bytes) -> bool:
+    """Whether the bytes before ``offset`` are no longer ``tail`` (the file was truncated and rewritten)."""
+    if not tail:
+        return False
+    return os.pread(fd, len(tail), offset - len(tail)) != tail
+
+
+def tail_before(fd: int, offset: int) -> bytes:
+    """The up to :data:`FINGERPRINT_BYTES` bytes before ``offset``."""
+    start = max(0, offset - FINGERPRINT_BYTES)
+    return os.pread(fd, offset - start, start)

@@ -520,6 +520,12 @@ class _Follower:
         self.splitter = LineSplitter()
         self.line_no = 1
         self.read_to = 0
+        self.tail = b""
+        """The last bytes read (up to follow.FINGERPRINT_BYTES), to see a rewrite under ``read_to``."""
+        self.check_tail = False
+        """Set by each wait: the next read also checks ``tail`` (one small pread per poll)."""
+        self.backlog: list[follow.Rotated] = []
+        """Files to read whole after the current one (rotations not read yet, then the path's file)."""
         self.parked = False
         """A NUL byte was met: nothing more is read from this file until it is rotated or truncated."""
 
@@ -530,7 +536,10 @@ class _Follower:
             if self.opened is None and not self._open():
                 await batcher.wait(None, FOLLOW_POLL_S)
                 continue
-            data = self._read() if not self.parked else b""
+            data = self._read(check=self.check_tail)
+            if data is None:
+                await self._restart_file("rewritten")
+                continue
             if data:
                 self._feed(data)
                 if batcher.due():
@@ -547,21 +556,45 @@ class _Follower:
         opened = follow.open_followed(self.path, self.saved)
         if opened is None:
             return False
-        self.opened = opened
-        self.splitter = LineSplitter(start=opened.byte_offset)
-        self.line_no = opened.line_no
-        self.read_to = opened.byte_offset
-        self.parked = False
-        os.lseek(opened.fd, opened.byte_offset, os.SEEK_SET)
+        self._begin(opened)
+        self._take_backlog(opened.backlog, opened.compressed)
         if opened.note:
             log.warning("archiver.follow_restarted", path=self.path, error=opened.note)
         log.info("archiver.follow_opened", path=self.path, byte_offset=opened.byte_offset)
         return True
 
-    def _read(self) -> bytes:
+    def _begin(self, opened: follow.Opened) -> None:
+        """Read ``opened`` from its ``byte_offset`` (0: a new file, or one truncated)."""
+        self.opened = opened
+        self.splitter = LineSplitter(start=opened.byte_offset)
+        self.line_no = opened.line_no
+        self.read_to = opened.byte_offset
+        self.tail = follow.tail_before(opened.fd, opened.byte_offset)
+        self.parked = False
+        os.lseek(opened.fd, opened.byte_offset, os.SEEK_SET)
+
+    def _take_backlog(self, files: list[follow.Rotated], compressed: list[str]) -> None:
+        self.backlog = files
+        for name in compressed:
+            print(
+                f"archiver: {name}: a compressed rotation cannot be followed: the IDs in it are not "
+                "queued (queue them with `zcat FILE | archiver enqueue`)",
+                file=self.batcher.err,
+            )
+
+    def _read(self, *, check: bool = False) -> bytes | None:
+        """The next bytes (``b""`` at the end or when parked); None when ``check`` finds a rewrite."""
         assert self.opened is not None
-        data = os.read(self.opened.fd, READ_BYTES)
+        offset, tail = self.read_to, self.tail
+        data = b"" if self.parked else os.read(self.opened.fd, READ_BYTES)
+        if check:
+            # After the read: a truncation before it shows here, one after it at the next poll.
+            self.check_tail = False
+            if follow.rewritten(self.opened.fd, offset, tail):
+                return None
         self.read_to += len(data)
+        if data:
+            self.tail = (tail + data[-follow.FINGERPRINT_BYTES :])[-follow.FINGERPRINT_BYTES :]
         return data
 
     def _feed(self, data: bytes) -> None:
@@ -582,47 +615,45 @@ class _Follower:
         if self._dirty() and batcher.time_left() in (None, 0.0):
             await self._commit()
         change = follow.path_change(self.path, self.opened.fd, self.opened.identity, self.read_to)
-        if change == "rotated":
+        if change == "truncated":
+            await self._restart_file("truncated")
+            return
+        if change == "rotated" or self.backlog:  # a newer file exists: this one is finished
             await self._switch()
             return
-        if change == "truncated":
-            dropped = self.splitter.drop_unfinished()
-            log.info("archiver.follow_truncated", path=self.path, byte_offset=self.read_to, dropped=dropped)
-            os.lseek(self.opened.fd, 0, os.SEEK_SET)
-            self.splitter = LineSplitter()
-            self.line_no = 1
-            self.read_to = 0
-            self.parked = False
-            await self._commit(force=True)
-            return
         await batcher.wait(None, min(FOLLOW_POLL_S, batcher.time_left() or FOLLOW_POLL_S))
+        self.check_tail = True
+
+    async def _restart_file(self, why: str) -> None:
+        """The file was truncated (or truncated and rewritten): read it again from byte 0."""
+        assert self.opened is not None
+        dropped = self.splitter.drop_unfinished()
+        log.info(
+            "archiver.follow_truncated", path=self.path, byte_offset=self.read_to, dropped=dropped, how=why
+        )
+        self._begin(follow.Opened(self.opened.fd, self.opened.identity, 0, 1))
+        await self._commit(force=True)
 
     async def _switch(self) -> None:
-        """The path holds a new file with data: finish the old one, then read the new one."""
+        """A newer file exists: finish this one, then read the rotations not read yet, then the new file."""
         assert self.opened is not None
         old = self.opened
-        while not self.parked and (data := self._read()):
+        while (data := self._read()) is not None and data:
             self._feed(data)
         if not self.parked:
             self.line_no = self.batcher.take(self.path, self.line_no, self.splitter.finish())
         log.info("archiver.follow_rotated", path=self.path, byte_offset=self.read_to)
-        self.opened = None
-        if not self._open_new():
-            self.opened = old  # the new file vanished again: keep the old one
-            return
+        if not self.backlog:
+            files, compressed = follow.backlog_after(self.path, old.fd, old.identity)
+            if not files:
+                return  # the new file vanished again: keep the old one
+            self._take_backlog(files, compressed)
+        nxt = self.backlog.pop(0)
+        self._begin(follow.Opened(nxt.fd, nxt.identity, 0, 1))
+        if nxt.name != self.path:
+            log.info("archiver.follow_rotation_unread", path=self.path, file=nxt.name)
         os.close(old.fd)
         await self._commit(force=True)
-
-    def _open_new(self) -> bool:
-        opened = follow.open_followed(self.path, None)
-        if opened is None:
-            return False
-        self.opened = opened
-        self.splitter = LineSplitter()
-        self.line_no = 1
-        self.read_to = 0
-        self.parked = False
-        return True
 
     # saving
 
@@ -669,3 +700,6 @@ class _Follower:
         if self.opened is not None:
             os.close(self.opened.fd)
             self.opened = None
+        for rotated in self.backlog:
+            os.close(rotated.fd)
+        self.backlog = []

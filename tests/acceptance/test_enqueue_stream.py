@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -307,3 +308,92 @@ def test_follow_restart_neither_loses_nor_rereads(cli: Cli, db_url: str, tmp_pat
     assert code == 0 and out.strip() == "queued 2, already known 0, rejected 0", (out, err)
     assert "Traceback" not in err
     assert len(queued(db_url)) == 7
+
+
+def _lines(prefix: str, *numbers: int) -> bytes:
+    return "".join(f"resp_{prefix}{n}\n" for n in numbers).encode()
+
+
+def _ids(prefix: str, *numbers: int) -> set[str]:
+    return {f"resp_{prefix}{n}" for n in numbers}
+
+
+def test_follow_down_across_two_rotations_reads_every_file_once(
+    cli: Cli, db_url: str, tmp_path: Path, procs: list
+) -> None:
+    assert cli("migrate").returncode == 0
+    log, first_rotation, second_rotation = (tmp_path / name for name in ("app.log", "app.log.1", "app.log.2"))
+    log.write_bytes(_lines("a", 1, 2, 3))
+    (tmp_path / "app.log.9").write_bytes(_lines("old", 1))  # rotated before the first run: not read
+    (tmp_path / "other.log").write_bytes(_lines("other", 1))  # another log in the directory: not read
+    os.utime(tmp_path / "app.log.9", (1, 1))
+    first = start(cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(first)
+    wait_until(lambda: _ids("a", 1, 2, 3) <= queued(db_url), 30, "the first run's lines")
+    code, out, err = stop(first)
+    assert code == 0 and out.strip() == "queued 3, already known 0, rejected 0", (out, err)
+
+    # While it is down, logrotate runs twice (a day apart: distinct modification times).
+    with open(log, "ab") as f:
+        f.write(_lines("a", 4, 5, 6))
+    time.sleep(0.05)
+    os.rename(log, first_rotation)
+    log.write_bytes(_lines("b", 1, 2, 3))
+    time.sleep(0.05)
+    os.rename(first_rotation, second_rotation)
+    os.rename(log, first_rotation)
+    (tmp_path / "app.log.3.gz").write_bytes(b"\x1f\x8b compressed by logrotate")
+    time.sleep(0.05)
+    log.write_bytes(_lines("c", 1, 2, 3))
+
+    second = start(cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(second)
+    wanted = _ids("a", 1, 2, 3, 4, 5, 6) | _ids("b", 1, 2, 3) | _ids("c", 1, 2, 3)
+    wait_until(lambda: wanted <= queued(db_url), 30, "the rest of A, all of B, then C")
+
+    # Two more rotations within one poll while it runs: D lives at the path for microseconds.
+    time.sleep(0.5)
+    os.rename(second_rotation, tmp_path / "app.log.4")
+    os.rename(first_rotation, second_rotation)
+    os.rename(log, first_rotation)
+    log.write_bytes(_lines("d", 1, 2))
+    os.rename(second_rotation, tmp_path / "app.log.3")
+    os.rename(first_rotation, second_rotation)
+    os.rename(log, first_rotation)
+    log.write_bytes(_lines("e", 1, 2))
+    wanted |= _ids("d", 1, 2) | _ids("e", 1, 2)
+    wait_until(lambda: wanted <= queued(db_url), 10, "both files of a double rotation")
+
+    code, out, err = stop(second)
+    # Exactly once: nothing the first run read, nor anything of this run, was read twice.
+    assert code == 0 and out.strip() == "queued 13, already known 0, rejected 0", (out, err)
+    assert "app.log.3.gz: a compressed rotation cannot be followed" in err
+    assert "Traceback" not in err
+    assert queued(db_url) == wanted
+    assert follow_row(db_url, log) == (len(_lines("e", 1, 2)), 3)
+
+
+def test_follow_sees_a_copytruncate_whose_new_content_passes_the_read_position(
+    cli: Cli, db_url: str, tmp_path: Path, procs: list
+) -> None:
+    assert cli("migrate").returncode == 0
+    log = tmp_path / "app.log"
+    log.write_bytes(_lines("x", 1, 2, 3))
+    proc = start(cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(proc)
+    wait_until(lambda: _ids("x", 1, 2, 3) <= queued(db_url), 30, "the lines already in the log")
+    time.sleep(0.3)
+    # logrotate copytruncate, then the application writes more than was read, all within
+    # one poll: the file never looks shorter than the read position.
+    shutil.copyfile(log, tmp_path / "app.log.1")
+    with open(log, "r+b") as f:
+        f.truncate(0)
+    with open(log, "ab") as f:
+        f.write(_lines("y", 1, 2, 3, 4, 5, 6))
+    wanted = _ids("x", 1, 2, 3) | _ids("y", 1, 2, 3, 4, 5, 6)
+    wait_until(lambda: _ids("y", 4, 5, 6) <= queued(db_url), 5, "the lines after the truncation")
+    time.sleep(0.5)
+    code, out, err = stop(proc)
+    assert code == 0 and out.strip() == "queued 9, already known 0, rejected 0", (out, err)
+    assert queued(db_url) == wanted
+    assert follow_row(db_url, log) == (len(_lines("y", 1, 2, 3, 4, 5, 6)), 7)
