@@ -31,6 +31,11 @@ and also when it was truncated and written past that point within one poll: afte
 wait the last bytes read (kept in memory, at most :data:`FINGERPRINT_BYTES`) are compared
 with the file's bytes at the same place, one small ``pread``; when they differ the file was
 rewritten and is read again from byte 0.
+
+After a truncation (seen while following, or on start: the same inode no longer matches)
+the copy ``copytruncate`` left beside the path is looked for by content (:func:`find_copy`:
+at least as long, the same bytes before the read position) and read on from that position
+first: lines written after the last look and before the copy are only there.
 """
 
 from __future__ import annotations
@@ -219,13 +224,56 @@ def open_followed(path: str, saved: FollowPosition | None) -> Opened | None:
                     opened.backlog, opened.compressed = backlog_after(path, fd, opened.identity)
                 return opened
             os.close(fd)
-            if where is None:
-                return _open_path(path, "the file changed under the saved position: reading it again")
-            # The rotated file no longer holds what was read: what it held is gone.
-            note = f"{where}: the rotated file no longer matches the saved position"
-            return _open_path(path, note)
-        return _open_path(path, "the file followed before is gone: reading the path from its start")
+        copy = find_copy(path, saved.byte_offset, saved.tail_sha256, {(saved.device, saved.inode)})
+        if copy is not None:  # copytruncate while down: the rest is in the copy
+            note = f"{copy.name}: the file was truncated; reading its copy from the saved position first"
+            opened = Opened(copy.fd, copy.identity, saved.byte_offset, saved.line_no, note)
+            opened.backlog, opened.compressed = backlog_after(path, copy.fd, copy.identity)
+            return opened
+        if found is None:
+            return _open_path(path, "the file followed before is gone: reading the path from its start")
+        if found[1] is None:
+            return _open_path(path, "the file changed under the saved position: reading it again")
+        # The rotated file no longer holds what was read: what it held is gone.
+        return _open_path(path, f"{found[1]}: the rotated file no longer matches the saved position")
     return _open_path(path, None)
+
+
+def find_copy(path: str, offset: int, tail_sha256: str, skip: set[tuple[int, int]]) -> Rotated | None:
+    """The copy logrotate's ``copytruncate`` left beside ``path`` that holds what was read.
+
+    Args:
+        path: the followed path.
+        offset: how far the truncated file had been read.
+        tail_sha256: :func:`fingerprint` of the truncated file at ``offset``.
+        skip: identities that are not a copy (the truncated file).
+
+    Returns:
+        the newest rotated file of at least ``offset`` bytes with the same bytes before
+        ``offset``, open; None when there is none (a plain truncation).
+    """
+    if offset == 0:
+        return None
+    best: tuple[int, Rotated] | None = None
+    for entry in _siblings(path):
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            continue
+        st = os.fstat(fd)
+        if (
+            stat.S_ISREG(st.st_mode)
+            and identity(st) not in skip
+            and st.st_size >= offset
+            and fingerprint(fd, offset) == tail_sha256
+            and (best is None or st.st_mtime_ns > best[0])
+        ):
+            if best is not None:
+                os.close(best[1].fd)
+            best = (st.st_mtime_ns, Rotated(fd, identity(st), entry.path))
+        else:
+            os.close(fd)
+    return best[1] if best is not None else None
 
 
 def _open_path(path: str, note: str | None) -> Opened | None:
@@ -330,16 +378,10 @@ def rotated_since(
     Returns:
         the open files, oldest first, and the compressed ones (names) that cannot be read.
     """
-    directory, base = os.path.split(path)
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return [], []
+    base = os.path.basename(path)
     found: list[tuple[int, int, str]] = []
     compressed: list[str] = []
-    for entry in entries:
-        if entry.name == base or not entry.name.startswith(base):
-            continue
+    for entry in _siblings(path):
         try:
             st = entry.stat(follow_symlinks=False)
         except OSError:
@@ -364,6 +406,16 @@ def rotated_since(
             continue
         files.append(Rotated(fd, identity(st), name))
     return files, sorted(compressed)
+
+
+def _siblings(path: str) -> list[os.DirEntry[str]]:
+    """Entries beside ``path`` whose name starts with its name (its rotations, among others)."""
+    directory, base = os.path.split(path)
+    try:
+        with os.scandir(directory) as entries:
+            return [entry for entry in entries if entry.name != base and entry.name.startswith(base)]
+    except OSError:
+        return []
 
 
 def _rotation_age(suffix: str) -> int:

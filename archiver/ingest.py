@@ -23,6 +23,7 @@ file position in each batch's transaction.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import stat
 import sys
@@ -574,6 +575,8 @@ class _Follower:
         os.lseek(opened.fd, opened.byte_offset, os.SEEK_SET)
 
     def _take_backlog(self, files: list[follow.Rotated], compressed: list[str]) -> None:
+        for rotated in self.backlog:
+            os.close(rotated.fd)
         self.backlog = files
         for name in compressed:
             print(
@@ -625,8 +628,23 @@ class _Follower:
         self.check_tail = True
 
     async def _restart_file(self, why: str) -> None:
-        """The file was truncated (or truncated and rewritten): read it again from byte 0."""
+        """The file was truncated (or truncated and rewritten): read it again from byte 0.
+
+        When logrotate's ``copytruncate`` left a copy holding what was read, the copy is read
+        on from the same offset first (lines written since the last look are only there).
+        """
         assert self.opened is not None
+        tail_sha256 = hashlib.sha256(self.tail).hexdigest()
+        copy = follow.find_copy(self.path, self.read_to, tail_sha256, {self.opened.identity})
+        if copy is not None:
+            log.info("archiver.follow_truncated", path=self.path, byte_offset=self.read_to, copy=copy.name)
+            files, compressed = follow.backlog_after(self.path, copy.fd, copy.identity)
+            os.close(self.opened.fd)
+            self.opened = follow.Opened(copy.fd, copy.identity, self.read_to, self.line_no)
+            os.lseek(copy.fd, self.read_to, os.SEEK_SET)  # the splitter and its unfinished line go on
+            self._take_backlog(files, compressed)
+            await self._commit(force=True)
+            return
         dropped = self.splitter.drop_unfinished()
         log.info(
             "archiver.follow_truncated", path=self.path, byte_offset=self.read_to, dropped=dropped, how=why

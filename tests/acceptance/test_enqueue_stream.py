@@ -377,23 +377,44 @@ def test_follow_sees_a_copytruncate_whose_new_content_passes_the_read_position(
     cli: Cli, db_url: str, tmp_path: Path, procs: list
 ) -> None:
     assert cli("migrate").returncode == 0
-    log = tmp_path / "app.log"
+    log, copy, older_copy = (tmp_path / name for name in ("app.log", "app.log.1", "app.log.2"))
     log.write_bytes(_lines("x", 1, 2, 3))
     proc = start(cli, "--follow", str(log), stdin=subprocess.DEVNULL)
     procs.append(proc)
     wait_until(lambda: _ids("x", 1, 2, 3) <= queued(db_url), 30, "the lines already in the log")
     time.sleep(0.3)
-    # logrotate copytruncate, then the application writes more than was read, all within
-    # one poll: the file never looks shorter than the read position.
-    shutil.copyfile(log, tmp_path / "app.log.1")
+    # Within one poll: two more lines (not read yet: in the copy only), logrotate
+    # copytruncate, then the application writes more than was read, so the file never
+    # looks shorter than the read position.
+    with open(log, "ab") as f:
+        f.write(_lines("x", 4, 5))
+    shutil.copyfile(log, copy)
     with open(log, "r+b") as f:
         f.truncate(0)
     with open(log, "ab") as f:
         f.write(_lines("y", 1, 2, 3, 4, 5, 6))
-    wanted = _ids("x", 1, 2, 3) | _ids("y", 1, 2, 3, 4, 5, 6)
-    wait_until(lambda: _ids("y", 4, 5, 6) <= queued(db_url), 5, "the lines after the truncation")
+    wanted = _ids("x", 1, 2, 3, 4, 5) | _ids("y", 1, 2, 3, 4, 5, 6)
+    wait_until(lambda: wanted <= queued(db_url), 5, "the copy's last lines, then the truncated file")
     time.sleep(0.5)
     code, out, err = stop(proc)
-    assert code == 0 and out.strip() == "queued 9, already known 0, rejected 0", (out, err)
+    assert code == 0 and out.strip() == "queued 11, already known 0, rejected 0", (out, err)
     assert queued(db_url) == wanted
     assert follow_row(db_url, log) == (len(_lines("y", 1, 2, 3, 4, 5, 6)), 7)
+
+    # copytruncate while it is down: the line written before it is in the copy only.
+    with open(log, "ab") as f:
+        f.write(_lines("y", 7))
+    os.rename(copy, older_copy)
+    shutil.copyfile(log, copy)
+    with open(log, "r+b") as f:
+        f.truncate(0)
+    with open(log, "ab") as f:
+        f.write(_lines("z", 1, 2))
+    again = start(cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(again)
+    wanted |= _ids("y", 7) | _ids("z", 1, 2)
+    wait_until(lambda: wanted <= queued(db_url), 30, "the copy's rest, then the truncated file")
+    code, out, err = stop(again)
+    assert code == 0 and out.strip() == "queued 3, already known 0, rejected 0", (out, err)
+    assert "Traceback" not in err
+    assert queued(db_url) == wanted
