@@ -35,7 +35,10 @@ rewritten and is read again from byte 0.
 After a truncation (seen while following, or on start: the same inode no longer matches)
 the copy ``copytruncate`` left beside the path is looked for by content (:func:`find_copy`:
 at least as long, the same bytes before the read position) and read on from that position
-first: lines written after the last look and before the copy are only there.
+first: lines written after the last look and before the copy are only there. A file
+truncated while nothing of it had been read (empty at the last look) gives no bytes to
+recognize: when such a file was modified since, rotated files modified after that last
+look are read whole first (at most one directory scan per change of an empty file).
 """
 
 from __future__ import annotations
@@ -92,11 +95,13 @@ class FollowPosition:
     byte_offset: int
     line_no: int
     tail_sha256: str
+    updated_at: float = 0.0
+    """When it was saved (database clock, unix seconds); 0 for a position not saved yet."""
 
     @classmethod
     def from_row(cls, row: Any) -> FollowPosition:
-        """Build from ``(device, inode, byte_offset, line_no, tail_sha256)``."""
-        return cls(int(row[0]), int(row[1]), int(row[2]), int(row[3]), str(row[4]))
+        """Build from ``(device, inode, byte_offset, line_no, tail_sha256, updated_at)``."""
+        return cls(int(row[0]), int(row[1]), int(row[2]), int(row[3]), str(row[4]), float(row[5]))
 
 
 def identity(st: os.stat_result) -> tuple[int, int]:
@@ -115,7 +120,7 @@ async def load_position(engine: AsyncEngine, path: str) -> FollowPosition | None
         row = (
             await conn.execute(
                 text(
-                    "SELECT device, inode, byte_offset, line_no, tail_sha256 FROM archive_follow "
+                    "SELECT device, inode, byte_offset, line_no, tail_sha256, updated_at FROM archive_follow "
                     "WHERE path = :path"
                 ),
                 {"path": path},
@@ -222,6 +227,8 @@ def open_followed(path: str, saved: FollowPosition | None) -> Opened | None:
                 opened = Opened(fd, (saved.device, saved.inode), saved.byte_offset, saved.line_no, where)
                 if where is not None:
                     opened.backlog, opened.compressed = backlog_after(path, fd, opened.identity)
+                elif saved.byte_offset == 0:
+                    return _copies_since_save(path, opened, saved.updated_at)
                 return opened
             os.close(fd)
         copy = find_copy(path, saved.byte_offset, saved.tail_sha256, {(saved.device, saved.inode)})
@@ -237,6 +244,28 @@ def open_followed(path: str, saved: FollowPosition | None) -> Opened | None:
         # The rotated file no longer holds what was read: what it held is gone.
         return _open_path(path, f"{found[1]}: the rotated file no longer matches the saved position")
     return _open_path(path, None)
+
+
+SAVE_CLOCK_MARGIN_S = 2.0
+"""How much earlier than a save a rotation may be dated and still count as unread (clock skew)."""
+
+
+def _copies_since_save(path: str, opened: Opened, saved_at: float) -> Opened:
+    """Saved at byte 0 of the file at the path: rotations made since then hold lines not read.
+
+    Nothing was read, so a truncation leaves nothing to compare; rotated files modified
+    after the save (less a margin for the database clock) are read whole first.
+    """
+    after_ns = int((saved_at - SAVE_CLOCK_MARGIN_S) * 1e9)
+    files, compressed = rotated_since(path, after_ns, {opened.identity})
+    if not files:
+        return opened
+    first = files.pop(0)
+    note = f"{first.name}: rotated since the position was saved at the start of the file: read first"
+    resumed = Opened(first.fd, first.identity, 0, 1, note)
+    resumed.backlog = [*files, Rotated(opened.fd, opened.identity, path)]
+    resumed.compressed = compressed
+    return resumed
 
 
 def find_copy(path: str, offset: int, tail_sha256: str, skip: set[tuple[int, int]]) -> Rotated | None:
@@ -359,20 +388,19 @@ def backlog_after(path: str, fd: int, finished: tuple[int, int]) -> tuple[list[R
     """
     current = _open_path(path, None)
     skip = {finished} | ({current.identity} if current is not None else set())
-    files, compressed = rotated_since(path, os.fstat(fd), skip)
+    files, compressed = rotated_since(path, os.fstat(fd).st_mtime_ns, skip)
     if current is not None:
         files.append(Rotated(current.fd, current.identity, path))
     return files, compressed
 
 
-def rotated_since(
-    path: str, after: os.stat_result, skip: set[tuple[int, int]]
-) -> tuple[list[Rotated], list[str]]:
+def rotated_since(path: str, after_ns: int, skip: set[tuple[int, int]]) -> tuple[list[Rotated], list[str]]:
     """Rotated files beside ``path`` not read yet (see the module docstring), open, oldest first.
 
     Args:
         path: the followed path.
-        after: the file just finished: files modified before it were read before it.
+        after_ns: the last modification of the file just finished (nanoseconds): files
+            modified before it were read before it.
         skip: identities not to return (the finished file, the file at the path).
 
     Returns:
@@ -386,11 +414,11 @@ def rotated_since(
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        if not stat.S_ISREG(st.st_mode) or identity(st) in skip or st.st_mtime_ns < after.st_mtime_ns:
+        if not stat.S_ISREG(st.st_mode) or identity(st) in skip or st.st_mtime_ns < after_ns:
             continue
         if entry.name.lower().endswith(COMPRESSED_SUFFIXES):
             # gzip keeps the source's mtime: the file just finished, compressed, ties (read).
-            if st.st_mtime_ns > after.st_mtime_ns:
+            if st.st_mtime_ns > after_ns:
                 compressed.append(entry.path)
         else:
             found.append((st.st_mtime_ns, _rotation_age(entry.name[len(base) :]), entry.path))

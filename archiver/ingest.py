@@ -527,6 +527,10 @@ class _Follower:
         """Set by each wait: the next read also checks ``tail`` (one small pread per poll)."""
         self.backlog: list[follow.Rotated] = []
         """Files to read whole after the current one (rotations not read yet, then the path's file)."""
+        self.empty_mtime: int | None = None
+        """The current file's mtime when it was last seen with nothing read from it."""
+        self.finished: set[tuple[int, int]] = set()
+        """Files finished by this process (not unread copies), the last few."""
         self.parked = False
         """A NUL byte was met: nothing more is read from this file until it is rotated or truncated."""
 
@@ -536,6 +540,8 @@ class _Follower:
         while batcher.stop_reason is None:
             if self.opened is None and not self._open():
                 await batcher.wait(None, FOLLOW_POLL_S)
+                continue
+            if self.check_tail and self.read_to == 0 and await self._copied_while_empty():
                 continue
             data = self._read(check=self.check_tail)
             if data is None:
@@ -566,7 +572,12 @@ class _Follower:
 
     def _begin(self, opened: follow.Opened) -> None:
         """Read ``opened`` from its ``byte_offset`` (0: a new file, or one truncated)."""
+        if self.opened is not None and self.opened.identity != opened.identity:
+            if len(self.finished) >= 16:
+                self.finished.clear()
+            self.finished.add(self.opened.identity)
         self.opened = opened
+        self.empty_mtime = os.fstat(opened.fd).st_mtime_ns if opened.byte_offset == 0 else None
         self.splitter = LineSplitter(start=opened.byte_offset)
         self.line_no = opened.line_no
         self.read_to = opened.byte_offset
@@ -651,6 +662,28 @@ class _Follower:
         )
         self._begin(follow.Opened(self.opened.fd, self.opened.identity, 0, 1))
         await self._commit(force=True)
+
+    async def _copied_while_empty(self) -> bool:
+        """Whether a file read from nothing was written, copied and truncated between two looks.
+
+        Nothing was read, so no bytes tell that the file was truncated: when it changed since
+        it was last seen, rotations modified after that look hold its lines (read first).
+        """
+        assert self.opened is not None
+        current = self.opened
+        before, self.empty_mtime = self.empty_mtime, os.fstat(current.fd).st_mtime_ns
+        if before is None or before == self.empty_mtime or self.backlog:
+            return False
+        skip = {current.identity} | self.finished
+        files, compressed = follow.rotated_since(self.path, before + 1, skip)
+        if not files:
+            return False
+        self._take_backlog([*files, follow.Rotated(current.fd, current.identity, self.path)], compressed)
+        nxt = self.backlog.pop(0)
+        self._begin(follow.Opened(nxt.fd, nxt.identity, 0, 1))
+        log.info("archiver.follow_truncated", path=self.path, byte_offset=0, copy=nxt.name)
+        await self._commit(force=True)
+        return True
 
     async def _switch(self) -> None:
         """A newer file exists: finish this one, then read the rotations not read yet, then the new file."""

@@ -418,3 +418,53 @@ def test_follow_sees_a_copytruncate_whose_new_content_passes_the_read_position(
     assert code == 0 and out.strip() == "queued 3, already known 0, rejected 0", (out, err)
     assert "Traceback" not in err
     assert queued(db_url) == wanted
+
+
+def _copytruncate(log: Path) -> None:
+    """logrotate copytruncate with ``rotate 9``: shift the copies, copy, truncate."""
+    for k in range(8, 0, -1):
+        if (log.parent / f"app.log.{k}").exists():
+            os.rename(log.parent / f"app.log.{k}", log.parent / f"app.log.{k + 1}")
+    shutil.copyfile(log, log.parent / "app.log.1")
+    os.truncate(log, 0)
+
+
+def test_follow_finds_the_copy_of_a_file_it_had_read_nothing_of(
+    cli: Cli, db_url: str, tmp_path: Path, procs: list
+) -> None:
+    """After a truncation the follower is at byte 0: a second copytruncate leaves no bytes to compare."""
+    assert cli("migrate").returncode == 0
+    log = tmp_path / "app.log"
+    log.write_bytes(_lines("p", 1, 2))
+    proc = start(cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(proc)
+    wait_until(lambda: _ids("p", 1, 2) <= queued(db_url), 30, "the lines already in the log")
+    _copytruncate(log)
+    time.sleep(0.6)  # seen: the follower now waits at byte 0 of the empty file
+    with open(log, "ab") as f:
+        f.write(_lines("q", 1, 2))
+    _copytruncate(log)  # within one poll: q1, q2 are in the copy only
+    time.sleep(0.1)
+    with open(log, "ab") as f:
+        f.write(_lines("q", 3))
+    wanted = _ids("p", 1, 2) | _ids("q", 1, 2, 3)
+    wait_until(lambda: wanted <= queued(db_url), 5, "the copy of the file read from nothing, then the file")
+    _copytruncate(log)
+    wait_until(lambda: follow_row(db_url, log)[0] == 0, 5, "the position saved at byte 0")
+    code, out, err = stop(proc)
+    assert code == 0 and out.strip() == "queued 5, already known 0, rejected 0", (out, err)
+
+    # Saved at byte 0, then written and copytruncated while it is down.
+    with open(log, "ab") as f:
+        f.write(_lines("r", 1))
+    _copytruncate(log)
+    with open(log, "ab") as f:
+        f.write(_lines("r", 2))
+    again = start(cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(again)
+    wanted |= _ids("r", 1, 2)
+    wait_until(lambda: wanted <= queued(db_url), 30, "the copy made while it was down, then the file")
+    code, out, err = stop(again)
+    assert code == 0 and "Traceback" not in err, err
+    assert out.strip().startswith("queued 2, already known"), out  # recent copies may be read again
+    assert queued(db_url) == wanted
