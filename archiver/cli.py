@@ -27,6 +27,7 @@ from archiver.settings import (
     DEFAULT_BASE_URL,
     DEFAULT_DATABASE_URL,
     INCLUDE_VALUE,
+    NORMALIZE_MODES,
     PROVIDERS,
     WRITERS,
     Settings,
@@ -166,7 +167,17 @@ HTTP_OPTIONS: list[Option] = [
         "seconds to connect to the API host (default 10)",
     ),
 ]
+NORMALIZE_OPTION: Option = (
+    "--normalize",
+    "ARCHIVER_NORMALIZE",
+    "normalize",
+    one_of(*NORMALIZE_MODES),
+    "which normalized rows the archive keeps: full (every child table) or summary (the responses "
+    "row with usage and billing rows only); recorded in the archive: by default the archive's "
+    "mode (full for a new one), and a different one is refused (renormalize --all converts)",
+)
 RUN_OPTIONS: list[Option] = [
+    NORMALIZE_OPTION,
     (
         "--writer",
         "ARCHIVER_WRITER",
@@ -540,6 +551,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="bring the database schema up to date",
         description="Create or upgrade the schema (every command also does this on start).",
     )
+
+    rebuild_options = [o for o in RUN_OPTIONS if o[0] in ("--batch-size", "--max-held-mb")]
+    p = sub.add_parser(
+        "renormalize",
+        parents=[common],
+        help="rebuild the normalized rows from the raw bodies (online, resumable)",
+        description="Rebuild the normalized rows of the given IDs, of every response (--all) or of "
+        "those archived since a time (--since) from their raw bodies, in short transactions beside "
+        "a running daemon. --all and --since resume where an interrupted run stopped. Prints a "
+        "summary line; exit 1 when a given ID is not archived or a body could not be normalized.",
+    )
+    p.add_argument("response_ids", nargs="*", metavar="ID", help="IDs to renormalize")
+    p.add_argument("--all", dest="everything", action="store_true", help="every archived response")
+    p.add_argument(
+        "--since",
+        metavar="TIME",
+        default=None,
+        help="responses archived (archived_at) at or after TIME: ISO 8601 (2026-11-24, "
+        "2026-11-24T08:00Z; UTC without an offset) or an age (90m, 36h, 7d, 2w)",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_options(p, [NORMALIZE_OPTION, *rebuild_options])
+
+    p = sub.add_parser(
+        "compact",
+        parents=[common],
+        help="re-encode old raw bodies, rebuild their rows, give the space back (online)",
+        description="Convert an archive to the current storage beside a running daemon: train a "
+        "dictionary if there is none, re-encode raw bodies stored as received (before migration "
+        "0008) or as plain zstd, rebuild those responses' normalized rows, then give the freed space "
+        "back (SQLite: incremental vacuum; PostgreSQL: VACUUM). Resumable: run it again after a crash.",
+    )
+    p.add_argument(
+        "--vacuum",
+        action="store_true",
+        help="also rewrite the whole database once to give every free byte back (SQLite: VACUUM, "
+        "and auto_vacuum becomes INCREMENTAL; PostgreSQL: VACUUM FULL); needs the daemon stopped",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_options(p, rebuild_options)
 
     p = sub.add_parser(
         "mock-server",
@@ -980,6 +1031,45 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return _arun(run_demo(settings, count=args.count))
 
 
+def _renormalize(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver import commands
+    from archiver.progress import WorkProgress
+
+    progress = WorkProgress.for_stream(sys.stderr, "renormalizing")
+    try:
+        result = _arun(
+            commands.renormalize(
+                settings, args.response_ids, everything=args.everything, since=args.since, progress=progress
+            )
+        )
+    finally:
+        progress.close()
+    return _print_rebuild(result, result.report.failed or result.missing, json_out=args.json)
+
+
+def _compact(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver import commands
+    from archiver.progress import WorkProgress
+
+    progress = WorkProgress.for_stream(sys.stderr, "compacting")
+    try:
+        result = _arun(commands.compact(settings, vacuum=args.vacuum, progress=progress))
+    finally:
+        progress.close()
+    return _print_rebuild(result, result.report.failed, json_out=args.json)
+
+
+def _print_rebuild(result: Any, failed: Any, *, json_out: bool) -> int:
+    """Notes on stderr, then the summary line (or JSON) on stdout; 1 when something was left undone."""
+    from archiver import commands
+
+    notes, line = result.lines()
+    for note in notes:
+        print(redact(note), file=sys.stderr)
+    print(redact(commands.dumps(result.as_dict())) if json_out else line)
+    return 1 if failed else 0
+
+
 EXPORT_FORMATS = ("jsonl", "parquet", "csv")
 
 
@@ -1034,6 +1124,8 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "mock-server": _mock_server,
     "demo": _demo,
     "export": _export,
+    "renormalize": _renormalize,
+    "compact": _compact,
 }
 
 

@@ -6,7 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,7 @@ from archiver.db import (
     head_revision,
     open_database,
     redact_url,
+    statement_at_a_time,
 )
 from archiver.db import (
     migrate as migrate_db,
@@ -26,6 +27,7 @@ from archiver.errors import NotArchived
 from archiver.health import CheckResult, run_checks
 from archiver.ids import validate_response_id
 from archiver.ingest import EnqueueReport, enqueue_inputs, follow_file
+from archiver.logs import get_logger
 from archiver.metrics import Metrics, queue_gauge_loop, start_metrics_server
 from archiver.notify import SystemdNotifier
 from archiver.queue import QUEUE_STATES, QueueEntry, QueueStore, unserved_line
@@ -38,7 +40,13 @@ from archiver.worker import RunSummary
 from archiver.workers import worker_lines
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from archiver.compact import CompactResult
     from archiver.ingest_http import IngestSecrets
+    from archiver.progress import WorkProgress
+    from archiver.rebuild import RebuildReport
+    from archiver.renormalize import RenormalizeResult
 
 
 async def enqueue(
@@ -84,6 +92,9 @@ async def run(
     # A bad file stops the start, before the database.
     ingest_secrets = load_ingest_secrets(settings, sources)
     async with open_database(settings.database_url, pool_size=4 + len(sources)) as engine:
+        if settings.normalize is not None:
+            await _settle_normalize_mode(engine, settings.normalize)
+        await _check_projection(engine)
         if progress is not None:
             by_source = await QueueStore(engine).counts_by_source()
             progress.set_total(
@@ -105,6 +116,102 @@ async def run(
             with on_stop_signals(runner.request_stop):
                 return await runner.run()
     raise AssertionError("unreachable")
+
+
+async def _settle_normalize_mode(engine: AsyncEngine, wanted: str) -> str:
+    """Record ``--normalize`` in a new archive; refuse one that differs from the archive's."""
+    from archiver.projection import settle_mode_sync
+
+    async with engine.begin() as conn:
+        mode: str = await conn.run_sync(settle_mode_sync, wanted)
+    return mode
+
+
+async def _check_projection(engine: AsyncEngine) -> None:
+    """Record this archiver's projection version in a new archive; warn when rows are older."""
+    from archiver.projection import archive_facts_sync, record_projection_sync
+
+    async with statement_at_a_time(engine) as conn:
+        facts = await conn.run_sync(archive_facts_sync)
+    if facts["projection_version"] is None:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: record_projection_sync(c, only_if_new=True))
+    elif facts["renormalize_needed"]:
+        get_logger().warning(
+            "archiver.renormalize_needed",
+            projection=facts["projection_version"],
+            current=facts["projection_current"],
+            hint="some normalized rows were built by an older archiver: run `archiver renormalize --all`",
+        )
+
+
+async def renormalize(
+    settings: Settings,
+    response_ids: Sequence[str],
+    *,
+    everything: bool,
+    since: str | None,
+    progress: WorkProgress | None = None,
+) -> RenormalizeResult:
+    """Rebuild the normalized rows from ``raw`` (see :mod:`archiver.renormalize`)."""
+    from archiver.rebuild import StopFlag
+    from archiver.renormalize import check_scope
+    from archiver.renormalize import renormalize as rebuild
+    from archiver.signals import on_stop_signals
+
+    check_scope(response_ids, everything=everything, since=since)  # before touching the database
+    stop = StopFlag()
+    async with open_database(settings.database_url, create=False) as engine:
+        with on_stop_signals(stop):
+            return await rebuild(
+                engine,
+                ids=response_ids,
+                everything=everything,
+                since=since,
+                mode=settings.normalize,
+                batch_size=settings.batch_size,
+                max_batch_bytes=_batch_bytes(settings),
+                on_start=progress.start if progress is not None else None,
+                on_batch=_show_progress(progress),
+                stop=stop,
+            )
+    raise AssertionError("unreachable")
+
+
+async def compact(settings: Settings, *, vacuum: bool, progress: WorkProgress | None = None) -> CompactResult:
+    """Re-encode old bodies, rebuild their rows, give space back (see :mod:`archiver.compact`)."""
+    from archiver.compact import compact as run_compact
+    from archiver.rebuild import StopFlag
+    from archiver.signals import on_stop_signals
+
+    stop = StopFlag()
+    async with open_database(settings.database_url, create=False) as engine:
+        with on_stop_signals(stop):
+            return await run_compact(
+                engine,
+                batch_size=settings.batch_size,
+                max_batch_bytes=_batch_bytes(settings),
+                vacuum=vacuum,
+                on_start=progress.start if progress is not None else None,
+                on_batch=_show_progress(progress),
+                stop=stop,
+            )
+    raise AssertionError("unreachable")
+
+
+def _batch_bytes(settings: Settings) -> int:
+    """Bodies per rebuild transaction: an eighth of --max-held-mb, as a write batch of run."""
+    return max(int(settings.max_held_mb * (1 << 20) / 8), 1)
+
+
+def _show_progress(progress: WorkProgress | None) -> Callable[[RebuildReport], None] | None:
+    if progress is None:
+        return None
+
+    def show(report: RebuildReport) -> None:
+        progress.update(report.done, report.detail())
+
+    return show
 
 
 async def _serve_metrics(
@@ -164,6 +271,8 @@ async def status(
     Every string is redacted (:func:`archiver.redaction.redact_value`): the errors were
     redacted before they were stored, and this masks rows stored before a secret was known.
     """
+    from archiver.projection import archive_facts_sync
+
     async with open_database(settings.database_url, create=False) as engine:
         details = await QueueStore(engine).status_details(
             recent_errors=limit,
@@ -171,6 +280,8 @@ async def status(
             error_states=error_states,
             served_sources=served_sources,
         )
+        async with statement_at_a_time(engine) as conn:
+            details["archive"] = await conn.run_sync(archive_facts_sync)
     details["database"] = redact_url(settings.database_url.strip())  # as the user wrote it, no password
     redacted: dict[str, Any] = redact_value(details)
     return redacted
@@ -329,6 +440,10 @@ def _health_lines(details: dict[str, Any]) -> list[str]:
             f"{details['pending_past_retention']} past it"
         )
     lines.extend(worker_lines(details))
+    if "archive" in details:
+        from archiver.projection import archive_lines
+
+        lines.extend(archive_lines(details["archive"]))
     return lines
 
 

@@ -218,6 +218,12 @@ def _tune_sqlite(
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        # A new archive (no tables yet) gets incremental auto-vacuum, so `archiver compact`
+        # can give freed pages back online. Never set on an existing file: the pragma may
+        # write the header, which a read-only command must not do (a full disk).
+        cursor.execute("SELECT count(*) FROM sqlite_master")
+        if cursor.fetchone()[0] == 0:
+            cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
         _enter_wal(cursor, engine.dialect.loaded_dbapi.OperationalError, sleep)
         # NORMAL in WAL mode survives process crashes; a power cut may lose the last commits,
         # which only means those IDs are fetched again after their lease expires.
@@ -621,7 +627,7 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-SCHEMA_HEAD = "0012"
+SCHEMA_HEAD = "0013"
 """The newest migration shipped (a test checks it against alembic's head). Knowing it
 lets every command skip importing alembic when the database is already current."""
 

@@ -1,4 +1,5 @@
-"""Progress of ``run --once``: a live bar on a terminal, periodic log lines otherwise.
+"""Progress of ``run --once``, ``renormalize`` and ``compact``: a live bar on a terminal,
+periodic log lines otherwise.
 
 While the bar is live it owns the terminal: log lines are printed above it through its
 console (:func:`archiver.logs.send_lines_to`), never onto its unfinished line, and the
@@ -9,6 +10,7 @@ bar shows those counts). One summary line ends the run.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
 
 from archiver.logs import get_logger, send_lines_to
@@ -46,80 +48,78 @@ def summary_line(summary: RunSummary, total: int | None, elapsed_s: float) -> st
     return line
 
 
-class Progress:
-    """Called by the worker after every written batch.
+def _live_bar(console: Console, label: str, total: int) -> tuple[RichProgress, Any]:
+    """A started bar: label, bar, done/total, percent, rate, ETA, and a ``detail`` text."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import Progress as RichProgress
 
-    On a terminal: a rich progress bar (done/total, rate, ETA, failures so far). Not on a
-    terminal: an ``archiver.progress`` log line every 10 s (the final summary is the
-    JSON the command prints).
+    bar = RichProgress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]:>8}/s"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[detail]}"),
+        console=console,
+        transient=False,
+    )
+    task = bar.add_task(label, total=total, rate="0", detail="")
+    bar.start()
+    return bar, task
+
+
+def _print_above(bar: RichProgress, line: str) -> None:
+    """A rendered log line (with its colours), printed above the live bar."""
+    from rich.text import Text
+
+    bar.console.print(Text.from_ansi(line), soft_wrap=True)
+
+
+class _Display:
+    """A bar on a terminal, or an ``archiver.progress`` log line every 10 s off it.
+
+    Args:
+        stream: where the bar goes (stderr).
+        tty: whether to draw a bar.
+        label: the bar's first column.
+        quiet: info events the bar replaces (left out while it is live).
     """
 
-    def __init__(self, stream: TextIO, tty: bool) -> None:
+    def __init__(self, stream: TextIO, tty: bool, label: str, quiet: tuple[str, ...] = ()) -> None:
         self.tty = tty
+        self.label = label
+        self.quiet = quiet
         self.total: int | None = None
         self.started = time.monotonic()
         self._last_log = self.started
         self._bar: RichProgress | None = None
         self._task: Any = None
         self._console: Console | None = None
-        self._last: RunSummary | None = None
         if tty:
             from rich.console import Console
 
             self._console = Console(file=stream)
 
-    @classmethod
-    def for_stream(cls, stream: TextIO) -> Progress:
-        """A bar when ``stream`` is a terminal, log lines otherwise."""
-        return cls(stream, stream.isatty())
-
-    def set_total(self, total: int) -> None:
-        """How many IDs this run expects to finish (pending and in flight at its start)."""
+    def start(self, total: int) -> None:
+        """How many items the work expects to finish."""
         self.total = total
-        if self.tty and self._bar is None:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TaskProgressColumn,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import Progress as RichProgress
+        if self._console is not None and self._bar is None:
+            self._bar, self._task = _live_bar(self._console, self.label, total)
+            send_lines_to(partial(_print_above, self._bar), quiet=self.quiet)
 
-            self._bar = RichProgress(
-                TextColumn("archiving"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TaskProgressColumn(),
-                TextColumn("{task.fields[rate]:>8}/s"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[problems]}"),
-                console=self._console,
-                transient=False,
-            )
-            self._task = self._bar.add_task("archiving", total=total, rate="0", problems="")
-            self._bar.start()
-            send_lines_to(self._print_above, quiet=QUIET_UNDER_BAR)
-
-    def _print_above(self, line: str) -> None:
-        """A rendered log line (with its colours), printed above the live bar."""
-        from rich.text import Text
-
-        if self._bar is not None:
-            self._bar.console.print(Text.from_ansi(line), soft_wrap=True)
-
-    def __call__(self, summary: RunSummary) -> None:
-        self._last = summary
-        done = _done(summary)
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = done / elapsed
+    def update(self, done: int, detail: str, **log_fields: Any) -> None:
+        """``done`` items so far; ``detail`` beside the bar, ``log_fields`` (else detail) in the log line."""
+        rate = done / max(time.monotonic() - self.started, 1e-9)
         if self._bar is not None:
             total = max(self.total or 0, done)
-            problems = (
-                f"not found {summary.not_found:,}  failed {summary.failed:,}  "
-                f"retrying {summary.waiting_retry:,}"
-            )
-            self._bar.update(self._task, completed=done, total=total, rate=f"{rate:,.0f}", problems=problems)
+            self._bar.update(self._task, completed=done, total=total, rate=f"{rate:,.0f}", detail=detail)
             return
         now = time.monotonic()
         if now - self._last_log >= LOG_EVERY_S:
@@ -129,12 +129,54 @@ class Progress:
                 done=done,
                 total=self.total,
                 rate_per_s=round(rate, 1),
-                archived=summary.archived,
-                not_found=summary.not_found,
-                failed=summary.failed,
-                retried=summary.retried,
-                waiting_retry=summary.waiting_retry,
+                **(log_fields or {"detail": detail}),
             )
+
+    def _stop(self) -> bool:
+        """Stop the bar (its last state stays on screen); False when there was none."""
+        if self._bar is None:
+            return False
+        send_lines_to(None)
+        self._bar.stop()
+        self._bar = None
+        return True
+
+
+class Progress(_Display):
+    """Called by the worker after every written batch.
+
+    On a terminal: a rich progress bar (done/total, rate, ETA, failures so far). Not on a
+    terminal: an ``archiver.progress`` log line every 10 s (the final summary is the
+    JSON the command prints).
+    """
+
+    def __init__(self, stream: TextIO, tty: bool) -> None:
+        super().__init__(stream, tty, "archiving", QUIET_UNDER_BAR)
+        self._last: RunSummary | None = None
+
+    @classmethod
+    def for_stream(cls, stream: TextIO) -> Progress:
+        """A bar when ``stream`` is a terminal, log lines otherwise."""
+        return cls(stream, stream.isatty())
+
+    def set_total(self, total: int) -> None:
+        """How many IDs this run expects to finish (pending and in flight at its start)."""
+        self.start(total)
+
+    def __call__(self, summary: RunSummary) -> None:
+        self._last = summary
+        problems = (
+            f"not found {summary.not_found:,}  failed {summary.failed:,}  retrying {summary.waiting_retry:,}"
+        )
+        self.update(
+            _done(summary),
+            problems,
+            archived=summary.archived,
+            not_found=summary.not_found,
+            failed=summary.failed,
+            retried=summary.retried,
+            waiting_retry=summary.waiting_retry,
+        )
 
     def close(self, summary: RunSummary | None = None) -> None:
         """Stop the bar (leaves its last state on screen), then print the summary line.
@@ -148,9 +190,7 @@ class Progress:
         summary = summary or self._last
         if summary is not None:
             self.__call__(summary)  # the bar's last state is the run's final count
-        send_lines_to(None)
-        self._bar.stop()
-        self._bar = None
+        self._stop()
         if summary is not None and self._console is not None:
             self._console.print(
                 summary_line(summary, self.total, time.monotonic() - self.started),
@@ -158,3 +198,18 @@ class Progress:
                 highlight=False,
                 markup=False,
             )
+
+
+class WorkProgress(_Display):
+    """Progress of a walk over the archive (``renormalize``, ``compact``): a bar with
+    done/total, rate, ETA and what became of them, log lines above it; off a terminal an
+    ``archiver.progress`` log line every 10 s."""
+
+    @classmethod
+    def for_stream(cls, stream: TextIO, label: str) -> WorkProgress:
+        """A bar when ``stream`` is a terminal, log lines otherwise."""
+        return cls(stream, stream.isatty(), label)
+
+    def close(self) -> None:
+        """Stop the bar (its last state stays on screen)."""
+        self._stop()

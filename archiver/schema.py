@@ -57,6 +57,7 @@ __all__ = [
     "annotations",
     "archive_changes",
     "archive_dictionaries",
+    "archive_meta",
     "billing_details",
     "code_interpreter_outputs",
     "content_parts",
@@ -560,4 +561,13 @@ export_cursors = Table(
     Column("batch", BigInteger, nullable=False, server_default="0"),
     Column("exported_at", Timestamp),
     comment="What `archiver export --cursor NAME` has exported so far",
+)
+
+archive_meta = Table(
+    "archive_meta",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    comment="Facts about the whole archive: its normalize mode, the position of an unfinished "
+    "renormalize; see archiver/projection.py",
 )

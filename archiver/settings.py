@@ -25,6 +25,8 @@ API_KEY_VARIABLES = ("ARCHIVER_API_KEY", "DASHSCOPE_API_KEY")
 CREDENTIAL_NAME = "api_key"  # systemd LoadCredential=api_key:/etc/archiver/api_key
 PROVIDERS = ("auto", "dashscope", "openai", "generic")
 WRITERS = ("auto", "process", "inline")
+NORMALIZE_MODES = ("full", "summary")
+"""``--normalize``: which normalized rows an archive keeps (see :mod:`archiver.projection`)."""
 INCLUDE_VALUE = re.compile(r"[A-Za-z0-9_.\-]{1,128}\Z")
 """One ``include[]`` value: a dotted field path such as ``reasoning.encrypted_content``."""
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+\Z")
@@ -80,6 +82,8 @@ class Settings:
     """The source this settings object describes (run), or enqueues to (enqueue)."""
     explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     """Fields set by a flag or variable (not defaulted): see :func:`archiver.sources.source_settings`."""
+    normalize: str | None = None
+    """The archive's normalize mode asked for; None: the archive's own (``full`` for a new one)."""
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     def __post_init__(self) -> None:
@@ -103,6 +107,10 @@ class Settings:
             raise ConfigError(f"provider must be one of {', '.join(PROVIDERS)}, not {self.provider!r}")
         if self.writer not in WRITERS:
             raise ConfigError(f"writer must be one of {', '.join(WRITERS)}, not {self.writer!r}")
+        if self.normalize is not None and self.normalize not in NORMALIZE_MODES:
+            raise ConfigError(
+                f"normalize must be one of {', '.join(NORMALIZE_MODES)}, not {self.normalize!r}"
+            )
         for value in self.include or ():
             if not INCLUDE_VALUE.match(value):
                 raise ConfigError(

@@ -31,6 +31,7 @@ from archiver.errors import ArchiverError
 from archiver.logs import get_logger
 from archiver.normalize import NormalizedResponse, map_strings
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll, with_body_sample
+from archiver.projection import archive_mode_sync, keep_children
 from archiver.queue import Job, archive_queue
 from archiver.schema import (
     CHILD_TABLES,
@@ -198,6 +199,20 @@ def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
         yield list(items[start : start + IN_CHUNK])
 
 
+@dataclass(frozen=True, slots=True)
+class Reprojection:
+    """New normalized rows for an archived response (see :meth:`ArchiveStore.rewrite_projection_sync`).
+
+    ``body`` is the body as received; ``stored`` the new ``(raw, raw_codec, raw_dict_id)``
+    when ``raw`` is re-encoded too (``archiver compact``), else None.
+    """
+
+    response_id: str
+    body: bytes
+    normalized: NormalizedResponse
+    stored: tuple[bytes, str, int | None] | None = None
+
+
 class ArchiveStore:
     """Applies batches of :class:`FetchResult` to the database.
 
@@ -284,18 +299,23 @@ class ArchiveStore:
             self._train_at = codec.next_training_at(int(row.trained_on) if row is not None else None)
         return self._codec
 
-    def train_dictionary_sync(self, conn: Connection) -> int | None:
+    def train_dictionary_sync(self, conn: Connection, *, bodies_written: int = 0) -> int | None:
         """Train a new dictionary on the most recent bodies, if one is due; its id or None.
 
         Due when the bodies written (``archive_changes.seq``) reach 1,000 for the first one,
         then 10 times the count the newest one was trained on. Runs in its own transaction
         after a batch. Another writer may have trained one meanwhile: then that one is
         adopted. A failed training (too little data) waits for the archive to double.
+
+        Args:
+            bodies_written: count at least this many bodies written (the counter starts
+                at 0 in archives older than change tracking; ``archiver compact``).
         """
         self._train_due = False
         self._codec = None  # reload: picks up a dictionary another writer trained
         current = self._writing_codec(conn)
         written = int(conn.execute(text("SELECT coalesce(max(seq), 0) FROM archive_changes")).scalar() or 0)
+        written = max(written, bodies_written)
         if written < self._train_at:
             return None
         samples: list[bytes] = []
@@ -417,6 +437,8 @@ class ArchiveStore:
         # Taken last-but-inserts: the counter row stays locked until commit, so change_seq
         # values become visible in increasing order even with several writers.
         first_seq = self._next_change_seqs(conn, len(changed))
+        # Read under the counter lock, which a mode switch takes too (archiver.projection).
+        mode = archive_mode_sync(conn)
         encoder = self._writing_codec(conn)
         if first_seq + len(changed) - 1 >= self._train_at:
             self._train_due = True
@@ -455,7 +477,7 @@ class ArchiveStore:
                     list_rows.append(list_row)
             elif old is not None:
                 kept_lists.append({"rid": rid, "seq": seq})
-            for table_name, table_rows in result.normalized.children.items():
+            for table_name, table_rows in keep_children(result.normalized.children, mode).items():
                 if not table_rows:
                     continue
                 target = child_rows[table_name]
@@ -645,6 +667,90 @@ class ArchiveStore:
             last = int(base or 0) + count
             conn.execute(text("INSERT INTO archive_changes (name, seq) VALUES ('archive', :s)"), {"s": last})
         return int(last) - count + 1
+
+    # --- renormalize and compact (archiver.rebuild): rewrite the projection of stored rows ---
+
+    def rewrite_projection_sync(self, conn: Connection, rewrites: Sequence[Reprojection]) -> int:
+        """Replace the normalized rows of archived responses in the transaction open on ``conn``.
+
+        The ``responses`` row keeps ``raw`` (unless a rewrite re-encodes it),
+        ``fetched_at``, ``archived_at`` and its input items, and gets every normalized
+        column and a new ``change_seq`` (so exports carry the new rows); its child rows
+        from ``raw`` are deleted and inserted again, in the archive's mode. The caller
+        has checked, in this transaction, that the rows are still the ones it read.
+
+        Returns:
+            rows written (responses and child rows).
+        """
+        if not rewrites:
+            return 0
+        ids = [r.response_id for r in rewrites]
+        moved = [r.response_id for r in rewrites if r.stored is not None]
+        # A re-encoded body shrinks: its row is moved (deleted, inserted anew) rather than
+        # updated in place, so the pages it leaves end up empty as a whole, which SQLite's
+        # incremental vacuum can give back (bytes freed inside pages it cannot).
+        kept: dict[str, Any] = {}
+        for chunk in _chunks(moved):
+            r = responses.c
+            stored_columns = select(r.id, r.raw_sha256, r.fetched_at, r.archived_at, r.input_items_sha256)
+            kept.update((row.id, row) for row in conn.execute(stored_columns.where(r.id.in_(chunk))))
+            conn.execute(delete(responses).where(r.id.in_(chunk)))
+        for chunk in _chunks(ids):
+            self.delete_children(conn, chunk)
+        first_seq = self._next_change_seqs(conn, len(rewrites))
+        mode = archive_mode_sync(conn)
+        scrub = self.dialect == "postgresql"
+        updates: list[dict[str, Any]] = []
+        inserts: list[dict[str, Any]] = []
+        child_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for offset, rewrite in enumerate(rewrites):
+            seq = first_seq + offset
+            needs_scrub = scrub and b"\\u0000" in rewrite.body
+            row = scrub_nul(rewrite.normalized.response) if needs_scrub else dict(rewrite.normalized.response)
+            row["change_seq"] = seq
+            if rewrite.stored is None:
+                updates.append({"_rid": row.pop("id"), **{f"_{name}": value for name, value in row.items()}})
+            else:
+                old = kept[rewrite.response_id]
+                row["raw"], row["raw_codec"], row["raw_dict_id"] = rewrite.stored
+                row.update(
+                    raw_sha256=old.raw_sha256,
+                    fetched_at=old.fetched_at,
+                    archived_at=old.archived_at,
+                    input_items_sha256=old.input_items_sha256,
+                )
+                inserts.append(row)
+            for table_name, table_rows in keep_children(rewrite.normalized.children, mode).items():
+                for child in scrub_nul(table_rows) if needs_scrub else table_rows:
+                    child["change_seq"] = seq
+                    child_rows[table_name].append(child)
+        if updates:
+            names = [key[1:] for key in updates[0] if key != "_rid"]
+            statement = (
+                update(responses)
+                .where(responses.c.id == bindparam("_rid"))
+                .values({name: bindparam(f"_{name}", type_=responses.c[name].type) for name in names})
+            )
+            conn.execute(statement, updates)
+        if inserts:
+            self._insert(conn, responses, inserts)
+        written = len(rewrites)
+        for table in CHILD_TABLES:
+            table_inserts = child_rows.get(table.name)
+            if table_inserts:
+                self._insert(conn, table, table_inserts)
+                written += len(table_inserts)
+        # The input-item list (not from raw, kept as it is) follows its response's change_seq.
+        conn.execute(
+            update(input_item_lists)
+            .where(input_item_lists.c.response_id == bindparam("rid"))
+            .values(change_seq=bindparam("seq")),
+            [
+                {"rid": rewrite.response_id, "seq": first_seq + offset}
+                for offset, rewrite in enumerate(rewrites)
+            ],
+        )
+        return written
 
     def close(self) -> None:
         """Stop the write thread and its engine, if there are (``engine`` is the caller's)."""

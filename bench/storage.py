@@ -19,6 +19,11 @@ extension is installed (else free space counts as normalized); the total is the 
 ``pg_total_relation_size`` over every table (the catalogs of an empty database are left out).
 
     python bench/storage.py [--corpus DIR] [--mock N] [--postgres URL|throwaway] [--workdir DIR]
+                            [--normalize full,summary]
+
+Each corpus is archived once per normalize mode (``--normalize``, default both): the
+``summary`` rows keep only the ``responses`` row and the usage rows (see README,
+"Rebuilding and compacting").
 
 Works with any archiver version that has ``archiver.worker.Worker`` (so it can be run on
 an older clone for a before/after comparison).
@@ -83,12 +88,20 @@ def _settings(url: str, base_url: str) -> Settings:
     )
 
 
-async def _archive(url: str, ids: list[str], config: MockConfig, dictionary: bytes | None) -> list[str]:
+async def _archive(
+    url: str, ids: list[str], config: MockConfig, dictionary: bytes | None, mode: str = "full"
+) -> list[str]:
     """Archive ``ids`` through the pipeline; the IDs that have a ``responses`` row.
 
     ``dictionary``: put in ``archive_dictionaries`` first, as if the archive had trained it.
+    ``mode``: the archive's normalize mode (``--normalize``), recorded before the first write.
     """
     async with await start_mock_server(config) as mock, open_database(url) as engine:
+        if mode != "full":
+            from archiver.projection import settle_mode_sync
+
+            async with engine.begin() as conn:
+                await conn.run_sync(settle_mode_sync, mode)
         if dictionary is not None:
             from archiver.schema import archive_dictionaries
 
@@ -273,15 +286,24 @@ def _corpora(corpus_dir: Path, mock_n: int) -> list[Corpus]:
     return corpora
 
 
-def run(corpus_dir: Path, mock_n: int, postgres: str | None, work: Path) -> list[Measure]:
-    """Archive every corpus into every database and measure; prints one table per run."""
+def run(
+    corpus_dir: Path, mock_n: int, postgres: str | None, work: Path, modes: tuple[str, ...] = ("full",)
+) -> list[Measure]:
+    """Archive every corpus into every database in every normalize mode and measure; prints
+    one table per run."""
     results: list[Measure] = []
+    corpora = _corpora(corpus_dir, mock_n)
+    runs = [
+        (f"{label}, {mode}" if mode != "full" else label, ids, bodies, config, dictionary, mode)
+        for mode in modes
+        for label, ids, bodies, config, dictionary in corpora
+    ]
     with _postgres(postgres) as pg_base:
-        for n, (label, ids, bodies, config, dictionary) in enumerate(_corpora(corpus_dir, mock_n)):
+        for n, (label, ids, bodies, config, dictionary, mode) in enumerate(runs):
             path = work / f"storage-{n}.db"
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
-            done = asyncio.run(_archive(f"sqlite:///{path}", ids, config, dictionary))
+            done = asyncio.run(_archive(f"sqlite:///{path}", ids, config, dictionary, mode))
             json_bytes = sum(len(bodies[i]) for i in done)
             results.append(Measure("SQLite", label, len(done), json_bytes, _sqlite_measure(path)))
             print(_table([results[-1]]), flush=True)
@@ -291,7 +313,7 @@ def run(corpus_dir: Path, mock_n: int, postgres: str | None, work: Path) -> list
                 _pg_admin(pg_base, f'CREATE DATABASE "{name}"')
                 try:
                     url = _pg_url(pg_base, name)
-                    done = asyncio.run(_archive(url, ids, config, dictionary))
+                    done = asyncio.run(_archive(url, ids, config, dictionary, mode))
                     parts = asyncio.run(_pg_measure(url))
                     json_bytes = sum(len(bodies[i]) for i in done)
                     results.append(Measure("PostgreSQL", label, len(done), json_bytes, parts))
@@ -324,12 +346,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--workdir", type=Path, default=None, help="where the SQLite files go (default: a temp dir)"
     )
+    p.add_argument(
+        "--normalize",
+        default="full,summary",
+        metavar="MODES",
+        help="comma-separated normalize modes to measure, each a run of its own (default full,summary; "
+        "summary needs an archiver with --normalize)",
+    )
     args = p.parse_args(argv)
+    modes = tuple(m.strip() for m in args.normalize.split(",") if m.strip())
     work = args.workdir or Path(tempfile.mkdtemp(prefix="archiver-storage-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.pop("ARCHIVER_DATABASE_URL", None)
     try:
-        results = run(args.corpus, args.mock, args.postgres, work)
+        results = run(args.corpus, args.mock, args.postgres, work, modes)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

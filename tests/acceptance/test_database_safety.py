@@ -97,7 +97,16 @@ def enqueue(cli: Cli, ids: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [["status"], ["status", "--json"], ["show", "resp_ok1_x"], ["retry"], ["export", "OUT"], ["check"]],
+    [
+        ["status"],
+        ["status", "--json"],
+        ["show", "resp_ok1_x"],
+        ["retry"],
+        ["export", "OUT"],
+        ["check"],
+        ["renormalize", "--all"],
+        ["compact"],
+    ],
 )
 def test_commands_that_only_read_never_create_a_database(tmp_path: Path, command: list[str]) -> None:
     db = tmp_path / "typo.db"

@@ -36,6 +36,8 @@ def commands(out_dir: Path) -> list[list[str]]:
         ["check"],
         ["migrate"],
         ["export", str(out_dir)],
+        ["renormalize", "--all"],
+        ["compact"],
         ["demo", "--count", "1"],
     ]
 

@@ -77,7 +77,12 @@ def store(engine: Engine, raw: bytes, result: NormalizedResponse) -> None:
 
 
 def test_child_tables_are_every_table_but_responses_parents_first() -> None:
-    bookkeeping = {schema.archive_changes, schema.export_cursors, schema.archive_dictionaries}
+    bookkeeping = {
+        schema.archive_changes,
+        schema.export_cursors,
+        schema.archive_dictionaries,
+        schema.archive_meta,
+    }
     # input items: their own path
     bookkeeping |= {schema.input_item_contents, schema.response_input_items, schema.input_item_lists}
     assert set(CHILD_TABLES) == set(archive_tables()) - {responses} - bookkeeping

@@ -83,6 +83,8 @@ COMMAND_ARGS = {
     "mock-server": ["--port", "0"],
     "demo": ["--count", "1"],
     "export": ["{out}"],
+    "renormalize": ["--all"],
+    "compact": [],
 }
 
 

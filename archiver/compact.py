@@ -1,0 +1,244 @@
+"""``archiver compact``: bring an existing archive to the current storage, online, and give space back.
+
+1. If the archive has no dictionary yet and holds enough bodies (the first-training rule
+   of :mod:`archiver.codec`, counting the bodies already archived), train one.
+2. Re-encode every body stored as received (``raw_codec`` NULL, as rows written before
+   migration 0008 are, or ``identity``) and every plain ``zstd`` body once a dictionary
+   exists, and rebuild those responses' normalized rows, in the batches of
+   :mod:`archiver.rebuild` (short transactions beside a running daemon, fenced against it).
+   What is left to do is derivable from the data (``raw_codec``), so a crash needs no saved
+   position: run it again and it continues with what is not converted yet.
+3. Give the freed space back. SQLite: ``PRAGMA incremental_vacuum`` in small steps when
+   the file uses ``auto_vacuum = INCREMENTAL`` (new archives do); an older file says so,
+   and ``--vacuum`` rewrites it once (``VACUUM``, which needs the daemon stopped) and
+   switches it to incremental. PostgreSQL: plain ``VACUUM (ANALYZE)`` of the archive
+   tables, which makes the dead rows' space reusable without blocking anyone;
+   ``--vacuum`` runs ``VACUUM FULL``, which returns it to the operating system but locks
+   each table while it rewrites it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from archiver import codec
+from archiver.codec import IDENTITY, ZSTD, Codec
+from archiver.db import now_sql, sqlite_path, statement_at_a_time, with_db_retry
+from archiver.errors import ArchiverError
+from archiver.logs import get_logger
+from archiver.rebuild import Rebuilder, RebuildReport, StopFlag
+from archiver.schema import CHILD_TABLES, archive_dictionaries, responses
+from archiver.store import ArchiveStore, load_dictionaries
+from archiver.workers import DEFAULT_MAX_AGE_S
+
+log = get_logger()
+
+VACUUM_STEP_PAGES = 2048
+"""Pages one ``PRAGMA incremental_vacuum`` step frees (8 MiB at 4 KiB pages): a short write lock."""
+
+
+class DaemonRunning(ArchiverError):
+    """A full VACUUM needs the archive to itself."""
+
+
+@dataclass(slots=True)
+class CompactResult:
+    """What ``compact`` did."""
+
+    report: RebuildReport
+    dictionary_trained: int | None = None
+    dictionary: int | None = None
+    """The dictionary bodies were re-encoded with (None: plain zstd)."""
+    left_plain: int = 0
+    """Bodies left as plain zstd because there is no dictionary yet."""
+    space: str = ""
+    """What was done to give space back, one line."""
+    file_bytes_before: int | None = None
+    file_bytes_after: int | None = None
+
+    def lines(self) -> tuple[list[str], str]:
+        """(notes for stderr, the summary line for stdout)."""
+        notes = []
+        if self.dictionary_trained is not None:
+            notes.append(f"archiver: trained dictionary {self.dictionary_trained} on the archive's bodies")
+        if self.left_plain:
+            notes.append(
+                f"archiver: {self.left_plain:,} bodies stay plain zstd until the archive holds "
+                f"{codec.FIRST_TRAINING_AT:,} bodies and has a dictionary; compact again then"
+            )
+        notes.append(f"archiver: {self.space}")
+        line = self.report.summary_line("compacted")
+        if self.report.stored_before:
+            line += f"; raw {self.report.stored_before:,} -> {self.report.stored_after:,} bytes"
+        if self.file_bytes_before is not None and self.file_bytes_after is not None:
+            line += f"; file {self.file_bytes_before:,} -> {self.file_bytes_after:,} bytes"
+        return notes, line
+
+    def as_dict(self) -> dict[str, Any]:
+        """The result for JSON output."""
+        return {
+            **self.report.as_dict(),
+            "dictionary_trained": self.dictionary_trained,
+            "dictionary": self.dictionary,
+            "left_plain": self.left_plain,
+            "space": self.space,
+            "file_bytes_before": self.file_bytes_before,
+            "file_bytes_after": self.file_bytes_after,
+        }
+
+
+async def compact(
+    engine: AsyncEngine,
+    *,
+    batch_size: int = 200,
+    max_batch_bytes: int = 4 << 20,
+    vacuum: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    on_batch: Callable[[RebuildReport], None] | None = None,
+    stop: StopFlag | None = None,
+) -> CompactResult:
+    """Re-encode old bodies, rebuild their rows, give the space back (see the module docstring).
+
+    Raises:
+        DaemonRunning: ``vacuum`` while a worker reports itself alive.
+    """
+    if vacuum:
+        await _refuse_beside_a_daemon(engine)
+    path = sqlite_path(engine.url)
+    result = CompactResult(RebuildReport())
+    result.file_bytes_before = _file_bytes(path)
+    result.dictionary_trained = await _train_first_dictionary(engine)
+    async with statement_at_a_time(engine) as conn:
+        dictionaries = await load_dictionaries(conn)
+    encoder = Codec(dictionaries)
+    result.dictionary = encoder.current
+    old = [IDENTITY] if encoder.current is None else [IDENTITY, ZSTD]
+    where = or_(responses.c.raw_codec.is_(None), responses.c.raw_codec.in_(old))
+    async with statement_at_a_time(engine) as conn:
+        total = int(
+            (await conn.execute(select(func.count()).select_from(responses).where(where))).scalar() or 0
+        )
+    result.report.total = total
+    if on_start is not None:
+        on_start(total)
+    await Rebuilder(
+        engine,
+        batch_size=batch_size,
+        max_batch_bytes=max_batch_bytes,
+        encoder=encoder,
+        on_batch=on_batch,
+        report=result.report,
+        stop=stop,
+    ).walk(where)
+    if result.report.stopped:
+        result.space = f"stopped by {result.report.stopped}: run compact again to finish"
+        return result
+    if encoder.current is None:
+        async with statement_at_a_time(engine) as conn:
+            plain = select(func.count()).select_from(responses).where(responses.c.raw_codec == ZSTD)
+            result.left_plain = int((await conn.execute(plain)).scalar() or 0)
+    if engine.dialect.name == "postgresql":
+        result.space = await _vacuum_postgres(engine, full=vacuum)
+    else:
+        result.space = await _vacuum_sqlite(engine, full=vacuum)
+    result.file_bytes_after = _file_bytes(path)
+    return result
+
+
+def _file_bytes(path: str | None) -> int | None:
+    if path is None:
+        return None
+    try:
+        return sum(os.path.getsize(p) for p in (path, f"{path}-wal") if os.path.exists(p))
+    except OSError:
+        return None
+
+
+async def _train_first_dictionary(engine: AsyncEngine) -> int | None:
+    """Train the archive's first dictionary if it has none and holds enough bodies; its id."""
+    async with statement_at_a_time(engine) as conn:
+        if (await conn.execute(select(archive_dictionaries.c.id).limit(1))).first() is not None:
+            return None
+        archived = int((await conn.execute(select(func.count()).select_from(responses))).scalar() or 0)
+    if archived < codec.FIRST_TRAINING_AT:
+        return None
+    store = ArchiveStore(engine)
+
+    async def train() -> int | None:
+        async with engine.begin() as conn:
+            return await conn.run_sync(lambda c: store.train_dictionary_sync(c, bodies_written=archived))
+
+    return await with_db_retry(train)
+
+
+async def _refuse_beside_a_daemon(engine: AsyncEngine) -> None:
+    now = now_sql(engine.dialect.name)
+    async with statement_at_a_time(engine) as conn:
+        owners = (
+            (
+                await conn.execute(
+                    text(
+                        f"SELECT owner FROM archive_workers WHERE updated_at >= {now} - :age ORDER BY owner"
+                    ),
+                    {"age": DEFAULT_MAX_AGE_S},
+                )
+            )
+            .scalars()
+            .all()
+        )
+    if owners:
+        raise DaemonRunning(
+            f"--vacuum needs the archive to itself, and a worker reported itself running within "
+            f"{DEFAULT_MAX_AGE_S:.0f} s ({', '.join(owners[:3])}): stop `archiver run` first, or run "
+            "compact without --vacuum (it works beside the daemon)"
+        )
+
+
+async def _vacuum_sqlite(engine: AsyncEngine, *, full: bool) -> str:
+    async with statement_at_a_time(engine) as conn:
+
+        async def pragma(sql: str) -> int:
+            return int((await conn.exec_driver_sql(sql)).scalar() or 0)
+
+        page_size = await pragma("PRAGMA page_size")
+        if full:
+            await conn.exec_driver_sql("PRAGMA auto_vacuum = INCREMENTAL")
+            await conn.exec_driver_sql("VACUUM")
+            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            return "VACUUM: the file was rewritten; auto_vacuum is now INCREMENTAL"
+        free = await pragma("PRAGMA freelist_count")
+        if await pragma("PRAGMA auto_vacuum") != 2:
+            return (
+                f"{free * page_size:,} bytes are free inside the file, which uses no incremental "
+                "auto-vacuum (it was created before archiver set it): run `archiver compact --vacuum` "
+                "once with the daemon stopped to give them back and switch it"
+            )
+        freed = 0
+        while free > 0:
+            await conn.exec_driver_sql(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})")
+            left = await pragma("PRAGMA freelist_count")
+            if left >= free:  # another writer reuses pages as fast: stop here
+                break
+            freed += free - left
+            free = left
+        await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    return f"incremental vacuum: {freed * page_size:,} bytes given back"
+
+
+async def _vacuum_postgres(engine: AsyncEngine, *, full: bool) -> str:
+    tables = ", ".join(t.name for t in (responses, *CHILD_TABLES))
+    async with statement_at_a_time(engine) as conn:  # autocommit: VACUUM cannot run in a transaction
+        await conn.exec_driver_sql(f"VACUUM ({'FULL, ' if full else ''}ANALYZE) {tables}")
+    if full:
+        return "VACUUM FULL: the archive tables were rewritten and their space given back"
+    return (
+        "VACUUM (ANALYZE): the space of the rewritten rows is free for new rows; to give it "
+        "back to the operating system, run `archiver compact --vacuum` with the daemon stopped "
+        "(VACUUM FULL) or pg_repack online"
+    )
