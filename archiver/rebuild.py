@@ -141,6 +141,15 @@ class _Candidate:
     stored_bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    raw: bytes
+    raw_codec: str | None
+    raw_dict_id: int | None
+    change_seq: int
+    raw_sha256: str
+
+
 @dataclass(slots=True)
 class Position:
     """Where a resumable rebuild is, saved as ``archive_meta`` row ``key`` with every batch.
@@ -245,34 +254,36 @@ class Rebuilder:
             await self._write(pending, piece[-1].response_id, done=len(piece))
             start = end
 
-    async def _read(self, piece: Sequence[_Candidate]) -> dict[str, tuple[bytes, str | None, int | None]]:
+    async def _read(self, piece: Sequence[_Candidate]) -> dict[str, _Stored]:
         r = responses.c
         ids = [c.response_id for c in piece]
+        stmt = select(r.id, r.raw, r.raw_codec, r.raw_dict_id, r.change_seq, r.raw_sha256).where(
+            r.id.in_(ids)
+        )
         async with statement_at_a_time(self.engine) as conn:
-            rows = (
-                await conn.execute(select(r.id, r.raw, r.raw_codec, r.raw_dict_id).where(r.id.in_(ids)))
-            ).all()
+            rows = (await conn.execute(stmt)).all()
             wanted = {int(row[3]) for row in rows if row[3] is not None} - self._known_dicts
             if wanted:
                 for dict_id, data in (await load_dictionaries(conn, wanted)).items():
                     self._reader.add(dict_id, data)
                     self._known_dicts.add(dict_id)
-        return {row[0]: (bytes(row[1]), row[2], row[3]) for row in rows}
+        return {row[0]: _Stored(bytes(row[1]), row[2], row[3], int(row[4]), row[5]) for row in rows}
 
-    def _prepare(
-        self, candidate: _Candidate, stored: tuple[bytes, str | None, int | None] | None
-    ) -> Reprojection | None:
+    def _prepare(self, candidate: _Candidate, stored: _Stored | None) -> Reprojection | None:
         """The new rows of one response, or None (counted) when it is left as it is."""
         rid = candidate.response_id
-        if stored is None:  # deleted meanwhile
+        if stored is None or (stored.change_seq, stored.raw_sha256) != (
+            candidate.change_seq,
+            candidate.raw_sha256,
+        ):  # deleted or re-archived since it was listed: the newer write stands
             self.report.skipped += 1
             return None
         try:
-            body = self._reader.decode(*stored)
+            body = self._reader.decode(stored.raw, stored.raw_codec, stored.raw_dict_id)
         except (ArchiverError, zstandard.ZstdError) as exc:
             self.report.fail(rid, f"cannot decode raw: {exc}")
             return None
-        if hashlib.sha256(body).hexdigest() != candidate.raw_sha256:
+        if hashlib.sha256(body).hexdigest() != stored.raw_sha256:
             self.report.fail(rid, "raw does not match its raw_sha256: left as it is")
             return None
         try:

@@ -200,8 +200,9 @@ async def test_compact_killed_mid_way_finishes_when_run_again(sqlite_url: str, m
         assert await projection(engine) == expected
         async with engine.connect() as conn:
             assert await read_bodies(conn, sorted(bodies)) == bodies
-    # Small bodies too: their rows moved, whole pages freed and given back online.
-    assert file_bytes(sqlite_url) < 0.75 * before
+    # Small bodies too (here plain zstd, no dictionary: 1.4 KB -> 0.8 KB): their rows
+    # moved, whole pages freed and given back online. Updated in place, nothing came back.
+    assert file_bytes(sqlite_url) < 0.85 * before
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])

@@ -178,31 +178,42 @@ async def test_an_interrupted_renormalize_resumes_after_its_last_batch(
             assert await conn.run_sync(read_meta_sync, POSITION_KEY) is None
 
 
+@pytest.mark.parametrize("when", ["after_listing", "after_reading"])
 async def test_a_response_re_archived_meanwhile_is_not_overwritten(
-    db_url: str, make_settings: Any, corpus_dir: Path
+    db_url: str, make_settings: Any, corpus_dir: Path, when: str
 ) -> None:
     async with open_database(db_url) as engine:
         bodies = await archive_corpus(db_url, engine, make_settings, corpus_dir)
         await damage(engine)
         victim = sorted(bodies)[3]
 
+        async def daemon_rewrites_the_victim() -> None:
+            # What the daemon's writer does when it archives newer bytes: new raw, new hash,
+            # a new change_seq.
+            async with engine.begin() as conn:
+                await conn.execute(
+                    update(responses)
+                    .where(responses.c.id == victim)
+                    .values(change_seq=responses.c.change_seq + 1000, model="newer", raw_sha256="0" * 64)
+                )
+
         class DaemonMeanwhile(Rebuilder):
+            async def _candidates(self, where: Any, after: str) -> Any:
+                listed = await super()._candidates(where, after)
+                if when == "after_listing" and any(c.response_id == victim for c in listed):
+                    await daemon_rewrites_the_victim()
+                return listed
+
             async def _read(self, piece: Any) -> Any:
                 read = await super()._read(piece)
-                if any(c.response_id == victim for c in piece):
-                    # What the daemon's writer does when it archives newer bytes: a new change_seq.
-                    async with engine.begin() as conn:
-                        await conn.execute(
-                            update(responses)
-                            .where(responses.c.id == victim)
-                            .values(change_seq=responses.c.change_seq + 1000, model="newer")
-                        )
+                if when == "after_reading" and any(c.response_id == victim for c in piece):
+                    await daemon_rewrites_the_victim()
                 return read
 
         report = await DaemonMeanwhile(engine, batch_size=10, max_batch_bytes=1 << 20).walk(
             responses.c.id.in_(sorted(bodies))
         )
-        assert report.skipped == 1 and report.rewritten == len(bodies) - 1
+        assert (report.skipped, report.failed, report.rewritten) == (1, 0, len(bodies) - 1)
         async with engine.connect() as conn:
             model = (await conn.execute(select(responses.c.model).where(responses.c.id == victim))).scalar()
         assert model == "newer"  # the newer write stands
