@@ -85,7 +85,7 @@ def archive_mode_sync(conn: Connection) -> str:
     return read_meta_sync(conn, MODE_KEY) or DEFAULT_MODE
 
 
-def _lock_writers(conn: Connection) -> None:
+def lock_writers_sync(conn: Connection) -> None:
     """Wait for every write transaction in progress, and hold the next ones until commit.
 
     Writers take the ``archive_changes`` row lock before they read the mode (see the module
@@ -96,7 +96,7 @@ def _lock_writers(conn: Connection) -> None:
 
 def switch_mode_sync(conn: Connection, mode: str) -> None:
     """Record ``mode`` as the archive's; every batch committed after this one uses it."""
-    _lock_writers(conn)
+    lock_writers_sync(conn)
     write_meta_sync(conn, MODE_KEY, mode)
 
 

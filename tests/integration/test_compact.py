@@ -234,3 +234,24 @@ async def test_renormalize_stopped_mid_way_resumes_when_run_again(
         assert result.resumed_after is not None and result.resumed_after >= middle
         assert result.report.done == result.report.total < len(MOCK_IDS) // 2 + 5
         assert await projection(engine) == expected
+
+
+async def test_compact_removes_input_items_no_response_lists(db_url: str, make_settings: Any) -> None:
+    from archiver.schema import input_item_contents, input_items
+
+    async with await start_mock_server() as mock, open_database(db_url) as engine:
+        await QueueStore(engine).enqueue(["resp_ok_l1", "resp_kitchensink_l2"])
+        await Worker(make_settings(db_url, mock.base_url, with_input_items=True), engine, once=True).run()
+        async with engine.begin() as conn:  # as a re-fetch whose input items changed leaves it
+            await conn.execute(input_item_contents.insert().values(sha256="f" * 64, item={"role": "user"}))
+            listed = (await conn.execute(select(input_items).order_by("response_id", "position"))).all()
+            contents = (await conn.execute(select(func.count()).select_from(input_item_contents))).scalar()
+        assert listed
+        result = await compact(engine)
+        assert result.input_items_dropped == 1
+        async with engine.connect() as conn:
+            assert (
+                await conn.execute(select(input_items).order_by("response_id", "position"))
+            ).all() == listed
+            left = (await conn.execute(select(func.count()).select_from(input_item_contents))).scalar()
+        assert left == contents - 1
