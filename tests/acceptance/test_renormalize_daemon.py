@@ -21,14 +21,14 @@ from tests.integration.test_renormalize import assert_consistent, projection
 pytestmark = pytest.mark.timeout(300)
 
 FIRST = (
-    [f"resp_ok_r{i:04d}" for i in range(100)]
-    + [f"resp_kitchensink_r{i}" for i in range(20)]
+    [f"resp_ok_r{i:04d}" for i in range(60)]
+    + [f"resp_kitchensink_r{i}" for i in range(10)]
     # NUL characters (scrubbed in PostgreSQL's derived columns), heavy Unicode, a 4 MB body.
     + ["resp_nul_r1", "resp_nul_r2", "resp_unicode_r1", "resp_big_r1"]
 )
 # Re-archived with new bytes on every poll while renormalize runs: the case the fence is for.
-PENDING = [f"resp_pending4_r{i:03d}" for i in range(40)]
-WAVES = [[f"resp_ok_w{w}_{i:03d}" for i in range(60)] for w in range(3)]
+PENDING = [f"resp_pending4_r{i:03d}" for i in range(20)]
+WAVES = [[f"resp_ok_w{w}_{i:03d}" for i in range(40)] for w in range(3)]
 """Enqueued one before each rebuild command: at 100 ms a request and 2 at a time, the
 daemon is still writing them while the command runs, however loaded the machine."""
 SECOND = [rid for wave in WAVES for rid in wave]
