@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver.codec import IDENTITY, Codec
 from archiver.db import check_same_file, log_db_retry, statement_at_a_time, with_db_retry
+from archiver.echoes import body_echoes_secret, scrub_rows
 from archiver.errors import ArchiverError
 from archiver.logs import get_logger, redact
 from archiver.normalize import normalize_body
@@ -291,6 +292,8 @@ class Rebuilder:
         except Exception as exc:  # a body this version cannot normalize stays as it was
             self.report.fail(rid, f"normalization failed: {type(exc).__name__}: {exc}")
             return None
+        if body_echoes_secret(body):  # a key the server echoed stays in raw only
+            normalized = scrub_rows(normalized)
         encoded = None
         if self.encoder is not None:
             encoded = self.encoder.encode(body)

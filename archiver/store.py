@@ -708,6 +708,7 @@ class ArchiveStore:
             needs_scrub = scrub and b"\\u0000" in rewrite.body
             row = scrub_nul(rewrite.normalized.response) if needs_scrub else dict(rewrite.normalized.response)
             row["change_seq"] = seq
+            row["id"] = rewrite.response_id  # the key as stored, whatever scrubbing did to the row
             if rewrite.stored is None:
                 updates.append({"_rid": row.pop("id"), **{f"_{name}": value for name, value in row.items()}})
             else:

@@ -312,3 +312,47 @@ async def test_input_items_are_kept_in_both_modes_and_follow_change_seq(
                 )
                 assert stale.scalar() == 0
                 assert (await conn.execute(select(func.count()).select_from(input_items))).scalar() == before
+
+
+async def test_a_key_echoed_in_a_body_stays_in_raw_only_after_renormalize(
+    sqlite_url: str, make_settings: Any, tmp_path: Path
+) -> None:
+    import secrets
+
+    import orjson
+
+    from archiver.redaction import register_secret
+
+    canary = "sk-canary-" + secrets.token_hex(12)
+    body = orjson.dumps(
+        {
+            "id": "resp_echo_r1",
+            "object": "response",
+            "status": "completed",
+            "model": "m",
+            "output": [
+                {
+                    "type": "message",
+                    "id": "msg_1",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": f"your key is {canary}.", "annotations": []}],
+                }
+            ],
+        }
+    )
+    bodies = tmp_path / "bodies"
+    bodies.mkdir()
+    (bodies / "echo.json").write_bytes(body)
+    config = MockConfig(bodies_dir=bodies, bodies_only=True)
+    async with await start_mock_server(config) as mock, open_database(sqlite_url) as engine:
+        await QueueStore(engine).enqueue(["resp_echo_r1"])
+        await Worker(make_settings(sqlite_url, mock.base_url), engine, once=True).run()
+        rows = await projection(engine)
+        assert any(canary in str(row) for row in rows["content_parts"])  # not registered then
+        register_secret(canary)  # this process knows the key (renormalize gets the daemon's env)
+        result = await renormalize(engine, everything=True)
+        rows = await projection(engine)
+    assert result.report.rewritten == 1
+    assert not any(canary in str(row) for table in rows.values() for row in table)
+    assert await show(make_settings(sqlite_url), "resp_echo_r1") == body  # raw stays byte-exact
