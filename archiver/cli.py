@@ -869,9 +869,20 @@ def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if report.failed else 0
 
 
+def _refuse_in_memory(settings: Settings, command: str) -> None:
+    """``run`` and ``demo`` share their database between tasks (and a writer process): an
+    in-memory database cannot be shared, and would end with the command anyway."""
+    if settings.database_url.strip().rstrip("/").endswith(":memory:"):
+        raise ConfigError(
+            f"{command} needs a database file: sqlite:///:memory: cannot be shared by the claimer "
+            "and the writer and ends with the command (use e.g. sqlite:///archive.db)"
+        )
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from archiver.sources import source_settings
 
+    _refuse_in_memory(settings, "run")
     sources = source_settings(settings, args.sources_config, os.environ, api_key_file=args.api_key_file)
     for name, source in sources.items():
         if source.api_key is None and not is_loopback(source.base_url):
@@ -1028,6 +1039,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.database_url is None:  # never ARCHIVER_DATABASE_URL (see settings_from)
         settings = settings.with_changes(database_url=DEMO_DATABASE_URL)
+    _refuse_in_memory(settings, "demo")
     return _arun(run_demo(settings, count=args.count))
 
 

@@ -157,6 +157,11 @@ def test_a_url_naming_no_file_is_refused_with_a_suggestion(tmp_path: Path, url: 
 def test_an_in_memory_database_only_when_asked_for_by_name(tmp_path: Path) -> None:
     done = cli_for(tmp_path, "sqlite:///:memory:")("enqueue", input=b"resp_ok1_x\n")
     assert done.returncode == 0 and done.stdout.startswith(b"queued 1"), done.stderr
+    # run and demo share their database between tasks and a writer: a file, or one line.
+    for command in (["run", "--once"], ["demo", "--count", "3", "--database-url", "sqlite:///:memory:"]):
+        refused = cli_for(tmp_path, "sqlite:///:memory:")(*command)
+        assert refused.returncode == 2 and b"needs a database file" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and b"Traceback" not in refused.stderr
 
 
 # --- a file deleted or replaced during a run ---------------------------------------------------
