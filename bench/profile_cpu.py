@@ -232,7 +232,8 @@ def main() -> int:
             raw = work / "profile.txt"
             run = run_process(
                 [py_spy, "record", "--subprocesses", "--format", "raw", "--threads", "--rate", str(args.rate),
-                 "-o", str(raw), "--", PY, "-m", "archiver", "run", "--once", "--concurrency", str(args.concurrency)],
+                 "-o", str(raw), "--", PY, "-m", "archiver", "run", "--once",
+                 "--concurrency", str(args.concurrency)],
                 env,
             )  # fmt: skip
             if run.returncode != 0:
