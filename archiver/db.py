@@ -237,6 +237,14 @@ def _tune_sqlite(
         if not conn.get_execution_options().get(_EACH_STATEMENT_COMMITS):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+    @event.listens_for(engine, "commit")
+    def _on_commit(conn: Connection) -> None:
+        # Every transaction, of every command, checks before its COMMIT that the file is
+        # still the archive: no write path can forget it. (Raising here skips the COMMIT;
+        # the transaction's context manager rolls back.)
+        if not conn.get_execution_options().get(_EACH_STATEMENT_COMMITS):
+            check_same_file(conn)
+
 
 _FILE_IDENTITY = "archiver_file_identity"
 

@@ -326,15 +326,19 @@ class _Batcher:
             return
         ids, created, sources = self.ids, self.created, self.sources
         self.ids, self.created, self.sources, self.first_at = [], [], [], None
+        counts = None
+        # The commit checks first that the SQLite file is still the archive (see
+        # archiver.db._tune_sqlite): IDs count as queued only once it succeeded.
         async with self.queue.engine.begin() as conn:
             if ids:
                 known = created if any(c is not None for c in created) else None
                 counts = await self.queue.enqueue_on(
                     conn, ids, refetch=self.refetch, created_at=known, sources=sources
                 )
-                self.report.add(counts)
             if save is not None:
                 await save(conn)
+        if counts is not None:
+            self.report.add(counts)
 
     # waiting
 

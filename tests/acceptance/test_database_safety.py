@@ -425,3 +425,110 @@ def test_a_read_only_postgresql_database_is_one_line(
     rerun = cli("run", "--once")
     assert rerun.returncode == 0, rerun.stderr
     assert states(cli)["archived"] == len(ids)
+
+
+# --- a file deleted during enqueue ---------------------------------------------------------------
+
+
+def _queued_ids(db: Path) -> set[str]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return {row[0] for row in conn.execute("SELECT id FROM archive_queue")}
+
+
+def _wait_until_queued(db: Path, rid: str) -> None:
+    deadline = time.monotonic() + 10
+    while rid not in _queued_ids(db):
+        assert time.monotonic() < deadline, f"{rid} was not committed"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("mode", ["pipe", "follow"])
+def test_an_archive_deleted_during_enqueue_stops_it_and_reports_nothing_queued(
+    tmp_path: Path, mode: str
+) -> None:
+    db = tmp_path / "archive.db"
+    cli = cli_for(tmp_path, f"sqlite:///{db}")
+    assert cli("migrate").returncode == 0
+    log = tmp_path / "ids.log"
+    log.write_bytes(b"")
+    args = ["enqueue", "--follow", str(log)] if mode == "follow" else ["enqueue"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archiver", *args],
+        stdin=subprocess.PIPE if mode == "pipe" else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli.env,
+        cwd=cli.cwd,
+    )
+
+    def send(line: bytes) -> None:
+        if mode == "pipe":
+            assert proc.stdin is not None
+            proc.stdin.write(line)
+            proc.stdin.flush()
+        else:
+            with log.open("ab") as f:
+                f.write(line)
+
+    try:
+        send(b"resp_ok1_del\n")
+        _wait_until_queued(db, "resp_ok1_del")  # committed within a second of arriving
+        db.unlink()
+        send(b"resp_ok2_del\n")
+        out, err = proc.communicate(timeout=30)  # stops at its next commit, without end of input
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    done = subprocess.CompletedProcess(args, proc.returncode, out, err)
+    one_line_error(done, "the archive file", f"{db} was deleted")
+    assert b"queued" not in out, "IDs written into the deleted file are not reported as queued"
+    # Nothing came back at the path: no new empty archive, no old WAL to replay into one.
+    assert not any(tmp_path.glob("archive.db*")), list(tmp_path.iterdir())
+
+
+def test_a_push_ingest_into_a_deleted_archive_is_503_and_the_daemon_stops(
+    tmp_path: Path, mock_process: str
+) -> None:
+    from tests.acceptance.conftest import start_daemon
+    from tests.acceptance.test_push_ingest import _free_port, _post
+
+    db = tmp_path / "archive.db"
+    cli = cli_for(tmp_path, f"sqlite:///{db}")
+    (tmp_path / "ingest_token").write_text("tok-deleted-archive\n")
+    port = _free_port()
+    env = {
+        **cli.env,
+        "ARCHIVER_BASE_URL": mock_process,
+        "ARCHIVER_METRICS_PORT": str(port),
+        "ARCHIVER_INGEST_TOKEN_FILE": str(tmp_path / "ingest_token"),
+        "ARCHIVER_POLL_INTERVAL": "0.1",
+    }
+    daemon = start_daemon(env, tmp_path)
+    url = f"http://127.0.0.1:{port}/v1/enqueue"
+    headers = {"Authorization": "Bearer tok-deleted-archive"}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, _ = _post(url, b"resp_ok1_push\n", headers)
+                break
+            except OSError:  # not listening yet
+                assert time.monotonic() < deadline and daemon.poll() is None
+                time.sleep(0.1)
+        assert status == 200
+        db.unlink()
+        try:
+            status, body = _post(url, b"resp_ok2_push\n", headers)
+        except OSError:  # the daemon already noticed and stopped
+            status, body = 503, ""
+        assert status == 503, body
+        deleted_at = time.monotonic()
+        _, err = daemon.communicate(timeout=30)
+    finally:
+        daemon.kill()
+    assert daemon.returncode == 1, err
+    assert time.monotonic() - deleted_at < FAULT_DEADLINE_S
+    text = err.decode(errors="replace")
+    assert "Traceback" not in text
+    assert f"{db} was deleted" in text.strip().splitlines()[-1], text
+    assert not any(tmp_path.glob("archive.db*")), list(tmp_path.iterdir())
