@@ -97,6 +97,16 @@ def normalize_database_url(url: str) -> URL:
                 f"sqlite:///$DB?): use {_SQLITE_EXAMPLE}, or sqlite:///:memory: for a throwaway "
                 "in-memory database"
             )
+        if parsed.query or "?" in raw or parsed.database.startswith("file:"):
+            # SQLAlchemy passes some parameters to the driver and ignores others (with a
+            # warning), and a SQLite URI filename can name a throwaway in-memory database
+            # or open the file another way than the one archiver's safety checks watch.
+            path = parsed.database.removeprefix("file:").partition("?")[0] or "archive.db"
+            raise ConfigError(
+                f"the SQLite URL {redact_url(raw)} has options archiver does not take (a query "
+                f"string or a file: URI): write the path alone, sqlite:///{redact(path)} (or "
+                "sqlite:///:memory: for a throwaway in-memory database)"
+            )
         return parsed.set(drivername="sqlite+aiosqlite")
     if backend == "postgresql":
         postgresql = parsed.set(drivername="postgresql+asyncpg")

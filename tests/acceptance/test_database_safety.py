@@ -142,6 +142,9 @@ def test_commands_that_create_a_database_say_so_once(tmp_path: Path, mock_proces
         ("sqlite://", "sqlite:///archive.db"),
         ("archive.db", "sqlite:///archive.db"),
         ("sqlite://x.db", "sqlite:///x.db"),
+        # An in-memory database under another name, and a driver option SQLAlchemy ignores.
+        ("sqlite:///file:x.db?mode=memory&uri=true", "write the path alone, sqlite:///x.db"),
+        ("sqlite:///a.db?mode=ro", "write the path alone, sqlite:///a.db"),
     ],
 )
 def test_a_url_naming_no_file_is_refused_with_a_suggestion(tmp_path: Path, url: str, suggestion: str) -> None:
