@@ -40,6 +40,10 @@ class DatabaseVanished(ArchiverError):
     """The SQLite file was deleted or replaced while archiver was using it."""
 
 
+class NotAnArchive(ArchiverError):
+    """The database holds tables of another application and no archiver schema."""
+
+
 class SchemaError(ArchiverError):
     """The database schema is not at the version this archiver expects."""
 

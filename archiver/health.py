@@ -25,7 +25,7 @@ from archiver.db import (
     schema_revision,
     statement_at_a_time,
 )
-from archiver.errors import DatabaseUnavailable
+from archiver.errors import DatabaseUnavailable, NotAnArchive
 from archiver.queue import QueueStore, unserved_line, unserved_sources
 from archiver.redaction import MIN_SECRET_CHARS, database_passwords, redact
 from archiver.workers import worker_problems
@@ -75,6 +75,8 @@ async def run_checks(
         engine = create_engine(database_url, pool_size=1)
     except DatabaseUnavailable as exc:
         return _result([f"database unreachable: {exc}"])
+    except NotAnArchive as exc:
+        return _result([str(exc)])
     try:
         revision = await schema_revision(engine)
         head = head_revision()

@@ -167,6 +167,31 @@ def test_an_in_memory_database_only_when_asked_for_by_name(tmp_path: Path) -> No
         assert len(refused.stderr.strip().splitlines()) == 1 and b"Traceback" not in refused.stderr
 
 
+def test_a_sqlite_file_of_another_application_is_never_made_an_archive(tmp_path: Path) -> None:
+    db = tmp_path / "foreign.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE users (id integer)")
+    before = db.read_bytes()
+    cli = cli_for(tmp_path, f"sqlite:///{db}")
+    for command in (
+        ["status"],
+        ["show", "resp_ok1_x"],
+        ["retry"],
+        ["export", "OUT"],
+        ["enqueue"],
+        ["migrate"],
+    ):
+        done = cli(
+            *[str(tmp_path / "out") if part == "OUT" else part for part in command], input=b"resp_ok1_x\n"
+        )
+        assert done.returncode == 1, (command, done.stderr)
+        one_line_error(done, f"{db} is not an archiver archive (it has tables of its own: users)")
+        assert b"queued" not in done.stdout
+    check = cli("check")
+    assert check.returncode == 1 and b"is not an archiver archive" in check.stdout + check.stderr, check
+    assert db.read_bytes() == before
+
+
 # --- a file deleted or replaced during a run ---------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 import archiver.queue  # noqa: F401  (registers archive_queue on the shared metadata)
 from archiver import schema
 from archiver.db import create_engine, head_revision, migrate, schema_revision, sqlite_write_engine
+from archiver.errors import NotAnArchive
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -277,5 +278,33 @@ async def test_existing_rows_become_source_default(db_url: str) -> None:
         assert {name: c["pending"] for name, c in by_source.items()} == {"default": 2, "proj-a": 1}
         async with engine.connect() as conn:
             assert await conn.run_sync(_diff) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_a_database_of_another_application_is_refused_and_left_alone(db_url: str) -> None:
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE users (id integer)"))
+        with pytest.raises(
+            NotAnArchive, match=r"is not an archiver archive \(it has tables of its own: users\)"
+        ):
+            await migrate(engine)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_table_names) == {"users"}
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_postgresql_tables_of_other_applications_in_other_schemas_are_no_obstacle(pg_url: str) -> None:
+    engine = create_engine(pg_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE SCHEMA other_app"))
+            await conn.execute(text("CREATE TABLE other_app.users (id integer)"))
+        await migrate(engine)
+        assert await schema_revision(engine) == head_revision()
     finally:
         await engine.dispose()
