@@ -203,6 +203,11 @@ def _tune_sqlite(
 
     @event.listens_for(engine, "do_connect")
     def _on_do_connect(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        if path is not None and os.path.exists(path) and _read_only_place(path):
+            # On read-only media (a backup on a read-only mount) the file can still be read.
+            cargs[:1] = [_read_only_uri(path)]
+            cparams["uri"] = True
+            return
         if path is None or watch.identity is None:
             return  # the first connection may create the file (open_database made it already)
         # Later connections (the pool opens more as it needs them) must never create it:
@@ -229,13 +234,14 @@ def _tune_sqlite(
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        # A new archive (no tables yet) gets incremental auto-vacuum, so `archiver compact`
-        # can give freed pages back online. Never set on an existing file: the pragma may
-        # write the header, which a read-only command must not do (a full disk).
-        cursor.execute("SELECT count(*) FROM sqlite_master")
-        if cursor.fetchone()[0] == 0:
-            cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        _enter_wal(cursor, engine.dialect.loaded_dbapi.OperationalError, sleep)
+        if path is None or not _read_only_place(path):  # a read-only file keeps its journal mode
+            # A new archive (no tables yet) gets incremental auto-vacuum, so `archiver compact`
+            # can give freed pages back online. Never set on an existing file: the pragma may
+            # write the header, which a read-only command must not do (a full disk).
+            cursor.execute("SELECT count(*) FROM sqlite_master")
+            if cursor.fetchone()[0] == 0:
+                cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            _enter_wal(cursor, engine.dialect.loaded_dbapi.OperationalError, sleep)
         # NORMAL in WAL mode survives process crashes; a power cut may lose the last commits,
         # which only means those IDs are fetched again after their lease expires.
         cursor.execute("PRAGMA synchronous = NORMAL")
@@ -258,6 +264,27 @@ def _tune_sqlite(
 
 
 _FILE_IDENTITY = "archiver_file_identity"
+
+
+def _read_only_place(path: str) -> bool:
+    """True when the SQLite file, or the directory that must hold its ``-wal``/``-shm``,
+    cannot be written (a read-only mount; also for root, whom file modes do not stop)."""
+    return not os.access(path, os.W_OK) or not os.access(os.path.dirname(path), os.W_OK)
+
+
+def _read_only_uri(path: str) -> str:
+    """How to open a SQLite file that cannot be written: read-only.
+
+    A WAL database is read through its ``-shm`` when one is there (another process may
+    be writing through another mount). Without one, nothing is writing it (a writer keeps
+    the ``-shm`` open) and none can be made, so the file is opened ``immutable``: no
+    locks, no ``-shm``; an archive closed cleanly has everything in the file itself.
+    Writes then fail as "attempt to write a readonly database": one line, as documented.
+    """
+    uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+    if not os.path.exists(path + "-shm"):
+        uri += "&immutable=1"
+    return uri
 
 
 class _FileWatch:

@@ -433,6 +433,34 @@ def test_a_read_only_archive_file_is_one_line_on_every_command_and_a_rerun_loses
     assert states(cli) == {"pending": 0, "in_flight": 0, "archived": len(ids), "not_found": 0, "failed": 1}
 
 
+def test_an_archive_on_a_read_only_mount_can_still_be_read(tmp_path: Path) -> None:
+    """A backup on read-only media: the directory cannot take a -wal or -shm file."""
+    media = tmp_path / "media"
+    media.mkdir()
+    db = media / "archive.db"
+    cli = cli_for(tmp_path, f"sqlite:///{db}")
+    enqueue(cli, ["resp_ok1_media", "resp_ok2_media"])
+    assert sorted(p.name for p in media.iterdir()) == ["archive.db"]  # closed cleanly
+    try:
+        mounted = read_only(media)
+        mounted.__enter__()
+    except MountRefused as refused:
+        pytest.skip(f"a read-only bind mount is needed (root ignores file modes): {refused}")
+    try:
+        assert states(cli)["pending"] == 2
+        show = cli("show", "resp_ok1_media")
+        assert show.returncode == 1 and "pending" in one_line_error(show), show.stderr
+        check = cli("check")
+        assert check.returncode == 0, (check.stdout, check.stderr)
+        refused = cli("enqueue", input=b"resp_ok3_media\n")
+        assert refused.returncode == 1
+        one_line_error(refused, "the database is read-only", str(db))
+    finally:
+        mounted.__exit__(None, None, None)
+    assert states(cli)["pending"] == 2
+    assert sorted(p.name for p in media.iterdir() if p.name.endswith(".db")) == ["archive.db"]
+
+
 @pytest.mark.postgres
 def test_a_read_only_postgresql_database_is_one_line(
     pg_url: str, pg_cluster: PgCluster, mock_process: str, tmp_path: Path
