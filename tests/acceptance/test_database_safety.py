@@ -394,6 +394,16 @@ def test_an_export_into_a_full_disk_is_one_line(small_disk: SmallDisk, tmp_path:
 # --- a read-only database -------------------------------------------------------------------------
 
 
+def read_only_or_skip(path: Path) -> Any:
+    """``read_only(path)``, entered (the caller exits it), or skip the test saying why."""
+    mounted = read_only(path)
+    try:
+        mounted.__enter__()
+    except MountRefused as refused:
+        pytest.skip(f"a read-only bind mount is needed (root ignores file modes): {refused}")
+    return mounted
+
+
 @pytest.mark.parametrize("writer", WRITERS)
 def test_a_read_only_archive_file_is_one_line_on_every_command_and_a_rerun_loses_nothing(
     tmp_path: Path, mock_process: str, writer: str
@@ -404,11 +414,7 @@ def test_a_read_only_archive_file_is_one_line_on_every_command_and_a_rerun_loses
     assert cli("run", "--once").returncode == 0  # one failed row, for `retry` to move
     ids = [f"resp_ok{i}_ro" for i in range(300)]
     enqueue(cli, ids)
-    try:
-        mounted = read_only(db)
-        mounted.__enter__()
-    except MountRefused as refused:
-        pytest.skip(f"a read-only bind mount is needed (root ignores file modes): {refused}")
+    mounted = read_only_or_skip(db)
     try:
         run = cli("run", "--once", "--writer", writer)
         assert run.returncode == 1, run.stderr
@@ -441,11 +447,7 @@ def test_an_archive_on_a_read_only_mount_can_still_be_read(tmp_path: Path) -> No
     cli = cli_for(tmp_path, f"sqlite:///{db}")
     enqueue(cli, ["resp_ok1_media", "resp_ok2_media"])
     assert sorted(p.name for p in media.iterdir()) == ["archive.db"]  # closed cleanly
-    try:
-        mounted = read_only(media)
-        mounted.__enter__()
-    except MountRefused as refused:
-        pytest.skip(f"a read-only bind mount is needed (root ignores file modes): {refused}")
+    mounted = read_only_or_skip(media)
     try:
         assert states(cli)["pending"] == 2
         show = cli("show", "resp_ok1_media")
