@@ -510,11 +510,14 @@ def now_sql(dialect_name: str) -> str:
 # Driver messages (lower case) of conditions retrying cannot fix, and what to tell the user.
 _FULL = "the disk holding the database is full; free some space, then run again"
 _READ_ONLY = "the database is read-only; make it writable, then run again"
+_DISK_FAILS = "the disk holding the database fails"
+_NEARLY_FULL_BYTES = 1 << 20
+"""Free space below which a SQLite I/O error is taken for a full disk."""
 _PERMANENT_SQLITE = (
     ("database or disk is full", _FULL),
     ("attempt to write a readonly database", _READ_ONLY),
     ("unable to open database file", "the database file cannot be opened"),
-    ("disk i/o error", "the disk holding the database fails"),
+    ("disk i/o error", _DISK_FAILS),
     ("file is not a database", "the file is not a SQLite database"),
     ("database disk image is malformed", "the database file is corrupt"),
 )
@@ -563,10 +566,22 @@ def db_error_message(exc: BaseException) -> str:
 def database_error(exc: BaseException, where: str) -> DatabaseFault | DatabaseUnavailable:
     """The one-line ArchiverError for a database error (``where`` names the database)."""
     fault = permanent_db_fault(exc)
+    if fault == _DISK_FAILS and os.path.isabs(where) and _nearly_full(os.path.dirname(where)):
+        # SQLite says "disk I/O error", not "full", when a full disk refuses it the -shm
+        # or -wal file (a disk that was full before the first write).
+        fault = _FULL
     if fault is not None:
         meaning, _, hint = fault.partition("; ")
         return DatabaseFault(f"{meaning}: {where} ({_short_db_error(exc)})" + (f"; {hint}" if hint else ""))
     return DatabaseUnavailable(f"cannot use the database {where}: {_short_db_error(exc)}")
+
+
+def _nearly_full(directory: str) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _NEARLY_FULL_BYTES
 
 
 def describe_database(url: URL) -> str:

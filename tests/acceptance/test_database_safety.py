@@ -376,6 +376,24 @@ def test_a_full_disk_is_one_line_in_seconds_and_a_rerun_loses_nothing(
     assert spent == {1: len(ids)}, spent
 
 
+def test_a_disk_full_before_the_first_write_says_full(small_disk: SmallDisk, tmp_path: Path) -> None:
+    """SQLite cannot make the -shm/-wal on a full disk and says "disk I/O error"."""
+    if small_disk.how != "tmpfs":
+        pytest.skip("needs a real full file system (a tmpfs)")
+    db = small_disk.root / "archive.db"
+    cli = cli_for(
+        tmp_path, f"sqlite:///{db}", ARCHIVER_API_KEY="sk-unused", ARCHIVER_BASE_URL="http://127.0.0.1:9"
+    )
+    enqueue(cli, ["resp_ok1_early"])  # closed cleanly: no -wal, no -shm left
+    small_disk.fill(leave_bytes=0)
+    for command in (["enqueue"], *(["run", "--once", "--writer", w] for w in WRITERS)):
+        done = cli(*command, input=b"resp_ok2_early\n")
+        assert done.returncode == 1, (command, done.stderr)
+        one_line_error(done, "the disk holding the database is full", str(db), "free some space")
+    small_disk.free()
+    assert states(cli)["pending"] == 1
+
+
 def test_an_export_into_a_full_disk_is_one_line(small_disk: SmallDisk, tmp_path: Path) -> None:
     if small_disk.how != "tmpfs":
         pytest.skip("needs a full file system for the export only (RLIMIT_FSIZE limits the database too)")
