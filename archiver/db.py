@@ -351,7 +351,8 @@ def _vanished_message(path: str, *, deleted: bool) -> str:
 def check_same_file(conn: Connection) -> None:
     """Raise :class:`DatabaseVanished` when the SQLite file of ``conn`` is no longer at its path.
 
-    Called inside every write transaction before it commits: a file deleted (or renamed
+    Called before every COMMIT on a SQLite engine (the ``commit`` hook of
+    :func:`_tune_sqlite`), and by the batch writer before it returns: a file deleted (or renamed
     over) during a run still takes writes through the open descriptor, into an inode
     nobody can read any more, and the run would report them archived.
     """
