@@ -23,7 +23,7 @@ from archiver.db import (
 from archiver.db import (
     migrate as migrate_db,
 )
-from archiver.errors import NotArchived
+from archiver.errors import DatabaseVanished, NotArchived
 from archiver.health import CheckResult, run_checks
 from archiver.ids import validate_response_id
 from archiver.ingest import EnqueueReport, enqueue_inputs, follow_file
@@ -110,12 +110,23 @@ async def run(
             notifier=SystemdNotifier.from_env(),
             writer_process=writer_process,
         )
+        vanished: list[str] = []
+
+        def on_vanished(message: str) -> None:
+            # A push found the archive file gone: stop, and fail like a run that found it.
+            vanished.append(message)
+            runner.request_stop("the archive file was deleted or replaced")
+
         async with AsyncExitStack() as stack:
             if settings.metrics_port is not None:
-                await _serve_metrics(stack, settings, metrics, runner, QueueStore(engine), ingest_secrets)
+                await _serve_metrics(
+                    stack, settings, metrics, runner, QueueStore(engine), ingest_secrets, on_vanished
+                )
             with on_stop_signals(runner.request_stop):
-                return await runner.run()
-    raise AssertionError("unreachable")
+                summary = await runner.run()
+        if vanished:
+            raise DatabaseVanished(vanished[0])
+        return summary
 
 
 async def _settle_normalize_mode(engine: AsyncEngine, wanted: str) -> str:
@@ -221,6 +232,7 @@ async def _serve_metrics(
     runner: Runner,
     queue: QueueStore,
     ingest_secrets: IngestSecrets,
+    on_vanished: Callable[[str], None],
 ) -> None:
     """Start /metrics, /healthz and the push ingestion routes, and a task refreshing the queue gauges."""
     from archiver.ingest_http import ingest_routes
@@ -230,7 +242,7 @@ async def _serve_metrics(
         settings.metrics_host,
         settings.metrics_port or 0,
         is_live=runner.is_healthy,
-        routes=ingest_routes(queue, ingest_secrets) if ingest_secrets.any else (),
+        routes=ingest_routes(queue, ingest_secrets, on_vanished=on_vanished) if ingest_secrets.any else (),
     )
     stack.push_async_callback(server.close)
     stop = asyncio.Event()

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from archiver.errors import ConfigError, first_line
+from archiver.errors import ConfigError, DatabaseVanished, first_line
 from archiver.ids import IdLine, RejectedLine, json_type_name, parse_id_lines, response_id_problem
 from archiver.logs import get_logger
 from archiver.queue import QueueStore
@@ -267,6 +267,7 @@ def ingest_routes(
     clock: Callable[[], float] = time.time,
     enqueue_max_bytes: int = ENQUEUE_MAX_BYTES,
     webhook_max_bytes: int = WEBHOOK_MAX_BYTES,
+    on_vanished: Callable[[str], None] | None = None,
 ) -> list[web.RouteDef]:
     """The routes of the configured endpoints, for :func:`archiver.metrics.start_metrics_server`.
 
@@ -276,19 +277,34 @@ def ingest_routes(
         clock: unix time, for webhook timestamps.
         enqueue_max_bytes: the body cap of ``/v1/enqueue``.
         webhook_max_bytes: the body cap of a webhook delivery.
+        on_vanished: called with the message when the SQLite archive file was deleted or
+            replaced (the daemon stops: every later write would fail the same way).
     """
     routes: list[web.RouteDef] = []
     if secrets.token is not None:
-        handler = _enqueue_handler(queue, secrets.token, enqueue_max_bytes, secrets.sources)
+        handler = _enqueue_handler(queue, secrets.token, enqueue_max_bytes, secrets.sources, on_vanished)
         routes.append(web.post("/v1/enqueue", handler))
     if secrets.webhook_key is not None or secrets.source_keys:
-        handler = _webhook_handler(queue, secrets, clock, webhook_max_bytes)
+        handler = _webhook_handler(queue, secrets, clock, webhook_max_bytes, on_vanished)
         routes.append(web.post("/webhooks/{source}", handler))
     return routes
 
 
+def _write_failed(exc: Exception, event: str, on_vanished: Callable[[str], None] | None) -> web.Response:
+    """The 503 of a write the database refused; the sender retries (the daemon stops when the
+    archive file itself is gone)."""
+    log.error(event, error=first_line(exc), error_type=type(exc).__name__)
+    if isinstance(exc, DatabaseVanished) and on_vanished is not None:
+        on_vanished(str(exc))
+    return _answer(503, {"error": "the queue cannot be written now; retry later"})
+
+
 def _enqueue_handler(
-    queue: QueueStore, token: str, cap: int, sources: frozenset[str]
+    queue: QueueStore,
+    token: str,
+    cap: int,
+    sources: frozenset[str],
+    on_vanished: Callable[[str], None] | None,
 ) -> Callable[[web.Request], Any]:
     async def enqueue(request: web.Request) -> web.Response:
         if not _bearer_ok(request, token):
@@ -310,8 +326,7 @@ def _enqueue_handler(
                 sources=[line.source or DEFAULT_SOURCE for line in accepted],
             )
         except Exception as exc:  # the database is down: the sender retries
-            log.error("archiver.ingest_failed", error=first_line(exc), error_type=type(exc).__name__)
-            return _answer(503, {"error": "the queue cannot be written now; retry later"})
+            return _write_failed(exc, "archiver.ingest_failed", on_vanished)
         log.info(
             "archiver.ingest_enqueued",
             queued=counts.queued,
@@ -332,7 +347,11 @@ def _enqueue_handler(
 
 
 def _webhook_handler(
-    queue: QueueStore, secrets: IngestSecrets, clock: Callable[[], float], cap: int
+    queue: QueueStore,
+    secrets: IngestSecrets,
+    clock: Callable[[], float],
+    cap: int,
+    on_vanished: Callable[[str], None] | None,
 ) -> Callable[[web.Request], Any]:
     seen = SeenDeliveries()
 
@@ -374,8 +393,7 @@ def _webhook_handler(
         try:
             counts = await queue.enqueue_due_now([response_id], source)
         except Exception as exc:  # not remembered as seen: the provider's retry is welcome
-            log.error("archiver.webhook_failed", error=first_line(exc), error_type=type(exc).__name__)
-            return _answer(503, {"error": "the queue cannot be written now; retry later"})
+            return _write_failed(exc, "archiver.webhook_failed", on_vanished)
         seen.add(seen_id, now)
         log.info(
             "archiver.webhook_enqueued",
