@@ -123,7 +123,12 @@ async def run(
                     stack, settings, metrics, runner, QueueStore(engine), ingest_secrets, on_vanished
                 )
             with on_stop_signals(runner.request_stop):
-                summary = await runner.run()
+                try:
+                    summary = await runner.run()
+                except Exception:
+                    if vanished:  # a task of the run met the same missing file first
+                        raise DatabaseVanished(vanished[0]) from None
+                    raise
         if vanished:
             raise DatabaseVanished(vanished[0])
         return summary

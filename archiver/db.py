@@ -158,12 +158,14 @@ def json_dumps(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
+def create_engine(database_url: str, *, pool_size: int = 5, must_exist: bool = False) -> AsyncEngine:
     """An AsyncEngine for the URL, tuned for this workload.
 
     Args:
         database_url: as users write it (see :func:`normalize_database_url`).
         pool_size: PostgreSQL connections kept open by this process.
+        must_exist: no connection may create the SQLite file, not even the first (the
+            caller made sure it exists: a file missing now was deleted).
     """
     url = normalize_database_url(database_url)
     if url.get_backend_name() == "sqlite":
@@ -178,7 +180,9 @@ def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
             json_deserializer=orjson.loads,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         )
-        _tune_sqlite(engine.sync_engine, sleep=lambda delay: await_(asyncio.sleep(delay)))
+        _tune_sqlite(
+            engine.sync_engine, sleep=lambda delay: await_(asyncio.sleep(delay)), must_exist=must_exist
+        )
         return engine
     url, connect_args = split_postgresql_url(url)
     return create_async_engine(
@@ -193,7 +197,11 @@ def create_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
 
 
 def _tune_sqlite(
-    engine: Engine, *, sleep: Callable[[float], object], same_file_as: Engine | None = None
+    engine: Engine,
+    *,
+    sleep: Callable[[float], object],
+    same_file_as: Engine | None = None,
+    must_exist: bool = False,
 ) -> None:
     path = sqlite_path(engine.url)
     # The file the engine's first connection opened; shared with the write engine made
@@ -208,12 +216,17 @@ def _tune_sqlite(
             cargs[:1] = [_read_only_uri(path)]
             cparams["uri"] = True
             return
-        if path is None or watch.identity is None:
-            return  # the first connection may create the file (open_database made it already)
-        # Later connections (the pool opens more as it needs them) must never create it:
-        # a file deleted during the run would come back empty and the run write into it.
+        if path is None:
+            return
         if not os.path.exists(path):
+            if watch.identity is None and not must_exist:
+                return  # a new archive (open_database makes the file before it connects)
+            # Later connections (the pool opens more as it needs them) must never create it:
+            # a file deleted during the run would come back empty and the run write into it.
             raise DatabaseVanished(_vanished_message(path, deleted=True))
+        # A file that exists is opened without the right to create it: if it is deleted
+        # now, this connection fails instead of making an empty one (a second engine on
+        # it, such as the writer process's, has not connected yet).
         cargs[:1] = [f"file:{urllib.parse.quote(path)}?mode=rw"]
         cparams["uri"] = True
 
@@ -834,7 +847,7 @@ async def open_database(
     url = normalize_database_url(database_url)
     where = describe_database(url)
     created = prepare_sqlite_file(url, create=create)
-    engine = create_engine(database_url, pool_size=pool_size)
+    engine = create_engine(database_url, pool_size=pool_size, must_exist=True)
     try:
         try:
             if upgrade:
