@@ -85,6 +85,10 @@ def normalize_database_url(url: str) -> URL:
             "(the port must be a number; an IPv6 address goes in brackets: [::1]:5432)"
         ) from None
     backend = parsed.get_backend_name()
+    if "\x00" in (parsed.database or "") or "\x00" in (parsed.host or ""):
+        raise ConfigError(f"not a database URL: {redact_url(raw)}: it holds a NUL character (%00)")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ConfigError(f"not a database URL: {redact_url(raw)}: port {parsed.port} is not 1-65535")
     if backend == "sqlite":
         if parsed.host or parsed.port or parsed.username:
             path = raw.partition("://")[2].partition("?")[0]

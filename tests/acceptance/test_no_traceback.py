@@ -93,6 +93,8 @@ def with_url(command: list[str], url: str) -> list[str]:
         "sqlite://x.db",  # two slashes: a host, not a file
         "sqlite:///",  # sqlite:///$DB with DB unset
         "archive.db",  # a bare path
+        "sqlite:///%00",  # a NUL in the path (it reached os.unlink)
+        "postgresql://u:pw@127.0.0.1:99999/db",  # a port past 65535 (it connected to 99999 % 65536)
     ],
 )
 def test_a_malformed_database_url_is_one_line_and_exit_2_on_every_command(tmp_path: Path, url: str) -> None:
