@@ -70,6 +70,9 @@ def bomb(encoding: str, wbits: int) -> Handler:
         try:
             for _ in range(10 * 1024):  # 10 GiB decompressed, if anyone read it all
                 await resp.write(compressor.compress(zeros))
+                # Writes this small never wait: yield, so a client that hung up ends the loop
+                # here instead of after seconds of compressing zeros for no one.
+                await asyncio.sleep(0)
         except (ConnectionError, RuntimeError):
             pass
         return resp
