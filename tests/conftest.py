@@ -1,9 +1,12 @@
 """Shared fixtures: the corpus, a throwaway PostgreSQL cluster, per-test databases, the mock API.
 
 PostgreSQL: the fixtures start a real server from Debian's ``postgresql`` package (as the
-``postgres`` user when running as root) on loopback, once per session. Set
-``ARCHIVER_TEST_PG_URL`` to use a server of your own instead. When ``CI=true`` a missing
-server is an error, never a skip.
+``postgres`` user when running as root) on loopback, once per session. Under pytest-xdist
+(``make test`` runs ``-n``) the session is per worker: each worker starts its own server
+(own data folder, own port), so a test that restarts the server never disturbs another
+worker's tests. Set ``ARCHIVER_TEST_PG_URL`` to use a server of your own instead (every
+test gets a database of its own there too). When ``CI=true`` a missing server is an
+error, never a skip, and a run in which any PostgreSQL test was skipped fails.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def corpus_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
-    """A PostgreSQL server for the session (skips locally, fails in CI, when none can run)."""
+    """A PostgreSQL server per session, so per xdist worker (skips locally, fails in CI, if none runs)."""
     external = os.environ.get("ARCHIVER_TEST_PG_URL")
     if external:
         yield PgCluster(host="", port=0, user="", external_url=external)
@@ -146,12 +149,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Count the outcomes of tests marked `postgres` (or using the PostgreSQL fixtures)."""
+    """Count the outcomes of tests marked `postgres` (or using the PostgreSQL fixtures).
+
+    Under xdist the controller gets every worker's reports through this hook too, so its
+    counts (the ones printed and checked below) cover the whole run.
+    """
     uses_pg = "postgres" in report.keywords
     if not uses_pg:
         return
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         _pg_outcomes[report.outcome] = _pg_outcomes.get(report.outcome, 0) + 1
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """With ``CI=true``, a skipped PostgreSQL test fails the run (they must run in CI)."""
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the controller decides
+        return
+    if IN_CI and _pg_outcomes["skipped"] and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -162,3 +177,5 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         f"PostgreSQL tests run against a real server: {total} "
         f"(passed={counts['passed']}, failed={counts['failed']}, skipped={counts['skipped']})"
     )
+    if IN_CI and counts["skipped"]:
+        terminalreporter.write_line("CI=true: PostgreSQL tests were skipped, so this run fails", red=True)

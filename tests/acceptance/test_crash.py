@@ -26,7 +26,7 @@ from archiver.db import open_database
 from archiver.queue import QueueStore
 from tests.integration.test_faults import QueueRow, assert_invariant, queue_rows, unique_ids
 
-from .conftest import Cli, start_mock_process
+from .conftest import Cli, children_of, is_running, start_mock_process
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -209,10 +209,13 @@ def test_sigkill_mid_run_then_a_second_run_finishes_everything(
             return bool(states["archived"] >= 60 and states["in_flight"] >= 8)
 
         wait_until(some_archived_some_in_flight, "60 archived and 8 in flight", proc=proc)
+        children = children_of(proc.pid)  # the writer process, when the run has one
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
     finally:
         stop_for_good(proc)
+    # An orphaned writer may still commit the batch it holds: the queue is read once it is gone.
+    wait_until(lambda: not any(map(is_running, children)), "the killed run's writer process to exit")
 
     at_kill = read_queue(db_url)
     killed = {rid for rid, r in at_kill.items() if r.state == "in_flight"}

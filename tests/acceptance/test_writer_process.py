@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Cli, children_of
+from .conftest import Cli, children_of, is_running
 from .test_crash import (
     FAST,
     check_invariant,
@@ -56,12 +56,6 @@ def _read(path: str) -> bytes:
         return Path(path).read_bytes()
     except OSError:
         return b""
-
-
-def is_running(pid: int) -> bool:
-    # A zombie (exited, not yet reaped by its parent) counts as gone.
-    stat = _read(f"/proc/{pid}/stat")
-    return bool(stat) and stat.rsplit(b")", 1)[1].split()[0] != b"Z"
 
 
 def start_run(cli: Cli, log_dir: Path, ids: list[str], base_url: str, **env: str) -> subprocess.Popen[bytes]:

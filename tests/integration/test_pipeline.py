@@ -296,7 +296,11 @@ async def test_large_bodies_wait_for_the_writer_within_the_byte_budget(
     """
     ids = [f"resp_big_{i:02d}" for i in range(24)]
     async with await start_mock_server() as mock:
-        settings = make_settings(db_url, mock.base_url, concurrency=4, max_held_mb=budget_mb)
+        # A generous request timeout: on a loaded machine a read waiting for the budget must not
+        # time out and fetch a body twice (the count of requests below is exact).
+        settings = make_settings(
+            db_url, mock.base_url, concurrency=4, max_held_mb=budget_mb, request_timeout=60.0
+        )
         async with open_database(db_url) as engine:
             await QueueStore(engine).enqueue(ids)
             summary = await Worker(settings, engine, once=True).run()
