@@ -141,13 +141,26 @@ def test_sigint_on_a_fifo_while_the_read_is_blocked_commits_and_exits_0(
     assert queued(db_url) == {"resp_fifo_1", "resp_fifo_2", "resp_fifo_3"}
 
 
+def has_open(pid: int, path: Path) -> bool:
+    """True when process ``pid`` holds a file descriptor on ``path``."""
+    for fd in Path(f"/proc/{pid}/fd").glob("*"):
+        try:
+            if os.readlink(fd) == str(path):
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
+
+
 def test_sigint_before_any_writer_opens_the_fifo(cli: Cli, db_url: str, tmp_path: Path, procs: list) -> None:
     fifo = tmp_path / "ids.fifo"
     os.mkfifo(fifo)
     assert cli("migrate").returncode == 0
     proc = start(cli, str(fifo), stdin=subprocess.DEVNULL)
     procs.append(proc)
-    time.sleep(3)  # started, and waiting for a writer that never comes
+    # Started, and waiting for a writer that never comes (a fixed 3 s sleep was too short
+    # for the start-up on a loaded machine: the signal then interrupted the imports).
+    wait_until(lambda: has_open(proc.pid, fifo), 60, "the CLI to open the FIFO")
     code, out, err = stop(proc, signal.SIGINT)
     assert code == 0, err
     assert out.strip() == "queued 0, already known 0, rejected 0"
