@@ -22,8 +22,8 @@ TEST_WORKERS ?= 3
 XDIST := -n $(TEST_WORKERS) --dist worksteal
 
 # The whole suite: unit, integration (real HTTP, real PostgreSQL), acceptance (the CLI),
-# and the soak tests marked slow. About 10 minutes in one process on 2 cores; about 5 to 6
-# with 3 workers on the same 2 cores when nothing else runs there.
+# and the soak tests marked slow. About 10 minutes in one process on 2 cores; it needs
+# about 10.5 CPU-minutes, so about 6 with 3 workers when nothing else runs there.
 test: $(STAMP)
 	$(VENV)/bin/pytest $(XDIST)
 
