@@ -42,8 +42,10 @@ def test_check_exit_codes(sqlite_cli: Cli, tmp_path: Path) -> None:
     ok = sqlite_cli("check")
     assert ok.returncode == 0 and ok.stdout.strip() == b"ok"
     sqlite_cli("enqueue", input=b"resp_ok_c1\n")
-    stalled = sqlite_cli("check", "--max-pending-age", "-1")
+    stalled = sqlite_cli("check", "--max-pending-age", "0")
     assert stalled.returncode == 1 and b"queue stalled" in stalled.stderr
+    negative = sqlite_cli("check", "--max-pending-age", "-1")  # not an age: exit 2, not a verdict
+    assert negative.returncode == 2 and b"--max-pending-age" in negative.stderr
     down = sqlite_cli("check", ARCHIVER_DATABASE_URL="postgresql://u:pw-secret@127.0.0.1:1/x")
     assert down.returncode == 1 and b"database unreachable" in down.stderr
     assert b"pw-secret" not in down.stderr and b"Traceback" not in down.stderr

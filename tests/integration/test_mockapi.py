@@ -642,6 +642,7 @@ async def test_reset_clears_stats_and_fetch_counters(
         "input_items_total": 0,
         "input_items_by_id": {},
         "include_by_id": {},
+        "arrivals": [],
     }
     assert (await fetch(server, "resp_flaky1_a")).status == 503
 
