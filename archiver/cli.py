@@ -1108,15 +1108,20 @@ def _export_format_from(env: Mapping[str, str]) -> str:
 
 def _export(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
+    from archiver.export import cursor_name_problem
 
     env = os.environ
     chunk_size = args.chunk_size or _env_number(env, "ARCHIVER_EXPORT_CHUNK_SIZE", "chunk_size", 5000)
+    cursor = args.cursor or env.get("ARCHIVER_EXPORT_CURSOR", "").strip() or "default"
+    problem = cursor_name_problem(cursor)
+    if problem:  # a bad value, like any other: exit 2 naming what it must be
+        raise ConfigError(f"{'--cursor' if args.cursor else 'ARCHIVER_EXPORT_CURSOR'}={cursor!r}: {problem}")
     report = _arun(
         commands.export(
             settings,
             args.out_dir,
             fmt=args.export_format or _export_format_from(env),
-            cursor=args.cursor or env.get("ARCHIVER_EXPORT_CURSOR") or "default",
+            cursor=cursor,
             full=args.full,
             chunk_size=chunk_size,
         )

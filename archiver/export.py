@@ -725,14 +725,19 @@ def _directory_lock(out_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def cursor_name_problem(cursor: str) -> str | None:
+    """None when ``cursor`` can name an export position, else what it must be."""
+    if _CURSOR_NAME.match(cursor):
+        return None
+    return "must be 1 to 128 letters, digits, '_', '-' or '.', starting with a letter or digit"
+
+
 def _check_arguments(fmt: str, cursor: str, chunk_size: int) -> None:
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
-    if not _CURSOR_NAME.match(cursor):
-        raise ExportError(
-            f"invalid cursor name {cursor!r}: 1 to 128 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit"
-        )
+    problem = cursor_name_problem(cursor)
+    if problem:
+        raise ExportError(f"invalid cursor name {cursor!r}: {problem}")
     if chunk_size < 1:
         raise ExportError("chunk size must be at least 1")
 

@@ -82,8 +82,8 @@ def test_export_reads_its_variables(cli: Cli, mock_process: str, tmp_path: Path)
 
 def test_export_errors_are_messages(cli: Cli, tmp_path: Path) -> None:
     bad = cli("export", "out", "--cursor", "../escape")
-    assert bad.returncode != 0
-    assert b"invalid cursor name" in bad.stderr and b"Traceback" not in bad.stderr
+    assert bad.returncode == 2
+    assert b"--cursor='../escape': must be" in bad.stderr and b"Traceback" not in bad.stderr
     assert not (tmp_path / "out").exists()
     help_ = cli("export", "--help")
     assert help_.returncode == 0

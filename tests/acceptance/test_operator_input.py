@@ -216,3 +216,14 @@ def test_a_stop_signal_while_enqueue_starts_is_a_clean_stop(sig: signal.Signals,
     out, err = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode == 0, (proc.returncode, err[-1500:])
     assert b"Traceback" not in err and b"queued 0" in out, (out, err)
+
+
+def test_a_bad_export_cursor_is_exit_2_like_any_bad_value(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'archive.db'}"
+    assert archiver("migrate", "--database-url", url, cwd=tmp_path).returncode == 0
+    variable = archiver("export", str(tmp_path / "out"), "--database-url", url, cwd=tmp_path,
+                        env={"ARCHIVER_EXPORT_CURSOR": "a/b"})  # fmt: skip
+    one_line(variable, 2, "ARCHIVER_EXPORT_CURSOR='a/b'", "letters, digits")
+    flag = archiver("export", str(tmp_path / "out"), "--cursor", "../up", "--database-url", url, cwd=tmp_path)
+    one_line(flag, 2, "--cursor='../up'")
+    assert not (tmp_path / "out").exists()
