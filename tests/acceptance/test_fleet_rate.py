@@ -79,4 +79,9 @@ def test_three_processes_together_keep_the_fleet_ceiling(cli: Cli, tmp_path: Pat
         f"{elapsed:.1f}s (requests from {first:.1f}s to {last:.1f}s)"
     )
     assert peak <= 44, peak
-    assert elapsed < 40, elapsed
+    # The fleet's sending, at the mock's clock: 1,200 IDs within 40 s. The processes' own
+    # start-up before their first request (interpreter, imports, opening the database) is
+    # not the ceiling's doing and grows with the host's load (the suite runs in parallel
+    # workers on 2 cores), so it is bounded apart, loosely.
+    assert last - first < 40, (first, last)
+    assert elapsed < 60, elapsed
