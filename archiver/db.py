@@ -777,8 +777,13 @@ _SQLITE_TABLES = (
 )
 
 
+_OWN_TABLES = frozenset({"archive_queue", "archive_changes", "archive_dictionaries"})
+"""Tables only an archiver archive has: any one of them makes a database ours (a damaged
+archive missing one is still an archive, for its own error to say what is wrong)."""
+
+
 def _refuse_foreign_tables(where: str, tables: list[str]) -> None:
-    if not tables or "archive_queue" in tables:
+    if not tables or _OWN_TABLES.intersection(tables):
         return
     named = ", ".join(redact(t) for t in tables[:_MAX_NAMED_TABLES])
     more = len(tables) - _MAX_NAMED_TABLES
