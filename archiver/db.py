@@ -332,10 +332,15 @@ def forget_side_files(engine: AsyncEngine) -> None:
     """
     path = sqlite_path(engine.url)
     watch = _WATCHES.get(engine.sync_engine)
-    if path is None or watch is None or watch.identity is None or _file_identity(path) == watch.identity:
+    if path is None or watch is None or watch.identity is None:
+        return
+    current = _file_identity(path)
+    if current == watch.identity:
         return
     for suffix in _SIDE_FILES:
-        if _file_identity(path + suffix) in watch.side_files:
+        # With no file at the path, side files there can only be the old file's, also the
+        # ones another of its connections (the writer process) opened after we looked.
+        if current is None or _file_identity(path + suffix) in watch.side_files:
             with contextlib.suppress(OSError):
                 os.unlink(path + suffix)
 
