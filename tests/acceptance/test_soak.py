@@ -1,6 +1,6 @@
 """Soak: 20,000 IDs, about 10% faults, the archiver SIGKILLed twice and restarted.
 
-Marked slow: `.ci/run` runs it when the time budget allows (`make test-slow`).
+Marked slow: `make test` (and so `.ci/run`) runs it; `make test-fast` leaves it out.
 """
 
 from __future__ import annotations
