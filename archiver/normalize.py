@@ -273,21 +273,14 @@ def _usage_rows(response_id: str, usage: dict[str, Any], row: Row, children: Row
     row["input_tokens"] = _take(usage, "input_tokens", _bigint, taken)
     row["output_tokens"] = _take(usage, "output_tokens", _bigint, taken)
     row["total_tokens"] = _take(usage, "total_tokens", _bigint, taken)
-    for key in ("input_tokens_details", "prompt_tokens_details"):
-        details = usage.get(key)
-        if type(details) is dict:
-            in_details: dict[str, Any] = {}
-            row["cached_tokens"] = _take(details, "cached_tokens", _bigint, in_details)
-            row["cache_write_tokens"] = _take(details, "cache_write_tokens", _bigint, in_details)
-            taken[key] = in_details
-            break
-    for key in ("output_tokens_details", "completion_tokens_details"):
-        details = usage.get(key)
-        if type(details) is dict:
-            out_details: dict[str, Any] = {}
-            row["reasoning_tokens"] = _take(details, "reasoning_tokens", _bigint, out_details)
-            taken[key] = out_details
-            break
+    _take_token_details(
+        usage,
+        ("input_tokens_details", "prompt_tokens_details"),
+        ("cached_tokens", "cache_write_tokens"),
+        row,
+        taken,
+    )
+    _take_token_details(usage, _OUTPUT_DETAILS, ("reasoning_tokens",), row, taken)
 
     x_details = usage.get("x_details")
     if type(x_details) is list:
@@ -309,6 +302,24 @@ def _usage_rows(response_id: str, usage: dict[str, Any], row: Row, children: Row
     return _remainder(usage, taken)
 
 
+_OUTPUT_DETAILS = ("output_tokens_details", "completion_tokens_details")
+
+
+def _take_token_details(
+    usage: dict[str, Any], keys: tuple[str, ...], columns: tuple[str, ...], row: Row, taken: dict[str, Any]
+) -> None:
+    """The token ``columns`` from the first of ``keys`` that holds an object (OpenAI's and
+    Chat Completions' names for the same details), recording in ``taken`` what they took."""
+    for key in keys:
+        details = usage.get(key)
+        if type(details) is dict:
+            kept: dict[str, Any] = {}
+            for column in columns:
+                row[column] = _take(details, column, _bigint, kept)
+            taken[key] = kept
+            return
+
+
 def _billing_row(response_id: str, position: int, detail: Any) -> Row:
     row: Row = {"response_id": response_id, "position": position}
     if type(detail) is not dict:
@@ -328,20 +339,10 @@ def _billing_row(response_id: str, position: int, detail: Any) -> Row:
     row["output_tokens"] = _take(detail, "output_tokens", _bigint, taken)
     row["total_tokens"] = _take(detail, "total_tokens", _bigint, taken)
     row["cached_tokens"] = row["reasoning_tokens"] = None
-    for key in ("prompt_tokens_details", "input_tokens_details"):
-        details = detail.get(key)
-        if type(details) is dict:
-            in_details: dict[str, Any] = {}
-            row["cached_tokens"] = _take(details, "cached_tokens", _bigint, in_details)
-            taken[key] = in_details
-            break
-    for key in ("output_tokens_details", "completion_tokens_details"):
-        details = detail.get(key)
-        if type(details) is dict:
-            out_details: dict[str, Any] = {}
-            row["reasoning_tokens"] = _take(details, "reasoning_tokens", _bigint, out_details)
-            taken[key] = out_details
-            break
+    _take_token_details(
+        detail, ("prompt_tokens_details", "input_tokens_details"), ("cached_tokens",), row, taken
+    )
+    _take_token_details(detail, _OUTPUT_DETAILS, ("reasoning_tokens",), row, taken)
     row["extra"] = _remainder(detail, taken) or None
     return row
 
