@@ -237,16 +237,10 @@ def _postgres(spec: str | None) -> Iterator[str | None]:
     if not spec:
         yield None
     elif spec == "throwaway":
-        from tests.pgserver import PgCluster, pg_bindir
+        from tests.pgserver import throwaway_server
 
-        bindir = pg_bindir()
-        if bindir is None:
-            raise RuntimeError("no PostgreSQL server binaries (apt-get install postgresql)")
-        cluster = PgCluster.create(bindir, max_connections=100)
-        try:
-            yield cluster.admin_url()
-        finally:
-            cluster.destroy()
+        with throwaway_server() as url:
+            yield url
     else:
         yield spec.replace("postgresql+asyncpg://", "postgresql://")
 

@@ -15,6 +15,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,3 +132,20 @@ class PgCluster:
         if out.returncode != 0:
             raise RuntimeError(f"psql failed: {out.stderr.strip()}")
         return out.stdout.strip()
+
+
+@contextmanager
+def throwaway_server(max_connections: int = 100) -> Iterator[str]:
+    """A server of its own for a benchmark run: its admin URL, destroyed afterwards.
+
+    Raises:
+        RuntimeError: no PostgreSQL server binaries on this machine.
+    """
+    bindir = pg_bindir()
+    if bindir is None:
+        raise RuntimeError("no PostgreSQL server binaries (apt-get install postgresql)")
+    cluster = PgCluster.create(bindir, max_connections=max_connections)
+    try:
+        yield cluster.admin_url()
+    finally:
+        cluster.destroy()
