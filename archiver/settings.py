@@ -236,19 +236,20 @@ def check_base_url(url: str, *, allow_insecure_http: bool = False) -> None:
         )
 
 
-def read_small_text(path: Path, what: str) -> str:
-    """The UTF-8 text of a secret file, read without trusting its size.
+def read_small_text(path: Path, what: str, limit: int = SECRET_FILE_LIMIT) -> str:
+    """The UTF-8 text of a small file (a secret, the config), read without trusting its size.
 
     Raises:
-        ConfigError: the file holds more than :data:`SECRET_FILE_LIMIT` bytes
-            (``/dev/zero``, a log named by mistake): it is not a secret, and reading it
-            whole could exhaust memory.
+        ConfigError: the file holds more than ``limit`` bytes (``/dev/zero``, a log named
+            by mistake): it is not what was asked for, and reading it whole could
+            exhaust memory.
         OSError, UnicodeDecodeError: as ``open`` and ``decode`` raise them.
     """
     with path.open("rb") as handle:
-        data = handle.read(SECRET_FILE_LIMIT + 1)
-    if len(data) > SECRET_FILE_LIMIT:
-        raise ConfigError(f"{what} file is larger than {SECRET_FILE_LIMIT // 1024} KiB, not a secret: {path}")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        size = f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit >> 10} KiB"
+        raise ConfigError(f"{what} file is larger than {size}: {path}")
     return data.decode("utf-8")
 
 

@@ -25,6 +25,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from archiver.errors import ConfigError
@@ -37,6 +38,7 @@ from archiver.settings import (
     Settings,
     read_api_key,
     read_secret_file,
+    read_small_text,
 )
 
 __all__ = [
@@ -157,11 +159,7 @@ def load_config(path: str) -> dict[str, SourceConfig]:
             source and key of a bad value). A key written in the file is refused.
     """
     try:
-        with open(path, "rb") as f:
-            text = f.read(CONFIG_FILE_LIMIT + 1)
-        if len(text) > CONFIG_FILE_LIMIT:
-            raise ConfigError(f"config file is larger than {CONFIG_FILE_LIMIT >> 20} MiB: {path}")
-        data = tomllib.loads(text.decode("utf-8"))
+        data = tomllib.loads(read_small_text(Path(path), "config", CONFIG_FILE_LIMIT))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:
