@@ -34,7 +34,6 @@ from archiver.settings import (
     is_loopback,
     read_api_key,
 )
-from archiver.signals import defer_stop_signals
 
 T = TypeVar("T")
 
@@ -748,10 +747,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``archiver`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "enqueue":
-        # A stop signal while it starts must still end it the usual way (commit, exit 0);
-        # archiver.launch did this before the imports when started as the console script.
-        defer_stop_signals()
     env = os.environ
     install_excepthook()
     register_secrets(args, env)
@@ -872,7 +867,9 @@ def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
 def _refuse_in_memory(settings: Settings, command: str) -> None:
     """``run`` and ``demo`` share their database between tasks (and a writer process): an
     in-memory database cannot be shared, and would end with the command anyway."""
-    if settings.database_url.strip().rstrip("/").endswith(":memory:"):
+    from archiver.db import normalize_database_url
+
+    if normalize_database_url(settings.database_url).database == ":memory:":
         raise ConfigError(
             f"{command} needs a database file: sqlite:///:memory: cannot be shared by the claimer "
             "and the writer and ends with the command (use e.g. sqlite:///archive.db)"
