@@ -61,17 +61,7 @@ def test_every_numeric_variable_refuses_values_out_of_range(field: str, tmp_path
     from archiver.errors import ConfigError
 
     variable = f"ARCHIVER_{field.upper()}"
-    for bad in BAD_NUMBERS:
-        allowed = SETTING_RANGES[field]
-        try:
-            value: float = float(bad)
-        except ValueError:
-            value = float("nan")
-        if (
-            allowed.problem(int(value) if allowed.whole and value == value and abs(value) < 1e300 else value)
-            is None
-        ):
-            continue  # in range for this field (e.g. 1e30 is not, but keep the check honest)
+    for bad in BAD_NUMBERS:  # outside every field's range
         with pytest.raises(ConfigError, match=f"{variable}='{bad}': must be"):
             settings_from(argparse.Namespace(command="run"), {variable: bad})
 
