@@ -41,6 +41,7 @@ from archiver.schema import (
     is_json_type,
     response_input_items,
     responses,
+    sqlite_timestamp_text,
 )
 
 log = get_logger()
@@ -106,17 +107,6 @@ def _replace_nul(text_: str) -> str:
     return text_.replace("\x00", "\ufffd") if "\x00" in text_ else text_
 
 
-def _sqlite_datetime(value: datetime) -> str:
-    # SQLAlchemy's SQLite DATETIME storage format (UTC, no offset), so reads parse it back.
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return value.isoformat(" ", "microseconds")
-
-
-def _sqlite_datetime_or_none(value: datetime | None) -> str | None:
-    return None if value is None else _sqlite_datetime(value)
-
-
 def _sqlite_json(value: Any) -> str | None:
     return None if value is None else json_dumps(value)
 
@@ -145,7 +135,7 @@ class _FastInsert:
             if is_json_type(kind):
                 self.converters.append(_sqlite_json)
             elif isinstance(kind, DateTime):
-                self.converters.append(_sqlite_datetime_or_none)
+                self.converters.append(sqlite_timestamp_text)
             elif isinstance(kind, Boolean):
                 self.converters.append(_sqlite_bool)
             else:
