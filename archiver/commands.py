@@ -96,10 +96,8 @@ async def run(
             await _settle_normalize_mode(engine, settings.normalize)
         await _check_projection(engine)
         if progress is not None:
-            by_source = await QueueStore(engine).counts_by_source()
-            progress.set_total(
-                sum(c["pending"] + c["in_flight"] for name, c in by_source.items() if name in sources)
-            )
+            waiting = await QueueStore(engine).waiting_by_source()
+            progress.set_total(sum(n for name, n in waiting.items() if name in sources))
         metrics = Metrics()
         runner = Runner(
             sources,

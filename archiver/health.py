@@ -148,7 +148,7 @@ async def _queue_problems(
 async def _source_problems(engine: AsyncEngine, served: Sequence[str] | None) -> list[str]:
     if served is None:
         return []
-    waiting = unserved_sources(await QueueStore(engine).counts_by_source(), served)
+    waiting = unserved_sources(await QueueStore(engine).waiting_by_source(), served)
     return [unserved_line(name, count) for name, count in waiting.items()]
 
 

@@ -45,7 +45,13 @@ ERROR_STATES = ("failed", "not_found", "pending")
 """The states ``status`` lists errors of by default, in this order: what needs action first."""
 # Errors are listed by state in this order (then newest first), so the failed rows an
 # operator must act on are never hidden behind not_found ones.
-_ERROR_ORDER = "CASE state WHEN 'failed' THEN 0 WHEN 'not_found' THEN 1 WHEN 'pending' THEN 2 ELSE 3 END"
+_ERROR_RANK = {state: rank for rank, state in enumerate(ERROR_STATES)}
+
+PENDING_BY_SOURCE_INDEX = "ix_archive_queue_pending_source_next_attempt_at"
+PENDING_INDEX = "ix_archive_queue_pending_next_attempt_at"
+PENDING_ENQUEUED_INDEX = "ix_archive_queue_pending_enqueued_at"
+IN_FLIGHT_INDEX = "ix_archive_queue_in_flight_lease_expires_at"
+ERRORS_INDEX = "ix_archive_queue_failed_not_found_updated_at"
 
 archive_queue = Table(
     "archive_queue",
@@ -73,10 +79,39 @@ archive_queue = Table(
     Column("response_created_at", Float),
     # The source (provider account) the ID is fetched with; see archiver/sources.py.
     Column("source", String(64), nullable=False, server_default="default"),
-    Index("ix_archive_queue_state_next_attempt_at", "state", "next_attempt_at"),
-    Index("ix_archive_queue_source_state_next_attempt_at", "source", "state", "next_attempt_at"),
+    # Partial indexes (migration 0014): each holds only the rows of the states its queries
+    # search, so the archived rows (nearly all of a grown queue) are in none of them, and
+    # every hot query names its state as a literal (SQLite uses a partial index only when
+    # the query's WHERE holds the index's own term, never a bound parameter).
+    # (PostgreSQL gets the same predicates from declare_postgresql_predicates.)
+    *(
+        Index(name, *columns, sqlite_where=text(where))
+        for name, columns, where in (
+            (PENDING_BY_SOURCE_INDEX, ("source", "next_attempt_at"), "state = 'pending'"),
+            (PENDING_INDEX, ("next_attempt_at",), "state = 'pending'"),
+            (PENDING_ENQUEUED_INDEX, ("enqueued_at",), "state = 'pending'"),
+            (IN_FLIGHT_INDEX, ("lease_expires_at",), "state = 'in_flight'"),
+            (ERRORS_INDEX, ("state", "updated_at"), "state = 'failed' OR state = 'not_found'"),
+        )
+    ),
+    # The primary key is the table on SQLite: no second copy of every ID in an index.
+    sqlite_with_rowid=False,
     comment="One row per response ID to archive; see docs/schema.md",
 )
+
+
+def declare_postgresql_predicates() -> None:
+    """Give the queue's partial indexes their predicate on PostgreSQL too (``postgresql_where``).
+
+    Not declared at import: that keyword imports SQLAlchemy's PostgreSQL dialect, which
+    every command on SQLite would pay for (~20 ms, see tests/unit/test_startup.py). The
+    migrations call this on PostgreSQL (and so does the schema comparison).
+    """
+    for index in archive_queue.indexes:
+        where = index.dialect_options["sqlite"]["where"]
+        if where is not None:
+            index.dialect_options["postgresql"]["where"] = where
+
 
 ENQUEUE_CHUNK = 20_000
 RECOVER_EVERY_S = 1.0
@@ -448,15 +483,21 @@ class QueueStore:
         if response_ids:
             async with self.engine.begin() as conn:
                 return await self._requeue(conn, list(response_ids), states)
-        stmt = text(
-            f"UPDATE archive_queue SET state = 'pending', attempts = 0, polls = 0, lease_expiries = 0, "
-            f"next_attempt_at = {self.now}, updated_at = {self.now}, last_error = NULL, "
-            "last_body = NULL, last_body_bytes = NULL, last_body_sha256 = NULL "
-            "WHERE state IN :states"
-        ).bindparams(bindparam("states", expanding=True))
+        moved = 0
         async with self.engine.begin() as conn:
-            result = await conn.execute(stmt, {"states": list(states)})
-        return max(result.rowcount, 0)
+            # A literal state per statement: failed and not_found rows are found in their
+            # partial index (a bound state would make SQLite scan the whole queue).
+            for state in dict.fromkeys(states):
+                result = await conn.execute(
+                    text(
+                        "UPDATE archive_queue SET state = 'pending', attempts = 0, polls = 0, "
+                        f"lease_expiries = 0, next_attempt_at = {self.now}, updated_at = {self.now}, "
+                        "last_error = NULL, last_body = NULL, last_body_bytes = NULL, "
+                        f"last_body_sha256 = NULL WHERE {state_is(state)}"
+                    )
+                )
+                moved += max(result.rowcount, 0)
+        return moved
 
     async def entries(self, response_ids: Sequence[str]) -> dict[str, QueueEntry]:
         """The queue rows of these IDs (IDs not in the queue are absent)."""
@@ -471,17 +512,29 @@ class QueueStore:
                     found[row[0]] = QueueEntry.from_row(row)
         return found
 
-    async def counts(self) -> dict[str, int]:
-        """Rows per state; every state name is present."""
-        counts = dict.fromkeys(QUEUE_STATES, 0)
+    async def counts(self, *, archived: bool = True) -> dict[str, int]:
+        """Rows per state, in one snapshot; every state name is present.
+
+        Every state but ``archived`` is counted from its partial index (cost grows with
+        the rows in that state). ``archived`` has no index: counting it reads the whole
+        queue, so ``archived=False`` leaves it out of the answer (see the README decision
+        "Queue indexes").
+        """
+        states = [s for s in QUEUE_STATES if archived or s != "archived"]
+        sql = " UNION ALL ".join(
+            f"SELECT '{state}', count(*) FROM archive_queue WHERE {state_is(state)}" for state in states
+        )
+        counts = dict.fromkeys(states, 0)
         async with statement_at_a_time(self.engine) as conn:
-            result = await conn.execute(text("SELECT state, count(*) FROM archive_queue GROUP BY state"))
-            for state, n in result.fetchall():
+            for state, n in (await conn.execute(text(sql))).fetchall():
                 counts[state] = int(n)
         return counts
 
     async def counts_by_source(self) -> dict[str, dict[str, int]]:
-        """Rows per state of each source that has rows; every state name is present."""
+        """Rows per state of each source that has rows; every state name is present.
+
+        Reads the whole queue (``status``); :meth:`waiting_by_source` reads only indexes.
+        """
         counts: dict[str, dict[str, int]] = {}
         async with statement_at_a_time(self.engine) as conn:
             result = await conn.execute(
@@ -493,6 +546,39 @@ class QueueStore:
                 counts.setdefault(source, dict.fromkeys(QUEUE_STATES, 0))[state] = int(n)
         return counts
 
+    async def waiting_by_source(self) -> dict[str, int]:
+        """Rows waiting (``pending`` + ``in_flight``) per source that has any, from the partial indexes."""
+        waiting: dict[str, int] = {}
+        async with statement_at_a_time(self.engine) as conn:
+            result = await conn.execute(
+                text(
+                    "SELECT source, count(*) FROM archive_queue WHERE state = 'pending' GROUP BY source "
+                    "UNION ALL "
+                    "SELECT source, count(*) FROM archive_queue WHERE state = 'in_flight' GROUP BY source"
+                )
+            )
+            for source, n in result.fetchall():
+                waiting[source] = waiting.get(source, 0) + int(n)
+        return waiting
+
+    async def oldest_pending_age(self) -> float | None:
+        """Seconds since the oldest ``pending`` row was enqueued (None: nothing pending)."""
+        oldest = await self._scalar(
+            f"SELECT {self.now} - min(enqueued_at) FROM archive_queue WHERE state = 'pending'"
+        )
+        return round(float(oldest), 3) if oldest is not None else None
+
+    async def expired_leases(self) -> int:
+        """``in_flight`` rows whose lease has expired (not yet recovered by a claim)."""
+        expired = await self._scalar(
+            f"SELECT count(*) FROM archive_queue WHERE state = 'in_flight' AND lease_expires_at <= {self.now}"
+        )
+        return int(expired or 0)
+
+    async def _scalar(self, sql: str) -> Any:
+        async with statement_at_a_time(self.engine) as conn:
+            return (await conn.execute(text(sql))).scalar()
+
     async def due_summary(self, horizon_s: float, source: str | None = None) -> tuple[int, float | None]:
         """What ``run --once`` still has to wait for.
 
@@ -503,16 +589,18 @@ class QueueStore:
             not drained while any row is in flight anywhere). With ``source``, only
             that source's rows count.
         """
-        of_source = "" if source is None else "AND source = :source "
-        due_at = "CASE WHEN state = 'pending' THEN next_attempt_at ELSE lease_expires_at END"
+        of_source = "" if source is None else " AND source = :source"
+        # One part per state, each a range of its partial index.
         async with statement_at_a_time(self.engine) as conn:
             row = (
                 await conn.execute(
                     text(
-                        f"SELECT count(*), min(due_at) - {self.now} FROM "
-                        f"(SELECT {due_at} AS due_at FROM archive_queue "
-                        f"WHERE state IN ('pending', 'in_flight') {of_source}) AS waiting "
-                        f"WHERE due_at <= {self.now} + :h"
+                        f"SELECT count(*), min(due_at) - {self.now} FROM ("
+                        "SELECT next_attempt_at AS due_at FROM archive_queue "
+                        f"WHERE state = 'pending' AND next_attempt_at <= {self.now} + :h{of_source} "
+                        "UNION ALL SELECT lease_expires_at FROM archive_queue "
+                        f"WHERE state = 'in_flight' AND lease_expires_at <= {self.now} + :h{of_source}"
+                        ") AS waiting"
                     ),
                     {"h": horizon_s, "source": source},
                 )
@@ -524,20 +612,25 @@ class QueueStore:
     ) -> tuple[int, int]:
         """(pending rows within ``warn_within_s`` of expiry, pending rows already past it).
 
-        With ``source``, only that source's rows count.
+        With ``source``, only that source's rows count. ``in_flight`` rows count as
+        pending. The rows are read through the partial indexes of the two states: the
+        cost grows with the rows waiting, never with the archived ones.
 
         A row's age is counted from the response's creation time when the enqueuer
         gave it, else from when it was enqueued (a lower bound of its true age).
         """
         expires = f"coalesce(response_created_at, enqueued_at) + :retention - {self.now}"
-        of_source = "" if source is None else "AND source = :source"
+        of_source = "" if source is None else " AND source = :source"
+        waiting = " UNION ALL ".join(
+            f"SELECT {expires} AS left_s FROM archive_queue WHERE {state_is(state)}{of_source}"
+            for state in ("pending", "in_flight")
+        )
         async with statement_at_a_time(self.engine) as conn:
             row = (
                 await conn.execute(
                     text(
-                        f"SELECT sum(CASE WHEN {expires} > 0 AND {expires} <= :warn THEN 1 ELSE 0 END), "
-                        f"sum(CASE WHEN {expires} <= 0 THEN 1 ELSE 0 END) "
-                        f"FROM archive_queue WHERE state IN ('pending', 'in_flight') {of_source}"
+                        "SELECT sum(CASE WHEN left_s > 0 AND left_s <= :warn THEN 1 ELSE 0 END), "
+                        f"sum(CASE WHEN left_s <= 0 THEN 1 ELSE 0 END) FROM ({waiting}) AS waiting"
                     ),
                     {"retention": retention_s, "warn": warn_within_s, "source": source},
                 )
@@ -567,79 +660,91 @@ class QueueStore:
         have rows waiting (``pending`` or ``in_flight``): no worker of this config fetches them.
         """
         states = list(error_states or ERROR_STATES)
-        counts = await self.counts()
+        # One read of the whole queue (per source and state); the rest reads partial indexes.
         by_source = await self.counts_by_source()
-        unserved = unserved_sources(by_source, served_sources)
+        counts = dict.fromkeys(QUEUE_STATES, 0)
+        for per_state in by_source.values():
+            for state, n in per_state.items():
+                counts[state] = counts.get(state, 0) + n
+        unserved = unserved_sources(
+            {name: c.get("pending", 0) + c.get("in_flight", 0) for name, c in by_source.items()},
+            served_sources,
+        )
         near, past = await self.expiry_counts(retention_s) if retention_s else (None, None)
+        oldest = await self.oldest_pending_age()
+        expired = await self.expired_leases()
+        errors, error_rows = await self.recent_errors(states, recent_errors)
         async with statement_at_a_time(self.engine) as conn:
-            oldest = (
-                await conn.execute(
-                    text(f"SELECT {self.now} - min(enqueued_at) FROM archive_queue WHERE state = 'pending'")
-                )
-            ).scalar()
-            expired = (
-                await conn.execute(
-                    text(
-                        "SELECT count(*) FROM archive_queue WHERE state = 'in_flight' "
-                        f"AND lease_expires_at <= {self.now}"
-                    )
-                )
-            ).scalar()
-            with_error = "FROM archive_queue WHERE last_error IS NOT NULL AND state IN :states"
-            errors = (
-                await conn.execute(
-                    text(
-                        "SELECT id, state, attempts, last_status_code, last_error, "
-                        "CASE WHEN last_body IS NULL THEN NULL "
-                        "ELSE coalesce(last_body_bytes, length(last_body)) END "
-                        f"{with_error} ORDER BY {_ERROR_ORDER}, updated_at DESC LIMIT :n"
-                    ).bindparams(bindparam("states", expanding=True)),
-                    {"n": recent_errors, "states": states},
-                )
-            ).fetchall()
-            error_rows = (
-                (
-                    await conn.execute(
-                        text(f"SELECT count(*) {with_error}").bindparams(bindparam("states", expanding=True)),
-                        {"states": states},
-                    )
-                ).scalar()
-                if recent_errors > 0
-                else None
-            )
             workers = await troubled_workers(conn)
         return {
             "states": counts,
             "total": sum(counts.values()),
-            "oldest_pending_age_s": round(float(oldest), 3) if oldest is not None else None,
-            "expired_leases": int(expired or 0),
+            "oldest_pending_age_s": oldest,
+            "expired_leases": expired,
             "retention_days": round(retention_s / 86400, 3) if retention_s else None,
             "pending_near_expiry": near,
             "pending_past_retention": past,
             "recent_errors": [_recent_error(r) for r in errors],
             "error_states": states,
-            "error_rows": int(error_rows) if error_rows is not None else None,
+            "error_rows": error_rows,
             "workers": [w.as_dict() for w in workers],
             "sources": by_source,
             "unserved_sources": unserved,
         }
 
+    async def recent_errors(self, states: Sequence[str], limit: int) -> tuple[list[Any], int | None]:
+        """The ``limit`` most recent errors of rows in ``states`` (failed first, then
+        not_found, then pending, newest first within each) and how many rows have one
+        (None when ``limit`` is 0).
 
-def unserved_sources(
-    by_source: Mapping[str, Mapping[str, int]], served: Iterable[str] | None
-) -> dict[str, int]:
-    """Sources not in ``served`` whose rows wait (``pending`` + ``in_flight``), with that count.
+        One query per state, its name a literal: failed and not_found rows are read from
+        their partial index newest first, so a listing reads about ``limit`` rows.
+        """
+        if limit <= 0:
+            return [], None
+        errors: list[Any] = []
+        error_rows = 0
+        async with statement_at_a_time(self.engine) as conn:
+            for state in dict.fromkeys(states):
+                with_error = f"FROM archive_queue WHERE {state_is(state)} AND last_error IS NOT NULL"
+                errors += (
+                    await conn.execute(
+                        text(
+                            "SELECT id, state, attempts, last_status_code, last_error, "
+                            "CASE WHEN last_body IS NULL THEN NULL "
+                            "ELSE coalesce(last_body_bytes, length(last_body)) END, updated_at "
+                            f"{with_error} ORDER BY updated_at DESC LIMIT :n"
+                        ),
+                        {"n": limit},
+                    )
+                ).fetchall()
+                error_rows += int((await conn.execute(text(f"SELECT count(*) {with_error}"))).scalar() or 0)
+        errors.sort(key=lambda row: (_ERROR_RANK.get(row[1], len(_ERROR_RANK)), -row[6]))
+        return errors[:limit], error_rows
+
+
+def state_is(state: str) -> str:
+    """``state = '<state>'``: a state as a SQL literal, so the planner may use the state's
+    partial index (SQLite never does for a bound parameter).
+
+    Raises:
+        ValueError: not a queue state (nothing else is ever put in SQL text).
+    """
+    if state not in QUEUE_STATES:
+        raise ValueError(f"not a queue state: {state!r}")
+    return f"state = '{state}'"
+
+
+def unserved_sources(waiting: Mapping[str, int], served: Iterable[str] | None) -> dict[str, int]:
+    """Sources not in ``served`` with rows waiting (``pending`` + ``in_flight``: ``waiting``
+    maps a source to that count, as :meth:`QueueStore.waiting_by_source`), with the count.
 
     Empty when ``served`` is None (the serving config is unknown).
     """
     if served is None:
         return {}
     known = set(served)
-    return {
-        name: counts.get("pending", 0) + counts.get("in_flight", 0)
-        for name, counts in by_source.items()
-        if name not in known and counts.get("pending", 0) + counts.get("in_flight", 0)
-    }
+    return {name: n for name, n in waiting.items() if name not in known and n}
 
 
 def unserved_line(source: str, waiting: int) -> str:

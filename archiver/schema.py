@@ -173,7 +173,7 @@ responses = Table(
     Column("id", ID, primary_key=True),
     Column("object", Text),
     Column("status", Text),
-    Column("model", Text, index=True),
+    Column("model", Text),
     Column("created_at", Timestamp, index=True),
     Column("completed_at", Timestamp),
     # usage, flattened (what no column or child row takes is in extra["usage"])

@@ -13,13 +13,15 @@ import os
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from archiver.queue import archive_queue  # noqa: F401  (registers the queue table)
+from archiver.queue import declare_postgresql_predicates  # importing it registers the queue table
 from archiver.schema import metadata
 
 target_metadata = metadata
 
 
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        declare_postgresql_predicates()
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

@@ -17,7 +17,14 @@ from sqlalchemy import text
 
 from archiver.db import open_database
 from archiver.errors import ConfigError
-from archiver.metrics import Metrics, MetricsServer, queue_gauge_loop, start_metrics_server
+from archiver.metrics import (
+    ARCHIVED_COUNT_SHARE,
+    Metrics,
+    MetricsServer,
+    QueueGauges,
+    queue_gauge_loop,
+    start_metrics_server,
+)
 from archiver.outcomes import Archived
 from archiver.queue import QueueStore
 
@@ -210,3 +217,32 @@ async def test_scrape_shows_the_queue_gauges(sqlite_url: str) -> None:
             await server.close()
             stop.set()
             await asyncio.wait_for(loop, 5)
+
+
+async def test_a_slow_archived_count_is_retaken_only_as_its_share_of_time_allows(db_url: str) -> None:
+    """Counting archived rows reads the whole queue: after a count that took t s the next
+    waits t / ARCHIVED_COUNT_SHARE s, while the states with a partial index are counted each time."""
+    clock = {"now": 1000.0}
+
+    def tick() -> float:
+        clock["now"] += 0.5  # each reading of the clock: half a second later (a slow database)
+        return clock["now"]
+
+    metrics = Metrics()
+    async with open_database(db_url) as engine:
+        queue = QueueStore(engine)
+        gauges = QueueGauges(queue, clock=tick)
+        first = ids(3)
+        await queue.enqueue(first)
+        await gauges.refresh(metrics)  # archived counted in "half a second" (two clock readings)
+        assert value(metrics, "archiver_queue_rows", state="archived") == 0
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE archive_queue SET state = 'archived' WHERE id = :id"), {"id": first[0]}
+            )
+        await gauges.refresh(metrics)
+        assert value(metrics, "archiver_queue_rows", state="pending") == 2
+        assert value(metrics, "archiver_queue_rows", state="archived") == 0  # the last count, kept
+        clock["now"] += 1 / ARCHIVED_COUNT_SHARE
+        await gauges.refresh(metrics)
+        assert value(metrics, "archiver_queue_rows", state="archived") == 1

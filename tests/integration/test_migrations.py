@@ -244,18 +244,18 @@ async def test_other_applications_can_insert_just_an_id(db_url: str, make_settin
         await engine.dispose()
 
 
-def _revision_before_sources() -> str:
-    """The revision before the one that added archive_queue.source (renumbered on rebase)."""
+def _revision_before(what: str) -> str:
+    """The revision before the one whose docstring says ``what`` (they are renumbered on rebase)."""
     from alembic.script import ScriptDirectory
 
     from archiver.db import alembic_config
 
     script = ScriptDirectory.from_config(alembic_config(None))
     for revision in script.walk_revisions():
-        if "archive_queue.source" in (revision.doc or ""):
+        if what in (revision.doc or ""):
             assert isinstance(revision.down_revision, str)
             return revision.down_revision
-    raise AssertionError("no migration adds archive_queue.source")
+    raise AssertionError(f"no migration says {what!r}")
 
 
 async def test_existing_rows_become_source_default(db_url: str) -> None:
@@ -264,7 +264,7 @@ async def test_existing_rows_become_source_default(db_url: str) -> None:
     from archiver.db import alembic_config
     from archiver.queue import QueueStore
 
-    before = _revision_before_sources()
+    before = _revision_before("archive_queue.source")
     engine = create_engine(db_url)
     try:
         async with engine.begin() as conn:
@@ -306,5 +306,180 @@ async def test_postgresql_tables_of_other_applications_in_other_schemas_are_no_o
             await conn.execute(text("CREATE TABLE other_app.users (id integer)"))
         await migrate(engine)
         assert await schema_revision(engine) == head_revision()
+    finally:
+        await engine.dispose()
+
+
+def _predicate(where: Any) -> str:
+    """An index predicate as written or as reflected, in one spelling (PostgreSQL adds casts
+    and parentheses)."""
+    return " ".join(str(where).replace("::text", "").replace("(", " ").replace(")", " ").lower().split())
+
+
+def _index_options(sync_conn: Connection) -> dict[str, Any]:
+    """Per table: its partial indexes' predicates and, on SQLite, whether it has a rowid."""
+    inspector = inspect(sync_conn)
+    dialect = sync_conn.dialect.name
+    found: dict[str, Any] = {}
+    for table in schema.metadata.tables.values():
+        indexes = inspector.get_indexes(table.name)
+        found[table.name] = {
+            "where": {
+                i["name"]: _predicate(i["dialect_options"][f"{dialect}_where"])
+                for i in indexes
+                if i.get("dialect_options", {}).get(f"{dialect}_where") is not None
+            },
+        }
+        if dialect == "sqlite":
+            sql = sync_conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table.name,)
+            ).scalar()
+            found[table.name]["with_rowid"] = "WITHOUT ROWID" not in sql.upper()
+    return found
+
+
+def _declared_index_options(dialect: str) -> dict[str, Any]:
+    from archiver.queue import declare_postgresql_predicates
+
+    declare_postgresql_predicates()  # as the migrations do on PostgreSQL
+    declared: dict[str, Any] = {}
+    for table in schema.metadata.tables.values():
+        declared[table.name] = {
+            "where": {
+                i.name: _predicate(i.dialect_options[dialect]["where"])
+                for i in table.indexes
+                if i.dialect_options[dialect]["where"] is not None
+            },
+        }
+        if dialect == "sqlite":
+            declared[table.name]["with_rowid"] = table.dialect_options["sqlite"]["with_rowid"] is not False
+    return declared
+
+
+async def test_partial_indexes_and_without_rowid_match_the_metadata(db_url: str) -> None:
+    """What alembic's comparison does not look at: index predicates and SQLite's WITHOUT ROWID."""
+    engine = create_engine(db_url)
+    try:
+        await migrate(engine)
+        async with engine.connect() as conn:
+            found = await conn.run_sync(_index_options)
+        declared = _declared_index_options(engine.dialect.name)
+        assert found == declared
+        # The queue's predicates are there to compare (an empty comparison proves nothing).
+        assert len(declared["archive_queue"]["where"]) == 5
+        if engine.dialect.name == "sqlite":
+            assert declared["archive_queue"]["with_rowid"] is False
+            async with engine.begin() as conn:
+                await conn.execute(text("DROP INDEX ix_archive_queue_pending_enqueued_at"))
+                await conn.execute(
+                    text(
+                        "CREATE INDEX ix_archive_queue_pending_enqueued_at ON archive_queue (enqueued_at) "
+                        "WHERE state = 'archived'"
+                    )
+                )
+            async with engine.connect() as conn:
+                assert await conn.run_sync(_index_options) != declared
+    finally:
+        await engine.dispose()
+
+
+_QUEUE_ROWS = (
+    # id, state, attempts, lease_expiries, polls, lease (seconds from now; None: no lease), error, body
+    ("resp_pending", "pending", 2, 1, 0, None, "HTTP 503", None),
+    ("resp_live_lease", "in_flight", 1, 0, 3, 600.0, None, None),
+    ("resp_expired_lease", "in_flight", 4, 2, 0, -30.0, None, None),
+    ("resp_archived", "archived", 1, 0, 1, None, None, None),
+    ("resp_not_found", "not_found", 2, 0, 0, None, "HTTP 404: not found", None),
+    ("resp_failed", "failed", 5, 0, 0, None, "not JSON", b"\x00<html>oops"),
+)
+
+
+async def _queue_snapshot(engine: Any) -> list[tuple[Any, ...]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT id, state, attempts, lease_expiries, polls, next_attempt_at, enqueued_at, "
+                "updated_at, lease_owner, lease_token, lease_expires_at, last_status_code, last_error, "
+                "last_body, last_body_bytes, last_body_sha256, response_created_at, source "
+                "FROM archive_queue ORDER BY id"
+            )
+        )
+        return [tuple(r) for r in rows]
+
+
+async def test_upgrading_a_queue_in_every_state_keeps_every_row_and_lease(db_url: str) -> None:
+    from alembic import command
+
+    from archiver.db import alembic_config
+    from archiver.queue import QueueStore, archive_queue
+
+    before = _revision_before("partial state indexes")
+    engine = create_engine(db_url)
+    now = 1_800_000_000.0
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), before))
+            for n, (rid, state, attempts, expiries, polls, lease, error, body) in enumerate(_QUEUE_ROWS):
+                await conn.execute(
+                    archive_queue.insert(),
+                    {
+                        "id": rid,
+                        "state": state,
+                        "attempts": attempts,
+                        "lease_expiries": expiries,
+                        "polls": polls,
+                        "next_attempt_at": now + n,
+                        "enqueued_at": now - 100 - n,
+                        "updated_at": now - 10 - n,
+                        "lease_owner": "host:1" if lease is not None else None,
+                        "lease_token": f"token-{rid}" if lease is not None else None,
+                        "lease_expires_at": now + lease if lease is not None else None,
+                        "last_status_code": 503 if error else None,
+                        "last_error": error,
+                        "last_body": body,
+                        "last_body_bytes": len(body) if body else None,
+                        "last_body_sha256": "ab" * 32 if body else None,
+                        "response_created_at": now - 1000 if n % 2 else None,
+                        "source": "default" if n % 2 else "proj-a",
+                    },
+                )
+            # Many rows: the copy is one INSERT ... SELECT, whatever the queue holds.
+            await conn.execute(
+                text(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) "
+                    "INSERT INTO archive_queue (id, state, next_attempt_at, enqueued_at, updated_at) "
+                    "SELECT 'resp_bulk_' || i, 'archived', i, i, i FROM n"
+                )
+            )
+        rows_before = await _queue_snapshot(engine)
+        await migrate(engine)
+        assert await schema_revision(engine) == head_revision()
+        assert await _queue_snapshot(engine) == rows_before
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_diff) == []
+        queue = QueueStore(engine)
+        # The live lease is still honoured: its heartbeat finds the row.
+        assert await queue.extend_leases(["token-resp_live_lease"], 60) == 1
+        counts = await queue.counts()
+        assert counts == {"pending": 1, "in_flight": 2, "archived": 3001, "not_found": 1, "failed": 1}
+        rows_after = await _queue_snapshot(engine)
+
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.downgrade(alembic_config(c), before))
+        assert await _queue_snapshot(engine) == rows_after
+        async with engine.connect() as conn:
+            names = await conn.run_sync(
+                lambda c: {i["name"] for i in inspect(c).get_indexes("archive_queue")}
+            )
+            assert names == {
+                "ix_archive_queue_state_next_attempt_at",
+                "ix_archive_queue_source_state_next_attempt_at",
+            }
+            model = await conn.run_sync(lambda c: {i["name"] for i in inspect(c).get_indexes("responses")})
+            assert "ix_responses_model" in model
+        await migrate(engine)
+        assert await _queue_snapshot(engine) == rows_after
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_diff) == []
     finally:
         await engine.dispose()
