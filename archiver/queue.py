@@ -131,7 +131,7 @@ class Job:
 
     @classmethod
     def from_row(cls, row: Any, lease_token: str) -> Job:
-        """Build from a RETURNING row ``(id, attempts, polls, last_status_code, created)``.
+        """Build from a RETURNING row ``(id, attempts, polls, last_status_code, created, ...)``.
 
         ``created`` is the response's creation time when the enqueuer knew it, else
         when it was enqueued (the response existed at least since then).
@@ -375,7 +375,7 @@ class QueueStore:
                 f"lease_expires_at = {self.now} + :lease, updated_at = {self.now} "
                 "FROM due WHERE q.id = due.id "
                 "RETURNING q.id, q.attempts, q.polls, q.last_status_code, "
-                "coalesce(q.response_created_at, q.enqueued_at)"
+                "coalesce(q.response_created_at, q.enqueued_at), q.next_attempt_at"
             )
         else:
             sql = (
@@ -386,13 +386,15 @@ class QueueStore:
                 f"WHERE state = 'pending' AND next_attempt_at <= {self.now} {of_source}"
                 "ORDER BY next_attempt_at LIMIT :limit) "
                 "RETURNING id, attempts, polls, last_status_code, "
-                "coalesce(response_created_at, enqueued_at)"
+                "coalesce(response_created_at, enqueued_at), next_attempt_at"
             )
         result = await conn.execute(
             text(sql),
             {"limit": limit, "owner": owner, "token": token, "lease": lease_seconds, "source": source},
         )
-        return [Job.from_row(row, token) for row in result.fetchall()]
+        # RETURNING comes in no promised order (on SQLite: the primary key's, by ID); the
+        # fetchers take the jobs in this order, so the longest due go first.
+        return [Job.from_row(row, token) for row in sorted(result.fetchall(), key=lambda row: row[5])]
 
     async def _recover_expired(self, conn: AsyncConnection, max_attempts: int) -> int:
         """Finish rows whose lease expired; returns how many went back to ``pending``.

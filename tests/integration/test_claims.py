@@ -119,3 +119,20 @@ async def test_sqlite_reads_and_start_up_do_not_wait_for_another_processes_write
     assert sorted(j.response_id for j in claimed) == ["resp_a", "resp_b"]
     assert waited >= 0.25, "the claim did not wait for the other writer"
     assert states["resp_a"] == ("in_flight", 4, "w:1"), "the other writer's update was lost"
+
+
+async def test_a_claim_hands_out_its_rows_longest_due_first(db_url: str) -> None:
+    """Fetchers take a batch in the order the claim returns it: due order, whatever the IDs."""
+    due = {"resp_z": 300, "resp_a": 100, "resp_m": 200}
+    async with open_database(db_url) as engine:
+        queue = QueueStore(engine)
+        await queue.enqueue(list(due))
+        now = now_sql(engine.dialect.name)
+        async with engine.begin() as conn:
+            for rid, ago in due.items():
+                await conn.execute(
+                    text(f"UPDATE archive_queue SET next_attempt_at = {now} - :ago WHERE id = :id"),
+                    {"ago": ago, "id": rid},
+                )
+        jobs = await queue.claim_batch("w:1", 10, 60, 5, "default")
+    assert [j.response_id for j in jobs] == ["resp_z", "resp_m", "resp_a"]
