@@ -87,6 +87,7 @@ def scrub_rows(normalized: NormalizedResponse) -> NormalizedResponse:
     return NormalizedResponse(
         response=map_strings(normalized.response, redact_secrets),
         children={name: map_strings(rows, redact_secrets) for name, rows in normalized.children.items()},
+        tools=map_strings(normalized.tools, redact_secrets),
     )
 
 

@@ -76,12 +76,14 @@ from archiver.errors import ArchiverError
 from archiver.logs import get_logger
 from archiver.schema import (
     CHILD_TABLES,
+    JSONDoc,
     archive_changes,
     export_cursors,
     input_item_lists,
     input_items,
     is_json_type,
     responses,
+    tool_sets,
 )
 from archiver.store import load_dictionaries
 
@@ -162,11 +164,20 @@ STORAGE_COLUMNS = frozenset({"raw_codec", "raw_dict_id"})
 """How ``raw`` is stored: read to decode it, never exported (``raw`` is exported decoded)."""
 
 
+EXPORTED_TOOLS: Column[Any] = Column("tools", JSONDoc())
+"""The ``tools`` of an exported ``responses`` row, in place of ``tool_set_id``: the value of
+its ``tool_sets`` row, so exports carry each response's tools as before migration 0014."""
+
+
 def exported_columns(table: Table) -> list[Column[Any]]:
     """The columns of ``table`` an export writes, in order."""
     if table is not responses:
         return list(table.columns)
-    return [c for c in table.columns if c.name not in STORAGE_COLUMNS]
+    return [
+        EXPORTED_TOOLS if c.name == "tool_set_id" else c
+        for c in table.columns
+        if c.name not in STORAGE_COLUMNS
+    ]
 
 
 # --- column types -------------------------------------------------------------------------
@@ -603,18 +614,25 @@ async def _read_chunk(
 
 
 def _select_rows(table: Table, dialect: str) -> Select[Any]:
-    """SELECT every column of ``table``; on SQLite, JSON columns as their stored text.
+    """SELECT every exported column of ``table`` (``responses``: ``tools`` from its tool set);
+    on SQLite, JSON columns as their stored text.
 
     SQLite keeps JSON as the compact text the store serialized with orjson, so it is read
     as is instead of being parsed and serialized again (that was a third of the export's
     time). PostgreSQL's jsonb comes back parsed: see :func:`_json_as_text`.
     """
-    columns: list[Any] = exported_columns(table)
-    if dialect == "sqlite":
-        columns = [type_coerce(c, Text).label(c.name) if column_kind(c) == "json" else c for c in columns]
-    if table is responses:  # last, to decode raw (see _read_responses)
-        columns += [responses.c.raw_codec, responses.c.raw_dict_id]
-    return select(*columns)
+    columns: list[Any] = []
+    for column in exported_columns(table):
+        value: Any = tool_sets.c.tools if column is EXPORTED_TOOLS else column
+        if dialect == "sqlite" and column_kind(column) == "json":
+            value = type_coerce(value, Text)
+        columns.append(value if value is column else value.label(column.name))
+    if table is not responses:
+        return select(*columns)
+    # raw_codec and raw_dict_id last, to decode raw (see _read_responses)
+    return select(*columns, responses.c.raw_codec, responses.c.raw_dict_id).select_from(
+        responses.outerjoin(tool_sets, tool_sets.c.id == responses.c.tool_set_id)
+    )
 
 
 def _json_as_text(table: Table, rows: Sequence[Any], dialect: str) -> list[Any]:

@@ -2,8 +2,9 @@
 
 ``normalize(body)`` is pure: no I/O, no clock, no database. It returns one row for
 ``responses`` (every column except the ones the store fills: ``raw``, ``raw_sha256``,
-``fetched_at``, ``archived_at``) and a list of rows for every table in
-``schema.CHILD_TABLES``. Every row has exactly its table's column keys, so the writer can
+``fetched_at``, ``archived_at``, ``tool_set_id``), a list of rows for every table in
+``schema.CHILD_TABLES``, and the body's ``tools``, which the store keeps once per distinct
+value (``tool_sets``). Every row has exactly its table's column keys, so the writer can
 hand each list to one executemany INSERT.
 
 The rows are a projection of the body, which the store keeps byte-exact in ``raw``:
@@ -54,6 +55,11 @@ class NormalizedResponse:
 
     response: dict[str, Any]
     children: dict[str, list[dict[str, Any]]]
+    tools: Any = None
+    """The body's ``tools`` (opaque payloads aside), or None when absent or JSON null.
+
+    Not a column: the store keeps each distinct value once, in ``tool_sets``, and sets
+    ``responses.tool_set_id`` (an empty array is a tool set too)."""
 
 
 # --- coercion into typed columns: the value, or None when it has another JSON type ---
@@ -168,7 +174,6 @@ _RESPONSE_JSON: Final[frozenset[str]] = frozenset(
         "instructions",
         "metadata",
         "tool_choice",
-        "tools",
         "reasoning",
         "text",
         "prompt",
@@ -210,6 +215,7 @@ def normalize(body: Mapping[str, Any]) -> NormalizedResponse:
     output: list[Any] | None = None
     usage: dict[str, Any] | None = None
     tool_usage: dict[str, Any] | None = None
+    tools: Any = None
     for key, value in body.items():
         convert = _RESPONSE_SCALARS.get(key)
         kind = type(value)
@@ -221,6 +227,8 @@ def normalize(body: Mapping[str, Any]) -> NormalizedResponse:
                 row[key] = typed
         elif key in _RESPONSE_JSON:
             row[key] = without_opaque(value)
+        elif key == "tools":
+            tools = without_opaque(value)
         elif key == "output" and kind is list:
             output = value
         elif key == "usage" and kind is dict:
@@ -244,7 +252,7 @@ def normalize(body: Mapping[str, Any]) -> NormalizedResponse:
     if tool_usage is not None:
         _tool_usage_rows(response_id, "tool_usage", tool_usage, children["tool_usage"])
     row["extra"] = extra or None
-    return NormalizedResponse(response=row, children=children)
+    return NormalizedResponse(response=row, children=children, tools=tools)
 
 
 def _lift_scalars(row: Row) -> None:

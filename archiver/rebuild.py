@@ -321,6 +321,7 @@ class Rebuilder:
 
         if pending or self.position is not None:
             kept, rows, before, after = await with_db_retry(transaction, on_retry=log_db_retry, attempts=12)
+            self.store.tool_sets.confirm()
         else:  # nothing to write: no write lock either
             kept = rows = before = after = 0
         self.report.rewritten += kept

@@ -18,7 +18,10 @@ Rules every child table follows:
 
 Input items are content-addressed: ``input_item_contents`` holds each distinct item
 once, ``response_input_items`` each response's ordered list of item hashes, and the
-``input_items`` view (:data:`input_items`, in :data:`view_metadata`) joins them.
+``input_items`` view (:data:`input_items`, in :data:`view_metadata`) joins them. So is
+the ``tools`` array every Response echoes from its request (an app sends the same one on
+every request): ``tool_sets`` holds each distinct value once, ``responses.tool_set_id``
+names it.
 
 Free text is ``Text``: a length limit would turn an unusually long provider value into a
 failed insert on PostgreSQL. Only ``responses.id`` and the ``response_id`` keys are bounded,
@@ -77,6 +80,7 @@ __all__ = [
     "reasoning_summaries",
     "response_input_items",
     "responses",
+    "tool_sets",
     "tool_usage",
     "view_metadata",
     "web_extractor_urls",
@@ -214,7 +218,8 @@ responses = Table(
     Column("instructions", JSONDoc()),
     Column("metadata", JSONDoc()),
     Column("tool_choice", JSONDoc()),
-    Column("tools", JSONDoc()),
+    # The body's tools, stored once per distinct value in tool_sets (NULL: absent or null).
+    Column("tool_set_id", Integer),
     Column("reasoning", JSONDoc()),
     Column("text", JSONDoc()),
     Column("prompt", JSONDoc()),
@@ -252,6 +257,7 @@ STORE_COLUMNS: frozenset[str] = frozenset(
         "archived_at",
         "change_seq",
         "input_items_sha256",
+        "tool_set_id",
     }
 )
 """Columns of ``responses`` that the store fills; ``normalize()`` returns all the others."""
@@ -538,6 +544,17 @@ input_item_lists = Table(
     PrimaryKeyConstraint("response_id"),
     sqlite_with_rowid=False,
     comment="The fields an input-item list carries besides its items (DashScope: model, created_at)",
+)
+
+tool_sets = Table(
+    "tool_sets",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # Of the canonical JSON (archiver.tool_sets.tools_digest): keys sorted, no whitespace.
+    Column("sha256", String(64), nullable=False, unique=True),
+    Column("tools", JSONDoc(), nullable=False),
+    Column("first_seen_at", Timestamp, nullable=False),
+    comment="Each distinct tools array of the responses once; responses.tool_set_id names it",
 )
 
 view_metadata = MetaData()

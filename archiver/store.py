@@ -43,6 +43,7 @@ from archiver.schema import (
     responses,
     sqlite_timestamp_text,
 )
+from archiver.tool_sets import ToolSetIds
 
 log = get_logger()
 
@@ -231,6 +232,7 @@ class ArchiveStore:
         self.dialect = engine.dialect.name
         self.now = now_sql(self.dialect)
         self.max_polls = max_polls
+        self.tool_sets = ToolSetIds()
         # One round trip: which rows we still lease, and what is archived for them already.
         self._owned_stmt = text(
             "SELECT q.id, q.lease_token, r.raw_sha256, r.input_items_sha256 FROM archive_queue AS q "
@@ -261,6 +263,7 @@ class ArchiveStore:
             )
         async with self.engine.begin() as conn:
             report = await conn.run_sync(self.write_batch_sync, results)
+        self.tool_sets.confirm()
         if self._train_due:
             async with self.engine.begin() as conn:
                 await conn.run_sync(self.train_dictionary_sync)
@@ -270,6 +273,7 @@ class ArchiveStore:
         assert self._write_engine is not None
         with self._write_engine.begin() as conn:
             report = self.write_batch_sync(conn, results)
+        self.tool_sets.confirm()
         if self._train_due:
             with self._write_engine.begin() as conn:
                 self.train_dictionary_sync(conn)
@@ -348,7 +352,11 @@ class ArchiveStore:
         return int(dict_id)
 
     def write_batch_sync(self, conn: Connection, results: Sequence[FetchResult]) -> WriteReport:
-        """Write a batch in the transaction open on ``conn``; the work of :meth:`write_batch`."""
+        """Write a batch in the transaction open on ``conn``; the work of :meth:`write_batch`.
+
+        Call ``self.tool_sets.confirm()`` once the transaction has committed.
+        """
+        self.tool_sets.begin()
         report = WriteReport()
         owned, existing = self._owned(conn, [r.job.response_id for r in results])
         kept: list[FetchResult] = []
@@ -433,6 +441,7 @@ class ArchiveStore:
         if first_seq + len(changed) - 1 >= self._train_at:
             self._train_due = True
         response_rows: list[dict[str, Any]] = []
+        tools: list[Any] = []
         child_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
         input_rows: list[dict[str, Any]] = []
         list_rows: list[dict[str, Any]] = []
@@ -459,6 +468,7 @@ class ArchiveStore:
                 input_items_sha256=input_digests.get(rid, old[1] if old else None),
             )
             response_rows.append(row)
+            tools.append(scrub_nul(result.normalized.tools) if needs_scrub else result.normalized.tools)
             if result.input_items is not None:
                 input_rows.extend(scrub_nul(result.input_items) if needs_scrub else result.input_items)
                 if result.input_list is not None:
@@ -474,6 +484,8 @@ class ArchiveStore:
                 for child in scrub_nul(table_rows) if needs_scrub else table_rows:
                     child["change_seq"] = seq
                     target.append(child)
+        for row, tool_set_id in zip(response_rows, self.tool_sets.resolve_sync(conn, tools), strict=True):
+            row["tool_set_id"] = tool_set_id
         self._insert(conn, responses, response_rows)
         report.rows_written += len(response_rows)
         for table in CHILD_TABLES:
@@ -667,11 +679,13 @@ class ArchiveStore:
         ``fetched_at``, ``archived_at`` and its input items, and gets every normalized
         column and a new ``change_seq`` (so exports carry the new rows); its child rows
         from ``raw`` are deleted and inserted again, in the archive's mode. The caller
-        has checked, in this transaction, that the rows are still the ones it read.
+        has checked, in this transaction, that the rows are still the ones it read, and
+        calls ``self.tool_sets.confirm()`` once it has committed.
 
         Returns:
             rows written (responses and child rows).
         """
+        self.tool_sets.begin()
         if not rewrites:
             return 0
         ids = [r.response_id for r in rewrites]
@@ -690,6 +704,13 @@ class ArchiveStore:
         first_seq = self._next_change_seqs(conn, len(rewrites))
         mode = archive_mode_sync(conn)
         scrub = self.dialect == "postgresql"
+        tool_set_ids = self.tool_sets.resolve_sync(
+            conn,
+            [
+                scrub_nul(r.normalized.tools) if scrub and b"\\u0000" in r.body else r.normalized.tools
+                for r in rewrites
+            ],
+        )
         updates: list[dict[str, Any]] = []
         inserts: list[dict[str, Any]] = []
         child_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -698,6 +719,7 @@ class ArchiveStore:
             needs_scrub = scrub and b"\\u0000" in rewrite.body
             row = scrub_nul(rewrite.normalized.response) if needs_scrub else dict(rewrite.normalized.response)
             row["change_seq"] = seq
+            row["tool_set_id"] = tool_set_ids[offset]
             row["id"] = rewrite.response_id  # the key as stored, whatever scrubbing did to the row
             if rewrite.stored is None:
                 updates.append({"_rid": row.pop("id"), **{f"_{name}": value for name, value in row.items()}})

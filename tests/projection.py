@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from archiver.normalize import OPAQUE_KEY, is_opaque, scrub_surrogates
+from archiver.normalize import OPAQUE_KEY, NormalizedResponse, is_opaque, scrub_surrogates
 from archiver.schema import STORE_COLUMNS
 
 Tables = Mapping[str, list[dict[str, Any]]]
@@ -32,6 +32,13 @@ ALIASES: dict[str, set[str]] = {
 def parse_body(raw: bytes) -> Any:
     """The body as the normalizer sees it (lone surrogates as U+FFFD)."""
     return scrub_surrogates(orjson.loads(raw))
+
+
+def projected(result: NormalizedResponse) -> dict[str, list[dict[str, Any]]]:
+    """The rows of a ``normalize()`` result as tables: its response row, its tool set
+    (``tool_sets``, where the store keeps ``tools``) and its child rows."""
+    tool_sets = [] if result.tools is None else [{"tools": result.tools}]
+    return {"responses": [result.response], "tool_sets": tool_sets, **result.children}
 
 
 def leaves(value: Any, key: str | None = None) -> Iterator[tuple[str | None, Any]]:

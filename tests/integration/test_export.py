@@ -26,7 +26,7 @@ from archiver.db import open_database
 from archiver.export import ExportError, ExportReport, export, export_tables, schema_document
 from archiver.mockapi import start_mock_server
 from archiver.queue import QueueStore
-from archiver.schema import export_cursors, input_items, responses
+from archiver.schema import export_cursors, input_items, responses, tool_sets
 from archiver.store import read_bodies
 from archiver.worker import Worker
 
@@ -74,7 +74,10 @@ async def db_counts(engine: Any, ids: Collection[str] | None = None) -> dict[str
 async def db_responses(engine: Any) -> dict[str, Any]:
     """Every responses row, ``raw`` decoded (the body as received)."""
     async with engine.connect() as conn:
-        rows = {row.id: row for row in (await conn.execute(select(responses))).all()}
+        with_tools = select(responses, tool_sets.c.tools).select_from(
+            responses.outerjoin(tool_sets, tool_sets.c.id == responses.c.tool_set_id)
+        )
+        rows = {row.id: row for row in (await conn.execute(with_tools)).all()}
         bodies = await read_bodies(conn, list(rows))
     return {rid: SimpleNamespace(**{**row._asdict(), "raw": bodies[rid]}) for rid, row in rows.items()}
 

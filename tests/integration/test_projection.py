@@ -18,7 +18,7 @@ from archiver.db import alembic_config, create_engine, migrate, open_database
 from archiver.export import export
 from archiver.mockapi import MockConfig, load_bodies, start_mock_server
 from archiver.queue import QueueStore
-from archiver.schema import CHILD_TABLES, input_items, responses
+from archiver.schema import CHILD_TABLES, input_items, responses, tool_sets
 from archiver.store import read_bodies
 from archiver.worker import Worker
 from tests.projection import assert_projection, parse_body
@@ -32,6 +32,12 @@ async def _tables_of(conn: Any, response_id: str) -> dict[str, list[dict[str, An
     tables: dict[str, list[dict[str, Any]]] = {}
     result = await conn.execute(select(responses).where(responses.c.id == response_id))
     tables["responses"] = [dict(row._mapping) for row in result]
+    result = await conn.execute(
+        select(tool_sets.c.tools)
+        .join(responses, responses.c.tool_set_id == tool_sets.c.id)
+        .where(responses.c.id == response_id)
+    )
+    tables["tool_sets"] = [dict(row._mapping) for row in result]
     for table in CHILD_TABLES:
         result = await conn.execute(select(table).where(table.c.response_id == response_id))
         tables[table.name] = [dict(row._mapping) for row in result]

@@ -22,7 +22,7 @@ from archiver.normalize import (
     without_opaque,
 )
 from archiver.schema import CHILD_STORE_COLUMNS, CHILD_TABLES, STORE_COLUMNS, responses
-from tests.projection import assert_projection, parse_body
+from tests.projection import assert_projection, parse_body, projected
 
 CORPUS_DIR = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "responses"
 CORPUS_FILES = sorted(CORPUS_DIR.glob("*.json"))
@@ -135,7 +135,7 @@ def test_corpus_body(path: Path) -> None:
     row = result.response
 
     # every field reachable from a column, extra, or (opaque payloads) raw; nothing whole twice
-    assert_projection(body, {"responses": [row], **result.children})
+    assert_projection(body, projected(result))
 
     # one output_items row per element
     items = rows(result, "output_items")
@@ -197,6 +197,8 @@ def test_corpus_body(path: Path) -> None:
             continue
         if key in extra:
             assert extra[key] == without_opaque(value)
+        elif key == "tools":  # stored once per distinct value, in tool_sets
+            assert result.tools == without_opaque(value)
         else:
             assert key in RESPONSE_COLUMNS, key
             if key not in ("created_at", "completed_at"):
@@ -528,7 +530,7 @@ def test_every_reference_item_type_in_one_body() -> None:
     ]
     items = rows(result, "output_items")
     assert [r["type"] for r in items] == [i["type"] for i in ALL_ITEMS]
-    assert_projection(body, {"responses": [result.response], **result.children})
+    assert_projection(body, projected(result))
     for table, count in expected_counts(body).items():
         assert len(rows(result, table)) == count, table
 
@@ -931,7 +933,7 @@ def test_unknown_item_type_and_fields_survive() -> None:
         None,
         {"frame": 3},
     )
-    assert_projection(body, {"responses": [result.response], **result.children})
+    assert_projection(body, projected(result))
     assert result.response["extra"] == {"x_trace": {"region": "cn-beijing"}, "safety_score": 0.02}
 
 
@@ -1149,7 +1151,7 @@ def test_opaque_payloads() -> None:
     (image,) = rows(result, "code_interpreter_outputs")
     assert image["url"] is None and image["extra"]["url"][OPAQUE_KEY]["length"] == len(png) + 22
     assert result.response["instructions"] == [{"type": "input_image", "image_url": stub}]
-    assert_projection(body, {"responses": [result.response], **result.children})
+    assert_projection(body, projected(result))
 
 
 def test_the_projection_check_can_fail() -> None:
@@ -1158,7 +1160,7 @@ def test_the_projection_check_can_fail() -> None:
 
     body = dashscope_body(MESSAGE, WEB_SEARCH_CALL)
     result = normalize(body)
-    tables = {"responses": [result.response], **result.children}
+    tables = projected(result)
     assert not missing_fields(body, tables)
     dropped = copy.deepcopy(tables)
     dropped["annotations"][0]["title"] = None

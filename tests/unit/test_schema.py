@@ -28,6 +28,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from archiver import schema
 from archiver.normalize import NormalizedResponse, normalize, output_text
 from archiver.schema import CHILD_TABLES, JSONDoc, metadata, output_items, responses
+from archiver.tool_sets import ToolSetIds
 
 CORPUS_DIR = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "responses"
 CORPUS_FILES = sorted(CORPUS_DIR.glob("*.json"))
@@ -48,8 +49,11 @@ def engine() -> Iterator[Engine]:
     metadata.create_all(engine, tables=archive_tables())
     # The analyst views come from a migration: create them the way it does.
     views = importlib.import_module("archiver.migrations.versions.0010_projection_without_copies")
+    tools = importlib.import_module(
+        "archiver.migrations.versions.0014_tool_sets_each_distinct_tools_array_once"
+    )
     with engine.begin() as conn:
-        for statement in views.view_statements("sqlite"):
+        for statement in (*views.view_statements("sqlite"), tools.VIEW):
             conn.exec_driver_sql(statement)
     yield engine
     engine.dispose()
@@ -66,6 +70,7 @@ def store(engine: Engine, raw: bytes, result: NormalizedResponse) -> None:
         "change_seq": 1,
     }
     with engine.begin() as conn:
+        (response["tool_set_id"],) = ToolSetIds().resolve_sync(conn, [result.tools])
         conn.execute(responses.insert(), [response])
         for table in CHILD_TABLES:
             rows = [{**row, "change_seq": 1} for row in result.children[table.name]]
@@ -85,6 +90,7 @@ def test_child_tables_are_every_table_but_responses_parents_first() -> None:
     }
     # input items: their own path
     bookkeeping |= {schema.input_item_contents, schema.response_input_items, schema.input_item_lists}
+    bookkeeping.add(schema.tool_sets)  # content-addressed, named by responses.tool_set_id
     assert set(CHILD_TABLES) == set(archive_tables()) - {responses} - bookkeeping
     assert len(set(CHILD_TABLES)) == len(CHILD_TABLES)
     assert CHILD_TABLES[:3] == (schema.output_items, schema.content_parts, schema.annotations)
@@ -118,7 +124,7 @@ def test_responses_contract_columns() -> None:
     for name in ("created_at", "completed_at", "fetched_at", "archived_at"):
         assert columns[name].type.timezone, name
     json_columns = ("error", "metadata", "incomplete_details", "instructions", "tool_choice")
-    for name in (*json_columns, "tools", "reasoning", "text", "extra"):
+    for name in (*json_columns, "reasoning", "text", "extra"):
         assert isinstance(columns[name].type, JSONDoc), name
     assert columns.raw_sha256.type.length == 64
     # No index on model (migration 0014): a handful of values, 19 bytes a response.
@@ -329,6 +335,7 @@ DOCUMENTED = [
     schema.input_item_contents,
     schema.response_input_items,
     schema.input_item_lists,
+    schema.tool_sets,
 ]
 
 

@@ -1,0 +1,101 @@
+"""The ``tools`` of each response, stored once per distinct value.
+
+Every Response echoes its request's ``tools`` array, and an application sends the same
+one on every request, so an archive would hold the same array (function JSON schemas:
+often several KB) once per response. ``tool_sets`` keeps each distinct value once, under
+a compact integer ``id`` that ``responses.tool_set_id`` names, and the ``sha256`` of its
+canonical JSON (:func:`tools_digest`), unique, by which a writer finds it.
+
+:class:`ToolSetIds` resolves values to ids for one writer: from an in-process cache, and
+on a miss with ``INSERT ... ON CONFLICT (sha256) DO NOTHING`` and a ``SELECT`` in the
+writer's own transaction, which is correct with several writers sharing one PostgreSQL
+database (the second one's INSERT waits for the first one's commit, then does nothing,
+and its SELECT sees the row). Rows of ``tool_sets`` are never updated or deleted by
+archiver, so an id, once committed, stays valid for ever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from archiver.normalize import item_digest
+from archiver.schema import tool_sets
+
+__all__ = ["ToolSetIds", "tools_digest"]
+
+_IN_CHUNK = 500
+
+tools_digest = item_digest
+"""SHA-256 (hex) of a ``tools`` value's canonical JSON: keys sorted, no whitespace (the
+digest of input items). Key order does not matter, so PostgreSQL's ``jsonb`` (which does
+not keep it) and SQLite's JSON text of one value get the same digest."""
+
+
+class ToolSetIds:
+    """Resolves ``tools`` values to ``tool_sets.id`` for one writer, with a cache.
+
+    A transaction may insert new tool sets and then roll back: their ids are kept apart
+    (*unconfirmed*) until the caller says the transaction committed (:meth:`confirm`);
+    the next transaction starts by forgetting them (:meth:`begin`), so a rolled-back id is
+    never used again.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._unconfirmed: dict[str, int] = {}
+
+    def begin(self) -> None:
+        """Start a transaction: forget ids no commit confirmed."""
+        self._unconfirmed.clear()
+
+    def confirm(self) -> None:
+        """The transaction committed: its new ids join the cache."""
+        self._ids.update(self._unconfirmed)
+        self._unconfirmed.clear()
+
+    def resolve_sync(self, conn: Connection, values: Sequence[Any]) -> list[int | None]:
+        """The ``tool_sets.id`` of each value (None for None), inserting the new ones.
+
+        Runs in the transaction open on ``conn``; new values are inserted in digest order,
+        so two writers inserting overlapping sets wait for each other in one order.
+        """
+        digests = [None if value is None else tools_digest(value) for value in values]
+        missing: dict[str, Any] = {}
+        for digest, value in zip(digests, values, strict=True):
+            if digest is not None and self._known(digest) is None:
+                missing.setdefault(digest, value)
+        if missing:
+            self._unconfirmed.update(self._insert(conn, missing))
+        return [None if digest is None else self._known(digest) for digest in digests]
+
+    def _known(self, digest: str) -> int | None:
+        found = self._ids.get(digest)
+        return found if found is not None else self._unconfirmed.get(digest)
+
+    def _insert(self, conn: Connection, values: dict[str, Any]) -> dict[str, int]:
+        statement: Any
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            statement = pg_insert(tool_sets).on_conflict_do_nothing(index_elements=["sha256"])
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            statement = sqlite_insert(tool_sets).on_conflict_do_nothing(index_elements=["sha256"])
+        now = datetime.now(UTC)
+        digests = sorted(values)
+        conn.execute(statement, [{"sha256": d, "tools": values[d], "first_seen_at": now} for d in digests])
+        ids: dict[str, int] = {}
+        for start in range(0, len(digests), _IN_CHUNK):
+            chunk = digests[start : start + _IN_CHUNK]
+            found = conn.execute(
+                select(tool_sets.c.sha256, tool_sets.c.id).where(tool_sets.c.sha256.in_(chunk))
+            )
+            ids.update((str(sha), int(id_)) for sha, id_ in found)
+        assert len(ids) == len(digests), "every tool set is in tool_sets after its insert"
+        return ids
