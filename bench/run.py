@@ -304,14 +304,18 @@ def expected_rows(n: int) -> dict[str, int] | None:
     """Rows per archive table that n ``resp_ok_b`` bodies normalize into (None if unknown)."""
     try:
         from archiver.mockapi import body_for
-        from archiver.normalize import normalize_body
+        from archiver.normalize import item_digest, normalize_body
     except ImportError:
         return None
     counts: Counter[str] = Counter({"responses": n})
+    tool_sets: set[str] = set()  # each distinct tools value is one tool_sets row
     for i in range(n):
         normalized = normalize_body(body_for(ID_FORMAT.format(i)))
         for table, rows in normalized.children.items():
             counts[table] += len(rows)
+        if normalized.tools is not None:
+            tool_sets.add(item_digest(normalized.tools))
+    counts["tool_sets"] = len(tool_sets)
     return dict(counts)
 
 

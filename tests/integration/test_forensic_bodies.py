@@ -18,24 +18,16 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import schema
-from archiver.db import alembic_config, create_engine, head_revision, migrate, open_database, schema_revision
+from archiver.db import head_revision, migrate, open_database, schema_revision
 from archiver.outcomes import FORENSIC_PREFIX_BYTES, Archived, Permanent, Retry
 from archiver.queue import QueueStore
 from archiver.store import ArchiveStore, FetchResult
 from archiver.writer import InlineWriter
+from tests.history import engine_at
 
 pytestmark = pytest.mark.timeout(120)
 
 PREFIX = 64 * 1024
-
-
-def _upgrade_to(revision: str) -> Any:
-    def run(connection: Connection) -> None:
-        from alembic import command
-
-        command.upgrade(alembic_config(connection), revision)
-
-    return run
 
 
 def _diff(sync_conn: Connection) -> list[Any]:
@@ -63,10 +55,7 @@ def test_the_prefix_is_the_one_outcomes_cut_to() -> None:
 async def test_upgrading_from_0005_cuts_old_bodies_and_records_length_and_hash(db_url: str) -> None:
     big = os.urandom(200_000)  # bytes of every value, NUL included: no text round trip
     small = b"<html>\x00 502 Bad Gateway</html>"
-    engine = create_engine(db_url)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(_upgrade_to("0005"))
+    async with engine_at(db_url, "0005") as engine:
         assert await schema_revision(engine) == "0005"
         async with engine.begin() as conn:
             insert = text(
@@ -85,8 +74,6 @@ async def test_upgrading_from_0005_cuts_old_bodies_and_records_length_and_hash(d
         assert rows["resp_none"] == (None, None, None)
         async with engine.connect() as conn:
             assert await conn.run_sync(_diff) == []
-    finally:
-        await engine.dispose()
 
 
 async def _claimed(engine: AsyncEngine, ids: list[str]) -> dict[str, Any]:

@@ -11,16 +11,16 @@ from typing import Any
 import orjson
 import pytest
 from sqlalchemy import LargeBinary, bindparam, func, select, text
-from sqlalchemy.engine import Connection
 
 from archiver.commands import show
-from archiver.db import alembic_config, create_engine, migrate, open_database
+from archiver.db import migrate, open_database
 from archiver.export import export
 from archiver.mockapi import MockConfig, load_bodies, start_mock_server
 from archiver.queue import QueueStore
 from archiver.schema import CHILD_TABLES, input_items, responses, tool_sets
 from archiver.store import read_bodies
 from archiver.worker import Worker
+from tests.history import engine_at
 from tests.projection import assert_projection, parse_body
 
 pytestmark = pytest.mark.timeout(240)
@@ -65,15 +65,6 @@ async def test_every_corpus_body_is_a_projection_of_raw(
     assert sum(stored.values()) < sum(len(b) for b in bodies.values())
 
 
-def _upgrade_to(revision: str) -> Any:
-    def run(connection: Connection) -> None:
-        from alembic import command
-
-        command.upgrade(alembic_config(connection), revision)
-
-    return run
-
-
 OLD_ITEM = {
     "id": "msg_1",
     "type": "message",
@@ -92,10 +83,7 @@ USER = {
 async def test_rows_written_before_0010_stay_readable(db_url: str, tmp_path: Path) -> None:
     """Old rows: raw byte-exact, the whole element now under extra, input items in the view."""
     raw = orjson.dumps({"id": "resp_old", "object": "response", "status": "completed", "output": [OLD_ITEM]})
-    engine = create_engine(db_url)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(_upgrade_to(MIGRATION.down_revision))
+    async with engine_at(db_url, MIGRATION.down_revision) as engine:
         async with engine.begin() as conn:
             insert = text(
                 "INSERT INTO responses (id, status, output_text, usage, raw, raw_sha256, fetched_at, "
@@ -174,7 +162,5 @@ async def test_rows_written_before_0010_stay_readable(db_url: str, tmp_path: Pat
         ]
         assert [list(row) for row in exported] == [[c.name for c in input_items.columns]] * 3
         assert [orjson.loads(row["item"]) for row in exported] == [SYSTEM, SYSTEM, USER]
-    finally:
-        await engine.dispose()
     async with open_database(db_url) as engine, engine.connect() as conn:
         assert (await read_bodies(conn, ["resp_old"]))["resp_old"] == raw

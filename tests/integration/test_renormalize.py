@@ -77,7 +77,7 @@ async def damage(engine: Any) -> None:
     async with engine.begin() as conn:
         for table in PROJECTION_TABLES:
             await conn.execute(table.delete())
-        await conn.execute(update(responses).values(model="old", extra=None, status=None))
+        await conn.execute(update(responses).values(model="old", extra=None, status=None, tool_set_id=None))
 
 
 async def test_renormalize_rebuilds_every_row_and_switches_modes(

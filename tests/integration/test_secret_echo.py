@@ -62,6 +62,7 @@ def echo_body(rid: str, key: str) -> dict[str, Any]:
         "instructions": f"never say {key}",
         "user": key,
         "metadata": {"note": f"key={key}", key: "as a name", "url": quoted, "basic": basic},
+        "tools": [{"type": "mcp", "server_label": "crm", "headers": {"Authorization": f"Bearer {key}"}}],
         "output": [
             {
                 "type": "message",
@@ -231,6 +232,7 @@ async def test_a_key_echoed_in_valid_bodies_stays_only_in_raw(
         assert any("***" in v for v in searched[("content_parts", "text")])
         assert any("***" in v for v in searched[("input_item_contents", "item")])
         assert any("***" in v for v in searched[("input_item_lists", "model")])
+        assert any("***" in v for v in searched[("tool_sets", "tools")])
         found = {where: leaks(v) for where, values in searched.items() for v in values if leaks(v)}
         assert found == {}, found
 

@@ -1,0 +1,29 @@
+"""Databases at an older schema revision, for tests of what a migration does to old rows."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from archiver.db import alembic_config, create_engine
+
+
+@asynccontextmanager
+async def engine_at(db_url: str, revision: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on ``db_url`` migrated up to ``revision`` only (disposed at the end)."""
+
+    def upgrade(connection: Connection) -> None:
+        from alembic import command
+
+        command.upgrade(alembic_config(connection), revision)
+
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade)
+        yield engine
+    finally:
+        await engine.dispose()
