@@ -12,10 +12,11 @@ from typing import Any
 
 import orjson
 import pytest
+from alembic import command
 from sqlalchemy import DateTime, LargeBinary, bindparam, func, select, text
 
 from archiver.commands import show
-from archiver.db import migrate, open_database
+from archiver.db import alembic_config, migrate, open_database
 from archiver.export import export
 from archiver.mockapi import MockConfig, start_mock_server
 from archiver.queue import QueueStore
@@ -253,6 +254,17 @@ async def test_migration_0014_moves_every_tools_value(
         first_seen = {set_id: at for set_id, _, _, at in sets}
         assert str(first_seen[refs["resp_a1"][0]]).startswith("2026-11-11")  # resp_a1's archived_at
         assert str(first_seen[refs["resp_a4"][0]]).startswith("2026-11-14")
+
+        # Downgrading puts every value back in responses.tools (JSON null as NULL).
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), MIGRATION.down_revision))
+        async with engine.connect() as conn:
+            back = dict((await conn.execute(text("SELECT id, tools FROM responses"))).all())
+        assert {rid: as_json(v) for rid, v in back.items()} == {
+            rid: None if old in (None, "null") else orjson.loads(old) for rid, old in old_values.items()
+        }
+        await migrate(engine)
+        assert await references(engine) == refs
 
     # The writer's digest is the migration's: archiving TOOLS_A again adds no set.
     bodies = tmp_path / "bodies"
