@@ -16,6 +16,7 @@ archiver, so an id, once committed, stays valid for ever.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,9 @@ from archiver.schema import tool_sets
 __all__ = ["ToolSetIds", "tools_digest"]
 
 _IN_CHUNK = 500
+MAX_CACHED = 10_000
+"""Ids a writer remembers (the most recently used): a bound on its memory however many
+distinct arrays a provider sends; a forgotten one costs a SELECT when it comes back."""
 
 tools_digest = item_digest
 """SHA-256 (hex) of a ``tools`` value's canonical JSON: keys sorted, no whitespace (the
@@ -42,7 +46,7 @@ class ToolSetIds:
     A transaction may insert new tool sets and then roll back: their ids are kept apart
     (*unconfirmed*) until the caller says the transaction committed (:meth:`confirm`);
     the next transaction starts by forgetting them (:meth:`begin`), so a rolled-back id is
-    never used again.
+    never used again. At most :data:`MAX_CACHED` confirmed ids are kept.
     """
 
     def __init__(self) -> None:
@@ -57,6 +61,10 @@ class ToolSetIds:
         """The transaction committed: its new ids join the cache."""
         self._ids.update(self._unconfirmed)
         self._unconfirmed.clear()
+        excess = len(self._ids) - MAX_CACHED
+        if excess > 0:  # forget the least recently used: dicts keep insertion order
+            for digest in list(itertools.islice(self._ids, excess)):
+                del self._ids[digest]
 
     def resolve_sync(self, conn: Connection, values: Sequence[Any]) -> list[int | None]:
         """The ``tool_sets.id`` of each value (None for None), inserting the new ones.
@@ -74,8 +82,11 @@ class ToolSetIds:
         return [None if digest is None else self._known(digest) for digest in digests]
 
     def _known(self, digest: str) -> int | None:
-        found = self._ids.get(digest)
-        return found if found is not None else self._unconfirmed.get(digest)
+        found = self._ids.pop(digest, None)
+        if found is None:
+            return self._unconfirmed.get(digest)
+        self._ids[digest] = found  # now the most recently used
+        return found
 
     def _insert(self, conn: Connection, values: dict[str, Any]) -> dict[str, int]:
         statement: Any
