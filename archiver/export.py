@@ -166,7 +166,7 @@ STORAGE_COLUMNS = frozenset({"raw_codec", "raw_dict_id"})
 
 EXPORTED_TOOLS: Column[Any] = Column("tools", JSONDoc())
 """The ``tools`` of an exported ``responses`` row, in place of ``tool_set_id``: the value of
-its ``tool_sets`` row, so exports carry each response's tools as before migration 0014."""
+its ``tool_sets`` row, so exports carry each response's tools as before migration 0015."""
 
 
 def exported_columns(table: Table) -> list[Column[Any]]:

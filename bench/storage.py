@@ -58,7 +58,7 @@ CORPUS = BENCH.parent.parent / "shared" / "corpus" / "responses"
 MOCK_ID = "resp_ok_s{:07d}"
 ARCHIVE_TABLES = {"responses", "archive_dictionaries", *(t.name for t in CHILD_TABLES)}
 ARCHIVE_TABLES |= {"input_items", "input_item_contents", "response_input_items"}  # before/after 0010
-ARCHIVE_TABLES |= {"tool_sets"}  # from 0014
+ARCHIVE_TABLES |= {"tool_sets"}  # from 0015
 PARTS = ("raw", "normalized", "indexes", "free", "other")
 
 

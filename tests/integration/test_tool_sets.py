@@ -1,5 +1,5 @@
 """tool_sets: each distinct ``tools`` value stored once (issue 17), on SQLite and PostgreSQL:
-the writer, renormalize, the export, migration 0014, and writers that race."""
+the writer, renormalize, the export, migration 0015, and writers that race."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from tests.history import engine_at
 pytestmark = pytest.mark.timeout(240)
 
 MIGRATION = importlib.import_module(
-    "archiver.migrations.versions.0014_tool_sets_each_distinct_tools_array_once"
+    "archiver.migrations.versions.0015_tool_sets_each_distinct_tools_array_once"
 )
 
 WEATHER = {
@@ -195,7 +195,7 @@ async def test_two_writers_storing_one_new_tool_set_at_once_share_one_row(pg_url
         assert await tool_set_count(first_engine) == 2
 
 
-async def test_migration_0014_moves_every_tools_value(
+async def test_migration_0015_moves_every_tools_value(
     db_url: str, make_settings: Any, tmp_path: Path
 ) -> None:
     """responses.tools of a 0013 archive: each distinct value once, every response pointing

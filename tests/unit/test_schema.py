@@ -50,7 +50,7 @@ def engine() -> Iterator[Engine]:
     # The analyst views come from a migration: create them the way it does.
     views = importlib.import_module("archiver.migrations.versions.0010_projection_without_copies")
     tools = importlib.import_module(
-        "archiver.migrations.versions.0014_tool_sets_each_distinct_tools_array_once"
+        "archiver.migrations.versions.0015_tool_sets_each_distinct_tools_array_once"
     )
     with engine.begin() as conn:
         for statement in (*views.view_statements("sqlite"), tools.VIEW):

@@ -16,8 +16,8 @@ archive both the UPDATE and (SQLite) the DROP COLUMN rewrite the ``responses`` r
 ``archiver compact`` or ``VACUUM`` (SQLite) and ``VACUUM responses`` (PostgreSQL) give the
 space back afterwards.
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-01
 """
 
@@ -34,8 +34,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0014"
-down_revision: str | None = "0013"
+revision: str = "0015"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -158,7 +158,7 @@ def _move_tools(bind: Any, dialect: str) -> None:
         f"SELECT count(*) FROM responses WHERE {has_tools} AND tool_set_id IS NULL"
     ).scalar()
     if left:  # never expected: refuse to drop a value rather than lose it
-        raise RuntimeError(f"migration 0014: {left} responses' tools found no tool set; nothing was changed")
+        raise RuntimeError(f"migration 0015: {left} responses' tools found no tool set; nothing was changed")
 
 
 def downgrade() -> None:
