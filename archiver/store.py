@@ -20,19 +20,21 @@ from typing import Any
 
 import orjson
 import zstandard
-from sqlalchemy import Boolean, DateTime, Table, bindparam, delete, select, text, update
+from sqlalchemy import Boolean, DateTime, Table, bindparam, delete, func, select, text, update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from archiver import codec
+from archiver import codec, reencode
 from archiver.codec import Codec
 from archiver.db import check_same_file, json_dumps, now_sql, sqlite_write_engine
-from archiver.errors import ArchiverError
-from archiver.logs import get_logger
+from archiver.errors import ArchiverError, first_line
+from archiver.logs import get_logger, redact
 from archiver.normalize import NormalizedResponse, map_strings
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll, with_body_sample
 from archiver.projection import archive_mode_sync, keep_children
 from archiver.queue import Job, archive_queue
+from archiver.reencode import REENCODE_ATTEMPTS, PlainWalk
 from archiver.schema import (
     CHILD_TABLES,
     archive_dictionaries,
@@ -244,6 +246,8 @@ class ArchiveStore:
         self._codec: Codec | None = None
         self._train_at = codec.FIRST_TRAINING_AT
         self._train_due = False
+        # Set when this store got the archive's first dictionary: the plain rows to re-encode.
+        self._plain_walk: PlainWalk | None = None
         self._fast_inserts = (
             {
                 table.name: _FastInsert(table, engine.dialect)
@@ -267,6 +271,14 @@ class ArchiveStore:
         if self._train_due:
             async with self.engine.begin() as conn:
                 await conn.run_sync(self.train_dictionary_sync)
+        while self._plain_walk is not None:
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(self._plain_walk.step)
+            except (DBAPIError, OSError) as exc:  # the batch is committed: never fail it now
+                self._plain_walk_failed(exc)
+                break
+            self._plain_walk_stepped()
         return report
 
     def _write_on_own_engine(self, results: Sequence[FetchResult]) -> WriteReport:
@@ -277,7 +289,39 @@ class ArchiveStore:
         if self._train_due:
             with self._write_engine.begin() as conn:
                 self.train_dictionary_sync(conn)
+        while self._plain_walk is not None:
+            try:
+                with self._write_engine.begin() as conn:
+                    self._plain_walk.step(conn)
+            except (DBAPIError, OSError) as exc:  # the batch is committed: never fail it now
+                self._plain_walk_failed(exc)
+                break
+            self._plain_walk_stepped()
         return report
+
+    def _plain_walk_stepped(self) -> None:
+        """After a committed step of the re-encoding walk: log and forget it once it is done."""
+        walk = self._plain_walk
+        if walk is None or not walk.done:
+            return
+        self._plain_walk = None
+        log.info(
+            "archiver.plain_bodies_reencoded",
+            dictionary_id=walk.encoder.current,
+            rows=walk.rewritten,
+            left_alone=walk.left_alone,
+            stored_bytes_before=walk.stored_before,
+            stored_bytes_after=walk.stored_after,
+        )
+
+    def _plain_walk_failed(self, exc: Exception) -> None:
+        """A step failed (its transaction rolled back): try again after the next batch, a few times."""
+        walk = self._plain_walk
+        assert walk is not None
+        walk.failures += 1
+        log.warning("archiver.reencode_failed", error=redact(first_line(exc)), attempt=walk.failures)
+        if walk.failures >= REENCODE_ATTEMPTS:
+            self._plain_walk = None  # archiver compact re-encodes what is left
 
     def _writing_codec(self, conn: Connection) -> Codec:
         """The codec new bodies are written with: the newest dictionary, if there is one."""
@@ -296,18 +340,27 @@ class ArchiveStore:
     def train_dictionary_sync(self, conn: Connection, *, bodies_written: int = 0) -> int | None:
         """Train a new dictionary on the most recent bodies, if one is due; its id or None.
 
-        Due when the bodies written (``archive_changes.seq``) reach 1,000 for the first one,
-        then 10 times the count the newest one was trained on. Runs in its own transaction
-        after a batch. Another writer may have trained one meanwhile: then that one is
-        adopted. A failed training (too little data) waits for the archive to double.
+        Due when the bodies written (``archive_changes.seq``) reach
+        ``codec.FIRST_TRAINING_AT`` (128) for the first one, then 10 times the count the
+        newest one was trained on. Runs in its own transaction after a batch. Another
+        writer may have trained one meanwhile: then that one is adopted. A dictionary that
+        does not make the bodies held out of its training smaller
+        (:func:`archiver.codec.train_checked`) is not kept, and a failed training (too
+        little data) is not either: both wait for the archive to double. When this store
+        gets the archive's first dictionary (trained or adopted), the writer then
+        re-encodes the rows stored as plain ``zstd`` (:mod:`archiver.reencode`).
 
         Args:
             bodies_written: count at least this many bodies written (the counter starts
                 at 0 in archives older than change tracking; ``archiver compact``).
         """
         self._train_due = False
+        before = self._codec
         self._codec = None  # reload: picks up a dictionary another writer trained
         current = self._writing_codec(conn)
+        first = before is not None and before.current is None  # writing plain zstd until now
+        if first and current.current is not None:
+            self._walk_plain_rows(conn, current.current)
         written = int(conn.execute(text("SELECT coalesce(max(seq), 0) FROM archive_changes")).scalar() or 0)
         written = max(written, bodies_written)
         if written < self._train_at:
@@ -317,6 +370,7 @@ class ArchiveStore:
         reader = Codec(load_dictionaries_sync(conn))
         rows = conn.execute(
             select(responses.c.raw, responses.c.raw_codec, responses.c.raw_dict_id)
+            .where(func.length(responses.c.raw) <= codec.SMALL_BODY_BYTES)  # larger ones train nothing
             .order_by(responses.c.change_seq.desc())
             .limit(codec.TRAINING_SAMPLES)
         )
@@ -325,31 +379,59 @@ class ArchiveStore:
                 body = reader.decode(raw, raw_codec, dict_id)
             except (ArchiverError, zstandard.ZstdError):  # an unreadable row trains nothing
                 continue
+            if len(body) > codec.SMALL_BODY_BYTES:
+                continue
             samples.append(body)
             size += len(body)
             if size >= codec.TRAINING_BYTES:
                 break
         try:
-            data = codec.train(samples)
+            training = codec.train_checked(samples)
         except Exception as exc:  # zstd refuses too few or too small samples
             self._train_at = written * 2
             log.warning("archiver.dictionary_not_trained", bodies=len(samples), error=str(exc))
             return None
+        if not training.useful:  # too few or too unlike bodies: worse than none, or no better
+            self._train_at = written * 2
+            log.warning(
+                "archiver.dictionary_not_kept",
+                bodies=len(samples),
+                held_out=training.held_out,
+                plain_bytes=training.plain_bytes,
+                dictionary_bytes=training.dictionary_bytes,
+            )
+            return None
+        data = training.data
         dict_id = conn.execute(
             archive_dictionaries.insert()
             .values(
                 created_at=datetime.now(UTC),
                 size=len(data),
                 trained_on=written,
-                samples=len(samples),
+                samples=training.trained_on,
                 data=data,
             )
             .returning(archive_dictionaries.c.id)
         ).scalar_one()
         current.add(int(dict_id), data)
         self._train_at = codec.next_training_at(written)
-        log.info("archiver.dictionary_trained", dictionary_id=dict_id, bodies=len(samples), written=written)
+        if first:
+            self._walk_plain_rows(conn, int(dict_id))
+        log.info(
+            "archiver.dictionary_trained",
+            dictionary_id=dict_id,
+            bodies=training.trained_on,
+            written=written,
+            size=len(data),
+            held_out_plain_bytes=training.plain_bytes,
+            held_out_dictionary_bytes=training.dictionary_bytes,
+        )
         return int(dict_id)
+
+    def _walk_plain_rows(self, conn: Connection, dict_id: int) -> None:
+        """Re-encode the plain rows with the archive's first dictionary, after this batch."""
+        encoder = Codec(load_dictionaries_sync(conn, [dict_id]))
+        self._plain_walk = PlainWalk(encoder, left=reencode.REENCODE_LIMIT)
 
     def write_batch_sync(self, conn: Connection, results: Sequence[FetchResult]) -> WriteReport:
         """Write a batch in the transaction open on ``conn``; the work of :meth:`write_batch`.
