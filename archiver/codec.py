@@ -40,8 +40,8 @@ LEVEL = 3
 """zstd level of plain frames and of large bodies."""
 SMALL_BODY_LEVEL = 9
 """zstd level of bodies up to ``SMALL_BODY_BYTES`` written with a dictionary: with one, level 9
-makes mock bodies 8% smaller than level 3 for ~12 us more per 1.4 KB body (bench/codec_levels.py);
-levels 12 to 19 gain little more and cost several times as much."""
+makes mock and real bodies 6% smaller than level 3, for ~13 us more per 1.4 KB mock body and
+~50 us per 4 KB real one (bench/codec_levels.py); level 12 gains 1% more at twice the cost."""
 SMALL_BODY_BYTES = 64 * 1024
 """Bodies up to this size get ``SMALL_BODY_LEVEL`` with a dictionary; above it a dictionary
 saves a smaller share and compression time grows with the body, so level 3 stays."""
@@ -54,7 +54,7 @@ MIN_DICTIONARY_SIZE = 1024
 
 FIRST_TRAINING_AT = 128
 """The first dictionary is trained once this many bodies have been written (one from 128 mock
-bodies compresses others as well as one from 1,000; on real bodies, 30 already give most of the gain)."""
+bodies compresses others as well as one from 1,000; on real bodies, 16 already give most of the gain)."""
 RETRAIN_GROWTH = 10
 """A new dictionary is trained when the bodies written reach this multiple of the last training's."""
 TRAINING_SAMPLES = 2_000

@@ -10,6 +10,11 @@ before), with :meth:`archiver.codec.Codec.encode` (the level chosen by
 ``codec.level_for``), and, for reference, at a few fixed levels. Prints stored bytes per
 body and the median over ``--repeat`` passes of microseconds per body, with their ratios
 to level 3. Decompression is timed too (it does not depend on the level).
+
+A second table puts the level in the writer's own work per body: normalizing the body
+(``normalize_body``, what the writer process spends most of its time on besides SQL) and
+encoding it, with ``SMALL_BODY_LEVEL`` at 3 (before) and at its value (after), in
+alternating passes of the same run (medians), so a busy machine slows both alike.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ sys.path.insert(0, str(BENCH.parent))
 
 from archiver import codec  # noqa: E402
 from archiver.mockapi import body_for, load_bodies  # noqa: E402
+from archiver.normalize import normalize_body  # noqa: E402
 
 CORPUS = BENCH.parent.parent / "shared" / "corpus" / "responses"
 
@@ -70,6 +76,29 @@ def measure(label: str, bodies: list[bytes], repeat: int) -> list[str]:
     return rows
 
 
+def writer_work(label: str, bodies: list[bytes], repeat: int) -> list[str]:
+    """Table rows: normalize + encode per body, level 3 against ``SMALL_BODY_LEVEL``."""
+    data = codec.train(bodies[0::2])
+    test = bodies[1::2]
+    writer = codec.Codec({1: data})
+    level = codec.SMALL_BODY_LEVEL
+
+    def work(body: bytes) -> bytes:
+        normalize_body(body)
+        return writer.encode(body)[0]
+
+    timings: dict[int, list[float]] = {3: [], level: []}
+    for _ in range(repeat):
+        for chosen in (3, level):
+            codec.SMALL_BODY_LEVEL = chosen
+            timings[chosen].append(_per_body_us(test, work, 1))
+    codec.SMALL_BODY_LEVEL = level
+    before, after = statistics.median(timings[3]), statistics.median(timings[level])
+    return [
+        f"| {label} | {before:,.1f} | {after:,.1f} | {after - before:+,.1f} | {after / before:.3f} |",
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--corpus", type=Path, default=CORPUS, help="directory of recorded bodies (*.json)")
@@ -88,6 +117,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for label, bodies in sets:
         for row in measure(label, bodies, args.repeat):
+            print(row, flush=True)
+    print()
+    after = f"level {codec.SMALL_BODY_LEVEL}"
+    print(f"| bodies | normalize + encode, level 3: us/body | {after} | difference | ratio |")
+    print("|---|---|---|---|---|")
+    for label, bodies in sets[:2]:
+        for row in writer_work(label, bodies, 2 * args.repeat + 1):
             print(row, flush=True)
 
 
