@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection
 from archiver.codec import ZSTD, ZSTD_DICT, Codec
 from archiver.errors import ArchiverError
 from archiver.logs import get_logger
-from archiver.schema import responses
+from archiver.schema import archive_dictionaries, responses
 
 log = get_logger()
 
@@ -111,6 +111,15 @@ class PlainWalk:
         On PostgreSQL the rows stay locked until the transaction ends; rows another
         transaction holds are skipped.
         """
+        dictionary = select(archive_dictionaries.c.id).where(
+            archive_dictionaries.c.id == self.encoder.current
+        )
+        if conn.execute(dictionary).first() is None:  # never write a row no one could read
+            log.warning(
+                "archiver.reencode_stopped", dictionary_id=self.encoder.current, error="no such dictionary"
+            )
+            self.left = 0
+            return []
         r = responses.c
         listed = select(r.id, r.raw_sha256, func.length(r.raw)).where(r.raw_codec == ZSTD, r.id > self.after)
         listed = listed.order_by(r.id).limit(min(REENCODE_BATCH, self.left))

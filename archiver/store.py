@@ -269,8 +269,12 @@ class ArchiveStore:
             report = await conn.run_sync(self.write_batch_sync, results)
         self.tool_sets.confirm()
         if self._train_due:
-            async with self.engine.begin() as conn:
-                await conn.run_sync(self.train_dictionary_sync)
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(self.train_dictionary_sync)
+            except BaseException:
+                self._training_rolled_back()
+                raise
         while self._plain_walk is not None:
             try:
                 async with self.engine.begin() as conn:
@@ -287,8 +291,12 @@ class ArchiveStore:
             report = self.write_batch_sync(conn, results)
         self.tool_sets.confirm()
         if self._train_due:
-            with self._write_engine.begin() as conn:
-                self.train_dictionary_sync(conn)
+            try:
+                with self._write_engine.begin() as conn:
+                    self.train_dictionary_sync(conn)
+            except BaseException:
+                self._training_rolled_back()
+                raise
         while self._plain_walk is not None:
             try:
                 with self._write_engine.begin() as conn:
@@ -298,6 +306,12 @@ class ArchiveStore:
                 break
             self._plain_walk_stepped()
         return report
+
+    def _training_rolled_back(self) -> None:
+        """Forget what a training whose transaction did not commit did in memory: a body
+        written or re-encoded with a dictionary the database does not hold is unreadable."""
+        self._codec = None  # reloaded from the database with the next batch
+        self._plain_walk = None
 
     def _plain_walk_stepped(self) -> None:
         """After a committed step of the re-encoding walk: log and forget it once it is done."""

@@ -29,7 +29,7 @@ from archiver.mockapi import MockConfig, body_for, start_mock_server
 from archiver.queue import QueueStore
 from archiver.reencode import PlainWalk
 from archiver.schema import archive_dictionaries, responses
-from archiver.store import read_bodies
+from archiver.store import ArchiveStore, read_bodies
 from archiver.worker import Worker
 
 pytestmark = pytest.mark.timeout(180)
@@ -121,9 +121,10 @@ async def test_a_writer_reencodes_at_most_the_limit_and_compact_does_the_rest(
         await _archive(settings, engine, ids[codec.FIRST_TRAINING_AT - 1 :])
         rows = await _rows(engine)
         plain = sorted(rid for rid, row in rows.items() if row.raw_codec == "zstd")
-        # Every body was written plain (the batch that made training due too); the walk
-        # goes in id order: the first 30 were re-encoded, the rest wait.
-        assert plain == ids[30:]
+        # The walk goes in id order: of the rows written plain (the first run's, and the
+        # second run's before the dictionary), the first 30 were re-encoded, the rest wait.
+        assert set(ids[30 : codec.FIRST_TRAINING_AT - 1]) <= set(plain)
+        assert not set(ids[:30]) & set(plain)
         await compact(engine)
         assert {row.raw_codec for row in (await _rows(engine)).values()} == {"zstd+dict"}
         async with engine.connect() as conn:
@@ -278,3 +279,45 @@ async def test_a_dictionary_that_does_not_help_is_not_kept(
         assert await _dictionaries(engine) == []
         assert {row.raw_codec for row in (await _rows(engine)).values()} == {"zstd"}
     assert "archiver.dictionary_not_kept" in capfd.readouterr().err
+
+
+async def test_a_walk_never_writes_with_a_dictionary_the_database_does_not_hold(
+    sqlite_url: str, make_settings: Any
+) -> None:
+    ids = [f"resp_ok_m{i:03d}" for i in range(5)]
+    async with open_database(sqlite_url) as engine:
+        encoder = await _plain_rows_and_a_dictionary(sqlite_url, make_settings, engine, ids)
+        async with engine.begin() as conn:
+            await conn.execute(archive_dictionaries.delete())
+        walk = PlainWalk(encoder)
+        async with engine.begin() as conn:
+            await conn.run_sync(walk.step)
+        assert walk.done and walk.rewritten == 0
+        assert {row.raw_codec for row in (await _rows(engine)).values()} == {"zstd"}
+
+
+async def test_a_training_that_does_not_commit_leaves_no_dictionary_in_use(
+    sqlite_url: str, make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trained: list[int] = []
+    walk_plain_rows = ArchiveStore._walk_plain_rows
+
+    def fail_the_first(store: ArchiveStore, conn: Any, dict_id: int) -> None:
+        trained.append(dict_id)
+        if len(trained) == 1:  # after the dictionary's INSERT, before the COMMIT
+            raise RuntimeError("the training transaction does not commit")
+        walk_plain_rows(store, conn, dict_id)
+
+    monkeypatch.setattr(ArchiveStore, "_walk_plain_rows", fail_the_first)
+    ids = [f"resp_ok_n{i:05d}" for i in range(codec.FIRST_TRAINING_AT + 150)]
+    async with await start_mock_server() as mock, open_database(sqlite_url) as engine:
+        await _archive(make_settings(sqlite_url, mock.base_url, writer="inline"), engine, ids)
+        dictionaries = await _dictionaries(engine)
+        rows = await _rows(engine)
+        async with engine.connect() as conn:
+            bodies = await read_bodies(conn, ids)
+    # The writer trained again (its dictionary went with the rollback), and wrote nothing
+    # with the one that was rolled back: every body reads back.
+    assert len(trained) == 2 and [d.id for d in dictionaries] == trained[1:]
+    assert {row.raw_dict_id for row in rows.values()} <= {None, trained[1]}
+    assert bodies == {rid: body_for(rid) for rid in ids}
