@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text, update
 
-from archiver import codec
 from archiver.commands import show
 from archiver.compact import DaemonRunning, compact
 from archiver.db import open_database
@@ -31,13 +30,8 @@ from tests.integration.test_renormalize import archive_corpus, assert_consistent
 pytestmark = pytest.mark.timeout(300)
 
 MOCK_IDS = [f"resp_ok_c{i:05d}" for i in range(600)]
-FIRST_TRAINING_AT = 400
-"""The tests' first-training threshold (1,000 in use), so compact trains on fewer bodies."""
-
-
-@pytest.fixture
-def train_sooner(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(codec, "FIRST_TRAINING_AT", FIRST_TRAINING_AT)
+OLD_BODIES = 400
+"""Bodies of the old archive that compact converts (more than the 128 that train a dictionary)."""
 
 
 async def archive_old(
@@ -75,7 +69,6 @@ def file_bytes(url: str) -> int:
     return os.path.getsize(path)
 
 
-@pytest.mark.usefixtures("train_sooner")
 async def test_compact_converts_an_old_archive_byte_exact_and_gives_space_back(
     db_url: str, make_settings: Any, corpus_dir: Path
 ) -> None:
@@ -114,12 +107,11 @@ async def test_compact_converts_an_old_archive_byte_exact_and_gives_space_back(
         assert result.space.startswith("VACUUM (ANALYZE)")
 
 
-@pytest.mark.usefixtures("train_sooner")
 async def test_an_old_file_without_incremental_vacuum_needs_vacuum_once(
     sqlite_url: str, make_settings: Any
 ) -> None:
     async with open_database(sqlite_url) as engine:
-        await archive_old(sqlite_url, engine, make_settings, None, count=FIRST_TRAINING_AT)
+        await archive_old(sqlite_url, engine, make_settings, None, count=OLD_BODIES)
     path = sqlite_url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as conn:  # as files created before archiver set auto_vacuum
         conn.execute("PRAGMA auto_vacuum = NONE")
