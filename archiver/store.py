@@ -272,6 +272,8 @@ class ArchiveStore:
             try:
                 async with self.engine.begin() as conn:
                     await conn.run_sync(self.train_dictionary_sync)
+            except (DBAPIError, OSError) as exc:  # the batch is committed: never fail it now
+                self._training_failed(exc)
             except BaseException:
                 self._training_rolled_back()
                 raise
@@ -294,6 +296,8 @@ class ArchiveStore:
             try:
                 with self._write_engine.begin() as conn:
                     self.train_dictionary_sync(conn)
+            except (DBAPIError, OSError) as exc:  # the batch is committed: never fail it now
+                self._training_failed(exc)
             except BaseException:
                 self._training_rolled_back()
                 raise
@@ -312,6 +316,13 @@ class ArchiveStore:
         written or re-encoded with a dictionary the database does not hold is unreadable."""
         self._codec = None  # reloaded from the database with the next batch
         self._plain_walk = None
+
+    def _training_failed(self, exc: Exception) -> None:
+        """A training failed on a database error after its batch committed: the batch stands
+        (raising would make the caller write it again, its rows then counted as lost leases);
+        the training is due again with the next batch, from what the database holds."""
+        self._training_rolled_back()
+        log.warning("archiver.dictionary_training_failed", error=redact(first_line(exc)))
 
     def _plain_walk_stepped(self) -> None:
         """After a committed step of the re-encoding walk: log and forget it once it is done."""

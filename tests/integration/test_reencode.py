@@ -321,3 +321,43 @@ async def test_a_training_that_does_not_commit_leaves_no_dictionary_in_use(
     assert len(trained) == 2 and [d.id for d in dictionaries] == trained[1:]
     assert {row.raw_dict_id for row in rows.values()} <= {None, trained[1]}
     assert bodies == {rid: body_for(rid) for rid in ids}
+
+
+@pytest.mark.parametrize("writer", ["inline", "process"])
+async def test_a_training_that_fails_after_its_batch_committed_fails_nothing(
+    sqlite_url: str, make_settings: Any, writer: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A database error in the training (here a trigger refusing the dictionary's INSERT)
+    comes after the batch committed: the batch stands, once; the training is tried again."""
+    ids = [f"resp_ok_f{i:05d}" for i in range(codec.FIRST_TRAINING_AT + 100)]
+    async with await start_mock_server() as mock, open_database(sqlite_url) as engine:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_dictionaries BEFORE INSERT ON archive_dictionaries "
+                "BEGIN SELECT RAISE(ABORT, 'no dictionaries today'); END"
+            )
+        await QueueStore(engine).enqueue(ids)
+        worker = Worker(make_settings(sqlite_url, mock.base_url, writer=writer), engine, once=True)
+        await worker.run()
+        assert worker.summary.archived == len(ids), worker.summary
+        assert worker.summary.lost_lease == 0
+        assert await QueueStore(engine).counts() == {
+            "pending": 0,
+            "in_flight": 0,
+            "archived": len(ids),
+            "not_found": 0,
+            "failed": 0,
+        }
+        assert len(mock.stats.requests_by_id) == len(ids) and set(mock.stats.requests_by_id.values()) == {1}
+        assert await _dictionaries(engine) == []
+        async with engine.connect() as conn:
+            assert await read_bodies(conn, ids) == {rid: body_for(rid) for rid in ids}
+        captured = capfd.readouterr()
+        assert "archiver.dictionary_training_failed" in captured.out + captured.err
+
+        # Once the database takes dictionaries again, the next batch trains one.
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("DROP TRIGGER refuse_dictionaries")
+        more = [f"resp_ok_g{i:03d}" for i in range(50)]
+        await _archive(make_settings(sqlite_url, mock.base_url, writer=writer), engine, more)
+        assert len(await _dictionaries(engine)) == 1
