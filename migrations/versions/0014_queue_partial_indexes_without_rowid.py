@@ -102,8 +102,28 @@ def downgrade() -> None:
 
 
 def _rebuild_sqlite_queue(options: str) -> None:
-    """Copy the queue into a new table with ``options``, in one statement, and put it in its place."""
+    """Copy the queue into a new table with ``options``, in one statement, and put it in its place.
+
+    What others built on the queue survives (docs/schema.md invites queries of one's own):
+    a view naming ``archive_queue`` would make the RENAME fail ("error in view ...") while
+    the old table is gone, so the RENAME runs with ``legacy_alter_table`` (it then checks
+    and rewrites no view or trigger; they name ``archive_queue``, which exists again after
+    it); the queue's own triggers, dropped with the old table, are created again.
+    """
+    bind = op.get_bind()
+    triggers = [
+        str(sql)
+        for (sql,) in bind.exec_driver_sql(
+            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'archive_queue'"
+        )
+    ]
     op.execute(SQLITE_QUEUE.format(name="_archive_queue_new", options=options))
     op.execute(f"INSERT INTO _archive_queue_new ({QUEUE_COLUMNS}) SELECT {QUEUE_COLUMNS} FROM archive_queue")
-    op.execute("DROP TABLE archive_queue")
-    op.execute("ALTER TABLE _archive_queue_new RENAME TO archive_queue")
+    op.execute("PRAGMA legacy_alter_table = ON")
+    try:
+        op.execute("DROP TABLE archive_queue")
+        op.execute("ALTER TABLE _archive_queue_new RENAME TO archive_queue")
+    finally:
+        op.execute("PRAGMA legacy_alter_table = OFF")
+    for sql in triggers:
+        bind.exec_driver_sql(sql)  # as written: text() would take a ':name' in it for a parameter

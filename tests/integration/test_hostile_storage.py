@@ -76,17 +76,15 @@ async def test_an_operators_trigger_on_the_queue_survives_the_sqlite_rebuild(sql
     try:
         async with engine.begin() as conn:
             await conn.execute(text("CREATE TABLE my_failures (id TEXT)"))
-            await conn.execute(
-                text(
-                    "CREATE TRIGGER my_failed_audit AFTER UPDATE OF state ON archive_queue "
-                    "WHEN new.state = 'failed' BEGIN INSERT INTO my_failures VALUES (new.id); END"
-                )
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER my_failed_audit AFTER UPDATE OF state ON archive_queue "
+                "WHEN new.state = 'failed' BEGIN INSERT INTO my_failures VALUES (new.id || ':failed'); END"
             )
         await migrate(engine)
         async with engine.begin() as conn:
             await conn.execute(text("UPDATE archive_queue SET state = 'failed' WHERE id = 'resp_a'"))
         async with engine.connect() as conn:
             audited = (await conn.execute(text("SELECT id FROM my_failures"))).scalars().all()
-        assert audited == ["resp_a"]
+        assert audited == ["resp_a:failed"]
     finally:
         await engine.dispose()
