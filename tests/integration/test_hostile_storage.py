@@ -7,13 +7,16 @@ Each test here reproduces a fault found by hand against real databases.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from alembic import command
 from sqlalchemy import text
 
+import archiver.metrics as metrics_module
 from archiver.db import alembic_config, create_engine, head_revision, migrate, schema_revision
+from archiver.metrics import Metrics, queue_gauge_loop
 from archiver.queue import QueueStore
 
 pytestmark = pytest.mark.timeout(120)
@@ -86,5 +89,56 @@ async def test_an_operators_trigger_on_the_queue_survives_the_sqlite_rebuild(sql
         async with engine.connect() as conn:
             audited = (await conn.execute(text("SELECT id FROM my_failures"))).scalars().all()
         assert audited == ["resp_a:failed"]
+    finally:
+        await engine.dispose()
+
+
+class _SlowArchivedCount(QueueStore):
+    """The real queue, whose ``archived`` count takes until ``counted`` is set (a queue of
+    hundreds of millions of rows: reading all of it takes longer than a refresh may)."""
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        self.counted = asyncio.Event()
+        self.archived_counts_started = 0
+
+    async def counts(self, *, archived: bool = True) -> dict[str, int]:
+        if archived:
+            self.archived_counts_started += 1
+            await self.counted.wait()
+        return await super().counts(archived=archived)
+
+
+async def test_a_queue_too_big_to_count_in_one_refresh_still_gets_its_waiting_gauges(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh may take max(--metrics-refresh, 10 s). When counting ``archived`` took
+    longer, every refresh was cancelled inside that count: the gauges of the states that
+    are cheap to count (pending, in_flight, the oldest pending age) were never set, and the
+    whole queue was read again at every interval, not "rarely"."""
+    monkeypatch.setattr(metrics_module, "_REFRESH_TIMEOUT_FLOOR_S", 0.2)
+    engine = create_engine(sqlite_url)
+    try:
+        await migrate(engine)
+        queue = _SlowArchivedCount(engine)
+        await queue.enqueue([f"resp_{i}" for i in range(3)])
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE archive_queue SET state = 'archived' WHERE id = 'resp_0'"))
+        metrics = Metrics()
+        stop = asyncio.Event()
+        loop = asyncio.create_task(queue_gauge_loop(metrics, queue, 0.05, stop))
+        try:
+            await asyncio.sleep(1.0)  # five refresh timeouts
+            assert metrics.registry.get_sample_value("archiver_queue_rows", {"state": "pending"}) == 2
+            assert queue.archived_counts_started == 1  # one slow count at a time, not one per refresh
+            queue.counted.set()
+            for _ in range(100):
+                if metrics.registry.get_sample_value("archiver_queue_rows", {"state": "archived"}) == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert metrics.registry.get_sample_value("archiver_queue_rows", {"state": "archived"}) == 1
+        finally:
+            stop.set()
+            await asyncio.wait_for(loop, 5)
     finally:
         await engine.dispose()
