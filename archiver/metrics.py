@@ -373,8 +373,14 @@ a huge queue: every 8 minutes). A queue counted in milliseconds is counted at ea
 
 class QueueGauges:
     """Reads the queue for the gauges: at each refresh the states that have a partial index
-    (their cost grows with their rows, not the queue's), ``archived`` as ARCHIVED_COUNT_SHARE
-    allows (the gauge keeps the last count in between), and the oldest pending age.
+    (their cost grows with their rows, not the queue's) and the oldest pending age, set
+    first; then ``archived`` as ARCHIVED_COUNT_SHARE allows (the gauge keeps the last
+    count in between).
+
+    The ``archived`` count runs as a task of its own, which a refresh waits for but does
+    not own: a queue too big to count within a refresh's time still gets its other gauges
+    at every refresh, and its count, cut short by nobody, lands at a later refresh (one
+    count at a time). :meth:`close` cancels a count still running.
 
     Args:
         queue: the queue to read.
@@ -393,19 +399,42 @@ class QueueGauges:
         self._clock = clock
         self._archived: int | None = None
         self._archived_due = 0.0
+        self._recount: asyncio.Task[None] | None = None
 
     async def refresh(self, metrics: Metrics) -> None:
         """Read the queue once and set the gauges. Raises on a database error."""
-        started = self._clock()
-        recount = self._archived is None or started >= self._archived_due
-        counts = await self.queue.counts(archived=recount)
-        if recount:
-            self._archived = counts["archived"]
-            self._archived_due = started + (self._clock() - started) / ARCHIVED_COUNT_SHARE
+        counts = await self.queue.counts(archived=False)
+        oldest = await self.queue.oldest_pending_age()
         counts["archived"] = self._archived or 0
-        metrics.set_queue(counts, await self.queue.oldest_pending_age())
+        metrics.set_queue(counts, oldest)
         if self.near_expiry is not None:
             metrics.set_pending_near_expiry(await self.near_expiry())
+        if self._recount is None and (self._archived is None or self._clock() >= self._archived_due):
+            self._recount = asyncio.create_task(self._count_archived())
+        if self._recount is not None:
+            recount = self._recount
+            try:
+                await asyncio.shield(recount)  # a refresh cut short leaves the count running
+            finally:
+                if recount.done():  # counted, or failed (raised here, once): the next may start
+                    self._recount = None
+            counts["archived"] = self._archived or 0
+            metrics.set_queue(counts, oldest)
+
+    async def _count_archived(self) -> None:
+        started = self._clock()
+        try:
+            self._archived = (await self.queue.counts())["archived"]
+        finally:
+            self._archived_due = started + (self._clock() - started) / ARCHIVED_COUNT_SHARE
+
+    async def close(self) -> None:
+        """Cancel an ``archived`` count still running."""
+        if self._recount is not None:
+            self._recount.cancel()
+            with contextlib.suppress(BaseException):
+                await self._recount
+            self._recount = None
 
 
 async def queue_gauge_loop(
@@ -431,21 +460,24 @@ async def queue_gauge_loop(
     """
     timeout = max(interval_s, _REFRESH_TIMEOUT_FLOOR_S)
     gauges = QueueGauges(queue, near_expiry)
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(gauges.refresh(metrics), timeout)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            metrics.observe_queue_refresh_failure()
-            first_line = str(exc).splitlines()[0] if str(exc) else ""
-            log.warning(
-                "archiver.metrics_refresh_failed",
-                error=redact(f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__),
-                wait_s=interval_s,
-            )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=max(interval_s, 0.0))
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(gauges.refresh(metrics), timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                metrics.observe_queue_refresh_failure()
+                first_line = str(exc).splitlines()[0] if str(exc) else ""
+                log.warning(
+                    "archiver.metrics_refresh_failed",
+                    error=redact(f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__),
+                    wait_s=interval_s,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(interval_s, 0.0))
+    finally:
+        await gauges.close()
 
 
 # --- HTTP endpoint -----------------------------------------------------------------------------

@@ -101,11 +101,15 @@ class _SlowArchivedCount(QueueStore):
         super().__init__(engine)
         self.counted = asyncio.Event()
         self.archived_counts_started = 0
+        self.fail_next = False
 
     async def counts(self, *, archived: bool = True) -> dict[str, int]:
         if archived:
             self.archived_counts_started += 1
             await self.counted.wait()
+            if self.fail_next:
+                self.fail_next = False
+                raise RuntimeError("database went away")
         return await super().counts(archived=archived)
 
 
@@ -140,5 +144,32 @@ async def test_a_queue_too_big_to_count_in_one_refresh_still_gets_its_waiting_ga
         finally:
             stop.set()
             await asyncio.wait_for(loop, 5)
+    finally:
+        await engine.dispose()
+
+
+async def test_an_archived_count_that_fails_after_its_refresh_gave_up_is_retaken(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The count outlives the refresh that started it; when it then fails (the database
+    went away meanwhile) the failure is reported once and a later refresh counts again."""
+    monkeypatch.setattr(metrics_module, "_REFRESH_TIMEOUT_FLOOR_S", 0.2)
+    engine = create_engine(sqlite_url)
+    try:
+        await migrate(engine)
+        queue = _SlowArchivedCount(engine)
+        await queue.enqueue(["resp_a"])
+        metrics = Metrics()
+        gauges = metrics_module.QueueGauges(queue)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(gauges.refresh(metrics), 0.2)
+        queue.fail_next = True
+        queue.counted.set()
+        with pytest.raises(RuntimeError, match="database went away"):
+            await gauges.refresh(metrics)
+        await gauges.refresh(metrics)
+        assert queue.archived_counts_started == 2
+        assert metrics.registry.get_sample_value("archiver_queue_rows", {"state": "pending"}) == 1
+        await gauges.close()
     finally:
         await engine.dispose()
