@@ -173,3 +173,34 @@ async def test_an_archived_count_that_fails_after_its_refresh_gave_up_is_retaken
         await gauges.close()
     finally:
         await engine.dispose()
+
+
+def test_the_documented_way_to_compare_sqlite_timestamps_written_both_ways_is_exact() -> None:
+    """docs/schema.md names a function to compare SQLite timestamps written with and without
+    the zero fraction. ``datetime(col)`` drops every fraction, so ``datetime(archived_at) >
+    '... 12:00:07'`` missed a row archived at 12:00:07.9 (archived_at and fetched_at always
+    carry microseconds). The documented function must order both spellings and fractions."""
+    import re
+    import sqlite3
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "schema.md").read_text(encoding="utf-8")
+    row = next(line for line in doc.splitlines() if line.startswith("| timestamps |"))
+    found = re.search(r"through `(\w+)\(col\)` to compare instants written both ways", row)
+    assert found, row
+    function = found.group(1)
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (id TEXT, at TEXT)")
+    conn.executemany(
+        "INSERT INTO t VALUES (?, ?)",
+        [
+            ("short", "2026-05-01 12:00:07"),
+            ("old", "2026-05-01 12:00:07.000000"),
+            ("later", "2026-05-01 12:00:07.900000"),
+        ],
+    )
+    at_7 = f"{function}('2026-05-01 12:00:07')"
+    after = conn.execute(f"SELECT id FROM t WHERE {function}(at) > {at_7} ORDER BY id").fetchall()
+    same = conn.execute(f"SELECT id FROM t WHERE {function}(at) = {at_7} ORDER BY id").fetchall()
+    assert after == [("later",)]
+    assert same == [("old",), ("short",)]
