@@ -204,3 +204,26 @@ def test_the_documented_way_to_compare_sqlite_timestamps_written_both_ways_is_ex
     same = conn.execute(f"SELECT id FROM t WHERE {function}(at) = {at_7} ORDER BY id").fetchall()
     assert after == [("later",)]
     assert same == [("old",), ("short",)]
+
+
+async def test_a_row_in_a_state_archiver_does_not_know_still_shows_in_the_gauges(db_url: str) -> None:
+    """Other applications may insert queue rows (docs/schema.md); one written with a state
+    archiver does not know (``queued``) is never claimed, and the metrics were where it
+    showed (``Metrics.set_queue``: "a state outside QUEUE_STATES is shown too"). Counting
+    each known state from its partial index left it out: it waited unseen for ever."""
+    engine = create_engine(db_url)
+    try:
+        await migrate(engine)
+        queue = QueueStore(engine)
+        await queue.enqueue(["resp_a"])
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO archive_queue (id, state) VALUES ('resp_typo', 'queued')"))
+        metrics = Metrics()
+        gauges = metrics_module.QueueGauges(queue)
+        await gauges.refresh(metrics)
+        assert metrics.registry.get_sample_value("archiver_queue_rows", {"state": "queued"}) == 1
+        assert metrics.registry.get_sample_value("archiver_queue_rows", {"state": "pending"}) == 1
+        assert sum((await queue.counts()).values()) == 2
+        await gauges.close()
+    finally:
+        await engine.dispose()
