@@ -397,7 +397,7 @@ class QueueGauges:
         self.queue = queue
         self.near_expiry = near_expiry
         self._clock = clock
-        self._archived: int | None = None
+        self._archived: dict[str, int] | None = None
         self._archived_due = 0.0
         self._recount: asyncio.Task[None] | None = None
 
@@ -405,7 +405,7 @@ class QueueGauges:
         """Read the queue once and set the gauges. Raises on a database error."""
         counts = await self.queue.counts(archived=False)
         oldest = await self.queue.oldest_pending_age()
-        counts["archived"] = self._archived or 0
+        counts.update(self._uncounted)
         metrics.set_queue(counts, oldest)
         if self.near_expiry is not None:
             metrics.set_pending_near_expiry(await self.near_expiry())
@@ -418,13 +418,20 @@ class QueueGauges:
             finally:
                 if recount.done():  # counted, or failed (raised here, once): the next may start
                     self._recount = None
-            counts["archived"] = self._archived or 0
+            counts.update(self._uncounted)
             metrics.set_queue(counts, oldest)
+
+    @property
+    def _uncounted(self) -> dict[str, int]:
+        """The last count of the states without an index: ``archived``, and any state
+        archiver does not know."""
+        return {"archived": 0, **(self._archived or {})}
 
     async def _count_archived(self) -> None:
         started = self._clock()
         try:
-            self._archived = (await self.queue.counts())["archived"]
+            counts = await self.queue.counts()
+            self._archived = {s: n for s, n in counts.items() if s == "archived" or s not in QUEUE_STATES}
         finally:
             self._archived_due = started + (self._clock() - started) / ARCHIVED_COUNT_SHARE
 

@@ -520,17 +520,38 @@ class QueueStore:
         Every state but ``archived`` is counted from its partial index (cost grows with
         the rows in that state). ``archived`` has no index: counting it reads the whole
         queue, so ``archived=False`` leaves it out of the answer (see the README decision
-        "Queue indexes").
+        "Queue indexes"). That read also counts rows in a state archiver does not know
+        (written by another application), which no claim takes: they are in the answer.
         """
-        states = [s for s in QUEUE_STATES if archived or s != "archived"]
-        sql = " UNION ALL ".join(
-            f"SELECT '{state}', count(*) FROM archive_queue WHERE {state_is(state)}" for state in states
-        )
-        counts = dict.fromkeys(states, 0)
+        indexed = [s for s in QUEUE_STATES if s != "archived"]
+        columns = ", ".join(f"(SELECT count(*) FROM archive_queue WHERE {state_is(s)})" for s in indexed)
+        if archived:
+            # One read of the whole queue, in the same statement (one snapshot): archived
+            # rows, and all rows; the difference is rows in states archiver does not know.
+            sql = (
+                f"SELECT {columns}, whole.archived, whole.total FROM (SELECT "
+                "sum(CASE WHEN state = 'archived' THEN 1 ELSE 0 END) AS archived, count(*) AS total "
+                "FROM archive_queue) AS whole"
+            )
+        else:
+            sql = f"SELECT {columns}"
         async with statement_at_a_time(self.engine) as conn:
-            for state, n in (await conn.execute(text(sql))).fetchall():
-                counts[state] = int(n)
-        return counts
+            row = (await conn.execute(text(sql))).one()
+            counts = {state: int(n or 0) for state, n in zip(indexed, row, strict=False)}
+            if archived:
+                counts["archived"] = int(row[len(indexed)] or 0)
+                if int(row[len(indexed) + 1]) > sum(counts.values()):
+                    counts.update(await self._unknown_states(conn))
+        return {**{s: counts[s] for s in QUEUE_STATES if s in counts}, **counts}
+
+    async def _unknown_states(self, conn: AsyncConnection) -> dict[str, int]:
+        """Rows per state archiver does not know (another application's): a read of the whole
+        queue, made only when a count found such rows."""
+        known = " AND ".join(f"NOT {state_is(s)}" for s in QUEUE_STATES)
+        result = await conn.execute(
+            text(f"SELECT state, count(*) FROM archive_queue WHERE {known} GROUP BY state")
+        )
+        return {str(state): int(n) for state, n in result.fetchall()}
 
     async def counts_by_source(self) -> dict[str, dict[str, int]]:
         """Rows per state of each source that has rows; every state name is present.
