@@ -524,9 +524,16 @@ def is_postgres(engine: AsyncEngine | AsyncConnection) -> bool:
 
 
 def now_sql(dialect_name: str) -> str:
-    """SQL text of the database clock as unix seconds, for hand-written statements."""
+    """SQL text of the database clock as unix seconds, for hand-written statements.
+
+    On PostgreSQL a scalar subquery: the statement reads the clock once (an InitPlan),
+    and a comparison with it bounds an index scan (``next_attempt_at <= now`` reads only
+    the due rows). ``clock_timestamp()`` itself is volatile, so the planner filtered every
+    row of the index with it: each claim with nothing due read every waiting row.
+    SQLite's ``julianday('now')`` is fixed for the statement and bounds the index already.
+    """
     if dialect_name == "postgresql":
-        return "extract(epoch from clock_timestamp())::float8"
+        return "(SELECT extract(epoch from clock_timestamp())::float8)"
     return "((julianday('now') - 2440587.5) * 86400.0)"
 
 
