@@ -236,6 +236,13 @@ class QueueStore:
         cols += "response_created_at, source"
         if sources is not None and all(s == DEFAULT_SOURCE for s in sources):
             sources = None
+        # In key order, a chunk's inserts walk the primary key's B-tree once, left to right:
+        # random IDs (UUIDs) into a 1.5M-row WITHOUT ROWID queue took 2.3x as long unsorted.
+        # The order within a chunk means nothing: its rows share one due time.
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        ids = [ids[n] for n in order]
+        created = [created[n] for n in order] if created is not None else None
+        sources = [sources[n] for n in order] if sources is not None else None
         if self.dialect == "postgresql":
             sql = (
                 f"INSERT INTO archive_queue ({cols}) "

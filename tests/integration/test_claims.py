@@ -136,3 +136,25 @@ async def test_a_claim_hands_out_its_rows_longest_due_first(db_url: str) -> None
                 )
         jobs = await queue.claim_batch("w:1", 10, 60, 5, "default")
     assert [j.response_id for j in jobs] == ["resp_z", "resp_m", "resp_a"]
+
+
+async def test_an_enqueued_chunk_keeps_each_ids_created_at_and_source_whatever_its_order(db_url: str) -> None:
+    """Chunks are inserted in key order: each ID's creation time and source must follow it."""
+    ids = ["resp_c", "resp_a", "resp_d", "resp_b", "resp_a"]
+    created = [3000.0, 1000.0, None, 2000.0, 1000.0]
+    sources = ["gamma", "alpha", "default", "beta", "alpha"]
+    async with open_database(db_url) as engine:
+        counts = await QueueStore(engine).enqueue(ids, created_at=created, sources=sources)
+        assert (counts.queued, counts.already_known) == (4, 1)
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text("SELECT id, response_created_at, source FROM archive_queue ORDER BY id")
+                )
+            ).all()
+    assert [tuple(row) for row in rows] == [
+        ("resp_a", 1000.0, "alpha"),
+        ("resp_b", 2000.0, "beta"),
+        ("resp_c", 3000.0, "gamma"),
+        ("resp_d", None, "default"),
+    ]
