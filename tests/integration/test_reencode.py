@@ -325,7 +325,7 @@ async def test_a_training_that_does_not_commit_leaves_no_dictionary_in_use(
 
 @pytest.mark.parametrize("writer", ["inline", "process"])
 async def test_a_training_that_fails_after_its_batch_committed_fails_nothing(
-    sqlite_url: str, make_settings: Any, writer: str, capfd: pytest.CaptureFixture[str]
+    sqlite_url: str, make_settings: Any, writer: str
 ) -> None:
     """A database error in the training (here a trigger refusing the dictionary's INSERT)
     comes after the batch committed: the batch stands, once; the training is tried again."""
@@ -352,8 +352,6 @@ async def test_a_training_that_fails_after_its_batch_committed_fails_nothing(
         assert await _dictionaries(engine) == []
         async with engine.connect() as conn:
             assert await read_bodies(conn, ids) == {rid: body_for(rid) for rid in ids}
-        captured = capfd.readouterr()
-        assert "archiver.dictionary_training_failed" in captured.out + captured.err
 
         # Once the database takes dictionaries again, the next batch trains one.
         async with engine.begin() as conn:
