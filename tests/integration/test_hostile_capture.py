@@ -1,0 +1,105 @@
+"""A hostile tester's findings on issue 17's storage changes (tool_sets, the codec, enqueue order).
+
+Each test makes the fault happen for real: a hostile aiohttp server in the test sends the
+bodies, the writer runs as it does in production (its own process where it says so), and
+the archive is a real SQLite file or the PostgreSQL server of the fixtures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import pytest
+from aiohttp import web
+from sqlalchemy import select, text
+
+from archiver.commands import show
+from archiver.db import open_database
+from archiver.queue import QueueStore
+from archiver.renormalize import renormalize
+from archiver.schema import responses
+from archiver.worker import Worker
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@contextlib.asynccontextmanager
+async def serve_bodies(bodies: Mapping[str, bytes]) -> AsyncIterator[str]:
+    """A provider that answers each ID with its bytes, exactly; its base URL."""
+
+    async def answer(request: web.Request) -> web.Response:
+        raw = bodies.get(request.match_info["rid"])
+        if raw is None:
+            return web.json_response(
+                {"error": {"message": "not found", "type": "invalid_request_error"}}, status=404
+            )
+        return web.Response(body=raw, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/v1/responses/{rid}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        await runner.cleanup()
+
+
+def body(rid: str, tools: bytes | None, text_: bytes = b'"Hi"') -> bytes:
+    """A completed Response body built as bytes, so it can hold what a parser changes."""
+    tools_field = b"" if tools is None else b',"tools":' + tools
+    return (
+        b'{"id":"%s","object":"response","status":"completed","model":"qwen-plus"%s,"output":'
+        b'[{"type":"message","role":"assistant","content":[{"type":"output_text","text":%s}]}]}'
+        % (rid.encode(), tools_field, text_)
+    )
+
+
+async def states(engine: Any) -> dict[str, str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(text("SELECT id, state FROM archive_queue"))
+        return {rid: state for rid, state in rows}
+
+
+async def tool_set_ids(engine: Any) -> dict[str, int | None]:
+    async with engine.connect() as conn:
+        return dict((await conn.execute(select(responses.c.id, responses.c.tool_set_id))).all())
+
+
+JSON_ORJSON_REFUSES = {
+    # A token boundary inside an emoji: real model output (archiver.policy._loads_stdlib).
+    "resp_lone_surrogate": body(
+        "resp_lone_surrogate", b'[{"type":"function","name":"\\ud83d"}]', b'"\\ud83d"'
+    ),
+    # Valid JSON whose number is beyond a double.
+    "resp_huge_number": body("resp_huge_number", b'[{"type":"function","x":1e400}]'),
+}
+
+
+@pytest.mark.parametrize("writer", ["process", "inline"])
+async def test_bodies_orjson_refuses_are_archived_by_every_writer_and_renormalized(
+    writer: str, sqlite_url: str, make_settings: Any
+) -> None:
+    """Valid JSON that only the standard library parses (lone surrogates, 1e400) is
+    archived whichever writer runs, and renormalize rebuilds it to the same tool set.
+
+    Found: the writer process received ``raw`` only and parsed it with orjson alone, so it
+    failed these IDs ("normalization failed: JSONDecodeError"), a body the fetcher had
+    accepted never archived; renormalize and compact failed on them the same way.
+    """
+    async with serve_bodies(JSON_ORJSON_REFUSES) as base_url, open_database(sqlite_url) as engine:
+        await QueueStore(engine).enqueue(sorted(JSON_ORJSON_REFUSES))
+        await Worker(make_settings(sqlite_url, base_url, writer=writer), engine, once=True).run()
+        assert await states(engine) == dict.fromkeys(JSON_ORJSON_REFUSES, "archived")
+        before = await tool_set_ids(engine)
+        assert all(before.values())
+        result = await renormalize(engine, everything=True, batch_size=10)
+        assert (result.report.rewritten, result.report.failed) == (len(JSON_ORJSON_REFUSES), 0)
+        assert await tool_set_ids(engine) == before
+    for rid, raw in JSON_ORJSON_REFUSES.items():
+        assert await show(make_settings(sqlite_url), rid) == raw
