@@ -962,6 +962,26 @@ def map_strings(value: Any, fix: Callable[[str], str]) -> Any:
     return value
 
 
+def loads_body(raw: bytes) -> Any:
+    """Parse a body as the fetcher did (``archiver.policy``): orjson, or the standard library
+    for valid JSON that orjson refuses (lone surrogate escapes, numbers beyond a double).
+
+    The writer process and renormalize get ``raw`` alone: parsing it with orjson only failed
+    bodies the fetcher had accepted.
+
+    Raises:
+        ValueError: the body is not JSON (``orjson.JSONDecodeError`` is one).
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def normalize_body(raw: bytes, body: Any = None) -> NormalizedResponse:
     """Normalize an archived body (parsing it unless ``body`` is given); raises on a poison body.
 
@@ -969,7 +989,7 @@ def normalize_body(raw: bytes, body: Any = None) -> NormalizedResponse:
     the derived columns get U+FFFD for them, while ``raw`` keeps the exact bytes.
     """
     if body is None:
-        body = orjson.loads(raw)
+        body = loads_body(raw)
     if not isinstance(body, dict):
         raise NormalizationError("body is not a JSON object")
     if b"\\ud" in raw or b"\\uD" in raw:
