@@ -8,19 +8,24 @@ the archive is a real SQLite file or the PostgreSQL server of the fixtures.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
-from sqlalchemy import select, text
+from sqlalchemy import JSON, DateTime, LargeBinary, bindparam, select, text
+from sqlalchemy.dialects import postgresql
 
 from archiver.commands import show
-from archiver.db import open_database
+from archiver.db import migrate, open_database
 from archiver.queue import QueueStore
 from archiver.renormalize import renormalize
 from archiver.schema import responses
 from archiver.worker import Worker
+from tests.history import engine_at
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,6 +63,11 @@ def body(rid: str, tools: bytes | None, text_: bytes = b'"Hi"') -> bytes:
         b'[{"type":"message","role":"assistant","content":[{"type":"output_text","text":%s}]}]}'
         % (rid.encode(), tools_field, text_)
     )
+
+
+def responses_json_type() -> Any:
+    """The type of the 0014 ``responses.tools`` column (JSON; jsonb on PostgreSQL)."""
+    return JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 
 
 async def states(engine: Any) -> dict[str, str]:
@@ -103,3 +113,60 @@ async def test_bodies_orjson_refuses_are_archived_by_every_writer_and_renormaliz
         assert await tool_set_ids(engine) == before
     for rid, raw in JSON_ORJSON_REFUSES.items():
         assert await show(make_settings(sqlite_url), rid) == raw
+
+
+NUMBERS_JSONB_REWRITES = {
+    # As the 0014 writer stored them (orjson): jsonb prints 1e18 as an integer and has no -0.
+    "resp_exponent": b'[{"type":"function","parameters":{"maximum":1e18}}]',
+    "resp_negative_zero": b'[{"type":"function","parameters":{"default":-0.0}}]',
+}
+
+
+async def test_migration_0015_digests_what_the_writer_digests(
+    db_url: str, make_settings: Any, request: pytest.FixtureRequest
+) -> None:
+    """A tools value moved by migration 0015 is found again by the writer (and renormalize):
+    archiving a body with the same tools adds no tool set.
+
+    Found on PostgreSQL: the migration digests ``tools::text``, which jsonb has already
+    rewritten (``1e18`` -> ``1000000000000000000``, ``-0.0`` -> ``0.0``), so its digest is
+    not the writer's: the next body with that array gets a second set, and renormalize
+    moves every old response to it. Not fixed (see the report): marked xfail on PostgreSQL.
+    """
+    if db_url.startswith("postgresql"):
+        request.applymarker(
+            pytest.mark.xfail(reason="0015 digests jsonb's rewritten numbers (not fixed)", strict=True)
+        )
+    async with engine_at(db_url, "0014") as engine:
+        async with engine.begin() as conn:
+            insert = text(
+                "INSERT INTO responses (id, status, tools, raw, raw_sha256, fetched_at, archived_at, "
+                "change_seq) VALUES (:id, 'completed', :tools, :raw, :sha, :at, :at, :seq)"
+            ).bindparams(
+                bindparam("raw", type_=LargeBinary()),
+                bindparam("at", type_=DateTime(timezone=True)),
+                bindparam("tools", type_=responses_json_type()),
+            )
+            for seq, (rid, tools) in enumerate(NUMBERS_JSONB_REWRITES.items(), start=1):
+                raw = body(rid, tools)
+                await conn.execute(
+                    insert,
+                    {
+                        "id": rid,
+                        "tools": orjson.loads(tools),
+                        "raw": raw,
+                        "sha": hashlib.sha256(raw).hexdigest(),
+                        "at": datetime(2026, 11, 1, tzinfo=UTC),
+                        "seq": seq,
+                    },
+                )
+        await migrate(engine)
+        moved = await tool_set_ids(engine)
+    again = {f"{rid}_again": body(f"{rid}_again", tools) for rid, tools in NUMBERS_JSONB_REWRITES.items()}
+    async with serve_bodies(again) as base_url, open_database(db_url) as engine:
+        await QueueStore(engine).enqueue(sorted(again))
+        await Worker(make_settings(db_url, base_url, writer="inline"), engine, once=True).run()
+        archived = await tool_set_ids(engine)
+        assert {rid: archived[f"{rid}_again"] for rid in NUMBERS_JSONB_REWRITES} == moved
+        await renormalize(engine, everything=True, batch_size=10)
+        assert {rid: set_id for rid, set_id in (await tool_set_ids(engine)).items() if rid in moved} == moved
