@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql
 
 from archiver.commands import show
 from archiver.db import migrate, open_database
+from archiver.errors import ArchiverError
 from archiver.queue import QueueStore
 from archiver.renormalize import renormalize
 from archiver.schema import responses
@@ -170,3 +171,26 @@ async def test_migration_0015_digests_what_the_writer_digests(
         assert {rid: archived[f"{rid}_again"] for rid in NUMBERS_JSONB_REWRITES} == moved
         await renormalize(engine, everything=True, batch_size=10)
         assert {rid: set_id for rid, set_id in (await tool_set_ids(engine)).items() if rid in moved} == moved
+
+
+@pytest.mark.parametrize("writer", ["process", "inline"])
+async def test_a_schema_changed_under_a_running_writer_stops_it_at_once(
+    writer: str, sqlite_url: str, make_settings: Any, mock_api: Any
+) -> None:
+    """Another version migrated the archive under a running daemon (migration 0015 drops
+    ``responses.tools``, which the 0014 writer inserts): the run stops with one line that
+    says so, instead of retrying every batch for a minute.
+
+    Found: SQLite's "table responses has no column named tools" is an OperationalError, so
+    it was retried as transient (12 attempts, about 60 s a batch; a 0014 daemon took three
+    minutes to honour SIGTERM, past systemd's stop timeout).
+    """
+    async with open_database(sqlite_url) as engine:
+        await QueueStore(engine).enqueue([f"resp_ok{i}_x" for i in range(20)])
+        async with engine.begin() as conn:  # what the writer of another version finds
+            await conn.execute(text("ALTER TABLE responses RENAME COLUMN tool_set_id TO tool_set_of_v2"))
+        settings = make_settings(sqlite_url, mock_api.base_url, writer=writer)
+        with pytest.raises(ArchiverError, match="schema") as raised:
+            await Worker(settings, engine, once=True).run()
+        assert "\n" not in str(raised.value)
+        assert set((await states(engine)).values()) == {"pending"}
