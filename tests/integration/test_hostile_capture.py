@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql
 
 from archiver.commands import show
 from archiver.db import migrate, open_database
-from archiver.errors import ArchiverError
+from archiver.errors import ArchiverError, SchemaError
 from archiver.queue import QueueStore
 from archiver.renormalize import renormalize
 from archiver.schema import responses
@@ -194,3 +194,23 @@ async def test_a_schema_changed_under_a_running_writer_stops_it_at_once(
             await Worker(settings, engine, once=True).run()
         assert "\n" not in str(raised.value)
         assert set((await states(engine)).values()) == {"pending"}
+
+
+async def test_migration_0015_names_an_operators_view_on_responses_tools(db_url: str) -> None:
+    """An operator's view that reads ``responses.tools`` (which 0015 drops): the migration
+    changes nothing and says which view and what to do, in one line.
+
+    Found: the migration failed with the database's own words ("error in view my_tools after
+    drop column: no such column: tools"), and every command with it, ``status`` and
+    ``show`` included: nothing said that 0015 moves tools to ``response_tools``.
+    """
+    async with engine_at(db_url, "0014") as engine:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE VIEW my_tools AS SELECT id, tools FROM responses"))
+        with pytest.raises(SchemaError) as raised:
+            await migrate(engine)
+        message = str(raised.value)
+        assert "my_tools" in message and "response_tools" in message and "\n" not in message
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar() == "0014"
+            await conn.execute(text("SELECT id, tools FROM my_tools"))
