@@ -543,6 +543,10 @@ _READ_ONLY = "the database is read-only; make it writable, then run again"
 _DISK_FAILS = "the disk holding the database fails"
 _NEARLY_FULL_BYTES = 1 << 20
 """Free space below which a SQLite I/O error is taken for a full disk."""
+_SCHEMA_CHANGED = (
+    "the database schema is not the one this version of archiver uses (another version "
+    "migrated it, or it was changed by hand); run the version that migrated it"
+)
 _PERMANENT_SQLITE = (
     ("database or disk is full", _FULL),
     ("attempt to write a readonly database", _READ_ONLY),
@@ -550,11 +554,17 @@ _PERMANENT_SQLITE = (
     ("disk i/o error", _DISK_FAILS),
     ("file is not a database", "the file is not a SQLite database"),
     ("database disk image is malformed", "the database file is corrupt"),
+    # SQLite says so for a statement prepared against another schema: no retry changes it.
+    ("no such column", _SCHEMA_CHANGED),
+    ("has no column named", _SCHEMA_CHANGED),
+    ("no such table", _SCHEMA_CHANGED),
 )
 _PERMANENT_SQLSTATE = {
     "53100": _FULL,
     "25006": _READ_ONLY,
     "42501": "the database user lacks a privilege",
+    "42703": _SCHEMA_CHANGED,  # undefined_column
+    "42P01": _SCHEMA_CHANGED,  # undefined_table
 }
 
 
