@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +34,8 @@ import orjson
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
+
+from archiver.errors import SchemaError
 
 revision: str = "0015"
 down_revision: str | None = "0014"
@@ -61,14 +64,45 @@ def upgrade() -> None:
         sa.UniqueConstraint("sha256", name=op.f("uq_tool_sets_sha256")),
         comment="Each distinct tools array of the responses once; responses.tool_set_id names it",
     )
+    if dialect == "postgresql":
+        _refuse_dependents(_views_on_tools(bind))
     op.add_column("responses", sa.Column("tool_set_id", sa.Integer(), nullable=True))
     _move_tools(bind, dialect)
     if dialect == "sqlite" and sqlite3.sqlite_version_info < (3, 35):
         with op.batch_alter_table("responses") as batch:
             batch.drop_column("tools")
     else:  # a plain ALTER TABLE: SQLite 3.35+ drops a column without copying the table
-        op.execute('ALTER TABLE responses DROP COLUMN "tools"')
+        try:
+            op.execute('ALTER TABLE responses DROP COLUMN "tools"')
+        except sa.exc.OperationalError as exc:  # SQLite: "error in view V after drop column: ..."
+            found = re.search(r"error in (view|trigger) (\S+) after drop column", str(exc.orig))
+            if found is None:
+                raise
+            _refuse_dependents([f"{found[1]} {found[2]}"])
     op.execute(VIEW)
+
+
+def _views_on_tools(bind: Any) -> list[str]:
+    """PostgreSQL: the views (and materialized views) that read ``responses.tools``."""
+    rows = bind.exec_driver_sql(
+        "SELECT DISTINCT v.relname FROM pg_depend AS d "
+        "JOIN pg_rewrite AS r ON r.oid = d.objid JOIN pg_class AS v ON v.oid = r.ev_class "
+        "JOIN pg_attribute AS a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+        "WHERE d.refobjid = 'responses'::regclass AND a.attname = 'tools' AND v.relname <> 'responses' "
+        "ORDER BY 1"
+    ).all()
+    return [f"view {name}" for (name,) in rows]
+
+
+def _refuse_dependents(dependents: list[str]) -> None:
+    """Stop before anything changes when an operator's view or trigger reads ``responses.tools``."""
+    if dependents:
+        raise SchemaError(
+            f"migration 0015 moves responses.tools to the table tool_sets (the view response_tools "
+            f"lists each response's tools) and drops the column, which {', '.join(dependents)} "
+            "reads: drop it, or make it read response_tools (docs/schema.md), then run "
+            "archiver migrate again; nothing was changed"
+        )
 
 
 VIEW = """CREATE VIEW response_tools AS
