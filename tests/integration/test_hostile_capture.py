@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,6 +24,7 @@ from sqlalchemy.dialects import postgresql
 from archiver.commands import show
 from archiver.db import migrate, open_database
 from archiver.errors import ArchiverError, SchemaError
+from archiver.export import export
 from archiver.queue import QueueStore
 from archiver.renormalize import renormalize
 from archiver.schema import responses
@@ -214,3 +217,27 @@ async def test_migration_0015_names_an_operators_view_on_responses_tools(db_url:
         async with engine.connect() as conn:
             assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar() == "0014"
             await conn.execute(text("SELECT id, tools FROM my_tools"))
+
+
+DEEP = b"[" * 300 + b"]" * 300
+"""Valid JSON nested deeper than orjson writes (254 levels); the body parser takes it."""
+
+
+async def test_tools_nested_deeper_than_orjson_writes_are_exported(
+    db_url: str, make_settings: Any, tmp_path: Path
+) -> None:
+    """A ``tools`` value nested 300 deep is archived and exported like any other.
+
+    Found on PostgreSQL: the export turned jsonb values back into text with orjson alone,
+    which stops at 254 levels: ``TypeError: Recursion limit reached`` (a traceback), at the
+    same row on every run, so nothing after it could ever be exported.
+    """
+    bodies = {"resp_deep_tools": body("resp_deep_tools", DEEP)}
+    async with serve_bodies(bodies) as base_url, open_database(db_url) as engine:
+        await QueueStore(engine).enqueue(sorted(bodies))
+        await Worker(make_settings(db_url, base_url, writer="inline"), engine, once=True).run()
+        assert await states(engine) == {"resp_deep_tools": "archived"}
+        await export(engine, tmp_path / "out", fmt="jsonl")
+    (exported,) = (tmp_path / "out" / "responses").glob("*.jsonl")
+    (row,) = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert json.loads(row["tools"]) == json.loads(DEEP)
