@@ -71,7 +71,7 @@ from sqlalchemy.sql import Select
 
 from archiver import __version__
 from archiver.codec import Codec
-from archiver.db import is_postgres
+from archiver.db import is_postgres, json_dumps
 from archiver.errors import ArchiverError
 from archiver.logs import get_logger
 from archiver.schema import (
@@ -645,7 +645,7 @@ def _json_as_text(table: Table, rows: Sequence[Any], dialect: str) -> list[Any]:
         values = list(row)
         for i in positions:
             if values[i] is not None:
-                values[i] = orjson.dumps(values[i]).decode()
+                values[i] = json_dumps(values[i])  # orjson stops at 254 levels; stored values need not
         converted.append(values)
     return converted
 
