@@ -243,3 +243,54 @@ async def test_tools_nested_deeper_than_orjson_writes_are_exported(
     (exported,) = (tmp_path / "out" / "responses").glob("*.jsonl")
     (row,) = [json.loads(line) for line in exported.read_text().splitlines()]
     assert json.loads(row["tools"]) == json.loads(DEEP)
+
+
+@contextlib.asynccontextmanager
+async def serve_with_input_items(
+    bodies: Mapping[str, bytes], items: Mapping[str, bytes]
+) -> AsyncIterator[str]:
+    """A provider that answers each ID with its bytes and its one page of input items."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=bodies[request.match_info["rid"]], content_type="application/json")
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(body=items[request.match_info["rid"]], content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/v1/responses/{rid}", answer)
+    app.router.add_get("/v1/responses/{rid}/input_items", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_input_item_nested_deeper_than_orjson_writes_is_archived(
+    db_url: str, make_settings: Any
+) -> None:
+    """With ``--with-input-items``, an input item nested 300 deep (a tool call's arguments
+    as JSON, say) is archived with its response.
+
+    Found: the writer digests the list of input items with orjson alone
+    (``store._input_items_digest``), which stops at 254 levels, so it failed the ID:
+    "cannot store the response: JSONEncodeError: Recursion limit reached".
+    """
+    rid = "resp_deep_input"
+    item = (
+        b'{"id":"msg_1","type":"message","role":"user","content":[{"type":"input_text","text":"hi"}],"x":%s}'
+    )
+    page = b'{"object":"list","data":[%s],"first_id":"msg_1","last_id":"msg_1","has_more":false}' % (
+        item % DEEP
+    )
+    bodies = {rid: body(rid, None)}
+    async with serve_with_input_items(bodies, {rid: page}) as base_url, open_database(db_url) as engine:
+        await QueueStore(engine).enqueue([rid])
+        settings = make_settings(db_url, base_url, writer="inline", with_input_items=True)
+        await Worker(settings, engine, once=True).run()
+        assert await states(engine) == {rid: "archived"}
+    assert await show(make_settings(db_url), rid) == bodies[rid]
