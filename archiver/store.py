@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import operator
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -163,10 +164,20 @@ class _FastInsert:
 def _input_items_digest(rows: list[dict[str, Any]], input_list: dict[str, Any] | None) -> str:
     """SHA-256 of the input items as received (their JSON, in order), and of the list's
     own fields when it has any (lists without them keep the digest they always had)."""
-    digest = hashlib.sha256(orjson.dumps([row["item"] for row in rows]))
+    digest = hashlib.sha256(_json_bytes([row["item"] for row in rows], sort_keys=False))
     if input_list is not None:
-        digest.update(orjson.dumps(input_list, option=orjson.OPT_SORT_KEYS))
+        digest.update(_json_bytes(input_list, sort_keys=True))
     return digest.hexdigest()
+
+
+def _json_bytes(value: Any, *, sort_keys: bool) -> bytes:
+    """Compact JSON of ``value``: orjson, or the standard library for what orjson refuses
+    (nesting deeper than 254 levels, integers beyond 64 bits), which valid bodies can hold."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None)
+    except orjson.JSONEncodeError:
+        text_ = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
+        return text_.encode("utf-8", "surrogatepass")
 
 
 _NO_BODY: dict[str, Any] = {"body": None, "body_bytes": None, "body_sha256": None}
