@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import tracemalloc
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -294,3 +295,35 @@ async def test_an_input_item_nested_deeper_than_orjson_writes_is_archived(
         await Worker(settings, engine, once=True).run()
         assert await states(engine) == {rid: "archived"}
     assert await show(make_settings(db_url), rid) == bodies[rid]
+
+
+async def test_migration_0015_holds_a_bounded_share_of_the_tools_it_moves(sqlite_url: str) -> None:
+    """Many distinct large ``tools`` values (a provider that varies them per response):
+    migration 0015 digests them a bounded number of bytes at a time.
+
+    Found: it read them 1,000 values at a time whatever their size: 300 distinct 1 MB
+    arrays took ``archiver migrate`` to 379 MB of RSS (1,000 of 2 MB: over 2 GB, on the
+    machine that runs the daemon, at every start until it succeeds).
+    """
+    count, size = 48, 1 << 20
+    async with engine_at(sqlite_url, "0014") as engine:
+        async with engine.begin() as conn:
+            for n in range(count):
+                tools = orjson.dumps([{"type": "function", "name": f"f{n}", "description": "d" * size}])
+                await conn.execute(
+                    text(
+                        "INSERT INTO responses (id, status, tools, raw, raw_sha256, fetched_at, archived_at, "
+                        "change_seq) VALUES (:id, 'completed', :tools, X'7B7D', 'x', '2026-11-01', "
+                        "'2026-11-01', :seq)"
+                    ),
+                    {"id": f"resp_{n}", "tools": tools.decode(), "seq": n + 1},
+                )
+        tracemalloc.start()
+        try:
+            await migrate(engine)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 24 * size, f"{peak / size:.0f} MiB held to move {count} MiB of tools"
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM tool_sets"))).scalar() == count
