@@ -43,6 +43,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 DIGEST_BATCH = 1000
+DIGEST_BATCH_BYTES = 8 << 20
+"""Characters of tools values read at once: a provider can send large arrays that vary."""
 
 
 def _json() -> Any:
@@ -145,17 +147,28 @@ def _move_tools(bind: Any, dialect: str) -> None:
         "INSERT INTO tool_set_moves (tools, first_seen_at) "
         f"SELECT tools, min(archived_at) FROM responses WHERE {has_tools} GROUP BY tools"
     )
-    # Digests are computed here (neither database has this canonical form), a batch at a time.
+    # Digests are computed here (neither database has this canonical form), a batch at a
+    # time: at most DIGEST_BATCH values and DIGEST_BATCH_BYTES of them (or one larger value).
     last = 0
     while True:
-        rows = bind.execute(
+        sizes = bind.execute(
             sa.text(
-                f"SELECT n, {as_text} FROM tool_set_moves WHERE n > :last ORDER BY n LIMIT {DIGEST_BATCH}"
+                f"SELECT n, length({as_text}) FROM tool_set_moves WHERE n > :last "
+                f"ORDER BY n LIMIT {DIGEST_BATCH}"
             ),
             {"last": last},
         ).all()
-        if not rows:
+        if not sizes:
             break
+        upto, held = sizes[0][0], 0
+        for n, size in sizes:
+            if held and held + int(size) > DIGEST_BATCH_BYTES:
+                break
+            upto, held = n, held + int(size)
+        rows = bind.execute(
+            sa.text(f"SELECT n, {as_text} FROM tool_set_moves WHERE n > :last AND n <= :upto ORDER BY n"),
+            {"last": last, "upto": upto},
+        ).all()
         bind.execute(
             sa.text("UPDATE tool_set_moves SET sha256 = :sha WHERE n = :n"),
             [{"n": n, "sha": _digest(text)} for n, text in rows],
