@@ -311,7 +311,10 @@ async def test_a_training_that_does_not_commit_leaves_no_dictionary_in_use(
     monkeypatch.setattr(ArchiveStore, "_walk_plain_rows", fail_the_first)
     ids = [f"resp_ok_n{i:05d}" for i in range(codec.FIRST_TRAINING_AT + 150)]
     async with await start_mock_server() as mock, open_database(sqlite_url) as engine:
-        await _archive(make_settings(sqlite_url, mock.base_url, writer="inline"), engine, ids)
+        # Batches of at most 50: the failed training comes by the 177th body at the latest,
+        # so at least two batches follow it whatever the load (one batch of all 278 once
+        # left nothing after the failure to train again).
+        await _archive(make_settings(sqlite_url, mock.base_url, writer="inline", batch_size=50), engine, ids)
         dictionaries = await _dictionaries(engine)
         rows = await _rows(engine)
         async with engine.connect() as conn:
