@@ -34,10 +34,49 @@ MAX_CACHED = 10_000
 """Ids a writer remembers (the most recently used): a bound on its memory however many
 distinct arrays a provider sends; a forgotten one costs a SELECT when it comes back."""
 
-tools_digest = item_digest
-"""SHA-256 (hex) of a ``tools`` value's canonical JSON: keys sorted, no whitespace (the
-digest of input items). Key order does not matter, so PostgreSQL's ``jsonb`` (which does
-not keep it) and SQLite's JSON text of one value get the same digest."""
+_EXACT_INTS = 2**63
+
+
+def tools_digest(tools: Any) -> str:
+    """SHA-256 (hex) of a ``tools`` value's canonical JSON: keys sorted, no whitespace, and
+    floats with an integral value (within 64 bits) written as integers.
+
+    Neither key order nor such a float's spelling survives PostgreSQL's ``jsonb``
+    (``{"b":1,"a":1e18,"c":-0.0}`` comes back as ``{"a": 1000000000000000000, "b": 1,
+    "c": 0.0}``), and migration 0015 digests the values ``jsonb`` kept: with both
+    normalized, a value it moved is found again by the writer that archives the same
+    array from a body. The stored value is the one given, unchanged.
+    """
+    return item_digest(_integral_floats_as_ints(tools))
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    """A copy of a JSON value with integral floats as ints, walked without recursion (a
+    hostile body nests hundreds of levels deep)."""
+
+    def scalar(v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer() and abs(v) < _EXACT_INTS:
+            return int(v)
+        return v
+
+    if not isinstance(value, dict | list):
+        return scalar(value)
+    copy: dict[str, Any] | list[Any] = {} if isinstance(value, dict) else []
+    stack: list[tuple[Any, Any]] = [(value, copy)]
+    while stack:
+        source, target = stack.pop()
+        pairs = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, v in pairs:
+            if isinstance(v, dict | list):
+                new: Any = {} if isinstance(v, dict) else []
+                stack.append((v, new))
+            else:
+                new = scalar(v)
+            if isinstance(target, dict):
+                target[key] = new
+            else:
+                target.append(new)
+    return copy
 
 
 class ToolSetIds:

@@ -114,13 +114,47 @@ JOIN tool_sets AS t ON t.id = r.tool_set_id"""
 """The tools of every response that has some (docs/schema.md)."""
 
 
+def _integral_floats_as_ints(value: Any) -> Any:
+    """A copy of a JSON value with floats of integral value (within 64 bits) as ints,
+    walked without recursion; frozen here from archiver.tool_sets."""
+
+    def scalar(v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer() and abs(v) < 2**63:
+            return int(v)
+        return v
+
+    if not isinstance(value, dict | list):
+        return scalar(value)
+    copy: Any = {} if isinstance(value, dict) else []
+    stack: list[tuple[Any, Any]] = [(value, copy)]
+    while stack:
+        source, target = stack.pop()
+        pairs = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, v in pairs:
+            if isinstance(v, dict | list):
+                new: Any = {} if isinstance(v, dict) else []
+                stack.append((v, new))
+            else:
+                new = scalar(v)
+            if isinstance(target, dict):
+                target[key] = new
+            else:
+                target.append(new)
+    return copy
+
+
 def _digest(text: str) -> str:
     """archiver.tool_sets.tools_digest of a value's JSON text, frozen here: SHA-256 of the
-    canonical JSON (keys sorted, no whitespace)."""
+    canonical JSON (keys sorted, no whitespace, integral floats as ints: jsonb has
+    rewritten ``1e18`` and ``-0.0``, which the writer reads from the body as floats)."""
     try:
-        canonical = orjson.dumps(orjson.loads(text), option=orjson.OPT_SORT_KEYS)
-    except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # integers beyond 64 bits
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:  # integers beyond 64 bits, nesting beyond orjson's limit
         value = json.loads(text)
+    value = _integral_floats_as_ints(value)
+    try:
+        canonical = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
         canonical = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
     return hashlib.sha256(canonical).hexdigest()
 

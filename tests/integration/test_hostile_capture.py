@@ -127,21 +127,15 @@ NUMBERS_JSONB_REWRITES = {
 }
 
 
-async def test_migration_0015_digests_what_the_writer_digests(
-    db_url: str, make_settings: Any, request: pytest.FixtureRequest
-) -> None:
+async def test_migration_0015_digests_what_the_writer_digests(db_url: str, make_settings: Any) -> None:
     """A tools value moved by migration 0015 is found again by the writer (and renormalize):
     archiving a body with the same tools adds no tool set.
 
     Found on PostgreSQL: the migration digests ``tools::text``, which jsonb has already
     rewritten (``1e18`` -> ``1000000000000000000``, ``-0.0`` -> ``0.0``), so its digest is
     not the writer's: the next body with that array gets a second set, and renormalize
-    moves every old response to it. Not fixed (see the report): marked xfail on PostgreSQL.
+    moves every old response to it. Fixed: both digest integral floats as ints.
     """
-    if db_url.startswith("postgresql"):
-        request.applymarker(
-            pytest.mark.xfail(reason="0015 digests jsonb's rewritten numbers (not fixed)", strict=True)
-        )
     async with engine_at(db_url, "0014") as engine:
         async with engine.begin() as conn:
             insert = text(

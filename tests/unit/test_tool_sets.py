@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, event, func, select
 
 from archiver import tool_sets as tool_sets_module
 from archiver.schema import metadata, tool_sets
-from archiver.tool_sets import ToolSetIds
+from archiver.tool_sets import ToolSetIds, _integral_floats_as_ints, tools_digest
 
 
 @pytest.fixture
@@ -59,3 +60,35 @@ def test_none_is_no_tool_set_and_an_empty_array_is_one(engine: Engine) -> None:
     with engine.begin() as conn:
         none, empty, again = ids.resolve_sync(conn, [None, [], []])
     assert none is None and empty is not None and again == empty
+
+
+def test_the_digest_holds_what_jsonb_keeps_of_numbers_and_keys() -> None:
+    """PostgreSQL's jsonb rewrites key order and integral floats; migration 0015 digests
+    what it kept, the writer what the body says: both must be one digest."""
+    from_body = [{"type": "function", "parameters": {"maximum": 1e18, "default": -0.0, "step": 1.0}}]
+    from_jsonb = [{"parameters": {"default": 0.0, "maximum": 10**18, "step": 1}, "type": "function"}]
+    assert tools_digest(from_body) == tools_digest(from_jsonb)
+    # Values that differ still differ, and the value given is not changed.
+    assert tools_digest([{"x": 1.5}]) != tools_digest([{"x": 1}])
+    assert tools_digest([{"x": "1"}]) != tools_digest([{"x": 1}])
+    assert tools_digest([{"x": True}]) != tools_digest([{"x": 1}])
+    assert tools_digest([{"x": 2.0**70}]) != tools_digest([{"x": 2**70}])  # past 64 bits: left a float
+    maximum = from_body[0]["parameters"]["maximum"]
+    assert isinstance(maximum, float) and maximum == 1e18
+
+
+def nested(depth: int, leaf: Any) -> Any:
+    value = leaf
+    for _ in range(depth):
+        value = [{"k": value}]
+    return value
+
+
+def test_the_digest_walks_a_hostile_nesting_without_recursion() -> None:
+    # Far past Python's recursion limit: the walk has no recursion of its own.
+    walked = _integral_floats_as_ints(nested(20_000, 2.0))
+    for _ in range(20_000):
+        walked = walked[0]["k"]
+    assert walked == 2 and isinstance(walked, int)
+    # Past orjson's 254 levels: the digest falls back to the standard library.
+    assert tools_digest(nested(300, 2.0)) == tools_digest(nested(300, 2))
