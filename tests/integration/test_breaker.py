@@ -236,7 +236,12 @@ async def test_401_on_one_id_while_the_key_works_is_a_per_id_failure(
     server = await hostile(answer)
     settings = make_settings(db_url, server.base_url, max_attempts=3)
     async with open_database(db_url) as engine:
-        await QueueStore(engine).enqueue([bad, *good])  # the bad ID is due first
+        await QueueStore(engine).enqueue([bad, *good])
+        async with engine.begin() as conn:  # the bad ID is due first (same-millisecond ties go by ID)
+            await conn.execute(
+                text("UPDATE archive_queue SET next_attempt_at = next_attempt_at - 1 WHERE id = :id"),
+                {"id": bad},
+            )
         # Twice, like a daemon restarted by systemd: the bad ID must not wedge either run.
         for _ in range(2):
             exc, _ = await run_once(settings, engine)

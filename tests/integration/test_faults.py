@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver.db import open_database
@@ -229,6 +229,16 @@ async def poll_until(condition: Callable[[], bool], what: str, timeout: float = 
         await asyncio.sleep(0.005)
 
 
+async def due_first(engine: AsyncEngine, ids: list[str]) -> None:
+    """Make ``ids`` due a second before the rest: rows enqueued in the same millisecond
+    are due together, and the queue breaks such ties by ID, not by insertion order."""
+    stmt = text("UPDATE archive_queue SET next_attempt_at = next_attempt_at - 1 WHERE id IN :ids").bindparams(
+        bindparam("ids", expanding=True)
+    )
+    async with engine.begin() as conn:
+        await conn.execute(stmt, {"ids": ids})
+
+
 @dataclass
 class StatsSampler:
     """Samples the in-process mock's counters every few milliseconds.
@@ -354,8 +364,9 @@ async def test_quota_429_is_a_billing_stop_on_a_generic_base_url_and_a_throttle_
         assert profile_for_base_url(mock.base_url) == settings.profile == "generic"
         async with open_database(db_url) as engine:
             queue = QueueStore(engine)
-            await queue.enqueue(quota)  # due first: claimed and fetched first
+            await queue.enqueue(quota)
             await queue.enqueue(normal)
+            await due_first(engine, quota)  # claimed and fetched first
             with pytest.raises(StopRun) as stopped:
                 await Worker(settings, engine, once=True).run()
             assert "billing" in str(stopped.value)
@@ -401,8 +412,9 @@ async def test_a_429_pauses_the_whole_pool(sqlite_url: str, make_settings: Any) 
         settings = make_settings(sqlite_url, mock.base_url, concurrency=8, max_attempts=4)
         async with open_database(sqlite_url) as engine:
             queue = QueueStore(engine)
-            await queue.enqueue([limited])  # due first: among the first requests
+            await queue.enqueue([limited])
             await queue.enqueue(normal)
+            await due_first(engine, [limited])  # among the first requests
             sampler = StatsSampler(mock.stats, limited)
             sampling = asyncio.create_task(sampler.run())
             try:
@@ -444,8 +456,9 @@ async def test_a_stop_during_a_429_pause_sends_nothing_and_spends_no_attempt(
         settings = make_settings(sqlite_url, mock.base_url, concurrency=4, max_attempts=4)
         async with open_database(sqlite_url) as engine:
             queue = QueueStore(engine)
-            await queue.enqueue([limited])  # due first: among the first requests
+            await queue.enqueue([limited])
             await queue.enqueue(normal)
+            await due_first(engine, [limited])  # among the first requests
             worker = Worker(settings, engine, once=True)
             running = asyncio.create_task(worker.run())
             await poll_until(lambda: mock.stats.status_counts.get("429", 0) > 0, "a 429")
