@@ -350,10 +350,18 @@ def test_memory_stays_bounded_against_hostile_bodies(tmp_path: Path, scenario: S
         cli = Cli(env, tmp_path)
         ok = hostile.ok_ids(OK_COUNT)
         ids_file = tmp_path / "ids.txt"
-        # Hostile IDs first: they are claimed first, so they are in flight together.
         ids_file.write_text("\n".join([*scenario.hostile_ids, *ok]) + "\n")
         enqueued = cli("enqueue", str(ids_file))
         assert enqueued.returncode == 0, enqueued.stderr.decode()
+        # Hostile IDs due first, so they are claimed first and in flight together (one
+        # file's IDs are due at the same moment, and the queue breaks such ties by ID).
+        with sqlite3.connect(db_path) as conn:
+            marks = ",".join("?" * len(scenario.hostile_ids))
+            conn.execute(
+                f"UPDATE archive_queue SET next_attempt_at = next_attempt_at - 1 WHERE id IN ({marks})",
+                scenario.hostile_ids,
+            )
+        conn.close()
 
         sampler, seconds, code = run_measured(cli, tmp_path, scenario.flags)
         wire = {
