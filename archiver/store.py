@@ -279,23 +279,9 @@ class ArchiveStore:
         async with self.engine.begin() as conn:
             report = await conn.run_sync(self.write_batch_sync, results)
         self.tool_sets.confirm()
-        if self._train_due:
-            try:
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(self.train_dictionary_sync)
-            except (DBAPIError, OSError) as exc:  # the batch is committed: never fail it now
-                self._training_failed(exc)
-            except BaseException:
-                self._training_rolled_back()
-                raise
-        while self._plain_walk is not None:
-            try:
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(self._plain_walk.step)
-            except (DBAPIError, OSError) as exc:  # the batch is committed: never fail it now
-                self._plain_walk_failed(exc)
-                break
-            self._plain_walk_stepped()
+        if self._upkeep_due:
+            async with self.engine.connect() as conn:
+                await conn.run_sync(self._upkeep)
         return report
 
     def _write_on_own_engine(self, results: Sequence[FetchResult]) -> WriteReport:
@@ -303,24 +289,37 @@ class ArchiveStore:
         with self._write_engine.begin() as conn:
             report = self.write_batch_sync(conn, results)
         self.tool_sets.confirm()
+        if self._upkeep_due:
+            with self._write_engine.connect() as conn:
+                self._upkeep(conn)
+        return report
+
+    @property
+    def _upkeep_due(self) -> bool:
+        """Whether a committed batch leaves work behind: a dictionary to train, plain rows to re-encode."""
+        return self._train_due or self._plain_walk is not None
+
+    def _upkeep(self, conn: Connection) -> None:
+        """After a committed batch, on ``conn`` (no transaction open): train the dictionary
+        if one is due, then re-encode plain rows, each in a transaction of its own. The
+        batch is committed: a database error here never fails it."""
         if self._train_due:
             try:
-                with self._write_engine.begin() as conn:
+                with conn.begin():
                     self.train_dictionary_sync(conn)
-            except (DBAPIError, OSError) as exc:  # the batch is committed: never fail it now
+            except (DBAPIError, OSError) as exc:
                 self._training_failed(exc)
             except BaseException:
                 self._training_rolled_back()
                 raise
         while self._plain_walk is not None:
             try:
-                with self._write_engine.begin() as conn:
+                with conn.begin():
                     self._plain_walk.step(conn)
-            except (DBAPIError, OSError) as exc:  # the batch is committed: never fail it now
+            except (DBAPIError, OSError) as exc:
                 self._plain_walk_failed(exc)
                 break
             self._plain_walk_stepped()
-        return report
 
     def _training_rolled_back(self) -> None:
         """Forget what a training whose transaction did not commit did in memory: a body
