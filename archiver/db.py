@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.resources
-import json
 import os
 import re
 import sys
@@ -38,6 +37,7 @@ from archiver.errors import (
     SchemaError,
     first_line,
 )
+from archiver.jsontext import json_text
 from archiver.logs import get_logger
 from archiver.pgurl import split_postgresql_url
 from archiver.redaction import redact
@@ -152,16 +152,6 @@ def redact_url(url: str | URL) -> str:
     return redact(f"{scheme}{sep}{location}" + (question + "&".join(kept) if kept else ""))
 
 
-def json_dumps(value: Any) -> str:
-    """JSON text for JSON columns: orjson, or the standard library for what orjson refuses."""
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:
-        # orjson stops at 254 levels of nesting and 64-bit integers; valid bodies can
-        # have more. The standard library is slower but takes them.
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 def create_engine(database_url: str, *, pool_size: int = 5, must_exist: bool = False) -> AsyncEngine:
     """An AsyncEngine for the URL, tuned for this workload.
 
@@ -180,7 +170,7 @@ def create_engine(database_url: str, *, pool_size: int = 5, must_exist: bool = F
                 raise DatabaseUnavailable(problem)
         engine = create_async_engine(
             url,
-            json_serializer=json_dumps,
+            json_serializer=json_text,
             json_deserializer=orjson.loads,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         )
@@ -191,7 +181,7 @@ def create_engine(database_url: str, *, pool_size: int = 5, must_exist: bool = F
     url, connect_args = split_postgresql_url(url)
     return create_async_engine(
         url,
-        json_serializer=json_dumps,
+        json_serializer=json_text,
         json_deserializer=orjson.loads,
         pool_size=pool_size,
         max_overflow=2,
@@ -463,7 +453,7 @@ def sqlite_write_engine(engine: AsyncEngine) -> Engine | None:
         return None
     write_engine = create_sync_engine(
         url.set(drivername="sqlite+pysqlite"),
-        json_serializer=json_dumps,
+        json_serializer=json_text,
         json_deserializer=orjson.loads,
         # Used from one writer thread, but disposed from the event loop's.
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},

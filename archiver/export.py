@@ -71,8 +71,9 @@ from sqlalchemy.sql import Select
 
 from archiver import __version__
 from archiver.codec import Codec
-from archiver.db import is_postgres, json_dumps
+from archiver.db import is_postgres
 from archiver.errors import ArchiverError
+from archiver.jsontext import json_text
 from archiver.logs import get_logger
 from archiver.schema import (
     CHILD_TABLES,
@@ -645,7 +646,7 @@ def _json_as_text(table: Table, rows: Sequence[Any], dialect: str) -> list[Any]:
         values = list(row)
         for i in positions:
             if values[i] is not None:
-                values[i] = json_dumps(values[i])  # orjson stops at 254 levels; stored values need not
+                values[i] = json_text(values[i])  # orjson stops at 254 levels; stored values need not
         converted.append(values)
     return converted
 

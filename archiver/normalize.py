@@ -24,7 +24,6 @@ the rows are in use.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any, Final
 import orjson
 
 from archiver.errors import NormalizationError
+from archiver.jsontext import json_bytes, json_text, loads
 from archiver.schema import CHILD_TABLES, STORE_COLUMNS, responses
 
 __all__ = ["NormalizedResponse", "is_opaque", "normalize", "normalize_input_items", "output_text"]
@@ -123,11 +123,7 @@ def _json_text(value: Any) -> str | None:
     """A string as given; any other JSON value as its compact JSON text."""
     if value is None or type(value) is str:
         return value
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:
-        # orjson refuses integers beyond 64 bits; the standard library does not.
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return json_text(value)
 
 
 def _dict_at(mapping: Mapping[str, Any], *keys: str) -> dict[str, Any] | None:
@@ -874,12 +870,7 @@ keys of the item whose values its rows hold (left out of the item's ``extra``)."
 
 def item_digest(item: Any) -> str:
     """SHA-256 (hex) of an input item's canonical JSON: keys sorted, no whitespace."""
-    try:
-        text = orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONEncodeError:
-        # orjson refuses integers beyond 64 bits; the standard library does not.
-        text = json.dumps(item, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
-    return hashlib.sha256(text).hexdigest()
+    return hashlib.sha256(json_bytes(item, sort_keys=True)).hexdigest()
 
 
 def normalize_input_items(response_id: str, items: list[Any]) -> list[Row]:
@@ -962,26 +953,6 @@ def map_strings(value: Any, fix: Callable[[str], str]) -> Any:
     return value
 
 
-def loads_body(raw: bytes) -> Any:
-    """Parse a body as the fetcher did (``archiver.policy``): orjson, or the standard library
-    for valid JSON that orjson refuses (lone surrogate escapes, numbers beyond a double).
-
-    The writer process and renormalize get ``raw`` alone: parsing it with orjson only failed
-    bodies the fetcher had accepted.
-
-    Raises:
-        ValueError: the body is not JSON (``orjson.JSONDecodeError`` is one).
-    """
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def normalize_body(raw: bytes, body: Any = None) -> NormalizedResponse:
     """Normalize an archived body (parsing it unless ``body`` is given); raises on a poison body.
 
@@ -989,7 +960,7 @@ def normalize_body(raw: bytes, body: Any = None) -> NormalizedResponse:
     the derived columns get U+FFFD for them, while ``raw`` keeps the exact bytes.
     """
     if body is None:
-        body = loads_body(raw)
+        body = loads(raw)
     if not isinstance(body, dict):
         raise NormalizationError("body is not a JSON object")
     if b"\\ud" in raw or b"\\uD" in raw:

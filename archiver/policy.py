@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime
 import email.utils
 import http
-import json
 import math
 import re
 import socket
@@ -28,6 +27,7 @@ from typing import Any, Literal
 import orjson
 
 from archiver.ids import json_type_name
+from archiver.jsontext import loads_stdlib
 from archiver.outcomes import (
     Archived,
     Outcome,
@@ -651,14 +651,9 @@ def _loads_stdlib(body: bytes) -> Any:
     output contains when a token boundary splits an emoji; the body is still JSON.
     """
     try:
-        text = body.decode("utf-8")
-        return json.loads(text, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        return loads_stdlib(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return _INVALID
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 # --- error statuses ---------------------------------------------------------------------

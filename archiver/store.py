@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import operator
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -19,7 +18,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import zstandard
 from sqlalchemy import Boolean, DateTime, Table, bindparam, delete, func, select, text, update
 from sqlalchemy.engine import Connection, Engine
@@ -28,8 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from archiver import codec, reencode
 from archiver.codec import Codec
-from archiver.db import check_same_file, json_dumps, now_sql, sqlite_write_engine
+from archiver.db import check_same_file, now_sql, sqlite_write_engine
 from archiver.errors import ArchiverError, first_line
+from archiver.jsontext import json_bytes, json_text
 from archiver.logs import get_logger, redact
 from archiver.normalize import NormalizedResponse, map_strings
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll, with_body_sample
@@ -112,7 +111,7 @@ def _replace_nul(text_: str) -> str:
 
 
 def _sqlite_json(value: Any) -> str | None:
-    return None if value is None else json_dumps(value)
+    return None if value is None else json_text(value)
 
 
 def _sqlite_bool(value: Any) -> int | None:
@@ -164,20 +163,10 @@ class _FastInsert:
 def _input_items_digest(rows: list[dict[str, Any]], input_list: dict[str, Any] | None) -> str:
     """SHA-256 of the input items as received (their JSON, in order), and of the list's
     own fields when it has any (lists without them keep the digest they always had)."""
-    digest = hashlib.sha256(_json_bytes([row["item"] for row in rows], sort_keys=False))
+    digest = hashlib.sha256(json_bytes([row["item"] for row in rows]))
     if input_list is not None:
-        digest.update(_json_bytes(input_list, sort_keys=True))
+        digest.update(json_bytes(input_list, sort_keys=True))
     return digest.hexdigest()
-
-
-def _json_bytes(value: Any, *, sort_keys: bool) -> bytes:
-    """Compact JSON of ``value``: orjson, or the standard library for what orjson refuses
-    (nesting deeper than 254 levels, integers beyond 64 bits), which valid bodies can hold."""
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None)
-    except orjson.JSONEncodeError:
-        text_ = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
-        return text_.encode("utf-8", "surrogatepass")
 
 
 _NO_BODY: dict[str, Any] = {"body": None, "body_bytes": None, "body_sha256": None}
@@ -644,7 +633,7 @@ class ArchiveStore:
             conn.exec_driver_sql(
                 "INSERT INTO input_item_contents (sha256, item) VALUES (?, ?) "
                 "ON CONFLICT (sha256) DO NOTHING",
-                [(sha, json_dumps(item)) for sha, item in contents],
+                [(sha, json_text(item)) for sha, item in contents],
             )
         else:
             from sqlalchemy.dialects.postgresql import insert as pg_insert

@@ -1,0 +1,53 @@
+"""archiver.jsontext: one JSON encoder and parser for what orjson refuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from archiver.jsontext import json_bytes, json_text, loads, loads_stdlib
+from archiver.normalize import item_digest
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"b": 1, "a": [1.5, "x"]}, nested(300), 2**70],
+    ids=["plain", "300 deep", "beyond 64 bits"],
+)
+def test_what_orjson_refuses_is_written_and_parsed_back(value: Any) -> None:
+    data = json_bytes(value, sort_keys=True)
+    assert loads(data) == value
+    assert json_text(value, sort_keys=True) == data.decode()
+    assert len(item_digest(value)) == 64
+
+
+def test_a_lone_surrogate_is_parsed_from_its_escape_and_kept_in_text_and_digests() -> None:
+    value = loads(b'{"name":"\\ud83d"}')
+    assert value == {"name": "\ud83d"}
+    assert json_text(value) == '{"name":"\ud83d"}'
+    assert json_bytes(value) == json_text(value).encode("utf-8", "surrogatepass")
+    assert item_digest(value) != item_digest({"name": "\ufffd"})
+
+
+def test_keys_are_sorted_only_when_asked_and_orjson_writes_what_it_can() -> None:
+    assert json_bytes({"b": 1, "a": 2}) == orjson.dumps({"b": 1, "a": 2}) == b'{"b":1,"a":2}'
+    assert json_bytes({"b": 1, "a": 2}, sort_keys=True) == b'{"a":2,"b":1}'
+    # The fallback writes the same compact form.
+    assert json_bytes([{"b": 2**70, "a": 1}], sort_keys=True) == b'[{"a":1,"b":1180591620717411303424}]'
+
+
+def test_the_parse_refuses_what_is_not_json() -> None:
+    for raw in (b"NaN", b'{"a": Infinity}', b"{", b"\xff"):
+        with pytest.raises(ValueError):
+            loads(raw)
+    with pytest.raises(ValueError):
+        loads_stdlib(b"-Infinity")
