@@ -11,6 +11,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from archiver.db import alembic_config, create_engine
 
 
+def revision_before(what: str) -> str:
+    """The revision before the one whose docstring says ``what`` (migrations are renumbered
+    when branches are rebased, so tests name a migration by what it does)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(None))
+    for revision in script.walk_revisions():
+        if what in (revision.doc or ""):
+            assert isinstance(revision.down_revision, str)
+            return revision.down_revision
+    raise AssertionError(f"no migration says {what!r}")
+
+
 @asynccontextmanager
 async def engine_at(db_url: str, revision: str) -> AsyncIterator[AsyncEngine]:
     """An engine on ``db_url`` migrated up to ``revision`` only (disposed at the end)."""

@@ -27,25 +27,14 @@ from archiver.db import (
 )
 from archiver.metrics import Metrics, queue_gauge_loop
 from archiver.queue import QueueStore
+from tests.history import revision_before
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _revision_before(what: str) -> str:
-    """The revision before the one whose docstring says ``what`` (renumbered on rebase)."""
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(alembic_config(None))
-    for revision in script.walk_revisions():
-        if what in (revision.doc or ""):
-            assert isinstance(revision.down_revision, str)
-            return revision.down_revision
-    raise AssertionError(f"no migration says {what!r}")
-
-
 async def _at_revision_before_rebuild(url: str) -> Any:
     engine = create_engine(url)
-    before = _revision_before("partial state indexes")
+    before = revision_before("partial state indexes")
     async with engine.begin() as conn:
         await conn.run_sync(lambda c: command.upgrade(alembic_config(c), before))
         await conn.execute(

@@ -24,6 +24,7 @@ import archiver.queue  # noqa: F401  (registers archive_queue on the shared meta
 from archiver import schema
 from archiver.db import create_engine, head_revision, migrate, schema_revision, sqlite_write_engine
 from archiver.errors import NotAnArchive
+from tests.history import revision_before
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -244,27 +245,13 @@ async def test_other_applications_can_insert_just_an_id(db_url: str, make_settin
         await engine.dispose()
 
 
-def _revision_before(what: str) -> str:
-    """The revision before the one whose docstring says ``what`` (they are renumbered on rebase)."""
-    from alembic.script import ScriptDirectory
-
-    from archiver.db import alembic_config
-
-    script = ScriptDirectory.from_config(alembic_config(None))
-    for revision in script.walk_revisions():
-        if what in (revision.doc or ""):
-            assert isinstance(revision.down_revision, str)
-            return revision.down_revision
-    raise AssertionError(f"no migration says {what!r}")
-
-
 async def test_existing_rows_become_source_default(db_url: str) -> None:
     from alembic import command
 
     from archiver.db import alembic_config
     from archiver.queue import QueueStore
 
-    before = _revision_before("archive_queue.source")
+    before = revision_before("archive_queue.source")
     engine = create_engine(db_url)
     try:
         async with engine.begin() as conn:
@@ -413,7 +400,7 @@ async def test_upgrading_a_queue_in_every_state_keeps_every_row_and_lease(db_url
     from archiver.db import alembic_config
     from archiver.queue import QueueStore, archive_queue
 
-    before = _revision_before("partial state indexes")
+    before = revision_before("partial state indexes")
     engine = create_engine(db_url)
     now = 1_800_000_000.0
     try:
