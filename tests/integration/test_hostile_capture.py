@@ -31,6 +31,7 @@ from archiver.renormalize import renormalize
 from archiver.schema import responses
 from archiver.worker import Worker
 from tests.history import engine_at
+from tests.loopback import serving
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,15 +50,8 @@ async def serve_bodies(bodies: Mapping[str, bytes]) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/v1/responses/{rid}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as origin:
+        yield f"{origin}/v1"
 
 
 def body(rid: str, tools: bytes | None, text_: bytes = b'"Hi"') -> bytes:
@@ -255,14 +249,8 @@ async def serve_with_input_items(
     app = web.Application()
     app.router.add_get("/v1/responses/{rid}", answer)
     app.router.add_get("/v1/responses/{rid}/input_items", page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as origin:
+        yield f"{origin}/v1"
 
 
 async def test_an_input_item_nested_deeper_than_orjson_writes_is_archived(

@@ -23,6 +23,7 @@ from archiver.policy import OPENAI_INCLUDE
 from archiver.queue import QueueStore
 from archiver.store import ArchiveStore
 from archiver.worker import Worker
+from tests.loopback import serving
 
 RESPONSE_GATES = (
     "reasoning.encrypted_content",
@@ -188,20 +189,13 @@ async def test_include_values_go_out_as_repeated_include_brackets() -> None:
     app = web.Application()
     app.router.add_get("/v1/responses/{rid}", answer)
     app.router.add_get("/v1/responses/{rid}/input_items", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with ResponsesClient(
-            f"http://127.0.0.1:{port}/v1", None, concurrency=1, request_timeout=5
-        ) as client:
-            await client.fetch("resp_a", include=("reasoning.encrypted_content", "file_search_call.results"))
-            await client.fetch("resp_b")
-            await client.fetch_input_items_page("resp_c", None, include=GATED_INCLUDE[:1])
-    finally:
-        await runner.cleanup()
+    async with (
+        serving(app) as origin,
+        ResponsesClient(f"{origin}/v1", None, concurrency=1, request_timeout=5) as client,
+    ):
+        await client.fetch("resp_a", include=("reasoning.encrypted_content", "file_search_call.results"))
+        await client.fetch("resp_b")
+        await client.fetch_input_items_page("resp_c", None, include=GATED_INCLUDE[:1])
     assert seen == [
         "/v1/responses/resp_a?include%5B%5D=reasoning.encrypted_content&include%5B%5D=file_search_call.results",
         "/v1/responses/resp_b",
