@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from alembic import command
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 import archiver.metrics as metrics_module
 from archiver import health
 from archiver.db import (
-    alembic_config,
     create_engine,
     head_revision,
     migrate,
@@ -27,23 +28,23 @@ from archiver.db import (
 )
 from archiver.metrics import Metrics, queue_gauge_loop
 from archiver.queue import QueueStore
-from tests.history import revision_before
+from tests.history import engine_at, revision_before
 
 pytestmark = pytest.mark.timeout(120)
 
 
-async def _at_revision_before_rebuild(url: str) -> Any:
-    engine = create_engine(url)
-    before = revision_before("partial state indexes")
-    async with engine.begin() as conn:
-        await conn.run_sync(lambda c: command.upgrade(alembic_config(c), before))
-        await conn.execute(
-            text(
-                "INSERT INTO archive_queue (id, state, next_attempt_at, enqueued_at, updated_at) "
-                "VALUES ('resp_a', 'pending', 1, 1, 1), ('resp_b', 'archived', 1, 1, 1)"
+@asynccontextmanager
+async def _before_rebuild(url: str) -> AsyncIterator[AsyncEngine]:
+    """An archive one migration before 0014's rebuild, with a pending and an archived row."""
+    async with engine_at(url, revision_before("partial state indexes")) as engine:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO archive_queue (id, state, next_attempt_at, enqueued_at, updated_at) "
+                    "VALUES ('resp_a', 'pending', 1, 1, 1), ('resp_b', 'archived', 1, 1, 1)"
+                )
             )
-        )
-    return engine
+        yield engine
 
 
 async def test_an_operators_view_on_the_queue_survives_the_sqlite_rebuild(sqlite_url: str) -> None:
@@ -51,8 +52,7 @@ async def test_an_operators_view_on_the_queue_survives_the_sqlite_rebuild(sqlite
     per-state counts) made the rebuild's ``ALTER TABLE ... RENAME`` fail ("error in view
     ...: no such table: main.archive_queue"), and since every command migrates first,
     every command of the upgraded archiver then refused the archive."""
-    engine = await _at_revision_before_rebuild(sqlite_url)
-    try:
+    async with _before_rebuild(sqlite_url) as engine:
         async with engine.begin() as conn:
             await conn.execute(
                 text(
@@ -66,15 +66,12 @@ async def test_an_operators_view_on_the_queue_survives_the_sqlite_rebuild(sqlite
             stats = dict((await conn.execute(text("SELECT state, n FROM my_queue_stats"))).fetchall())
         assert stats == {"pending": 1, "archived": 1}
         assert (await QueueStore(engine).counts())["pending"] == 1
-    finally:
-        await engine.dispose()
 
 
 async def test_an_operators_trigger_on_the_queue_survives_the_sqlite_rebuild(sqlite_url: str) -> None:
     """``DROP TABLE`` drops the table's triggers with it: an operator's audit trigger on
     archive_queue vanished silently in the rebuild."""
-    engine = await _at_revision_before_rebuild(sqlite_url)
-    try:
+    async with _before_rebuild(sqlite_url) as engine:
         async with engine.begin() as conn:
             await conn.execute(text("CREATE TABLE my_failures (id TEXT)"))
             await conn.exec_driver_sql(
@@ -87,8 +84,6 @@ async def test_an_operators_trigger_on_the_queue_survives_the_sqlite_rebuild(sql
         async with engine.connect() as conn:
             audited = (await conn.execute(text("SELECT id FROM my_failures"))).scalars().all()
         assert audited == ["resp_a:failed"]
-    finally:
-        await engine.dispose()
 
 
 class _SlowArchivedCount(QueueStore):
