@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, event, func, select
 
 from archiver import tool_sets as tool_sets_module
+from archiver.normalize import item_digest
 from archiver.schema import metadata, tool_sets
 from archiver.tool_sets import ToolSetIds, _integral_floats_as_ints, tools_digest
 
@@ -92,3 +94,16 @@ def test_the_digest_walks_a_hostile_nesting_without_recursion() -> None:
     assert walked == 2 and isinstance(walked, int)
     # Past orjson's 254 levels: the digest falls back to the standard library.
     assert tools_digest(nested(300, 2.0)) == tools_digest(nested(300, 2))
+
+
+def test_the_digest_without_a_walk_is_the_digest_with_one() -> None:
+    """Arrays with no integral float skip the copy; every number still digests as the walk has it."""
+    rng = random.Random(17)
+    numbers = [0.0, -0.0, 1.0, 100.0, 1.5, 2.5e-7, 1e16, 1.5e20, 12345678901234567.0, 2.0**64, 2**70, 7]
+    numbers += [rng.uniform(-1e20, 1e20) for _ in range(500)]
+    numbers += [float(rng.randint(-(10**18), 10**18)) for _ in range(500)]
+    numbers += [rng.random() * 10 ** rng.randint(-10, 25) for _ in range(500)]
+    strings = ["v1.0", "type2", "e1", "plain"]
+    for value in [*numbers, *strings]:
+        tools = [{"type": "function", "parameters": {"x": value, "note": "API v2"}}]
+        assert tools_digest(tools) == item_digest(_integral_floats_as_ints(tools)), value
