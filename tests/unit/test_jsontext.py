@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -51,3 +52,28 @@ def test_the_parse_refuses_what_is_not_json() -> None:
             loads(raw)
     with pytest.raises(ValueError):
         loads_stdlib(b"-Infinity")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "123456789012345678901234567890",
+        "-9223372036854775809",
+        "18446744073709551616",
+        '{"a":[1.5,99999999999999999999,{"b":-123456789012345678901}]}',
+        '{"digits in a string":"12345678901234567890123","n":1}',
+    ],
+)
+def test_integers_beyond_64_bits_are_read_exactly_from_bytes_and_text(text: str) -> None:
+    """orjson reads them as the nearest double without an error; the parse must not."""
+    expected = json.loads(text)
+    for raw in (text.encode(), text):
+        value = loads(raw)
+        assert value == expected
+        assert json_bytes(value) == json_bytes(expected)  # the same digits, not a double's
+
+
+def test_orjson_still_rounds_what_loads_keeps() -> None:
+    """The reason for the scan: if orjson ever reads these exactly, the scan can go."""
+    assert type(orjson.loads(b"18446744073709551616")) is float
+    assert type(loads(b"18446744073709551616")) is int
