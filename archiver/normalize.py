@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import orjson
-
 from archiver.errors import NormalizationError
 from archiver.jsontext import json_bytes, json_text, loads
 from archiver.schema import CHILD_TABLES, STORE_COLUMNS, responses
@@ -780,8 +778,8 @@ def _image_search_call(
     results = item.get("output")
     if type(results) is str:
         try:
-            results = orjson.loads(results)
-        except orjson.JSONDecodeError:
+            results = loads(results)
+        except (ValueError, RecursionError):
             return ()  # not JSON: the text stays in output_items.output
     if type(results) is not list:
         return ()

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import orjson
 
 from archiver.ids import json_type_name
-from archiver.jsontext import loads_stdlib
+from archiver.jsontext import loads
 from archiver.outcomes import (
     Archived,
     Outcome,
@@ -562,11 +562,9 @@ def classify_input_items_page(
     """
     if status_code == 200:
         try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            data = _loads_stdlib(body)
-            if data is _INVALID:
-                return _bad_body("input items: " + _json_problem(body, exc), body, attempt, policy, rand)
+            data = loads(body)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return _bad_body("input items: " + _json_problem(body), body, attempt, policy, rand)
         if not isinstance(data, dict) or not isinstance(data.get("data"), list):
             return _bad_body("input items: body is not a list object", body, attempt, policy, rand)
         last_id = data.get("last_id")
@@ -601,11 +599,9 @@ def classify_input_items_page(
 
 def _classify_body(body: bytes, requested_id: str, attempt: int, policy: RetryPolicy, rand: float) -> Outcome:
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        data = _loads_stdlib(body)
-        if data is _INVALID:
-            return _bad_body(_json_problem(body, exc), body, attempt, policy, rand)
+        data = loads(body)  # exact: the normalizer uses this parse (archiver.jsontext)
+    except (ValueError, RecursionError):
+        return _bad_body(_json_problem(body), body, attempt, policy, rand)
     if not isinstance(data, dict):
         kind = json_type_name(data)
         return _bad_body(f"body is a JSON {kind}, not an object", body, attempt, policy, rand)
@@ -635,25 +631,16 @@ def _bad_body(problem: str, body: bytes, attempt: int, policy: RetryPolicy, rand
     return _retry_or_give_up(Retry(delay, _bounded(problem), 200, body=body), attempt, policy)
 
 
-def _json_problem(body: bytes, exc: orjson.JSONDecodeError) -> str:
+def _json_problem(body: bytes) -> str:
+    """Why ``body`` is not JSON, in orjson's words (the standard library's second opinion,
+    which takes lone surrogate escapes, refused it too)."""
     if not body.strip():
         return "body is empty"
-    return f"body is not valid JSON: {exc} ({len(body)} bytes)"
-
-
-_INVALID = object()
-
-
-def _loads_stdlib(body: bytes) -> Any:
-    """Second opinion for bodies orjson refuses but that are valid JSON.
-
-    orjson rejects lone UTF-16 surrogate escapes (``"\\ud83d"``), which real model
-    output contains when a token boundary splits an emoji; the body is still JSON.
-    """
     try:
-        return loads_stdlib(body)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        return _INVALID
+        orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return f"body is not valid JSON: {exc} ({len(body)} bytes)"
+    return f"body is not valid JSON ({len(body)} bytes)"
 
 
 # --- error statuses ---------------------------------------------------------------------
