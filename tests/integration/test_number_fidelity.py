@@ -65,12 +65,13 @@ FORMATS = ("jsonl", "csv", "parquet")
 EXACT = {"part": BIG, "item": BELOW_INT64, "response": BELOW_INT64, "tools": PAST_UINT64}
 
 
+@pytest.mark.parametrize("writer", ["process", "inline"])  # the process parses raw itself
 async def test_integers_beyond_64_bits_keep_every_digit_in_columns_and_exports(
-    db_url: str, make_settings: Any, tmp_path: Path
+    writer: str, db_url: str, make_settings: Any, tmp_path: Path
 ) -> None:
     async with serve_bodies({RID: RAW}) as base_url, open_database(db_url) as engine:
         await QueueStore(engine).enqueue([RID])
-        await Worker(make_settings(db_url, base_url, writer="inline"), engine, once=True).run()
+        await Worker(make_settings(db_url, base_url, writer=writer), engine, once=True).run()
         values = await derived_values(engine)
         # type() too: a double equal to the integer (2**64) would pass == alone
         assert {k: (type(v), v) for k, v in values.items()} == {k: (int, v) for k, v in EXACT.items()}
