@@ -251,8 +251,12 @@ Corpus = tuple[str, list[str], dict[str, bytes], MockConfig, "bytes | None"]
 
 def _corpora(corpus_dir: Path, mock_n: int) -> list[Corpus]:
     corpora: list[Corpus] = []
-    if corpus_dir.is_dir():
-        bodies = load_bodies(corpus_dir)
+    bodies = load_bodies(corpus_dir) if corpus_dir.is_dir() else {}
+    if not corpus_dir.is_dir():
+        print(f"storage: corpus not found at {corpus_dir}: skipped", flush=True)
+    elif not bodies:
+        print(f"storage: no bodies in {corpus_dir}: skipped", flush=True)
+    else:
         config = MockConfig(bodies_dir=corpus_dir, bodies_only=True)
         corpora.append((f"corpus ({len(bodies)} real bodies)", sorted(bodies), bodies, config, None))
         try:
@@ -274,8 +278,6 @@ def _corpora(corpus_dir: Path, mock_n: int) -> list[Corpus]:
             else:
                 label = f"corpus, odd half ({len(half)}), dictionary from the even half"
                 corpora.append((label, half, bodies, config, data))
-    else:
-        print(f"storage: corpus not found at {corpus_dir}: skipped", flush=True)
     if mock_n:
         ids = [MOCK_ID.format(i) for i in range(mock_n)]
         corpora.append((f"mock ({mock_n} bodies)", ids, {i: body_for(i) for i in ids}, MockConfig(), None))
