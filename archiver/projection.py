@@ -45,14 +45,16 @@ PROJECTION_TABLES = CHILD_TABLES
 """The child tables built from ``raw``: what renormalize deletes and rebuilds."""
 
 
-PROJECTION_VERSION = 2
+PROJECTION_VERSION = 3
 """What :func:`archiver.normalize.normalize` makes of a body. Bump it when a release changes
 that (new columns, new child tables, fields mapped differently): archives whose rows were
 built by an older version are then told to run ``archiver renormalize --all`` (``archiver
 status`` and a warning when ``archiver run`` starts), which records the new version.
 
 1: rows with whole-element JSON copies (before migration 0010); 2: nothing stored twice
-(issue 17.2: ``extra`` holds only unmapped fields, opaque payloads only in ``raw``)."""
+(issue 17.2: ``extra`` holds only unmapped fields, opaque payloads only in ``raw``); 3:
+integers beyond 64 bits keep every digit in JSON columns (version 2 held the nearest double:
+orjson's reading, see :mod:`archiver.jsontext`)."""
 PROJECTION_KEY = "projection"
 
 
@@ -124,28 +126,27 @@ def settle_mode_sync(conn: Connection, wanted: str | None) -> str:
 
 
 def projection_version_sync(conn: Connection) -> int | None:
-    """The version of the oldest normalized rows in the archive; None for an empty one.
+    """The version of the oldest normalized rows in the archive; None for an archive without
+    responses (nothing in it was built by any version, whatever a migration recorded).
 
     An archive with responses and no record was written before versions were recorded: 1.
     """
+    if conn.execute(select(responses.c.id).limit(1)).first() is None:
+        return None
     recorded = read_meta_sync(conn, PROJECTION_KEY)
-    if recorded is not None and recorded.isdigit():
-        return int(recorded)
-    return None if conn.execute(select(responses.c.id).limit(1)).first() is None else 1
+    return int(recorded) if recorded is not None and recorded.isdigit() else 1
 
 
 def record_projection_sync(conn: Connection, *, only_if_new: bool = False) -> None:
     """Record that every response's rows are built by this version (:data:`PROJECTION_VERSION`).
 
-    ``only_if_new``: only in an archive with no responses and no record yet (what it
-    will hold is built by this version).
+    ``only_if_new``: only in an archive with no responses (what it will hold is built by
+    this version; migration 0013 recorded the version of its day in a new archive).
     """
-    if only_if_new and (
-        read_meta_sync(conn, PROJECTION_KEY) is not None
-        or conn.execute(select(responses.c.id).limit(1)).first() is not None
-    ):
+    if only_if_new and conn.execute(select(responses.c.id).limit(1)).first() is not None:
         return
-    write_meta_sync(conn, PROJECTION_KEY, str(PROJECTION_VERSION))
+    if read_meta_sync(conn, PROJECTION_KEY) != str(PROJECTION_VERSION):
+        write_meta_sync(conn, PROJECTION_KEY, str(PROJECTION_VERSION))
 
 
 def archive_facts_sync(conn: Connection) -> dict[str, Any]:

@@ -268,10 +268,13 @@ async def test_an_archive_built_by_an_older_projection_is_told_to_renormalize(
     async with await start_mock_server() as mock, open_database(sqlite_url) as engine:
         await _check_projection(engine)  # a new archive records the version that writes it
         async with engine.connect() as conn:
-            assert await conn.run_sync(read_meta_sync, projection.PROJECTION_KEY) == "2"
+            assert await conn.run_sync(read_meta_sync, projection.PROJECTION_KEY) == str(
+                projection.PROJECTION_VERSION
+            )
+        newer = projection.PROJECTION_VERSION + 1
         await QueueStore(engine).enqueue(["resp_ok_v1", "resp_ok_v2"])
         await Worker(make_settings(sqlite_url, mock.base_url), engine, once=True).run()
-        monkeypatch.setattr(projection, "PROJECTION_VERSION", 3)  # a release that maps more
+        monkeypatch.setattr(projection, "PROJECTION_VERSION", newer)  # a release that maps more
         details = await status(make_settings(sqlite_url))
         assert details["archive"]["renormalize_needed"] is True
         assert "run `archiver renormalize --all`" in format_status(details)
@@ -281,8 +284,8 @@ async def test_an_archive_built_by_an_older_projection_is_told_to_renormalize(
         details = await status(make_settings(sqlite_url))
     assert details["archive"] == {
         "normalize": "full",
-        "projection_version": 3,
-        "projection_current": 3,
+        "projection_version": newer,
+        "projection_current": newer,
         "renormalize_needed": False,
         "renormalize_unfinished": None,
     }
