@@ -89,6 +89,9 @@ class Trip:
     reason: str
     probe: bool = True
     """Ask the endpoint first. Not for billing refusals: those are about the account."""
+    error: str = ""
+    """The last endpoint-wide answer behind it, as the fetcher described it (server text:
+    redact before it leaves the process)."""
 
     @property
     def key_refused(self) -> bool:
@@ -176,12 +179,14 @@ class Breaker:
                 billing = any(
                     isinstance(r.outcome, StopAll) and r.outcome.billing for r, _, _ in self.held.values()
                 )
-                return Trip(kind, self._describe(kind, count), probe=not billing)
+                return Trip(
+                    kind, self._describe(kind, count), probe=not billing, error=self._sample_error(kind)
+                )
         if (
             len(self.streak_5xx) >= TRIP_AFTER_5XX
             and now - min(first for first, _ in self.streak_5xx.values()) >= STREAK_5XX_MIN_S
         ):
-            return Trip("5xx", self._describe("5xx", len(self.streak_5xx)))
+            return Trip("5xx", self._describe("5xx", len(self.streak_5xx)), error=self._sample_error("5xx"))
         return None
 
     def trip(self) -> list[FetchResult]:
@@ -204,12 +209,15 @@ class Breaker:
         self.open = False
         self.trips = 0
 
-    def _describe(self, kind: Kind, count: int) -> str:
+    def _sample_error(self, kind: Kind) -> str:
+        """The reason of the newest held (or, for 5xx, last) result of this kind."""
         held = [r for r, k, _ in self.held.values() if k == kind]
         if kind == "5xx" and self.last_5xx is not None and not held:
             held = [self.last_5xx]
-        sample = held[-1].outcome if held else None
-        detail = getattr(sample, "reason", "") if sample is not None else ""
+        return str(getattr(held[-1].outcome, "reason", "")) if held else ""
+
+    def _describe(self, kind: Kind, count: int) -> str:
+        detail = self._sample_error(kind)
         ids = f"{count} different ID{'s' if count != 1 else ''}"
         if kind == "plain_404":
             return (

@@ -25,6 +25,7 @@ from archiver.db import (
 )
 from archiver.errors import DatabaseVanished, NotArchived
 from archiver.health import CheckResult, run_checks
+from archiver.holds import hold_lines
 from archiver.ids import validate_response_id
 from archiver.ingest import EnqueueReport, enqueue_inputs, follow_file
 from archiver.logs import get_logger
@@ -454,7 +455,13 @@ def _health_lines(details: dict[str, Any]) -> list[str]:
             f"{details['pending_near_expiry']} pending within a day of expiry, "
             f"{details['pending_past_retention']} past it"
         )
-    lines.extend(worker_lines(details))
+    lines.extend(hold_lines(details))
+    # A worker whose hold is listed above is not listed again (rows of an older archiver
+    # name no source, so they have no hold entry and keep their worker line).
+    holding = {w["owner"] for h in (details.get("held_sources") or {}).values() for w in h["holders"]}
+    lines.extend(
+        worker_lines({"workers": [w for w in details.get("workers") or [] if w["owner"] not in holding]})
+    )
     if "archive" in details:
         from archiver.projection import archive_lines
 

@@ -235,6 +235,14 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.source_held = Gauge(
+            "archiver_source_held",
+            "Per source and kind: 1 while this process holds the source's IDs for that reason "
+            "(plain_404, redirect, connect, 5xx, refused, billing; see archiver status).",
+            ["source", "kind"],
+            registry=r,
+        )
+        self._held_kinds: dict[str, str] = {}
         self._sources_up: dict[str, bool] = {}
         self._concurrency: dict[str, tuple[int, int]] = {}
         self.breaker_trips = Counter(
@@ -301,6 +309,16 @@ class Metrics:
         self._sources_up[source] = up
         self.source_up.labels(source=source).set(1 if up else 0)
         self.endpoint_up.set(1 if all(self._sources_up.values()) else 0)
+
+    def set_source_held(self, source: str, kind: str | None) -> None:
+        """The source is held for ``kind`` (None: no longer held); the series of an earlier
+        kind of the source drops to 0."""
+        before = self._held_kinds.pop(source, None)
+        if before is not None and before != kind:
+            self.source_held.labels(source=source, kind=before).set(0)
+        if kind is not None:
+            self._held_kinds[source] = kind
+            self.source_held.labels(source=source, kind=kind).set(1)
 
     def set_concurrency(self, limit: int, maximum: int, source: str = "default") -> None:
         """A source's adaptive limit now (``AdaptiveLimit.limit``) and its ceiling (``max_limit``).

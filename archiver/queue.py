@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from archiver.db import now_sql, statement_at_a_time
 from archiver.fleet_rate import archive_rate_limits  # noqa: F401  (registers the table, as archive_queue)
 from archiver.follow import archive_follow  # noqa: F401  (registers the table, as archive_queue)
+from archiver.holds import held_sources
 from archiver.schema import metadata
 from archiver.settings import DEFAULT_SOURCE
 from archiver.workers import (
@@ -688,6 +689,8 @@ class QueueStore:
         was kept for it. ``sources`` maps each source with rows to its counts per state;
         ``unserved_sources`` lists the sources not in ``served_sources`` (when given) that
         have rows waiting (``pending`` or ``in_flight``): no worker of this config fetches them.
+        ``held_sources`` maps each source a live worker holds (endpoint paused, key
+        refused) to why, since when and its next probe (see :mod:`archiver.holds`).
         """
         states = list(error_states or ERROR_STATES)
         # One read of the whole queue (per source and state); the rest reads partial indexes.
@@ -706,6 +709,7 @@ class QueueStore:
         errors, error_rows = await self.recent_errors(states, recent_errors)
         async with statement_at_a_time(self.engine) as conn:
             workers = await troubled_workers(conn)
+            held = await held_sources(conn)
         return {
             "states": counts,
             "total": sum(counts.values()),
@@ -720,6 +724,9 @@ class QueueStore:
             "workers": [w.as_dict() for w in workers],
             "sources": by_source,
             "unserved_sources": unserved,
+            "held_sources": {
+                h.source: h.as_dict(by_source.get(h.source, {}).get("pending", 0)) for h in held
+            },
         }
 
     async def recent_errors(self, states: Sequence[str], limit: int) -> tuple[list[Any], int | None]:

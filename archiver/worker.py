@@ -28,6 +28,7 @@ from archiver.db import db_error_message, log_db_retry, redact_url, with_db_retr
 from archiver.errors import ArchiverError, EndpointDown, StopRun
 from archiver.fetch import Fetcher
 from archiver.fleet_rate import FleetRate
+from archiver.holds import Hold, hold_kind
 from archiver.limits import AdaptiveLimit
 from archiver.logs import get_logger, redact
 from archiver.metrics import Metrics
@@ -41,7 +42,7 @@ from archiver.policy import (
 from archiver.queue import Job, QueueStore
 from archiver.settings import Settings, display_base_url
 from archiver.store import OUTCOME_COUNTS, FetchResult, WriteReport
-from archiver.workers import forget_worker, record_worker
+from archiver.workers import HEALTH_REFRESH_S, forget_worker, record_worker
 from archiver.writer import BatchWriter, make_writer
 
 log = get_logger()
@@ -51,7 +52,6 @@ MB = 1 << 20
 BATCH_SHARE_OF_HELD = 8  # a write batch closes at this fraction of --max-held-mb
 EXPIRY_CHECK_INTERVAL_S = 600.0
 LIVENESS_TIMEOUT_S = 120.0
-HEALTH_REFRESH_S = 60.0  # archive_workers rows older than workers.DEFAULT_MAX_AGE_S count as dead
 
 
 @dataclass(slots=True)
@@ -190,7 +190,9 @@ class Worker:
         # A write batch closes at this many bytes of bodies; a batch that reaches it is "big".
         self._batch_bytes = self._max_held_bytes // BATCH_SHARE_OF_HELD
         self._big_writes = 0  # batches of large bodies being written now
-        self._health: tuple[str, str | None] = ("ok", None)
+        # (state, detail, the trip holding the source); recorded by _health_report
+        self._health: tuple[str, str | None, Trip | None] = ("ok", None, None)
+        self._probe_error: str | None = None  # the newest failed probe's answer, while held
         self._health_changed = asyncio.Event()
         self._health_done = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -502,6 +504,7 @@ class Worker:
         outcome = await self.fetcher.probe_endpoint()
         self.summary.requests += 1
         proven = proves_endpoint(outcome) or (isinstance(outcome, Retry) and outcome.throttled)
+        self._probe_error = None if proven else str(getattr(outcome, "reason", "")) or None
         log.info(
             "archiver.endpoint_probe",
             endpoint=self.breaker.endpoint,
@@ -519,6 +522,7 @@ class Worker:
         for held in released:
             self.budget.take_back(self._kept_of(held))
         self.metrics.set_source_up(self.source, False)
+        self.metrics.set_source_held(self.source, hold_kind(trip))
         self.metrics.breaker_trips.inc()
         await self._release_results(released, f"circuit breaker: {trip.kind}")
         if refund:
@@ -532,7 +536,7 @@ class Worker:
         pause = self.breaker.pause_left()
         log.error("archiver.endpoint_down", **down, wait_s=round(pause, 3))
         self.notifier.status(f"paused {pause:.0f}s: {trip.reason}")
-        self._set_health("refused" if trip.key_refused else "paused", trip.reason)
+        self._set_health("refused" if trip.key_refused else "paused", trip.reason, trip)
 
     async def _refund_attempts(self, spent: dict[str, int]) -> None:
         """Give back the attempts 5xx answers spent, to IDs caught in a run that tripped the breaker.
@@ -548,12 +552,14 @@ class Worker:
     def _recovered(self) -> None:
         self.breaker.reset()
         self.metrics.set_source_up(self.source, True)
+        self.metrics.set_source_held(self.source, None)
         log.info("archiver.endpoint_recovered", source=self.source, endpoint=self.breaker.endpoint)
         self.notifier.status(f"archiving with concurrency {self.settings.concurrency}")
-        self._set_health("ok", None)
+        self._probe_error = None
+        self._set_health("ok", None, None)
 
-    def _set_health(self, state: str, detail: str | None) -> None:
-        self._health = (state, detail)
+    def _set_health(self, state: str, detail: str | None, trip: Trip | None) -> None:
+        self._health = (state, detail, trip)
         self._health_changed.set()
 
     async def _health_report(self) -> None:
@@ -564,15 +570,19 @@ class Worker:
             await self._record_health(*self._health)
             await wait_first([self._health_changed, self._health_done], HEALTH_REFRESH_S)
 
-    async def _record_health(self, state: str, detail: str | None) -> None:
+    async def _record_health(self, state: str, detail: str | None, trip: Trip | None) -> None:
         """Write this worker's breaker state where ``archiver check`` and ``status`` read it."""
+        # The next probe as of now: a refresh during a long pause moves nothing but the age.
+        hold = None if trip is None else Hold.of_trip(trip, self._probe_error, self.breaker.pause_left())
         try:
             await record_worker(
                 self.queue.engine,
                 self.settings.owner,
                 state=state,
-                detail=detail,  # record_worker redacts and shortens it
+                detail=detail,  # record_worker redacts and shortens it, and the hold's error
                 base_url=self.breaker.endpoint,
+                source=self.source,
+                hold=hold,
             )
         except Exception as exc:
             log.warning("archiver.health_record_failed", error=db_error_message(exc))

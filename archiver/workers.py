@@ -12,7 +12,7 @@ it is ignored (and overwritten when a worker with that owner name starts again).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Column, Float, Table, Text, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -21,10 +21,15 @@ from archiver.db import now_sql, statement_at_a_time
 from archiver.redaction import redact
 from archiver.schema import metadata
 
+if TYPE_CHECKING:
+    from archiver.holds import Hold
+
 WORKER_STATES = ("ok", "paused", "refused")
 """``ok``: fetching; ``paused``: circuit breaker open, the endpoint is down or wrong;
 ``refused``: the provider refuses the key (401/403, billing)."""
 MAX_DETAIL_CHARS = 500
+HEALTH_REFRESH_S = 60.0
+"""A running worker refreshes its row this often (and on every change of state)."""
 DEFAULT_MAX_AGE_S = 300.0
 """A row older than this is a dead worker's: the live ones refresh theirs more often."""
 
@@ -39,6 +44,11 @@ archive_workers = Table(
     Column("state_since", Float, nullable=False),
     Column("started_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # Why the worker holds its source's IDs (NULL while fetching): see archiver/holds.py.
+    Column("source", Text),
+    Column("hold_kind", Text),
+    Column("hold_error", Text),
+    Column("next_probe_at", Float),
     comment="One row per running worker: is its endpoint usable; see archiver/workers.py",
 )
 
@@ -84,7 +94,14 @@ class WorkerReport:
 
 
 async def record_worker(
-    engine: AsyncEngine, owner: str, *, state: str, detail: str | None, base_url: str | None
+    engine: AsyncEngine,
+    owner: str,
+    *,
+    state: str,
+    detail: str | None,
+    base_url: str | None,
+    source: str | None = None,
+    hold: Hold | None = None,
 ) -> None:
     """Insert or refresh this worker's row; ``updated_at`` is the database's now.
 
@@ -97,30 +114,48 @@ async def record_worker(
         state: one of :data:`WORKER_STATES`.
         detail: why, for a state that is not ``ok`` (redacted and shortened here).
         base_url: the endpoint, as shown to users (no credentials).
+        source: the source the worker serves.
+        hold: why it holds the source's IDs (:mod:`archiver.holds`); None while fetching,
+            which clears the last one. Its error text is redacted and shortened here.
 
     Raises:
         ValueError: ``state`` is not one of :data:`WORKER_STATES`.
     """
     if state not in WORKER_STATES:
         raise ValueError(f"worker state must be one of {', '.join(WORKER_STATES)}, not {state!r}")
-    if detail is not None:
-        detail = redact(detail)
-        if len(detail) > MAX_DETAIL_CHARS:
-            detail = detail[: MAX_DETAIL_CHARS - 1] + "…"
     now = now_sql(engine.dialect.name)
     sql = (
-        "INSERT INTO archive_workers (owner, state, detail, base_url, state_since, started_at, updated_at) "
-        f"VALUES (:owner, :state, :detail, :base_url, {now}, {now}, {now}) "
+        "INSERT INTO archive_workers (owner, state, detail, base_url, state_since, started_at, updated_at, "
+        "source, hold_kind, hold_error, next_probe_at) "
+        f"VALUES (:owner, :state, :detail, :base_url, {now}, {now}, {now}, "
+        f":source, :kind, :error, {now} + :probe_in) "
         "ON CONFLICT (owner) DO UPDATE SET "
         "state_since = CASE WHEN archive_workers.state = excluded.state "
         "THEN archive_workers.state_since ELSE excluded.state_since END, "
         "state = excluded.state, detail = excluded.detail, base_url = excluded.base_url, "
-        "updated_at = excluded.updated_at"
+        "updated_at = excluded.updated_at, source = excluded.source, hold_kind = excluded.hold_kind, "
+        "hold_error = excluded.hold_error, next_probe_at = excluded.next_probe_at"
     )
+    values = {
+        "owner": owner,
+        "state": state,
+        "detail": _shown(detail),
+        "base_url": base_url,
+        "source": source,
+        "kind": hold.kind if hold else None,
+        "error": _shown(hold.error) if hold else None,
+        "probe_in": hold.probe_in_s if hold else None,
+    }
     async with engine.begin() as conn:
-        await conn.execute(
-            text(sql), {"owner": owner, "state": state, "detail": detail, "base_url": base_url}
-        )
+        await conn.execute(text(sql), values)
+
+
+def _shown(detail: str | None) -> str | None:
+    """Redacted (server text may echo a secret) and at most ``MAX_DETAIL_CHARS`` long."""
+    if detail is None:
+        return None
+    detail = redact(detail)
+    return detail if len(detail) <= MAX_DETAIL_CHARS else detail[: MAX_DETAIL_CHARS - 1] + "…"
 
 
 async def forget_worker(engine: AsyncEngine, owner: str) -> None:
