@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from archiver.db import open_database
+from archiver.holds import Hold
 from archiver.workers import record_worker
 
 from .conftest import Cli
@@ -148,6 +149,8 @@ def test_check_and_status_report_a_worker_whose_endpoint_is_paused(sqlite_cli: C
                 state="paused",
                 detail="7 connection errors in a row",
                 base_url="http://[::1]:8080/v1",
+                source="default",
+                hold=Hold("connect", "connection refused: [Errno 111]", 42.0),
             )
 
     assert sqlite_cli("migrate").returncode == 0
@@ -168,3 +171,14 @@ def test_check_and_status_report_a_worker_whose_endpoint_is_paused(sqlite_cli: C
     assert worker["owner"] == "host-a:42" and worker["state"] == "paused"
     assert worker["detail"] == "7 connection errors in a row"
     assert 0 <= worker["updated_age_s"] < 60
+    # The new key says it per source; the human output says it once, under the source.
+    held = json.loads(status.stdout)["held_sources"]["default"]
+    assert held["kind"] == "connect" and held["last_error"] == "connection refused: [Errno 111]"
+    assert 30 < held["next_probe_in_s"] <= 42 and [h["owner"] for h in held["holders"]] == ["host-a:42"]
+    human = sqlite_cli("status").stdout.decode()
+    assert re.search(
+        r"^  default: endpoint paused \(cannot connect\) since \S+Z \(\d+s ago\); 0 pending$", human, re.M
+    )
+    assert "    last error: connection refused: [Errno 111]\n" in human
+    assert re.search(r"^    next probe in \d+s \(\S+Z\)$", human, re.M), human
+    assert "workers not fetching" not in human

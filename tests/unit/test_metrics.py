@@ -302,6 +302,7 @@ EXPECTED_FAMILIES = {
     "archiver_last_batch_timestamp_seconds": "gauge",
     "archiver_endpoint_up": "gauge",
     "archiver_source_up": "gauge",
+    "archiver_source_held": "gauge",
     "archiver_breaker_trips": "counter",
 }
 
@@ -346,6 +347,18 @@ def test_endpoint_up_is_one_only_while_every_source_is_up() -> None:
     assert "archiver_endpoint_up 0.0" in text
     m.set_source_up("proj-a", True)
     assert "archiver_endpoint_up 1.0" in m.render().decode()
+
+
+def test_source_held_names_the_current_kind_only() -> None:
+    m = Metrics()
+    m.set_source_held("default", "connect")
+    m.set_source_held("default", "plain_404")  # a later trip of another kind
+    m.set_source_held("proj-a", "billing")
+    assert value(m, "archiver_source_held", source="default", kind="connect") == 0
+    assert value(m, "archiver_source_held", source="default", kind="plain_404") == 1
+    m.set_source_held("default", None)  # recovered
+    assert value(m, "archiver_source_held", source="default", kind="plain_404") == 0
+    assert value(m, "archiver_source_held", source="proj-a", kind="billing") == 1
 
 
 def test_two_instances_share_nothing_and_leave_the_global_registry_alone() -> None:
