@@ -42,7 +42,13 @@ pytestmark = pytest.mark.timeout(60)
 KEY = "Pw4-canary/Hq8+zN2vXc7Lr"
 """No known key shape (no ``sk-``): only its registration (as the CLI does) masks it."""
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")
-STATE = {"plain_404": "paused", "refused": "refused", "billing": "refused"}
+STATE = {
+    "plain_404": "paused",
+    "redirect": "paused",
+    "5xx": "paused",
+    "refused": "refused",
+    "billing": "refused",
+}
 
 
 def broken_answer(kind: str, request: web.Request) -> web.Response:
@@ -50,6 +56,10 @@ def broken_answer(kind: str, request: web.Request) -> web.Response:
     echoed = request.headers.get("Authorization", "").removeprefix("Bearer ")
     if kind == "plain_404":
         return web.Response(status=404, text=f"404: Not Found (you sent {echoed})")
+    if kind == "redirect":
+        return web.Response(status=302, headers={"Location": f"https://127.0.0.1:1/v1?key={echoed}"})
+    if kind == "5xx":
+        return web.json_response({"error": {"message": f"upstream down for {echoed}"}}, status=503)
     if kind == "refused":
         error = {"message": f"Incorrect API key provided: {echoed}", "code": "invalid_api_key"}
         return web.json_response({"error": error}, status=401)
@@ -82,13 +92,14 @@ async def hold_columns(engine: AsyncEngine) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in rows]
 
 
-@pytest.mark.parametrize("kind", ["plain_404", "refused", "billing"])
+@pytest.mark.parametrize("kind", ["plain_404", "redirect", "5xx", "refused", "billing"])
 async def test_status_says_why_a_source_is_held_and_forgets_it_on_recovery(
     db_url: str, make_settings: Any, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     register_secret(KEY)  # as the CLI does with every key it reads
     monkeypatch.setattr(breaker, "PAUSE_FIRST_S", 1.5)
     monkeypatch.setattr(breaker, "PAUSE_MAX_S", 1.5)
+    monkeypatch.setattr(breaker, "STREAK_5XX_MIN_S", 0.2)
     broken = {"on": True}
 
     async def answer(request: web.Request) -> web.Response:
@@ -124,6 +135,8 @@ async def test_status_says_why_a_source_is_held_and_forgets_it_on_recovery(
                 assert "***" in hold["last_error"]  # the echoed key, masked
                 if kind == "plain_404":
                     assert "plain 404" in hold["reason"] and "plain 404" in hold["last_error"]
+                elif kind in ("redirect", "5xx"):
+                    assert {"redirect": "302", "5xx": "503"}[kind] in hold["last_error"]
                 elif kind == "refused":
                     assert "401" in hold["last_error"] and "API key" in hold["last_error"]
                 else:
