@@ -193,7 +193,8 @@ def hold_lines(details: dict[str, Any]) -> list[str]:
         pending = "" if h["pending"] is None else f"; {h['pending']:,} pending"
         lines.append(f"  {name}: {what} since {h['since']} ({format_duration(h['held_for_s'])} ago){pending}")
         if h["next_probe_in_s"] is not None:
-            probe = "now" if h["next_probe_in_s"] <= 0 else f"in {format_duration(h['next_probe_in_s'])}"
+            due = "overdue" if h["stale"] else "now"  # a dead worker's probe never comes
+            probe = due if h["next_probe_in_s"] <= 0 else f"in {format_duration(h['next_probe_in_s'])}"
             lines.append(f"    next probe {probe} ({h['next_probe_at']})")
         if h["reason"]:
             lines.append(f"    {h['reason']}")

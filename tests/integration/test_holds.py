@@ -255,6 +255,7 @@ async def test_a_dead_workers_hold_turns_stale_then_disappears(db_url: str, make
         hold = details["held_sources"]["default"]
         assert hold["stale"] is True and hold["reported_age_s"] > STALE_AFTER_S
         assert hold["next_probe_in_s"] == 0  # overdue: not a time in the past
-        assert "(stale: is that worker still running?)" in commands.format_status(details)
+        human = commands.format_status(details)
+        assert "(stale: is that worker still running?)" in human and "next probe overdue" in human
         await _age(engine, "gone:9", DEFAULT_MAX_AGE_S + 5)
         assert (await commands.status(settings))["held_sources"] == {}
