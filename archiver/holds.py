@@ -196,6 +196,8 @@ def hold_lines(details: dict[str, Any]) -> list[str]:
             due = "overdue" if h["stale"] else "now"  # a dead worker's probe never comes
             probe = due if h["next_probe_in_s"] <= 0 else f"in {format_duration(h['next_probe_in_s'])}"
             lines.append(f"    next probe {probe} ({h['next_probe_at']})")
+        else:
+            lines.append("    no probe: a run --once stopped fetching it; the next run tries again")
         if h["reason"]:
             lines.append(f"    {h['reason']}")
         if h["last_error"]:

@@ -88,6 +88,10 @@ class Runner:
                 writer=shared,
             )
             writer_process = None  # the first worker's writer takes it (one source only)
+            # A source stopped by its breaker says why while the others drain (--once).
+            self.workers[name].hold_outlives_run = once and len(sources) > 1
+        self._running = set(self.workers)
+        self._all_ended = asyncio.Event()
 
     def request_stop(self, reason: str) -> None:
         """Stop every source's worker gracefully."""
@@ -163,7 +167,16 @@ class Runner:
             return await worker.run()
         except (StopRun, EndpointDown) as exc:
             log.error("archiver.source_stopped", source=name, error=str(exc))
+            self._ended(name)
+            await worker.report_hold_until(self._all_ended)
             raise type(exc)(f"source {name!r}: {exc}") from None
         except BaseException:
             self.request_stop(f"source {name!r} failed")
             raise
+        finally:
+            self._ended(name)
+
+    def _ended(self, name: str) -> None:
+        self._running.discard(name)
+        if not self._running:
+            self._all_ended.set()

@@ -165,6 +165,9 @@ class Worker:
         self.settings = settings
         self.source = settings.source
         self.once = once
+        self.hold_outlives_run = False
+        """Set by the :class:`~archiver.runner.Runner` of several sources: after a trip of
+        ``--once`` this worker's row (its hold) stays for :meth:`report_hold_until`."""
         self.queue = QueueStore(engine)
         self._owns_writer = writer is None
         self.writer: BatchWriter = writer or make_writer(settings, engine, settings.writer, writer_process)
@@ -260,8 +263,9 @@ class Worker:
         self.summary.duration_s = time.monotonic() - started
         with contextlib.suppress(Exception):
             self.summary.remaining = await self.queue.counts()
-        with contextlib.suppress(Exception):
-            await forget_worker(self.queue.engine, s.owner)
+        if not (self.hold_outlives_run and self._tripped is not None):
+            with contextlib.suppress(Exception):
+                await forget_worker(self.queue.engine, s.owner)
         rate = (
             {}
             if self._rate is None
@@ -528,6 +532,7 @@ class Worker:
         if refund:
             await self._refund_attempts(refund)
         down = {"source": self.source, "kind": trip.kind, "error": trip.reason, "released": len(released)}
+        self._set_health("refused" if trip.key_refused else "paused", trip.reason, trip)
         if self.once:
             log.error("archiver.endpoint_down", **down)
             self._tripped = self._tripped or trip
@@ -536,7 +541,6 @@ class Worker:
         pause = self.breaker.pause_left()
         log.error("archiver.endpoint_down", **down, wait_s=round(pause, 3))
         self.notifier.status(f"paused {pause:.0f}s: {trip.reason}")
-        self._set_health("refused" if trip.key_refused else "paused", trip.reason, trip)
 
     async def _refund_attempts(self, spent: dict[str, int]) -> None:
         """Give back the attempts 5xx answers spent, to IDs caught in a run that tripped the breaker.
@@ -565,15 +569,34 @@ class Worker:
     async def _health_report(self) -> None:
         """Keep this worker's row in ``archive_workers`` current: on every change, and every
         ``HEALTH_REFRESH_S`` (a row not refreshed is a dead worker's)."""
-        while not self._health_done.is_set():
+        while True:
             self._health_changed.clear()
             await self._record_health(*self._health)
             await wait_first([self._health_changed, self._health_done], HEALTH_REFRESH_S)
+            if self._health_done.is_set() and not self._health_changed.is_set():
+                return  # a change made as the run ended (a trip of --once) is recorded first
+
+    async def report_hold_until(self, done: asyncio.Event) -> None:
+        """Keep this stopped worker's hold recorded until ``done``, then forget its row.
+
+        ``run --once`` serving several sources: a source its breaker stopped keeps its IDs
+        ``pending`` while the other sources drain, and ``archiver status`` says why.
+        """
+        try:
+            while not done.is_set():
+                await wait_first([done], HEALTH_REFRESH_S)
+                if not done.is_set():
+                    await self._record_health(*self._health)
+        finally:
+            with contextlib.suppress(Exception):
+                await forget_worker(self.queue.engine, self.settings.owner)
 
     async def _record_health(self, state: str, detail: str | None, trip: Trip | None) -> None:
         """Write this worker's breaker state where ``archiver check`` and ``status`` read it."""
         # The next probe as of now: a refresh during a long pause moves nothing but the age.
-        hold = None if trip is None else Hold.of_trip(trip, self._probe_error, self.breaker.pause_left())
+        # --once never probes again after a trip: the next run does.
+        probe_in = None if self.once else self.breaker.pause_left()
+        hold = None if trip is None else Hold.of_trip(trip, self._probe_error, probe_in)
         try:
             await record_worker(
                 self.queue.engine,

@@ -27,10 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import breaker, commands
 from archiver.db import now_sql, open_database
+from archiver.errors import StopRun
 from archiver.holds import STALE_AFTER_S, Hold
 from archiver.mockapi import MockConfig, body_for, start_mock_server
 from archiver.queue import QueueStore
 from archiver.redaction import register_secret
+from archiver.runner import Runner
 from archiver.schema import metadata
 from archiver.worker import Worker
 from archiver.workers import DEFAULT_MAX_AGE_S, record_worker
@@ -221,6 +223,52 @@ async def test_a_fleet_shows_who_holds_a_source_and_who_still_fetches_it(
                 holder.request_stop("test over")
                 fetcher.request_stop("test over")
                 await asyncio.gather(*tasks)
+
+
+async def test_a_backfill_says_why_a_stopped_source_waits_while_the_others_drain(
+    db_url: str, make_settings: Any
+) -> None:
+    """``run --once`` of two sources: the refused one stops, its hold stays shown until the run ends."""
+    register_secret(KEY)
+    app = web.Application()
+
+    async def refuse(request: web.Request) -> web.Response:
+        return broken_answer("refused", request)
+
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    ids_a = [f"resp_drain{uuid.uuid4().hex[:6]}{i:03d}" for i in range(100)]
+    ids_b = [f"resp_stop{uuid.uuid4().hex[:6]}{i:02d}" for i in range(10)]
+    async with serving(app) as origin, await start_mock_server(MockConfig(latency_ms=40)) as mock:
+        sources = {
+            "a": make_settings(db_url, mock.base_url, source="a", concurrency=2),
+            "b": make_settings(db_url, f"{origin}/v1", source="b", api_key=KEY),
+        }
+        async with open_database(db_url) as engine:
+            queue = QueueStore(engine)
+            await queue.enqueue(ids_a, sources=["a"] * len(ids_a))
+            await queue.enqueue(ids_b, sources=["b"] * len(ids_b))
+            runner = Runner(sources, engine, once=True)
+            task = asyncio.create_task(runner.run())
+
+            async def b_stopped() -> bool:
+                return runner.workers["b"].summary.duration_s > 0  # set as its run() ends
+
+            await wait_until(b_stopped, "source b never stopped")
+            await asyncio.sleep(0.3)  # a row b's run did not keep would be gone by now
+            details = await commands.status(sources["a"])
+            hold = details["held_sources"]["b"]
+            assert hold["kind"] == "refused" and hold["holders"][0]["owner"].endswith("/b")
+            assert hold["next_probe_at"] is None and hold["next_probe_in_s"] is None
+            assert "***" in hold["last_error"]
+            assert details["sources"]["a"]["archived"] < len(ids_a)  # a is still draining
+            human = commands.format_status(details)
+            assert "no probe: a run --once stopped fetching it; the next run tries again" in human
+            assert leaks((commands.dumps(details) + human).encode(), KEY) == []
+            with pytest.raises(StopRun, match="source 'b'"):
+                await task
+            details = await commands.status(sources["a"])
+            assert details["sources"]["a"]["archived"] == len(ids_a)
+            assert details["held_sources"] == {} and details["workers"] == []  # the run ended
 
 
 async def _age(engine: AsyncEngine, owner: str, seconds: float) -> None:
