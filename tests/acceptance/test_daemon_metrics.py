@@ -127,6 +127,12 @@ def test_daemon_with_a_wrong_base_url_pauses_and_says_so(
         assert b"paused" in check.stderr and b"plain 404" in check.stderr, check.stderr
         status = sqlite_cli("status")
         assert b"paused" in status.stdout, status.stdout
+        assert b"  default: endpoint paused (plain 404s, not the provider's JSON) since " in status.stdout
+        held = json.loads(sqlite_cli("status", "--json").stdout)["held_sources"]["default"]
+        assert held["kind"] == "plain_404" and "plain 404" in held["last_error"]
+        assert held["next_probe_in_s"] is not None
+        samples = _samples(_get(base + "/metrics")[1])
+        assert samples[("archiver_source_held", (("kind", "plain_404"), ("source", "default")))] == 1
         assert proc.poll() is None, "the daemon exited instead of pausing"
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -134,6 +140,8 @@ def test_daemon_with_a_wrong_base_url_pauses_and_says_so(
     assert proc.returncode == 0, err.decode()[-2000:]
     assert b"archiver.endpoint_down" in err
     assert b"Traceback" not in err
-    states = json.loads(sqlite_cli("status", "--json").stdout)["states"]
+    details = json.loads(sqlite_cli("status", "--json").stdout)
+    assert details["held_sources"] == {}  # a clean exit forgets the hold
+    states = details["states"]
     assert states["pending"] == 20, states  # nothing marked not_found or failed
     assert states["not_found"] == states["failed"] == states["in_flight"] == 0
