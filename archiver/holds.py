@@ -8,7 +8,9 @@ hold in its ``archive_workers`` row (:func:`archiver.workers.record_worker`): wh
 (``hold_kind``), the trip's message (``detail``), the last endpoint-wide error text
 (``hold_error``, redacted), since when (``state_since``) and when it probes next
 (``next_probe_at``). When a probe proves the endpoint works again it records ``ok``,
-which clears them; a clean exit deletes the row.
+which clears them; a clean exit deletes the row. A ``run --once`` serving several
+sources keeps the hold of a source its breaker stopped (with no next probe: that run will
+not try it again) while it drains the others (:class:`archiver.runner.Runner`).
 
 Several processes may serve one source (a fleet on PostgreSQL). A source is held when
 any live worker holds it, and its entry says so once: what, why and the last error of

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from archiver.breaker import Trip
-from archiver.holds import Hold, Holder, SourceHold, hold_kind, hold_lines, utc_text
+from typing import get_args
+
+from archiver.breaker import Kind, Trip
+from archiver.holds import HOLD_KINDS, WHAT, Hold, Holder, SourceHold, hold_kind, hold_lines, utc_text
 
 
 def holder(owner: str, *, since: float, probe_at: float | None, age: float, kind: str = "connect") -> Holder:
@@ -55,3 +57,7 @@ def test_what_a_trip_holds_for() -> None:
     assert Hold.of_trip(Trip("connect", "r", error="sample"), "probe said no", 3.0).error == "probe said no"
     assert Hold.of_trip(Trip("connect", "r", error="sample"), None, 3.0).error == "sample"
     assert Hold.of_trip(Trip("connect", "r"), None, None).error is None
+
+
+def test_every_kind_the_breaker_knows_has_words() -> None:
+    assert set(get_args(Kind)) | {"billing"} == set(HOLD_KINDS) == set(WHAT)
