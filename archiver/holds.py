@@ -99,13 +99,22 @@ class Holder:
 
     @classmethod
     def from_row(cls, row: Any) -> Holder:
-        """Build from a row of :func:`held_sources`'s query."""
-        probe_at = None if row[9] is None else float(row[9])
-        probe_in = None if row[10] is None else max(float(row[10]), 0.0)
+        """Build from a row of :func:`held_sources`'s query (columns by name)."""
+        m = row._mapping
+        probe_in = m["next_probe_in_s"]
         return cls(
-            row[0], row[2], row[3], row[4], row[5], row[6], float(row[7]),
-            max(float(row[8]), 0.0), probe_at, probe_in, max(float(row[11]), 0.0),
-        )  # fmt: skip
+            owner=m["owner"],
+            state=m["state"],
+            kind=m["hold_kind"],
+            reason=m["detail"],
+            error=m["hold_error"],
+            endpoint=m["base_url"],
+            since=float(m["state_since"]),
+            held_for_s=max(float(m["held_for_s"]), 0.0),
+            next_probe_at=None if m["next_probe_at"] is None else float(m["next_probe_at"]),
+            next_probe_in_s=None if probe_in is None else max(float(probe_in), 0.0),
+            reported_age_s=max(float(m["reported_age_s"]), 0.0),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """One entry of ``holders`` in ``status --json``."""
@@ -165,7 +174,8 @@ async def held_sources(conn: AsyncConnection, *, max_age_s: float = DEFAULT_MAX_
         await conn.execute(
             text(
                 "SELECT owner, source, state, hold_kind, detail, hold_error, base_url, state_since, "
-                f"{now} - state_since, next_probe_at, next_probe_at - {now}, {now} - updated_at "
+                f"{now} - state_since AS held_for_s, next_probe_at, "
+                f"next_probe_at - {now} AS next_probe_in_s, {now} - updated_at AS reported_age_s "
                 f"FROM archive_workers WHERE source IS NOT NULL AND updated_at >= {now} - :age "
                 "ORDER BY source, owner"
             ),
@@ -175,10 +185,10 @@ async def held_sources(conn: AsyncConnection, *, max_age_s: float = DEFAULT_MAX_
     holders: dict[str, list[Holder]] = {}
     fetching: dict[str, list[str]] = {}
     for row in rows:
-        if row[2] == "ok":
-            fetching.setdefault(row[1], []).append(row[0])
+        if row.state == "ok":
+            fetching.setdefault(row.source, []).append(row.owner)
         else:
-            holders.setdefault(row[1], []).append(Holder.from_row(row))
+            holders.setdefault(row.source, []).append(Holder.from_row(row))
     return [SourceHold(name, held, fetching.get(name, [])) for name, held in holders.items()]
 
 
