@@ -579,8 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-encode old raw bodies, rebuild their rows, give the space back (online)",
         description="Convert an archive to the current storage beside a running daemon: train a "
         "dictionary if there is none, re-encode raw bodies stored as received (before migration "
-        "0008) or as plain zstd, rebuild those responses' normalized rows, then give the freed space "
-        "back (SQLite: incremental vacuum; PostgreSQL: VACUUM). Resumable: run it again after a crash.",
+        "0008) or as plain zstd, rebuild those responses' normalized rows, remove the tool sets and "
+        "input items no response references any more, then give the freed space back (SQLite: "
+        "incremental vacuum; PostgreSQL: VACUUM). Resumable: run it again after a crash.",
     )
     p.add_argument(
         "--vacuum",

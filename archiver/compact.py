@@ -8,9 +8,9 @@
    :mod:`archiver.rebuild` (short transactions beside a running daemon, fenced against it).
    What is left to do is derivable from the data (``raw_codec``), so a crash needs no saved
    position: run it again and it continues with what is not converted yet.
-3. Delete the stored input items no response lists any more (a re-fetch whose input
-   items changed leaves them; writers never delete them, see
-   :func:`_drop_unlisted_input_items`).
+3. Delete the tool sets and stored input items no response references any more (a
+   response archived again with other tools or input items leaves them; writers never
+   delete them), beside running writers: :mod:`archiver.orphans`.
 4. Give the freed space back. SQLite: ``PRAGMA incremental_vacuum`` in small steps when
    the file uses ``auto_vacuum = INCREMENTAL`` (new archives do); an older file says so,
    and ``--vacuum`` rewrites it once (``VACUUM``, which needs the daemon stopped) and
@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import codec
@@ -35,7 +35,7 @@ from archiver.codec import IDENTITY, ZSTD, Codec
 from archiver.db import now_sql, sqlite_path, statement_at_a_time, with_db_retry
 from archiver.errors import ArchiverError
 from archiver.logs import get_logger
-from archiver.projection import lock_writers_sync
+from archiver.orphans import OrphanCounts, sweep_orphans
 from archiver.rebuild import Rebuilder, RebuildReport, StopFlag
 from archiver.schema import CHILD_TABLES, archive_dictionaries, responses
 from archiver.store import ArchiveStore, load_dictionaries
@@ -61,8 +61,8 @@ class CompactResult:
     """The dictionary bodies were re-encoded with (None: plain zstd)."""
     left_plain: int = 0
     """Bodies left as plain zstd because there is no dictionary yet."""
-    input_items_dropped: int = 0
-    """Stored input items no response lists any more (a re-fetch changed its input items)."""
+    orphans: OrphanCounts = field(default_factory=OrphanCounts)
+    """Tool sets and input items removed because no response references them any more."""
     space: str = ""
     """What was done to give space back, one line."""
     file_bytes_before: int | None = None
@@ -78,14 +78,14 @@ class CompactResult:
                 f"archiver: {self.left_plain:,} bodies stay plain zstd until the archive holds "
                 f"{codec.FIRST_TRAINING_AT:,} bodies and has a dictionary; compact again then"
             )
-        if self.input_items_dropped:
-            notes.append(
-                f"archiver: removed {self.input_items_dropped:,} input items no response lists any more"
-            )
         notes.append(f"archiver: {self.space}")
         line = self.report.summary_line("compacted")
         if self.report.stored_before:
             line += f"; raw {self.report.stored_before:,} -> {self.report.stored_after:,} bytes"
+        line += (
+            f"; orphans removed: {self.orphans.tool_sets:,} tool sets, "
+            f"{self.orphans.input_items:,} input items"
+        )
         if self.file_bytes_before is not None and self.file_bytes_after is not None:
             line += f"; file {self.file_bytes_before:,} -> {self.file_bytes_after:,} bytes"
         return notes, line
@@ -97,7 +97,7 @@ class CompactResult:
             "dictionary_trained": self.dictionary_trained,
             "dictionary": self.dictionary,
             "left_plain": self.left_plain,
-            "input_items_dropped": self.input_items_dropped,
+            "orphans_removed": self.orphans.as_dict(),
             "space": self.space,
             "file_bytes_before": self.file_bytes_before,
             "file_bytes_after": self.file_bytes_after,
@@ -154,7 +154,7 @@ async def compact(
         async with statement_at_a_time(engine) as conn:
             plain = select(func.count()).select_from(responses).where(responses.c.raw_codec == ZSTD)
             result.left_plain = int((await conn.execute(plain)).scalar() or 0)
-    result.input_items_dropped = await _drop_unlisted_input_items(engine)
+    result.orphans = await sweep_orphans(engine)
     if engine.dialect.name == "postgresql":
         result.space = await _vacuum_postgres(engine, full=vacuum)
     else:
@@ -187,43 +187,6 @@ async def _train_first_dictionary(engine: AsyncEngine) -> int | None:
             return await conn.run_sync(lambda c: store.train_dictionary_sync(c, bodies_written=archived))
 
     return await with_db_retry(train)
-
-
-UNLISTED_PER_TRANSACTION = 500
-_UNLISTED = text(
-    "SELECT sha256 FROM input_item_contents WHERE sha256 > :after "
-    "EXCEPT SELECT item_sha256 FROM response_input_items ORDER BY 1 LIMIT :n"
-)
-_DROP_UNLISTED = text(
-    "DELETE FROM input_item_contents WHERE sha256 IN :shas AND sha256 NOT IN "
-    "(SELECT item_sha256 FROM response_input_items WHERE item_sha256 IN :shas)"
-).bindparams(bindparam("shas", expanding=True))
-
-
-async def _drop_unlisted_input_items(engine: AsyncEngine) -> int:
-    """Delete the stored input items that no response lists any more; how many.
-
-    A writer links an item (``ON CONFLICT DO NOTHING`` on its content, then the listing)
-    after taking the ``archive_changes`` counter lock, so each delete takes that lock too
-    and checks again, in its transaction, that nobody lists the item: one linked meanwhile
-    stays, and one deleted is inserted again by the next writer that needs it.
-    """
-    dropped, after = 0, ""
-    while True:
-        async with statement_at_a_time(engine) as conn:  # found without any lock
-            shas = list(
-                (await conn.execute(_UNLISTED, {"after": after, "n": UNLISTED_PER_TRANSACTION})).scalars()
-            )
-        if not shas:
-            return dropped
-
-        async def drop(batch: list[str] = shas) -> int:
-            async with engine.begin() as conn:
-                await conn.run_sync(lock_writers_sync)
-                return int((await conn.execute(_DROP_UNLISTED, {"shas": batch})).rowcount or 0)
-
-        dropped += await with_db_retry(drop)
-        after = shas[-1]
 
 
 async def _refuse_beside_a_daemon(engine: AsyncEngine) -> None:

@@ -12,7 +12,8 @@ its **normalize mode**, one per archive:
 
 Input items are not a projection of ``raw`` (they come from another endpoint and cannot
 be rebuilt from it), so both modes keep them, and neither renormalize nor compact ever
-deletes them.
+deletes a response's list (compact removes only stored items no response lists any more:
+:mod:`archiver.orphans`).
 
 The mode is recorded in the archive (row ``normalize`` of ``archive_meta``; no row means
 ``full``, what every archive written before held), so a run with the other value cannot

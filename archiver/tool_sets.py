@@ -10,8 +10,10 @@ canonical JSON (:func:`tools_digest`), unique, by which a writer finds it.
 on a miss with ``INSERT ... ON CONFLICT (sha256) DO NOTHING`` and a ``SELECT`` in the
 writer's own transaction, which is correct with several writers sharing one PostgreSQL
 database (the second one's INSERT waits for the first one's commit, then does nothing,
-and its SELECT sees the row). Rows of ``tool_sets`` are never updated or deleted by
-archiver, so an id, once committed, stays valid for ever.
+and its SELECT sees the row). Rows of ``tool_sets`` are never updated; ``archiver
+compact`` deletes the ones no response names (:mod:`archiver.orphans`) and counts each
+such sweep in ``archive_meta`` row :data:`SWEPT_KEY`, which :class:`ToolSetIds` reads
+before it resolves, so a cached id is used only while no sweep has run since.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ from sqlalchemy.engine import Connection
 
 from archiver.jsontext import json_bytes
 from archiver.normalize import item_digest
-from archiver.schema import tool_sets
+from archiver.schema import archive_meta, tool_sets
 
-__all__ = ["ToolSetIds", "tools_digest"]
+__all__ = ["SWEPT_KEY", "ToolSetIds", "tools_digest"]
+
+SWEPT_KEY = "tool_sets_swept"
+"""``archive_meta`` row counting the sweeps that deleted tool sets (:mod:`archiver.orphans`)."""
 
 _IN_CHUNK = 500
 MAX_CACHED = 10_000
@@ -103,12 +108,15 @@ class ToolSetIds:
     A transaction may insert new tool sets and then roll back: their ids are kept apart
     (*unconfirmed*) until the caller says the transaction committed (:meth:`confirm`);
     the next transaction starts by forgetting them (:meth:`begin`), so a rolled-back id is
-    never used again. At most :data:`MAX_CACHED` confirmed ids are kept.
+    never used again. At most :data:`MAX_CACHED` confirmed ids are kept, and all are
+    forgotten when a sweep has deleted tool sets since they were resolved.
     """
 
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
         self._unconfirmed: dict[str, int] = {}
+        self._swept: str | None = None
+        """The ``SWEPT_KEY`` value the cached ids were resolved under."""
 
     def begin(self) -> None:
         """Start a transaction: forget ids no commit confirmed."""
@@ -126,10 +134,15 @@ class ToolSetIds:
     def resolve_sync(self, conn: Connection, values: Sequence[Any]) -> list[int | None]:
         """The ``tool_sets.id`` of each value (None for None), inserting the new ones.
 
-        Runs in the transaction open on ``conn``; new values are inserted in digest order,
-        so two writers inserting overlapping sets wait for each other in one order.
+        Runs in the transaction open on ``conn``, which must hold the ``archive_changes``
+        counter lock (the writers take it first), as a sweep does: then no sweep commits
+        between the check of ``SWEPT_KEY`` and the commit. New values are inserted in
+        digest order, so two writers inserting overlapping sets wait for each other in
+        one order.
         """
         digests = [None if value is None else tools_digest(value) for value in values]
+        if any(digest is not None for digest in digests):
+            self._follow_sweeps(conn)
         missing: dict[str, Any] = {}
         for digest, value in zip(digests, values, strict=True):
             if digest is not None and self._known(digest) is None:
@@ -137,6 +150,13 @@ class ToolSetIds:
         if missing:
             self._unconfirmed.update(self._insert(conn, missing))
         return [None if digest is None else self._known(digest) for digest in digests]
+
+    def _follow_sweeps(self, conn: Connection) -> None:
+        """Forget the cached ids if a sweep has deleted tool sets since they were resolved."""
+        swept = conn.execute(select(archive_meta.c.value).where(archive_meta.c.name == SWEPT_KEY)).scalar()
+        if swept != self._swept:
+            self._ids.clear()
+            self._swept = swept
 
     def _known(self, digest: str) -> int | None:
         found = self._ids.pop(digest, None)

@@ -240,7 +240,7 @@ async def test_compact_removes_input_items_no_response_lists(db_url: str, make_s
             contents = (await conn.execute(select(func.count()).select_from(input_item_contents))).scalar()
         assert listed
         result = await compact(engine)
-        assert result.input_items_dropped == 1
+        assert result.orphans.input_items == 1
         async with engine.connect() as conn:
             assert (
                 await conn.execute(select(input_items).order_by("response_id", "position"))

@@ -1,0 +1,340 @@
+"""compact's orphan sweep (archiver.orphans) beside running daemons, on SQLite and PostgreSQL:
+tool sets and input items nothing references are removed, and no writer ever stores a
+reference to a row the sweep deleted, whether it had the id cached or resolved it a moment ago."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from sqlalchemy import func, select, text
+
+from archiver import orphans
+from archiver.commands import show
+from archiver.compact import compact
+from archiver.db import open_database
+from archiver.orphans import OrphanCounts, sweep_orphans
+from archiver.queue import QueueStore, archive_queue
+from archiver.schema import input_item_contents, input_items, responses, tool_sets
+from archiver.tool_sets import ToolSetIds
+from archiver.worker import Worker
+from tests.loopback import serving
+
+pytestmark = pytest.mark.timeout(240)
+
+TOOLS = [
+    [{"type": "function", "name": f"tool_{n}", "parameters": {"type": "object", "properties": {}}}]
+    for n in range(4)
+]
+ITEMS = [
+    {
+        "id": f"msg_{n:04d}",
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": f"q{n}"}],
+    }
+    for n in range(8)
+]
+
+
+@dataclass
+class Provider:
+    """What the test server answers: per response ID, its body and its input items."""
+
+    bodies: dict[str, bytes] = field(default_factory=dict)
+    items: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    tools: dict[str, Any] = field(default_factory=dict)
+
+    def set(self, rid: str, tools: Any, items: list[dict[str, Any]], text_: str) -> None:
+        body = {
+            "id": rid,
+            "object": "response",
+            "status": "completed",
+            "model": "qwen-plus",
+            "tools": tools,
+            "output": [
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text_}]}
+            ],
+        }
+        self.bodies[rid] = orjson.dumps(body)
+        self.items[rid] = items
+        self.tools[rid] = tools
+
+
+@asynccontextmanager
+async def provider_server(provider: Provider) -> AsyncIterator[str]:
+    """A Responses API serving ``provider``'s current bodies and input items; yields its base URL."""
+
+    async def response(request: web.Request) -> web.Response:
+        return web.Response(body=provider.bodies[request.match_info["rid"]], content_type="application/json")
+
+    async def listed(request: web.Request) -> web.Response:
+        data = provider.items[request.match_info["rid"]]
+        page = {"object": "list", "data": data, "first_id": data[0]["id"], "last_id": data[-1]["id"]}
+        return web.Response(body=orjson.dumps({**page, "has_more": False}), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/v1/responses/{rid}", response)
+    app.router.add_get("/v1/responses/{rid}/input_items", listed)
+    async with serving(app) as origin:
+        yield f"{origin}/v1"
+
+
+@asynccontextmanager
+async def daemons(db_url: str, settings: Any, count: int) -> AsyncIterator[None]:
+    """``count`` daemons (``archiver run``), each on its own engine: several writers."""
+    async with open_database(db_url) as first, open_database(db_url) as second:
+        workers = [Worker(settings, engine, once=False) for engine in (first, second)[:count]]
+        tasks = [asyncio.create_task(worker.run()) for worker in workers]
+        try:
+            yield
+        finally:
+            for worker in workers:
+                worker.request_stop("test over")
+            await asyncio.gather(*tasks)
+
+
+async def archive_all(engine: Any, ids: list[str], *, during: Callable[[], Any] | None = None) -> None:
+    """Enqueue ``ids`` again and wait until the daemons archived them all."""
+    await QueueStore(engine).enqueue(ids, refetch=True)
+    deadline = time.monotonic() + 60
+    while True:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(archive_queue.c.state, archive_queue.c.last_error).where(
+                        archive_queue.c.id.in_(ids)
+                    )
+                )
+            ).all()
+        if all(state == "archived" for state, _ in rows) and len(rows) == len(ids):
+            assert all(error is None for _, error in rows), rows
+            return
+        assert time.monotonic() < deadline, rows
+        if during is not None:
+            await during()
+        await asyncio.sleep(0.01)
+
+
+async def assert_resolved(engine: Any, provider: Provider, settings: Any) -> None:
+    """Every reference resolves to the value the last fetch sent, and show is byte-exact."""
+    async with engine.connect() as conn:
+        dangling_sets = (
+            await conn.execute(
+                text(
+                    "SELECT r.id, r.tool_set_id FROM responses AS r LEFT JOIN tool_sets AS t "
+                    "ON t.id = r.tool_set_id WHERE r.tool_set_id IS NOT NULL AND t.id IS NULL"
+                )
+            )
+        ).all()
+        dangling_items = (
+            await conn.execute(
+                text(
+                    "SELECT l.response_id, l.position FROM response_input_items AS l "
+                    "LEFT JOIN input_item_contents AS c ON c.sha256 = l.item_sha256 WHERE c.sha256 IS NULL"
+                )
+            )
+        ).all()
+        stored_tools = dict(
+            (
+                await conn.execute(
+                    select(responses.c.id, tool_sets.c.tools).select_from(
+                        responses.join(tool_sets, tool_sets.c.id == responses.c.tool_set_id)
+                    )
+                )
+            ).all()
+        )
+        listed: dict[str, list[Any]] = {}
+        for rid, item in await conn.execute(
+            select(input_items.c.response_id, input_items.c.item).order_by(
+                input_items.c.response_id, input_items.c.position
+            )
+        ):
+            listed.setdefault(rid, []).append(orjson.loads(item) if isinstance(item, str) else item)
+    assert dangling_sets == [], "responses name tool sets that were deleted"
+    assert dangling_items == [], "responses list input items that were deleted"
+    got = {rid: orjson.loads(v) if isinstance(v, str) else v for rid, v in stored_tools.items()}
+    assert got == provider.tools
+    assert listed == provider.items
+    for rid, body in provider.bodies.items():
+        assert await show(settings, rid) == body, rid
+
+
+async def unreferenced(engine: Any) -> tuple[list[int], int, int]:
+    """(tool set ids no response names, the highest id, input items no response lists)."""
+    async with engine.connect() as conn:
+        sets = sorted(
+            (
+                await conn.execute(text("SELECT id FROM tool_sets EXCEPT SELECT tool_set_id FROM responses"))
+            ).scalars()
+        )
+        highest = int((await conn.execute(select(func.max(tool_sets.c.id)))).scalar() or 0)
+        items = (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FROM (SELECT sha256 FROM input_item_contents "
+                    "EXCEPT SELECT item_sha256 FROM response_input_items) AS u"
+                )
+            )
+        ).scalar()
+    return sets, highest, int(items or 0)
+
+
+def two_responses() -> Provider:
+    provider = Provider()
+    provider.set("resp_one", TOOLS[0], ITEMS[:1], "first")
+    provider.set("resp_two", TOOLS[1], ITEMS[1:2], "first")
+    return provider
+
+
+async def orphan_x(engine: Any, provider: Provider) -> None:
+    """Archive both responses, then resp_one again with other tools and items: X (TOOLS[0],
+    tool set 1, and ITEMS[0]) loses its only response."""
+    await archive_all(engine, ["resp_one", "resp_two"])
+    provider.set("resp_one", TOOLS[2], ITEMS[2:3], "second")
+    await archive_all(engine, ["resp_one", "resp_two"])
+
+
+async def test_a_daemon_does_not_reuse_the_cached_id_of_a_swept_tool_set(
+    db_url: str, make_settings: Any
+) -> None:
+    """The daemon caches set X; X loses its last response and is swept; the daemon then
+    archives X again and must store it anew, not name the id it remembers."""
+    provider = two_responses()
+    async with provider_server(provider) as base_url, open_database(db_url) as engine:
+        settings = make_settings(db_url, base_url, with_input_items=True)
+        async with daemons(db_url, settings, 1):
+            await orphan_x(engine, provider)
+            swept = await sweep_orphans(engine)
+            assert swept == OrphanCounts(tool_sets=1, input_items=1)
+            provider.set("resp_two", TOOLS[0], ITEMS[:1], "third")  # the daemon has X's id cached
+            await archive_all(engine, ["resp_one", "resp_two"])
+        await assert_resolved(engine, provider, settings)
+        async with engine.connect() as conn:
+            ids = dict((await conn.execute(select(responses.c.id, responses.c.tool_set_id))).all())
+            count = (await conn.execute(select(func.count()).select_from(input_item_contents))).scalar()
+        assert ids["resp_two"] > ids["resp_one"], "X came back under a new id"
+        assert count == 3  # ITEMS[1] lost its response meanwhile, as did TOOLS[1]
+        assert await sweep_orphans(engine) == OrphanCounts(tool_sets=1, input_items=1)
+        assert await sweep_orphans(engine) == OrphanCounts()
+        await assert_resolved(engine, provider, settings)
+
+
+async def test_a_reference_written_between_the_scan_and_the_delete_keeps_its_row(
+    db_url: str, make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep finds X unreferenced; before its delete, the daemon archives a response
+    naming X (from its cache) and listing item Y; the delete must leave both."""
+    provider = two_responses()
+    async with provider_server(provider) as base_url, open_database(db_url) as engine:
+        settings = make_settings(db_url, base_url, with_input_items=True)
+        async with daemons(db_url, settings, 1):
+            await orphan_x(engine, provider)
+            assert (await unreferenced(engine))[0] == [1]
+            deletes = []
+            real = orphans.with_db_retry
+
+            async def after_the_scan(drop: Any) -> Any:
+                deletes.append(drop)
+                if len(deletes) == 1:  # the first table's candidates are found: the daemon writes
+                    provider.set("resp_two", TOOLS[0], ITEMS[:1], "third")
+                    await archive_all(engine, ["resp_two"])
+                return await real(drop)
+
+            monkeypatch.setattr(orphans, "with_db_retry", after_the_scan)
+            swept = await sweep_orphans(engine)
+            monkeypatch.undo()
+        await assert_resolved(engine, provider, settings)
+        # What resp_two named before (TOOLS[1], ITEMS[1]) was found by the later scans.
+        assert swept == OrphanCounts(tool_sets=1, input_items=1)
+        assert await sweep_orphans(engine) == OrphanCounts()
+
+
+async def test_a_delete_waits_for_a_writer_that_is_naming_the_row(db_url: str, make_settings: Any) -> None:
+    """A writer's transaction holds the counter lock and names X (from its cache), not
+    committed yet; the sweep found X unreferenced and must wait for that commit, then
+    see the reference and keep X."""
+    provider = two_responses()
+    async with provider_server(provider) as base_url, open_database(db_url) as engine:
+        async with daemons(db_url, make_settings(db_url, base_url, with_input_items=True), 1):
+            await orphan_x(engine, provider)
+        cache = ToolSetIds()
+        async with engine.begin() as conn:  # a writer that has X, now unreferenced, cached
+            cache.begin()
+            (x_id,) = await conn.run_sync(cache.resolve_sync, [TOOLS[0]])
+        cache.confirm()
+        assert (await unreferenced(engine))[0] == [x_id]
+        async with open_database(db_url) as writer_engine, writer_engine.connect() as writer:
+            await writer.begin()
+            # What the writer does: the counter lock and new change_seq, then the cached id.
+            seq = (
+                await writer.execute(
+                    text("UPDATE archive_changes SET seq = seq + 1 WHERE name = 'archive' RETURNING seq")
+                )
+            ).scalar_one()
+            cache.begin()
+            assert (await writer.run_sync(cache.resolve_sync, [TOOLS[0]])) == [x_id]
+            await writer.execute(
+                text("UPDATE responses SET tool_set_id = :x, change_seq = :seq WHERE id = 'resp_two'"),
+                {"x": x_id, "seq": seq},
+            )
+            sweeping = asyncio.create_task(sweep_orphans(engine))
+            await asyncio.sleep(0.5)
+            assert not sweeping.done(), "the delete waits for the writer's commit"
+            await writer.commit()
+            swept = await asyncio.wait_for(sweeping, 60)
+        assert swept.tool_sets == 1  # TOOLS[1], which resp_two named before; X stays
+        async with engine.connect() as conn:
+            named = (
+                await conn.execute(
+                    text("SELECT r.id, t.id FROM responses AS r JOIN tool_sets AS t ON t.id = r.tool_set_id")
+                )
+            ).all()
+        assert dict(named)["resp_two"] == x_id
+
+
+async def test_sweeps_racing_two_daemons_lose_no_reference(db_url: str, make_settings: Any) -> None:
+    """Two daemons archive responses again and again with rotating tools and input items
+    (so sets and items lose their last reference, are swept, and come back from the
+    daemons' caches), while sweeps run without pause; then compact sweeps what is left."""
+    rids = [f"resp_race_{n:02d}" for n in range(24)]
+    provider = Provider()
+    swept = OrphanCounts()
+
+    def assign(round_: int) -> None:
+        for n, rid in enumerate(rids):
+            tools = TOOLS[(round_ + n % 2) % len(TOOLS)]
+            items = [ITEMS[(round_ * 3 + j) % len(ITEMS)] for j in range(1 + n % 3)]
+            provider.set(rid, tools, items, f"round {round_}")
+
+    async def sweep() -> None:
+        got = await sweep_orphans(engine, page=2)
+        swept.tool_sets += got.tool_sets
+        swept.input_items += got.input_items
+
+    assign(0)
+    async with provider_server(provider) as base_url, open_database(db_url) as engine:
+        settings = make_settings(db_url, base_url, with_input_items=True, batch_size=4, concurrency=4)
+        async with daemons(db_url, settings, 2):
+            for round_ in range(1, 9):
+                await archive_all(engine, rids, during=sweep)
+                assign(round_)
+            await archive_all(engine, rids, during=sweep)
+        assert swept.tool_sets >= 4 and swept.input_items >= 4, swept  # the sweeps had work
+        await assert_resolved(engine, provider, settings)
+        result = await compact(engine)
+        sets, highest, items = await unreferenced(engine)
+        assert items == 0 and sets in ([], [highest]), (sets, highest, items)
+        summary = result.lines()[1]
+        assert (
+            f"orphans removed: {result.orphans.tool_sets} tool sets, {result.orphans.input_items}" in summary
+        )
+        assert result.as_dict()["orphans_removed"] == result.orphans.as_dict()
+        await assert_resolved(engine, provider, settings)
