@@ -42,7 +42,7 @@ def test_the_cache_keeps_the_most_recently_used_ids(engine: Engine, monkeypatch:
     assert len(ids._ids) == 3  # the bound holds
 
     def on_tool_sets(*args: Any) -> None:  # besides the one read of the sweep count
-        if "tool_sets" in args[2] and SWEPT_KEY not in str(args[3]):
+        if "tool_sets" in args[2] and SWEPT_KEY not in args[2]:
             statements.append(args[2])
 
     event.listen(engine, "before_cursor_execute", on_tool_sets)
