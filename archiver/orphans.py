@@ -27,7 +27,7 @@ writers, without a writer ever storing a reference to a row it deleted:
   removed since it was resolved, and one it inserts or selects is in its own transaction,
   which holds the lock a sweep needs. Input items have no cache: the writer inserts each
   item (``ON CONFLICT DO NOTHING``) and lists it in one transaction under the lock.
-- **Ids are never used twice.** PostgreSQL's identity sequence never goes back; SQLite
+- **Ids are never used twice.** PostgreSQL's serial sequence never goes back; SQLite
   gives an ``INTEGER PRIMARY KEY`` without ``AUTOINCREMENT`` the highest id plus one, so
   the sweep never deletes the tool set with the highest id (one row at most stays).
   A deleted set that comes back gets a new id; no reference ever names another value.
