@@ -92,6 +92,7 @@ def test_renormalize_and_compact_beside_a_running_daemon_lose_nothing(
             runs.append(json.loads(done.stdout))
             overlapped += _states(cli)["archived"] > before  # the daemon wrote meanwhile
         assert all(run["failed"] == 0 for run in runs)
+        assert set(runs[1]["orphans_removed"]) == {"tool_sets", "input_items"}  # compact's
         assert sum(run["rewritten"] for run in runs) > len(FIRST) // 2
         assert overlapped >= 2, "the rebuilds did not run beside the daemon's writes"
         deadline = time.monotonic() + 120

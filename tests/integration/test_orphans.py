@@ -21,9 +21,10 @@ from archiver.commands import show
 from archiver.compact import compact
 from archiver.db import open_database
 from archiver.orphans import OrphanCounts, sweep_orphans
+from archiver.projection import read_meta_sync
 from archiver.queue import QueueStore, archive_queue
 from archiver.schema import input_item_contents, input_items, responses, tool_sets
-from archiver.tool_sets import ToolSetIds
+from archiver.tool_sets import SWEPT_KEY, ToolSetIds
 from archiver.worker import Worker
 from tests.loopback import serving
 
@@ -298,6 +299,33 @@ async def test_a_delete_waits_for_a_writer_that_is_naming_the_row(db_url: str, m
                 )
             ).all()
         assert dict(named)["resp_two"] == x_id
+
+
+async def test_a_sweep_cut_off_before_its_commit_deletes_nothing(
+    db_url: str, make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete and the sweep count commit together: cut off between them (a crash
+    before the commit), X is still there and a writer's cache stays valid; run again, the
+    sweep deletes X and counts itself."""
+    provider = two_responses()
+    async with provider_server(provider) as base_url, open_database(db_url) as engine:
+        async with daemons(db_url, make_settings(db_url, base_url, with_input_items=True), 1):
+            await orphan_x(engine, provider)
+
+        def power_cut(*args: Any) -> None:
+            raise RuntimeError("power cut")
+
+        monkeypatch.setattr(orphans, "write_meta_sync", power_cut)
+        with pytest.raises(RuntimeError, match="power cut"):
+            await sweep_orphans(engine)
+        monkeypatch.undo()
+        assert (await unreferenced(engine))[0] == [1]
+        async with engine.connect() as conn:
+            assert await conn.run_sync(read_meta_sync, SWEPT_KEY) is None
+        assert await sweep_orphans(engine) == OrphanCounts(tool_sets=1, input_items=1)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(read_meta_sync, SWEPT_KEY) == "1"
+        assert (await unreferenced(engine))[0] == []
 
 
 async def test_sweeps_racing_two_daemons_lose_no_reference(db_url: str, make_settings: Any) -> None:
