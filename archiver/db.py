@@ -720,7 +720,7 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-SCHEMA_HEAD = "0016"
+SCHEMA_HEAD = "0017"
 """The newest migration shipped (a test checks it against alembic's head). Knowing it
 lets every command skip importing alembic when the database is already current."""
 

@@ -82,10 +82,18 @@ def _loads(raw: bytes) -> Any:
             return None
 
 
-def scrub_rows(normalized: NormalizedResponse) -> NormalizedResponse:
-    """The rows with every registered secret masked in every string (field names included)."""
+def scrub_rows(normalized: NormalizedResponse, *, body_echoes: bool = True) -> NormalizedResponse:
+    """The rows with every registered secret masked in every string (field names included).
+
+    ``body_echoes``: the body itself holds a secret (not only its input items), so the
+    ``responses`` row records ``secret_masked``: a rebuild that cannot find that secret
+    again (run without the key) must leave these rows alone (:mod:`archiver.rebuild`).
+    """
+    response = map_strings(normalized.response, redact_secrets)
+    if body_echoes:
+        response["secret_masked"] = True
     return NormalizedResponse(
-        response=map_strings(normalized.response, redact_secrets),
+        response=response,
         children={name: map_strings(rows, redact_secrets) for name, rows in normalized.children.items()},
         tools=map_strings(normalized.tools, redact_secrets),
     )
@@ -98,7 +106,11 @@ def scrub_derived(result: FetchResult) -> FetchResult:
     would fail it (the caller scrubs the failure's reason and forensic body).
     """
     result = prepare(result)
-    normalized = scrub_rows(result.normalized) if result.normalized is not None else None
+    normalized = None
+    if result.normalized is not None:
+        outcome = result.outcome
+        body_echoes = isinstance(outcome, Archived) and body_echoes_secret(outcome.raw, outcome.body)
+        normalized = scrub_rows(result.normalized, body_echoes=body_echoes)
     input_items = result.input_items
     if input_items is not None:
         # Digests again: input_item_contents keeps each distinct (scrubbed) item once.

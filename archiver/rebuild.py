@@ -50,6 +50,13 @@ log = get_logger()
 
 MAX_FAILURES_KEPT = 100
 
+MASKED_BY_ANOTHER_KEY = (
+    "its rows mask a key the server echoed that this process does not know: left as they are "
+    "(run it with the archiving daemon's key: ARCHIVER_API_KEY, a key file or --config)"
+)
+"""Why a rebuild leaves a ``secret_masked`` response alone: rebuilt here, its rows would
+hold the key unmasked (a rebuild masks only the secrets registered in its own process)."""
+
 
 @dataclass(slots=True)
 class RebuildReport:
@@ -149,6 +156,7 @@ class _Stored:
     raw_dict_id: int | None
     change_seq: int
     raw_sha256: str
+    secret_masked: bool
 
 
 @dataclass(slots=True)
@@ -258,9 +266,9 @@ class Rebuilder:
     async def _read(self, piece: Sequence[_Candidate]) -> dict[str, _Stored]:
         r = responses.c
         ids = [c.response_id for c in piece]
-        stmt = select(r.id, r.raw, r.raw_codec, r.raw_dict_id, r.change_seq, r.raw_sha256).where(
-            r.id.in_(ids)
-        )
+        stmt = select(
+            r.id, r.raw, r.raw_codec, r.raw_dict_id, r.change_seq, r.raw_sha256, r.secret_masked
+        ).where(r.id.in_(ids))
         async with statement_at_a_time(self.engine) as conn:
             rows = (await conn.execute(stmt)).all()
             wanted = {int(row[3]) for row in rows if row[3] is not None} - self._known_dicts
@@ -268,7 +276,9 @@ class Rebuilder:
                 for dict_id, data in (await load_dictionaries(conn, wanted)).items():
                     self._reader.add(dict_id, data)
                     self._known_dicts.add(dict_id)
-        return {row[0]: _Stored(bytes(row[1]), row[2], row[3], int(row[4]), row[5]) for row in rows}
+        return {
+            row[0]: _Stored(bytes(row[1]), row[2], row[3], int(row[4]), row[5], bool(row[6])) for row in rows
+        }
 
     def _prepare(self, candidate: _Candidate, stored: _Stored | None) -> Reprojection | None:
         """The new rows of one response, or None (counted) when it is left as it is."""
@@ -294,6 +304,9 @@ class Rebuilder:
             return None
         if body_echoes_secret(body):  # a key the server echoed stays in raw only
             normalized = scrub_rows(normalized)
+        elif stored.secret_masked:  # masked by a process that knew a key this one does not
+            self.report.fail(rid, MASKED_BY_ANOTHER_KEY)
+            return None
         encoded = None
         if self.encoder is not None:
             encoded = self.encoder.encode(body)

@@ -243,6 +243,9 @@ responses = Table(
     Column("change_seq", BigInteger, nullable=False, server_default="0"),
     # SHA-256 of the input items as fetched (None: never fetched); see input_items.
     Column("input_items_sha256", String(64)),
+    # True: the body holds a registered secret (a key the server echoed) that the derived
+    # rows mask; a rebuild that does not know it leaves them as they are (archiver.rebuild).
+    Column("secret_masked", Boolean),
     # Exports page through (change_seq, id): rows can share a change_seq (migrated ones).
     Index("ix_responses_change_seq", "change_seq", "id"),
 )
