@@ -26,6 +26,7 @@ is :data:`archiver.workers.DEFAULT_MAX_AGE_S` old, marked stale after
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -98,10 +99,18 @@ class Holder:
     reported_age_s: float
 
     @classmethod
-    def from_row(cls, row: Any) -> Holder:
-        """Build from a row of :func:`held_sources`'s query (columns by name)."""
+    def from_row(cls, row: Any) -> Holder | None:
+        """Build from a row of :func:`held_sources`'s query (columns by name); None when a
+        time is no time (text in a SQLite column, NaN, Infinity, a date past year 9999: a
+        row edited by hand or written by something else is no live worker's report)."""
         m = row._mapping
-        probe_in = m["next_probe_in_s"]
+        times = {name: _time(m[name]) for name in _TIMES}
+        if (
+            any(times[name] is None and m[name] is not None for name in _TIMES)
+            or times["state_since"] is None
+        ):
+            return None
+        probe_in = times["next_probe_in_s"]
         return cls(
             owner=m["owner"],
             state=m["state"],
@@ -109,11 +118,11 @@ class Holder:
             reason=m["detail"],
             error=m["hold_error"],
             endpoint=m["base_url"],
-            since=float(m["state_since"]),
-            held_for_s=max(float(m["held_for_s"]), 0.0),
-            next_probe_at=None if m["next_probe_at"] is None else float(m["next_probe_at"]),
-            next_probe_in_s=None if probe_in is None else max(float(probe_in), 0.0),
-            reported_age_s=max(float(m["reported_age_s"]), 0.0),
+            since=times["state_since"],
+            held_for_s=max(times["held_for_s"] or 0.0, 0.0),
+            next_probe_at=times["next_probe_at"],
+            next_probe_in_s=None if probe_in is None else max(probe_in, 0.0),
+            reported_age_s=max(times["reported_age_s"] or 0.0, 0.0),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -160,6 +169,19 @@ class SourceHold:
         }
 
 
+_TIMES = ("state_since", "updated_at", "held_for_s", "next_probe_at", "next_probe_in_s", "reported_age_s")
+_LAST_TIME_S = 253402300799.0  # 9999-12-31T23:59:59Z, datetime's last second
+
+
+def _time(value: Any) -> float | None:
+    """A database-clock time (or a difference of two) as a float, None when it is none."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and abs(number) <= _LAST_TIME_S else None
+
+
 def utc_text(unix_s: float | None) -> str | None:
     """``2026-12-02T01:02:03Z`` (database-clock unix seconds, to the second)."""
     if unix_s is None:
@@ -174,7 +196,7 @@ async def held_sources(conn: AsyncConnection, *, max_age_s: float = DEFAULT_MAX_
         await conn.execute(
             text(
                 "SELECT owner, source, state, hold_kind, detail, hold_error, base_url, state_since, "
-                f"{now} - state_since AS held_for_s, next_probe_at, "
+                f"updated_at, {now} - state_since AS held_for_s, next_probe_at, "
                 f"next_probe_at - {now} AS next_probe_in_s, {now} - updated_at AS reported_age_s "
                 f"FROM archive_workers WHERE source IS NOT NULL AND updated_at >= {now} - :age "
                 "ORDER BY source, owner"
@@ -187,8 +209,8 @@ async def held_sources(conn: AsyncConnection, *, max_age_s: float = DEFAULT_MAX_
     for row in rows:
         if row.state == "ok":
             fetching.setdefault(row.source, []).append(row.owner)
-        else:
-            holders.setdefault(row.source, []).append(Holder.from_row(row))
+        elif (holder := Holder.from_row(row)) is not None:
+            holders.setdefault(row.source, []).append(holder)
     return [SourceHold(name, held, fetching.get(name, [])) for name, held in holders.items()]
 
 
