@@ -3,20 +3,30 @@
 ``archive_workers`` is an ordinary table: a row edited by hand, written by another
 version, or (on SQLite, whose columns take any value) holding text where a time belongs,
 must not turn ``archiver status`` into a traceback. Status is what an operator runs when
-something is already wrong.
+something is already wrong. And a hostile server's error text, shown as a held source's
+last error, must not give the key away in a form the redaction point does not know.
 """
 
 from __future__ import annotations
 
+import asyncio
+import urllib.parse
 from typing import Any
 
 import pytest
+from aiohttp import web
 from sqlalchemy import text
 
-from archiver import commands
+from archiver import breaker, commands
 from archiver.db import now_sql, open_database
 from archiver.holds import Hold
+from archiver.queue import QueueStore
+from archiver.redaction import register_secret
+from archiver.worker import Worker
 from archiver.workers import record_worker
+from tests.canaries import leaks
+from tests.integration.test_holds import table_text, wait_until
+from tests.loopback import serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,3 +72,51 @@ async def test_status_skips_hold_rows_whose_times_are_no_time(db_url: str, make_
         assert [h["owner"] for h in hold["holders"]] == ["live:1"]  # the odd rows are no live worker's
         assert hold["kind"] == "connect" and hold["stale"] is False
         assert "held by live:1, reported" in human
+
+
+KEY = "Pw4-canary/Hq8+zN2vXc7Lr"
+"""No known key shape: only its registration (as the CLI does) masks it."""
+
+ECHOES = {
+    # A server that wraps its text puts a line break into the key: each half is no more
+    # than half the key, which is all a cut-off copy is masked for.
+    "split_in_the_middle": f"bad path for key {KEY[:12]}\n{KEY[12:]}",
+    "wrapped_every_5": "bad path for key " + "\r\n".join(KEY[i : i + 5] for i in range(0, len(KEY), 5)),
+    # RFC 3986 percent-encoding allows lowercase hex digits.
+    "percent_lowercase": "bad path for key "
+    + urllib.parse.quote(KEY, safe="").replace("%2F", "%2f").replace("%2B", "%2b"),
+}
+
+
+@pytest.mark.parametrize("echo", list(ECHOES))
+async def test_a_held_sources_last_error_never_shows_an_echoed_key(
+    db_url: str, make_settings: Any, monkeypatch: pytest.MonkeyPatch, echo: str
+) -> None:
+    register_secret(KEY)
+    monkeypatch.setattr(breaker, "PAUSE_FIRST_S", 30.0)
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=404, text=ECHOES[echo])
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    async with serving(app) as origin:
+        settings = make_settings(db_url, f"{origin}/v1", api_key=KEY)
+        async with open_database(db_url) as engine:
+            await QueueStore(engine).enqueue([f"resp_echo{i}" for i in range(5)])
+            worker = Worker(settings, engine, once=False)
+            task = asyncio.create_task(worker.run())
+            try:
+
+                async def held() -> dict[str, Any] | None:
+                    details = await commands.status(settings)
+                    return details if details["held_sources"] else None
+
+                details = await wait_until(held, "status never showed the hold")
+                assert "***" in details["held_sources"]["default"]["last_error"]
+                shown = commands.dumps(details) + commands.format_status(details)
+                assert leaks(shown.encode(), KEY) == []
+                assert leaks((await table_text(engine)).encode(), KEY) == []
+            finally:
+                worker.request_stop("test over")
+                await task
