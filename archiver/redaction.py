@@ -17,6 +17,7 @@ that were never registered.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 import sys
@@ -70,6 +71,9 @@ _BEARER_TEXT = re.compile(_BEARER)
 _BEARER_BYTES = re.compile(_BEARER.encode())
 _KEYS_TEXT = re.compile(_KEY_SHAPES)
 _KEYS_BYTES = re.compile(_KEY_SHAPES.encode())
+_PERCENT = re.compile(r"%[0-9A-F]{2}")
+_SPACES_TEXT = re.compile(r"\s+")
+_SPACES_BYTES = re.compile(rb"\s+")
 _ELLIPSES_TEXT = ("...", "\u2026")
 _ELLIPSES_BYTES = (b"...", "\u2026".encode())
 
@@ -110,19 +114,21 @@ def _base64_forms(data: bytes) -> list[str]:
 def secret_variants(secret: str) -> list[str]:
     """Every form of ``secret`` that is masked once it is registered, longest first.
 
-    The value itself; URL-quoted (``quote`` with and without ``/`` safe, ``quote_plus``);
+    The value itself; URL-quoted (``quote`` with and without ``/`` safe, ``quote_plus``;
+    uppercase and lowercase hex digits);
     JSON-escaped (ASCII and not, with ``/`` also as ``\\/``); base64 standard and URL-safe,
     padded and not, and the inner parts that stay the same when the key is embedded in a
     longer base64 string. Empty for a value shorter than :data:`MIN_SECRET_CHARS`.
     """
     if len(secret) < MIN_SECRET_CHARS:
         return []
-    forms = [
-        secret,
+    quoted = [
         urllib.parse.quote(secret, safe=""),
         urllib.parse.quote(secret),
         urllib.parse.quote_plus(secret, safe=""),
     ]
+    # RFC 3986 allows lowercase hex digits (%2f): servers that re-encode echo them so.
+    forms = [secret, *quoted, *(_PERCENT.sub(lambda m: m[0].lower(), form) for form in quoted)]
     for ascii_only in (True, False):
         escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
         forms += [escaped, escaped.replace("/", "\\/")]
@@ -272,6 +278,28 @@ def _mask_partials(data: AnyStr, variant: AnyStr, mask: AnyStr, ellipses: tuple[
     return data
 
 
+@functools.lru_cache(maxsize=256)
+def _spread(variant: AnyStr) -> re.Pattern[AnyStr]:
+    """``variant`` with whitespace allowed between its characters."""
+    if isinstance(variant, str):
+        return re.compile(r"\s*".join(re.escape(char) for char in variant))
+    return re.compile(rb"\s*".join(re.escape(variant[i : i + 1]) for i in range(len(variant))))
+
+
+def _mask_spread(data: AnyStr, variants: Sequence[AnyStr], mask: AnyStr) -> AnyStr:
+    """Mask copies of a form that whitespace cuts into pieces: a server that wraps its
+    text puts a line break inside the key, and each piece alone may be no more than the
+    half of it that :func:`_mask_partials` leaves (``sk-abc\ndef`` shows the whole key)."""
+    spaces = _SPACES_TEXT if isinstance(data, str) else _SPACES_BYTES
+    squeezed = spaces.sub(data[:0], data)
+    if len(squeezed) == len(data):
+        return data
+    for variant in variants:
+        if len(variant) >= 2 * _MIN_PARTIAL_CHARS and variant in squeezed:
+            data = _spread(variant).sub(mask, data)
+    return data
+
+
 def _mask(data: AnyStr, variants: Sequence[AnyStr], mask: AnyStr, ellipses: tuple[AnyStr, ...]) -> AnyStr:
     # Whole copies of every form first: a cut-off copy of a longer form (the URL-quoted
     # key shares the key's first characters up to its first quoted one) must not eat the
@@ -279,6 +307,7 @@ def _mask(data: AnyStr, variants: Sequence[AnyStr], mask: AnyStr, ellipses: tupl
     for variant in variants:
         if variant in data:
             data = data.replace(variant, mask)
+    data = _mask_spread(data, variants, mask)  # before a cut-off copy's mask hides a piece
     for variant in variants:
         if len(variant) >= 2 * _MIN_PARTIAL_CHARS and (
             variant[:_MIN_PARTIAL_CHARS] in data or variant[-_MIN_PARTIAL_CHARS:] in data
