@@ -1,0 +1,83 @@
+"""Valid bodies whose numbers no double holds: every ID archived, ``show`` byte-exact.
+
+A hostile (or merely odd) provider sends numbers the projection cannot hold: ``1e400``
+(past a double), an integer of 5,000 digits (past CPython's 4,300-digit limit for
+integer text, which the standard library's parse then refuses), beside an integer past
+64 bits or nesting past orjson's 254 levels (which send the derived value through the
+standard library's writer). ``raw`` keeps them; a derived JSON column holds JSON
+``null`` there (what orjson writes for a double out of range), always valid JSON.
+
+Found: the 5,000-digit body failed its ID as "body is not valid JSON"; with an integer
+past 64 bits or deep nesting beside it, ``1e400`` was written as ``Infinity`` (not JSON):
+SQLite stored the invalid text (reading it back raised), PostgreSQL refused the batch and
+the ID ended ``failed``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+from archiver.commands import show
+from archiver.db import open_database
+from archiver.queue import QueueStore
+from archiver.schema import responses, tool_sets
+from archiver.worker import Worker
+from tests.integration.test_hostile_capture import serve_bodies
+
+pytestmark = pytest.mark.timeout(120)
+
+BIG = 123456789012345678901234567890
+
+
+def response(rid: str, fields: bytes) -> bytes:
+    return (
+        b'{"id":"%s","object":"response","status":"completed","model":"m",%s,"output":[{"type":'
+        b'"message","role":"assistant","content":[{"type":"output_text","text":"x"}]}]}'
+        % (rid.encode(), fields)
+    )
+
+
+DEEP = 300  # past orjson's 254 levels
+BODIES = {
+    "resp_huge_int": response("resp_huge_int", b'"x_huge":-' + b"7" * 5000 + b',"x_ok":1'),
+    "resp_inf_and_big": response(
+        "resp_inf_and_big",
+        b'"x_big":%d,"x_inf":1e400,"x_neg":-2e999,'
+        b'"tools":[{"type":"function","name":"f","parameters":{"m":1e400,"n":%d}}]' % (BIG, BIG),
+    ),
+    "resp_inf_deep": response("resp_inf_deep", b'"x_deep":' + b"[" * DEEP + b"1e400" + b"]" * DEEP),
+}
+EXTRA = {
+    "resp_huge_int": {"x_huge": None, "x_ok": 1},
+    "resp_inf_and_big": {"x_big": BIG, "x_inf": None, "x_neg": None},
+}
+
+
+@pytest.mark.parametrize("writer", ["inline", "process"])
+async def test_numbers_no_double_holds_are_archived_and_null_in_derived_columns(
+    writer: str, db_url: str, make_settings: Any
+) -> None:
+    async with serve_bodies(BODIES) as base_url, open_database(db_url) as engine:
+        await QueueStore(engine).enqueue(list(BODIES))
+        await Worker(make_settings(db_url, base_url, writer=writer, max_attempts=2), engine, once=True).run()
+        async with engine.connect() as conn:
+            states = dict((await conn.execute(text("SELECT id, state FROM archive_queue"))).fetchall())
+            assert states == dict.fromkeys(BODIES, "archived")
+            cast = "CAST(extra AS TEXT)" if engine.dialect.name == "sqlite" else "extra::text"
+            for rid, stored in (await conn.execute(text(f"SELECT id, {cast} FROM responses"))).fetchall():
+                assert "Infinity" not in stored and "NaN" not in stored, rid
+                json.loads(stored)
+            extra = dict((await conn.execute(select(responses.c.id, responses.c.extra))).fetchall())
+            tools = (await conn.execute(select(tool_sets.c.tools))).scalar_one()
+        assert {rid: extra[rid] for rid in EXTRA} == EXTRA
+        assert tools[0]["parameters"] == {"m": None, "n": BIG}
+        deep = extra["resp_inf_deep"]["x_deep"]
+        for _ in range(DEEP - 1):
+            (deep,) = deep
+        assert deep == [None]
+    for rid, raw in BODIES.items():
+        assert await show(make_settings(db_url), rid) == raw
