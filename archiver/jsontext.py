@@ -7,11 +7,18 @@ it reads an integer beyond 64 bits as the nearest double without a word
 library takes them all exactly, more slowly. Every JSON column, digest and export of a
 parsed value, and every JSON column read back, goes through here, so they agree on the
 text of one value and a derived column never holds a number its ``raw`` body does not.
+
+A number no double holds (``1e400``, an integer of more digits than CPython converts,
+4,300) is parsed as ``None``: JSON ``null`` in the derived columns, as orjson writes a
+double out of range, where the standard library would write ``Infinity`` (not JSON:
+PostgreSQL refuses it) or refuse the body. ``raw`` keeps the number.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any, Final
 
 import orjson
@@ -37,6 +44,10 @@ def json_text(value: Any, *, sort_keys: bool = False) -> str:
 # has 19; a 19-digit run in a string or a fraction only costs the slower parse.
 _DIGITS_AS_ZEROS: Final = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
 _LONG_DIGIT_RUN: Final = b"0" * 19
+# A number no double holds has 200 digits in a row or an exponent of 100 or more (1e99
+# times 200 digits stays below 1.8e308); either sends the parse through _finite/_integer.
+_VERY_LONG_DIGIT_RUN: Final = b"0" * 200
+_LARGE_EXPONENT: Final = re.compile(rb"[eE]\+?0*[1-9][0-9]{2}")
 
 
 def loads(raw: bytes | str) -> Any:
@@ -62,10 +73,26 @@ def loads(raw: bytes | str) -> Any:
 def loads_stdlib(raw: bytes | str) -> Any:
     """The standard library's parse, for valid JSON that orjson refuses or reads inexactly:
     lone UTF-16 surrogate escapes (``"\\ud83d"``, a token boundary inside an emoji in real
-    model output), numbers beyond a double and integers beyond 64 bits. ``NaN`` and
-    ``Infinity`` are refused, as orjson refuses them. Raises as :func:`loads` does."""
+    model output) and integers beyond 64 bits; a number no double holds is ``None`` (see
+    the module docstring). ``NaN`` and ``Infinity`` are refused, as orjson refuses them.
+    Raises as :func:`loads` does."""
     text = raw if isinstance(raw, str) else raw.decode("utf-8")
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if _VERY_LONG_DIGIT_RUN in data.translate(_DIGITS_AS_ZEROS) or _LARGE_EXPONENT.search(data):
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite, parse_int=_integer)
     return json.loads(text, parse_constant=_reject_constant)
+
+
+def _finite(digits: str) -> float | None:
+    number = float(digits)
+    return number if math.isfinite(number) else None
+
+
+def _integer(digits: str) -> int | None:
+    try:
+        return int(digits)
+    except ValueError:  # more digits than sys.get_int_max_str_digits() converts
+        return None
 
 
 def _reject_constant(name: str) -> Any:

@@ -77,3 +77,20 @@ def test_orjson_still_rounds_what_loads_keeps() -> None:
     """The reason for the scan: if orjson ever reads these exactly, the scan can go."""
     assert type(orjson.loads(b"18446744073709551616")) is float
     assert type(loads(b"18446744073709551616")) is int
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[1e400,-2E+999,1e308,1e-400]", [None, None, 1e308, 0.0]),
+        ("[1" + "0" * 400 + ".5,12345678901234567890123]", [None, 12345678901234567890123]),
+        ("[" + "1" * 250 + "e99,1" + "0" * 250 + "]", [None, int("1" + "0" * 250)]),
+        ("[-" + "7" * 5000 + ",1]", [None, 1]),  # past CPython's 4,300 digits: no ValueError
+    ],
+)
+def test_a_number_no_double_holds_is_none_and_written_as_null(text: str, expected: list[Any]) -> None:
+    for raw in (text.encode(), text):
+        value = loads(raw)
+        assert value == expected
+        json.loads(json_bytes(value))  # JSON: never Infinity, also when orjson cannot write it
+        json.loads(json_bytes([value, 2**70, [[[[]]]]]))
