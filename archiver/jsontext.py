@@ -30,8 +30,47 @@ def json_bytes(value: Any, *, sort_keys: bool = False) -> bytes:
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None)
     except orjson.JSONEncodeError:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
+        try:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
+        except RecursionError:  # deep in the stack (renormalize): a value the parse took
+            text = _dumps_without_recursion(value, sort_keys=sort_keys)
         return text.encode("utf-8", "surrogatepass")
+
+
+def _dumps_without_recursion(value: Any, *, sort_keys: bool) -> str:
+    """What ``json.dumps`` writes for ``value`` (compact, not ASCII-only), with a stack of
+    its own instead of Python's: a value parsed near the recursion limit is written from a
+    deeper call (the engine's bind processing) however deep it nests."""
+    out: list[str] = []
+    todo: list[tuple[bool, Any]] = [(False, value)]  # (is literal text, what)
+    while todo:
+        literal, item = todo.pop()
+        if literal:
+            out.append(item)
+        elif isinstance(item, dict):
+            pairs = sorted(item.items()) if sort_keys else list(item.items())
+            todo.append((True, "}"))
+            for n, (key, member) in enumerate(reversed(pairs)):
+                todo.append((False, member))
+                todo.append((True, _key_text(key) + ":"))
+                if n < len(pairs) - 1:
+                    todo.append((True, ","))
+            todo.append((True, "{"))
+        elif isinstance(item, list | tuple):
+            todo.append((True, "]"))
+            for n, member in enumerate(reversed(item)):
+                todo.append((False, member))
+                if n < len(item) - 1:
+                    todo.append((True, ","))
+            todo.append((True, "["))
+        else:
+            out.append(json.dumps(item, ensure_ascii=False))
+    return "".join(out)
+
+
+def _key_text(key: Any) -> str:
+    """A member name as ``json.dumps`` writes it (it turns numbers, booleans and None into strings)."""
+    return json.dumps({key: None}, ensure_ascii=False, separators=(",", ":"))[1:-6]
 
 
 def json_text(value: Any, *, sort_keys: bool = False) -> str:
