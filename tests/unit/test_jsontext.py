@@ -94,3 +94,14 @@ def test_a_number_no_double_holds_is_none_and_written_as_null(text: str, expecte
         assert value == expected
         json.loads(json_bytes(value))  # JSON: never Infinity, also when orjson cannot write it
         json.loads(json_bytes([value, 2**70, [[[[]]]]]))
+
+
+def test_a_deep_value_is_written_the_same_from_deep_in_the_stack() -> None:
+    """renormalize writes values from deeper in the stack than the fetcher parsed them."""
+    value = loads("[" * 900 + '{"b":[1,2.5,null,true],"a":"\\ud83d \\u00e9","c":{}}' + "]" * 900)
+    expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+    def from_depth(n: int) -> bytes:
+        return json_bytes(value, sort_keys=True) if n == 0 else from_depth(n - 1)
+
+    assert from_depth(300) == expected.encode("utf-8", "surrogatepass")
