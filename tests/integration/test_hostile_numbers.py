@@ -128,3 +128,18 @@ async def test_renormalize_rewrites_every_body_the_daemon_archived(db_url: str, 
         _, archived = await archive_nested(db_url, make_settings, engine)
         result = await renormalize(engine, everything=True, batch_size=1)
         assert (result.report.rewritten, result.report.failed) == (len(archived), 0)
+
+
+async def test_a_body_nested_past_the_parser_is_not_called_invalid_json(
+    sqlite_url: str, make_settings: Any
+) -> None:
+    """Valid JSON nested 5,000 levels: failed (the parse recurses), but the reason must not
+    send the operator to the provider with "body is not valid JSON"."""
+    deep = response("resp_nest5000", b'"x":' + b"[" * 5000 + b"1" + b"]" * 5000)
+    async with serve_bodies({"resp_nest5000": deep}) as base_url, open_database(sqlite_url) as engine:
+        await QueueStore(engine).enqueue(["resp_nest5000"])
+        await Worker(make_settings(sqlite_url, base_url, max_attempts=1), engine, once=True).run()
+        async with engine.connect() as conn:
+            state, error = (await conn.execute(text("SELECT state, last_error FROM archive_queue"))).one()
+    assert state == "failed"
+    assert "not valid JSON" not in error and "nests deeper than" in error, error
