@@ -563,8 +563,8 @@ def classify_input_items_page(
     if status_code == 200:
         try:
             data = loads(body)
-        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-            return _bad_body("input items: " + _json_problem(body), body, attempt, policy, rand)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            return _bad_body("input items: " + _json_problem(body, exc), body, attempt, policy, rand)
         if not isinstance(data, dict) or not isinstance(data.get("data"), list):
             return _bad_body("input items: body is not a list object", body, attempt, policy, rand)
         last_id = data.get("last_id")
@@ -600,8 +600,8 @@ def classify_input_items_page(
 def _classify_body(body: bytes, requested_id: str, attempt: int, policy: RetryPolicy, rand: float) -> Outcome:
     try:
         data = loads(body)  # exact: the normalizer uses this parse (archiver.jsontext)
-    except (ValueError, RecursionError):
-        return _bad_body(_json_problem(body), body, attempt, policy, rand)
+    except (ValueError, RecursionError) as exc:
+        return _bad_body(_json_problem(body, exc), body, attempt, policy, rand)
     if not isinstance(data, dict):
         kind = json_type_name(data)
         return _bad_body(f"body is a JSON {kind}, not an object", body, attempt, policy, rand)
@@ -631,11 +631,14 @@ def _bad_body(problem: str, body: bytes, attempt: int, policy: RetryPolicy, rand
     return _retry_or_give_up(Retry(delay, _bounded(problem), 200, body=body), attempt, policy)
 
 
-def _json_problem(body: bytes) -> str:
+def _json_problem(body: bytes, exc: Exception) -> str:
     """Why ``body`` is not JSON, in orjson's words (the standard library's second opinion,
-    which takes lone surrogate escapes, refused it too)."""
+    which takes lone surrogate escapes, refused it too); or that it nests too deep for the
+    standard library's parse, which recurses (valid JSON, maybe)."""
     if not body.strip():
         return "body is empty"
+    if isinstance(exc, RecursionError):
+        return f"body nests deeper than the JSON parser reaches ({len(body)} bytes)"
     try:
         orjson.loads(body)
     except orjson.JSONDecodeError as exc:
