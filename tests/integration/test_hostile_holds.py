@@ -19,13 +19,13 @@ from sqlalchemy import text
 
 from archiver import breaker, commands
 from archiver.db import now_sql, open_database
-from archiver.holds import Hold
+from archiver.holds import STALE_AFTER_S, Hold
 from archiver.queue import QueueStore
 from archiver.redaction import register_secret
 from archiver.worker import Worker
 from archiver.workers import record_worker
 from tests.canaries import leaks
-from tests.integration.test_holds import table_text, wait_until
+from tests.integration.test_holds import _age, table_text, wait_until
 from tests.loopback import serving
 
 pytestmark = pytest.mark.timeout(60)
@@ -120,3 +120,27 @@ async def test_a_held_sources_last_error_never_shows_an_echoed_key(
             finally:
                 worker.request_stop("test over")
                 await task
+
+
+async def test_the_next_probe_is_a_live_holders_not_a_dead_ones(db_url: str, make_settings: Any) -> None:
+    """A daemon killed while paused, restarted and paused again (the provider is still
+    down): the dead one's probe was due long ago and never comes; status must give the
+    live holder's next probe, not "now"."""
+    settings = make_settings(db_url)
+    async with open_database(db_url) as engine:
+        for owner, probe_in in (("host:1", 5.0), ("host:2", 200.0)):
+            await record_worker(
+                engine,
+                owner,
+                state="paused",
+                detail="cannot connect",
+                base_url="http://127.0.0.1:9/v1/responses/…",
+                source="default",
+                hold=Hold("connect", "connection refused", probe_in),
+            )
+        await _age(engine, "host:1", STALE_AFTER_S + 5)  # killed with -9 that long ago
+        details = await commands.status(settings)
+    hold = details["held_sources"]["default"]
+    assert [h["owner"] for h in hold["holders"]] == ["host:1", "host:2"] and hold["stale"] is False
+    assert 190 < hold["next_probe_in_s"] <= 200
+    assert "next probe in 3.3min" in commands.format_status(details)
