@@ -15,9 +15,10 @@ not try it again) while it drains the others (:class:`archiver.runner.Runner`).
 Several processes may serve one source (a fleet on PostgreSQL). A source is held when
 any live worker holds it, and its entry says so once: what, why and the last error of
 the freshest report (the holders of one source share its endpoint and key, so they
-normally agree), since the earliest holder's hold began, the soonest next probe (any
-holder may resume the source), every holder with its own figures, and the live workers
-that still fetch the source (then the fault is one process's, e.g. its key file).
+normally agree), since the earliest holder's hold began, the soonest next probe of a
+holder that is not stale (any holder may resume the source), every holder with its own
+figures, and the live workers that still fetch the source (then the fault is one
+process's, e.g. its key file).
 
 A row its worker stopped refreshing (the process died) is shown with its age until it
 is :data:`archiver.workers.DEFAULT_MAX_AGE_S` old, marked stale after
@@ -149,7 +150,9 @@ class SourceHold:
         """The ``held_sources`` entry of ``status --json`` (see the module docstring)."""
         fresh = min(self.holders, key=lambda h: h.reported_age_s)
         first = max(self.holders, key=lambda h: h.held_for_s)
-        probes = [h for h in self.holders if h.next_probe_at is not None]
+        # A stale holder's probe may never come (its worker died): a live one's is the next.
+        live = [h for h in self.holders if h.reported_age_s <= STALE_AFTER_S] or self.holders
+        probes = [h for h in live if h.next_probe_at is not None]
         soonest = min(probes, key=lambda h: h.next_probe_at or 0.0) if probes else None
         return {
             "kind": fresh.kind,
