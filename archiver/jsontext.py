@@ -6,7 +6,8 @@ it reads an integer beyond 64 bits as the nearest double without a word
 (``123456789012345678901234567890`` becomes ``1.2345678901234568e+29``); the standard
 library takes them all exactly, more slowly. Every JSON column, digest and export of a
 parsed value, and every JSON column read back, goes through here, so they agree on the
-text of one value and a derived column never holds a number its ``raw`` body does not.
+text of one value and a derived column never holds an integer its ``raw`` body does not
+(a number with a fraction or an exponent is the nearest double, as ever).
 
 A number no double holds (``1e400``, an integer of more digits than CPython converts,
 4,300) is parsed as ``None``: JSON ``null`` in the derived columns, as orjson writes a
