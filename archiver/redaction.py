@@ -201,15 +201,16 @@ def register_secret(secret: str | None) -> None:
 def _halves(variants: list[str]) -> tuple[bytes, ...]:
     """The first and the last half of every form (a short form whole), in UTF-8, shortest first.
 
-    Any copy of a form, or of over half of its characters from either end (what
-    :func:`redact_secrets` masks anywhere), holds one of them.
+    Any copy of a form, of over half of its characters from either end (what
+    :func:`redact_secrets` masks anywhere), or of a form that one break cuts in two (a
+    wrapped line: one piece is at least half of it) holds one of them.
     """
     needles: dict[str, None] = {}
     for variant in variants:
         if len(variant) < 2 * _MIN_PARTIAL_CHARS:
             needles[variant] = None
         else:
-            half = max(len(variant) // 2 + 1, 8)
+            half = max((len(variant) + 1) // 2, 8)
             needles[variant[:half]] = needles[variant[-half:]] = None
     kept: list[bytes] = []  # a needle that holds a shorter one adds nothing to the search
     for needle in sorted((n.encode("utf-8", errors="surrogatepass") for n in needles), key=len):
@@ -317,13 +318,14 @@ def _mask(data: AnyStr, variants: Sequence[AnyStr], mask: AnyStr, ellipses: tupl
 
 
 def contains_secret(data: bytes) -> bool:
-    """Whether ``data`` holds a registered secret in one of its forms, whole or over half of it.
+    """Whether ``data`` holds a registered secret in one of its forms, whole or half of it.
 
     A byte search for the first and for the last half of every form (the pieces
     :func:`redact_secrets` masks wherever they are), so a cut-off copy of over half a form
-    counts. A shorter cut-off copy (which :func:`redact` also masks at the end of a text or
-    before ``...``) is not looked for: searching every form's first 6 characters would
-    cost several times as much on every body.
+    counts, and so does a copy one line break cuts in two (:func:`_mask_spread` masks it).
+    A shorter cut-off copy (which :func:`redact` also masks at the end of a text or before
+    ``...``) is not looked for: searching every form's first 6 characters would cost
+    several times as much on every body.
     """
     return any(needle in data for needle in _needles)
 
