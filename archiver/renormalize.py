@@ -52,15 +52,17 @@ def parse_since(value: str, now: datetime) -> datetime:
     """
     text = value.strip()
     age = _AGE.fullmatch(text)
-    if age:
-        return now - timedelta(seconds=float(age[1]) * SINCE_UNITS[age[2].lower()])
     try:
+        if age:
+            return now - timedelta(seconds=float(age[1]) * SINCE_UNITS[age[2].lower()])
         when = datetime.fromisoformat(text)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        when = when.astimezone(UTC)
     except ValueError:
         raise ConfigError(f"--since {value!r} is not a time: use {SINCE_FORMS}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    when = when.astimezone(UTC)
+    except OverflowError:  # an age or an offset past the years 1 to 9999
+        raise ConfigError(f"--since {value!r} is outside the calendar (years 1 to 9999)") from None
     if when > now:
         raise ConfigError(f"--since {value!r} is in the future")
     return when
