@@ -3,10 +3,11 @@
 What it rebuilds: the IDs given, every response (``--all``), or the responses archived
 since a time (``--since``). ``--all`` and ``--since`` save their position in
 ``archive_meta`` (row ``renormalize``) with every batch; the same command run again after
-a crash or a stop resumes after the last batch committed, and the row is removed when the
-walk ends. ``--normalize`` with a mode other than the archive's switches the archive to
-it first (every batch committed from then on, the daemon's too, is written in the new
-mode) and needs ``--all``, which then converts what was written before.
+a crash or a stop resumes after the last batch committed (a run in another normalize
+mode starts afresh), and the row is removed when the walk ends. ``--normalize`` with a
+mode other than the archive's switches the archive to it first (every batch committed
+from then on, the daemon's too, is written in the new mode) and needs ``--all``, which
+then converts what was written before.
 """
 
 from __future__ import annotations
@@ -196,6 +197,9 @@ async def renormalize(
         return result
 
     state: dict[str, Any] = {"scope": "all"} if everything else {"scope": "since", "since": since}
+    # The mode the committed batches were written in: a run in another mode starts afresh
+    # (resumed, the responses before its position would keep the other mode's rows).
+    state["mode"] = result.mode
     if since_at is not None:
         state["from"] = since_at.isoformat()
     after = ""
@@ -205,7 +209,8 @@ async def renormalize(
             state, after = saved, str(saved.get("after") or "")
             result.resumed_after = after or None
         else:
-            result.replaced = f"--since {saved.get('since')}" if saved.get("scope") == "since" else "--all"
+            scope = f"--since {saved.get('since')}" if saved.get("scope") == "since" else "--all"
+            result.replaced = f"{scope} (mode {saved.get('mode') or 'unrecorded'})"
     where: ColumnElement[bool] = true()
     if "from" in state:
         where = responses.c.archived_at >= datetime.fromisoformat(state["from"])
