@@ -26,6 +26,7 @@ more than compressing a typical body. A codec is not thread-safe: use one per th
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -78,6 +79,18 @@ class MissingDictionary(ArchiverError):
 
 class UnknownCodec(ArchiverError):
     """A body is stored with an encoding this version of archiver does not know."""
+
+
+class DamagedBody(ArchiverError):
+    """A stored body does not decode to the bytes that were received."""
+
+
+def damaged(response_id: str, exc: ArchiverError) -> DamagedBody:
+    """One line naming the response whose stored body cannot be read, and what to do."""
+    return DamagedBody(
+        f"the stored body of {response_id} is damaged ({exc}): restore the row from a backup, or "
+        "fetch it again if the provider still has it (README, 'A damaged body')"
+    )
 
 
 def next_training_at(trained_on: int | None) -> int:
@@ -211,6 +224,8 @@ class Codec:
         Raises:
             MissingDictionary: the row names a dictionary this codec was not given.
             UnknownCodec: ``raw_codec`` is not one this version writes.
+            DamagedBody: zstd cannot decode it (it may also decode damaged bytes without
+                an error: see :meth:`decode_exact`).
         """
         if raw_codec is None or raw_codec == IDENTITY:
             return bytes(stored)
@@ -232,4 +247,25 @@ class Codec:
             else:
                 decompressor = zstandard.ZstdDecompressor(dict_data=self._dictionaries[key])
             self._decompressors[key] = decompressor
-        return decompressor.decompress(stored)
+        try:
+            return decompressor.decompress(stored)
+        except zstandard.ZstdError as exc:
+            raise DamagedBody(f"zstd: {exc}") from None
+
+    def decode_exact(
+        self, stored: bytes, raw_codec: str | None, raw_dict_id: int | None, raw_sha256: str
+    ) -> bytes:
+        """:meth:`decode`, checked against the row's ``raw_sha256``.
+
+        A zstd frame carries no checksum: a stored body or a dictionary damaged on disk
+        mostly decodes to other bytes without an error, so whatever hands a body out as the
+        one received (``show``, the export) checks it.
+
+        Raises:
+            DamagedBody: it cannot be decoded, or not to the bytes received.
+            MissingDictionary, UnknownCodec: see :meth:`decode`.
+        """
+        body = self.decode(stored, raw_codec, raw_dict_id)
+        if hashlib.sha256(body).hexdigest() != raw_sha256:
+            raise DamagedBody("it does not decode to the bytes received: raw_sha256 differs")
+        return body

@@ -70,7 +70,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Select
 
 from archiver import __version__
-from archiver.codec import Codec
+from archiver.codec import Codec, DamagedBody, damaged
 from archiver.db import is_postgres
 from archiver.errors import ArchiverError
 from archiver.jsontext import json_text
@@ -662,6 +662,7 @@ _EXPORTED_NAMES = [c.name for c in exported_columns(responses)]
 _ID = _EXPORTED_NAMES.index("id")
 _CHANGE_SEQ = _EXPORTED_NAMES.index("change_seq")
 _RAW = _EXPORTED_NAMES.index("raw")
+_SHA = _EXPORTED_NAMES.index("raw_sha256")
 
 
 async def _read_responses(conn: AsyncConnection, stmt: Any) -> tuple[list[list[Any]], bool]:
@@ -671,6 +672,7 @@ async def _read_responses(conn: AsyncConnection, stmt: Any) -> tuple[list[list[A
 
     Raises:
         MissingDictionary: a body's dictionary is not in the database.
+        DamagedBody: a body does not decode to the bytes received.
     """
     rows: list[list[Any]] = []
     size = 0
@@ -682,7 +684,10 @@ async def _read_responses(conn: AsyncConnection, stmt: Any) -> tuple[list[list[A
                 values = list(row)
                 dict_id = values.pop()
                 raw_codec = values.pop()
-                values[_RAW] = reader.decode(values[_RAW], raw_codec, dict_id)
+                try:
+                    values[_RAW] = reader.decode_exact(values[_RAW], raw_codec, dict_id, values[_SHA])
+                except DamagedBody as exc:  # never exported as the body received
+                    raise damaged(values[_ID], exc) from None
                 rows.append(values)
                 size += len(values[_RAW])
                 if size >= CHUNK_BYTES:

@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from archiver import codec, reencode
-from archiver.codec import Codec
+from archiver.codec import Codec, DamagedBody, damaged
 from archiver.db import check_same_file, now_sql, sqlite_write_engine
 from archiver.errors import ArchiverError, first_line
 from archiver.jsontext import json_bytes, json_text
@@ -885,6 +885,7 @@ class ArchiveStore:
 
         Raises:
             MissingDictionary: the body's dictionary is not in the database.
+            DamagedBody: the stored body does not decode to the bytes received.
         """
         async with self.engine.connect() as conn:
             bodies = await read_bodies(conn, [response_id])
@@ -909,16 +910,22 @@ async def read_bodies(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, by
 
     Raises:
         MissingDictionary: a body's dictionary is not in the database.
+        DamagedBody: a body does not decode to the bytes received.
     """
-    found: dict[str, tuple[bytes, str | None, int | None]] = {}
+    r = responses.c
+    found: dict[str, tuple[bytes, str | None, int | None, str]] = {}
     for chunk in _chunks(ids):
         result = await conn.execute(
-            select(responses.c.id, responses.c.raw, responses.c.raw_codec, responses.c.raw_dict_id).where(
-                responses.c.id.in_(chunk)
-            )
+            select(r.id, r.raw, r.raw_codec, r.raw_dict_id, r.raw_sha256).where(r.id.in_(chunk))
         )
-        for rid, raw, raw_codec, dict_id in result:
-            found[rid] = (bytes(raw), raw_codec, dict_id)
-    wanted = {dict_id for _, _, dict_id in found.values() if dict_id is not None}
+        for rid, raw, raw_codec, dict_id, sha in result:
+            found[rid] = (bytes(raw), raw_codec, dict_id, sha)
+    wanted = {stored[2] for stored in found.values() if stored[2] is not None}
     reader = Codec(await load_dictionaries(conn, wanted) if wanted else None)
-    return {rid: reader.decode(*stored) for rid, stored in found.items()}
+    bodies: dict[str, bytes] = {}
+    for rid, stored in found.items():
+        try:
+            bodies[rid] = reader.decode_exact(*stored)
+        except DamagedBody as exc:
+            raise damaged(rid, exc) from None
+    return bodies

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import hashlib
 import math
 import os
 from collections.abc import Collection
@@ -335,7 +336,9 @@ async def test_every_format_reads_back_with_the_documented_types(
         # A body that is not UTF-8 (kept byte-exact; exported as base64 in text formats).
         async with engine.begin() as conn:
             await conn.execute(
-                responses.update().where(responses.c.id == "resp_ok_e1").values(raw=not_utf8, raw_codec=None)
+                responses.update()
+                .where(responses.c.id == "resp_ok_e1")
+                .values(raw=not_utf8, raw_codec=None, raw_sha256=hashlib.sha256(not_utf8).hexdigest())
             )
         reports = {fmt: await export(engine, out, fmt=fmt, cursor=fmt) for fmt in ("jsonl", "csv", "parquet")}
         want = await db_counts(engine)

@@ -10,6 +10,7 @@ duplicated, attempts stay within ``max_attempts`` and nothing is left ``in_fligh
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -301,7 +302,8 @@ async def test_the_invariant_catches_what_it_promises_to(sqlite_url: str, make_s
                  "UPDATE archive_queue SET state = 'archived' WHERE id = :i", "stuck in_flight"),
                 ("UPDATE archive_queue SET attempts = 4 WHERE id = :i",
                  "UPDATE archive_queue SET attempts = 1 WHERE id = :i", "attempts outside"),
-                ("UPDATE responses SET raw = X'7B7D', raw_codec = NULL, raw_dict_id = NULL WHERE id = :i",
+                ("UPDATE responses SET raw = X'7B7D', raw_codec = NULL, raw_dict_id = NULL, "
+                 f"raw_sha256 = '{hashlib.sha256(b'{}').hexdigest()}' WHERE id = :i",
                  None, "bytes differ"),
                 ("DELETE FROM content_parts WHERE response_id = :i",
                  None, "content_parts"),
