@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import ColumnElement, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import codec
@@ -36,13 +36,15 @@ from archiver.db import now_sql, sqlite_path, statement_at_a_time, with_db_retry
 from archiver.errors import ArchiverError
 from archiver.logs import get_logger
 from archiver.orphans import OrphanCounts, sweep_orphans
-from archiver.rebuild import Rebuilder, RebuildReport, StopFlag
+from archiver.rebuild import MAX_FAILURES_KEPT, Rebuilder, RebuildReport, StopFlag
 from archiver.schema import CHILD_TABLES, archive_dictionaries, responses
 from archiver.store import ArchiveStore, load_dictionaries
 from archiver.workers import DEFAULT_MAX_AGE_S
 
 log = get_logger()
 
+REWALKS = 3
+"""Walks again over the responses another process rewrote while compact read them (at most)."""
 VACUUM_STEP_PAGES = 2048
 """Pages one ``PRAGMA incremental_vacuum`` step frees (8 MiB at 4 KiB pages): a short write lock."""
 
@@ -138,15 +140,32 @@ async def compact(
     result.report.total = total
     if on_start is not None:
         on_start(total)
-    await Rebuilder(
-        engine,
-        batch_size=batch_size,
-        max_batch_bytes=max_batch_bytes,
-        encoder=encoder,
-        on_batch=on_batch,
-        report=result.report,
-        stop=stop,
-    ).walk(where)
+
+    def walker(report: RebuildReport, progress: Callable[[RebuildReport], None] | None) -> Rebuilder:
+        return Rebuilder(
+            engine,
+            batch_size=batch_size,
+            max_batch_bytes=max_batch_bytes,
+            encoder=encoder,
+            on_batch=progress,
+            report=report,
+            stop=stop,
+        )
+
+    await walker(result.report, on_batch).walk(where)
+    # A response another process rewrote between compact's read and its write was skipped.
+    # The daemon's re-archive wrote it in the new encoding, but a renormalize (or a mode
+    # switch) kept its old raw: walk what is still in an old encoding again.
+    left: ColumnElement[bool] = responses.c.raw_codec.is_(None)
+    if encoder.current is not None:
+        left = or_(left, responses.c.raw_codec == ZSTD)
+    for _ in range(REWALKS):
+        if result.report.stopped or not result.report.skipped:
+            break
+        again = await walker(RebuildReport(), None).walk(left)
+        _absorb(result.report, again)
+        if not again.rewritten:
+            break
     if result.report.stopped:
         result.space = f"stopped by {result.report.stopped}: run compact again to finish"
         return result
@@ -161,6 +180,20 @@ async def compact(
         result.space = await _vacuum_sqlite(engine, full=vacuum)
     result.file_bytes_after = _file_bytes(path)
     return result
+
+
+def _absorb(report: RebuildReport, again: RebuildReport) -> None:
+    """Count a walk over the skipped responses into the first walk's report."""
+    # Those converted now are no longer skipped (the walk may also find new rows, hence the floor).
+    report.skipped = max(report.skipped - (again.done - again.skipped), 0) + again.skipped
+    report.rewritten += again.rewritten
+    report.rows_written += again.rows_written
+    report.unchanged += again.unchanged
+    report.stored_before += again.stored_before
+    report.stored_after += again.stored_after
+    report.failed += again.failed
+    report.failures.extend(again.failures[: max(0, MAX_FAILURES_KEPT - len(report.failures))])
+    report.stopped = again.stopped
 
 
 def _file_bytes(path: str | None) -> int | None:
