@@ -1,9 +1,10 @@
-"""The console script's first code: ``enqueue`` takes stop signals before its imports.
+"""The console script's first code: some commands take stop signals before their imports.
 
-``archiver enqueue`` commits what it read on SIGTERM, SIGINT or SIGHUP and exits 0. Its
-imports (structlog, SQLAlchemy, the database driver) take a good part of a second on a
-loaded host, and a signal in that time killed it (exit -15) or ended in a
-KeyboardInterrupt traceback. This module imports almost nothing, asks
+``archiver enqueue`` commits what it read on SIGTERM, SIGINT or SIGHUP and exits 0, and
+``renormalize`` and ``compact`` stop after the batch in flight and exit 0. Their imports
+(structlog, SQLAlchemy, the database driver) take a good part of a second on a loaded
+host, and a signal in that time killed them (exit -15) or ended in a KeyboardInterrupt
+traceback. This module imports almost nothing, asks
 :func:`archiver.signals.defer_stop_signals` to hold such a signal until the command's
 own handling is in place, then runs :func:`archiver.cli.console`.
 """
@@ -15,7 +16,7 @@ import sys
 
 def console() -> None:
     """The ``archiver`` console script and ``python -m archiver``."""
-    if sys.argv[1:2] == ["enqueue"]:
+    if sys.argv[1:2] in (["enqueue"], ["renormalize"], ["compact"]):
         from archiver.signals import defer_stop_signals
 
         defer_stop_signals()
