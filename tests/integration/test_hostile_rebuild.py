@@ -247,3 +247,37 @@ async def test_a_renormalize_without_the_daemons_key_leaves_its_echoes_masked(
         texts = list((await conn.execute(text("SELECT text FROM content_parts"))).scalars())
     assert CANARY.encode() not in out + err
     assert not any(CANARY in t for t in texts), texts
+
+
+async def test_a_rebuild_batch_larger_than_postgresqls_parameter_limit(pg_url: str) -> None:
+    """Found: ``--batch-size`` accepts up to 100,000, but on PostgreSQL a renormalize or compact
+    batch of more than 32,767 responses failed the whole command at its first batch ("the
+    number of query arguments cannot exceed 32767": the batch's IDs in one ``IN`` list)."""
+    from datetime import UTC, datetime
+
+    from archiver.compact import compact
+
+    count = 32_800
+    now = datetime.now(UTC)
+    rows = []
+    for i in range(count):
+        rid = f"resp_p{i:05d}"
+        body = b'{"id":"%s","object":"response","status":"completed","output":[]}' % rid.encode()
+        rows.append(
+            {
+                "id": rid,
+                "status": "completed",
+                "raw": body,
+                "raw_sha256": hashlib.sha256(body).hexdigest(),
+                "change_seq": i + 1,
+                "fetched_at": now,
+                "archived_at": now,
+            }
+        )  # as archiver wrote them before compressed raw (raw_codec NULL)
+    async with open_database(pg_url) as engine:
+        async with engine.begin() as conn:
+            await conn.execute(responses.insert(), rows)
+        compacted = await compact(engine, batch_size=100_000, max_batch_bytes=1 << 40)
+        assert compacted.report.rewritten == count, compacted.as_dict()
+        rebuilt = await renormalize(engine, everything=True, batch_size=100_000, max_batch_bytes=1 << 40)
+        assert rebuilt.report.rewritten == count, rebuilt.as_dict()
