@@ -44,7 +44,7 @@ from archiver.normalize import normalize_body
 from archiver.projection import write_meta_sync
 from archiver.queue import archive_queue
 from archiver.schema import responses
-from archiver.store import ArchiveStore, Reprojection, load_dictionaries
+from archiver.store import IN_CHUNK, ArchiveStore, Reprojection, load_dictionaries
 
 log = get_logger()
 
@@ -266,11 +266,11 @@ class Rebuilder:
     async def _read(self, piece: Sequence[_Candidate]) -> dict[str, _Stored]:
         r = responses.c
         ids = [c.response_id for c in piece]
-        stmt = select(
-            r.id, r.raw, r.raw_codec, r.raw_dict_id, r.change_seq, r.raw_sha256, r.secret_masked
-        ).where(r.id.in_(ids))
+        stmt = select(r.id, r.raw, r.raw_codec, r.raw_dict_id, r.change_seq, r.raw_sha256, r.secret_masked)
         async with statement_at_a_time(self.engine) as conn:
-            rows = (await conn.execute(stmt)).all()
+            rows: list[Any] = []
+            for start in range(0, len(ids), IN_CHUNK):  # PostgreSQL takes at most 32,767 parameters
+                rows += (await conn.execute(stmt.where(r.id.in_(ids[start : start + IN_CHUNK])))).all()
             wanted = {int(row[3]) for row in rows if row[3] is not None} - self._known_dicts
             if wanted:
                 for dict_id, data in (await load_dictionaries(conn, wanted)).items():
@@ -354,11 +354,18 @@ class Rebuilder:
             return []
         ids = sorted(c.response_id for c, _ in pending)
         r = responses.c
-        current_stmt = select(r.id, r.change_seq, r.raw_sha256).where(r.id.in_(ids))
+        chunks = [ids[start : start + IN_CHUNK] for start in range(0, len(ids), IN_CHUNK)]
+        current: dict[str, tuple[int, str]] = {}
         if conn.dialect.name == "postgresql":
             # The daemon's writer locks the queue row first too: same order, no interleaving.
             queue = archive_queue.c
-            conn.execute(select(queue.id).where(queue.id.in_(ids)).order_by(queue.id).with_for_update()).all()
-            current_stmt = current_stmt.order_by(r.id).with_for_update()
-        current = {row[0]: (int(row[1]), row[2]) for row in conn.execute(current_stmt)}
+            for chunk in chunks:
+                conn.execute(
+                    select(queue.id).where(queue.id.in_(chunk)).order_by(queue.id).with_for_update()
+                ).all()
+        for chunk in chunks:
+            current_stmt = select(r.id, r.change_seq, r.raw_sha256).where(r.id.in_(chunk))
+            if conn.dialect.name == "postgresql":
+                current_stmt = current_stmt.order_by(r.id).with_for_update()
+            current.update((row[0], (int(row[1]), row[2])) for row in conn.execute(current_stmt))
         return [(c, rw) for c, rw in pending if current.get(c.response_id) == (c.change_seq, c.raw_sha256)]
