@@ -249,35 +249,94 @@ async def test_a_renormalize_without_the_daemons_key_leaves_its_echoes_masked(
     assert not any(CANARY in t for t in texts), texts
 
 
-async def test_a_rebuild_batch_larger_than_postgresqls_parameter_limit(pg_url: str) -> None:
-    """Found: ``--batch-size`` accepts up to 100,000, but on PostgreSQL a renormalize or compact
-    batch of more than 32,767 responses failed the whole command at its first batch ("the
-    number of query arguments cannot exceed 32767": the batch's IDs in one ``IN`` list)."""
+def _old_rows(count: int) -> list[dict[str, Any]]:
+    """Small responses as archiver wrote them before compressed raw (``raw_codec`` NULL)."""
     from datetime import UTC, datetime
 
-    from archiver.compact import compact
-
-    count = 32_800
     now = datetime.now(UTC)
     rows = []
     for i in range(count):
         rid = f"resp_p{i:05d}"
         body = b'{"id":"%s","object":"response","status":"completed","output":[]}' % rid.encode()
+        sha = hashlib.sha256(body).hexdigest()
         rows.append(
-            {
-                "id": rid,
-                "status": "completed",
-                "raw": body,
-                "raw_sha256": hashlib.sha256(body).hexdigest(),
-                "change_seq": i + 1,
-                "fetched_at": now,
-                "archived_at": now,
-            }
-        )  # as archiver wrote them before compressed raw (raw_codec NULL)
+            {"id": rid, "status": "completed", "raw": body, "raw_sha256": sha, "change_seq": i + 1}
+            | {"fetched_at": now, "archived_at": now}
+        )
+    return rows
+
+
+async def test_a_rebuild_batch_larger_than_postgresqls_parameter_limit(pg_url: str) -> None:
+    """Found: ``--batch-size`` accepts up to 100,000, but on PostgreSQL a renormalize or compact
+    batch of more than 32,767 responses failed the whole command at its first batch ("the
+    number of query arguments cannot exceed 32767": the batch's IDs in one ``IN`` list)."""
+    from archiver.compact import compact
+
+    count = 32_800
     async with open_database(pg_url) as engine:
         async with engine.begin() as conn:
-            await conn.execute(responses.insert(), rows)
+            await conn.execute(responses.insert(), _old_rows(count))
         compacted = await compact(engine, batch_size=100_000, max_batch_bytes=1 << 40)
         assert compacted.report.rewritten == count, compacted.as_dict()
         rebuilt = await renormalize(engine, everything=True, batch_size=100_000, max_batch_bytes=1 << 40)
         assert rebuilt.report.rewritten == count, rebuilt.as_dict()
+
+
+@pytest.mark.parametrize("read", ["_candidates", "_read"])
+@pytest.mark.parametrize("command", ["renormalize", "compact"])
+async def test_a_connection_the_server_ends_mid_read_is_retried(
+    pg_url: str, command: str, read: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found: a PostgreSQL restart (a failover, a minor upgrade) while ``renormalize --all``
+    read a batch ended it at once, exit 1 ("connection was closed in the middle of
+    operation: terminating connection due to administrator command"), where the daemon
+    beside it waits for the server: its writes were retried, its reads were not.
+
+    The server ends the reading connection as a restart does (``pg_terminate_backend``),
+    while the read waits on a lock held for the purpose, so the fault lands mid-read."""
+    from archiver.compact import compact
+    from archiver.db import create_engine
+    from archiver.rebuild import Rebuilder
+
+    count = 100
+    original = getattr(Rebuilder, read)
+    calls: list[int] = []
+
+    async def terminated_once(self: Rebuilder, *args: Any) -> Any:
+        calls.append(1)
+        if len(calls) != 2:
+            return await original(self, *args)
+        side = create_engine(pg_url)
+        try:
+            async with side.connect() as lock:
+                await lock.execute(text("LOCK TABLE responses IN ACCESS EXCLUSIVE MODE"))
+                reading = asyncio.create_task(original(self, *args))
+                async with side.connect() as admin:
+                    for _ in range(200):  # until the read waits on the lock
+                        waiting = await admin.execute(
+                            text(
+                                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                "AND wait_event_type = 'Lock'"
+                            )
+                        )
+                        pids = list(waiting.scalars())
+                        if pids:
+                            break
+                        await asyncio.sleep(0.02)
+                    assert pids, "the read never waited on the lock"
+                    await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pids[0]})
+                await lock.rollback()
+            return await reading
+        finally:
+            await side.dispose()
+
+    monkeypatch.setattr(Rebuilder, read, terminated_once)
+    async with open_database(pg_url) as engine:
+        async with engine.begin() as conn:
+            await conn.execute(responses.insert(), _old_rows(count))
+        if command == "compact":
+            report = (await compact(engine, batch_size=20)).report
+        else:
+            report = (await renormalize(engine, everything=True, batch_size=20)).report
+    assert len(calls) > 2
+    assert report.rewritten == count and report.failed == 0, report.as_dict()
