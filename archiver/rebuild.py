@@ -26,9 +26,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import zstandard
 from sqlalchemy import ColumnElement, func, select
@@ -47,8 +47,11 @@ from archiver.schema import responses
 from archiver.store import IN_CHUNK, ArchiveStore, Reprojection, load_dictionaries
 
 log = get_logger()
+T = TypeVar("T")
 
 MAX_FAILURES_KEPT = 100
+REBUILD_DB_ATTEMPTS = 12
+"""Tries of each read and write transaction while the database error is transient."""
 
 MASKED_BY_ANOTHER_KEY = (
     "its rows mask a key the server echoed that this process does not know: left as they are "
@@ -235,9 +238,13 @@ class Rebuilder:
             .order_by(r.id)
             .limit(self.batch_size)
         )
-        async with statement_at_a_time(self.engine) as conn:  # no write lock for reading
-            rows = (await conn.execute(stmt)).all()
-        return [_Candidate(row[0], int(row[1]), row[2], row[3], int(row[4] or 0)) for row in rows]
+
+        async def read() -> list[_Candidate]:
+            async with statement_at_a_time(self.engine) as conn:  # no write lock for reading
+                rows = (await conn.execute(stmt)).all()
+            return [_Candidate(row[0], int(row[1]), row[2], row[3], int(row[4] or 0)) for row in rows]
+
+        return await _retried(read)
 
     async def _rebuild(self, candidates: list[_Candidate]) -> None:
         """Read, rebuild and write one batch of candidates, in slices of at most max_batch_bytes."""
@@ -267,15 +274,20 @@ class Rebuilder:
         r = responses.c
         ids = [c.response_id for c in piece]
         stmt = select(r.id, r.raw, r.raw_codec, r.raw_dict_id, r.change_seq, r.raw_sha256, r.secret_masked)
-        async with statement_at_a_time(self.engine) as conn:
-            rows: list[Any] = []
-            for start in range(0, len(ids), IN_CHUNK):  # PostgreSQL takes at most 32,767 parameters
-                rows += (await conn.execute(stmt.where(r.id.in_(ids[start : start + IN_CHUNK])))).all()
-            wanted = {int(row[3]) for row in rows if row[3] is not None} - self._known_dicts
-            if wanted:
-                for dict_id, data in (await load_dictionaries(conn, wanted)).items():
-                    self._reader.add(dict_id, data)
-                    self._known_dicts.add(dict_id)
+
+        async def read() -> list[Any]:
+            async with statement_at_a_time(self.engine) as conn:
+                rows: list[Any] = []
+                for start in range(0, len(ids), IN_CHUNK):  # PostgreSQL takes at most 32,767 parameters
+                    rows += (await conn.execute(stmt.where(r.id.in_(ids[start : start + IN_CHUNK])))).all()
+                wanted = {int(row[3]) for row in rows if row[3] is not None} - self._known_dicts
+                if wanted:
+                    for dict_id, data in (await load_dictionaries(conn, wanted)).items():
+                        self._reader.add(dict_id, data)
+                        self._known_dicts.add(dict_id)
+            return rows
+
+        rows = await _retried(read)
         return {
             row[0]: _Stored(bytes(row[1]), row[2], row[3], int(row[4]), row[5], bool(row[6])) for row in rows
         }
@@ -333,7 +345,7 @@ class Rebuilder:
                 return await conn.run_sync(write)
 
         if pending or self.position is not None:
-            kept, rows, before, after = await with_db_retry(transaction, on_retry=log_db_retry, attempts=12)
+            kept, rows, before, after = await _retried(transaction)
             self.store.tool_sets.confirm()
         else:  # nothing to write: no write lock either
             kept = rows = before = after = 0
@@ -369,3 +381,9 @@ class Rebuilder:
                 current_stmt = current_stmt.order_by(r.id).with_for_update()
             current.update((row[0], (int(row[1]), row[2])) for row in conn.execute(current_stmt))
         return [(c, rw) for c, rw in pending if current.get(c.response_id) == (c.change_seq, c.raw_sha256)]
+
+
+async def _retried(work: Callable[[], Awaitable[T]]) -> T:
+    """``work`` retried while the database error is transient (a lost connection, a lock,
+    a restart), as long as the daemon's writer waits: a rebuild runs for hours beside it."""
+    return await with_db_retry(work, on_retry=log_db_retry, attempts=REBUILD_DB_ATTEMPTS)
