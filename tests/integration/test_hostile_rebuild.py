@@ -340,3 +340,28 @@ async def test_a_connection_the_server_ends_mid_read_is_retried(
             report = (await renormalize(engine, everything=True, batch_size=20)).report
     assert len(calls) > 2
     assert report.rewritten == count and report.failed == 0, report.as_dict()
+
+
+async def test_the_responses_a_rebuild_leaves_as_they_were_are_named_in_its_notes(
+    sqlite_url: str, make_settings: Any
+) -> None:
+    """Found: README says a body renormalize or compact cannot rebuild is "named on stderr", but
+    only a log line named it: with ``ARCHIVER_LOG_LEVEL=error`` the operator got "failed 1",
+    exit 1, and no ID."""
+    from archiver.compact import compact
+
+    ids = ["resp_ok_n1", "resp_ok_n2"]
+    async with open_database(sqlite_url) as engine:
+        await _archive(sqlite_url, make_settings, engine, ids)
+        async with engine.begin() as conn:  # stored as received before 0008, and damaged
+            await conn.execute(
+                update(responses)
+                .where(responses.c.id == ids[0])
+                .values(raw=body_for(ids[0]), raw_codec=None, raw_sha256="0" * 64)
+            )
+        renormalized = await renormalize(engine, ids=ids)
+        compacted = await compact(engine)
+    for result in (renormalized, compacted):
+        notes, _line = result.lines()
+        assert result.report.failed == 1
+        assert any(ids[0] in note and "raw_sha256" in note for note in notes), notes
