@@ -80,6 +80,7 @@ class CompactResult:
                 f"archiver: {self.left_plain:,} bodies stay plain zstd until the archive holds "
                 f"{codec.FIRST_TRAINING_AT:,} bodies and has a dictionary; compact again then"
             )
+        notes += self.report.failure_notes("compacted")
         notes.append(f"archiver: {self.space}")
         line = self.report.summary_line("compacted")
         if self.report.stored_before:

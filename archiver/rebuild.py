@@ -101,6 +101,13 @@ class RebuildReport:
             self.failures.append((response_id, reason))
         log.warning("archiver.rebuild_failed", response_id=response_id, error=reason)
 
+    def failure_notes(self, verb: str) -> list[str]:
+        """``archiver: ID not renormalized: why`` for stderr, the first ones kept, then how many more."""
+        notes = [f"archiver: {rid} not {verb}: {why}" for rid, why in self.failures]
+        if self.failed > len(self.failures):
+            notes.append(f"archiver: and {self.failed - len(self.failures):,} more not {verb} (see the log)")
+        return notes
+
     def detail(self) -> str:
         """The counts beside the progress bar, and in the summary line."""
         parts = [f"rewritten {self.rewritten:,}"]

@@ -102,6 +102,7 @@ class RenormalizeResult:
     def lines(self) -> tuple[list[str], str]:
         """(notes for stderr, the summary line for stdout)."""
         notes = [f"archiver: {rid} not renormalized: not archived" for rid in self.missing]
+        notes += self.report.failure_notes("renormalized")
         if self.switched_from is not None:
             notes.insert(
                 0, f"archiver: the archive's normalize mode is now {self.mode} (was {self.switched_from})"
