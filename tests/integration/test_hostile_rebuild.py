@@ -193,19 +193,13 @@ CANARY = "Qx7-canary/9Lp3+Vb2mNw6"
 """An API key of no known shape (no ``sk-``): only its registration can mask it."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a rebuild masks only the secrets its own process knows (README, Rebuilding and "
-    "compacting): the archive records nothing of the secrets the daemon masked, so a renormalize "
-    "run without the daemon's key unmasks them; needs a design decision (a per-response flag, or "
-    "fingerprints of the daemon's keys that a rebuild must match before it starts)",
-)
 async def test_a_renormalize_without_the_daemons_key_leaves_its_echoes_masked(
     sqlite_url: str, make_settings: Any, tmp_path: Path
 ) -> None:
     """Found: the daemon masks a key the server echoed into a body; ``archiver renormalize
-    --all`` from a shell without the daemon's key variables writes it back, unmasked, into
-    ``content_parts.text`` (and so into every export)."""
+    --all`` from a shell without the daemon's key variables wrote it back, unmasked, into
+    ``content_parts.text`` (and so into every export). Fixed on main (09f9577,
+    ``responses.secret_masked``): the rebuild leaves such a response as it is and names it."""
     import sys
 
     from aiohttp import web
@@ -242,7 +236,7 @@ async def test_a_renormalize_without_the_daemons_key_leaves_its_echoes_masked(
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 1 and f"{rid} not renormalized".encode() in err, (out, err)
     async with open_database(sqlite_url) as engine, engine.connect() as conn:
         texts = list((await conn.execute(text("SELECT text FROM content_parts"))).scalars())
     assert CANARY.encode() not in out + err
