@@ -359,3 +359,31 @@ async def test_the_responses_a_rebuild_leaves_as_they_were_are_named_in_its_note
         notes, _line = result.lines()
         assert result.report.failed == 1
         assert any(ids[0] in note and "raw_sha256" in note for note in notes), notes
+
+
+@pytest.mark.parametrize("command", ["compact", "renormalize", "status", "show"])
+async def test_a_command_that_creates_nothing_refuses_a_postgresql_database_without_an_archive(
+    pg_url: str, make_settings: Any, command: str
+) -> None:
+    """Found: pointed at an empty PostgreSQL database (a mistyped name, or none at all:
+    ``postgresql://host/`` means the ``postgres`` maintenance database), ``compact`` and
+    ``renormalize --all`` installed the archive's 30 tables there and said "compacted 0 of 0
+    responses", exit 0, as ``status`` and ``show`` did too; on SQLite the same mistake is
+    "no archive at PATH", exit 1, and nothing is created."""
+    from archiver import commands
+    from archiver.errors import DatabaseUnavailable
+
+    settings = make_settings(pg_url)
+    calls = {
+        "compact": lambda: commands.compact(settings, vacuum=False),
+        "renormalize": lambda: commands.renormalize(settings, (), everything=True, since=None),
+        "status": lambda: commands.status(settings),
+        "show": lambda: commands.show(settings, "resp_x"),
+    }
+    with pytest.raises(DatabaseUnavailable, match="no archive in"):
+        await calls[command]()
+    async with open_database(pg_url, upgrade=False) as engine, engine.connect() as conn:
+        tables = (
+            await conn.execute(text("SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"))
+        ).scalar()
+    assert tables == 0
