@@ -856,7 +856,8 @@ async def open_database(
         pool_size: PostgreSQL connections kept open.
         upgrade: migrate the schema to head (else only check the database answers).
         create: create a missing SQLite file, saying so once on stderr. Commands that only
-            read pass False: a missing file is then an error naming the path.
+            read or rebuild pass False: a missing file, or a PostgreSQL database without
+            tables, is then an error naming it.
 
     Raises:
         ConfigError: the URL is not one archiver can use.
@@ -871,6 +872,8 @@ async def open_database(
     engine = create_engine(database_url, pool_size=pool_size, must_exist=True)
     try:
         try:
+            if not create and is_postgres(engine):
+                await _refuse_an_empty_postgres_database(engine, where)
             if upgrade:
                 await with_db_retry(lambda: migrate(engine), attempts=3)
             else:
@@ -887,6 +890,27 @@ async def open_database(
     finally:
         await engine.dispose()
         forget_side_files(engine)
+
+
+async def _refuse_an_empty_postgres_database(engine: AsyncEngine, where: str) -> None:
+    """The PostgreSQL twin of a missing SQLite file, for commands that create nothing.
+
+    An empty database is a mistyped name, or none at all (``postgresql://host/`` connects
+    to the database named as the user, often the ``postgres`` maintenance database): a
+    command that only reads or rebuilds would install the archive there and report zeros.
+
+    Raises:
+        DatabaseUnavailable: nothing in the schema archiver would write into.
+    """
+    async with engine.connect() as conn:
+        tables = (
+            await conn.execute(text("SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"))
+        ).scalar()
+    if not tables:
+        raise DatabaseUnavailable(
+            f"no archive in {where}: the database has no tables (check the database name; "
+            "`archiver migrate` or `archiver enqueue` creates a new archive)"
+        )
 
 
 def _short_db_error(exc: BaseException) -> str:
