@@ -387,3 +387,30 @@ async def test_a_command_that_creates_nothing_refuses_a_postgresql_database_with
             await conn.execute(text("SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"))
         ).scalar()
     assert tables == 0
+
+
+async def test_daemons_starting_at_once_on_a_new_postgresql_archive_all_start(pg_url: str) -> None:
+    """Found: of three ``archiver run`` started together on a new PostgreSQL archive
+    (tests/acceptance/test_scale_out.py), one failed at once, exit 1: "duplicate key value
+    violates unique constraint pk_archive_meta". Each records the projection version of a
+    new archive as a delete and an insert; the second insert waits for the first commit,
+    then fails. Two ``renormalize --all`` saving their position race the same way."""
+    from archiver.projection import PROJECTION_KEY, record_projection_sync
+
+    async with open_database(pg_url) as engine:
+        async with engine.connect() as first, engine.connect() as second:
+            await first.run_sync(lambda c: record_projection_sync(c, only_if_new=True))
+            racing = asyncio.create_task(
+                second.run_sync(lambda c: record_projection_sync(c, only_if_new=True))
+            )
+            await asyncio.sleep(0.5)  # the second insert waits on the first one's key
+            await first.commit()
+            await racing
+            await second.commit()
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text("SELECT value FROM archive_meta WHERE name = :n"), {"n": PROJECTION_KEY}
+                )
+            ).all()
+    assert len(rows) == 1
