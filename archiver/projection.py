@@ -77,10 +77,22 @@ def read_meta_sync(conn: Connection, name: str) -> str | None:
 
 
 def write_meta_sync(conn: Connection, name: str, value: str | None) -> None:
-    """Set (or, with None, remove) one ``archive_meta`` row."""
-    conn.execute(delete(archive_meta).where(archive_meta.c.name == name))
-    if value is not None:
-        conn.execute(archive_meta.insert().values(name=name, value=value))
+    """Set (or, with None, remove) one ``archive_meta`` row.
+
+    An upsert: two transactions setting the same row at once (daemons starting together
+    on a new archive, two renormalize runs) both succeed, the later commit's value stays.
+    A delete and an insert failed the second on PostgreSQL (``pk_archive_meta``).
+    """
+    if value is None:
+        conn.execute(delete(archive_meta).where(archive_meta.c.name == name))
+        return
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(archive_meta).values(name=name, value=value)
+    conn.execute(
+        statement.on_conflict_do_update(index_elements=["name"], set_={"value": statement.excluded.value})
+    )
 
 
 def archive_mode_sync(conn: Connection) -> str:
