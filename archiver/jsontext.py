@@ -102,12 +102,13 @@ def loads(raw: bytes | str) -> Any:
             ValueErrors). RecursionError: nested too deep for the standard library.
     """
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    if _LONG_DIGIT_RUN in data.translate(_DIGITS_AS_ZEROS):
-        return loads_stdlib(raw)
+    digits = data.translate(_DIGITS_AS_ZEROS)
+    if _LONG_DIGIT_RUN in digits:
+        return _parse_stdlib(raw, data, digits)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return loads_stdlib(raw)
+        return _parse_stdlib(raw, data, digits)
 
 
 def loads_stdlib(raw: bytes | str) -> Any:
@@ -116,9 +117,15 @@ def loads_stdlib(raw: bytes | str) -> Any:
     model output) and integers beyond 64 bits; a number no double holds is ``None`` (see
     the module docstring). ``NaN`` and ``Infinity`` are refused, as orjson refuses them.
     Raises as :func:`loads` does."""
-    text = raw if isinstance(raw, str) else raw.decode("utf-8")
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    if _VERY_LONG_DIGIT_RUN in data.translate(_DIGITS_AS_ZEROS) or _LARGE_EXPONENT.search(data):
+    return _parse_stdlib(raw, data, data.translate(_DIGITS_AS_ZEROS))
+
+
+def _parse_stdlib(raw: bytes | str, data: bytes, digits: bytes) -> Any:
+    """:func:`loads_stdlib` of ``raw``, given its UTF-8 ``data`` and their digit scan
+    (``data`` translated by ``_DIGITS_AS_ZEROS``), which :func:`loads` has made already."""
+    text = raw if isinstance(raw, str) else raw.decode("utf-8")
+    if _VERY_LONG_DIGIT_RUN in digits or _LARGE_EXPONENT.search(data):
         return json.loads(text, parse_constant=_reject_constant, parse_float=_finite, parse_int=_integer)
     return json.loads(text, parse_constant=_reject_constant)
 
