@@ -36,7 +36,7 @@ from archiver.db import now_sql, sqlite_path, statement_at_a_time, with_db_retry
 from archiver.errors import ArchiverError
 from archiver.logs import get_logger
 from archiver.orphans import OrphanCounts, sweep_orphans
-from archiver.rebuild import MAX_FAILURES_KEPT, Rebuilder, RebuildReport, StopFlag
+from archiver.rebuild import Rebuilder, RebuildReport, StopFlag
 from archiver.schema import CHILD_TABLES, archive_dictionaries, responses
 from archiver.store import ArchiveStore, load_dictionaries
 from archiver.workers import DEFAULT_MAX_AGE_S
@@ -164,7 +164,7 @@ async def compact(
         if result.report.stopped or not result.report.skipped:
             break
         again = await walker(RebuildReport(), None).walk(left)
-        _absorb(result.report, again)
+        result.report.absorb_rewalk(again)
         if not again.rewritten:
             break
     if result.report.stopped:
@@ -181,20 +181,6 @@ async def compact(
         result.space = await _vacuum_sqlite(engine, full=vacuum)
     result.file_bytes_after = _file_bytes(path)
     return result
-
-
-def _absorb(report: RebuildReport, again: RebuildReport) -> None:
-    """Count a walk over the skipped responses into the first walk's report."""
-    # Those converted now are no longer skipped (the walk may also find new rows, hence the floor).
-    report.skipped = max(report.skipped - (again.done - again.skipped), 0) + again.skipped
-    report.rewritten += again.rewritten
-    report.rows_written += again.rows_written
-    report.unchanged += again.unchanged
-    report.stored_before += again.stored_before
-    report.stored_after += again.stored_after
-    report.failed += again.failed
-    report.failures.extend(again.failures[: max(0, MAX_FAILURES_KEPT - len(report.failures))])
-    report.stopped = again.stopped
 
 
 def _file_bytes(path: str | None) -> int | None:

@@ -101,6 +101,19 @@ class RebuildReport:
             self.failures.append((response_id, reason))
         log.warning("archiver.rebuild_failed", response_id=response_id, error=reason)
 
+    def absorb_rewalk(self, again: RebuildReport) -> None:
+        """Count a walk over the responses this one skipped (compact's walk again) into it:
+        those it converted are no longer skipped (it may also find new rows, hence the floor)."""
+        self.skipped = max(self.skipped - (again.done - again.skipped), 0) + again.skipped
+        self.rewritten += again.rewritten
+        self.rows_written += again.rows_written
+        self.unchanged += again.unchanged
+        self.stored_before += again.stored_before
+        self.stored_after += again.stored_after
+        self.failed += again.failed
+        self.failures.extend(again.failures[: max(0, MAX_FAILURES_KEPT - len(self.failures))])
+        self.stopped = again.stopped
+
     def failure_notes(self, verb: str) -> list[str]:
         """``archiver: ID not renormalized: why`` for stderr, the first ones kept, then how many more."""
         notes = [f"archiver: {rid} not {verb}: {why}" for rid, why in self.failures]
