@@ -271,6 +271,19 @@ async def test_a_backfill_says_why_a_stopped_source_waits_while_the_others_drain
             assert details["held_sources"] == {} and details["workers"] == []  # the run ended
 
 
+async def record_connect_hold(engine: AsyncEngine, owner: str, probe_in_s: float = 5.0) -> None:
+    """Record ``owner`` as a worker holding source ``default``: it cannot connect."""
+    await record_worker(
+        engine,
+        owner,
+        state="paused",
+        detail="cannot connect",
+        base_url="http://127.0.0.1:9/v1/responses/…",
+        source="default",
+        hold=Hold("connect", "connection refused", probe_in_s),
+    )
+
+
 async def _age(engine: AsyncEngine, owner: str, seconds: float) -> None:
     """Pretend the row was last written ``seconds`` ago (its probe was due 5 s after that)."""
     now = now_sql(engine.dialect.name)
@@ -287,15 +300,7 @@ async def _age(engine: AsyncEngine, owner: str, seconds: float) -> None:
 async def test_a_dead_workers_hold_turns_stale_then_disappears(db_url: str, make_settings: Any) -> None:
     settings = make_settings(db_url)
     async with open_database(db_url) as engine:
-        await record_worker(
-            engine,
-            "gone:9",
-            state="paused",
-            detail="cannot connect",
-            base_url="http://127.0.0.1:9/v1/responses/…",
-            source="default",
-            hold=Hold("connect", "connection refused", 5.0),
-        )
+        await record_connect_hold(engine, "gone:9")
         hold = (await commands.status(settings))["held_sources"]["default"]
         assert hold["kind"] == "connect" and hold["stale"] is False
         await _age(engine, "gone:9", STALE_AFTER_S + 5)

@@ -19,13 +19,12 @@ from sqlalchemy import text
 
 from archiver import breaker, commands
 from archiver.db import now_sql, open_database
-from archiver.holds import STALE_AFTER_S, Hold
+from archiver.holds import STALE_AFTER_S
 from archiver.queue import QueueStore
 from archiver.redaction import register_secret
 from archiver.worker import Worker
-from archiver.workers import record_worker
 from tests.canaries import leaks
-from tests.integration.test_holds import _age, table_text, wait_until
+from tests.integration.test_holds import _age, record_connect_hold, table_text, wait_until
 from tests.loopback import serving
 
 pytestmark = pytest.mark.timeout(60)
@@ -41,15 +40,7 @@ GARBAGE = {
 async def test_status_skips_hold_rows_whose_times_are_no_time(db_url: str, make_settings: Any) -> None:
     settings = make_settings(db_url)
     async with open_database(db_url) as engine:
-        await record_worker(
-            engine,
-            "live:1",
-            state="paused",
-            detail="cannot connect",
-            base_url="http://127.0.0.1:9/v1/responses/…",
-            source="default",
-            hold=Hold("connect", "connection refused", 5.0),
-        )
+        await record_connect_hold(engine, "live:1")
         now = now_sql(engine.dialect.name)
         for i, value in enumerate(GARBAGE[engine.dialect.name]):
             for column in ("state_since", "next_probe_at", "updated_at"):
@@ -129,15 +120,7 @@ async def test_the_next_probe_is_a_live_holders_not_a_dead_ones(db_url: str, mak
     settings = make_settings(db_url)
     async with open_database(db_url) as engine:
         for owner, probe_in in (("host:1", 5.0), ("host:2", 200.0)):
-            await record_worker(
-                engine,
-                owner,
-                state="paused",
-                detail="cannot connect",
-                base_url="http://127.0.0.1:9/v1/responses/…",
-                source="default",
-                hold=Hold("connect", "connection refused", probe_in),
-            )
+            await record_connect_hold(engine, owner, probe_in)
         await _age(engine, "host:1", STALE_AFTER_S + 5)  # killed with -9 that long ago
         details = await commands.status(settings)
     hold = details["held_sources"]["default"]
