@@ -37,7 +37,7 @@ from archiver.errors import (
     first_line,
 )
 from archiver.jsontext import json_text
-from archiver.jsontext import loads as loads_json
+from archiver.jsontext import loads_stored as loads_json
 from archiver.logs import get_logger
 from archiver.pgurl import split_postgresql_url
 from archiver.redaction import redact

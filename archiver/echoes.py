@@ -19,12 +19,10 @@ registered, checks each archived result here first:
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any
 
-import orjson
-
+from archiver.jsontext import json_bytes, loads
 from archiver.normalize import NormalizedResponse, map_strings, normalize_input_items
 from archiver.outcomes import Archived
 from archiver.redaction import contains_secret, redact_secrets
@@ -39,11 +37,7 @@ _ESCAPES = (b"\\u", b"\\/")
 
 def _unescaped(value: Any) -> bytes:
     """``value`` as JSON text with no escapes but those JSON requires (``"``, ``\\``, controls)."""
-    try:
-        return orjson.dumps(value)
-    except (orjson.JSONEncodeError, TypeError):  # integers beyond 64 bits, lone surrogates
-        text = json.dumps(value, ensure_ascii=False, default=str)
-        return text.encode("utf-8", errors="surrogatepass")
+    return json_bytes(value)
 
 
 def body_echoes_secret(raw: bytes, body: Any = None) -> bool:
@@ -74,12 +68,9 @@ def echoes_secret(result: FetchResult) -> bool:
 
 def _loads(raw: bytes) -> Any:
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return None
+        return loads(raw)
+    except (ValueError, RecursionError):  # not JSON, or nested past what the archiver reads
+        return None
 
 
 def scrub_rows(normalized: NormalizedResponse, *, body_echoes: bool = True) -> NormalizedResponse:

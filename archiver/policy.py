@@ -27,7 +27,7 @@ from typing import Any, Literal
 import orjson
 
 from archiver.ids import json_type_name
-from archiver.jsontext import loads
+from archiver.jsontext import MAX_NESTING, NestingTooDeep, loads
 from archiver.outcomes import (
     Archived,
     Outcome,
@@ -633,11 +633,16 @@ def _bad_body(problem: str, body: bytes, attempt: int, policy: RetryPolicy, rand
 
 def _json_problem(body: bytes, exc: Exception) -> str:
     """Why ``body`` is not JSON, in orjson's words (the standard library's second opinion,
-    which takes lone surrogate escapes, refused it too); or that it nests too deep for the
-    standard library's parse, which recurses (valid JSON, maybe)."""
+    which takes lone surrogate escapes, refused it too); or that it nests deeper than the
+    archiver reads (valid JSON, maybe: see archiver.jsontext.MAX_NESTING)."""
     if not body.strip():
         return "body is empty"
-    if isinstance(exc, RecursionError):
+    if isinstance(exc, NestingTooDeep):
+        return (
+            f"body nests deeper than the {MAX_NESTING} levels the archiver reads "
+            f"({exc.depth:,} levels, {len(body)} bytes)"
+        )
+    if isinstance(exc, RecursionError):  # a backstop: NestingTooDeep comes first
         return f"body nests deeper than the JSON parser reaches ({len(body)} bytes)"
     try:
         orjson.loads(body)

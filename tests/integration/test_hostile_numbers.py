@@ -22,7 +22,10 @@ import pytest
 from sqlalchemy import select, text
 
 from archiver.commands import show
+from archiver.compact import compact
 from archiver.db import open_database
+from archiver.export import export
+from archiver.jsontext import MAX_NESTING
 from archiver.queue import QueueStore
 from archiver.renormalize import renormalize
 from archiver.schema import responses, tool_sets
@@ -85,49 +88,42 @@ async def test_numbers_no_double_holds_are_archived_and_null_in_derived_columns(
 
 
 async def archive_nested(db_url: str, make_settings: Any, engine: Any) -> tuple[dict[str, bytes], list[str]]:
-    """Bodies nested from 880 to 995 levels, around the standard library's recursion limit
-    (where it falls depends on the call stack); the daemon archives what it can parse and
-    normalize, and fails the rest. Returns the bodies and the archived IDs."""
-    bodies = {
-        f"resp_nest{n}": response(f"resp_nest{n}", b'"x_nest":' + b"[" * n + b"1" + b"]" * n)
-        for n in range(880, 1000, 5)
+    """Bodies nested from 506 to 520 levels, around the archiver's own limit of 512
+    (``MAX_NESTING``); the daemon archives those within it and fails the rest with a
+    reason that says so. Returns the bodies and the archived IDs."""
+    bodies = {  # the response object is one level, so x_nest's n arrays make n + 1
+        f"resp_nest{n + 1}": response(f"resp_nest{n + 1}", b'"x_nest":' + b"[" * n + b"1" + b"]" * n)
+        for n in range(505, 520, 2)
     }
     async with serve_bodies(bodies) as base_url:
         await QueueStore(engine).enqueue(list(bodies))
         await Worker(make_settings(db_url, base_url, max_attempts=1), engine, once=True).run()
     async with engine.connect() as conn:
-        states = dict((await conn.execute(text("SELECT id, state FROM archive_queue"))).fetchall())
-    archived = sorted(rid for rid, state in states.items() if state == "archived")
-    assert set(states.values()) <= {"archived", "failed"} and archived, states
+        rows = (await conn.execute(text("SELECT id, state, last_error FROM archive_queue"))).fetchall()
+    archived = sorted(rid for rid, state, _ in rows if state == "archived")
+    assert archived == sorted(rid for rid in bodies if int(rid[9:]) <= MAX_NESTING)
+    for rid, state, error in rows:
+        if rid not in archived:
+            assert state == "failed", (rid, state)
+            assert f"nests deeper than the {MAX_NESTING} levels the archiver reads ({rid[9:]} levels" in error
     return bodies, archived
 
 
-async def test_renormalize_of_the_deepest_bodies_the_daemon_archived_ends_in_one_line_per_id(
+async def test_renormalize_and_compact_rewrite_every_body_the_daemon_archived(
     db_url: str, make_settings: Any
 ) -> None:
-    """Found: the JSON writer's recursion, deeper in renormalize's stack than in the
-    fetcher's, made every ``renormalize --all`` stop at the same batch with a traceback
-    (``StatementError: RecursionError``; the CLI exits 1)."""
+    """Found: the parse and the writer recurse, deeper in renormalize's stack than in the
+    fetcher's, so renormalize failed (and before that stopped with a traceback) 6 of 20
+    bodies nested 880 to 995 levels that the daemon had archived. Now the archiver reads
+    512 levels at most, wherever it is called from."""
     async with open_database(db_url) as engine:
         bodies, archived = await archive_nested(db_url, make_settings, engine)
         result = await renormalize(engine, everything=True, batch_size=1)
-        assert result.report.rewritten + result.report.failed == len(archived)
+        assert (result.report.rewritten, result.report.failed) == (len(archived), 0)
+        compacted = await compact(engine, batch_size=1)
+        assert compacted.report.failed == 0
     for rid in archived:
         assert await show(make_settings(db_url), rid) == bodies[rid]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="the parse and the normalizer recurse: how deep a body may nest depends on the call "
-    "stack, which is deeper in renormalize than in the fetcher, so renormalize fails (one line "
-    "per ID, rows kept) some bodies the daemon archived; needs a nesting limit of the archiver's "
-    "own, checked once at fetch, or parsers without recursion",
-)
-async def test_renormalize_rewrites_every_body_the_daemon_archived(db_url: str, make_settings: Any) -> None:
-    async with open_database(db_url) as engine:
-        _, archived = await archive_nested(db_url, make_settings, engine)
-        result = await renormalize(engine, everything=True, batch_size=1)
-        assert (result.report.rewritten, result.report.failed) == (len(archived), 0)
 
 
 async def test_a_body_nested_past_the_parser_is_not_called_invalid_json(
@@ -142,4 +138,26 @@ async def test_a_body_nested_past_the_parser_is_not_called_invalid_json(
         async with engine.connect() as conn:
             state, error = (await conn.execute(text("SELECT state, last_error FROM archive_queue"))).one()
     assert state == "failed"
-    assert "not valid JSON" not in error and "nests deeper than" in error, error
+    assert "not valid JSON" not in error, error
+    assert "nests deeper than the 512 levels the archiver reads (5,001 levels" in error, error
+
+
+async def test_a_json_column_nested_past_the_limit_before_it_existed_is_still_exported(
+    db_url: str, make_settings: Any, tmp_path: Any
+) -> None:
+    """Rows archived before the limit may nest deeper (up to about 950 levels): the
+    export reads its own JSON columns back without the limit, so it still writes them."""
+    levels = 700
+    deep_extra = '{"x_nest":' + "[" * levels + "1" + "]" * levels + "}"
+    body = response("resp_old", b'"x":1')
+    async with serve_bodies({"resp_old": body}) as base_url, open_database(db_url) as engine:
+        await QueueStore(engine).enqueue(["resp_old"])
+        await Worker(make_settings(db_url, base_url), engine, once=True).run()
+        cast = "CAST(:deep AS jsonb)" if engine.dialect.name == "postgresql" else ":deep"
+        async with engine.begin() as conn:
+            await conn.execute(text(f"UPDATE responses SET extra = {cast}"), {"deep": deep_extra})
+        await export(engine, tmp_path / "out", fmt="jsonl", full=True)
+    (line,) = next((tmp_path / "out" / "responses").glob("*.jsonl")).read_bytes().splitlines()
+    exported = json.loads(line)["extra"]
+    exported = exported if isinstance(exported, str) else json.dumps(exported)
+    assert json.loads(exported) == json.loads(deep_extra)

@@ -8,7 +8,15 @@ from typing import Any
 import orjson
 import pytest
 
-from archiver.jsontext import json_bytes, json_text, loads, loads_stdlib
+from archiver.jsontext import (
+    MAX_NESTING,
+    NestingTooDeep,
+    json_bytes,
+    json_text,
+    loads,
+    loads_stdlib,
+    nesting_depth,
+)
 from archiver.normalize import item_digest
 
 
@@ -98,10 +106,44 @@ def test_a_number_no_double_holds_is_none_and_written_as_null(text: str, expecte
 
 def test_a_deep_value_is_written_the_same_from_deep_in_the_stack() -> None:
     """renormalize writes values from deeper in the stack than the fetcher parsed them."""
-    value = loads("[" * 900 + '{"b":[1,2.5,null,true],"a":"\\ud83d \\u00e9","c":{}}' + "]" * 900)
+    value = loads("[" * 510 + '{"b":[1,2.5,null,true],"a":"\\ud83d \\u00e9","c":{}}' + "]" * 510)
     expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
     def from_depth(n: int) -> bytes:
         return json_bytes(value, sort_keys=True) if n == 0 else from_depth(n - 1)
 
-    assert from_depth(300) == expected.encode("utf-8", "surrogatepass")
+    assert from_depth(450) == expected.encode("utf-8", "surrogatepass")
+
+
+def test_nesting_depth_counts_brackets_outside_strings_only() -> None:
+    text = b'[" [[[ \\" [[ \\\\", {"a": "]]] {{", "b": [[{}]]}, [[]], "\\\\"]'
+    assert nesting_depth(text) == 5 == _depth(json.loads(text))
+    assert nesting_depth(b"1") == nesting_depth(b'"[[["') == 0
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+@pytest.mark.parametrize("core", [b"1", b"123456789012345678901234567890", b'"\\ud83d"'])
+def test_the_archiver_reads_512_levels_from_anywhere_in_the_stack_and_no_more(core: bytes) -> None:
+    """Found: how deep a body could nest depended on how deep in the stack it was parsed
+    (orjson reads 1,024 levels, the standard library what the stack leaves), so renormalize
+    failed bodies the fetcher had archived. The core picks the parse: orjson, or the
+    standard library for an integer past 64 bits or a lone surrogate."""
+    deepest = b"[" * MAX_NESTING + core + b"]" * MAX_NESTING
+
+    def from_depth(n: int, text: bytes) -> Any:
+        return loads(text) if n == 0 else from_depth(n - 1, text)
+
+    value = from_depth(400, deepest)
+    assert nesting_depth(json_bytes(value)) == MAX_NESTING
+    for parse in (loads, loads_stdlib):
+        with pytest.raises(NestingTooDeep, match=f"nests {MAX_NESTING + 1} levels deep") as caught:
+            parse(b"[" + deepest + b"]")
+        assert isinstance(caught.value, ValueError) and caught.value.depth == MAX_NESTING + 1
+    assert loads(b'["' + b"[" * 5000 + b'"]') == ["[" * 5000]  # brackets in a string do not nest
