@@ -263,7 +263,9 @@ def _old_rows(count: int) -> list[dict[str, Any]]:
 async def test_a_rebuild_batch_larger_than_postgresqls_parameter_limit(pg_url: str) -> None:
     """Found: ``--batch-size`` accepts up to 100,000, but on PostgreSQL a renormalize or compact
     batch of more than 32,767 responses failed the whole command at its first batch ("the
-    number of query arguments cannot exceed 32767": the batch's IDs in one ``IN`` list)."""
+    number of query arguments cannot exceed 32767": the batch's IDs in one ``IN`` list).
+    compact re-encodes, then rebuilds through the Rebuilder renormalize uses (renormalize
+    of the same batch took 7 more seconds and reads nothing compact does not)."""
     from archiver.compact import compact
 
     count = 32_800
@@ -272,8 +274,6 @@ async def test_a_rebuild_batch_larger_than_postgresqls_parameter_limit(pg_url: s
             await conn.execute(responses.insert(), _old_rows(count))
         compacted = await compact(engine, batch_size=100_000, max_batch_bytes=1 << 40)
         assert compacted.report.rewritten == count, compacted.as_dict()
-        rebuilt = await renormalize(engine, everything=True, batch_size=100_000, max_batch_bytes=1 << 40)
-        assert rebuilt.report.rewritten == count, rebuilt.as_dict()
 
 
 @pytest.mark.parametrize("read", ["_candidates", "_read"])
