@@ -84,7 +84,9 @@ _secrets: list[str] = []
 # on other threads see one consistent tuple.
 _text_variants: tuple[str, ...] = ()
 _byte_variants: tuple[bytes, ...] = ()
-_needles: tuple[bytes, ...] = ()  # what contains_secret() looks for
+# What contains_secret() looks for, by the byte a needle needs the data to hold (b"" for
+# none): most bodies hold no "%" and many no backslash, so those needles are skipped.
+_needles: tuple[tuple[bytes, tuple[bytes, ...]], ...] = ()
 
 
 # --- variants ---------------------------------------------------------------------------------
@@ -116,7 +118,8 @@ def secret_variants(secret: str) -> list[str]:
 
     The value itself; URL-quoted (``quote`` with and without ``/`` safe, ``quote_plus``;
     uppercase and lowercase hex digits);
-    JSON-escaped (ASCII and not, with ``/`` also as ``\\/``); base64 standard and URL-safe,
+    JSON-escaped (ASCII and not, with ``/`` also as ``\\/``); every character
+    percent-encoded or ``\\u``-escaped (either case of hex digits); base64 standard and URL-safe,
     padded and not, and the inner parts that stay the same when the key is embedded in a
     longer base64 string. Empty for a value shorter than :data:`MIN_SECRET_CHARS`.
     """
@@ -132,7 +135,15 @@ def secret_variants(secret: str) -> list[str]:
     for ascii_only in (True, False):
         escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
         forms += [escaped, escaped.replace("/", "\\/")]
-    forms += _base64_forms(secret.encode("utf-8", errors="surrogatepass"))
+    # Every character encoded, which no encoder does but an echoing server may.
+    data = secret.encode("utf-8", errors="surrogatepass")
+    utf16 = secret.encode("utf-16-be", errors="surrogatepass")
+    units = [int.from_bytes(utf16[i : i + 2], "big") for i in range(0, len(utf16), 2)]
+    for hex_format in ("%02X", "%02x"):
+        forms.append("".join("%" + hex_format % byte for byte in data))
+    for hex_format in ("\\u%04x", "\\u%04X"):
+        forms.append("".join(hex_format % unit for unit in units))
+    forms += _base64_forms(data)
     unique = {form for form in forms if len(form) >= MIN_SECRET_CHARS}
     return sorted(unique, key=lambda form: (-len(form), form))
 
@@ -195,7 +206,9 @@ def register_secret(secret: str | None) -> None:
         ordered = sorted(variants, key=lambda form: (-len(form), form))
         _text_variants = tuple(ordered)
         _byte_variants = tuple(dict.fromkeys(v.encode("utf-8", errors="surrogatepass") for v in ordered))
-        _needles = _halves(ordered)
+        # In a body (JSON text) a form with a backslash is written with it doubled.
+        in_json = (json.dumps(v, ensure_ascii=False)[1:-1] for v in ordered if "\\" in v)
+        _needles = _by_gate(_halves([*ordered, *in_json]))
 
 
 def _halves(variants: list[str]) -> tuple[bytes, ...]:
@@ -217,6 +230,15 @@ def _halves(variants: list[str]) -> tuple[bytes, ...]:
         if not any(shorter in needle for shorter in kept):
             kept.append(needle)
     return tuple(kept)
+
+
+def _by_gate(needles: tuple[bytes, ...]) -> tuple[tuple[bytes, tuple[bytes, ...]], ...]:
+    """``needles`` grouped by a byte each one holds, ``\\`` or ``%`` (``b""``: neither)."""
+    groups: dict[bytes, list[bytes]] = {b"": [], b"\\": [], b"%": []}
+    for needle in needles:
+        gate = b"\\" if b"\\" in needle else b"%" if b"%" in needle else b""
+        groups[gate].append(needle)
+    return tuple((gate, tuple(group)) for gate, group in groups.items() if group)
 
 
 def register_database_url(url: str | None) -> None:
@@ -327,7 +349,7 @@ def contains_secret(data: bytes) -> bool:
     ``...``) is not looked for: searching every form's first 6 characters would cost
     several times as much on every body.
     """
-    return any(needle in data for needle in _needles)
+    return any(gate in data and any(needle in data for needle in group) for gate, group in _needles)
 
 
 def redact_secrets(text: str) -> str:

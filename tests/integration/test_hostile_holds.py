@@ -76,6 +76,8 @@ ECHOES = {
     # RFC 3986 percent-encoding allows lowercase hex digits.
     "percent_lowercase": "bad path for key "
     + urllib.parse.quote(KEY, safe="").replace("%2F", "%2f").replace("%2B", "%2b"),
+    # Every byte encoded, which no encoder does but an echoing server may.
+    "percent_every_byte": "bad path for key " + "".join(f"%{byte:02x}" for byte in KEY.encode()),
 }
 
 

@@ -63,6 +63,11 @@ def encodings(key: str) -> dict[str, str]:
         "b64_nopad": base64.b64encode(raw).decode().rstrip("="),
         "b64url": base64.urlsafe_b64encode(raw).decode(),
         "b64url_nopad": base64.urlsafe_b64encode(raw).decode().rstrip("="),
+        # Every character encoded: no encoder does it, an echoing server may.
+        "percent_all": "".join(f"%{byte:02X}" for byte in raw),
+        "percent_all_lower": "".join(f"%{byte:02x}" for byte in raw),
+        "json_escape_all": "".join(f"\\u{ord(c):04x}" for c in key),
+        "json_escape_all_upper": "".join(f"\\u{ord(c):04X}" for c in key),
     }
 
 
@@ -139,6 +144,8 @@ def test_contains_secret_finds_every_form_whole_or_cut_off(key: str) -> None:
         data = f"before {form} after".encode()
         assert contains_secret(data)
         assert redact_secrets(data.decode()) == "before *** after"
+        # The form as the text of a JSON string in a body: backslashes doubled.
+        assert contains_secret(json.dumps({"text": f"before {form} after"}, ensure_ascii=False).encode())
     half = len(key) // 2 + 1
     assert contains_secret(f"x {key[:half]}...".encode())
     assert contains_secret(f"...{key[-half:]} x".encode())
