@@ -40,6 +40,7 @@ from archiver.policy import (
     refused_for_one_id,
 )
 from archiver.queue import Job, QueueStore
+from archiver.redaction import register_database_url, register_secret
 from archiver.settings import Settings, display_base_url
 from archiver.store import OUTCOME_COUNTS, FetchResult, WriteReport
 from archiver.workers import HEALTH_REFRESH_S, forget_worker, record_worker
@@ -162,6 +163,11 @@ class Worker:
         writer_process: subprocess.Popen[bytes] | None = None,
         writer: BatchWriter | None = None,
     ) -> None:
+        # Secrets never leave the process, also when a program builds the Worker itself
+        # (the CLI registers these too; registering twice is harmless).
+        register_secret(settings.api_key)
+        register_database_url(settings.database_url)
+        register_database_url(settings.base_url)
         self.settings = settings
         self.source = settings.source
         self.once = once

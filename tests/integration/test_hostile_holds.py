@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
+import uuid
 from typing import Any
 
 import pytest
@@ -129,3 +130,25 @@ async def test_the_next_probe_is_a_live_holders_not_a_dead_ones(db_url: str, mak
     assert [h["owner"] for h in hold["holders"]] == ["host:1", "host:2"] and hold["stale"] is False
     assert 190 < hold["next_probe_in_s"] <= 200
     assert "next probe in 3.3min" in commands.format_status(details)
+
+
+async def test_a_worker_used_as_a_library_masks_its_own_key(db_url: str, make_settings: Any) -> None:
+    """Found: only the CLI registered the key for redaction, so a program that builds a
+    ``Worker`` itself (the public API) stored a key of no known shape that a server
+    echoed in its error text. The Worker registers its settings' key and database URL."""
+    key = f"Lib7-{uuid.uuid4().hex}/Qz"  # registered by no other test of this process
+
+    async def answer(request: web.Request) -> web.Response:
+        message = f"Incorrect API key provided: {key}"
+        return web.json_response({"error": {"message": message, "code": "invalid_request"}}, status=400)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    async with serving(app) as origin, open_database(db_url) as engine:
+        await QueueStore(engine).enqueue(["resp_lib1"])
+        settings = make_settings(db_url, f"{origin}/v1", api_key=key)
+        await Worker(settings, engine, once=True).run()
+        async with engine.connect() as conn:
+            state, error = (await conn.execute(text("SELECT state, last_error FROM archive_queue"))).one()
+        assert state == "failed" and "Incorrect API key provided: ***" in error, error
+        assert leaks((await table_text(engine)).encode(), key) == []
