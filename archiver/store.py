@@ -395,6 +395,8 @@ class ArchiveStore:
         rows = conn.execute(
             select(responses.c.raw, responses.c.raw_codec, responses.c.raw_dict_id)
             .where(func.length(responses.c.raw) <= codec.SMALL_BODY_BYTES)  # larger ones train nothing
+            # A body that echoes a key keeps it in raw only, never in a dictionary's bytes.
+            .where(responses.c.secret_masked.is_not(True))
             .order_by(responses.c.change_seq.desc())
             .limit(codec.TRAINING_SAMPLES)
         )

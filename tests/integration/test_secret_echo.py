@@ -30,7 +30,7 @@ from archiver.db import open_database
 from archiver.export import FORMATS, export
 from archiver.queue import QueueStore
 from archiver.redaction import register_secret
-from archiver.schema import metadata
+from archiver.schema import archive_dictionaries, metadata
 from archiver.store import ArchiveStore
 from archiver.worker import Worker
 from tests.canaries import leaks as canary_leaks
@@ -119,7 +119,7 @@ class EchoServer:
     async def response(self, request: web.Request) -> web.Response:
         rid = request.match_info["rid"]
         key = request.headers["Authorization"].removeprefix("Bearer ")
-        if rid == CLEAN:
+        if rid == CLEAN or rid.startswith("resp_clean_"):
             body = styled(echo_body(rid, "no secret here at all"), key, "plain")
         else:
             body = styled(echo_body(rid, key), key, rid.rsplit("_", 1)[1])
@@ -247,3 +247,22 @@ async def test_a_key_echoed_in_valid_bodies_stays_only_in_raw(
                 assert found_in_file == [], (path, found_in_file[:3])
             responses_file = next(p for p in files if p.parent.name == "responses")
             assert "***" in "".join(exported_values(responses_file, fmt))
+
+
+async def test_no_dictionary_is_trained_on_a_body_that_echoes_the_key(
+    echo_server: EchoServer, make_settings: Any, db_url: str
+) -> None:
+    """Found (hostile4, documented then): the zstd dictionaries are trained on archived
+    bodies, so with many bodies echoing the key the dictionary's bytes held it, outside
+    ``raw``. A body flagged ``secret_masked`` is never a training sample."""
+    register_secret(KEY)
+    ids = [rid for i in range(170) for rid in (f"resp_echo{i:03d}_plain", f"resp_clean_{i:03d}")]
+    settings = make_settings(db_url, echo_server.base_url, api_key=KEY)
+    async with open_database(db_url) as engine:
+        await QueueStore(engine).enqueue(ids)
+        assert (await Worker(settings, engine, once=True).run()).archived == len(ids)
+        async with engine.connect() as conn:
+            dictionaries = list((await conn.execute(select(archive_dictionaries.c.data))).scalars())
+    assert dictionaries, "no dictionary was trained: the test saw nothing"
+    for data in dictionaries:
+        assert canary_leaks(bytes(data), KEY) == []
