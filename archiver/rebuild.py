@@ -134,8 +134,14 @@ class RebuildReport:
         """``renormalized 1,200 of 1,200 responses in 3.1s (387/s): rewritten ...``."""
         elapsed = self.elapsed_s
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        of = f" of {self.total:,}" if self.total is not None else ""
-        return f"{verb} {self.done:,}{of} responses in {elapsed:.1f}s ({rate:,.0f}/s): {self.detail()}"
+        counted = f"{self.done:,} responses"
+        if self.total is not None:  # counted at the start; a daemon beside it may add more
+            counted = (
+                f"{self.done:,} of {self.total:,} responses"
+                if self.done <= self.total
+                else f"{counted} ({self.total:,} when it started)"
+            )
+        return f"{verb} {counted} in {elapsed:.1f}s ({rate:,.0f}/s): {self.detail()}"
 
     def as_dict(self) -> dict[str, Any]:
         """The counts, for JSON output."""
