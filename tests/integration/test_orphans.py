@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
+from sqlalchemy.util import await_
 
 from archiver import orphans
 from archiver.commands import show
@@ -24,6 +26,7 @@ from archiver.orphans import OrphanCounts, sweep_orphans
 from archiver.projection import read_meta_sync
 from archiver.queue import QueueStore, archive_queue
 from archiver.schema import input_item_contents, input_items, responses, tool_sets
+from archiver.schema import response_input_items as input_items_listed
 from archiver.tool_sets import SWEPT_KEY, ToolSetIds
 from archiver.worker import Worker
 from tests.loopback import serving
@@ -240,21 +243,24 @@ async def test_a_reference_written_between_the_scan_and_the_delete_keeps_its_row
             await orphan_x(engine, provider)
             assert (await unreferenced(engine))[0] == [1]
             deletes = []
-            real = orphans.with_db_retry
+            real = orphans._delete_page
 
-            async def after_the_scan(drop: Any) -> Any:
-                deletes.append(drop)
+            async def after_the_scan(*args: Any) -> Any:
+                deletes.append(args)
                 if len(deletes) == 1:  # the first table's candidates are found: the daemon writes
                     provider.set("resp_two", TOOLS[0], ITEMS[:1], "third")
                     await archive_all(engine, ["resp_two"])
-                return await real(drop)
+                return await real(*args)
 
-            monkeypatch.setattr(orphans, "with_db_retry", after_the_scan)
+            monkeypatch.setattr(orphans, "_delete_page", after_the_scan)
             swept = await sweep_orphans(engine)
             monkeypatch.undo()
         await assert_resolved(engine, provider, settings)
-        # What resp_two named before (TOOLS[1], ITEMS[1]) was found by the later scans.
-        assert swept == OrphanCounts(tool_sets=1, input_items=1)
+        # The tool sets were scanned before the write: X is kept, and what resp_two named
+        # before (TOOLS[1]) is left to the next sweep. The input items were scanned after it:
+        # Y is referenced, ITEMS[1] is not.
+        assert swept == OrphanCounts(tool_sets=0, input_items=1)
+        assert await sweep_orphans(engine) == OrphanCounts(tool_sets=1)
         assert await sweep_orphans(engine) == OrphanCounts()
 
 
@@ -291,7 +297,9 @@ async def test_a_delete_waits_for_a_writer_that_is_naming_the_row(db_url: str, m
             assert not sweeping.done(), "the delete waits for the writer's commit"
             await writer.commit()
             swept = await asyncio.wait_for(sweeping, 60)
-        assert swept.tool_sets == 1  # TOOLS[1], which resp_two named before; X stays
+        # X stays; TOOLS[1], which resp_two named before, lost its reference after the scan
+        assert swept.tool_sets == 0
+        assert (await sweep_orphans(engine)).tool_sets == 1
         async with engine.connect() as conn:
             named = (
                 await conn.execute(
@@ -366,3 +374,213 @@ async def test_sweeps_racing_two_daemons_lose_no_reference(db_url: str, make_set
         )
         assert result.as_dict()["orphans_removed"] == result.orphans.as_dict()
         await assert_resolved(engine, provider, settings)
+
+
+# --- one scan per table, however many pages ----------------------------------------------------
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+async def plant_orphans(engine: Any, count: int) -> None:
+    """``count`` tool sets and input items no response references, beside one response that
+    references the highest tool set and one input item."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            tool_sets.insert(),
+            [
+                {"id": n, "sha256": f"{n:064x}", "tools": [], "first_seen_at": NOW}
+                for n in range(1, count + 2)
+            ],
+        )
+        await conn.execute(
+            input_item_contents.insert(), [{"sha256": f"{n:064x}", "item": {}} for n in range(count + 1)]
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO responses (id, raw, raw_sha256, fetched_at, archived_at, change_seq, "
+                "tool_set_id) VALUES ('resp_kept', :raw, :sha, :now, :now, 1, :top)"
+            ),
+            {"raw": b"{}", "sha": "0" * 64, "now": NOW, "top": count + 1},
+        )
+        await conn.execute(
+            input_items_listed.insert().values(
+                response_id="resp_kept", position=0, item_sha256=f"{count:064x}"
+            )
+        )
+
+
+@contextmanager
+def scans_counted(engine: Any) -> Iterator[list[str]]:
+    """The statements that scan a referencing table (``EXCEPT``), as the sweep runs them."""
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "EXCEPT" in statement:
+            seen.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", note)
+
+
+async def temp_tables_left(engine: Any) -> int:
+    """The sweep's temporary tables that any session still holds (PostgreSQL)."""
+    async with engine.connect() as conn:
+        return int(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_class WHERE relpersistence = 't' AND relname LIKE 'sweep_%'"
+                    )
+                )
+            ).scalar()
+            or 0
+        )
+
+
+async def test_the_sweep_reads_each_referencing_table_once_however_many_pages(db_url: str) -> None:
+    """Before, each page of candidates was found by its own EXCEPT over the whole
+    referencing table (30 minutes at 10 million responses and 100,000 orphans)."""
+    async with open_database(db_url) as engine:
+        await plant_orphans(engine, 9)
+        with scans_counted(engine) as scans:
+            assert await sweep_orphans(engine, page=2) == OrphanCounts(tool_sets=9, input_items=9)
+        assert len(scans) == 2, scans  # five pages of each table, one scan of each
+        sets, highest, items = await unreferenced(engine)
+        assert (sets, highest, items) == ([], 10, 0)
+        if engine.dialect.name == "postgresql":  # none left on the pooled connection
+            assert await temp_tables_left(engine) == 0
+        with scans_counted(engine) as scans:
+            assert await sweep_orphans(engine, page=2) == OrphanCounts()
+        assert len(scans) == 2
+
+
+@pytest.mark.parametrize(("during_scan", "expected"), [(0, 6), (10, 2)])
+async def test_writes_beside_a_long_sweep_make_it_scan_again(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, during_scan: int, expected: int
+) -> None:
+    """Each page's delete reads the responses written since the scan, under the writers'
+    lock; once more than RESCAN_AFTER were, the rest is found again with a new counter,
+    unless the writers wrote more during the scan itself (then twice as many): a rescan
+    could not leave fewer to read."""
+    monkeypatch.setattr(orphans, "RESCAN_AFTER", 3)
+    real = orphans._delete_page
+    seqs: list[int] = []
+
+    async def write(engine: Any, changes: int) -> None:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE archive_changes SET seq = seq + :n WHERE name = 'archive'"), {"n": changes}
+            )
+
+    async def writers_beside(engine: Any, table: Any, keys: Any, seq: int) -> int:
+        seqs.append(seq)
+        await write(engine, 2)  # two changes a page: a rescan every other page
+        return await real(engine, table, keys, seq)
+
+    monkeypatch.setattr(orphans, "_delete_page", writers_beside)
+    async with open_database(db_url) as engine:
+        await plant_orphans(engine, 9)
+
+        def during_the_scan(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if "EXCEPT" in statement and during_scan:
+                await_(write(engine, during_scan))
+
+        event.listen(engine.sync_engine, "after_cursor_execute", during_the_scan)
+        with scans_counted(engine) as scans:
+            assert await sweep_orphans(engine, page=2) == OrphanCounts(tool_sets=9, input_items=9)
+        event.remove(engine.sync_engine, "after_cursor_execute", during_the_scan)
+        # Without writes during the scan: pages 1-2, 3-4, 5 of each table; with ten, the
+        # five pages' ten changes stay within twice ten.
+        assert len(scans) == expected, scans
+        assert seqs == sorted(seqs) and len(set(seqs)) == expected, seqs
+        assert (await unreferenced(engine))[2] == 0
+
+
+async def test_a_sweep_whose_connection_the_server_ends_scans_again(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL restart mid-sweep ends the connection holding the candidates (and its
+    temporary table): the sweep finds the rest again on a new connection and finishes."""
+    real = orphans._delete_page
+    ended: list[int] = []
+
+    async def restart_after_the_first_page(engine: Any, table: Any, keys: Any, seq: int) -> int:
+        dropped = await real(engine, table, keys, seq)
+        if table.name == "input_item_contents" and not ended:
+            async with engine.connect() as admin:
+                held = await admin.execute(
+                    text(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid() AND query LIKE '%sweep_input_items%'"
+                    )
+                )
+                pids = list(held.scalars())
+                assert len(pids) == 1, pids
+                await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pids[0]})
+                ended.append(pids[0])
+        return dropped
+
+    monkeypatch.setattr(orphans, "_delete_page", restart_after_the_first_page)
+    async with open_database(pg_url) as engine:
+        await plant_orphans(engine, 9)
+        with scans_counted(engine) as scans:
+            assert await sweep_orphans(engine, page=2) == OrphanCounts(tool_sets=9, input_items=9)
+        assert ended and len(scans) == 3, scans  # the input items were found twice
+        assert (await unreferenced(engine))[2] == 0
+        assert await temp_tables_left(engine) == 0
+
+
+async def test_a_reference_written_right_after_the_scan_keeps_its_row(db_url: str) -> None:
+    """The counter is read before the scan, not after: a writer that commits between the
+    scan and that read would otherwise be taken for one the scan saw."""
+    async with open_database(db_url) as engine, open_database(db_url) as writer_engine:
+        await plant_orphans(engine, 9)
+
+        async def name(reference: str) -> None:  # what a writer commits: new change_seq, a reference
+            async with writer_engine.begin() as conn:
+                seq = (
+                    await conn.execute(
+                        text("UPDATE archive_changes SET seq = seq + 1 WHERE name = 'archive' RETURNING seq")
+                    )
+                ).scalar_one()
+                await conn.execute(text(reference), {"seq": seq})
+                await conn.execute(
+                    text("UPDATE responses SET change_seq = :seq WHERE id = 'resp_kept'"), {"seq": seq}
+                )
+
+        def after_the_scan(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if "EXCEPT" in statement and "FROM tool_sets" in statement:
+                await_(name("UPDATE responses SET tool_set_id = 1 WHERE id = 'resp_kept'"))
+            elif "EXCEPT" in statement:
+                await_(
+                    name(
+                        "INSERT INTO response_input_items (response_id, position, item_sha256) "
+                        f"VALUES ('resp_kept', 1, '{0:064x}')"
+                    )
+                )
+
+        event.listen(engine.sync_engine, "after_cursor_execute", after_the_scan)
+        try:
+            swept = await sweep_orphans(engine, page=2)
+        finally:
+            event.remove(engine.sync_engine, "after_cursor_execute", after_the_scan)
+        # Tool set 1 and item 0 are named now; set 10 lost its response but is the highest id.
+        assert swept == OrphanCounts(tool_sets=8, input_items=8)
+        async with engine.connect() as conn:
+            assert (await conn.execute(select(tool_sets.c.id).where(tool_sets.c.id == 1))).scalar() == 1
+            kept = select(input_item_contents.c.sha256).where(input_item_contents.c.sha256 == f"{0:064x}")
+            assert (await conn.execute(kept)).scalar() is not None
+
+
+async def test_the_highest_tool_set_id_is_never_swept(db_url: str) -> None:
+    """SQLite gives a new row the highest id plus one: were the highest deleted, the next
+    set stored would take its id again, and a writer holding it would name another value."""
+    async with open_database(db_url) as engine:
+        await plant_orphans(engine, 9)
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE responses SET tool_set_id = 1"))
+        assert (await sweep_orphans(engine, page=2)).tool_sets == 8
+        assert (await unreferenced(engine))[:2] == ([10], 10)
