@@ -130,7 +130,7 @@ _INPUT_ITEMS = _Orphans(
     ).bindparams(bindparam("keys", expanding=True)),
     # NOT EXISTS, an anti-join: PostgreSQL runs the NOT IN above once per key when the
     # listings written since the scan outgrow work_mem (29 s under the lock for 50,000
-    # responses of a million, 1.1 s this way). SQLite would run this one once per key.
+    # responses of a million, 1.1 s this way). SQLite builds NOT IN's subquery once.
     text(
         "DELETE FROM input_item_contents AS c WHERE sha256 IN :keys AND NOT EXISTS "
         "(SELECT 1 FROM response_input_items AS l JOIN responses AS r ON r.id = l.response_id "
