@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -15,13 +16,14 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, make_url, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.util import await_
 
 from archiver import orphans
 from archiver.commands import show
 from archiver.compact import compact
-from archiver.db import open_database
+from archiver.db import database_error, open_database
 from archiver.orphans import OrphanCounts, sweep_orphans
 from archiver.projection import read_meta_sync
 from archiver.queue import QueueStore, archive_queue
@@ -30,6 +32,7 @@ from archiver.schema import response_input_items as input_items_listed
 from archiver.tool_sets import SWEPT_KEY, ToolSetIds
 from archiver.worker import Worker
 from tests.loopback import serving
+from tests.pgserver import PgCluster
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -584,3 +587,38 @@ async def test_the_highest_tool_set_id_is_never_swept(db_url: str) -> None:
             await conn.execute(text("UPDATE responses SET tool_set_id = 1"))
         assert (await sweep_orphans(engine, page=2)).tool_sets == 8
         assert (await unreferenced(engine))[:2] == ([10], 10)
+
+
+async def test_without_the_temporary_privilege_the_sweep_fails_in_one_line(
+    pg_url: str, pg_cluster: PgCluster
+) -> None:
+    """The candidates live in a temporary table: a user without PostgreSQL's TEMPORARY
+    privilege (everyone has it unless revoked, as README says) gets the one-line fault,
+    not a retry loop or a traceback, and nothing is deleted."""
+    if pg_cluster.external_url:
+        pytest.skip("needs a server where the tests may create roles")
+    role = f"sweeper_{uuid.uuid4().hex[:8]}"
+    database = make_url(pg_url).database
+    async with open_database(pg_url) as engine:
+        await plant_orphans(engine, 3)
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            for statement in (
+                f"CREATE ROLE {role} LOGIN",
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
+                f"REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC",
+            ):
+                await conn.execute(text(statement))
+        try:
+            async with open_database(make_url(pg_url).set(username=role).render_as_string(False)) as limited:
+                with pytest.raises(DBAPIError) as caught:
+                    await sweep_orphans(limited)
+            message = str(database_error(caught.value, "the archive"))
+            assert message.startswith("the database user lacks a privilege: the archive"), message
+            assert "temporary" in message and "\n" not in message
+            assert await unreferenced(engine) == ([1, 2, 3], 4, 3)  # nothing deleted
+        finally:
+            async with engine.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.execute(text(f"DROP OWNED BY {role}"))
+                await conn.execute(text(f"DROP ROLE {role}"))
