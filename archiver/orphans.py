@@ -276,7 +276,8 @@ class _Candidates:
         self._conn = self._held = None
         if conn is None or held is None:
             return
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # a lost connection: the error that lost it is raised
             await conn.rollback()
             await conn.execute(text(f"DROP TABLE IF EXISTS {self._table}"))
-        await held.aclose()
+        with contextlib.suppress(Exception):
+            await held.aclose()
