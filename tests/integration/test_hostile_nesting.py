@@ -1,0 +1,145 @@
+"""A hostile server against the 512-level nesting limit (``archiver.jsontext.MAX_NESTING``).
+
+Found: the depth check's regex for JSON strings backtracked over every escaped quote of
+an unterminated string, so 513 brackets, a quote and ``\\"`` repeated took quadratic time
+(a 160 KB body 71 s, a 16 MiB body days) inside the fetcher. And the limit was safe
+only for walkers that spend one Python frame per level: ``map_strings`` (the lone
+surrogate scrub and the secret scrub) spends two, so a body 512 levels deep with a lone
+surrogate escape failed its ID as "normalization failed: RecursionError", and one that
+echoed the key crashed the fetcher task and stopped the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import text
+
+from archiver.commands import show
+from archiver.compact import compact
+from archiver.db import open_database
+from archiver.export import export
+from archiver.queue import QueueStore
+from archiver.redaction import MASK, register_secret
+from archiver.renormalize import renormalize
+from archiver.worker import Worker
+from tests.acceptance.conftest import base_env
+from tests.integration.test_hostile_capture import serve_bodies
+from tests.integration.test_hostile_numbers import response
+
+pytestmark = pytest.mark.timeout(180)
+
+LEVELS = 511  # x's arrays: with the response object, 512 levels, the most the archiver reads
+
+
+def nested(inner: bytes, levels: int = LEVELS, *, objects: bool = False) -> bytes:
+    if objects:
+        return b'{"k":' * levels + inner + b"}" * levels
+    return b"[" * levels + inner + b"]" * levels
+
+
+async def test_a_body_of_escaped_quotes_is_refused_in_linear_time(sqlite_url: str, tmp_path: Path) -> None:
+    """513 brackets, an unterminated string of 1 MiB of ``\\"``: not JSON, refused at once.
+    With the quadratic string regex the fetch took hours (a 160 KB body 71 s)."""
+    bodies = {
+        "resp_quotes": b"[" * 513 + b'"' + b'\\"' * (512 * 1024),
+        "resp_backslash": b"{" * 513 + b'"' + b'\\"' * (512 * 1024) + b"\\",
+        # 600 brackets inside a string, behind escaped quotes and backslashes: one level deep
+        "resp_ok": response("resp_ok", b'"x":"\\"\\\\' + b"[{" * 600 + b'\\\\\\""'),
+    }
+    env = {**base_env(), "ARCHIVER_DATABASE_URL": sqlite_url}
+    async with serve_bodies(bodies) as base_url:
+        enqueue = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "archiver",
+            "enqueue",
+            "-",
+            stdin=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=tmp_path,
+        )
+        await enqueue.communicate("\n".join(bodies).encode())
+        assert enqueue.returncode == 0
+        run = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "archiver", "run", "--once", "--base-url", base_url),
+            *("--max-attempts", "1", "--max-body-mb", "4"),
+            env=env,
+            cwd=tmp_path,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, err = await asyncio.wait_for(run.communicate(), 60)  # a hang detector: it takes seconds
+        finally:
+            if run.returncode is None:
+                run.kill()
+                await run.wait()
+    assert run.returncode == 0, err[-2000:]
+    async with open_database(sqlite_url) as engine, engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT id, state, last_error FROM archive_queue"))).fetchall()
+    states = {rid: (state, error) for rid, state, error in rows}
+    assert states["resp_ok"][0] == "archived"
+    for rid in ("resp_quotes", "resp_backslash"):
+        assert states[rid][0] == "failed"
+        assert "not valid JSON" in states[rid][1], states[rid]
+
+
+KEY = "Hostile5-canary/Qx8+Lm3Rt7Wz"
+DEEP = {  # every body nests 512 levels, the most the archiver reads
+    "resp_surrogate": response("resp_surrogate", b'"x":' + nested(b'"\\ud83d"')),
+    "resp_surrogate_obj": response("resp_surrogate_obj", b'"x":' + nested(b'"\\ud83d"', objects=True)),
+    "resp_big_int": response("resp_big_int", b'"x":' + nested(b"-1234567890123456789012")),
+    "resp_nul": response("resp_nul", b'"x":' + nested(b'"a\\u0000b"')),
+    "resp_key": response("resp_key", b'"x":' + nested(b'"' + KEY.encode() + b'"')),
+    "resp_tools": response(
+        "resp_tools",
+        b'"tools":[{"type":"function","name":"f","parameters":' + nested(b'"\\udc00"', LEVELS - 3) + b"}]",
+    ),
+}
+
+
+def innermost(value: Any) -> Any:
+    while isinstance(value, list | dict) and value:
+        (value,) = value.values() if isinstance(value, dict) else value
+    return value
+
+
+@pytest.mark.parametrize("writer", ["inline", "process"])
+async def test_bodies_512_levels_deep_go_through_every_walker(
+    writer: str, db_url: str, make_settings: Any, tmp_path: Path
+) -> None:
+    """Lone surrogates, NULs and an echoed key 512 levels deep are scrubbed by walkers
+    that recurse; fetched, renormalized, compacted, exported and shown, each ID archived."""
+    register_secret(KEY)
+    async with serve_bodies(DEEP) as base_url, open_database(db_url) as engine:
+        await QueueStore(engine).enqueue(list(DEEP))
+        settings = make_settings(db_url, base_url, writer=writer, max_attempts=1, api_key=KEY)
+        await Worker(settings, engine, once=True).run()
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT id, state, last_error FROM archive_queue"))).fetchall()
+        assert {rid: (state, error) for rid, state, error in rows} == dict.fromkeys(DEEP, ("archived", None))
+        renormalized = await renormalize(engine, everything=True, batch_size=2)
+        assert (renormalized.report.rewritten, renormalized.report.failed) == (len(DEEP), 0)
+        compacted = await compact(engine, batch_size=2)
+        assert compacted.report.failed == 0
+        for fmt in ("jsonl", "csv", "parquet"):
+            await export(engine, tmp_path / fmt, fmt=fmt, full=True)
+    lines = (tmp_path / "jsonl" / "responses").glob("*.jsonl")
+    extra = {
+        row["id"]: row["extra"] for path in lines for row in map(json.loads, path.read_bytes().splitlines())
+    }
+    extra = {rid: json.loads(value) if isinstance(value, str) else value for rid, value in extra.items()}
+    assert innermost(extra["resp_surrogate"]) == "\ufffd"
+    assert innermost(extra["resp_surrogate_obj"]) == "\ufffd"
+    assert innermost(extra["resp_big_int"]) == -1234567890123456789012
+    assert innermost(extra["resp_key"]) == MASK
+    (table,) = [pq.read_table(path) for path in (tmp_path / "parquet" / "responses").glob("*.parquet")]
+    assert table.num_rows == len(DEEP)
+    for rid, raw in DEEP.items():
+        assert await show(make_settings(db_url), rid) == raw
