@@ -12,7 +12,10 @@ echoed the key crashed the fetcher task and stopped the daemon.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,48 +47,47 @@ def nested(inner: bytes, levels: int = LEVELS, *, objects: bool = False) -> byte
     return b"[" * levels + inner + b"]" * levels
 
 
-async def test_a_body_of_escaped_quotes_is_refused_in_linear_time(sqlite_url: str, tmp_path: Path) -> None:
-    """513 brackets, an unterminated string of 1 MiB of ``\\"``: not JSON, refused at once.
-    With the quadratic string regex the fetch took hours (a 160 KB body 71 s)."""
+MANY_BRACKETS = b"[" + b"[]," * 600
+"""More opening brackets than MAX_NESTING, two levels deep: the depth check runs."""
+
+
+async def test_bodies_of_quotes_are_refused_in_linear_time_and_bounded_memory(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """600 arrays, then an unterminated string of 1 MiB of ``\\"`` (the string regex of
+    the depth check backtracked from every escaped quote: a 160 KB body took 71 s, this
+    one hours), or 16 MiB of ``"`` (8 million empty strings: the regex's substitution
+    held ~45 bytes per match, 750 MB). Not JSON: refused at once, within the README's
+    memory bound (512 MiB at the defaults)."""
     bodies = {
-        "resp_quotes": b"[" * 513 + b'"' + b'\\"' * (512 * 1024),
-        "resp_backslash": b"{" * 513 + b'"' + b'\\"' * (512 * 1024) + b"\\",
+        "resp_quotes": MANY_BRACKETS + b'"' + b'\\"' * (512 * 1024),
+        "resp_backslash": b'{"a":' + MANY_BRACKETS + b'"' + b'\\"' * (512 * 1024) + b"\\",
+        "resp_pairs": MANY_BRACKETS + b'"' * (16 * 1024 * 1024 - 4096),
         # 600 brackets inside a string, behind escaped quotes and backslashes: one level deep
         "resp_ok": response("resp_ok", b'"x":"\\"\\\\' + b"[{" * 600 + b'\\\\\\""'),
     }
+    async with open_database(sqlite_url) as engine:
+        await QueueStore(engine).enqueue(list(bodies))
     env = {**base_env(), "ARCHIVER_DATABASE_URL": sqlite_url}
     async with serve_bodies(bodies) as base_url:
-        enqueue = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "archiver",
-            "enqueue",
-            "-",
-            stdin=asyncio.subprocess.PIPE,
-            env=env,
-            cwd=tmp_path,
-        )
-        await enqueue.communicate("\n".join(bodies).encode())
-        assert enqueue.returncode == 0
-        run = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "archiver", "run", "--once", "--base-url", base_url),
-            *("--max-attempts", "1", "--max-body-mb", "4"),
-            env=env,
-            cwd=tmp_path,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            _, err = await asyncio.wait_for(run.communicate(), 60)  # a hang detector: it takes seconds
+        command = [sys.executable, "-m", "archiver", "run", "--once", "--base-url", base_url]
+        with (tmp_path / "stderr").open("wb") as stderr:
+            run = subprocess.Popen(  # noqa: ASYNC220 (wait4 is awaited in a thread)
+                [*command, "--max-attempts", "1"], env={**env, "ARCHIVER_WRITER": "inline"}, stderr=stderr
+            )
+        try:  # a hang detector (it takes seconds); wait4 tells the run's peak memory
+            _, status, usage = await asyncio.wait_for(asyncio.to_thread(os.wait4, run.pid, 0), 60)
         finally:
             if run.returncode is None:
-                run.kill()
-                await run.wait()
-    assert run.returncode == 0, err[-2000:]
+                with contextlib.suppress(ProcessLookupError):
+                    run.kill()
+    assert os.waitstatus_to_exitcode(status) == 0, (tmp_path / "stderr").read_text()[-2000:]
+    assert usage.ru_maxrss * 1024 < 512 * 1024 * 1024, f"peak RSS {usage.ru_maxrss // 1024} MiB"
     async with open_database(sqlite_url) as engine, engine.connect() as conn:
         rows = (await conn.execute(text("SELECT id, state, last_error FROM archive_queue"))).fetchall()
     states = {rid: (state, error) for rid, state, error in rows}
     assert states["resp_ok"][0] == "archived"
-    for rid in ("resp_quotes", "resp_backslash"):
+    for rid in ("resp_quotes", "resp_backslash", "resp_pairs"):
         assert states[rid][0] == "failed"
         assert "not valid JSON" in states[rid][1], states[rid]
 
