@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from archiver import jsontext
 from archiver.jsontext import (
     MAX_NESTING,
     NestingTooDeep,
@@ -119,6 +120,26 @@ def test_nesting_depth_counts_brackets_outside_strings_only() -> None:
     text = b'[" [[[ \\" [[ \\\\", {"a": "]]] {{", "b": [[{}]]}, [[]], "\\\\"]'
     assert nesting_depth(text) == 5 == _depth(json.loads(text))
     assert nesting_depth(b"1") == nesting_depth(b'"[[["') == 0
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 7, 1 << 16])
+def test_nesting_depth_reads_strings_across_its_windows(window: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The marks are split at quotes a window at a time: a string may straddle windows."""
+    monkeypatch.setattr(jsontext, "_WINDOW", window)
+    for text in (
+        b'[" [[[ \\" [[ \\\\", {"a": "]]] {{", "b": [[{}]]}, [[]], "\\\\"]',
+        b'[["",""],"[","\\\\\\"[",[[["]"]]],{"":{"\\\\":[]}}]',
+        b'{"a":"' + b"[" * 40 + b'","b":[[[[[[]]]]]],"c":"\\"\\\\\\"]"}',
+    ):
+        assert nesting_depth(text) == _depth(json.loads(text)), text
+
+
+def test_nesting_depth_of_text_that_is_not_json_is_a_bounded_guess() -> None:
+    """An unterminated string hides what follows it; a lone backslash ends nothing."""
+    assert nesting_depth(b'[[["abc') == 3
+    assert nesting_depth(b'[["\\" [[[[') == 2
+    assert nesting_depth(b'[[\\"[') == 3
+    assert nesting_depth(b"]]]") == 0
 
 
 def _depth(value: Any) -> int:
