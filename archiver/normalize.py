@@ -941,13 +941,31 @@ def normalize_input_list(response_id: str, envelope: dict[str, Any]) -> Row | No
 
 
 def map_strings(value: Any, fix: Callable[[str], str]) -> Any:
-    """A parsed JSON value with ``fix`` applied to every string in it, keys included."""
+    """A parsed JSON value with ``fix`` applied to every string in it, keys included.
+
+    Walked with a stack of its own, not Python's: a body may nest 512 levels
+    (``jsontext.MAX_NESTING``), and a recursion of two frames a level (a function and its
+    comprehension) ran out of stack there (the lone surrogate and secret scrubs)."""
+    todo: list[tuple[Any, Any]] = []
+    root = _mapped_or_queued(value, fix, todo)
+    while todo:
+        source, target = todo.pop()
+        if type(target) is dict:
+            for key, item in source.items():
+                target[fix(key) if isinstance(key, str) else key] = _mapped_or_queued(item, fix, todo)
+        else:
+            target.extend(_mapped_or_queued(item, fix, todo) for item in source)
+    return root
+
+
+def _mapped_or_queued(value: Any, fix: Callable[[str], str], todo: list[tuple[Any, Any]]) -> Any:
+    """``value`` fixed when a string; for a dict or list, an empty one that ``todo`` fills."""
     if isinstance(value, str):
         return fix(value)
-    if isinstance(value, dict):
-        return {(fix(k) if isinstance(k, str) else k): map_strings(v, fix) for k, v in value.items()}
-    if isinstance(value, list):
-        return [map_strings(v, fix) for v in value]
+    if isinstance(value, dict | list):
+        target: dict[Any, Any] | list[Any] = {} if isinstance(value, dict) else []
+        todo.append((value, target))
+        return target
     return value
 
 

@@ -47,6 +47,7 @@ from archiver.db import (
     with_db_retry,
 )
 from archiver.errors import ArchiverError, WriterFailed, first_line
+from archiver.jsontext import MAX_NESTING
 from archiver.logs import configure_logging, emit_line, get_logger, logging_config, redact
 from archiver.normalize import normalize_body
 from archiver.outcomes import Archived, Permanent
@@ -260,7 +261,7 @@ class ProcessWriter:
         proc = self._proc
         if proc is None:
             raise WriterFailed("the writer process is closed")
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        data = _pickled(message)
         # No await between a reply's place in _waiting and this lock: frames go out in that order.
         async with self._send_lock:
             try:
@@ -340,6 +341,27 @@ def make_writer(
 def _write_threaded_store(engine: AsyncEngine, settings: Settings) -> ArchiveStore:
     # On a SQLite file each batch is one call on the store's write thread (see ArchiveStore).
     return ArchiveStore(engine, max_polls=settings.max_polls, write_thread=True)
+
+
+def _pickled(message: Any) -> bytes:
+    """``message`` pickled for the writer process. Pickling recurses two levels a nesting
+    level: the rows of a body 512 levels deep (``jsontext.MAX_NESTING``), which the
+    parent sends when it scrubbed an echoed secret from them, need more than Python's
+    default limit of 1,000 (unpickling does not recurse)."""
+    try:
+        return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    except RecursionError:
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(limit + _PICKLE_LEVELS_PER_NESTING * (MAX_NESTING + _WRAPPING_LEVELS))
+        try:
+            return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        finally:
+            sys.setrecursionlimit(limit)
+
+
+_PICKLE_LEVELS_PER_NESTING = 2
+_WRAPPING_LEVELS = 16
+"""Levels around a body's own in a message: the batch, its results, their rows."""
 
 
 class _Child:
