@@ -145,3 +145,57 @@ async def test_bodies_512_levels_deep_go_through_every_walker(
     assert table.num_rows == len(DEEP)
     for rid, raw in DEEP.items():
         assert await show(make_settings(db_url), rid) == raw
+
+
+def image_search(rid: str, results: Any) -> bytes:
+    """A response whose ``image_search_call`` output is ``results`` as JSON in a string."""
+    output = json.dumps(results if isinstance(results, str) else json.dumps(results)).encode()
+    item = b'{"type":"image_search_call","id":"isc_1","status":"completed","output":%s}' % output
+    return response(rid, b'"x":1').replace(b'"output":[', b'"output":[' + item + b",")
+
+
+IMAGES = {  # json.dumps writes a lone surrogate as the escape \ud83d, inside the string
+    "resp_img_surrogate": image_search(
+        "resp_img_surrogate", [{"title": "cut \ud83d", "url": "u", "index": 0}]
+    ),
+    "resp_img_nul": image_search("resp_img_nul", [{"title": "a\x00b", "url": "u", "index": 1}]),
+    "resp_img_deep": image_search(
+        "resp_img_deep", [{"title": "t", "url": "u", "index": 2, "x": json.loads(nested(b'"\\udc00"', 505))}]
+    ),
+    "resp_img_too_deep": image_search("resp_img_too_deep", "[" * 600 + "]" * 600),
+}
+
+
+async def test_image_search_results_with_lone_surrogates_nuls_or_deep_nesting(
+    db_url: str, make_settings: Any
+) -> None:
+    """Found: a lone surrogate escape in an ``image_search_call`` output string (a title cut
+    inside an emoji) reached the rows unscrubbed (the scrub looks at the body, where the
+    escape is still text), and the ID failed "cannot store the response:
+    UnicodeEncodeError"."""
+    async with serve_bodies(IMAGES) as base_url, open_database(db_url) as engine:
+        await QueueStore(engine).enqueue(list(IMAGES))
+        await Worker(make_settings(db_url, base_url, max_attempts=1), engine, once=True).run()
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT id, state, last_error FROM archive_queue"))).fetchall()
+            assert {rid: (state, error) for rid, state, error in rows} == dict.fromkeys(
+                IMAGES, ("archived", None)
+            )
+            titles = dict(
+                (await conn.execute(text("SELECT response_id, title FROM image_search_results"))).fetchall()
+            )
+            output = (
+                await conn.execute(
+                    text("SELECT output FROM output_items WHERE response_id = 'resp_img_too_deep'")
+                )
+            ).scalar_one()
+        assert titles == {
+            "resp_img_surrogate": "cut \ufffd",
+            "resp_img_nul": "a\ufffdb",
+            "resp_img_deep": "t",
+        }
+        assert output == "[" * 600 + "]" * 600  # not read: deeper than the archiver reads
+        renormalized = await renormalize(engine, everything=True, batch_size=2)
+        assert (renormalized.report.rewritten, renormalized.report.failed) == (len(IMAGES), 0)
+    for rid, raw in IMAGES.items():
+        assert await show(make_settings(db_url), rid) == raw
