@@ -778,9 +778,11 @@ def _image_search_call(
     results = item.get("output")
     if type(results) is str:
         try:
-            results = loads(results)
+            parsed = loads(results)
         except (ValueError, RecursionError):
             return ()  # not JSON: the text stays in output_items.output
+        # The body's scrub saw this escape as text; parsed, it is a lone surrogate.
+        results = scrub_surrogates(parsed) if "\\ud" in results or "\\uD" in results else parsed
     if type(results) is not list:
         return ()
     rows = children["image_search_results"]
