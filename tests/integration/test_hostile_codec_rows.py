@@ -1,0 +1,76 @@
+"""How raw is stored, damaged by hand: a dictionary row set to text, an unknown ``raw_codec``.
+
+Found: a dictionary whose ``data`` an operator set by hand to text (SQLite keeps the
+storage class a value is given, whatever the column's type) broke every reader of
+dictionaries. Valid UTF-8 text came back as a ``str``: ``show`` and ``renormalize``
+ended with a ``TypeError`` traceback, and the daemon failed every ID it fetched
+afterwards as "cannot store the response: TypeError". Other bytes could not be read at
+all: the daemon retried for 10 s, its writer died and no ID was archived again. And an
+export stopped by a body in an encoding it does not know, or whose dictionary is
+missing, did not say which response: ``archiver: error: unknown raw_codec 'brotli'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from archiver.commands import show
+from archiver.db import open_database
+from archiver.errors import ArchiverError
+from archiver.export import export
+from archiver.mockapi import body_for
+from archiver.renormalize import renormalize
+from tests.integration.test_hostile_rebuild import _archive
+
+pytestmark = pytest.mark.timeout(120)
+
+IDS = [f"resp_ok_h{i:03d}" for i in range(140)]  # enough to train the first dictionary
+
+
+@pytest.mark.parametrize("value", ["'not a dictionary'", "CAST(X'FF00FE80' AS TEXT)"], ids=["utf8", "bytes"])
+async def test_a_dictionary_set_to_text_by_hand_is_a_damaged_body_not_a_crash(
+    value: str, sqlite_url: str, make_settings: Any, tmp_path: Path
+) -> None:
+    async with open_database(sqlite_url) as engine:
+        await _archive(sqlite_url, make_settings, engine, IDS)
+        async with engine.begin() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM archive_dictionaries"))).scalar() == 1
+            await conn.execute(text(f"UPDATE archive_dictionaries SET data = {value}"))
+        with pytest.raises(ArchiverError, match=rf"the stored body of {IDS[0]} is damaged"):
+            await show(make_settings(sqlite_url), IDS[0])
+        with pytest.raises(ArchiverError, match="damaged"):
+            await export(engine, tmp_path / "out", fmt="jsonl", full=True)
+        result = await renormalize(engine, ids=IDS[:3])
+        assert (result.report.failed, result.report.rewritten) == (3, 0)
+        # The daemon goes on: a new body is written with the (damaged) newest dictionary
+        # and reads back byte-exact with it.
+        await _archive(sqlite_url, make_settings, engine, ["resp_ok_after"])
+        async with engine.connect() as conn:
+            state, error = (
+                await conn.execute(
+                    text("SELECT state, last_error FROM archive_queue WHERE id = 'resp_ok_after'")
+                )
+            ).one()
+        assert (state, error) == ("archived", None)
+    assert await show(make_settings(sqlite_url), "resp_ok_after") == body_for("resp_ok_after")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["UPDATE responses SET raw_codec = 'brotli' WHERE id = :rid", "DELETE FROM archive_dictionaries"],
+    ids=["unknown-codec", "missing-dictionary"],
+)
+async def test_an_export_stopped_by_a_body_it_cannot_decode_names_the_response(
+    damage: str, db_url: str, make_settings: Any, tmp_path: Path
+) -> None:
+    async with open_database(db_url) as engine:
+        await _archive(db_url, make_settings, engine, IDS)
+        async with engine.begin() as conn:
+            await conn.execute(text(damage), {"rid": IDS[7]} if ":rid" in damage else {})
+        with pytest.raises(ArchiverError) as caught:
+            await export(engine, tmp_path / "out", fmt="jsonl", full=True)
+    assert "the stored body of resp_ok_h" in str(caught.value), caught.value
