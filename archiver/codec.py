@@ -205,7 +205,21 @@ class Codec:
     def encode(self, raw: bytes) -> tuple[bytes, str, int | None]:
         """``(stored bytes, raw_codec, raw_dict_id)`` for a body about to be written."""
         dict_id = self.current
-        level = level_for(len(raw), dict_id is not None)
+        try:
+            stored = self._compressor(dict_id, len(raw)).compress(raw)
+        except zstandard.ZstdError:
+            if dict_id is None:
+                raise
+            # A dictionary damaged in the database (on disk, or by hand) cannot compress:
+            # plain zstd keeps the daemon archiving (compact re-encodes once it is restored).
+            dict_id = None
+            stored = self._compressor(None, len(raw)).compress(raw)
+        if len(stored) >= len(raw):
+            return raw, IDENTITY, None
+        return stored, (ZSTD if dict_id is None else ZSTD_DICT), dict_id
+
+    def _compressor(self, dict_id: int | None, size: int) -> zstandard.ZstdCompressor:
+        level = level_for(size, dict_id is not None)
         compressor = self._compressors.get((dict_id, level))
         if compressor is None:
             if dict_id is None:
@@ -213,10 +227,7 @@ class Codec:
             else:
                 compressor = zstandard.ZstdCompressor(level=level, dict_data=self._dictionaries[dict_id])
             self._compressors[dict_id, level] = compressor
-        stored = compressor.compress(raw)
-        if len(stored) >= len(raw):
-            return raw, IDENTITY, None
-        return stored, (ZSTD if dict_id is None else ZSTD_DICT), dict_id
+        return compressor
 
     def decode(self, stored: bytes, raw_codec: str | None, raw_dict_id: int | None) -> bytes:
         """The body exactly as received, from a row's ``raw``, ``raw_codec`` and ``raw_dict_id``.
@@ -240,6 +251,12 @@ class Codec:
             key = raw_dict_id
         else:
             raise UnknownCodec(f"unknown raw_codec {raw_codec!r}")
+        try:
+            return self._decompressor(key).decompress(stored)
+        except zstandard.ZstdError as exc:  # the frame, or the dictionary (damaged on disk)
+            raise DamagedBody(f"zstd: {exc}") from None
+
+    def _decompressor(self, key: int | None) -> zstandard.ZstdDecompressor:
         decompressor = self._decompressors.get(key)
         if decompressor is None:
             if key is None:
@@ -247,10 +264,7 @@ class Codec:
             else:
                 decompressor = zstandard.ZstdDecompressor(dict_data=self._dictionaries[key])
             self._decompressors[key] = decompressor
-        try:
-            return decompressor.decompress(stored)
-        except zstandard.ZstdError as exc:
-            raise DamagedBody(f"zstd: {exc}") from None
+        return decompressor
 
     def decode_exact(
         self, stored: bytes, raw_codec: str | None, raw_dict_id: int | None, raw_sha256: str

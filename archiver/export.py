@@ -70,7 +70,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Select
 
 from archiver import __version__
-from archiver.codec import Codec, DamagedBody, damaged
+from archiver.codec import Codec, DamagedBody, MissingDictionary, UnknownCodec, damaged
 from archiver.db import is_postgres
 from archiver.errors import ArchiverError
 from archiver.jsontext import json_text
@@ -686,7 +686,7 @@ async def _read_responses(conn: AsyncConnection, stmt: Any) -> tuple[list[list[A
                 raw_codec = values.pop()
                 try:
                     values[_RAW] = reader.decode_exact(values[_RAW], raw_codec, dict_id, values[_SHA])
-                except DamagedBody as exc:  # never exported as the body received
+                except (DamagedBody, MissingDictionary, UnknownCodec) as exc:  # never exported as received
                     raise damaged(values[_ID], exc) from None
                 rows.append(values)
                 size += len(values[_RAW])

@@ -19,13 +19,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 import zstandard
-from sqlalchemy import Boolean, DateTime, Table, bindparam, delete, func, select, text, update
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    LargeBinary,
+    Table,
+    bindparam,
+    cast,
+    delete,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from archiver import codec, reencode
-from archiver.codec import Codec, DamagedBody, damaged
+from archiver.codec import Codec, DamagedBody, MissingDictionary, UnknownCodec, damaged
 from archiver.db import check_same_file, now_sql, sqlite_write_engine
 from archiver.errors import ArchiverError, first_line
 from archiver.jsontext import json_bytes, json_text
@@ -50,6 +62,13 @@ from archiver.tool_sets import ToolSetIds
 log = get_logger()
 
 MAX_ERROR_CHARS = 2000
+
+DICTIONARY_BYTES = cast(archive_dictionaries.c.data, LargeBinary)
+"""A dictionary's bytes, read as bytes even from a SQLite row whose ``data`` was set to
+text by hand (SQLite keeps the storage class a value is given): read as it was, text
+came back as a ``str`` (a TypeError in every reader) or failed to decode as UTF-8
+(every query of the table failed); as bytes it is a damaged dictionary, which the
+bodies' ``raw_sha256`` finds."""
 IN_CHUNK = 500
 
 
@@ -352,7 +371,9 @@ class ArchiveStore:
         if self._codec is None:
             row = conn.execute(
                 select(
-                    archive_dictionaries.c.id, archive_dictionaries.c.data, archive_dictionaries.c.trained_on
+                    archive_dictionaries.c.id,
+                    DICTIONARY_BYTES.label("data"),
+                    archive_dictionaries.c.trained_on,
                 )
                 .order_by(archive_dictionaries.c.id.desc())
                 .limit(1)
@@ -896,7 +917,7 @@ class ArchiveStore:
 
 def load_dictionaries_sync(conn: Connection, ids: Iterable[int] | None = None) -> dict[int, bytes]:
     """Dictionary bytes by id: the ones in ``ids``, or all of them."""
-    stmt = select(archive_dictionaries.c.id, archive_dictionaries.c.data)
+    stmt = select(archive_dictionaries.c.id, DICTIONARY_BYTES)
     if ids is not None:
         stmt = stmt.where(archive_dictionaries.c.id.in_(sorted(set(ids))))
     return {int(i): bytes(data) for i, data in conn.execute(stmt)}
@@ -928,6 +949,6 @@ async def read_bodies(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, by
     for rid, stored in found.items():
         try:
             bodies[rid] = reader.decode_exact(*stored)
-        except DamagedBody as exc:
+        except (DamagedBody, MissingDictionary, UnknownCodec) as exc:
             raise damaged(rid, exc) from None
     return bodies

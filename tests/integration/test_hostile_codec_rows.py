@@ -5,7 +5,9 @@ storage class a value is given, whatever the column's type) broke every reader o
 dictionaries. Valid UTF-8 text came back as a ``str``: ``show`` and ``renormalize``
 ended with a ``TypeError`` traceback, and the daemon failed every ID it fetched
 afterwards as "cannot store the response: TypeError". Other bytes could not be read at
-all: the daemon retried for 10 s, its writer died and no ID was archived again. And an
+all: the daemon retried for 10 s, its writer died and no ID was archived again. A
+dictionary whose tables are damaged cannot compress: the daemon failed every ID it
+fetched as "cannot store the response: ZstdError: cannot compress". And an
 export stopped by a body in an encoding it does not know, or whose dictionary is
 missing, did not say which response: ``archiver: error: unknown raw_codec 'brotli'``.
 """
@@ -31,7 +33,15 @@ pytestmark = pytest.mark.timeout(120)
 IDS = [f"resp_ok_h{i:03d}" for i in range(140)]  # enough to train the first dictionary
 
 
-@pytest.mark.parametrize("value", ["'not a dictionary'", "CAST(X'FF00FE80' AS TEXT)"], ids=["utf8", "bytes"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "'not a dictionary'",
+        "CAST(X'FF00FE80' AS TEXT)",
+        "CAST(substr(data, 1, 100) || zeroblob(10) || substr(data, 111) AS BLOB)",  # its tables damaged
+    ],
+    ids=["utf8", "bytes", "zeroed"],
+)
 async def test_a_dictionary_set_to_text_by_hand_is_a_damaged_body_not_a_crash(
     value: str, sqlite_url: str, make_settings: Any, tmp_path: Path
 ) -> None:
