@@ -37,8 +37,11 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @contextlib.asynccontextmanager
-async def serve_bodies(bodies: Mapping[str, bytes]) -> AsyncIterator[str]:
-    """A provider that answers each ID with its bytes, exactly; its base URL."""
+async def serve_bodies(
+    bodies: Mapping[str, bytes], routes: Mapping[str, Any] | None = None
+) -> AsyncIterator[str]:
+    """A provider that answers each ID with its bytes, exactly (and ``routes``: more GET
+    handlers by path); its base URL."""
 
     async def answer(request: web.Request) -> web.Response:
         raw = bodies.get(request.match_info["rid"])
@@ -50,6 +53,8 @@ async def serve_bodies(bodies: Mapping[str, bytes]) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/v1/responses/{rid}", answer)
+    for path, handler in (routes or {}).items():
+        app.router.add_get(path, handler)
     async with serving(app) as origin:
         yield f"{origin}/v1"
 

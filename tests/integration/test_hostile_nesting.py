@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from aiohttp import web
 from sqlalchemy import text
 
 from archiver.commands import show
@@ -195,3 +196,33 @@ async def test_image_search_results_with_lone_surrogates_nuls_or_deep_nesting(
         assert (renormalized.report.rewritten, renormalized.report.failed) == (len(IMAGES), 0)
     for rid, raw in IMAGES.items():
         assert await show(make_settings(db_url), rid) == raw
+
+
+ITEMS_PAGE = (  # the page is 3 levels, the item's content 2 more: 512 in all
+    b'{"object":"list","data":[{"type":"message","role":"user","id":"msg_1","content":[{"type":"input_text",'
+    b'"text":"hi","x":' + nested(b'"\\ud83d"', 506, objects=True) + b'}]}],"has_more":false,'
+    b'"first_id":"msg_1","last_id":"msg_1","x_deep":' + nested(b"1", 510) + b"}"
+)
+
+
+@pytest.mark.parametrize("writer", ["inline", "process"])
+async def test_an_input_items_page_512_levels_deep_with_a_lone_surrogate(
+    writer: str, db_url: str, make_settings: Any
+) -> None:
+    """Found: the page's lone surrogate scrub ran out of stack in the fetcher, and the
+    RecursionError crashed it (``Worker.run`` raised)."""
+    bodies = {"resp_items_deep": response("resp_items_deep", b'"x":1')}
+
+    async def page(_request: web.Request) -> web.Response:
+        return web.Response(body=ITEMS_PAGE, content_type="application/json")
+
+    routes = {"/v1/responses/{rid}/input_items": page}
+    async with serve_bodies(bodies, routes) as base_url, open_database(db_url) as engine:
+        await QueueStore(engine).enqueue(list(bodies))
+        settings = make_settings(db_url, base_url, writer=writer, max_attempts=1, with_input_items=True)
+        await Worker(settings, engine, once=True).run()
+        async with engine.connect() as conn:
+            state = (await conn.execute(text("SELECT state FROM archive_queue"))).scalar_one()
+            items = (await conn.execute(text("SELECT count(*) FROM input_item_contents"))).scalar_one()
+    assert (state, items) == ("archived", 1)
+    assert await show(make_settings(db_url), "resp_items_deep") == bodies["resp_items_deep"]
