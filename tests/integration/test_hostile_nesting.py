@@ -52,6 +52,31 @@ MANY_BRACKETS = b"[" + b"[]," * 600
 """More opening brackets than MAX_NESTING, two levels deep: the depth check runs."""
 
 
+MiB = 1024 * 1024
+
+
+async def run_once(sqlite_url: str, bodies: dict[str, bytes], tmp_path: Path) -> int:
+    """``archiver run --once`` (inline writer) of ``bodies`` served as they are: its peak
+    RSS in bytes, which ``wait4`` tells; it must exit 0 within a minute (a hang detector)."""
+    async with open_database(sqlite_url) as engine:
+        await QueueStore(engine).enqueue(list(bodies))
+    env = {**base_env(), "ARCHIVER_DATABASE_URL": sqlite_url, "ARCHIVER_WRITER": "inline"}
+    async with serve_bodies(bodies) as base_url:
+        command = [sys.executable, "-m", "archiver", "run", "--once", "--base-url", base_url]
+        with (tmp_path / "stderr").open("wb") as stderr:
+            run = subprocess.Popen(  # noqa: ASYNC220 (wait4 is awaited in a thread)
+                [*command, "--max-attempts", "1"], env=env, stderr=stderr
+            )
+        try:
+            _, status, usage = await asyncio.wait_for(asyncio.to_thread(os.wait4, run.pid, 0), 60)
+        finally:
+            if run.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    run.kill()
+    assert os.waitstatus_to_exitcode(status) == 0, (tmp_path / "stderr").read_text()[-2000:]
+    return int(usage.ru_maxrss) * 1024
+
+
 async def test_bodies_of_quotes_are_refused_in_linear_time_and_bounded_memory(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -67,23 +92,8 @@ async def test_bodies_of_quotes_are_refused_in_linear_time_and_bounded_memory(
         # 600 brackets inside a string, behind escaped quotes and backslashes: one level deep
         "resp_ok": response("resp_ok", b'"x":"\\"\\\\' + b"[{" * 600 + b'\\\\\\""'),
     }
-    async with open_database(sqlite_url) as engine:
-        await QueueStore(engine).enqueue(list(bodies))
-    env = {**base_env(), "ARCHIVER_DATABASE_URL": sqlite_url}
-    async with serve_bodies(bodies) as base_url:
-        command = [sys.executable, "-m", "archiver", "run", "--once", "--base-url", base_url]
-        with (tmp_path / "stderr").open("wb") as stderr:
-            run = subprocess.Popen(  # noqa: ASYNC220 (wait4 is awaited in a thread)
-                [*command, "--max-attempts", "1"], env={**env, "ARCHIVER_WRITER": "inline"}, stderr=stderr
-            )
-        try:  # a hang detector (it takes seconds); wait4 tells the run's peak memory
-            _, status, usage = await asyncio.wait_for(asyncio.to_thread(os.wait4, run.pid, 0), 60)
-        finally:
-            if run.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    run.kill()
-    assert os.waitstatus_to_exitcode(status) == 0, (tmp_path / "stderr").read_text()[-2000:]
-    assert usage.ru_maxrss * 1024 < 512 * 1024 * 1024, f"peak RSS {usage.ru_maxrss // 1024} MiB"
+    peak = await run_once(sqlite_url, bodies, tmp_path)
+    assert peak < 512 * MiB, f"peak RSS {peak // MiB} MiB"
     async with open_database(sqlite_url) as engine, engine.connect() as conn:
         rows = (await conn.execute(text("SELECT id, state, last_error FROM archive_queue"))).fetchall()
     states = {rid: (state, error) for rid, state, error in rows}
@@ -226,3 +236,22 @@ async def test_an_input_items_page_512_levels_deep_with_a_lone_surrogate(
             items = (await conn.execute(text("SELECT count(*) FROM input_item_contents"))).scalar_one()
     assert (state, items) == ("archived", 1)
     assert await show(make_settings(db_url), "resp_items_deep") == bodies["resp_items_deep"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the parse of a body is not counted against --max-held-mb: a 16 MiB body of 5.6 million "
+    "empty arrays peaks at 586 MiB (the parsed value ~35 times the body); bounding it needs a limit "
+    "on the values a body may hold, a design decision",
+)
+async def test_a_body_of_millions_of_empty_arrays_stays_within_the_memory_bound(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """16 MiB of ``[],`` is valid JSON of 5.6 million arrays: parsed, ~35 times its size
+    (README: memory bounded by the settings, 512 MiB at the defaults)."""
+    body = response("resp_expands", b'"x":[' + b"[]," * ((16 * MiB - 4096) // 3) + b"0]")
+    peak = await run_once(sqlite_url, {"resp_expands": body}, tmp_path)
+    async with open_database(sqlite_url) as engine, engine.connect() as conn:
+        state, error = (await conn.execute(text("SELECT state, last_error FROM archive_queue"))).one()
+    print(f"16 MiB of empty arrays: {state} ({error}), peak RSS {peak // MiB} MiB")
+    assert peak < 512 * MiB, f"peak RSS {peak // MiB} MiB ({state})"
