@@ -14,6 +14,10 @@ missing, did not say which response: ``archiver: error: unknown raw_codec 'brotl
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +88,60 @@ async def test_an_export_stopped_by_a_body_it_cannot_decode_names_the_response(
         with pytest.raises(ArchiverError) as caught:
             await export(engine, tmp_path / "out", fmt="jsonl", full=True)
     assert "the stored body of resp_ok_h" in str(caught.value), caught.value
+
+
+def documented_reader() -> str:
+    """The Python snippet of docs/schema.md ("`raw` storage") that reads one body."""
+    doc = (Path(__file__).parents[2] / "docs" / "schema.md").read_text(encoding="utf-8")
+    start = doc.index("```python\nimport hashlib") + len("```python\n")
+    return doc[start : doc.index("```", start)]
+
+
+async def test_the_documented_way_to_read_a_body_reads_each_encoding_on_each_database(
+    db_url: str, make_settings: Any
+) -> None:
+    """docs/schema.md's snippet, run as written on SQLite; on PostgreSQL its two queries
+    with the placeholder the doc names for asyncpg."""
+    snippet = documented_reader()
+    async with open_database(db_url) as engine:
+        await _archive(db_url, make_settings, engine, IDS)
+        async with engine.begin() as conn:  # one row as archived before migration 0008
+            await conn.execute(
+                text("UPDATE responses SET raw = :raw, raw_codec = NULL, raw_dict_id = NULL WHERE id = :rid"),
+                {"raw": body_for(IDS[0]), "rid": IDS[0]},
+            )
+            grouped = "SELECT coalesce(raw_codec, 'NULL'), min(id) FROM responses GROUP BY 1"
+            by_codec = {str(codec): str(rid) for codec, rid in (await conn.execute(text(grouped))).all()}
+    assert {"NULL", "zstd+dict"} <= set(by_codec), by_codec
+    for rid in by_codec.values():
+        if db_url.startswith("sqlite"):
+            printed = io.StringIO()
+            code = snippet.replace('"archive.db"', repr(db_url.removeprefix("sqlite:///")))
+            with contextlib.redirect_stdout(printed):
+                exec(code.replace('"resp_..."', repr(rid)), {})  # noqa: S102 (the documented snippet)
+            assert printed.getvalue() == body_for(rid).decode() + "\n"
+        else:
+            assert await read_with_asyncpg(snippet, db_url, rid) == body_for(rid)
+
+
+async def read_with_asyncpg(snippet: str, url: str, rid: str) -> bytes:
+    import asyncpg  # type: ignore[import-untyped]
+    import zstandard
+
+    placeholder = re.search(r"PostgreSQL: .*?`(\$1)` \(asyncpg\)", snippet)
+    assert placeholder, "the snippet says which placeholder asyncpg takes"
+    body_query, dict_query = (q.replace("?", "$1") for q in re.findall(r'"(SELECT [^"]+)"', snippet))
+    conn = await asyncpg.connect(url)
+    try:
+        raw, codec, dict_id, sha = await conn.fetchrow(body_query, rid)
+        if codec in (None, "identity"):
+            body = raw
+        elif codec == "zstd":
+            body = zstandard.ZstdDecompressor().decompress(raw)
+        else:
+            (data,) = await conn.fetchrow(dict_query, dict_id)
+            body = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(data)).decompress(raw)
+    finally:
+        await conn.close()
+    assert hashlib.sha256(body).hexdigest() == sha
+    return bytes(body)
