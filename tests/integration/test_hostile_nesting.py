@@ -29,6 +29,7 @@ from archiver.commands import show
 from archiver.compact import compact
 from archiver.db import open_database
 from archiver.export import export
+from archiver.ingest_http import load_ingest_secrets
 from archiver.queue import QueueStore
 from archiver.redaction import MASK, register_secret
 from archiver.renormalize import renormalize
@@ -36,6 +37,7 @@ from archiver.worker import Worker
 from tests.acceptance.conftest import base_env
 from tests.integration.test_hostile_capture import serve_bodies
 from tests.integration.test_hostile_numbers import response
+from tests.integration.test_push_ingest import completed, secret_files, served
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -255,3 +257,22 @@ async def test_a_body_of_millions_of_empty_arrays_stays_within_the_memory_bound(
         state, error = (await conn.execute(text("SELECT state, last_error FROM archive_queue"))).one()
     print(f"16 MiB of empty arrays: {state} ({error}), peak RSS {peak // MiB} MiB")
     assert peak < 512 * MiB, f"peak RSS {peak // MiB} MiB ({state})"
+
+
+async def test_the_push_endpoints_answer_deeply_nested_json_without_a_500(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Found: ``POST /v1/enqueue`` with a JSON array holding an element nested past
+    orjson's writer (255 levels) failed the whole request with a 500 ("Recursion limit
+    reached" writing the element back to show it); a signed webhook whose ``type`` nests
+    1,000 levels likewise (its repr, to say what was ignored, ran out of stack)."""
+    secrets = load_ingest_secrets(secret_files(tmp_path))
+    deep = nested(b'"resp_x"', 300).decode()
+    async with served(db_url, secrets) as s:
+        status, answer = await s.enqueue(f'["resp_a", {deep}, {{"id": "resp_b", "x": {deep}}}]'.encode())
+        assert status == 200, answer
+        assert (answer["queued"], answer["rejected"]) == (2, 1), answer
+        assert answer["rejected_lines"][0]["line"] == 2
+        status, answer = await s.webhook(completed("resp_c") | {"type": json.loads(nested(b'"t"', 999))})
+        assert status == 200 and answer["ignored"] is True, answer
+        assert set(await s.rows()) == {"resp_a", "resp_b"}
