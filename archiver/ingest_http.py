@@ -28,6 +28,7 @@ from aiohttp import web
 
 from archiver.errors import ConfigError, DatabaseVanished, first_line
 from archiver.ids import IdLine, RejectedLine, json_type_name, parse_id_lines, response_id_problem
+from archiver.jsontext import json_text
 from archiver.logs import get_logger
 from archiver.queue import QueueStore
 from archiver.redaction import redact_value, register_secret
@@ -184,7 +185,7 @@ def _array_item(number: int, value: object, sources: frozenset[str]) -> IdLine |
         if problem is None:
             return IdLine(number, value)
         return RejectedLine(number, f"invalid response ID: {problem}", _shorten(value))
-    line = orjson.dumps(value).decode()
+    line = json_text(value)  # orjson writes 254 levels: an element may nest 1,024
     if not isinstance(value, dict):
         return RejectedLine(number, f"JSON {json_type_name(value)} is not an ID or an object", _shorten(line))
     unknown = _unknown_source(line, sources)
@@ -208,6 +209,12 @@ def _unknown_source(line: str, sources: frozenset[str]) -> str | None:
         return None
     shown = repr(source) if isinstance(source, str) else f"({json_type_name(source)})"
     return f"unknown source {_shorten(shown)}"
+
+
+def _event_type_text(value: object) -> str:
+    """A webhook's ``type`` as text: a string or null as it is, another value by its JSON
+    type (its repr recursed: a list nested 1,000 levels ran out of stack)."""
+    return str(value) if value is None or isinstance(value, str) else f"({json_type_name(value)})"
 
 
 def _shorten(text: str) -> str:
@@ -380,10 +387,11 @@ def _webhook_handler(
         except orjson.JSONDecodeError:
             return _answer(400, {"error": "the body is not JSON"})
         event_type = event.get("type") if isinstance(event, dict) else None
-        if event_type not in RESPONSE_EVENTS:
+        if not isinstance(event_type, str) or event_type not in RESPONSE_EVENTS:  # a list is unhashable
             seen.add(seen_id, now)
-            log.info("archiver.webhook_ignored", webhook_id=delivery.webhook_id, event_type=str(event_type))
-            return _answer(200, {"ignored": True, "type": str(event_type)})
+            shown = _event_type_text(event_type)
+            log.info("archiver.webhook_ignored", webhook_id=delivery.webhook_id, event_type=shown)
+            return _answer(200, {"ignored": True, "type": shown})
         data = event.get("data")
         response_id = data.get("id") if isinstance(data, dict) else None
         problem = response_id_problem(response_id)
