@@ -14,10 +14,12 @@ missing, did not say which response: ``archiver: error: unknown raw_codec 'brotl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,10 @@ from archiver.commands import show
 from archiver.db import open_database
 from archiver.errors import ArchiverError
 from archiver.export import export
-from archiver.mockapi import body_for
+from archiver.mockapi import body_for, start_mock_server
+from archiver.queue import QueueStore
 from archiver.renormalize import renormalize
+from archiver.worker import Worker
 from tests.integration.test_hostile_rebuild import _archive
 
 pytestmark = pytest.mark.timeout(120)
@@ -145,3 +149,49 @@ async def read_with_asyncpg(snippet: str, url: str, rid: str) -> bytes:
         await conn.close()
     assert hashlib.sha256(body).hexdigest() == sha
     return bytes(body)
+
+
+async def dictionaries(engine: Any) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text("SELECT count(*) FROM archive_dictionaries"))).scalar_one())
+
+
+async def wait_archived(engine: Any, ids: list[str]) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        async with engine.connect() as conn:
+            states = (await conn.execute(text("SELECT id, state FROM archive_queue"))).all()
+        if {rid for rid, state in states if state == "archived"} >= set(ids):
+            return
+        assert time.monotonic() < deadline, states
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("writer", ["inline", "process"])
+async def test_a_dictionary_deleted_under_a_running_daemon_is_not_written_with_again(
+    writer: str, db_url: str, make_settings: Any
+) -> None:
+    """Found: the daemon keeps the newest dictionary in memory, so after its row was
+    deleted by hand every body it archived named the deleted dictionary: none could be
+    read ("compressed with dictionary 1, which is not in archive_dictionaries")."""
+    async with await start_mock_server() as mock, open_database(db_url) as engine:
+        queue = QueueStore(engine)
+        await queue.enqueue(IDS)
+        worker = Worker(make_settings(db_url, mock.base_url, writer=writer), engine, once=False)
+        task = asyncio.create_task(worker.run())
+        try:
+            await wait_archived(engine, IDS)
+            deadline = time.monotonic() + 10  # trained after the batch that reached 128 bodies
+            while not await dictionaries(engine):
+                assert time.monotonic() < deadline, "no dictionary trained"
+                await asyncio.sleep(0.05)
+            async with engine.begin() as conn:
+                await conn.execute(text("DELETE FROM archive_dictionaries"))
+            after = ["resp_ok_after1", "resp_ok_after2"]
+            await queue.enqueue(after)
+            await wait_archived(engine, after)
+        finally:
+            worker.request_stop("test over")
+            await task
+    for rid in after:
+        assert await show(make_settings(db_url), rid) == body_for(rid)
