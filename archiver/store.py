@@ -263,6 +263,8 @@ class ArchiveStore:
         # How new bodies are compressed: loaded with the newest dictionary on the first
         # batch; _train_at is the bodies written (archive_changes.seq) that make the next due.
         self._codec: Codec | None = None
+        self._codec_row: dict[str, Any] | None = None
+        """The ``archive_dictionaries`` row of ``_codec``'s dictionary, to put back if deleted."""
         self._train_at = codec.FIRST_TRAINING_AT
         self._train_due = False
         # Set when this store got the archive's first dictionary: the plain rows to re-encode.
@@ -371,16 +373,35 @@ class ArchiveStore:
         if self._codec is None:
             row = conn.execute(
                 select(
-                    archive_dictionaries.c.id,
-                    DICTIONARY_BYTES.label("data"),
-                    archive_dictionaries.c.trained_on,
+                    *(c for c in archive_dictionaries.c if c.name != "data"), DICTIONARY_BYTES.label("data")
                 )
                 .order_by(archive_dictionaries.c.id.desc())
                 .limit(1)
             ).first()
+            self._codec_row = {**row._mapping, "data": bytes(row.data)} if row is not None else None
             self._codec = Codec({int(row.id): bytes(row.data)} if row is not None else None)
             self._train_at = codec.next_training_at(int(row.trained_on) if row is not None else None)
         return self._codec
+
+    def _checked_writing_codec(self, conn: Connection) -> Codec:
+        """:meth:`_writing_codec`, once its dictionary is known to be in the database still
+        (locked against a delete until this transaction ends on PostgreSQL; SQLite's write
+        lock is held already). A row deleted by hand while this writer ran made every body
+        it wrote afterwards name a dictionary nobody could read them with: the writer puts
+        back the row it holds, which makes the bodies written with it readable again."""
+        encoder = self._writing_codec(conn)
+        row = self._codec_row
+        if row is None:
+            return encoder
+        still = select(archive_dictionaries.c.id).where(archive_dictionaries.c.id == row["id"])
+        if conn.execute(still.with_for_update(read=True, key_share=True)).first() is None:
+            log.warning("archiver.dictionary_restored", dictionary=row["id"])
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            dialect = postgresql if self.dialect == "postgresql" else sqlite
+            put_back = dialect.insert(archive_dictionaries).values(row)
+            conn.execute(put_back.on_conflict_do_nothing(index_elements=["id"]))
+        return encoder
 
     def train_dictionary_sync(self, conn: Connection, *, bodies_written: int = 0) -> int | None:
         """Train a new dictionary on the most recent bodies, if one is due; its id or None.
@@ -449,18 +470,18 @@ class ArchiveStore:
             )
             return None
         data = training.data
+        values = {
+            "created_at": datetime.now(UTC),
+            "size": len(data),
+            "trained_on": written,
+            "samples": training.trained_on,
+            "data": data,
+        }
         dict_id = conn.execute(
-            archive_dictionaries.insert()
-            .values(
-                created_at=datetime.now(UTC),
-                size=len(data),
-                trained_on=written,
-                samples=training.trained_on,
-                data=data,
-            )
-            .returning(archive_dictionaries.c.id)
+            archive_dictionaries.insert().values(values).returning(archive_dictionaries.c.id)
         ).scalar_one()
         current.add(int(dict_id), data)
+        self._codec_row = {"id": int(dict_id), **values}
         self._train_at = codec.next_training_at(written)
         if first:
             self._walk_plain_rows(conn, int(dict_id))
@@ -566,7 +587,7 @@ class ArchiveStore:
         first_seq = self._next_change_seqs(conn, len(changed))
         # Read under the counter lock, which a mode switch takes too (archiver.projection).
         mode = archive_mode_sync(conn)
-        encoder = self._writing_codec(conn)
+        encoder = self._checked_writing_codec(conn)
         if first_seq + len(changed) - 1 >= self._train_at:
             self._train_due = True
         response_rows: list[dict[str, Any]] = []

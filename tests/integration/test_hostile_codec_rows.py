@@ -168,12 +168,13 @@ async def wait_archived(engine: Any, ids: list[str]) -> None:
 
 
 @pytest.mark.parametrize("writer", ["inline", "process"])
-async def test_a_dictionary_deleted_under_a_running_daemon_is_not_written_with_again(
+async def test_a_dictionary_deleted_under_a_running_daemon_is_put_back(
     writer: str, db_url: str, make_settings: Any
 ) -> None:
     """Found: the daemon keeps the newest dictionary in memory, so after its row was
     deleted by hand every body it archived named the deleted dictionary: none could be
-    read ("compressed with dictionary 1, which is not in archive_dictionaries")."""
+    read ("compressed with dictionary 1, which is not in archive_dictionaries"). The
+    writer puts back the row it holds: the bodies written before are readable again too."""
     async with await start_mock_server() as mock, open_database(db_url) as engine:
         queue = QueueStore(engine)
         await queue.enqueue(IDS)
@@ -193,5 +194,6 @@ async def test_a_dictionary_deleted_under_a_running_daemon_is_not_written_with_a
         finally:
             worker.request_stop("test over")
             await task
-    for rid in after:
+        assert await dictionaries(engine) == 1
+    for rid in [*after, IDS[-1]]:
         assert await show(make_settings(db_url), rid) == body_for(rid)
