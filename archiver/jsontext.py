@@ -204,9 +204,13 @@ def nesting_depth(data: bytes) -> int:
         pieces = marks[start : start + _WINDOW].split(b'"')
         outside = b"".join(pieces[1 if in_string else 0 :: 2]).translate(_BRACKET_STEPS)
         in_string ^= len(pieces) % 2 == 0
-        if depth + outside.count(1) > deepest:  # this window may reach deeper
-            deepest = max(deepest, max(accumulate(memoryview(outside).cast("b"), initial=depth)))
-        depth += outside.count(1) - outside.count(255)
+        opening, closing = outside.count(1), outside.count(255)
+        if depth + opening > deepest:  # this window may reach deeper
+            if closing == 0:  # only opening brackets: it reaches depth + opening
+                deepest = depth + opening
+            else:
+                deepest = max(deepest, max(accumulate(memoryview(outside).cast("b"), initial=depth)))
+        depth += opening - closing
     return deepest
 
 
