@@ -34,6 +34,10 @@ import orjson
 
 MAX_NESTING: Final = 512
 """The deepest nesting of arrays and objects the archiver parses (see the module docstring)."""
+BYTES_PER_CONTAINER: Final = 8
+"""A body may hold one array or object per this many of its bytes (see :func:`max_containers`)."""
+MIN_CONTAINERS: Final = 65_536
+"""However short the body, it may hold this many arrays and objects."""
 
 
 class NestingTooDeep(ValueError):
@@ -42,6 +46,30 @@ class NestingTooDeep(ValueError):
     def __init__(self, depth: int) -> None:
         super().__init__(f"nests {depth} levels deep, deeper than the {MAX_NESTING} the archiver reads")
         self.depth = depth
+
+
+class TooManyContainers(ValueError):
+    """Valid JSON, maybe, but holding more arrays and objects than :func:`max_containers`."""
+
+    def __init__(self, containers: int, most: int) -> None:
+        super().__init__(
+            f"holds {containers:,} arrays and objects, more than the {most:,} "
+            f"(one per {BYTES_PER_CONTAINER} bytes) the archiver reads"
+        )
+        self.containers = containers
+        self.most = most
+
+
+def max_containers(size: int) -> int:
+    """The arrays and objects a JSON text of ``size`` bytes may hold: one per
+    :data:`BYTES_PER_CONTAINER` bytes, at least :data:`MIN_CONTAINERS`.
+
+    Parsed, an empty array or object takes ~70 bytes for the 3 of ``[],``: 16 MiB of them
+    would be 5.6 million objects, ~390 MB beyond the bytes the settings bound. At one per
+    8 bytes the parse of a body stays under ~9 times its size (real Responses hold one
+    per 80 bytes or more; dense logprobs one per ~25).
+    """
+    return max(MIN_CONTAINERS, size // BYTES_PER_CONTAINER)
 
 
 def json_bytes(value: Any, *, sort_keys: bool = False) -> bytes:
@@ -121,21 +149,22 @@ def loads(raw: bytes | str) -> Any:
 
     Raises:
         ValueError: not JSON (``orjson.JSONDecodeError`` and ``UnicodeDecodeError`` are
-            ValueErrors); :class:`NestingTooDeep` (a ValueError) past :data:`MAX_NESTING`.
+            ValueErrors); :class:`NestingTooDeep` past :data:`MAX_NESTING` and
+            :class:`TooManyContainers` past :func:`max_containers` (ValueErrors too).
     """
-    return _loads(raw, MAX_NESTING)
+    return _loads(raw, limited=True)
 
 
 def loads_stored(raw: bytes | str) -> Any:
-    """:func:`loads` without the nesting limit, for JSON columns read back: the archiver
-    wrote them, and rows written before the limit may nest deeper (the export must
-    still read them)."""
-    return _loads(raw, None)
+    """:func:`loads` without its limits, for JSON columns read back: the archiver wrote
+    them, and rows written before the limits may nest deeper (the export must still read
+    them)."""
+    return _loads(raw, limited=False)
 
 
-def _loads(raw: bytes | str, max_nesting: int | None) -> Any:
+def _loads(raw: bytes | str, *, limited: bool) -> Any:
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    scan = _scan(data, max_nesting)
+    scan = _scan(data, limited=limited)
     if _LONG_DIGIT_RUN in scan:
         return _parse_stdlib(raw, data, scan)
     try:
@@ -151,16 +180,21 @@ def loads_stdlib(raw: bytes | str) -> Any:
     the module docstring). ``NaN`` and ``Infinity`` are refused, as orjson refuses them.
     Raises as :func:`loads` does."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    return _parse_stdlib(raw, data, _scan(data, MAX_NESTING))
+    return _parse_stdlib(raw, data, _scan(data, limited=True))
 
 
-def _scan(data: bytes, max_nesting: int | None) -> bytes:
-    """``data`` translated by ``_SCAN``, after refusing text nested past ``max_nesting``."""
+def _scan(data: bytes, *, limited: bool) -> bytes:
+    """``data`` translated by ``_SCAN``, after refusing (when ``limited``) text nested past
+    MAX_NESTING or holding more arrays and objects than :func:`max_containers`."""
     scan = data.translate(_SCAN)
-    if max_nesting is not None and scan.count(_OPENING) > max_nesting:
-        depth = nesting_depth(data)
-        if depth > max_nesting:
-            raise NestingTooDeep(depth)
+    if limited:
+        openings, most = scan.count(_OPENING), max_containers(len(data))
+        if openings > MAX_NESTING or openings > most:  # brackets in strings count here
+            depth, containers = json_shape(data)
+            if depth > MAX_NESTING:
+                raise NestingTooDeep(depth)
+            if containers > most:
+                raise TooManyContainers(containers, most)
     return scan
 
 
@@ -186,9 +220,14 @@ _WINDOW: Final = 1 << 16
 
 
 def nesting_depth(data: bytes) -> int:
-    """How deep arrays and objects nest in the JSON text ``data``, found without recursion
-    (brackets inside strings do not count). For text that is not JSON the figure is a
-    guess, which the parse after it refuses anyway.
+    """How deep arrays and objects nest in the JSON text ``data`` (see :func:`json_shape`)."""
+    return json_shape(data)[0]
+
+
+def json_shape(data: bytes) -> tuple[int, int]:
+    """How deep arrays and objects nest in the JSON text ``data``, and how many there
+    are, found without recursion (brackets inside strings do not count). For text that
+    is not JSON the figures are a guess, which the parse after it refuses anyway.
 
     Every step is a pass of bytes methods (no regular expression, whose backtracking and
     per-match lists a hostile body can make quadratic or ~45 times its size): memory is
@@ -198,7 +237,7 @@ def nesting_depth(data: bytes) -> int:
     # Two quotes in a row close a string and open the next (or are an empty one):
     # dropping them leaves every bracket as much inside or outside a string as it was.
     marks = marks.translate(None, _NOT_MARKS).replace(_EMPTY_STRING, b"")
-    depth = deepest = 0
+    depth = deepest = containers = 0
     in_string = False
     for start in range(0, len(marks), _WINDOW):
         pieces = marks[start : start + _WINDOW].split(b'"')
@@ -211,7 +250,8 @@ def nesting_depth(data: bytes) -> int:
             else:
                 deepest = max(deepest, max(accumulate(memoryview(outside).cast("b"), initial=depth)))
         depth += opening - closing
-    return deepest
+        containers += opening
+    return deepest, containers
 
 
 def _finite(digits: str) -> float | None:

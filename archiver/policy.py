@@ -27,7 +27,7 @@ from typing import Any, Literal
 import orjson
 
 from archiver.ids import json_type_name
-from archiver.jsontext import MAX_NESTING, NestingTooDeep, loads
+from archiver.jsontext import MAX_NESTING, NestingTooDeep, TooManyContainers, loads
 from archiver.outcomes import (
     Archived,
     Outcome,
@@ -642,6 +642,8 @@ def _json_problem(body: bytes, exc: Exception) -> str:
             f"body nests deeper than the {MAX_NESTING} levels the archiver reads "
             f"({exc.depth:,} levels, {len(body)} bytes)"
         )
+    if isinstance(exc, TooManyContainers):
+        return f"body {exc} ({len(body)} bytes)"
     if isinstance(exc, RecursionError):  # a backstop: NestingTooDeep comes first
         return f"body nests deeper than the JSON parser reaches ({len(body)} bytes)"
     try:

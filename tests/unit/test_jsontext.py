@@ -11,11 +11,16 @@ import pytest
 from archiver import jsontext
 from archiver.jsontext import (
     MAX_NESTING,
+    MIN_CONTAINERS,
     NestingTooDeep,
+    TooManyContainers,
     json_bytes,
+    json_shape,
     json_text,
     loads,
     loads_stdlib,
+    loads_stored,
+    max_containers,
     nesting_depth,
 )
 from archiver.normalize import item_digest
@@ -168,3 +173,19 @@ def test_the_archiver_reads_512_levels_from_anywhere_in_the_stack_and_no_more(co
             parse(b"[" + deepest + b"]")
         assert isinstance(caught.value, ValueError) and caught.value.depth == MAX_NESTING + 1
     assert loads(b'["' + b"[" * 5000 + b'"]') == ["[" * 5000]  # brackets in a string do not nest
+
+
+def test_a_body_may_hold_one_array_or_object_per_8_bytes() -> None:
+    """Parsed, ``[],`` takes ~70 bytes for 3: a body of them would hold memory ~25 times
+    its size, past what the settings bound (test_hostile_nesting measures the run)."""
+    dense = b"[" + b"[]," * 100_000 + b"0]"  # 300 KB: the floor of 65,536 applies
+    with pytest.raises(TooManyContainers, match="holds 100,001 arrays and objects, more than the 65,536"):
+        loads(dense)
+    assert max_containers(len(dense)) == MIN_CONTAINERS
+    assert max_containers(8 << 20) == 1 << 20
+    many = b"[" + b'[],"xxxxxxxx",' * 100_000 + b"0]"  # one per 14 bytes: read
+    assert len(loads(many)) == 200_001
+    # Brackets in strings are not arrays: a string of 1 MB of them is read.
+    assert loads(b'["' + b"[{" * 500_000 + b'"]') == ["[{" * 500_000]
+    assert json_shape(b'[[],{"a":"[[["},[1,[2]]]') == (3, 5)
+    assert loads_stored(dense)[0] == []  # JSON columns read back are not limited
