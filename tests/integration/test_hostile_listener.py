@@ -1,0 +1,131 @@
+"""The daemon's HTTP listener attacked as a hostile client would: raw bytes over loopback.
+
+Each test talks to the real aiohttp listener (``start_metrics_server`` with the ingest
+routes, as ``archiver run`` builds it) through a raw socket, so the client can send what
+no well-behaved library would: header bytes that are not UTF-8, numbers too large for a
+float, trickled headers and bodies, more connections than anyone should open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from archiver.ingest_http import IngestSecrets, load_ingest_secrets
+from archiver.webhooks import decode_secret, sign
+from tests.integration.test_push_ingest import SECRET, secret_files, served
+
+pytestmark = pytest.mark.timeout(60)
+
+KEY = decode_secret(SECRET)
+
+
+@pytest.fixture
+def secrets(tmp_path: Path) -> IngestSecrets:
+    return load_ingest_secrets(secret_files(tmp_path))
+
+
+async def raw_exchange(url: str, request: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``request`` as is on a new connection and read the answer until the server closes
+    or ``timeout`` passes."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(_read_answer(reader), timeout)
+    finally:
+        writer.close()
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return head + await reader.readexactly(length)
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def post(path: str, body: bytes, headers: list[bytes]) -> bytes:
+    lines = [b"POST " + path.encode() + b" HTTP/1.1", b"Host: 127.0.0.1", *headers]
+    lines.append(b"Content-Length: " + str(len(body)).encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def signed(body: bytes, webhook_id: bytes = b"msg_1") -> list[bytes]:
+    """Standard Webhooks headers signing ``body`` now, over the id's bytes as sent."""
+    at = int(time.time())
+    signature = sign(KEY, webhook_id.decode(errors="surrogateescape"), at, body).encode()
+    return [b"webhook-id: " + webhook_id, b"webhook-timestamp: %d" % at, b"webhook-signature: " + signature]
+
+
+def no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    errors = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+# --- header values no client library would send ------------------------------------------------
+
+
+async def test_header_bytes_that_are_not_utf8_are_refused_without_a_traceback(
+    sqlite_url: str, secrets: IngestSecrets, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp keeps such bytes as lone surrogates; encoding them again raised (500 and a traceback)."""
+    caplog.set_level(logging.DEBUG)
+    event = orjson.dumps({"type": "response.completed", "data": {"id": "resp_x"}})
+    async with served(sqlite_url, secrets) as s:
+        answer = await raw_exchange(
+            s.url, post("/v1/enqueue", b'["resp_x"]', [b"Authorization: Bearer \xff\xfe"])
+        )
+        assert status_of(answer) == 401
+        forged = [
+            b"webhook-id: msg_\xff",
+            b"webhook-timestamp: %d" % time.time(),
+            b"webhook-signature: v1,AAAA",
+        ]
+        assert status_of(await raw_exchange(s.url, post("/webhooks/default", event, forged))) == 401
+        # Signed over the very bytes sent, such an id is as good as any other.
+        good = signed(event, webhook_id=b"msg_\xff\xfe")
+        assert status_of(await raw_exchange(s.url, post("/webhooks/default", event, good))) == 200
+        assert set(await s.rows()) == {"resp_x"}
+    no_traceback(caplog)
+
+
+@pytest.mark.parametrize("timestamp", [b"9" * 400, b"-" + b"9" * 400, b"1e9", b"nan"])
+async def test_a_timestamp_no_float_can_hold_is_400(
+    sqlite_url: str, secrets: IngestSecrets, caplog: pytest.LogCaptureFixture, timestamp: bytes
+) -> None:
+    """A 400-digit timestamp parsed as an int and then overflowed the float clock (500)."""
+    event = orjson.dumps({"type": "response.completed", "data": {"id": "resp_x"}})
+    async with served(sqlite_url, secrets) as s:
+        headers = [b"webhook-id: msg_1", b"webhook-timestamp: " + timestamp, b"webhook-signature: v1,AAAA"]
+        answer = await raw_exchange(s.url, post("/webhooks/default", event, headers))
+        assert status_of(answer) in (400, 401), answer
+        assert await s.rows() == {}
+    no_traceback(caplog)
+
+
+@pytest.mark.parametrize("event_type", [["response.completed"], {"a": 1}, 7, None])
+async def test_a_signed_event_whose_type_is_not_a_string_is_acknowledged_and_ignored(
+    sqlite_url: str, secrets: IngestSecrets, caplog: pytest.LogCaptureFixture, event_type: object
+) -> None:
+    """An unhashable ``type`` (a list, an object) raised in the frozenset lookup (500, and the
+    provider retried the delivery for days)."""
+    event = orjson.dumps({"type": event_type, "data": {"id": "resp_x"}})
+    async with served(sqlite_url, secrets) as s:
+        answer = await raw_exchange(s.url, post("/webhooks/default", event, signed(event)))
+        assert status_of(answer) == 200, answer
+        assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1])["ignored"] is True
+        assert await s.rows() == {}
+    no_traceback(caplog)
