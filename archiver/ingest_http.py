@@ -260,7 +260,8 @@ def _bearer_ok(request: web.Request, token: str) -> bool:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+    # Bytes that are not UTF-8 come as lone surrogates: back to those bytes, never equal.
+    return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
 
 
 def _rejected_json(rejected: list[RejectedLine]) -> list[dict[str, Any]]:

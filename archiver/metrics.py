@@ -563,7 +563,26 @@ def build_metrics_app(
             return web.Response(text="ok\n")
         return web.Response(text="unhealthy\n", status=503)
 
-    app = web.Application()
+    @web.middleware
+    async def unexpected_errors(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """A handler's unforeseen exception is one log line and a 500, never a traceback
+        (aiohttp would print one to stderr for each such request)."""
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            log.error(
+                "archiver.listener_failed",
+                path=request.path[:200],
+                error=redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__),
+            )
+            return web.json_response({"error": "internal error"}, status=500)
+
+    app = web.Application(middlewares=[unexpected_errors])
     app.router.add_get("/metrics", serve_metrics)
     app.router.add_get("/healthz", serve_health)
     app.router.add_routes(routes)

@@ -69,8 +69,13 @@ def decode_secret(secret: str) -> bytes:
 
 
 def sign(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
-    """The ``v1,<base64>`` signature of one delivery (for tests and senders)."""
-    signed = webhook_id.encode() + b"." + str(timestamp).encode() + b"." + body
+    """The ``v1,<base64>`` signature of one delivery (for tests and senders).
+
+    The id is signed as the bytes it came as: a header value that is not UTF-8 reaches us
+    with lone surrogates (aiohttp decodes headers with ``surrogateescape``), which turn
+    back into those bytes here instead of raising.
+    """
+    signed = webhook_id.encode("utf-8", "surrogateescape") + b"." + str(timestamp).encode() + b"." + body
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
@@ -99,10 +104,7 @@ def verify(
     signatures = lowered.get("webhook-signature", "")
     if not (webhook_id and raw_timestamp and signatures):
         raise WebhookRejected("missing webhook-id, webhook-timestamp or webhook-signature header", status=400)
-    try:
-        timestamp = int(raw_timestamp.strip())
-    except ValueError:
-        raise WebhookRejected("webhook-timestamp is not a whole number of seconds", status=400) from None
+    timestamp = _timestamp(raw_timestamp)
     if abs(now - timestamp) > tolerance_s:
         raise WebhookRejected(f"webhook-timestamp is more than {tolerance_s:g} s from now")
     expected = base64.b64decode(sign(key, webhook_id, timestamp, body).removeprefix("v1,"))
@@ -120,6 +122,19 @@ def verify(
     if not matched:
         raise WebhookRejected("no valid v1 signature in webhook-signature")
     return Delivery(webhook_id, timestamp)
+
+
+_MAX_TIMESTAMP_DIGITS = 12
+"""Unix seconds to the year 33658: more digits are no timestamp (and 400 of them overflow
+the float clock they are compared with)."""
+
+
+def _timestamp(raw: str) -> int:
+    text = raw.strip()
+    digits = text.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= _MAX_TIMESTAMP_DIGITS):
+        raise WebhookRejected("webhook-timestamp is not a whole number of seconds", status=400)
+    return int(text)
 
 
 class SeenDeliveries:

@@ -129,3 +129,19 @@ async def test_a_signed_event_whose_type_is_not_a_string_is_acknowledged_and_ign
         assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1])["ignored"] is True
         assert await s.rows() == {}
     no_traceback(caplog)
+
+
+async def test_a_handler_that_raises_is_one_log_line_and_a_500(caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever a future handler misses, the listener answers 500 without printing a traceback."""
+    from aiohttp import web
+
+    from archiver.metrics import Metrics, start_metrics_server
+
+    async def broken(_request: web.Request) -> web.Response:
+        raise RuntimeError("unforeseen\nsecond line")
+
+    async with await start_metrics_server(Metrics(), port=0, routes=[web.post("/broken", broken)]) as server:
+        answer = await raw_exchange(server.url, post("/broken", b"", []))
+        assert status_of(answer) == 500 and b"unforeseen" not in answer
+        assert status_of(await raw_exchange(server.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")) == 200
+    assert not [r for r in caplog.records if r.exc_info]
