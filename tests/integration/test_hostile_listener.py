@@ -18,7 +18,7 @@ import pytest
 
 from archiver.ingest_http import IngestSecrets, load_ingest_secrets
 from archiver.webhooks import decode_secret, sign
-from tests.integration.test_push_ingest import SECRET, secret_files, served
+from tests.integration.test_push_ingest import SECRET, TOKEN, secret_files, served
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -145,3 +145,102 @@ async def test_a_handler_that_raises_is_one_log_line_and_a_500(caplog: pytest.Lo
         assert status_of(answer) == 500 and b"unforeseen" not in answer
         assert status_of(await raw_exchange(server.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")) == 200
     assert not [r for r in caplog.records if r.exc_info]
+
+
+# --- slow and many clients -------------------------------------------------------------------
+
+
+async def _connect(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes | None:
+    """What the server sent before closing, or None when it kept the connection open."""
+    try:
+        return await asyncio.wait_for(reader.read(), seconds)
+    except TimeoutError:
+        return None
+
+
+async def test_a_client_trickling_its_headers_is_cut_off() -> None:
+    """Slowloris: half a request head, a byte now and then. aiohttp's own idle timer was an
+    hour, so every such connection held a descriptor that long."""
+    from archiver.metrics import Metrics, start_metrics_server
+
+    async with await start_metrics_server(Metrics(), port=0, idle_timeout_s=0.5) as server:
+        pending = [await _connect(server.url) for _ in range(5)]
+        for _, writer in pending:
+            writer.write(b"POST /webhooks/default HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        for reader, writer in pending:
+            writer.write(b"X-Slow: 1\r\n")
+            assert await _closed_within(reader, 5.0) is not None
+            writer.close()
+        assert time.monotonic() - started < 3.0
+        # A prompt client is served as before.
+        assert status_of(await raw_exchange(server.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")) == 200
+
+
+async def test_connections_beyond_the_cap_are_closed_at_once_and_the_cap_frees_up() -> None:
+    """Every open connection is a descriptor: without a cap, a client opening thousands took
+    the descriptors the database and the provider's connections need."""
+    from archiver.metrics import Metrics, start_metrics_server
+
+    async with await start_metrics_server(Metrics(), port=0, max_connections=20) as server:
+        opened = [await _connect(server.url) for _ in range(60)]
+        await asyncio.sleep(0.2)
+        closed = [r for r, _ in opened if await _closed_within(r, 0.05) is not None]
+        assert len(closed) >= 40, len(closed)
+        for _, writer in opened:
+            writer.close()
+        await asyncio.sleep(0.2)
+        assert status_of(await raw_exchange(server.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")) == 200
+
+
+async def test_a_body_trickled_past_the_deadline_is_408_and_enqueues_nothing(
+    db_url: str, secrets: IngestSecrets
+) -> None:
+    """A handler read a slow body forever, holding what it had read and the connection."""
+    async with served(db_url, secrets, body_timeout_s=0.5) as s:
+        reader, writer = await _connect(s.url)
+        writer.write(
+            b"POST /v1/enqueue HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n"
+            b'Content-Length: 1000\r\n\r\n["resp_slow"'
+        )
+        started = time.monotonic()
+        answer = await _closed_within(reader, 5.0)
+        writer.close()
+        assert answer is not None and status_of(answer) == 408, answer
+        assert time.monotonic() - started < 3.0
+        assert await s.rows() == {}
+
+
+async def test_bodies_held_at_once_are_bounded_and_the_rest_are_503_at_once(
+    sqlite_url: str, secrets: IngestSecrets
+) -> None:
+    """Webhook bodies are read before the signature can be checked: 300 unauthenticated
+    clients each sending most of 1 MiB made the daemon hold 330 MB (no bound but the number
+    of connections). Bodies being read together now stay under a budget."""
+    cap = 64 * 1024
+    async with served(sqlite_url, secrets, webhook_max_bytes=cap, held_max_bytes=4 * cap) as s:
+        slow = []
+        for _ in range(10):
+            reader, writer = await _connect(s.url)
+            writer.write(b"POST /webhooks/default HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % cap)
+            writer.write(b"x" * (cap // 2))
+            slow.append((reader, writer))
+        refused = 0
+        for reader, _ in slow:
+            answer = await _closed_within(reader, 0.5)
+            if answer is not None:
+                assert status_of(answer) == 503, answer
+                assert b"retry-after" in answer.lower()
+                refused += 1
+        assert refused == 6
+        for _, writer in slow:
+            writer.close()
+        await asyncio.sleep(0.2)
+        event = orjson.dumps({"type": "response.completed", "data": {"id": "resp_after"}})
+        answer = await raw_exchange(s.url, post("/webhooks/default", event, signed(event)))
+        assert status_of(answer) == 200  # the budget is back once those clients are gone
