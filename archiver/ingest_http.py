@@ -18,8 +18,10 @@ the redaction point, and the token and secret are registered there when they are
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +53,13 @@ log = get_logger()
 
 ENQUEUE_MAX_BYTES = 8 * 1024 * 1024
 WEBHOOK_MAX_BYTES = 1024 * 1024
+BODY_TIMEOUT_S = 30.0
+"""Seconds a client may take to send one body (408 beyond: a trickled body holds a connection)."""
+HELD_MAX_BYTES = 4 * ENQUEUE_MAX_BYTES
+"""Bytes of request bodies the ingest routes hold at once, together: each request reserves
+its ``Content-Length`` (its route's cap when it sends none) before reading, and one that
+does not fit gets 503 with ``Retry-After`` at once. Webhook bodies are read before their
+signature can be checked, so without this bound anyone able to connect sets the memory."""
 MAX_REJECTED_SHOWN = 1000
 """Rejected items listed in one answer (the count covers all of them)."""
 RESPONSE_EVENTS = frozenset(
@@ -234,20 +243,70 @@ def _answer(status: int, payload: dict[str, Any], **headers: str) -> web.Respons
     )
 
 
-class _TooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """The body is not read: ``answer`` says why (413, 408, 503)."""
+
+    def __init__(self, answer: web.Response) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
 
 
-async def _read_capped(request: web.Request, cap: int) -> bytes:
-    """The whole body, or :class:`_TooLarge` as soon as it is longer than ``cap`` bytes."""
+class _BodyBudget:
+    """The bytes of request bodies held at once (:data:`HELD_MAX_BYTES`), shared by the routes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.held = 0
+
+    @contextlib.contextmanager
+    def reserve(self, size: int) -> Iterator[None]:
+        if self.held + size > self.max_bytes:
+            raise _Refused(
+                _answer(
+                    503,
+                    {"error": "too many request bodies are being read; retry later"},
+                    **{"Retry-After": "1", "Connection": "close"},
+                )
+            )
+        self.held += size
+        try:
+            yield
+        finally:
+            self.held -= size
+
+
+@dataclass(frozen=True)
+class _BodyLimits:
+    """How one route reads bodies: its cap, the budget all routes share, the time allowed."""
+
+    cap: int
+    budget: _BodyBudget
+    timeout_s: float
+
+
+@contextlib.asynccontextmanager
+async def _body(request: web.Request, limits: _BodyLimits) -> AsyncIterator[bytes]:
+    """The whole body, read within the time allowed and under the budget, held while the block runs.
+
+    Raises:
+        _Refused: longer than the cap (413, as soon as that is known), not all sent in time
+            (408), or no room in the budget (503).
+    """
+    cap = limits.cap
     if request.content_length is not None and request.content_length > cap:
-        raise _TooLarge
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(_CHUNK):
-        if len(body) + len(chunk) > cap:
-            raise _TooLarge
-        body += chunk
-    return bytes(body)
+        raise _Refused(_too_large(cap))
+    with limits.budget.reserve(cap if request.content_length is None else request.content_length):
+        body = bytearray()
+        try:
+            async with asyncio.timeout(limits.timeout_s):
+                async for chunk in request.content.iter_chunked(_CHUNK):
+                    if len(body) + len(chunk) > cap:
+                        raise _Refused(_too_large(cap))
+                    body += chunk
+        except TimeoutError:
+            error = f"the request body was not sent within {limits.timeout_s:g} s"
+            raise _Refused(_answer(408, {"error": error}, Connection="close")) from None
+        yield bytes(body)
 
 
 def _too_large(cap: int) -> web.Response:
@@ -275,6 +334,8 @@ def ingest_routes(
     clock: Callable[[], float] = time.time,
     enqueue_max_bytes: int = ENQUEUE_MAX_BYTES,
     webhook_max_bytes: int = WEBHOOK_MAX_BYTES,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    held_max_bytes: int = HELD_MAX_BYTES,
     on_vanished: Callable[[str], None] | None = None,
 ) -> list[web.RouteDef]:
     """The routes of the configured endpoints, for :func:`archiver.metrics.start_metrics_server`.
@@ -285,15 +346,20 @@ def ingest_routes(
         clock: unix time, for webhook timestamps.
         enqueue_max_bytes: the body cap of ``/v1/enqueue``.
         webhook_max_bytes: the body cap of a webhook delivery.
+        body_timeout_s: how long a client may take to send a body (:data:`BODY_TIMEOUT_S`).
+        held_max_bytes: request bodies held at once by both routes (:data:`HELD_MAX_BYTES`).
         on_vanished: called with the message when the SQLite archive file was deleted or
             replaced (the daemon stops: every later write would fail the same way).
     """
+    budget = _BodyBudget(held_max_bytes)
     routes: list[web.RouteDef] = []
     if secrets.token is not None:
-        handler = _enqueue_handler(queue, secrets.token, enqueue_max_bytes, secrets.sources, on_vanished)
+        limits = _BodyLimits(enqueue_max_bytes, budget, body_timeout_s)
+        handler = _enqueue_handler(queue, secrets.token, limits, secrets.sources, on_vanished)
         routes.append(web.post("/v1/enqueue", handler))
     if secrets.webhook_key is not None or secrets.source_keys:
-        handler = _webhook_handler(queue, secrets, clock, webhook_max_bytes, on_vanished)
+        limits = _BodyLimits(webhook_max_bytes, budget, body_timeout_s)
+        handler = _webhook_handler(queue, secrets, clock, limits, on_vanished)
         routes.append(web.post("/webhooks/{source}", handler))
     return routes
 
@@ -310,7 +376,7 @@ def _write_failed(exc: Exception, event: str, on_vanished: Callable[[str], None]
 def _enqueue_handler(
     queue: QueueStore,
     token: str,
-    cap: int,
+    limits: _BodyLimits,
     sources: frozenset[str],
     on_vanished: Callable[[str], None] | None,
 ) -> Callable[[web.Request], Any]:
@@ -319,10 +385,13 @@ def _enqueue_handler(
             log.warning("archiver.ingest_refused", status_code=401, remote=request.remote)
             return _answer(401, {"error": "missing or wrong ingest token"}, **{"WWW-Authenticate": "Bearer"})
         try:
-            body = await _read_capped(request, cap)
-        except _TooLarge:
-            log.warning("archiver.ingest_refused", status_code=413, remote=request.remote)
-            return _too_large(cap)
+            async with _body(request, limits) as body:
+                return await enqueue_body(body)
+        except _Refused as refused:
+            log.warning("archiver.ingest_refused", status_code=refused.answer.status, remote=request.remote)
+            return refused.answer
+
+    async def enqueue_body(body: bytes) -> web.Response:
         try:
             accepted, rejected = parse_enqueue_body(body, sources)
         except BodyError as exc:
@@ -358,7 +427,7 @@ def _webhook_handler(
     queue: QueueStore,
     secrets: IngestSecrets,
     clock: Callable[[], float],
-    cap: int,
+    limits: _BodyLimits,
     on_vanished: Callable[[str], None] | None,
 ) -> Callable[[web.Request], Any]:
     seen = SeenDeliveries()
@@ -369,10 +438,13 @@ def _webhook_handler(
         if key is None:
             return _answer(404, {"error": "unknown source, or no webhook secret for it"})
         try:
-            body = await _read_capped(request, cap)
-        except _TooLarge:
-            log.warning("archiver.webhook_refused", status_code=413, remote=request.remote)
-            return _too_large(cap)
+            async with _body(request, limits) as body:
+                return await delivered(request, source, key, body)
+        except _Refused as refused:
+            log.warning("archiver.webhook_refused", status_code=refused.answer.status, remote=request.remote)
+            return refused.answer
+
+    async def delivered(request: web.Request, source: str, key: bytes, body: bytes) -> web.Response:
         now = clock()
         try:
             delivery = verify(key, request.headers, body, now=now)

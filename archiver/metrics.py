@@ -75,6 +75,13 @@ REQUEST_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 
 _REFRESH_TIMEOUT_FLOOR_S = 10.0
 
+LISTENER_IDLE_TIMEOUT_S = 15.0
+"""Seconds a connection to the listener may stay open without a whole request head: from
+when it opens (a client trickling its headers, slowloris) and between keep-alive requests."""
+LISTENER_MAX_CONNECTIONS = 256
+"""Connections the listener keeps open at once; one more is closed at once (each is a file
+descriptor, which the database and the provider's connections need too)."""
+
 
 def fetch_outcome_label(outcome: Outcome | None) -> str:
     """The ``outcome`` label for one fetch.
@@ -517,8 +524,9 @@ class MetricsServer:
         url: base URL, e.g. ``http://127.0.0.1:9464`` (scrape ``url + "/metrics"``).
     """
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+    def __init__(self, runner: web.AppRunner, listener: asyncio.Server, host: str, port: int) -> None:
         self._runner = runner
+        self._listener = listener
         self.host = host
         self.port = port
         shown = f"[{host}]" if ":" in host else host
@@ -526,6 +534,7 @@ class MetricsServer:
 
     async def close(self) -> None:
         """Stop listening and close every connection (idempotent)."""
+        self._listener.close()
         await self._runner.cleanup()
 
     async def __aenter__(self) -> MetricsServer:
@@ -595,6 +604,9 @@ async def start_metrics_server(
     port: int = DEFAULT_METRICS_PORT,
     is_live: Callable[[], bool] = lambda: True,
     routes: Sequence[web.AbstractRouteDef] = (),
+    *,
+    idle_timeout_s: float = LISTENER_IDLE_TIMEOUT_S,
+    max_connections: int = LISTENER_MAX_CONNECTIONS,
 ) -> MetricsServer:
     """Serve ``GET /metrics`` and ``GET /healthz`` in the running event loop.
 
@@ -606,6 +618,10 @@ async def start_metrics_server(
         is_live: ``/healthz`` answers 200 ``ok`` while it returns True, else (or when it
             raises) 503 ``unhealthy``.
         routes: more handlers on the same listener (see :func:`build_metrics_app`).
+        idle_timeout_s: a connection without a whole request head for this long is closed
+            (:data:`LISTENER_IDLE_TIMEOUT_S`).
+        max_connections: connections open at once; more are closed as they come
+            (:data:`LISTENER_MAX_CONNECTIONS`).
 
     Raises:
         ConfigError: the address cannot be bound (port in use, unknown host).
@@ -613,11 +629,19 @@ async def start_metrics_server(
     from aiohttp import web
 
     # No access log: a scrape every few seconds would drown the canonical log lines.
-    runner = web.AppRunner(build_metrics_app(metrics, is_live, routes), access_log=None, shutdown_timeout=1.0)
+    # aiohttp's keep-alive timer also runs from the moment a connection opens, so it is the
+    # deadline for a whole request head too (aiohttp's own default is an hour).
+    runner = web.AppRunner(
+        build_metrics_app(metrics, is_live, routes),
+        access_log=None,
+        shutdown_timeout=1.0,
+        keepalive_timeout=idle_timeout_s,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
     try:
-        await site.start()
+        listener = await asyncio.get_running_loop().create_server(
+            _CappedConnections(runner, max_connections), host, port
+        )
     except OSError as exc:
         await runner.cleanup()
         raise ConfigError(
@@ -626,6 +650,37 @@ async def start_metrics_server(
     except BaseException:
         await runner.cleanup()
         raise
-    bound_port = int(runner.addresses[0][1])
+    bound_port = int(listener.sockets[0].getsockname()[1])
     log.info("archiver.metrics_listening", url=f"http://{host}:{bound_port}/metrics")
-    return MetricsServer(runner, host, bound_port)
+    return MetricsServer(runner, listener, host, bound_port)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: closed as soon as it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class _CappedConnections:
+    """The protocol factory of the listener: aiohttp's, up to ``limit`` open connections."""
+
+    _LOG_EVERY_S = 60.0
+
+    def __init__(self, runner: web.AppRunner, limit: int) -> None:
+        self._runner = runner
+        self._limit = limit
+        self._refused = 0
+        self._logged_at = -self._LOG_EVERY_S
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        server = self._runner.server
+        assert server is not None  # set up before listening
+        if len(server.connections) < self._limit:
+            return server()
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._logged_at >= self._LOG_EVERY_S:  # one line a minute, however many come
+            self._logged_at = now
+            log.warning("archiver.listener_busy", max_connections=self._limit, refused=self._refused)
+        return _Refused()
