@@ -9,6 +9,7 @@ float, trickled headers and bodies, more connections than anyone should open.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import time
 from pathlib import Path
@@ -253,3 +254,68 @@ async def test_bodies_held_at_once_are_bounded_and_the_rest_are_503_at_once(
         event = orjson.dumps({"type": "response.completed", "data": {"id": "resp_after"}})
         answer = await raw_exchange(s.url, post("/webhooks/default", event, signed(event)))
         assert status_of(answer) == 200  # the budget is back once those clients are gone
+
+
+# --- compressed bodies (aiohttp inflates them before the handler reads) -------------------------
+
+
+def _enqueue_request(body: bytes, encoding: bytes) -> bytes:
+    headers = [b"Authorization: Bearer " + TOKEN.encode(), b"Content-Encoding: " + encoding]
+    return post("/v1/enqueue", body, headers)
+
+
+async def test_a_gzip_bomb_is_413_and_a_body_that_does_not_inflate_is_400_without_a_traceback(
+    sqlite_url: str, secrets: IngestSecrets, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cap counts inflated bytes (a bomb is refused early); broken gzip/deflate raised in
+    the handler (500, and aiohttp printed its traceback twice), and an encoding aiohttp cannot
+    decode (br, zstd without their packages) printed one for a 400."""
+    bomb = gzip.compress(b"\n" * (64 * 1024 * 1024), 9)
+    async with served(sqlite_url, secrets, enqueue_max_bytes=1024 * 1024) as s:
+        started = time.monotonic()
+        assert status_of(await raw_exchange(s.url, _enqueue_request(bomb, b"gzip"))) == 413
+        assert time.monotonic() - started < 2.0
+        for body, encoding in [
+            (b"\x1f\x8b not gzip at all", b"gzip"),
+            (b"xx", b"deflate"),
+            (gzip.compress(b'["resp_cut"]')[:-6], b"gzip"),
+            (b"xx", b"br"),
+            (b"xx", b"zstd"),
+        ]:
+            answer = await raw_exchange(s.url, _enqueue_request(body, encoding))
+            assert status_of(answer) == 400, (encoding, answer)
+        ok = gzip.compress(b'["resp_gz"]')
+        assert status_of(await raw_exchange(s.url, _enqueue_request(ok, b"gzip"))) == 200
+        assert set(await s.rows()) == {"resp_gz"}
+    no_traceback(caplog)
+
+
+async def test_a_compressed_body_counts_as_its_cap_in_the_budget(
+    sqlite_url: str, secrets: IngestSecrets
+) -> None:
+    """A gzip body of a few hundred bytes on the wire inflates to up to the route's cap, so
+    reserving its Content-Length let 300 such webhooks hold 300 MiB under a 32 MiB budget."""
+    cap = 64 * 1024
+    inflates = gzip.compress(b"x" * (cap - 10))
+    async with served(sqlite_url, secrets, webhook_max_bytes=cap, held_max_bytes=4 * cap) as s:
+        slow = []
+        for _ in range(10):
+            reader, writer = await _connect(s.url)
+            writer.write(
+                b"POST /webhooks/default HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(inflates) + inflates[: len(inflates) // 2]
+            )
+            slow.append((reader, writer))
+        refused = 0
+        for reader, _ in slow:
+            answer = await _answered_within(reader, 0.5)
+            if answer is not None:
+                assert status_of(answer) == 503, answer
+                refused += 1
+        for _, writer in slow:
+            writer.close()
+        assert refused == 6
+        await asyncio.sleep(0.2)
+    # A client gone in the middle of its body is no error of the daemon's.
+    out, err = capfd.readouterr()
+    assert "listener_failed" not in out + err and "Traceback" not in out + err
