@@ -295,7 +295,11 @@ async def _body(request: web.Request, limits: _BodyLimits) -> AsyncIterator[byte
     cap = limits.cap
     if request.content_length is not None and request.content_length > cap:
         raise _Refused(_too_large(cap))
-    with limits.budget.reserve(cap if request.content_length is None else request.content_length):
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    # aiohttp inflates a compressed body before we read it: a few bytes on the wire may
+    # become the whole cap, so such a body (or one of unknown length) reserves the cap.
+    exact = request.content_length is not None and encoding in ("", "identity")
+    with limits.budget.reserve(request.content_length if exact and request.content_length else cap):
         body = bytearray()
         try:
             async with asyncio.timeout(limits.timeout_s):
@@ -306,6 +310,11 @@ async def _body(request: web.Request, limits: _BodyLimits) -> AsyncIterator[byte
         except TimeoutError:
             error = f"the request body was not sent within {limits.timeout_s:g} s"
             raise _Refused(_answer(408, {"error": error}, Connection="close")) from None
+        except web.RequestPayloadError:  # aiohttp could not inflate it (or it was cut short)
+            error = f"the request body cannot be read as Content-Encoding {encoding or 'identity'}"
+            raise _Refused(_answer(400, {"error": error}, Connection="close")) from None
+        except ConnectionError:  # the client went away mid-body: nobody to answer
+            raise _Refused(_answer(400, {"error": "the client closed the connection"})) from None
         yield bytes(body)
 
 

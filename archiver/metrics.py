@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import platform
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -633,6 +634,7 @@ async def start_metrics_server(
     # deadline for a whole request head too (aiohttp's own default is an hour).
     runner = web.AppRunner(
         build_metrics_app(metrics, is_live, routes),
+        logger=_listener_logger(),
         access_log=None,
         shutdown_timeout=1.0,
         keepalive_timeout=idle_timeout_s,
@@ -653,6 +655,26 @@ async def start_metrics_server(
     bound_port = int(listener.sockets[0].getsockname()[1])
     log.info("archiver.metrics_listening", url=f"http://{host}:{bound_port}/metrics")
     return MetricsServer(runner, listener, host, bound_port)
+
+
+class _OneLine(logging.Handler):
+    """aiohttp's own reports about a connection (a request it could not parse, a body it
+    could not inflate, a client gone) as one warning line each, never a traceback."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        text = str(exc).splitlines()[0] if exc is not None and str(exc) else ""
+        detail = f"{type(exc).__name__}: {text}" if exc is not None else ""
+        log.warning("archiver.listener_error", message=redact(record.getMessage()), error=redact(detail))
+
+
+def _listener_logger() -> logging.Logger:
+    logger = logging.getLogger("archiver.listener")
+    if not logger.handlers:
+        logger.addHandler(_OneLine(logging.WARNING))
+        logger.propagate = False
+        logger.setLevel(logging.WARNING)
+    return logger
 
 
 class _Refused(asyncio.Protocol):
