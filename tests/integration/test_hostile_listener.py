@@ -13,6 +13,7 @@ import gzip
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -327,3 +328,51 @@ async def test_a_compressed_body_counts_as_its_cap_in_the_budget(
     # A client gone in the middle of its body is no error of the daemon's.
     out, err = capfd.readouterr()
     assert "listener_failed" not in out + err and "Traceback" not in out + err
+
+
+# --- the database restarts under a stream of pushes ------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_pushes_through_a_postgresql_restart_lose_no_acknowledged_id(
+    pg_cluster: Any, pg_url: str, secrets: IngestSecrets, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pushes and webhooks keep coming while the server restarts: each is 200 (its IDs
+    committed) or 503 (the sender retries), never a 500 or a dropped answer, and the
+    endpoints take pushes again once the server is back."""
+    if pg_cluster.external_url:
+        pytest.skip("cannot restart an external PostgreSQL server")
+    acknowledged: set[str] = set()
+    answers: dict[int, int] = {}
+    stop = asyncio.Event()
+
+    async def push(s: Any, n: int) -> None:
+        while not stop.is_set():
+            ids = [f"resp_push_{n}_{len(answers)}_{i}" for i in range(50)]
+            status, answer = await s.enqueue(orjson.dumps(ids))
+            answers[status] = answers.get(status, 0) + 1
+            if status == 200:
+                assert answer["queued"] + answer["already_known"] == 50
+                acknowledged.update(ids)
+            event = {"type": "response.completed", "data": {"id": f"resp_hook_{n}_{len(answers)}"}}
+            status, _ = await s.webhook(event)
+            answers[status] = answers.get(status, 0) + 1
+            if status == 200:
+                acknowledged.add(event["data"]["id"])
+            await asyncio.sleep(0.01)
+
+    async with served(pg_url, secrets) as s:
+        pushers = [asyncio.create_task(push(s, n)) for n in range(3)]
+        await asyncio.sleep(0.5)
+        await asyncio.get_running_loop().run_in_executor(None, pg_cluster.restart)
+        ok_before = answers.get(200, 0)
+        deadline = time.monotonic() + 20
+        while answers.get(200, 0) < ok_before + 10 and time.monotonic() < deadline:  # noqa: ASYNC110 - counts, no event
+            await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.gather(*pushers)
+        assert answers.get(200, 0) >= ok_before + 10, answers  # pushes work again
+        assert set(answers) <= {200, 503}, answers
+        rows = await s.rows()
+    assert acknowledged <= set(rows), len(acknowledged - set(rows))
+    no_traceback(caplog)
