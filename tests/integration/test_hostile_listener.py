@@ -376,3 +376,33 @@ async def test_pushes_through_a_postgresql_restart_lose_no_acknowledged_id(
         rows = await s.rows()
     assert acknowledged <= set(rows), len(acknowledged - set(rows))
     no_traceback(caplog)
+
+
+# --- many and odd IDs in one request -----------------------------------------------------------
+
+
+async def test_ten_thousand_odd_ids_in_one_push_are_counted_and_stored_exactly(
+    db_url: str, secrets: IngestSecrets
+) -> None:
+    """Every character class an ID may hold, the longest ID, and lookalikes that must be
+    refused, 10,000 items in one array: the counts add up, the rows are the accepted IDs
+    byte for byte, and the answer lists the first 1,000 rejected items only."""
+    good = [f"resp_{i:05d}" for i in range(6000)]
+    good += [f"{i:04d}-ab.cd:ef_{i}" for i in range(1000)]  # every allowed punctuation
+    good += ["x" * 256, "A", "gen-1767225600-abcdefgh", "0f7a1c2e-1b7c-4b1e-9a3e-000000000001"]
+    bad = ["x" * 257, "", "resp_\u0430", "resp_a/../b", "resp_%2F", "resp_a\u0000", "resp a", " resp_b"]
+    bad += ["resp_\u200b", "resp_\ufeff", "resp_\N{FULLWIDTH DIGIT ONE}", "resp_a\nresp_b"]
+    bad += [f"bad id {i}" for i in range(10000 - len(good) - len(bad))]
+    items = good + bad
+    assert len(items) == 10000
+    async with served(db_url, secrets) as s:
+        started = time.monotonic()
+        status, answer = await s.enqueue(orjson.dumps(items))
+        assert status == 200
+        assert (answer["queued"], answer["already_known"], answer["rejected"]) == (len(good), 0, len(bad))
+        assert len(answer["rejected_lines"]) == 1000
+        assert answer["rejected_lines"][0]["line"] == len(good) + 1
+        assert set(await s.rows()) == set(good)
+        status, again = await s.enqueue(orjson.dumps(items))
+        assert (again["queued"], again["already_known"]) == (0, len(good))
+        assert time.monotonic() - started < 20
