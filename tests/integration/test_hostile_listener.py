@@ -406,3 +406,76 @@ async def test_ten_thousand_odd_ids_in_one_push_are_counted_and_stored_exactly(
         status, again = await s.enqueue(orjson.dumps(items))
         assert (again["queued"], again["already_known"]) == (0, len(good))
         assert time.monotonic() - started < 20
+
+
+# --- the archive file fails under pushes -------------------------------------------------------
+
+
+async def test_pushes_into_a_full_disk_are_503_and_none_acknowledged_is_lost(
+    tmp_path: Path, secrets: IngestSecrets, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk fills while pushes keep coming: 200 (committed) until it is full, then 503,
+    never a 500; the acknowledged IDs are all there, and pushes work once space is back."""
+    from tests.mounts import MountRefused, fill, tmpfs
+
+    root = tmp_path / "disk"
+    try:
+        mounted = tmpfs(root, "8m")
+        mounted.__enter__()
+    except MountRefused as refused:
+        pytest.skip(f"a tmpfs is needed: {refused}")
+    try:
+        acknowledged: set[str] = set()
+        answers: dict[int, int] = {}
+        async with served(f"sqlite:///{root / 'archive.db'}", secrets) as s:
+            assert (await s.enqueue(b'["resp_first"]'))[0] == 200
+            filler = fill(root, leave_bytes=200_000)
+            for n in range(60):
+                ids = [f"resp_full_{n:03d}_{i:03d}_{'x' * 200}" for i in range(100)]
+                status, _ = await s.enqueue(orjson.dumps(ids))
+                answers[status] = answers.get(status, 0) + 1
+                if status == 200:
+                    acknowledged.update(ids)
+            assert answers.get(503, 0) > 0 and set(answers) <= {200, 503}, answers
+            filler.unlink()
+            assert (await s.enqueue(b'["resp_after_full"]'))[0] == 200
+            rows = await s.rows()
+        assert acknowledged <= set(rows)
+        assert {"resp_first", "resp_after_full"} <= set(rows)
+    finally:
+        mounted.__exit__(None, None, None)
+    no_traceback(caplog)
+
+
+async def test_pushes_into_a_file_made_read_only_are_answered_truthfully(
+    tmp_path: Path, secrets: IngestSecrets, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The archive file is made read-only (a read-only bind mount: root ignores file modes)
+    while the listener runs. The open connection still writes the WAL beside it, so a push
+    may be 200 (committed to the WAL, there after the mount goes) or 503 (nothing
+    enqueued); never a 500, and never a 200 for an ID that is then missing."""
+    from tests.mounts import MountRefused, read_only
+
+    db = tmp_path / "archive.db"
+    answers: dict[str, int] = {}
+    async with served(f"sqlite:///{db}", secrets) as s:
+        assert (await s.enqueue(b'["resp_before_ro"]'))[0] == 200
+        try:
+            mounted = read_only(db)
+            mounted.__enter__()
+        except MountRefused as refused:
+            pytest.skip(f"a read-only bind mount is needed: {refused}")
+        try:
+            for n in range(20):
+                answers[f"resp_during_ro_{n}"] = (await s.enqueue(orjson.dumps([f"resp_during_ro_{n}"])))[0]
+                event = {"type": "response.completed", "data": {"id": f"resp_hook_ro_{n}"}}
+                answers[f"resp_hook_ro_{n}"] = (await s.webhook(event))[0]
+            assert status_of(await raw_exchange(s.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")) == 200
+        finally:
+            mounted.__exit__(None, None, None)
+        assert (await s.enqueue(b'["resp_after_ro"]'))[0] == 200
+        rows = set(await s.rows())
+    assert set(answers.values()) <= {200, 503}, answers
+    assert {i for i, status in answers.items() if status == 200} <= rows
+    assert {"resp_before_ro", "resp_after_ro"} <= rows
+    no_traceback(caplog)
