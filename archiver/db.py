@@ -258,7 +258,10 @@ def _tune_sqlite(
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if not conn.get_execution_options().get(_EACH_STATEMENT_COMMITS):
+        options = conn.get_execution_options()
+        if options.get(_READ_SNAPSHOT):
+            conn.exec_driver_sql("BEGIN")  # deferred: a WAL reader never takes the write lock
+        elif not options.get(_EACH_STATEMENT_COMMITS):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     @event.listens_for(engine, "commit")
@@ -487,6 +490,25 @@ def _enter_wal(cursor: Any, operational_error: type[Exception], sleep: Callable[
 
 
 _EACH_STATEMENT_COMMITS = "archiver_each_statement_commits"
+_READ_SNAPSHOT = "archiver_read_snapshot"
+
+
+@asynccontextmanager
+async def read_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A transaction that only reads, all its statements seeing one snapshot.
+
+    On SQLite it begins deferred (``BEGIN``, not ``BEGIN IMMEDIATE``): in WAL mode a reader
+    never takes the write lock, so a long read (an export chunk) never stops the daemon's
+    writer or a push. On PostgreSQL it is ``REPEATABLE READ``, read only. A write in it
+    fails (SQLite: once it needs the lock another connection holds; do not write here).
+    """
+    async with engine.connect() as conn:
+        if is_postgres(conn):
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        else:
+            conn = await conn.execution_options(**{_READ_SNAPSHOT: True})
+        async with conn.begin():
+            yield conn
 
 
 @asynccontextmanager

@@ -71,7 +71,7 @@ from sqlalchemy.sql import Select
 
 from archiver import __version__
 from archiver.codec import Codec, DamagedBody, MissingDictionary, UnknownCodec, damaged
-from archiver.db import is_postgres
+from archiver.db import read_snapshot
 from archiver.errors import ArchiverError
 from archiver.jsontext import json_text
 from archiver.logs import get_logger
@@ -552,7 +552,7 @@ class _Chunk:
 
 
 async def _read_position(engine: AsyncEngine, cursor: str) -> _Position:
-    async with engine.begin() as conn:
+    async with read_snapshot(engine) as conn:
         row = (
             await conn.execute(
                 select(export_cursors.c.last_seq, export_cursors.c.batch).where(
@@ -590,7 +590,8 @@ async def _read_chunk(
     keyset = (
         c.change_seq > seq if rid is None else and_(c.change_seq >= seq, or_(c.change_seq > seq, c.id > rid))
     )
-    async with engine.connect() as conn:
+    # A snapshot that never takes SQLite's write lock: the daemon writes on meanwhile.
+    async with read_snapshot(engine) as conn:
         dialect = conn.dialect.name
         stmt = (
             _select_rows(responses, dialect)
@@ -598,19 +599,16 @@ async def _read_chunk(
             .order_by(c.change_seq, c.id)
             .limit(limit)
         )
-        if is_postgres(conn):
-            conn = await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-        async with conn.begin():
-            rows, cut = await _read_responses(conn, stmt)
-            if not rows:
-                return None
-            last = rows[-1]
-            chunk: dict[str, list[Any]] = {"responses": _json_as_text(responses, rows, dialect)}
-            ids = [row[_ID] for row in rows]
-            for table in EXPORTED_CHILDREN:
-                stmt = _select_rows(table, dialect).where(_one_of(table.c.response_id, ids, dialect))
-                result = await conn.execute(stmt.order_by(*table.primary_key.columns))
-                chunk[str(table.name)] = _json_as_text(table, result.all(), dialect)
+        rows, cut = await _read_responses(conn, stmt)
+        if not rows:
+            return None
+        last = rows[-1]
+        chunk: dict[str, list[Any]] = {"responses": _json_as_text(responses, rows, dialect)}
+        ids = [row[_ID] for row in rows]
+        for table in EXPORTED_CHILDREN:
+            stmt = _select_rows(table, dialect).where(_one_of(table.c.response_id, ids, dialect))
+            result = await conn.execute(stmt.order_by(*table.primary_key.columns))
+            chunk[str(table.name)] = _json_as_text(table, result.all(), dialect)
     return _Chunk(chunk, (int(last[_CHANGE_SEQ]), str(last[_ID])), more=cut or len(rows) == limit)
 
 
