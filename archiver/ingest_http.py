@@ -298,8 +298,8 @@ async def _body(request: web.Request, limits: _BodyLimits) -> AsyncIterator[byte
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     # aiohttp inflates a compressed body before we read it: a few bytes on the wire may
     # become the whole cap, so such a body (or one of unknown length) reserves the cap.
-    exact = request.content_length is not None and encoding in ("", "identity")
-    with limits.budget.reserve(request.content_length if exact and request.content_length else cap):
+    length = request.content_length
+    with limits.budget.reserve(length if length is not None and encoding in ("", "identity") else cap):
         body = bytearray()
         try:
             async with asyncio.timeout(limits.timeout_s):
