@@ -76,9 +76,11 @@ REQUEST_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 
 _REFRESH_TIMEOUT_FLOOR_S = 10.0
 
-LISTENER_IDLE_TIMEOUT_S = 15.0
+LISTENER_IDLE_TIMEOUT_S = 20.0
 """Seconds a connection to the listener may stay open without a whole request head: from
-when it opens (a client trickling its headers, slowloris) and between keep-alive requests."""
+when it opens (a client trickling its headers, slowloris) and between keep-alive requests
+(longer than Prometheus's default 15 s scrape interval, so a scraper's idle connection is
+not closed just as its next scrape is sent)."""
 LISTENER_MAX_CONNECTIONS = 256
 """Connections the listener keeps open at once; one more is closed at once (each is a file
 descriptor, which the database and the provider's connections need too)."""
