@@ -43,10 +43,12 @@ __all__ = [
     "ENQUEUE_MAX_BYTES",
     "RESPONSE_EVENTS",
     "WEBHOOK_MAX_BYTES",
+    "EnqueueBody",
     "IngestSecrets",
     "ingest_routes",
     "load_ingest_secrets",
     "parse_enqueue_body",
+    "read_enqueue_body",
 ]
 
 log = get_logger()
@@ -149,24 +151,52 @@ def parse_enqueue_body(
     ``source`` not in ``sources`` (the ones served) is rejected (``unknown source``), and
     so is an item naming none when ``default`` is not served.
 
+    Returns every rejected item; :func:`read_enqueue_body` keeps only the first ones.
+
     Raises:
         BodyError: the body is not UTF-8, or starts like an array but is not valid JSON.
+    """
+    read = read_enqueue_body(body, sources, keep_rejected=None)
+    return read.accepted, read.rejected
+
+
+@dataclass
+class EnqueueBody:
+    """What a body holds: the accepted IDs, the first rejected items, how many were rejected."""
+
+    accepted: list[IdLine]
+    rejected: list[RejectedLine]
+    rejected_count: int
+
+
+def read_enqueue_body(
+    body: bytes,
+    sources: frozenset[str] = frozenset({DEFAULT_SOURCE}),
+    *,
+    keep_rejected: int | None = MAX_REJECTED_SHOWN,
+) -> EnqueueBody:
+    """:func:`parse_enqueue_body`, keeping at most ``keep_rejected`` rejected items (None:
+    all) and counting the rest: an 8 MiB body of bad lines is millions of them.
+
+    Raises:
+        BodyError: as :func:`parse_enqueue_body`.
     """
     try:
         text = body.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
         raise BodyError("the body is not UTF-8 text") from None
-    accepted: list[IdLine] = []
-    rejected: list[RejectedLine] = []
+    read = EnqueueBody([], [], 0)
     for item in _items(text, sources):
         if isinstance(item, IdLine) and item.source is None and DEFAULT_SOURCE not in sources:
             reason = "no source given, and this daemon does not serve the source 'default'"
-            rejected.append(RejectedLine(item.line_no, reason, item.response_id))
-        elif isinstance(item, IdLine):
-            accepted.append(item)
-        else:
-            rejected.append(item)
-    return accepted, rejected
+            item = RejectedLine(item.line_no, reason, item.response_id)
+        if isinstance(item, IdLine):
+            read.accepted.append(item)
+            continue
+        read.rejected_count += 1
+        if keep_rejected is None or len(read.rejected) < keep_rejected:
+            read.rejected.append(item)
+    return read
 
 
 def _items(text: str, sources: frozenset[str]) -> Iterator[IdLine | RejectedLine]:
@@ -405,10 +435,11 @@ def _enqueue_handler(
             return refused.answer
 
     async def enqueue_body(body: bytes) -> web.Response:
-        try:
-            accepted, rejected = parse_enqueue_body(body, sources)
+        try:  # in a thread: millions of items would hold the event loop for seconds
+            read = await asyncio.to_thread(read_enqueue_body, body, sources)
         except BodyError as exc:
             return _answer(400, {"error": str(exc)})
+        accepted = read.accepted
         try:
             counts = await queue.enqueue(
                 [line.response_id for line in accepted],
@@ -421,15 +452,15 @@ def _enqueue_handler(
             "archiver.ingest_enqueued",
             queued=counts.queued,
             already_known=counts.already_known,
-            rejected=len(rejected),
+            rejected=read.rejected_count,
         )
         return _answer(
             200,
             {
                 "queued": counts.queued,
                 "already_known": counts.already_known,
-                "rejected": len(rejected),
-                "rejected_lines": _rejected_json(rejected),
+                "rejected": read.rejected_count,
+                "rejected_lines": _rejected_json(read.rejected),
             },
         )
 
