@@ -50,6 +50,11 @@ CANARIES = [
     "r8_canaryReplicate7788",
     "sk-canary+with/slash+plus7788",
 ]
+# The whole CLI run for a key of no known shape and for one whose URL-quoted and base64
+# forms differ most (``+``, ``/``): every shape is masked by the same registration, and
+# tests/unit/test_redaction.py checks each shape's forms and patterns (four more runs
+# here cost ~50 s of the suite's 12 minutes).
+THROUGH_THE_CLI = [CANARIES[0], CANARIES[5]]
 FAST = (
     "--max-attempts",
     "2",
@@ -267,7 +272,7 @@ def assert_database_clean(db_path: Path, key: str) -> None:
 # --- the tests -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", CANARIES)
+@pytest.mark.parametrize("key", THROUGH_THE_CLI)
 def test_a_key_echoed_through_every_channel_is_never_shown_or_stored(
     key: str, hostile: HostileServer, tmp_path: Path
 ) -> None:
