@@ -765,8 +765,22 @@ async def _stamped_revision(engine: AsyncEngine) -> str | None:
 
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the database up to the current schema (idempotent, safe to run concurrently)."""
-    if await _stamped_revision(engine) == SCHEMA_HEAD:
+    stamped = await _stamped_revision(engine)
+    if stamped == SCHEMA_HEAD:
         return
+    if stamped is None and not is_postgres(engine):
+        from archiver.sqlite_snapshot import create_from_snapshot
+
+        await _refuse_a_foreign_database(engine)
+        async with engine.begin() as conn:  # a new archive: the file the migrations build, faster
+            if await conn.run_sync(create_from_snapshot, SCHEMA_HEAD):
+                return
+    await migrate_with_alembic(engine)
+
+
+async def migrate_with_alembic(engine: AsyncEngine) -> None:
+    """:func:`migrate` by running the migrations, also for a new SQLite archive (which
+    :func:`migrate` builds from :mod:`archiver.sqlite_snapshot`, made by this)."""
     async with engine.connect() as conn:
         current = await conn.run_sync(_current_revision)
     head = head_revision()

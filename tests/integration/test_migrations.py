@@ -6,6 +6,7 @@ Every test runs on SQLite and on a real PostgreSQL server (``db_url``).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -22,8 +23,17 @@ from sqlalchemy.engine import Connection, Engine
 
 import archiver.queue  # noqa: F401  (registers archive_queue on the shared metadata)
 from archiver import schema
-from archiver.db import create_engine, head_revision, migrate, schema_revision, sqlite_write_engine
+from archiver.db import (
+    SCHEMA_HEAD,
+    create_engine,
+    head_revision,
+    migrate,
+    migrate_with_alembic,
+    schema_revision,
+    sqlite_write_engine,
+)
 from archiver.errors import NotAnArchive
+from archiver.sqlite_snapshot import SNAPSHOT_NAME, take_snapshot
 from tests.history import revision_before
 
 pytestmark = pytest.mark.timeout(120)
@@ -61,6 +71,61 @@ async def test_upgrade_head_on_an_empty_database_matches_the_metadata(db_url: st
             assert await conn.run_sync(_table_names) == _declared_tables()
             diff = await conn.run_sync(_diff)
         assert diff == [], f"migrations drifted from archiver.schema.metadata: {diff}"
+    finally:
+        await engine.dispose()
+
+
+def _schema_and_rows(path: Path) -> tuple[list[tuple[Any, ...]], dict[str, list[tuple[Any, ...]]]]:
+    with sqlite3.connect(path) as conn:
+        entries = conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+        ).fetchall()
+        rows = {
+            name: conn.execute(f'SELECT * FROM "{name}" ORDER BY 1').fetchall()
+            for (kind, name, _, _) in entries
+            if kind == "table"
+        }
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    return entries, rows
+
+
+async def test_a_new_sqlite_archive_from_the_snapshot_is_the_file_the_migrations_build(
+    tmp_path: Path,
+) -> None:
+    """A new SQLite archive is built from migrations/sqlite_head.json (archiver.sqlite_snapshot,
+    milliseconds instead of ~0.35 s of alembic): the same tables, indexes, views, triggers (as
+    SQLite keeps their text) and rows as ``upgrade head`` makes. Fails when a migration is
+    added without a new snapshot: ``python -m archiver.sqlite_snapshot`` writes it."""
+    built: dict[str, Any] = {}
+    for way, run in (("alembic", migrate_with_alembic), ("snapshot", migrate)):
+        engine = create_engine(f"sqlite:///{tmp_path / way}.db")
+        try:
+            await run(engine)
+            async with engine.connect() as conn:
+                built[way] = await conn.run_sync(take_snapshot, SCHEMA_HEAD)
+        finally:
+            await engine.dispose()
+    entries, rows = _schema_and_rows(tmp_path / "alembic.db")
+    assert {kind for kind, *_ in entries} == {"table", "index", "view"}
+    assert _schema_and_rows(tmp_path / "snapshot.db") == (entries, rows)
+    assert rows["alembic_version"] == [(SCHEMA_HEAD,)]
+    bundled = json.loads((Path(__file__).parents[2] / "migrations" / SNAPSHOT_NAME).read_text())
+    assert bundled == built["alembic"] == built["snapshot"], "run: python -m archiver.sqlite_snapshot"
+
+
+async def test_a_snapshot_of_another_revision_is_never_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from archiver import sqlite_snapshot
+
+    stale = {**sqlite_snapshot._bundled(), "revision": "0001", "statements": ["CREATE TABLE wrong (x)"]}
+    monkeypatch.setattr(sqlite_snapshot, "_bundled", lambda: stale)
+    engine = create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    try:
+        await migrate(engine)
+        async with engine.connect() as conn:
+            assert "wrong" not in await conn.run_sync(_table_names)
+            assert await conn.run_sync(_diff) == []
     finally:
         await engine.dispose()
 
