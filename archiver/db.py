@@ -769,12 +769,11 @@ async def migrate(engine: AsyncEngine) -> None:
     if stamped == SCHEMA_HEAD:
         return
     if stamped is None and not is_postgres(engine):
-        from archiver.sqlite_snapshot import create_from_snapshot
+        from archiver.sqlite_snapshot import build_from_snapshot
 
         await _refuse_a_foreign_database(engine)
-        async with engine.begin() as conn:  # a new archive: the file the migrations build, faster
-            if await conn.run_sync(create_from_snapshot, SCHEMA_HEAD):
-                return
+        if await build_from_snapshot(engine, SCHEMA_HEAD):  # a new archive, faster than alembic
+            return
     await migrate_with_alembic(engine)
 
 

@@ -11,11 +11,18 @@ archive each way and compares their whole ``sqlite_master`` and every row, so a 
 migration without a new snapshot fails the suite (``python -m archiver.sqlite_snapshot``
 writes it). A snapshot of another revision than :data:`archiver.db.SCHEMA_HEAD` is never
 used, and a file that holds any table is always migrated by alembic.
+
+An installed copy's snapshot may be missing, unreadable or damaged (cut short, edited by
+hand): it carries the SHA-256 of its statements and rows, its shape is checked before it
+is used, the replay must leave ``alembic_version`` at the head, and any of these failing
+rolls the replay back and lets alembic build the archive (one warning), never a crash or
+a wrong archive.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.resources
 import json
 import sys
@@ -23,8 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["create_from_snapshot", "take_snapshot"]
+from archiver.db import db_error_message, permanent_db_fault
+from archiver.logs import get_logger
+
+__all__ = ["build_from_snapshot", "create_from_snapshot", "take_snapshot"]
 
 SNAPSHOT_NAME = "sqlite_head.json"
 _KINDS = ("table", "index", "view", "trigger")  # created in this order: each may name the ones before
@@ -52,7 +64,44 @@ def take_snapshot(conn: Connection, revision: str) -> dict[str, Any]:
             raise ValueError(f"table {table} holds bytes: the snapshot holds JSON values only")
         if data:
             rows[table] = {"columns": list(result.keys()), "rows": data}
-    return {"revision": revision, "statements": statements, "rows": rows}
+    return {"revision": revision, "statements": statements, "rows": rows, "sha256": _digest(statements, rows)}
+
+
+def _digest(statements: Any, rows: Any) -> str:
+    return hashlib.sha256(json.dumps([statements, rows], sort_keys=True).encode()).hexdigest()
+
+
+class SnapshotUnusable(Exception):
+    """The bundled snapshot cannot build an archive (alembic builds it instead)."""
+
+
+def _usable(loaded: object) -> bool:
+    """The snapshot has the shape :func:`take_snapshot` writes and its own digest."""
+    if not isinstance(loaded, dict):
+        return False
+    statements, rows = loaded.get("statements"), loaded.get("rows")
+    if not (
+        isinstance(loaded.get("revision"), str)
+        and isinstance(statements, list)
+        and all(isinstance(sql, str) for sql in statements)
+        and isinstance(rows, dict)
+        and all(_usable_rows(data) for data in rows.values())
+    ):
+        return False
+    return loaded.get("sha256") == _digest(statements, rows)
+
+
+def _usable_rows(data: object) -> bool:
+    if not isinstance(data, dict):
+        return False
+    columns, rows = data.get("columns"), data.get("rows")
+    return (
+        isinstance(columns, list)
+        and bool(columns)
+        and all(isinstance(name, str) for name in columns)
+        and isinstance(rows, list)
+        and all(isinstance(row, list) and len(row) == len(columns) for row in rows)
+    )
 
 
 @functools.cache
@@ -60,15 +109,16 @@ def _bundled() -> dict[str, Any] | None:
     resource = importlib.resources.files("archiver.migrations").joinpath(SNAPSHOT_NAME)
     try:
         loaded: dict[str, Any] = json.loads(resource.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # missing, a directory, unreadable, not UTF-8, not JSON
         return None
-    return loaded
+    return loaded if _usable(loaded) else None
 
 
 def create_from_snapshot(conn: Connection, head: str) -> bool:
     """Build the archive at revision ``head`` in the empty SQLite database of ``conn`` (in
     its transaction) from the bundled snapshot; False, doing nothing, when the database
-    holds a table or the snapshot is of another revision (alembic migrates it then)."""
+    holds a table or the snapshot is of another revision (alembic migrates it then).
+    Raises :class:`SnapshotUnusable` when the replay does not leave the archive at ``head``."""
     snapshot = _bundled()
     if snapshot is None or snapshot.get("revision") != head:
         return False
@@ -82,7 +132,27 @@ def create_from_snapshot(conn: Connection, head: str) -> bool:
         conn.exec_driver_sql(
             f'INSERT INTO "{table}" ({names}) VALUES ({marks})', [tuple(r) for r in data["rows"]]
         )
+    stamp = [tuple(row) for row in conn.exec_driver_sql("SELECT version_num FROM alembic_version")]
+    if stamp != [(head,)]:
+        raise SnapshotUnusable(f"it stamps the archive {stamp!r}, not {head}")
     return True
+
+
+async def build_from_snapshot(engine: AsyncEngine, head: str) -> bool:
+    """:func:`create_from_snapshot` in a transaction of its own: False (nothing written, one
+    warning) when the snapshot's statements fail for any reason but the database's own (a
+    full disk, a read-only file: those are raised, alembic would meet them too)."""
+    try:
+        async with engine.begin() as conn:
+            return await conn.run_sync(create_from_snapshot, head)
+    except (DBAPIError, SnapshotUnusable) as exc:
+        if isinstance(exc, DBAPIError) and (
+            permanent_db_fault(exc) is not None or "locked" in str(exc.orig).lower()
+        ):
+            raise
+        error = db_error_message(exc) if isinstance(exc, DBAPIError) else str(exc)
+        get_logger().warning("archiver.sqlite_snapshot_unusable", error=error, fallback="alembic")
+        return False
 
 
 def _write_snapshot(path: Path) -> None:
