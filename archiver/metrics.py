@@ -687,7 +687,14 @@ class _Refused(asyncio.Protocol):
 
 
 class _CappedConnections:
-    """The protocol factory of the listener: aiohttp's, up to ``limit`` open connections."""
+    """The protocol factory of the listener: aiohttp's, up to ``limit`` open connections.
+
+    At the cap a newcomer closes the oldest idle connection (one waiting for a request head:
+    half sent, or kept alive after its answer) and takes its place; it is refused only
+    when every connection is serving a request. Idle connections cost a client nothing to
+    hold, so without this one client opening ``limit`` of them, renewed every head
+    timeout, kept every ``/healthz`` probe and ``/metrics`` scrape out.
+    """
 
     _LOG_EVERY_S = 60.0
 
@@ -695,16 +702,41 @@ class _CappedConnections:
         self._runner = runner
         self._limit = limit
         self._refused = 0
+        self._evicted = 0
         self._logged_at = -self._LOG_EVERY_S
 
     def __call__(self) -> asyncio.BaseProtocol:
         server = self._runner.server
         assert server is not None  # set up before listening
-        if len(server.connections) < self._limit:
+        connections = server.connections
+        if len(connections) < self._limit or self._close_oldest_idle(connections):
             return server()
         self._refused += 1
+        self._log_busy()
+        return _Refused()
+
+    def _close_oldest_idle(self, connections: list[Any]) -> bool:
+        """Close the oldest connection waiting for a request head (in the order they opened);
+        False when every one is serving a request."""
+        open_ = [handler for handler in connections if getattr(handler, "transport", None) is not None]
+        if len(open_) < self._limit:
+            return True  # the rest are closing already
+        for handler in open_:
+            waiter = getattr(handler, "_waiter", None)  # aiohttp's own test of "idle" (keep-alive)
+            if waiter is not None and not waiter.done():
+                handler.force_close()
+                self._evicted += 1
+                self._log_busy()
+                return True
+        return False
+
+    def _log_busy(self) -> None:
         now = time.monotonic()
         if now - self._logged_at >= self._LOG_EVERY_S:  # one line a minute, however many come
             self._logged_at = now
-            log.warning("archiver.listener_busy", max_connections=self._limit, refused=self._refused)
-        return _Refused()
+            log.warning(
+                "archiver.listener_busy",
+                max_connections=self._limit,
+                refused=self._refused,
+                idle_closed=self._evicted,
+            )
