@@ -8,11 +8,13 @@ a few connections so the tests take a second; the behaviour is the same at 256.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from tests.integration.test_hostile_listener import _closed_within, _connect, raw_exchange, status_of
+from tests.integration.test_push_ingest import secret_files
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,3 +85,30 @@ async def test_a_request_being_served_is_never_closed_for_a_newcomer() -> None:
         for reader, writer in [*busy, last]:
             assert (await reader.readuntil(b"done\n")).startswith(b"HTTP/1.1 200")
             writer.close()
+
+
+async def test_trickled_webhook_bodies_cannot_fill_every_connection(sqlite_url: str, tmp_path: Path) -> None:
+    """At the real limits (256 connections, 32 MiB of bodies): a webhook body is read before
+    its signature can be checked, so 256 connections each trickling a 100-byte body (26 KB
+    of the budget, 30 s each) filled the cap with requests being served, and every probe was
+    refused. Bodies read at once are now capped below the connections, so the rest get 503
+    at once and the probe gets through."""
+    from archiver.db import open_database
+    from archiver.ingest_http import ingest_routes, load_ingest_secrets
+    from archiver.metrics import LISTENER_MAX_CONNECTIONS, Metrics, start_metrics_server
+    from archiver.queue import QueueStore
+
+    async with open_database(sqlite_url) as engine:
+        routes = ingest_routes(QueueStore(engine), load_ingest_secrets(secret_files(tmp_path)))
+        async with await start_metrics_server(Metrics(), port=0, routes=routes) as server:
+            held = []
+            for _ in range(LISTENER_MAX_CONNECTIONS):
+                reader, writer = await _connect(server.url)
+                writer.write(b"POST /webhooks/default HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nx")
+                held.append((reader, writer))
+            await asyncio.sleep(0.3)
+            try:
+                assert await _healthz(server.url) == 200
+            finally:
+                for _, writer in held:
+                    writer.close()
