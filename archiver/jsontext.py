@@ -35,7 +35,8 @@ import orjson
 MAX_NESTING: Final = 512
 """The deepest nesting of arrays and objects the archiver parses (see the module docstring)."""
 BYTES_PER_CONTAINER: Final = 8
-"""A body may hold one array or object per this many of its bytes (see :func:`max_containers`)."""
+"""A body may hold one array or object per this many of its bytes, an object counting as
+two (see :func:`max_containers`)."""
 MIN_CONTAINERS: Final = 65_536
 """However short the body, it may hold this many arrays and objects."""
 
@@ -54,7 +55,7 @@ class TooManyContainers(ValueError):
     def __init__(self, containers: int, most: int) -> None:
         super().__init__(
             f"holds {containers:,} arrays and objects, more than the {most:,} "
-            f"(one per {BYTES_PER_CONTAINER} bytes) the archiver reads"
+            f"(one per {BYTES_PER_CONTAINER} bytes) the archiver reads, an object counting as two"
         )
         self.containers = containers
         self.most = most
@@ -67,7 +68,9 @@ def max_containers(size: int) -> int:
     Parsed, an empty array or object takes ~70 bytes for the 3 of ``[],``: 16 MiB of them
     would be 5.6 million objects, ~390 MB beyond the bytes the settings bound. At one per
     8 bytes the parse of a body stays under ~9 times its size (real Responses hold one
-    per 80 bytes or more; dense logprobs one per ~25).
+    per 80 bytes or more; dense logprobs one per ~25). An object counts as two: a dict
+    takes about four times a list's memory, and 16 MiB of ``{"a":0},`` (one per 8 bytes)
+    made ``archiver run --once`` peak at 614 MiB, past README's 512 MiB.
     """
     return max(MIN_CONTAINERS, size // BYTES_PER_CONTAINER)
 
@@ -189,12 +192,13 @@ def _scan(data: bytes, *, limited: bool) -> bytes:
     scan = data.translate(_SCAN)
     if limited:
         openings, most = scan.count(_OPENING), max_containers(len(data))
-        if openings > MAX_NESTING or openings > most:  # brackets in strings count here
-            depth, containers = json_shape(data)
+        # brackets in strings count here
+        if openings > MAX_NESTING or openings + data.count(b"{") > most:
+            depth, containers, objects = json_shape(data)
             if depth > MAX_NESTING:
                 raise NestingTooDeep(depth)
-            if containers > most:
-                raise TooManyContainers(containers, most)
+            if containers + objects > most:
+                raise TooManyContainers(containers + objects, most)
     return scan
 
 
@@ -224,10 +228,11 @@ def nesting_depth(data: bytes) -> int:
     return json_shape(data)[0]
 
 
-def json_shape(data: bytes) -> tuple[int, int]:
-    """How deep arrays and objects nest in the JSON text ``data``, and how many there
-    are, found without recursion (brackets inside strings do not count). For text that
-    is not JSON the figures are a guess, which the parse after it refuses anyway.
+def json_shape(data: bytes) -> tuple[int, int, int]:
+    """How deep arrays and objects nest in the JSON text ``data``, how many arrays and
+    objects there are, and how many of them are objects, found without recursion
+    (brackets inside strings do not count). For text that is not JSON the figures are a
+    guess, which the parse after it refuses anyway.
 
     Every step is a pass of bytes methods (no regular expression, whose backtracking and
     per-match lists a hostile body can make quadratic or ~45 times its size): memory is
@@ -237,11 +242,13 @@ def json_shape(data: bytes) -> tuple[int, int]:
     # Two quotes in a row close a string and open the next (or are an empty one):
     # dropping them leaves every bracket as much inside or outside a string as it was.
     marks = marks.translate(None, _NOT_MARKS).replace(_EMPTY_STRING, b"")
-    depth = deepest = containers = 0
+    depth = deepest = containers = objects = 0
     in_string = False
     for start in range(0, len(marks), _WINDOW):
         pieces = marks[start : start + _WINDOW].split(b'"')
-        outside = b"".join(pieces[1 if in_string else 0 :: 2]).translate(_BRACKET_STEPS)
+        outside = b"".join(pieces[1 if in_string else 0 :: 2])
+        objects += outside.count(b"{")
+        outside = outside.translate(_BRACKET_STEPS)
         in_string ^= len(pieces) % 2 == 0
         opening, closing = outside.count(1), outside.count(255)
         if depth + opening > deepest:  # this window may reach deeper
@@ -251,7 +258,7 @@ def json_shape(data: bytes) -> tuple[int, int]:
                 deepest = max(deepest, max(accumulate(memoryview(outside).cast("b"), initial=depth)))
         depth += opening - closing
         containers += opening
-    return deepest, containers
+    return deepest, containers, objects
 
 
 def _finite(digits: str) -> float | None:

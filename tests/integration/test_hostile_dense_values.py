@@ -42,4 +42,29 @@ async def test_a_body_dense_in_objects_or_strings_stays_within_the_memory_bound(
     assert peak < 512 * MiB, f"peak RSS {peak // MiB} MiB ({state})"
     assert state == expected, error
     if state == "failed":
-        assert "arrays and objects, more than the 2,096,640 (one per 8 bytes)" in error, error
+        assert "arrays and objects, more than the 2,096,661 (one per 8 bytes)" in error, error
+
+
+def _logprob(token: str) -> dict[str, object]:
+    return {"token": token, "logprob": -0.5, "bytes": list(token.encode())}
+
+
+def test_the_densest_real_bodies_are_read() -> None:
+    """The control, at the tight end of real bodies: 4 MiB of Responses logprobs with
+    one-character tokens and 20 top_logprobs each (an object and an array per ~40 bytes),
+    and an mcp_list_tools of tools whose schemas hold a property per ~22 bytes."""
+    import orjson
+
+    from archiver.jsontext import loads
+
+    entry = {**_logprob("a"), "top_logprobs": [_logprob(chr(97 + i)) for i in range(20)]}
+    logprobs = [entry] * (4 * MiB // len(orjson.dumps(entry)))
+    content = {"type": "output_text", "text": "a" * len(logprobs), "annotations": [], "logprobs": logprobs}
+    body = orjson.dumps({"id": "resp_lp", "output": [{"type": "message", "content": [content]}]})
+    assert len(loads(body)["output"][0]["content"][0]["logprobs"]) == len(logprobs)
+    properties = {f"p{i}": {"type": "string"} for i in range(200)}
+    tool = {"name": "t", "input_schema": {"type": "object", "properties": properties}}
+    listing = {"type": "mcp_list_tools", "server_label": "s", "tools": [tool] * 1000}
+    body = orjson.dumps({"id": "resp_mcp", "output": [listing]})
+    assert len(body) > 4 * MiB
+    assert len(loads(body)["output"][0]["tools"]) == 1000

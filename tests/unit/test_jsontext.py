@@ -187,5 +187,9 @@ def test_a_body_may_hold_one_array_or_object_per_8_bytes() -> None:
     assert len(loads(many)) == 200_001
     # Brackets in strings are not arrays: a string of 1 MB of them is read.
     assert loads(b'["' + b"[{" * 500_000 + b'"]') == ["[{" * 500_000]
-    assert json_shape(b'[[],{"a":"[[["},[1,[2]]]') == (3, 5)
+    assert json_shape(b'[[],{"a":"[[["},[1,[2]]]') == (3, 5, 1)
+    # An object counts as two (a dict takes ~4 times a list): one per 8 bytes is refused.
+    objects = b"[" + b'{"a":0},' * 50_000 + b"0]"
+    with pytest.raises(TooManyContainers, match="holds 100,001 arrays and objects, more than the 65,536"):
+        loads(objects)
     assert loads_stored(dense)[0] == []  # JSON columns read back are not limited
