@@ -622,10 +622,32 @@ def database_error(exc: BaseException, where: str) -> DatabaseFault | DatabaseUn
         # SQLite says "disk I/O error", not "full", when a full disk refuses it the -shm
         # or -wal file (a disk that was full before the first write).
         fault = _FULL
+    if fault == _FULL and os.path.isabs(where) and not _nearly_full(os.path.dirname(where)):
+        temp = sqlite_temp_directory()
+        if temp is not None and _nearly_full(temp):
+            # The archive's disk has room: SQLite's temporary files (a temporary table,
+            # a sort too large for memory) filled theirs, which SQLite does not name.
+            return DatabaseFault(
+                f"the disk holding SQLite's temporary files is full: {temp} ({_short_db_error(exc)}); "
+                "free some space there or set SQLITE_TMPDIR to a directory with room, then run again"
+            )
     if fault is not None:
         meaning, _, hint = fault.partition("; ")
         return DatabaseFault(f"{meaning}: {where} ({_short_db_error(exc)})" + (f"; {hint}" if hint else ""))
     return DatabaseUnavailable(f"cannot use the database {where}: {_short_db_error(exc)}")
+
+
+_SQLITE_TEMP_FALLBACKS = ("/var/tmp", "/usr/tmp", "/tmp", ".")  # noqa: S108 (named, not written)
+
+
+def sqlite_temp_directory() -> str | None:
+    """Where SQLite writes its temporary files, chosen as its unix VFS does: the first of
+    ``SQLITE_TMPDIR``, ``TMPDIR``, ``/var/tmp``, ``/usr/tmp``, ``/tmp``, ``.`` that is a
+    directory this process may write."""
+    for directory in (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), *_SQLITE_TEMP_FALLBACKS):
+        if directory and os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK):
+            return directory
+    return None
 
 
 def _nearly_full(directory: str) -> bool:
