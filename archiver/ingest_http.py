@@ -62,6 +62,11 @@ HELD_MAX_BYTES = 4 * ENQUEUE_MAX_BYTES
 its ``Content-Length`` (its route's cap when it sends none) before reading, and one that
 does not fit gets 503 with ``Retry-After`` at once. Webhook bodies are read before their
 signature can be checked, so without this bound anyone able to connect sets the memory."""
+HELD_MAX_BODIES = 128
+"""Request bodies the ingest routes read at once, however small: half the listener's 256
+connections (``archiver.metrics.LISTENER_MAX_CONNECTIONS``), so connections trickling
+small bodies (30 s each) never fill the cap and keep ``/healthz`` and ``/metrics`` out;
+one more gets 503 with ``Retry-After`` at once, like a body over the byte budget."""
 MAX_REJECTED_SHOWN = 1000
 """Rejected items listed in one answer (the count covers all of them)."""
 RESPONSE_EVENTS = frozenset(
@@ -264,13 +269,18 @@ def _shorten(text: str) -> str:
 
 
 def _answer(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
-    """A JSON answer; every string in it passes the redaction point."""
-    return web.Response(
+    """A JSON answer; every string in it passes the redaction point. ``Connection="close"``
+    also tells aiohttp, so that it closes the connection (it kept it alive, and the
+    listener's cap could not tell it from one serving a request)."""
+    answer = web.Response(
         status=status,
         body=orjson.dumps(redact_value(payload)),
         content_type="application/json",
         headers=headers,
     )
+    if headers.get("Connection") == "close":
+        answer.force_close()
+    return answer
 
 
 class _Refused(Exception):
@@ -282,15 +292,18 @@ class _Refused(Exception):
 
 
 class _BodyBudget:
-    """The bytes of request bodies held at once (:data:`HELD_MAX_BYTES`), shared by the routes."""
+    """The bytes (:data:`HELD_MAX_BYTES`) and number (:data:`HELD_MAX_BODIES`) of request
+    bodies held at once, shared by the routes."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_bodies: int = HELD_MAX_BODIES) -> None:
         self.max_bytes = max_bytes
+        self.max_bodies = max_bodies
         self.held = 0
+        self.bodies = 0
 
     @contextlib.contextmanager
     def reserve(self, size: int) -> Iterator[None]:
-        if self.held + size > self.max_bytes:
+        if self.held + size > self.max_bytes or self.bodies >= self.max_bodies:
             raise _Refused(
                 _answer(
                     503,
@@ -299,10 +312,12 @@ class _BodyBudget:
                 )
             )
         self.held += size
+        self.bodies += 1
         try:
             yield
         finally:
             self.held -= size
+            self.bodies -= 1
 
 
 @dataclass(frozen=True)

@@ -686,6 +686,17 @@ class _Refused(asyncio.Protocol):
         transport.close()
 
 
+def _waits_for_a_head(handler: Any) -> bool:
+    """aiohttp's own test of an idle connection (its keep-alive timer closes such a one)."""
+    waiter = getattr(handler, "_waiter", None)
+    return waiter is not None and not waiter.done()
+
+
+def _serves_nothing(handler: Any) -> bool:
+    """No request in its handler and none awaited: answered, lingering before it closes."""
+    return getattr(handler, "_current_request", None) is None and getattr(handler, "_waiter", None) is None
+
+
 class _CappedConnections:
     """The protocol factory of the listener: aiohttp's, up to ``limit`` open connections.
 
@@ -716,18 +727,19 @@ class _CappedConnections:
         return _Refused()
 
     def _close_oldest_idle(self, connections: list[Any]) -> bool:
-        """Close the oldest connection waiting for a request head (in the order they opened);
-        False when every one is serving a request."""
+        """Close a connection that serves no request: first one already answered with
+        ``Connection: close`` (aiohttp lingers up to 10 s reading the body it was sent),
+        else the oldest waiting for a request head; False when every one serves a request."""
         open_ = [handler for handler in connections if getattr(handler, "transport", None) is not None]
         if len(open_) < self._limit:
             return True  # the rest are closing already
-        for handler in open_:
-            waiter = getattr(handler, "_waiter", None)  # aiohttp's own test of "idle" (keep-alive)
-            if waiter is not None and not waiter.done():
-                handler.force_close()
-                self._evicted += 1
-                self._log_busy()
-                return True
+        closing = [h for h in open_ if not getattr(h, "_keepalive", True) and _serves_nothing(h)]
+        idle = [h for h in open_ if _waits_for_a_head(h)]
+        for handler in closing[:1] or idle[:1]:
+            handler.force_close()
+            self._evicted += 1
+            self._log_busy()
+            return True
         return False
 
     def _log_busy(self) -> None:

@@ -87,12 +87,6 @@ async def test_a_request_being_served_is_never_closed_for_a_newcomer() -> None:
             writer.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="requests being served fill the cap: a cap on bodies read at once (tried: 128) is not "
-    "enough, aiohttp lingers up to 10 s on each refused connection reading the unsent body, so "
-    "the refused ones still fill it; needs closing refused connections without lingering",
-)
 async def test_trickled_webhook_bodies_cannot_fill_every_connection(sqlite_url: str, tmp_path: Path) -> None:
     """At the real limits (256 connections, 32 MiB of bodies): a webhook body is read before
     its signature can be checked, so 256 connections each trickling a 100-byte body (26 KB
