@@ -82,8 +82,9 @@ when it opens (a client trickling its headers, slowloris) and between keep-alive
 (longer than Prometheus's default 15 s scrape interval, so a scraper's idle connection is
 not closed just as its next scrape is sent)."""
 LISTENER_MAX_CONNECTIONS = 256
-"""Connections the listener keeps open at once; one more is closed at once (each is a file
-descriptor, which the database and the provider's connections need too)."""
+"""Connections the listener keeps open at once (each is a file descriptor, which the
+database and the provider's connections need too): one more closes one that serves no
+request, or is itself closed at once when every one serves a request."""
 
 
 def fetch_outcome_label(outcome: Outcome | None) -> str:
