@@ -192,8 +192,9 @@ def _scan(data: bytes, *, limited: bool) -> bytes:
     scan = data.translate(_SCAN)
     if limited:
         openings, most = scan.count(_OPENING), max_containers(len(data))
-        # brackets in strings count here
-        if openings > MAX_NESTING or openings + data.count(b"{") > most:
+        # Brackets in strings count here, and every one may be an object's (counting two):
+        # only a body that could be past a limit pays for json_shape's exact count.
+        if openings > MAX_NESTING or 2 * openings > most:
             depth, containers, objects = json_shape(data)
             if depth > MAX_NESTING:
                 raise NestingTooDeep(depth)
