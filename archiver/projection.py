@@ -32,7 +32,7 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.engine import Connection
 
 from archiver.errors import ConfigError
-from archiver.schema import CHILD_TABLES, archive_meta, responses
+from archiver.schema import CHILD_TABLES, archive_meta, conflict_insert, responses
 from archiver.settings import NORMALIZE_MODES
 
 MODES = NORMALIZE_MODES
@@ -86,10 +86,7 @@ def write_meta_sync(conn: Connection, name: str, value: str | None) -> None:
     if value is None:
         conn.execute(delete(archive_meta).where(archive_meta.c.name == name))
         return
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(archive_meta).values(name=name, value=value)
+    statement = conflict_insert(conn, archive_meta).values(name=name, value=value)
     conn.execute(
         statement.on_conflict_do_update(index_elements=["name"], set_={"value": statement.excluded.value})
     )

@@ -51,7 +51,7 @@ from sqlalchemy import (
     TypeDecorator,
 )
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeEngine
 
 __all__ = [
@@ -65,6 +65,7 @@ __all__ = [
     "archive_meta",
     "billing_details",
     "code_interpreter_outputs",
+    "conflict_insert",
     "content_parts",
     "export_cursors",
     "file_search_queries",
@@ -619,3 +620,14 @@ archive_meta = Table(
     comment="Facts about the whole archive: its normalize mode, the position of an unfinished "
     "renormalize; see archiver/projection.py",
 )
+
+
+def conflict_insert(conn: Connection, table: Table) -> Any:
+    """``INSERT`` into ``table`` in the dialect of ``conn``: one that takes
+    ``on_conflict_do_nothing`` and ``on_conflict_do_update`` (``excluded``) on PostgreSQL
+    and SQLite alike."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
+    return sqlite.insert(table)

@@ -50,6 +50,7 @@ from archiver.reencode import REENCODE_ATTEMPTS, PlainWalk
 from archiver.schema import (
     CHILD_TABLES,
     archive_dictionaries,
+    conflict_insert,
     input_item_contents,
     input_item_lists,
     is_json_type,
@@ -396,10 +397,7 @@ class ArchiveStore:
         still = select(archive_dictionaries.c.id).where(archive_dictionaries.c.id == row["id"])
         if conn.execute(still.with_for_update(read=True, key_share=True)).first() is None:
             log.warning("archiver.dictionary_restored", dictionary=row["id"])
-            from sqlalchemy.dialects import postgresql, sqlite
-
-            dialect = postgresql if self.dialect == "postgresql" else sqlite
-            put_back = dialect.insert(archive_dictionaries).values(row)
+            put_back = conflict_insert(conn, archive_dictionaries).values(row)
             conn.execute(put_back.on_conflict_do_nothing(index_elements=["id"]))
         return encoder
 

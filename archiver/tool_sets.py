@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 
 from archiver.jsontext import json_bytes
 from archiver.normalize import item_digest
-from archiver.schema import tool_sets
+from archiver.schema import conflict_insert, tool_sets
 
 __all__ = ["SWEPT_KEY", "ToolSetIds", "tools_digest"]
 
@@ -167,15 +167,7 @@ class ToolSetIds:
         return found
 
     def _insert(self, conn: Connection, values: dict[str, Any]) -> dict[str, int]:
-        statement: Any
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            statement = pg_insert(tool_sets).on_conflict_do_nothing(index_elements=["sha256"])
-        else:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            statement = sqlite_insert(tool_sets).on_conflict_do_nothing(index_elements=["sha256"])
+        statement = conflict_insert(conn, tool_sets).on_conflict_do_nothing(index_elements=["sha256"])
         now = datetime.now(UTC)
         digests = sorted(values)
         conn.execute(statement, [{"sha256": d, "tools": values[d], "first_seen_at": now} for d in digests])
