@@ -44,7 +44,7 @@ from archiver.normalize import normalize_body
 from archiver.projection import write_meta_sync
 from archiver.queue import archive_queue
 from archiver.schema import responses
-from archiver.store import IN_CHUNK, ArchiveStore, Reprojection, load_dictionaries
+from archiver.store import ArchiveStore, Reprojection, in_chunks, load_dictionaries
 
 log = get_logger()
 T = TypeVar("T")
@@ -304,8 +304,8 @@ class Rebuilder:
         async def read() -> list[Any]:
             async with statement_at_a_time(self.engine) as conn:
                 rows: list[Any] = []
-                for start in range(0, len(ids), IN_CHUNK):  # PostgreSQL takes at most 32,767 parameters
-                    rows += (await conn.execute(stmt.where(r.id.in_(ids[start : start + IN_CHUNK])))).all()
+                for chunk in in_chunks(ids):
+                    rows += (await conn.execute(stmt.where(r.id.in_(chunk)))).all()
                 wanted = {int(row[3]) for row in rows if row[3] is not None} - self._known_dicts
                 if wanted:
                     for dict_id, data in (await load_dictionaries(conn, wanted)).items():
@@ -392,7 +392,7 @@ class Rebuilder:
             return []
         ids = sorted(c.response_id for c, _ in pending)
         r = responses.c
-        chunks = [ids[start : start + IN_CHUNK] for start in range(0, len(ids), IN_CHUNK)]
+        chunks = list(in_chunks(ids))
         current: dict[str, tuple[int, str]] = {}
         if conn.dialect.name == "postgresql":
             # The daemon's writer locks the queue row first too: same order, no interleaving.

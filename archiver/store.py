@@ -207,7 +207,9 @@ def _short(text_: str) -> str:
     return text_ if len(text_) <= MAX_ERROR_CHARS else text_[: MAX_ERROR_CHARS - 1] + "…"
 
 
-def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
+def in_chunks(items: Sequence[str]) -> Iterable[list[str]]:
+    """``items`` in lists of at most :data:`IN_CHUNK`, each one ``IN`` list of a statement
+    (PostgreSQL takes at most 32,767 parameters in one)."""
     for start in range(0, len(items), IN_CHUNK):
         yield list(items[start : start + IN_CHUNK])
 
@@ -529,7 +531,7 @@ class ArchiveStore:
         """(lease token per ID still in flight, (raw_sha256, input_items_sha256) per archived ID)."""
         owned: dict[str, str] = {}
         existing: dict[str, tuple[str, str | None]] = {}
-        for chunk in _chunks(ids):
+        for chunk in in_chunks(ids):
             for rid, token, sha, input_sha in conn.execute(self._owned_stmt, {"ids": chunk}).fetchall():
                 owned[rid] = token
                 if sha is not None:
@@ -571,12 +573,12 @@ class ArchiveStore:
         if not changed:
             return
         replaced = [rid for rid in changed if rid in existing]
-        for chunk in _chunks(replaced):
+        for chunk in in_chunks(replaced):
             self.delete_children(conn, chunk)
             conn.execute(delete(responses).where(responses.c.id.in_(chunk)))
         # Input items stored earlier survive a re-archive that did not fetch them.
         refetched_inputs = [rid for rid in changed if rid in input_digests]
-        for chunk in _chunks(refetched_inputs):
+        for chunk in in_chunks(refetched_inputs):
             conn.execute(delete(response_input_items).where(response_input_items.c.response_id.in_(chunk)))
             conn.execute(delete(input_item_lists).where(input_item_lists.c.response_id.in_(chunk)))
         scrub = self.dialect == "postgresql"
@@ -842,12 +844,12 @@ class ArchiveStore:
         # updated in place, so the pages it leaves end up empty as a whole, which SQLite's
         # incremental vacuum can give back (bytes freed inside pages it cannot).
         kept: dict[str, Any] = {}
-        for chunk in _chunks(moved):
+        for chunk in in_chunks(moved):
             r = responses.c
             stored_columns = select(r.id, r.raw_sha256, r.fetched_at, r.archived_at, r.input_items_sha256)
             kept.update((row.id, row) for row in conn.execute(stored_columns.where(r.id.in_(chunk))))
             conn.execute(delete(responses).where(r.id.in_(chunk)))
-        for chunk in _chunks(ids):
+        for chunk in in_chunks(ids):
             self.delete_children(conn, chunk)
         first_seq = self._next_change_seqs(conn, len(rewrites))
         mode = archive_mode_sync(conn)
@@ -956,7 +958,7 @@ async def read_bodies(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, by
     """
     r = responses.c
     found: dict[str, tuple[bytes, str | None, int | None, str]] = {}
-    for chunk in _chunks(ids):
+    for chunk in in_chunks(ids):
         result = await conn.execute(
             select(r.id, r.raw, r.raw_codec, r.raw_dict_id, r.raw_sha256).where(r.id.in_(chunk))
         )
