@@ -283,3 +283,17 @@ class Codec:
         if hashlib.sha256(body).hexdigest() != raw_sha256:
             raise DamagedBody("it does not decode to the bytes received: raw_sha256 differs")
         return body
+
+    def decode_received(
+        self, response_id: str, stored: bytes, raw_codec: str | None, raw_dict_id: int | None, raw_sha256: str
+    ) -> bytes:
+        """:meth:`decode_exact` of the body ``show`` and the export hand out as received.
+
+        Raises:
+            DamagedBody: one line naming ``response_id`` and what to do (:func:`damaged`),
+                for a body that cannot be read back exactly, whatever the reason.
+        """
+        try:
+            return self.decode_exact(stored, raw_codec, raw_dict_id, raw_sha256)
+        except (DamagedBody, MissingDictionary, UnknownCodec) as exc:  # never handed out as received
+            raise damaged(response_id, exc) from None

@@ -70,7 +70,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Select
 
 from archiver import __version__
-from archiver.codec import Codec, DamagedBody, MissingDictionary, UnknownCodec, damaged
+from archiver.codec import Codec
 from archiver.db import read_snapshot
 from archiver.errors import ArchiverError
 from archiver.jsontext import json_text
@@ -682,10 +682,9 @@ async def _read_responses(conn: AsyncConnection, stmt: Any) -> tuple[list[list[A
                 values = list(row)
                 dict_id = values.pop()
                 raw_codec = values.pop()
-                try:
-                    values[_RAW] = reader.decode_exact(values[_RAW], raw_codec, dict_id, values[_SHA])
-                except (DamagedBody, MissingDictionary, UnknownCodec) as exc:  # never exported as received
-                    raise damaged(values[_ID], exc) from None
+                values[_RAW] = reader.decode_received(
+                    values[_ID], values[_RAW], raw_codec, dict_id, values[_SHA]
+                )
                 rows.append(values)
                 size += len(values[_RAW])
                 if size >= CHUNK_BYTES:

@@ -37,7 +37,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from archiver import codec, reencode
-from archiver.codec import Codec, DamagedBody, MissingDictionary, UnknownCodec, damaged
+from archiver.codec import Codec
 from archiver.db import check_same_file, now_sql, sqlite_write_engine
 from archiver.errors import ArchiverError, first_line
 from archiver.jsontext import json_bytes, json_text
@@ -966,10 +966,4 @@ async def read_bodies(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, by
             found[rid] = (bytes(raw), raw_codec, dict_id, sha)
     wanted = {stored[2] for stored in found.values() if stored[2] is not None}
     reader = Codec(await load_dictionaries(conn, wanted) if wanted else None)
-    bodies: dict[str, bytes] = {}
-    for rid, stored in found.items():
-        try:
-            bodies[rid] = reader.decode_exact(*stored)
-        except (DamagedBody, MissingDictionary, UnknownCodec) as exc:
-            raise damaged(rid, exc) from None
-    return bodies
+    return {rid: reader.decode_received(rid, *stored) for rid, stored in found.items()}
