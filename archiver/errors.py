@@ -13,6 +13,13 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:500] if text else type(exc).__name__
 
 
+def described(exc: BaseException) -> str:
+    """``TypeName: the first line of its message``, or the type name alone (for a log line
+    about an exception nobody foresaw: the type says more than a bare message)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class ArchiverError(Exception):
     """archiver failed."""
 

@@ -28,7 +28,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from archiver.errors import ConfigError
+from archiver.errors import ConfigError, described
 from archiver.logs import get_logger, redact
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll
 from archiver.queue import QUEUE_STATES, QueueStore
@@ -504,10 +504,9 @@ async def queue_gauge_loop(
                 raise
             except Exception as exc:
                 metrics.observe_queue_refresh_failure()
-                first_line = str(exc).splitlines()[0] if str(exc) else ""
                 log.warning(
                     "archiver.metrics_refresh_failed",
-                    error=redact(f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__),
+                    error=redact(described(exc)),
                     wait_s=interval_s,
                 )
             with contextlib.suppress(TimeoutError):
@@ -587,11 +586,10 @@ def build_metrics_app(
         except web.HTTPException:
             raise
         except Exception as exc:
-            text = str(exc).splitlines()[0] if str(exc) else ""
             log.error(
                 "archiver.listener_failed",
                 path=request.path[:200],
-                error=redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__),
+                error=redact(described(exc)),
             )
             return web.json_response({"error": "internal error"}, status=500)
 
@@ -666,8 +664,7 @@ class _OneLine(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         exc = record.exc_info[1] if record.exc_info else None
-        text = str(exc).splitlines()[0] if exc is not None and str(exc) else ""
-        detail = f"{type(exc).__name__}: {text}" if exc is not None else ""
+        detail = described(exc) if exc is not None else ""
         log.warning("archiver.listener_error", message=redact(record.getMessage()), error=redact(detail))
 
 
