@@ -249,14 +249,7 @@ async def test_bodies_held_at_once_are_bounded_and_the_rest_are_503_at_once(
             writer.write(b"POST /webhooks/default HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % cap)
             writer.write(b"x" * (cap // 2))
             slow.append((reader, writer))
-        refused = 0
-        for reader, _ in slow:
-            answer = await _answered_within(reader, 0.5)
-            if answer is not None:
-                assert status_of(answer) == 503, answer
-                assert b"retry-after" in answer.lower()
-                refused += 1
-        assert refused == 6
+        assert await _refused_for_the_budget(slow) == 6
         for _, writer in slow:
             writer.close()
         await asyncio.sleep(0.2)
@@ -265,6 +258,19 @@ async def test_bodies_held_at_once_are_bounded_and_the_rest_are_503_at_once(
         assert status_of(answer) == 200  # the budget is back once those clients are gone
     out, err = capfd.readouterr()  # a client gone in the middle of its body is no error of ours
     assert "listener_failed" not in out + err and "Traceback" not in out + err
+
+
+async def _refused_for_the_budget(slow: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> int:
+    """How many of the clients still sending their bodies were answered at once: each with
+    the budget's 503 and its Retry-After."""
+    refused = 0
+    for reader, _ in slow:
+        answer = await _answered_within(reader, 0.5)
+        if answer is not None:
+            assert status_of(answer) == 503, answer
+            assert b"retry-after" in answer.lower()
+            refused += 1
+    return refused
 
 
 # --- compressed bodies (aiohttp inflates them before the handler reads) -------------------------
@@ -316,12 +322,7 @@ async def test_a_compressed_body_counts_as_its_cap_in_the_budget(
                 b"Content-Length: %d\r\n\r\n" % len(inflates) + inflates[: len(inflates) // 2]
             )
             slow.append((reader, writer))
-        refused = 0
-        for reader, _ in slow:
-            answer = await _answered_within(reader, 0.5)
-            if answer is not None:
-                assert status_of(answer) == 503, answer
-                refused += 1
+        refused = await _refused_for_the_budget(slow)
         for _, writer in slow:
             writer.close()
         assert refused == 6
