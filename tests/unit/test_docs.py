@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from archiver.cli import COMMON_OPTIONS, ENQUEUE_OPTIONS, HTTP_OPTIONS, RUN_OPTIONS, Option, build_parser
+from archiver.cli import build_parser
+from archiver.options import COMMON_OPTIONS, ENQUEUE_OPTIONS, HTTP_OPTIONS, RUN_OPTIONS, Option
 from archiver.settings import Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from archiver.cli import COMMON_OPTIONS, HTTP_OPTIONS, RUN_OPTIONS, build_parser
+from archiver.cli import build_parser
 from archiver.db import normalize_database_url
 from archiver.errors import ConfigError, StopRun
+from archiver.options import COMMON_OPTIONS, HTTP_OPTIONS, RUN_OPTIONS
 from archiver.settings import CREDENTIAL_NAME, Settings
 
 REPO = Path(__file__).resolve().parents[2]
