@@ -23,12 +23,16 @@ from archiver.logs import configure_logging, register_secret
 from archiver.options import (
     COMMON_OPTIONS,
     ENQUEUE_OPTIONS,
+    EXPORT_FORMATS,
     HTTP_OPTIONS,
     NORMALIZE_OPTION,
     RUN_OPTIONS,
     add_key_file,
     add_log_level,
     add_options,
+    env_number,
+    export_cursor,
+    export_format_from,
     log_level,
     settings_from,
 )
@@ -681,45 +685,17 @@ def _print_rebuild(result: Any, failed: Any, *, json_out: bool) -> int:
     return 1 if failed else 0
 
 
-EXPORT_FORMATS = ("jsonl", "parquet", "csv")
-
-
-def _env_number(env: Mapping[str, str], name: str, option: str, default: int) -> int:
-    """A command option's variable, in its range (exit 2 naming the variable), else ``default``."""
-    value = env.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        return int(ranged(OPTION_RANGES[option])(value))
-    except argparse.ArgumentTypeError as exc:
-        raise ConfigError(f"{name}={value!r}: {exc}") from None
-
-
-def _export_format_from(env: Mapping[str, str]) -> str:
-    """``ARCHIVER_EXPORT_FORMAT``, checked like every other variable (exit 2 naming the choices)."""
-    value = env.get("ARCHIVER_EXPORT_FORMAT", "").strip()
-    if not value:
-        return "jsonl"
-    if value not in EXPORT_FORMATS:
-        raise ConfigError(f"ARCHIVER_EXPORT_FORMAT={value!r}: must be one of {', '.join(EXPORT_FORMATS)}")
-    return value
-
-
 def _export(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
-    from archiver.export import cursor_name_problem
 
     env = os.environ
-    chunk_size = args.chunk_size or _env_number(env, "ARCHIVER_EXPORT_CHUNK_SIZE", "chunk_size", 5000)
-    cursor = args.cursor or env.get("ARCHIVER_EXPORT_CURSOR", "").strip() or "default"
-    problem = cursor_name_problem(cursor)
-    if problem:  # a bad value, like any other: exit 2 naming what it must be
-        raise ConfigError(f"{'--cursor' if args.cursor else 'ARCHIVER_EXPORT_CURSOR'}={cursor!r}: {problem}")
+    chunk_size = args.chunk_size or env_number(env, "ARCHIVER_EXPORT_CHUNK_SIZE", "chunk_size", 5000)
+    cursor = export_cursor(args.cursor, env)
     report = _arun(
         commands.export(
             settings,
             args.out_dir,
-            fmt=args.export_format or _export_format_from(env),
+            fmt=args.export_format or export_format_from(env),
             cursor=cursor,
             full=args.full,
             chunk_size=chunk_size,

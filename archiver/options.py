@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from archiver.errors import ConfigError
-from archiver.ranges import setting_parser
+from archiver.ranges import OPTION_RANGES, setting_parser
+from archiver.ranges import parser as ranged
 from archiver.settings import (
     DEFAULT_BASE_URL,
     DEFAULT_DATABASE_URL,
@@ -426,3 +427,38 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     if getattr(args, "command", None) == "run":
         values["api_key"] = read_api_key(env, getattr(args, "api_key_file", None))
     return Settings(**values)
+
+
+EXPORT_FORMATS = ("jsonl", "parquet", "csv")
+
+
+def env_number(env: Mapping[str, str], name: str, option: str, default: int) -> int:
+    """A command option's variable, in its range (exit 2 naming the variable), else ``default``."""
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(ranged(OPTION_RANGES[option])(value))
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{name}={value!r}: {exc}") from None
+
+
+def export_format_from(env: Mapping[str, str]) -> str:
+    """``ARCHIVER_EXPORT_FORMAT``, checked like every other variable (exit 2 naming the choices)."""
+    value = env.get("ARCHIVER_EXPORT_FORMAT", "").strip()
+    if not value:
+        return "jsonl"
+    if value not in EXPORT_FORMATS:
+        raise ConfigError(f"ARCHIVER_EXPORT_FORMAT={value!r}: must be one of {', '.join(EXPORT_FORMATS)}")
+    return value
+
+
+def export_cursor(flag_value: str | None, env: Mapping[str, str]) -> str:
+    """``--cursor``, else ``ARCHIVER_EXPORT_CURSOR``, else ``default``; a bad name exits 2 naming it."""
+    from archiver.export import cursor_name_problem
+
+    cursor = flag_value or env.get("ARCHIVER_EXPORT_CURSOR", "").strip() or "default"
+    problem = cursor_name_problem(cursor)
+    if problem:  # a bad value, like any other: exit 2 naming what it must be
+        raise ConfigError(f"{'--cursor' if flag_value else 'ARCHIVER_EXPORT_CURSOR'}={cursor!r}: {problem}")
+    return cursor
