@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from archiver.cli import QUEUE_STATE_NAMES
+from archiver.arguments import QUEUE_STATE_NAMES
 from archiver.queue import QUEUE_STATES
 
 from .conftest import Cli
