@@ -31,6 +31,7 @@ from archiver.options import (
 )
 from archiver.redaction import install_excepthook, redact, register_database_url
 from archiver.settings import Settings, is_loopback, read_api_key
+from archiver.streams import discard_stdout, flush_output, open_closed_std_streams, write_all
 
 T = TypeVar("T")
 
@@ -44,34 +45,9 @@ def console() -> NoReturn:
     unexpected exception still ends the normal way, with its traceback.
     """
     heap.hold()  # until the command's imports are done (_arun)
-    stdout_closed = _open_closed_std_streams()
-    code = main()
-    try:
-        sys.stdout.flush()
-    except OSError:  # the reader went away (`show ID | head -c1`): what was asked is not all out
-        code = code or 1
-    if stdout_closed and code == 0:
-        # As GNU tools do: the work is done, but its output went nowhere.
-        print("archiver: error: stdout is closed: the command's output was lost", file=sys.stderr)
-        code = 1
-    with contextlib.suppress(Exception):
-        sys.stderr.flush()
+    stdout_closed = open_closed_std_streams()
+    code = flush_output(main(), stdout_closed=stdout_closed)
     os._exit(code)
-
-
-def _open_closed_std_streams() -> bool:
-    """Give a command started with stdout or stderr closed (``>&-``, ``2>&-``) /dev/null there.
-
-    Python leaves ``sys.stdout``/``sys.stderr`` as None then, and the first print or log
-    line would end the command in an AttributeError: ``enqueue 2>&-`` must still queue.
-    The descriptor opened takes the closed number, so child processes get it too.
-    Returns whether stdout was closed.
-    """
-    stdout_closed = sys.stdout is None
-    for name in ("stdin", "stdout", "stderr"):
-        if getattr(sys, name) is None:
-            setattr(sys, name, open(os.devnull, "r" if name == "stdin" else "w"))  # noqa: SIM115
-    return stdout_closed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except BrokenPipeError:
         # Whoever read stdout stopped (`| head`): nothing more to tell them, and no traceback.
-        _discard_stdout()
+        discard_stdout()
         return 1
     except Exception as exc:
         line = _database_error_line(exc)
@@ -105,14 +81,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("archiver: interrupted", file=sys.stderr)
         return 130
-
-
-def _discard_stdout() -> None:
-    """Point stdout at /dev/null, so the flush at exit cannot fail on the closed pipe again."""
-    with contextlib.suppress(OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
 
 
 def _database_error_line(exc: Exception) -> str | None:
@@ -272,26 +240,8 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
     raw = _arun(commands.show(settings, args.response_id))  # NotArchived says where it stands
-    _write_all(raw)
+    write_all(raw)
     return 0
-
-
-def _write_all(data: bytes) -> None:
-    """Write ``data`` to stdout in full, or raise (BrokenPipeError when the reader left).
-
-    The buffered writer can report a short write to a pipe whose reader went away, and
-    ``show ID | head -c1`` then looked like a success; ``os.write`` in a loop cannot.
-    """
-    sys.stdout.flush()
-    try:
-        fd = sys.stdout.fileno()
-    except (OSError, ValueError):  # not a real file (a test's StringIO)
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view[: 1 << 20]) :]
 
 
 def _retry(args: argparse.Namespace, settings: Settings) -> int:
