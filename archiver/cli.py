@@ -30,7 +30,8 @@ from archiver.options import (
     settings_from,
 )
 from archiver.redaction import install_excepthook, redact, register_database_url
-from archiver.settings import Settings, is_loopback, read_api_key
+from archiver.secret_sources import register_secrets, register_source_secrets
+from archiver.settings import Settings, is_loopback
 from archiver.streams import discard_stdout, flush_output, open_closed_std_streams, write_all
 
 T = TypeVar("T")
@@ -56,7 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env = os.environ
     install_excepthook()
-    register_secrets(args, env)
+    register_secrets(
+        env,
+        api_key_file=getattr(args, "api_key_file", None),
+        database_url=getattr(args, "database_url", None),
+        base_url=getattr(args, "base_url", None),
+    )
     configure_logging(log_level(args, env))
     try:
         settings = settings_from(args, env)
@@ -96,29 +102,6 @@ def _database_error_line(exc: Exception) -> str | None:
     return redact(str(database_error(exc, "the database")))
 
 
-def register_secrets(args: argparse.Namespace, env: Mapping[str, str]) -> None:
-    """Register every secret this process can find, whatever the command (see :mod:`archiver.redaction`).
-
-    The API key (every variable, the key file, systemd credentials), the mock server's key,
-    and the passwords in the database and base URLs. A key file that cannot be read fails
-    only the commands that need the key, later, with their own message.
-    """
-    from archiver.settings import API_KEY_VARIABLES
-
-    for name in (*API_KEY_VARIABLES, "ARCHIVER_MOCK_API_KEY"):
-        register_secret(env.get(name, "").strip())
-    without_variables = {k: v for k, v in env.items() if k not in API_KEY_VARIABLES}
-    with contextlib.suppress(ArchiverError, OSError, ValueError):
-        register_secret(read_api_key(without_variables, getattr(args, "api_key_file", None)))
-    for url in (
-        getattr(args, "database_url", None),
-        env.get("ARCHIVER_DATABASE_URL"),
-        getattr(args, "base_url", None),
-        env.get("ARCHIVER_BASE_URL"),
-    ):
-        register_database_url(url)
-
-
 def _load_config(settings: Settings, env: Mapping[str, str]) -> dict[str, Any] | None:
     """The sources file of ``--config`` (None without one), its keys registered as secrets.
 
@@ -130,10 +113,7 @@ def _load_config(settings: Settings, env: Mapping[str, str]) -> dict[str, Any] |
     from archiver.sources import load_config
 
     config = load_config(settings.config)
-    for source in config.values():
-        with contextlib.suppress(ArchiverError):
-            register_secret(source.read_key(env))  # a key that cannot be read fails `run` later
-        register_database_url(source.base_url)
+    register_source_secrets(config, env)
     return dict(config)
 
 
