@@ -177,6 +177,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     progress = summary = None
     try:
         from archiver import commands
+        from archiver.output import dumps
         from archiver.progress import Progress
 
         progress = Progress.for_stream(sys.stderr) if args.once else None
@@ -188,24 +189,20 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             progress.close(summary)
         discard(early)
     if args.once:
-        print(redact(commands.dumps(summary.as_dict())))  # stop_reason may quote the server
+        print(redact(dumps(summary.as_dict())))  # stop_reason may quote the server
     return 0
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
+    from archiver.output import print_status
 
     details = _arun(
         commands.status(
             settings, error_states=args.error_states, limit=args.limit, served_sources=_served(args, settings)
         )
     )
-    if args.json:
-        print(commands.dumps(details))
-    elif sys.stdout.isatty():
-        commands.print_status_table(details)
-    else:
-        print(commands.format_status(details))
+    print_status(details, json_out=args.json)
     return 0
 
 
@@ -303,6 +300,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def _renormalize(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
+    from archiver.output import print_rebuild
     from archiver.progress import WorkProgress
 
     progress = WorkProgress.for_stream(sys.stderr, "renormalizing")
@@ -314,11 +312,13 @@ def _renormalize(args: argparse.Namespace, settings: Settings) -> int:
         )
     finally:
         progress.close()
-    return _print_rebuild(result, result.report.failed or result.missing, json_out=args.json)
+    print_rebuild(result, json_out=args.json)
+    return 1 if result.report.failed or result.missing else 0
 
 
 def _compact(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
+    from archiver.output import print_rebuild
     from archiver.progress import WorkProgress
 
     progress = WorkProgress.for_stream(sys.stderr, "compacting")
@@ -326,22 +326,13 @@ def _compact(args: argparse.Namespace, settings: Settings) -> int:
         result = _arun(commands.compact(settings, vacuum=args.vacuum, progress=progress))
     finally:
         progress.close()
-    return _print_rebuild(result, result.report.failed, json_out=args.json)
-
-
-def _print_rebuild(result: Any, failed: Any, *, json_out: bool) -> int:
-    """Notes on stderr, then the summary line (or JSON) on stdout; 1 when something was left undone."""
-    from archiver import commands
-
-    notes, line = result.lines()
-    for note in notes:
-        print(redact(note), file=sys.stderr)
-    print(redact(commands.dumps(result.as_dict())) if json_out else line)
-    return 1 if failed else 0
+    print_rebuild(result, json_out=args.json)
+    return 1 if result.report.failed else 0
 
 
 def _export(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
+    from archiver.output import dumps
 
     env = os.environ
     chunk_size = args.chunk_size or env_number(env, "ARCHIVER_EXPORT_CHUNK_SIZE", "chunk_size", 5000)
@@ -356,7 +347,7 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
             chunk_size=chunk_size,
         )
     )
-    print(commands.dumps(dataclasses.asdict(report)))
+    print(dumps(dataclasses.asdict(report)))
     return 0
 
 

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-import orjson
-
 from archiver.db import (
     head_revision,
     open_database,
@@ -25,20 +23,21 @@ from archiver.db import (
 )
 from archiver.errors import DatabaseVanished, NotArchived
 from archiver.health import CheckResult, run_checks
-from archiver.holds import hold_lines
 from archiver.ids import validate_response_id
 from archiver.ingest import EnqueueReport, enqueue_inputs, follow_file
 from archiver.logs import get_logger
 from archiver.metrics import Metrics, queue_gauge_loop, start_metrics_server
 from archiver.notify import SystemdNotifier
-from archiver.queue import QUEUE_STATES, QueueEntry, QueueStore, unserved_line
+from archiver.output import dumps as dumps  # re-exported, with the two below (tests use them)
+from archiver.output import format_status as format_status
+from archiver.output import source_lines as source_lines
+from archiver.queue import QueueEntry, QueueStore
 from archiver.redaction import redact, redact_value
 from archiver.runner import Runner
 from archiver.settings import Settings
 from archiver.sources import SourceRouting
 from archiver.store import ArchiveStore
 from archiver.worker import RunSummary
-from archiver.workers import worker_lines
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -395,124 +394,6 @@ async def check(
         max_expired_leases=max_expired_leases,
         served_sources=served_sources,
     )
-
-
-def format_status(details: dict[str, Any]) -> str:
-    """A readable status table."""
-    lines = [f"database: {details['database']}", ""]
-    width = max(len(s) for s in QUEUE_STATES)
-    for state in QUEUE_STATES:
-        lines.append(f"  {state:<{width}}  {details['states'][state]:>10,}")
-    lines.append(f"  {'total':<{width}}  {details['total']:>10,}")
-    lines.append("")
-    lines.extend(source_lines(details))
-    lines.extend(_health_lines(details))
-    if details.get("error_rows") is not None:
-        lines.append(_errors_title(details) + (":" if details["recent_errors"] else ""))
-        for e in details["recent_errors"]:
-            code = e["status_code"] if e["status_code"] is not None else "-"
-            lines.append(
-                f"  {e['response_id']}  {e['state']}  attempts={e['attempts']}  status={code}  {e['error']}"
-            )
-    return "\n".join(lines)
-
-
-def source_lines(details: dict[str, Any]) -> list[str]:
-    """Counts per source (when any row is not ``default``'s), and sources nobody serves."""
-    sources: dict[str, dict[str, int]] = details.get("sources") or {}
-    lines: list[str] = []
-    if set(sources) - {"default"}:
-        lines.append("per source:")
-        width = max(len(name) for name in sources)
-        for name, counts in sources.items():
-            shown = "  ".join(f"{state} {counts.get(state, 0):,}" for state in QUEUE_STATES)
-            lines.append(f"  {name:<{width}}  {shown}")
-    for name, waiting in (details.get("unserved_sources") or {}).items():
-        lines.append(unserved_line(name, waiting))
-    return [*lines, ""] if lines else []
-
-
-def _errors_title(details: dict[str, Any]) -> str:
-    """``recent errors in failed, not_found, pending (10 of 523; ...)``, or ``...: none``."""
-    shown, matching = len(details["recent_errors"]), details["error_rows"]
-    title = f"recent errors in {', '.join(details['error_states'])}"
-    if not matching:
-        return f"{title}: none"
-    more = "" if shown >= matching else "; --limit N shows more"
-    return f"{title} ({shown:,} of {matching:,}{more})"
-
-
-def _health_lines(details: dict[str, Any]) -> list[str]:
-    """Oldest pending age, expired leases and expiry risk, one line each."""
-    age = details["oldest_pending_age_s"]
-    lines = [
-        f"oldest pending: {_human_age(age) if age is not None else '-'}",
-        f"expired leases: {details['expired_leases']}",
-    ]
-    if details.get("retention_days"):
-        lines.append(
-            f"expiry (provider keeps {details['retention_days']:g} days): "
-            f"{details['pending_near_expiry']} pending within a day of expiry, "
-            f"{details['pending_past_retention']} past it"
-        )
-    lines.extend(hold_lines(details))
-    # A worker whose hold is listed above is not listed again (rows of an older archiver
-    # name no source, so they have no hold entry and keep their worker line).
-    holding = {w["owner"] for h in (details.get("held_sources") or {}).values() for w in h["holders"]}
-    lines.extend(
-        worker_lines({"workers": [w for w in details.get("workers") or [] if w["owner"] not in holding]})
-    )
-    if "archive" in details:
-        from archiver.projection import archive_lines
-
-        lines.extend(archive_lines(details["archive"]))
-    return lines
-
-
-def print_status_table(details: dict[str, Any]) -> None:
-    """The status as rich tables, for a terminal."""
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    console = Console()
-    # Text from the database and the provider is data, never rich markup ("[bold]" in an
-    # error message must print as it is).
-    console.print(Text(f"database: {details['database']}"))
-    states = Table(show_header=True)
-    states.add_column("state")
-    states.add_column("rows", justify="right")
-    for state in QUEUE_STATES:
-        states.add_row(state, f"{details['states'][state]:,}")
-    states.add_row("total", f"{details['total']:,}", style="bold")
-    console.print(states)
-    for line in [*source_lines(details), *_health_lines(details)]:
-        console.print(Text(line))
-    if not details["recent_errors"] and details.get("error_rows") is not None:
-        console.print(_errors_title(details), markup=False, highlight=False)
-    if details["recent_errors"]:
-        errors = Table(title=_errors_title(details))
-        for column in ("response_id", "state", "attempts", "status", "error"):
-            errors.add_column(column)
-        for e in details["recent_errors"]:
-            code = str(e["status_code"]) if e["status_code"] is not None else "-"
-            errors.add_row(e["response_id"], e["state"], str(e["attempts"]), code, Text(e["error"] or ""))
-        console.print(errors)
-
-
-def _human_age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-def dumps(value: Any) -> str:
-    """JSON text for command output."""
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
 
 
 async def export(

@@ -12,6 +12,7 @@ from archiver import commands
 from archiver.db import open_database, redact_url
 from archiver.errors import NotADemoDatabase
 from archiver.mockapi import start_mock_server
+from archiver.output import dumps, format_status
 from archiver.queue import QueueStore
 from archiver.settings import Settings
 from archiver.worker import Worker
@@ -116,14 +117,14 @@ async def run_demo(settings: Settings, *, count: int = 200) -> int:
                     )
                 ).fetchall()
     details = await commands.status(demo)
-    print(commands.format_status(details), file=out)
+    print(format_status(details), file=out)
     print(
         "\nresponses per model (SELECT model, count(*), sum(input_tokens), sum(output_tokens) ...):",
         file=out,
     )
     for model, n, tokens_in, tokens_out in rows:
         print(f"  {model:<24} {n:>5}  in={tokens_in or 0:>8}  out={tokens_out or 0:>8}", file=out)
-    print(f"\nrun summary: {commands.dumps(summary.as_dict())}", file=out)
+    print(f"\nrun summary: {dumps(summary.as_dict())}", file=out)
     # The flag, always: other commands read ARCHIVER_DATABASE_URL, which the demo ignored.
     print(
         f"\nthe archive is in {details['database']}; try: archiver show resp_ok_demo00000 "
