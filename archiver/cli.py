@@ -31,7 +31,7 @@ from archiver.options import (
 )
 from archiver.redaction import install_excepthook, redact, register_database_url
 from archiver.secret_sources import register_secrets, register_source_secrets
-from archiver.settings import Settings, is_loopback
+from archiver.settings import Settings
 from archiver.streams import discard_stdout, flush_output, open_closed_std_streams, write_all
 
 T = TypeVar("T")
@@ -156,21 +156,11 @@ def _refuse_in_memory(settings: Settings, command: str) -> None:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from archiver.sources import source_settings
+    from archiver.sources import refuse_keyless, source_settings
 
     _refuse_in_memory(settings, "run")
     sources = source_settings(settings, args.sources_config, os.environ, api_key_file=args.api_key_file)
-    for name, source in sources.items():
-        if source.api_key is None and not is_loopback(source.base_url):
-            if args.sources_config is None:
-                raise ConfigError(
-                    "no API key: set ARCHIVER_API_KEY or DASHSCOPE_API_KEY (or --api-key-file); "
-                    "to try archiver without a key, run `archiver demo`"
-                )
-            raise ConfigError(
-                f"source {name!r}: no API key: set api_key_env or api_key_file in the config file"
-                + (" (or ARCHIVER_API_KEY / DASHSCOPE_API_KEY / --api-key-file)" if name == "default" else "")
-            )
+    refuse_keyless(sources, from_config=args.sources_config is not None)
     # The writer process starts before this process imports the heavy part of archiver,
     # so both import at once, on two cores (see archiver.childproc).
     early = start_writer_process() if wants_process(settings.writer, settings.database_url) else None

@@ -36,6 +36,7 @@ from archiver.settings import (
     PROVIDERS,
     SOURCE_NAME,
     Settings,
+    is_loopback,
     read_api_key,
     read_secret_file,
     read_small_text,
@@ -48,6 +49,7 @@ __all__ = [
     "SourceRouting",
     "flag_form_given",
     "load_config",
+    "refuse_keyless",
     "served_sources",
     "source_settings",
 ]
@@ -275,6 +277,30 @@ def flag_form_given(settings: Settings, env: Mapping[str, str], api_key_file: st
         return read_api_key(env, api_key_file) is not None
     except ConfigError:
         return True  # a key file was named: `run` says what is wrong with it
+
+
+def refuse_keyless(sources: Mapping[str, Settings], *, from_config: bool) -> None:
+    """Refuse to run a source with no API key unless its base URL is loopback (a mock).
+
+    Args:
+        sources: What :func:`source_settings` returned.
+        from_config: Whether the sources came from a ``--config`` file (the message says where
+            to put the key).
+
+    Raises:
+        ConfigError: naming the first source without a key.
+    """
+    for name, source in sources.items():
+        if source.api_key is None and not is_loopback(source.base_url):
+            if not from_config:
+                raise ConfigError(
+                    "no API key: set ARCHIVER_API_KEY or DASHSCOPE_API_KEY (or --api-key-file); "
+                    "to try archiver without a key, run `archiver demo`"
+                )
+            raise ConfigError(
+                f"source {name!r}: no API key: set api_key_env or api_key_file in the config file"
+                + (" (or ARCHIVER_API_KEY / DASHSCOPE_API_KEY / --api-key-file)" if name == "default" else "")
+            )
 
 
 def served_sources(
