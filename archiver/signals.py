@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -48,6 +47,8 @@ def on_stop_signals(request_stop: Callable[[str], None]) -> Iterator[None]:
 
     Exiting at once is safe: rows still leased return to ``pending`` when their lease expires.
     """
+    import asyncio  # here, not at the top: defer_stop_signals runs before asyncio's 40 ms import
+
     loop = asyncio.get_running_loop()
     previous: dict[int, Any] = {}
     received: list[int] = []

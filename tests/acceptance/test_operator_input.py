@@ -189,6 +189,23 @@ def test_show_into_a_reader_that_leaves_is_exit_1(tmp_path: Path) -> None:
     assert whole.returncode == 0 and whole.stdout == body
 
 
+def _wait_until_caught(pid: int, *signals: signal.Signals) -> None:
+    """Wait until the process catches these signals (its SigCgt in /proc), at most 30 s.
+
+    A signal sent before (while the interpreter itself starts) kills any Python program;
+    a fixed sleep was not always enough on a loaded host.
+    """
+    wanted = sum(1 << (int(s) - 1) for s in signals)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+        if caught & wanted == wanted:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} never caught {signals}")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_stop_signal_while_enqueue_starts_is_a_clean_stop(sig: signal.Signals, tmp_path: Path) -> None:
     """Sent while the command still imports and opens the database (it killed it, exit -15)."""
@@ -201,8 +218,11 @@ def test_a_stop_signal_while_enqueue_starts_is_a_clean_stop(sig: signal.Signals,
         env=base_env(),
         cwd=tmp_path,
     )
-    time.sleep(0.5)  # past the interpreter's own start; archiver imports and opens the database
+    _wait_until_caught(proc.pid, signal.SIGTERM, signal.SIGHUP)  # archiver's first code ran
     proc.send_signal(sig)
+    # Still starting: the deferral comes before the imports that open the database (without
+    # it, only the command's own handlers, installed later, would catch these signals).
+    assert not db.exists()
     out, err = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode == 0, (proc.returncode, err[-1500:])
     assert b"Traceback" not in err and b"queued 0" in out, (out, err)
