@@ -1,0 +1,179 @@
+"""Hostile tests of ``archiver export`` as the loader a warehouse is fed from.
+
+The contract a warehouse relies on: running the export again and again beside the daemon
+delivers every archived response with its child rows at least once, a published batch is
+the batch (a loader that has read a manifest never has to read it again), nothing is
+skipped, and a failed run can simply be run again. The faults are made to happen: an
+export process is killed with SIGKILL while another connection holds the lock its cursor
+commit needs, two exports race for one cursor, writers hold their ``change_seq`` open.
+
+Every test runs on SQLite and PostgreSQL (``db_url``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+from archiver.db import open_database
+from archiver.mockapi import start_mock_server
+from archiver.queue import QueueStore
+from archiver.schema import export_cursors
+from archiver.worker import Worker
+
+pytestmark = pytest.mark.timeout(120)
+
+ROUND_1 = [f"resp_ok_h{i}" for i in range(5)] + ["resp_kitchensink_h"]
+ROUND_2 = [f"resp_ok_j{i}" for i in range(3)]
+
+
+async def archive(engine: Any, settings: Any, ids: list[str]) -> None:
+    """Queue the IDs and run the real pipeline once against the mock API."""
+    await QueueStore(engine).enqueue(ids)
+    summary = await Worker(settings, engine, once=True).run()
+    assert summary.stop_reason is None
+
+
+def export_process(db_url: str, out: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``archiver export OUT ...`` in a child process, as cron runs it."""
+    env = {**os.environ, "ARCHIVER_DATABASE_URL": db_url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "archiver", "export", str(out), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def run_export(db_url: str, out: Path, *args: str) -> dict[str, Any]:
+    process = export_process(db_url, out, *args)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    report: dict[str, Any] = json.loads(stdout)
+    return report
+
+
+def wait_for(path: Path, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1].decode()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+@asynccontextmanager
+async def cursor_commit_blocked(engine: Any, db_url: str) -> AsyncIterator[None]:
+    """Hold what an export's cursor commit needs: the export writes its files, then waits.
+
+    PostgreSQL: an EXCLUSIVE lock on ``export_cursors`` (reads go on, writes wait).
+    SQLite: another connection's write transaction (``BEGIN IMMEDIATE``): the export's
+    snapshot reads go on in WAL mode, its commit waits in the busy handler.
+    """
+    if db_url.startswith("sqlite"):
+        holder = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            yield
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        return
+    async with engine.connect() as conn, conn.begin():
+        await conn.execute(text("LOCK TABLE export_cursors IN EXCLUSIVE MODE"))
+        yield
+
+
+class ManifestLoader:
+    """A warehouse loader: it loads each batch once, when its manifest appears.
+
+    A manifest is written after every file of its batch is in place, so it is the natural
+    signal that a batch is complete; the loader keeps the names of the manifests it has
+    loaded and the rows it has read, per table.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.loaded: dict[str, bytes] = {}
+        self.rows: dict[str, list[dict[str, Any]]] = {}
+
+    def poll(self) -> list[str]:
+        new: list[str] = []
+        for manifest_path in sorted((self.out / "_batches").glob("*.json")):
+            if manifest_path.name in self.loaded:
+                continue
+            manifest = json.loads(manifest_path.read_bytes())
+            for name in manifest["files"]:
+                table = name.split("/")[0]
+                lines = (self.out / name).read_bytes().splitlines()
+                self.rows.setdefault(table, []).extend(json.loads(line) for line in lines)
+            self.loaded[manifest_path.name] = manifest_path.read_bytes()
+            new.append(manifest_path.name)
+        return new
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        """Per response ID the ``responses`` row with the highest ``change_seq``."""
+        latest: dict[str, dict[str, Any]] = {}
+        for row in self.rows.get("responses", []):
+            if row["id"] not in latest or row["change_seq"] > latest[row["id"]]["change_seq"]:
+                latest[row["id"]] = row
+        return latest
+
+
+async def cursor_row(engine: Any, name: str = "default") -> Any:
+    async with engine.connect() as conn:
+        return (await conn.execute(select(export_cursors).where(export_cursors.c.name == name))).first()
+
+
+# --- a published batch is final ----------------------------------------------------------------
+
+
+async def test_an_export_killed_after_its_manifest_does_not_rewrite_the_published_batch(
+    db_url: str, make_settings: Any, tmp_path: Path
+) -> None:
+    """SIGKILL between the manifest and the cursor commit, then more archived, then cron again.
+
+    The manifest of batch 1 was published, and a loader read it. Re-writing batch 1 under
+    the same names with more rows hid those rows from every loader that loads a batch once:
+    they were in no batch it would ever read again.
+    """
+    out = tmp_path / "feed"
+    loader = ManifestLoader(out)
+    async with await start_mock_server() as mock, open_database(db_url) as engine:
+        settings = make_settings(db_url, mock.base_url)
+        await archive(engine, settings, ROUND_1)
+
+        async with cursor_commit_blocked(engine, db_url):
+            process = export_process(db_url, out)
+            try:
+                wait_for(out / "_batches" / "default-00000001.json", process)
+                await asyncio.sleep(0.2)  # it is waiting for the lock now
+                assert process.poll() is None
+            finally:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+        assert await cursor_row(engine) is None  # the cursor never moved
+        assert loader.poll() == ["default-00000001.json"]
+        published = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix == ".jsonl"}
+
+        await archive(engine, settings, ROUND_2)
+        report = run_export(db_url, out)
+        loader.poll()
+        assert sorted(loader.latest()) == sorted(ROUND_1 + ROUND_2), "rows a loader never saw"
+        # Batch 1 stays what the loader read; what came after is batch 2.
+        assert {p: p.read_bytes() for p in published} == published
+        assert report["batch"] == 2 and report["responses"] == len(ROUND_2)
+        row = await cursor_row(engine)
+        assert row.batch == 2
