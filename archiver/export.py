@@ -17,9 +17,12 @@ when the export starts, with all their child rows; ``change_seq`` is assigned in
 order (see docs/schema.md, "Change tracking"), so nothing is skipped.
 
 Crash safety: each file is written under a temporary name in its directory, fsynced and
-renamed into place; only then is the cursor moved, in one transaction. An export that dies
-before that leaves the cursor where it was, and the next run writes the *same* file names
-again (same batch number), so a loader that replaces files by name never sees a duplicate.
+renamed into place, then the manifest; only then is the cursor moved, in one transaction.
+An export that dies before its manifest is in place leaves the cursor where it was, and the
+next run writes the *same* file names again (same batch number), so a loader that replaces
+files by name never sees a duplicate. Once the manifest is in place the batch is published
+and never changes: a run that finds the manifest of the cursor's next batch in the
+directory (the commit after it was lost) moves the cursor past it and goes on.
 
 Memory: responses are read in chunks of ``chunk_size`` (keyset pagination on
 ``(change_seq, id)``; a chunk also ends once it holds :data:`CHUNK_BYTES` of raw bodies),
@@ -729,6 +732,48 @@ async def _commit_cursor(
             raise moved_by_other from None
 
 
+async def _adopt_published_batch(
+    engine: AsyncEngine, out_dir: Path, cursor: str, position: _Position
+) -> _Position:
+    """The cursor moved past the batch an earlier run published in ``out_dir`` but did not commit.
+
+    An export publishes its manifest, then moves the cursor. Killed in between (or its
+    commit failed), the manifest of the cursor's next batch is in ``out_dir``: a loader may
+    have read it already, so that batch is final. Writing it again under the same names
+    with the rows archived since would hide those rows from every loader that loads a
+    manifest once, so the cursor is moved to the manifest's ``to_seq`` instead, and the
+    export goes on with the batch after it. A manifest that does not fit the cursor (another
+    ``from_seq``, a ``to_seq`` the database does not reach, a file of it missing) is
+    written again, as before.
+    """
+    batch = position.batch + 1
+    path = out_dir / BATCHES_DIR / f"{cursor}-{batch:08d}.json"
+    try:
+        manifest = orjson.loads(path.read_bytes())
+        to_seq = int(manifest["to_seq"])
+        fits = (
+            manifest["cursor"] == cursor
+            and manifest["batch"] == batch
+            and (manifest["full"] is True or int(manifest["from_seq"]) == position.last_seq)
+            and position.last_seq <= to_seq <= position.to_seq
+            and all((out_dir / name).is_file() for name in manifest["files"])
+        )
+        exported_at = datetime.fromisoformat(manifest["exported_at"])
+    except FileNotFoundError:
+        return position
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # not a manifest of ours: written again
+        log.warning("archiver.export_manifest_ignored", cursor=cursor, batch=batch, error=str(exc))
+        return position
+    if not fits:
+        log.warning(
+            "archiver.export_manifest_ignored", cursor=cursor, batch=batch, error="does not fit the cursor"
+        )
+        return position
+    await _commit_cursor(engine, cursor, batch, to_seq, exported_at)
+    log.warning("archiver.export_batch_adopted", cursor=cursor, batch=batch, to_seq=to_seq)
+    return _Position(to_seq, batch, position.to_seq)
+
+
 # --- export -------------------------------------------------------------------------------
 
 
@@ -798,7 +843,7 @@ async def export(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _directory_lock(out_dir):
-        position = await _read_position(engine, cursor)
+        position = await _adopt_published_batch(engine, out_dir, cursor, await _read_position(engine, cursor))
         if not full and position.last_seq > position.to_seq:
             raise ExportError(
                 f"cursor {cursor!r} is at change_seq {position.last_seq}, but the database only "

@@ -263,7 +263,7 @@ async def test_a_changed_response_is_exported_again(db_url: str, make_settings: 
 # --- crash safety ---------------------------------------------------------------------------
 
 
-async def test_a_crash_before_the_cursor_commit_exports_the_same_batch_again(
+async def test_a_crash_before_the_cursor_commit_keeps_the_published_batch(
     db_url: str, make_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "export"
@@ -277,24 +277,57 @@ async def test_a_crash_before_the_cursor_commit_exports_the_same_batch_again(
         monkeypatch.setattr(export_module, "_commit_cursor", crash)
         with pytest.raises(RuntimeError, match="power cut"):
             await export(engine, out, fmt="csv")
-        # The files are in place, but the cursor has not moved.
-        crashed = listing(out)
-        assert "responses/default-00000001.csv" in crashed
+        # The files and the manifest are in place, but the cursor has not moved.
+        crashed = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        assert out / "responses" / "default-00000001.csv" in crashed
         assert await cursor_row(engine) is None
 
-        # More arrives before the next run; the re-run writes the same names, with everything.
+        # More arrives before the next run. Batch 1 was published (a loader may have read
+        # it): the re-run moves the cursor past it and writes what is new as batch 2.
         await archive(engine, settings, ROUND_2)
         monkeypatch.undo()
         report = await export(engine, out, fmt="csv")
-        assert report.batch == 1
-        assert report.responses == len(ROUND_1) + len(ROUND_2)
-        assert listing(out) == crashed
+        assert (report.batch, report.responses) == (2, len(ROUND_2))
+        assert {p: p.read_bytes() for p in crashed} == crashed
+        assert report.rows == await db_counts(engine, ROUND_2)
+        ids = [r["id"] for r in read_rows(data_file(out, "responses", 2, "csv"), "csv")]
+        assert sorted(ids) == sorted(ROUND_2)
+        row = await cursor_row(engine)
+        assert (row.batch, row.last_seq) == (2, report.to_seq)
+        assert (await export(engine, out, fmt="csv")).files == []
+        assert_no_temp_files(out)
+
+
+async def test_a_crash_before_the_manifest_exports_the_same_batch_again(
+    db_url: str, make_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "export"
+    async with await start_mock_server() as mock, open_database(db_url) as engine:
+        settings = make_settings(db_url, mock.base_url)
+        await archive(engine, settings, ROUND_1)
+        real_write = export_module._write_atomic
+
+        def crash_at_the_manifest(path: Path, data: bytes) -> None:
+            if path.parent.name == export_module.BATCHES_DIR:
+                raise RuntimeError("power cut")
+            real_write(path, data)
+
+        monkeypatch.setattr(export_module, "_write_atomic", crash_at_the_manifest)
+        with pytest.raises(RuntimeError, match="power cut"):
+            await export(engine, out, fmt="csv")
+        # The data files are in place, without a manifest: the batch is not published.
+        crashed = listing(out)
+        assert "responses/default-00000001.csv" in crashed
+        assert not any(name.startswith("_batches/") for name in crashed)
+
+        # The re-run writes the same names, with everything.
+        await archive(engine, settings, ROUND_2)
+        monkeypatch.undo()
+        report = await export(engine, out, fmt="csv")
+        assert (report.batch, report.responses) == (1, len(ROUND_1) + len(ROUND_2))
         assert report.rows == await db_counts(engine)
         ids = [r["id"] for r in read_rows(data_file(out, "responses", 1, "csv"), "csv")]
         assert sorted(ids) == sorted(ROUND_1 + ROUND_2)
-        row = await cursor_row(engine)
-        assert (row.batch, row.last_seq) == (1, report.to_seq)
-        assert (await export(engine, out, fmt="csv")).files == []
         assert_no_temp_files(out)
 
 

@@ -163,7 +163,7 @@ async def test_an_export_killed_after_its_manifest_does_not_rewrite_the_publishe
                 assert process.poll() is None
             finally:
                 process.send_signal(signal.SIGKILL)
-                process.wait()
+                process.communicate()
         assert await cursor_row(engine) is None  # the cursor never moved
         assert loader.poll() == ["default-00000001.json"]
         published = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix == ".jsonl"}
