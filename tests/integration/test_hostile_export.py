@@ -177,3 +177,31 @@ async def test_an_export_killed_after_its_manifest_does_not_rewrite_the_publishe
         assert report["batch"] == 2 and report["responses"] == len(ROUND_2)
         row = await cursor_row(engine)
         assert row.batch == 2
+
+
+async def test_the_export_that_loses_a_race_for_its_cursor_leaves_no_batch(
+    db_url: str, make_settings: Any, tmp_path: Path
+) -> None:
+    """Two exports of one cursor into two directories at once: the later commit fails.
+
+    The docs say the loser "fails at the commit and changes nothing", but its batch was
+    already published in its directory: a loader of that directory loaded a batch whose
+    rows the cursor then counted as delivered by the other export.
+    """
+    async with await start_mock_server() as mock, open_database(db_url) as engine:
+        await archive(engine, make_settings(db_url, mock.base_url), ROUND_1)
+        outs = [tmp_path / "feed-a", tmp_path / "feed-b"]
+        async with cursor_commit_blocked(engine, db_url):
+            processes = [export_process(db_url, out) for out in outs]
+            for out, process in zip(outs, processes, strict=True):
+                wait_for(out / "_batches" / "default-00000001.json", process)
+        results = [process.communicate(timeout=60) for process in processes]
+        codes = sorted(process.returncode for process in processes)
+        assert codes == [0, 1], results
+        loser = outs[[p.returncode for p in processes].index(1)]
+        stderr = results[[p.returncode for p in processes].index(1)][1].decode()
+        assert "moved while exporting" in stderr and "Traceback" not in stderr
+        left = sorted(p.relative_to(loser).as_posix() for p in loser.rglob("*") if p.is_file())
+        assert [name for name in left if name != "_schema.json"] == []
+        row = await cursor_row(engine)
+        assert row.batch == 1
