@@ -94,6 +94,7 @@ from archiver.store import load_dictionaries
 __all__ = [
     "CHUNK_BYTES",
     "FORMATS",
+    "CursorMoved",
     "ExportError",
     "ExportFormat",
     "ExportReport",
@@ -130,6 +131,10 @@ ColumnKind = Literal["string", "int32", "int64", "float64", "bool", "timestamp",
 
 class ExportError(ArchiverError):
     """The export failed."""
+
+
+class CursorMoved(ExportError):
+    """Another export with the same cursor committed while this one exported."""
 
 
 @dataclass(frozen=True)
@@ -484,6 +489,14 @@ def _write_atomic(path: Path, data: bytes) -> None:
     _fsync_path(path.parent)
 
 
+def _unpublish(paths: list[Path]) -> None:
+    """Remove the published files of a batch whose cursor commit failed, manifest first."""
+    for path in reversed(paths):
+        path.unlink(missing_ok=True)
+    for directory in {path.parent for path in paths}:
+        _fsync_path(directory)
+
+
 @dataclass
 class _Batch:
     """The open files of one batch."""
@@ -708,7 +721,7 @@ async def _commit_cursor(
     Raises:
         ExportError: another export with the same cursor committed in the meantime.
     """
-    moved_by_other = ExportError(
+    moved_by_other = CursorMoved(
         f"cursor {cursor!r} moved while exporting (expected it at batch {batch - 1}): another "
         "export with the same cursor ran at the same time; run the export again"
     )
@@ -911,7 +924,13 @@ async def export(
             _write_atomic, out_dir / manifest_path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
         )
         # Last: a crash before this line makes the next run write the same batch again.
-        await _commit_cursor(engine, cursor, batch_no, position.to_seq, exported_at)
+        try:
+            await _commit_cursor(engine, cursor, batch_no, position.to_seq, exported_at)
+        except CursorMoved:
+            # The cursor counts these rows as delivered by the other export: a batch left
+            # here would be loaded beside a cursor that never moved through it.
+            await asyncio.to_thread(_unpublish, [*paths, out_dir / manifest_path])
+            raise
     report = ExportReport(
         cursor=cursor,
         batch=batch_no,
