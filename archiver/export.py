@@ -116,7 +116,7 @@ BATCHES_DIR = "_batches"
 RAW_ENCODING = "raw_encoding"
 """Column written after ``raw`` in JSONL and CSV: ``utf-8`` or ``base64``."""
 
-CHUNK_BYTES = 64 * 1024 * 1024
+CHUNK_BYTES = 8 * 1024 * 1024
 """A chunk also ends once its raw bodies add up to this many bytes (bounds memory)."""
 STREAM_ROWS = 50
 """Responses fetched from the database cursor at a time."""
@@ -388,9 +388,10 @@ class _JsonlSink(_Sink):
     def write(self, rows: Sequence[Sequence[Any]]) -> None:
         names = self.layout.text_names
         to_text = self.layout.text_values
-        self.file.write(
-            b"".join(orjson.dumps(dict(zip(names, to_text(r), strict=True))) + b"\n" for r in rows)
-        )
+        write = self.file.write
+        # Row by row, not joined: a chunk of large bodies is not copied again as a whole.
+        for row in rows:
+            write(orjson.dumps(dict(zip(names, to_text(row), strict=True)), option=orjson.OPT_APPEND_NEWLINE))
 
     def close(self) -> None:
         self.file.close()
@@ -408,7 +409,9 @@ class _CsvSink(_Sink):
 
     def write(self, rows: Sequence[Sequence[Any]]) -> None:
         to_text = self.layout.text_values
-        self.file.write("".join(",".join(map(_csv_field, to_text(r))) + "\n" for r in rows))
+        write = self.file.write
+        for row in rows:  # row by row, as in JSONL
+            write(",".join(map(_csv_field, to_text(row))) + "\n")
 
     def close(self) -> None:
         self.file.close()
