@@ -20,7 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -66,12 +66,17 @@ def run_export(db_url: str, out: Path, *args: str) -> dict[str, Any]:
     return report
 
 
-def wait_for(path: Path, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_until(done: Callable[[], object], process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Poll ``done`` every 5 ms while ``process`` runs."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not done():
         assert process.poll() is None, process.communicate()[1].decode()
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
+        assert time.monotonic() < deadline, "it never happened"
+        time.sleep(0.005)
+
+
+def wait_for(path: Path, process: subprocess.Popen[bytes]) -> None:
+    wait_until(path.exists, process)
 
 
 @asynccontextmanager
@@ -260,3 +265,35 @@ async def test_export_memory_is_bounded_with_large_bodies(
     peak = export_peak_rss(sqlite_url, tmp_path / "feed", fmt)
     print(f"export of {BIG_BODIES} bodies of 4 MB to {fmt}: peak RSS {peak / 2**20:.0f} MiB")
     assert peak < EXPORT_PEAK_BOUND, f"peak RSS {peak / 2**20:.0f} MiB"
+
+
+# --- interruption --------------------------------------------------------------------------------
+
+
+def temp_files(out: Path) -> list[str]:
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob(".*.tmp"))
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+async def test_an_export_stopped_while_writing_leaves_no_temporary_files_behind(
+    sqlite_url: str, make_settings: Any, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """Stopped mid-batch (systemd's timeout, the OOM killer), then run again in another format.
+
+    The half-written batch stayed as hidden ``.tmp`` files for good (8 bodies of 4 MB:
+    tens of MB per table file): only a run of the same cursor *and format* overwrote them.
+    """
+    out = tmp_path / "feed"
+    async with await start_mock_server() as mock, open_database(sqlite_url) as engine:
+        settings = make_settings(sqlite_url, mock.base_url, writer="inline", max_held_mb=64)
+        await archive(engine, settings, [f"resp_big_t{i}" for i in range(8)])
+    process = export_process(sqlite_url, out, "--format", "parquet")
+    wait_until(lambda: temp_files(out), process)
+    process.send_signal(stop)
+    process.communicate()
+    assert temp_files(out), "it stopped too late to leave anything"
+    assert not (out / "_batches").exists()
+
+    report = run_export(sqlite_url, out, "--format", "jsonl")
+    assert (report["batch"], report["responses"]) == (1, 8)
+    assert temp_files(out) == []
