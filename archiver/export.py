@@ -22,7 +22,8 @@ An export that dies before its manifest is in place leaves the cursor where it w
 next run writes the *same* file names again (same batch number), so a loader that replaces
 files by name never sees a duplicate. Once the manifest is in place the batch is published
 and never changes: a run that finds the manifest of the cursor's next batch in the
-directory (the commit after it was lost) moves the cursor past it and goes on.
+directory (the commit after it was lost) moves the cursor past it and goes on. The
+temporary files of a run stopped midway are removed by the next export into the directory.
 
 Memory: responses are read in chunks of ``chunk_size`` (keyset pagination on
 ``(change_seq, id)``; a chunk also ends once it holds :data:`CHUNK_BYTES` of raw bodies),
@@ -492,6 +493,25 @@ def _write_atomic(path: Path, data: bytes) -> None:
     _fsync_path(path.parent)
 
 
+_LEFTOVER = re.compile(
+    r"^\.(?:[A-Za-z0-9][A-Za-z0-9_.-]*-\d{8}\.(?:jsonl|parquet|csv|json)|_schema\.json)\.tmp$"
+)
+"""The temporary name of a batch file, a manifest or ``_schema.json`` (see ``_Sink.temp``)."""
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Remove the temporary files of earlier exports that were stopped midway.
+
+    SIGTERM (systemd's timeout) or SIGKILL leaves a half-written batch as hidden ``.tmp``
+    files; a run of the same cursor and format overwrote them, any other never did. Only
+    called under the directory lock, so no other export is writing into ``out_dir``.
+    """
+    for directory in (out_dir, out_dir / BATCHES_DIR, *(out_dir / t.name for t in export_tables())):
+        for leftover in directory.glob(".*.tmp"):
+            if _LEFTOVER.match(leftover.name):
+                leftover.unlink(missing_ok=True)
+
+
 def _unpublish(paths: list[Path]) -> None:
     """Remove the published files of a batch whose cursor commit failed, manifest first."""
     for path in reversed(paths):
@@ -859,6 +879,7 @@ async def export(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _directory_lock(out_dir):
+        await asyncio.to_thread(_remove_leftovers, out_dir)
         position = await _adopt_published_batch(engine, out_dir, cursor, await _read_position(engine, cursor))
         if not full and position.last_seq > position.to_seq:
             raise ExportError(
