@@ -29,7 +29,7 @@ import pytest
 from sqlalchemy import select, text
 
 from archiver.db import open_database
-from archiver.mockapi import start_mock_server
+from archiver.mockapi import MockConfig, start_mock_server
 from archiver.queue import QueueStore
 from archiver.schema import export_cursors
 from archiver.worker import Worker
@@ -297,3 +297,46 @@ async def test_an_export_stopped_while_writing_leaves_no_temporary_files_behind(
     report = run_export(sqlite_url, out, "--format", "jsonl")
     assert (report["batch"], report["responses"]) == (1, 8)
     assert temp_files(out) == []
+
+
+# --- fidelity ------------------------------------------------------------------------------------
+
+NUMBERS_BODY = (
+    b'{"id":"resp_numbers","object":"response","created_at":1764633600.25,"status":"completed",'
+    b'"model":"qwen-plus","output":[],"usage":{"input_tokens":1,"output_tokens":1,"total_tokens":2},'
+    b'"metadata":{"f":1.5e20,"e":1E16,"j":1e300,"g":1e-7,"h":12.0,"k":0.1,'
+    b'"big":123456789012345678901234567890,"i":9007199254740993}}'
+)
+
+
+async def test_exported_numbers_are_the_same_from_both_databases(
+    db_url: str, make_settings: Any, tmp_path: Path
+) -> None:
+    """A float of 1e16 or more is written by orjson with an exponent (``1.5e+20``);
+    PostgreSQL's ``jsonb`` made it the integer 150000000000000000000, and 1e300 a 301-digit
+    integer, so the export from PostgreSQL gave a warehouse integers where the one from
+    SQLite (and the body) gave floats.
+    """
+    bodies = tmp_path / "bodies"
+    bodies.mkdir()
+    (bodies / "numbers.json").write_bytes(NUMBERS_BODY)
+    async with (
+        await start_mock_server(MockConfig(bodies_dir=bodies)) as mock,
+        open_database(db_url) as engine,
+    ):
+        await archive(engine, make_settings(db_url, mock.base_url), ["resp_numbers"])
+    report = run_export(db_url, tmp_path / "feed")
+    line = (tmp_path / "feed" / report["files"][0]).read_bytes()
+    metadata = json.loads(json.loads(line)["metadata"])
+    expected = {
+        "f": 1.5e20,
+        "e": 1e16,
+        "j": 1e300,
+        "g": 1e-7,
+        "h": 12.0,
+        "k": 0.1,
+        "big": 123456789012345678901234567890,
+        "i": 9007199254740993,
+    }
+    assert metadata == expected
+    assert {k: type(v) for k, v in metadata.items()} == {k: type(v) for k, v in expected.items()}
