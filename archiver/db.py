@@ -36,7 +36,7 @@ from archiver.errors import (
     SchemaError,
     first_line,
 )
-from archiver.jsontext import json_text
+from archiver.jsontext import json_text, jsonb_text
 from archiver.jsontext import loads_stored as loads_json
 from archiver.logs import get_logger
 from archiver.pgurl import split_postgresql_url
@@ -181,7 +181,7 @@ def create_engine(database_url: str, *, pool_size: int = 5, must_exist: bool = F
     url, connect_args = split_postgresql_url(url)
     return create_async_engine(
         url,
-        json_serializer=json_text,
+        json_serializer=jsonb_text,
         json_deserializer=loads_json,
         pool_size=pool_size,
         max_overflow=2,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from decimal import Decimal
 from itertools import accumulate
 from typing import Any, Final
 
@@ -127,6 +128,32 @@ def _key_text(key: Any) -> str:
 def json_text(value: Any, *, sort_keys: bool = False) -> str:
     """:func:`json_bytes` as a string (what JSON columns are bound with)."""
     return json_bytes(value, sort_keys=sort_keys).decode("utf-8", "surrogatepass")
+
+
+def jsonb_text(value: Any) -> str:
+    """:func:`json_text` for a PostgreSQL ``jsonb`` column: floats stay floats.
+
+    A double of 1e16 or more is written with an exponent (``1.5e+20``); ``jsonb`` keeps
+    numbers as ``numeric`` and would give it back as the integer 150000000000000000000,
+    so the export from PostgreSQL had integers where the body and SQLite have floats.
+    Written as ``150000000000000000000.0`` instead, ``jsonb`` keeps the fraction and
+    :func:`loads` reads a float again. Only text holding ``e+`` pays for the rewrite.
+    """
+    text = json_text(value)
+    if "e+" not in text:
+        return text
+    return _STRING_OR_EXPONENT_NUMBER.sub(_with_fraction, text)
+
+
+# A JSON string (left as it is), or a number with a positive exponent (group 1).
+_STRING_OR_EXPONENT_NUMBER: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|(-?[0-9]+(?:\.[0-9]+)?e\+[0-9]+)')
+
+
+def _with_fraction(match: re.Match[str]) -> str:
+    number = match.group(1)
+    if number is None:
+        return match.group(0)
+    return format(Decimal(number), "f") + ".0"  # an exponent of 16 or more: integral
 
 
 # The scan before every parse: digits as "0", "[" and "{" as "(", every other byte as a
