@@ -13,6 +13,7 @@ Every test runs on SQLite and PostgreSQL (``db_url``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -26,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from archiver.db import open_database
+from archiver.export import export, export_tables
 from archiver.mockapi import MockConfig, start_mock_server
 from archiver.queue import QueueStore
-from archiver.schema import export_cursors
+from archiver.schema import export_cursors, responses
 from archiver.worker import Worker
 
 pytestmark = pytest.mark.timeout(120)
@@ -340,3 +342,125 @@ async def test_exported_numbers_are_the_same_from_both_databases(
     }
     assert metadata == expected
     assert {k: type(v) for k, v in metadata.items()} == {k: type(v) for k, v in expected.items()}
+
+
+# --- beside writers ------------------------------------------------------------------------------
+
+
+def assert_one_version_per_response(loader: ManifestLoader) -> None:
+    """In every batch, each response's child rows carry that response row's change_seq."""
+    for manifest_name in loader.loaded:
+        manifest = json.loads(loader.loaded[manifest_name])
+        seqs: dict[str, int] = {}
+        children: list[dict[str, Any]] = []
+        for name in manifest["files"]:
+            rows = [json.loads(line) for line in (loader.out / name).read_bytes().splitlines()]
+            if name.startswith("responses/"):
+                seqs = {row["id"]: row["change_seq"] for row in rows}
+            else:
+                children.extend(rows)
+        mixed = [c for c in children if c["change_seq"] != seqs[c["response_id"]]]
+        assert not mixed, f"{manifest_name}: child rows of another version: {mixed[:3]}"
+
+
+async def child_counts(engine: Any) -> dict[tuple[str, str], int]:
+    """Child rows per (table, response_id) in the database."""
+    counts: dict[tuple[str, str], int] = {}
+    async with engine.connect() as conn:
+        for table in export_tables()[1:]:
+            stmt = select(table.c.response_id, func.count()).group_by(table.c.response_id)
+            for rid, count in (await conn.execute(stmt)).all():
+                counts[(str(table.name), rid)] = int(count)
+    return counts
+
+
+async def test_exports_beside_re_polls_and_a_renormalize_deliver_every_version_whole(
+    db_url: str, make_settings: Any, tmp_path: Path
+) -> None:
+    """Exports every few milliseconds while the pipeline archives and re-polls responses
+    (``pendingN``: a snapshot, then newer ones) and ``renormalize --all`` rewrites them all.
+
+    At the end the loader holds, per response, the latest version with exactly the child
+    rows the database has, and no batch mixes child rows of two versions.
+    """
+    out = tmp_path / "feed"
+    loader = ManifestLoader(out)
+    first = [f"resp_ok_r{i}" for i in range(20)] + ["resp_kitchensink_r"]
+    later = [f"resp_pending3_r{i}" for i in range(6)] + [f"resp_ok_s{i}" for i in range(10)]
+    async with await start_mock_server() as mock, open_database(db_url) as engine:
+        settings = make_settings(db_url, mock.base_url, repoll=0.05)
+        await archive(engine, settings, first)
+        await QueueStore(engine).enqueue(later)
+        daemon = asyncio.create_task(Worker(settings, engine, once=True).run())
+        env = {**os.environ, "ARCHIVER_DATABASE_URL": db_url}
+        rebuild = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "archiver", "renormalize", "--all", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        batches = 0
+        while not daemon.done() or rebuild.returncode is None:
+            report = await export(engine, out, chunk_size=4)
+            batches += bool(report.files)
+            loader.poll()
+            await asyncio.sleep(0.01)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(rebuild.wait(), 0.001)
+        assert (await daemon).stop_reason is None
+        assert rebuild.returncode == 0, (await rebuild.stderr.read()).decode()  # type: ignore[union-attr]
+        await export(engine, out, chunk_size=4)
+        loader.poll()
+        assert batches >= 2, "the exports did not run beside the writers"
+
+        assert_one_version_per_response(loader)
+        latest = loader.latest()
+        async with engine.connect() as conn:
+            db_seqs = dict((await conn.execute(select(responses.c.id, responses.c.change_seq))).all())
+        assert {rid: row["change_seq"] for rid, row in latest.items()} == db_seqs
+        assert all(row["status"] == "completed" for row in latest.values())
+        delivered: dict[tuple[str, str], int] = {}
+        for table, rows in loader.rows.items():
+            for row in rows:
+                if table != "responses" and row["change_seq"] == db_seqs[row["response_id"]]:
+                    key = (table, row["response_id"])
+                    delivered[key] = delivered.get(key, 0) + 1
+        assert delivered == await child_counts(engine)
+
+
+@pytest.mark.postgres
+async def test_a_writer_that_commits_its_change_seq_late_is_not_skipped(
+    pg_url: str, make_settings: Any, tmp_path: Path
+) -> None:
+    """A writer takes a change_seq and holds its transaction open; the pipeline archives
+    more meanwhile (it waits for the counter), and an export runs: the late response must
+    be delivered by a later export, never skipped because higher numbers went first.
+    """
+    out = tmp_path / "feed"
+    loader = ManifestLoader(out)
+    names = [c.name for c in responses.columns]
+    copy = ", ".join(f'"{n}"' for n in names)
+    values = ", ".join({"id": "'resp_late'", "change_seq": ":seq"}.get(n, f'"{n}"') for n in names)
+    async with await start_mock_server() as mock, open_database(pg_url) as engine:
+        settings = make_settings(pg_url, mock.base_url)
+        await archive(engine, settings, ROUND_1)
+        async with engine.connect() as late, late.begin():
+            seq = (
+                await late.execute(
+                    text("UPDATE archive_changes SET seq = seq + 1 WHERE name = 'archive' RETURNING seq")
+                )
+            ).scalar_one()
+            await late.execute(
+                text(f"INSERT INTO responses ({copy}) SELECT {values} FROM responses WHERE id = :rid"),
+                {"seq": seq, "rid": ROUND_1[0]},
+            )
+            await QueueStore(engine).enqueue(ROUND_2)
+            daemon = asyncio.create_task(Worker(settings, engine, once=True).run())
+            report = await export(engine, out)  # never waits for the open writer
+            assert report.to_seq == seq - 1
+            loader.poll()
+            await asyncio.sleep(0.3)
+            assert not daemon.done()  # its writer waits for the counter's row lock
+        assert (await daemon).stop_reason is None
+        await export(engine, out)
+        loader.poll()
+    assert sorted(loader.latest()) == sorted([*ROUND_1, *ROUND_2, "resp_late"])
+    assert loader.latest()["resp_late"]["change_seq"] == seq
