@@ -35,6 +35,7 @@ from archiver.mockapi import MockConfig, start_mock_server
 from archiver.queue import QueueStore
 from archiver.schema import export_cursors, responses
 from archiver.worker import Worker
+from tests.mounts import MountRefused, read_only
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -464,3 +465,31 @@ async def test_a_writer_that_commits_its_change_seq_late_is_not_skipped(
         loader.poll()
     assert sorted(loader.latest()) == sorted([*ROUND_1, *ROUND_2, "resp_late"])
     assert loader.latest()["resp_late"]["change_seq"] == seq
+
+
+async def test_an_export_that_cannot_write_its_manifest_leaves_no_data_files(
+    sqlite_url: str, make_settings: Any, tmp_path: Path
+) -> None:
+    """The manifest directory is read-only (a bind mount), so the manifest cannot be written.
+
+    The data files were already renamed into place and stayed there, without a manifest,
+    after an error that said nothing was exported: a loader reading the files by name (the
+    README's DuckDB one-liner reads them all) took a batch the next run writes again with
+    other rows.
+    """
+    out = tmp_path / "feed"
+    (out / "_batches").mkdir(parents=True)
+    async with await start_mock_server() as mock, open_database(sqlite_url) as engine:
+        await archive(engine, make_settings(sqlite_url, mock.base_url), ROUND_1)
+    try:
+        with read_only(out / "_batches"):
+            process = export_process(sqlite_url, out)
+            _, stderr = process.communicate(timeout=60)
+    except MountRefused as refused:
+        pytest.skip(f"needs a read-only bind mount: {refused}")
+    assert process.returncode == 1
+    assert "cannot export into" in stderr.decode() and "Traceback" not in stderr.decode()
+    left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert [name for name in left if name != "_schema.json"] == []
+    report = run_export(sqlite_url, out)
+    assert (report["batch"], report["responses"]) == (1, len(ROUND_1))
