@@ -485,12 +485,34 @@ def _write_atomic(path: Path, data: bytes) -> None:
     """Write a file under a temporary name, fsync it, rename it into place, fsync the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
-    with open(temp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        raise
     _fsync_path(path.parent)
+
+
+def _write_manifest(
+    out_dir: Path, paths: list[Path], manifest_path: Path, manifest: bytes, schema: bytes
+) -> None:
+    """Write ``_schema.json``, then the manifest, which publishes the batch.
+
+    When either cannot be written (a full disk, a read-only directory), the batch's data
+    files, already in place, are removed again: data files without a manifest would be
+    read by a loader that globs them, and the next run writes that batch again.
+    """
+    try:
+        _write_atomic(out_dir / SCHEMA_FILE, schema)
+        _write_atomic(manifest_path, manifest)
+    except BaseException:
+        _unpublish([*paths, manifest_path])
+        raise
 
 
 _LEFTOVER = re.compile(
@@ -513,11 +535,14 @@ def _remove_leftovers(out_dir: Path) -> None:
 
 
 def _unpublish(paths: list[Path]) -> None:
-    """Remove the published files of a batch whose cursor commit failed, manifest first."""
+    """Remove the published files of a batch that must not stay published, manifest first."""
+    # Each file on its own: one that cannot be removed (a read-only directory) keeps no other.
     for path in reversed(paths):
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
     for directory in {path.parent for path in paths}:
-        _fsync_path(directory)
+        with contextlib.suppress(OSError):
+            _fsync_path(directory)
 
 
 @dataclass
@@ -943,9 +968,12 @@ async def export(
             "generated_by": f"archiver {__version__}",
         }
         schema = orjson.dumps(schema_document(), option=orjson.OPT_INDENT_2) + b"\n"
-        await asyncio.to_thread(_write_atomic, out_dir / SCHEMA_FILE, schema)
-        await asyncio.to_thread(
-            _write_atomic, out_dir / manifest_path, orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+        manifest_bytes = orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+        # Shielded: the thread finishes (or removes the batch) whatever happens to this task.
+        await asyncio.shield(
+            asyncio.to_thread(
+                _write_manifest, out_dir, paths, out_dir / manifest_path, manifest_bytes, schema
+            )
         )
         # Last: a crash before this line makes the next run write the same batch again.
         try:
