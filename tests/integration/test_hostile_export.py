@@ -493,3 +493,39 @@ async def test_an_export_that_cannot_write_its_manifest_leaves_no_data_files(
     assert [name for name in left if name != "_schema.json"] == []
     report = run_export(sqlite_url, out)
     assert (report["batch"], report["responses"]) == (1, len(ROUND_1))
+
+
+def restore(database: Path, backup: bytes) -> None:
+    """Put a SQLite archive back as ``backup`` held it (no engine has it open)."""
+    database.write_bytes(backup)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+
+
+async def test_a_batch_from_before_a_restore_is_not_adopted(
+    sqlite_url: str, make_settings: Any, tmp_path: Path
+) -> None:
+    """The archive is restored from a backup taken before batch 2, and the daemon goes on
+    (its change_seq numbers are those batch 2 had). The manifest of batch 2 in the feed
+    describes rows the restored archive never had: taking it as the cursor's lost commit
+    would skip the restored archive's own rows up to its to_seq.
+    """
+    out = tmp_path / "feed"
+    database = Path(sqlite_url.removeprefix("sqlite:///"))
+    async with await start_mock_server() as mock:
+        settings = make_settings(sqlite_url, mock.base_url)
+        async with open_database(sqlite_url) as engine:
+            await archive(engine, settings, ROUND_1)
+            await export(engine, out)
+        backup = database.read_bytes()  # noqa: ASYNC240 - a test's backup, nothing runs meanwhile
+        async with open_database(sqlite_url) as engine:
+            await archive(engine, settings, ROUND_2)
+            assert (await export(engine, out)).batch == 2
+        restore(database, backup)  # the cursor is at batch 1 again
+        after_restore = [f"resp_ok_k{i}" for i in range(5)]
+        async with open_database(sqlite_url) as engine:
+            await archive(engine, settings, after_restore)
+            report = await export(engine, out)
+    assert report.batch == 2
+    exported = [json.loads(line)["id"] for line in (out / report.files[0]).read_bytes().splitlines()]
+    assert sorted(exported) == sorted(after_restore)
