@@ -805,7 +805,10 @@ async def _adopt_published_batch(
     manifest once, so the cursor is moved to the manifest's ``to_seq`` instead, and the
     export goes on with the batch after it. A manifest that does not fit the cursor (another
     ``from_seq``, a ``to_seq`` the database does not reach, a file of it missing) is
-    written again, as before.
+    written again, as before; so is one whose last response (``last`` in the manifest) the
+    database does not hold at that ``change_seq`` or a later one: a feed written before the
+    archive was restored from a backup, whose ``change_seq`` numbers the restored archive
+    then gave to other rows.
     """
     batch = position.batch + 1
     path = out_dir / BATCHES_DIR / f"{cursor}-{batch:08d}.json"
@@ -820,14 +823,22 @@ async def _adopt_published_batch(
             and all((out_dir / name).is_file() for name in manifest["files"])
         )
         exported_at = datetime.fromisoformat(manifest["exported_at"])
+        last_seq, last_id = int(manifest["last"]["change_seq"]), str(manifest["last"]["id"])
     except FileNotFoundError:
         return position
     except (OSError, ValueError, TypeError, KeyError) as exc:  # not a manifest of ours: written again
         log.warning("archiver.export_manifest_ignored", cursor=cursor, batch=batch, error=str(exc))
         return position
+    if fits:
+        async with read_snapshot(engine) as conn:
+            held = (
+                await conn.execute(select(responses.c.change_seq).where(responses.c.id == last_id))
+            ).scalar()
+        # The same row, or re-archived since (a change_seq above the batch's): ours.
+        fits = held is not None and (held == last_seq or held > to_seq)
     if not fits:
         log.warning(
-            "archiver.export_manifest_ignored", cursor=cursor, batch=batch, error="does not fit the cursor"
+            "archiver.export_manifest_ignored", cursor=cursor, batch=batch, error="does not fit the archive"
         )
         return position
     await _commit_cursor(engine, cursor, batch, to_seq, exported_at)
@@ -961,6 +972,7 @@ async def export(
             "format": fmt,
             "from_seq": from_seq,
             "to_seq": position.to_seq,
+            "last": {"change_seq": after[0], "id": after[1]},
             "responses": counts[responses.name],
             "rows": counts,
             "files": files,
