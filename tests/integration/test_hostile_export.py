@@ -529,3 +529,38 @@ async def test_a_batch_from_before_a_restore_is_not_adopted(
     assert report.batch == 2
     exported = [json.loads(line)["id"] for line in (out / report.files[0]).read_bytes().splitlines()]
     assert sorted(exported) == sorted(after_restore)
+
+
+@pytest.mark.postgres
+async def test_an_export_whose_connection_is_cut_at_the_commit_is_one_line_and_adopted(
+    pg_url: str, make_settings: Any, tmp_path: Path
+) -> None:
+    """The server ends the export's connection while its cursor commit waits (a restart,
+    ``pg_terminate_backend``): one line, exit 1, and the next run adopts the published batch.
+    """
+    out = tmp_path / "feed"
+    loader = ManifestLoader(out)
+    async with await start_mock_server() as mock, open_database(pg_url) as engine:
+        settings = make_settings(pg_url, mock.base_url)
+        await archive(engine, settings, ROUND_1)
+        async with engine.connect() as killer, cursor_commit_blocked(engine, pg_url):
+            process = export_process(pg_url, out)
+            waiting = text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND query LIKE '%export_cursors%'"
+            )
+            deadline = time.monotonic() + 30
+            while not (await killer.execute(waiting)).all():
+                await killer.rollback()
+                assert process.poll() is None and time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 1, stderr.decode()
+        lines = stderr.decode().strip().splitlines()
+        assert lines[-1].startswith("archiver: error: ") and "Traceback" not in stderr.decode()
+        assert loader.poll() == ["default-00000001.json"]
+        await archive(engine, settings, ROUND_2)
+        report = run_export(pg_url, out)
+        loader.poll()
+    assert report["batch"] == 2
+    assert sorted(loader.latest()) == sorted(ROUND_1 + ROUND_2)
