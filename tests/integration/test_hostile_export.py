@@ -564,3 +564,26 @@ async def test_an_export_whose_connection_is_cut_at_the_commit_is_one_line_and_a
         loader.poll()
     assert report["batch"] == 2
     assert sorted(loader.latest()) == sorted(ROUND_1 + ROUND_2)
+
+
+async def test_data_files_of_an_unfinished_batch_do_not_outlive_it(
+    sqlite_url: str, make_settings: Any, tmp_path: Path
+) -> None:
+    """A kill between the data files' renames and the manifest leaves batch 1's data files
+    in place, without a manifest, the cursor unmoved (made here by removing the manifest
+    and the cursor row of a finished export). The next run, in another format, wrote batch
+    1 again beside them: the stale JSON lines stayed, visible to ``*.jsonl`` globs, beside
+    a manifest listing Parquet files.
+    """
+    out = tmp_path / "feed"
+    async with await start_mock_server() as mock, open_database(sqlite_url) as engine:
+        await archive(engine, make_settings(sqlite_url, mock.base_url), ROUND_1)
+        await export(engine, out, fmt="jsonl")
+        async with engine.begin() as conn:
+            await conn.execute(export_cursors.delete())
+    (out / "_batches" / "default-00000001.json").unlink()
+    report = run_export(sqlite_url, out, "--format", "parquet")
+    assert report["batch"] == 1
+    left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert [name for name in left if name.endswith(".jsonl")] == []
+    assert sorted(left) == sorted(report["files"])
