@@ -534,6 +534,18 @@ def _remove_leftovers(out_dir: Path) -> None:
                 leftover.unlink(missing_ok=True)
 
 
+def _remove_unfinished(out_dir: Path, cursor: str, batch: int) -> None:
+    """Remove the data files of a batch that has no manifest, in any format.
+
+    A kill between the renames of the data files and the manifest leaves them; the next
+    run writes that batch again, but in another format it would leave them beside it.
+    """
+    name = f"{cursor}-{batch:08d}"
+    for table in export_tables():
+        for fmt in FORMATS:
+            (out_dir / table.name / f"{name}.{fmt}").unlink(missing_ok=True)
+
+
 def _unpublish(paths: list[Path]) -> None:
     """Remove the published files of a batch that must not stay published, manifest first."""
     # Each file on its own: one that cannot be removed (a read-only directory) keeps no other.
@@ -825,6 +837,7 @@ async def _adopt_published_batch(
         exported_at = datetime.fromisoformat(manifest["exported_at"])
         last_seq, last_id = int(manifest["last"]["change_seq"]), str(manifest["last"]["id"])
     except FileNotFoundError:
+        await asyncio.to_thread(_remove_unfinished, out_dir, cursor, batch)
         return position
     except (OSError, ValueError, TypeError, KeyError) as exc:  # not a manifest of ours: written again
         log.warning("archiver.export_manifest_ignored", cursor=cursor, batch=batch, error=str(exc))
