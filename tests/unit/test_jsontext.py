@@ -193,3 +193,13 @@ def test_a_body_may_hold_one_array_or_object_per_8_bytes() -> None:
     with pytest.raises(TooManyContainers, match="holds 100,001 arrays and objects, more than the 65,536"):
         loads(objects)
     assert loads_stored(dense)[0] == []  # JSON columns read back are not limited
+
+
+def test_jsonb_text_keeps_large_floats_floats_and_strings_as_they_are() -> None:
+    value = {"f": 1.5e20, "n": [-1e16, 1e-7, 12.0, 7], "s": 'say "1e+5" \\ 2e+9', "1e+3": 1e300}
+    text_ = jsontext.jsonb_text(value)
+    assert text_.startswith('{"f":150000000000000000000.0,"n":[-10000000000000000.0,1e-7,12.0,7],')
+    assert '"s":"say \\"1e+5\\" \\\\ 2e+9"' in text_ and '"1e+3":1' + "0" * 300 + ".0}" in text_
+    parsed = json.loads(text_)
+    assert parsed == value and type(parsed["f"]) is float and type(parsed["1e+3"]) is float
+    assert jsontext.jsonb_text({"s": "no exponent"}) == '{"s":"no exponent"}'
