@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also move already archived/failed/not_found IDs back to pending",
     )
-    add_options(p, ENQUEUE_OPTIONS)
+    add_options(p, ENQUEUE_OPTIONS + [o for o in RUN_OPTIONS if o[0] == "--final-write-seconds"])
 
     p = sub.add_parser(
         "run",
@@ -174,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create or upgrade the schema (every command also does this on start).",
     )
 
-    rebuild_options = [o for o in RUN_OPTIONS if o[0] in ("--batch-size", "--max-held-mb")]
+    rebuild_options = [
+        o for o in RUN_OPTIONS if o[0] in ("--batch-size", "--max-held-mb", "--final-write-seconds")
+    ]
     p = sub.add_parser(
         "renormalize",
         parents=[common],

@@ -21,6 +21,7 @@ from archiver.db import (
 from archiver.db import (
     migrate as migrate_db,
 )
+from archiver.deadline import StopDeadline, exit_at_deadline
 from archiver.errors import DatabaseVanished, NotArchived
 from archiver.health import CheckResult, run_checks
 from archiver.ids import validate_response_id
@@ -64,11 +65,17 @@ async def enqueue(
     ``routing``: each ID's source (default: ``settings.source``, any name accepted).
     """
     routing = routing or SourceRouting(settings.source)
-    async with open_database(settings.database_url) as engine:
-        queue = QueueStore(engine)
-        if follow is not None:
-            return await follow_file(queue, follow, refetch=refetch, err=err, routing=routing)
-        return await enqueue_inputs(queue, paths, refetch=refetch, err=err, routing=routing)
+    deadline = StopDeadline(settings.final_write_seconds)
+    with exit_at_deadline(deadline):
+        async with open_database(settings.database_url, deadline=deadline) as engine:
+            queue = QueueStore(engine)
+            if follow is not None:
+                return await follow_file(
+                    queue, follow, refetch=refetch, err=err, routing=routing, deadline=deadline
+                )
+            return await enqueue_inputs(
+                queue, paths, refetch=refetch, err=err, routing=routing, deadline=deadline
+            )
 
 
 async def run(
@@ -86,12 +93,27 @@ async def run(
     source ``default``).
     """
     from archiver.ingest_http import load_ingest_secrets
-    from archiver.signals import on_stop_signals
 
     sources = sources or {settings.source: settings}
     # A bad file stops the start, before the database.
     ingest_secrets = load_ingest_secrets(settings, sources)
-    async with open_database(settings.database_url, pool_size=4 + len(sources)) as engine:
+    deadline = StopDeadline(settings.grace_seconds + settings.final_write_seconds)
+    with exit_at_deadline(deadline):
+        return await _run_sources(settings, once, progress, writer_process, sources, ingest_secrets, deadline)
+
+
+async def _run_sources(
+    settings: Settings,
+    once: bool,
+    progress: Any,
+    writer_process: subprocess.Popen[bytes] | None,
+    sources: Mapping[str, Settings],
+    ingest_secrets: IngestSecrets,
+    deadline: StopDeadline,
+) -> RunSummary:
+    from archiver.signals import on_stop_signals
+
+    async with open_database(settings.database_url, pool_size=4 + len(sources), deadline=deadline) as engine:
         if settings.normalize is not None:
             await _settle_normalize_mode(engine, settings.normalize)
         await _check_projection(engine)
@@ -107,6 +129,7 @@ async def run(
             metrics=metrics,
             notifier=SystemdNotifier.from_env(),
             writer_process=writer_process,
+            deadline=deadline,
         )
         vanished: list[str] = []
 
@@ -174,9 +197,9 @@ async def renormalize(
     from archiver.signals import on_stop_signals
 
     check_scope(response_ids, everything=everything, since=since)  # before touching the database
-    stop = StopFlag()
-    async with open_database(settings.database_url, create=False) as engine:
-        with on_stop_signals(stop):
+    stop = StopFlag(settings.final_write_seconds)
+    async with open_database(settings.database_url, create=False, deadline=stop.deadline) as engine:
+        with on_stop_signals(stop), exit_at_deadline(stop.deadline):
             return await rebuild(
                 engine,
                 ids=response_ids,
@@ -198,9 +221,9 @@ async def compact(settings: Settings, *, vacuum: bool, progress: WorkProgress | 
     from archiver.rebuild import StopFlag
     from archiver.signals import on_stop_signals
 
-    stop = StopFlag()
-    async with open_database(settings.database_url, create=False) as engine:
-        with on_stop_signals(stop):
+    stop = StopFlag(settings.final_write_seconds)
+    async with open_database(settings.database_url, create=False, deadline=stop.deadline) as engine:
+        with on_stop_signals(stop), exit_at_deadline(stop.deadline):
             return await run_compact(
                 engine,
                 batch_size=settings.batch_size,

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from archiver import codec
 from archiver.codec import IDENTITY, ZSTD, Codec
 from archiver.db import now_sql, sqlite_path, statement_at_a_time, with_db_retry
+from archiver.deadline import StopDeadline
 from archiver.errors import ArchiverError
 from archiver.logs import get_logger
 from archiver.orphans import OrphanCounts, sweep_orphans
@@ -127,7 +128,8 @@ async def compact(
     path = sqlite_path(engine.url)
     result = CompactResult(RebuildReport())
     result.file_bytes_before = _file_bytes(path)
-    result.dictionary_trained = await _train_first_dictionary(engine)
+    deadline = None if stop is None else stop.deadline
+    result.dictionary_trained = await _train_first_dictionary(engine, deadline)
     async with statement_at_a_time(engine) as conn:
         dictionaries = await load_dictionaries(conn)
     encoder = Codec(dictionaries)
@@ -174,7 +176,7 @@ async def compact(
         async with statement_at_a_time(engine) as conn:
             plain = select(func.count()).select_from(responses).where(responses.c.raw_codec == ZSTD)
             result.left_plain = int((await conn.execute(plain)).scalar() or 0)
-    result.orphans = await sweep_orphans(engine)
+    result.orphans = await sweep_orphans(engine, deadline=deadline)
     if engine.dialect.name == "postgresql":
         result.space = await _vacuum_postgres(engine, full=vacuum)
     else:
@@ -192,7 +194,7 @@ def _file_bytes(path: str | None) -> int | None:
         return None
 
 
-async def _train_first_dictionary(engine: AsyncEngine) -> int | None:
+async def _train_first_dictionary(engine: AsyncEngine, deadline: StopDeadline | None) -> int | None:
     """Train the archive's first dictionary if it has none and holds enough bodies; its id."""
     async with statement_at_a_time(engine) as conn:
         if (await conn.execute(select(archive_dictionaries.c.id).limit(1))).first() is not None:
@@ -206,7 +208,7 @@ async def _train_first_dictionary(engine: AsyncEngine) -> int | None:
         async with engine.begin() as conn:
             return await conn.run_sync(lambda c: store.train_dictionary_sync(c, bodies_written=archived))
 
-    return await with_db_retry(train)
+    return await with_db_retry(train, deadline=deadline)
 
 
 async def _refuse_beside_a_daemon(engine: AsyncEngine) -> None:

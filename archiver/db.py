@@ -18,6 +18,7 @@ import urllib.parse
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import create_engine as create_sync_engine
@@ -27,6 +28,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import await_
 
+from archiver.deadline import StopDeadline, StopDeadlinePassed
 from archiver.errors import (
     ConfigError,
     DatabaseFault,
@@ -711,8 +713,24 @@ async def with_db_retry(
     first_delay: float = 0.2,
     max_delay: float = 10.0,
     on_retry: Callable[[BaseException, float], None] | None = None,
+    deadline: StopDeadline | None = None,
 ) -> T:
-    """Run ``await func()`` and retry it with backoff while the database error is transient."""
+    """Run ``await func()`` and retry it with backoff while the database error is transient.
+
+    ``deadline``: once a stop is requested, no attempt and no backoff sleep outlasts its
+    deadline (see :mod:`archiver.deadline`); raises ``StopDeadlinePassed`` then.
+    """
+    if deadline is not None:
+        return await deadline.run(
+            partial(
+                with_db_retry,
+                func,
+                attempts=attempts,
+                first_delay=first_delay,
+                max_delay=max_delay,
+                on_retry=on_retry,
+            )
+        )
     delay = first_delay
     for attempt in range(1, attempts + 1):
         try:
@@ -904,7 +922,12 @@ async def schema_revision(engine: AsyncEngine) -> str | None:
 
 @asynccontextmanager
 async def open_database(
-    database_url: str, *, pool_size: int = 5, upgrade: bool = True, create: bool = True
+    database_url: str,
+    *,
+    pool_size: int = 5,
+    upgrade: bool = True,
+    create: bool = True,
+    deadline: StopDeadline | None = None,
 ) -> AsyncIterator[AsyncEngine]:
     """Open the database, check it answers, bring its schema to head, and dispose at the end.
 
@@ -915,6 +938,9 @@ async def open_database(
         create: create a missing SQLite file, saying so once on stderr. Commands that only
             read or rebuild pass False: a missing file, or a PostgreSQL database without
             tables, is then an error naming it.
+        deadline: a stop's deadline (:mod:`archiver.deadline`): once it passed, the
+            connections are dropped at the end instead of closed (closing one waits for
+            the server's answer, which a server out of reach never sends).
 
     Raises:
         ConfigError: the URL is not one archiver can use.
@@ -945,8 +971,18 @@ async def open_database(
         except DBAPIError as exc:
             raise database_error(exc, where) from None
     finally:
-        await engine.dispose()
+        await _dispose(engine, deadline)
         forget_side_files(engine)
+
+
+async def _dispose(engine: AsyncEngine, deadline: StopDeadline | None) -> None:
+    if deadline is None or not deadline.started:
+        await engine.dispose()
+        return
+    try:
+        await deadline.run(engine.dispose)
+    except StopDeadlinePassed:
+        await engine.dispose(close=False)
 
 
 async def _refuse_an_empty_postgres_database(engine: AsyncEngine, where: str) -> None:

@@ -35,10 +35,12 @@ from typing import TextIO
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from archiver import follow
+from archiver.deadline import StopDeadline
 from archiver.ids import IdLine, RejectedLine, parse_id_lines
 from archiver.logs import get_logger
 from archiver.queue import EnqueueCounts, QueueStore
 from archiver.redaction import redact
+from archiver.settings import Settings
 from archiver.signals import on_stop_signals
 from archiver.sources import SourceRouting
 
@@ -244,8 +246,11 @@ class _Batcher:
         refetch: bool,
         err: TextIO,
         routing: SourceRouting | None = None,
+        deadline: StopDeadline | None = None,
     ) -> None:
         self.queue = queue
+        self.deadline = deadline or StopDeadline(Settings.final_write_seconds)
+        """Started by the stop: the last commit gets until then (``--final-write-seconds``)."""
         self.report = report
         self.refetch = refetch
         self.err = err
@@ -263,6 +268,7 @@ class _Batcher:
         """First stop signal: finish the current read, commit, end."""
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.deadline.start()
         if self._wake is not None:
             self._wake("stop")
 
@@ -326,17 +332,23 @@ class _Batcher:
             return
         ids, created, sources = self.ids, self.created, self.sources
         self.ids, self.created, self.sources, self.first_at = [], [], [], None
-        counts = None
+
         # The commit checks first that the SQLite file is still the archive (see
         # archiver.db._tune_sqlite): IDs count as queued only once it succeeded.
-        async with self.queue.engine.begin() as conn:
-            if ids:
-                known = created if any(c is not None for c in created) else None
-                counts = await self.queue.enqueue_on(
-                    conn, ids, refetch=self.refetch, created_at=known, sources=sources
-                )
-            if save is not None:
-                await save(conn)
+        async def transaction() -> EnqueueCounts | None:
+            counts = None
+            async with self.queue.engine.begin() as conn:
+                if ids:
+                    known = created if any(c is not None for c in created) else None
+                    counts = await self.queue.enqueue_on(
+                        conn, ids, refetch=self.refetch, created_at=known, sources=sources
+                    )
+                if save is not None:
+                    await save(conn)
+            return counts
+
+        # After a stop, the database down or locked must not hold the process past the deadline.
+        counts = await self.deadline.run(transaction)
         if counts is not None:
             self.report.add(counts)
 
@@ -468,6 +480,7 @@ async def enqueue_inputs(
     refetch: bool = False,
     err: TextIO = sys.stderr,
     routing: SourceRouting | None = None,
+    deadline: StopDeadline | None = None,
 ) -> EnqueueReport:
     """Queue the IDs in ``paths`` (stdin when empty, ``-`` for stdin), as they arrive.
 
@@ -476,7 +489,7 @@ async def enqueue_inputs(
     ``source``, else ``--source``) and rejects unknown ones.
     """
     report = EnqueueReport()
-    batcher = _Batcher(queue, report, refetch=refetch, err=err, routing=routing)
+    batcher = _Batcher(queue, report, refetch=refetch, err=err, routing=routing, deadline=deadline)
     with on_stop_signals(batcher.request_stop):
         for name, fd in _open_inputs(paths, report, err):
             await _read_input(batcher, name, fd)
@@ -497,13 +510,14 @@ async def follow_file(
     refetch: bool = False,
     err: TextIO = sys.stderr,
     routing: SourceRouting | None = None,
+    deadline: StopDeadline | None = None,
 ) -> EnqueueReport:
     """Follow the log at ``path`` like ``tail -F`` until a stop signal (see :mod:`archiver.follow`).
 
     Each batch's transaction also saves the position just past its last complete line.
     """
     report = EnqueueReport()
-    batcher = _Batcher(queue, report, refetch=refetch, err=err, routing=routing)
+    batcher = _Batcher(queue, report, refetch=refetch, err=err, routing=routing, deadline=deadline)
     with on_stop_signals(batcher.request_stop):
         follower = _Follower(batcher, path)
         try:

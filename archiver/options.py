@@ -288,6 +288,15 @@ RUN_OPTIONS: list[Option] = [
         "on SIGTERM, how long in-flight requests may finish (default 20)",
     ),
     (
+        "--final-write-seconds",
+        "ARCHIVER_FINAL_WRITE_SECONDS",
+        "final_write_seconds",
+        float,
+        "on SIGTERM, the process exits within --grace-seconds plus this: database writes not "
+        "done by then (the database down or locked) are left for the leases to recover, "
+        "exit 1 (default 10; enqueue, renormalize and compact: this alone)",
+    ),
+    (
         "--poll-interval",
         "ARCHIVER_POLL_INTERVAL",
         "poll_interval",

@@ -65,6 +65,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 
 from archiver.db import is_postgres, statement_at_a_time, with_db_retry
+from archiver.deadline import StopDeadline
 from archiver.logs import get_logger
 from archiver.projection import lock_writers_sync, read_meta_sync, write_meta_sync
 from archiver.tool_sets import SWEPT_KEY
@@ -156,7 +157,9 @@ class OrphanCounts:
         return {"tool_sets": self.tool_sets, "input_items": self.input_items}
 
 
-async def sweep_orphans(engine: AsyncEngine, *, page: int = PAGE) -> OrphanCounts:
+async def sweep_orphans(
+    engine: AsyncEngine, *, page: int = PAGE, deadline: StopDeadline | None = None
+) -> OrphanCounts:
     """Delete the tool sets and input items nothing references (see the module docstring).
 
     Safe beside any number of running writers, on SQLite and PostgreSQL.
@@ -169,33 +172,37 @@ async def sweep_orphans(engine: AsyncEngine, *, page: int = PAGE) -> OrphanCount
         how many rows of each table it deleted.
     """
     return OrphanCounts(
-        tool_sets=await _sweep(engine, _TOOL_SETS, page, after=0),
-        input_items=await _sweep(engine, _INPUT_ITEMS, page, after=""),
+        tool_sets=await _sweep(engine, _TOOL_SETS, page, after=0, deadline=deadline),
+        input_items=await _sweep(engine, _INPUT_ITEMS, page, after="", deadline=deadline),
     )
 
 
-async def _sweep(engine: AsyncEngine, orphans: _Orphans, page: int, *, after: Any) -> int:
+async def _sweep(
+    engine: AsyncEngine, orphans: _Orphans, page: int, *, after: Any, deadline: StopDeadline | None
+) -> int:
     dropped = 0
     async with _Candidates(engine, orphans) as candidates:
         while True:
-            seq, keys = await with_db_retry(partial(candidates.next_page, after, page))
+            seq, keys = await with_db_retry(partial(candidates.next_page, after, page), deadline=deadline)
             if not keys:
                 return dropped
             if seq is None:  # the counter row was removed by hand: there is no lock to take
                 log.warning("archiver.orphans_kept", table=orphans.name, reason="archive_changes has no row")
                 return dropped
-            dropped += await _delete_page(engine, orphans, keys, seq)
+            dropped += await _delete_page(engine, orphans, keys, seq, deadline)
             after = keys[-1]
 
 
-async def _delete_page(engine: AsyncEngine, orphans: _Orphans, keys: Sequence[Any], seq: int) -> int:
+async def _delete_page(
+    engine: AsyncEngine, orphans: _Orphans, keys: Sequence[Any], seq: int, deadline: StopDeadline | None
+) -> int:
     """Delete one page of candidates found after change ``seq``, in one transaction."""
 
     async def drop() -> int:
         async with engine.begin() as conn:
             return await conn.run_sync(_drop_sync, orphans, keys, seq)
 
-    return await with_db_retry(drop)
+    return await with_db_retry(drop, deadline=deadline)
 
 
 def _drop_sync(conn: Connection, orphans: _Orphans, keys: Sequence[Any], seq: int) -> int:

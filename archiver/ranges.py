@@ -70,6 +70,7 @@ SETTING_RANGES: dict[str, Range] = {
     "max_body_mb": Range(0.0, 4096.0, low_open=True),
     "lease_seconds": Range(1.0, DAY_S),
     "grace_seconds": seconds(),
+    "final_write_seconds": seconds(3600.0),
     "poll_interval": seconds(3600.0),
     "drain_horizon": seconds(7 * DAY_S),
     "backoff_base": seconds(),

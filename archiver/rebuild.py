@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver.codec import IDENTITY, Codec
 from archiver.db import check_same_file, log_db_retry, statement_at_a_time, with_db_retry
+from archiver.deadline import StopDeadline
 from archiver.echoes import body_echoes_secret, scrub_rows
 from archiver.errors import ArchiverError
 from archiver.logs import get_logger, redact
@@ -44,6 +45,7 @@ from archiver.normalize import normalize_body
 from archiver.projection import write_meta_sync
 from archiver.queue import archive_queue
 from archiver.schema import responses
+from archiver.settings import Settings
 from archiver.store import ArchiveStore, Reprojection, in_chunks, load_dictionaries
 
 log = get_logger()
@@ -162,11 +164,14 @@ class StopFlag:
     """Set by a stop signal (:func:`archiver.signals.on_stop_signals`): the walk ends after
     the batch in flight, its position saved."""
 
-    def __init__(self) -> None:
+    def __init__(self, final_write_s: float = Settings.final_write_seconds) -> None:
         self.reason: str | None = None
+        self.deadline = StopDeadline(final_write_s)
+        """The batch in flight gets this long after the stop (see ``--final-write-seconds``)."""
 
     def __call__(self, reason: str) -> None:
         self.reason = reason
+        self.deadline.start()
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +249,9 @@ class Rebuilder:
         self._reader = Codec()
         self._known_dicts: set[int] = set()
 
+    async def _retried(self, work: Callable[[], Awaitable[T]]) -> T:
+        return await retried(work, self.stop)
+
     async def walk(self, where: ColumnElement[bool], after: str = "") -> RebuildReport:
         """Rebuild every response matching ``where`` whose ``id`` sorts after ``after``."""
         while True:
@@ -270,7 +278,7 @@ class Rebuilder:
                 rows = (await conn.execute(stmt)).all()
             return [_Candidate(row[0], int(row[1]), row[2], row[3], int(row[4] or 0)) for row in rows]
 
-        return await _retried(read)
+        return await self._retried(read)
 
     async def _rebuild(self, candidates: list[_Candidate]) -> None:
         """Read, rebuild and write one batch of candidates, in slices of at most max_batch_bytes."""
@@ -313,7 +321,7 @@ class Rebuilder:
                         self._known_dicts.add(dict_id)
             return rows
 
-        rows = await _retried(read)
+        rows = await self._retried(read)
         return {
             row[0]: _Stored(bytes(row[1]), row[2], row[3], int(row[4]), row[5], bool(row[6])) for row in rows
         }
@@ -371,7 +379,7 @@ class Rebuilder:
                 return await conn.run_sync(write)
 
         if pending or self.position is not None:
-            kept, rows, before, after = await _retried(transaction)
+            kept, rows, before, after = await self._retried(transaction)
             self.store.tool_sets.confirm()
         else:  # nothing to write: no write lock either
             kept = rows = before = after = 0
@@ -409,7 +417,9 @@ class Rebuilder:
         return [(c, rw) for c, rw in pending if current.get(c.response_id) == (c.change_seq, c.raw_sha256)]
 
 
-async def _retried(work: Callable[[], Awaitable[T]]) -> T:
+async def retried(work: Callable[[], Awaitable[T]], stop: StopFlag | None = None) -> T:
     """``work`` retried while the database error is transient (a lost connection, a lock,
-    a restart), as long as the daemon's writer waits: a rebuild runs for hours beside it."""
-    return await with_db_retry(work, on_retry=log_db_retry, attempts=REBUILD_DB_ATTEMPTS)
+    a restart), as long as the daemon's writer waits: a rebuild runs for hours beside it.
+    Once ``stop`` is set, only until its deadline (:mod:`archiver.deadline`)."""
+    deadline = None if stop is None else stop.deadline
+    return await with_db_retry(work, on_retry=log_db_retry, attempts=REBUILD_DB_ATTEMPTS, deadline=deadline)

@@ -21,6 +21,7 @@ from dataclasses import fields
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from archiver.deadline import StopDeadline
 from archiver.errors import ArchiverError, EndpointDown, StopRun
 from archiver.logs import get_logger
 from archiver.metrics import Metrics
@@ -51,6 +52,8 @@ class Runner:
         metrics: shared by every worker (``archiver_source_up`` is labelled by source).
         notifier: systemd notifications.
         writer_process: a writer process started early (see :class:`~archiver.worker.Worker`).
+        deadline: started by :meth:`request_stop`; the shared writer is closed by it
+            (default: the first source's grace period plus its final-write budget).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class Runner:
         metrics: Metrics | None = None,
         notifier: SystemdNotifier | None = None,
         writer_process: subprocess.Popen[bytes] | None = None,
+        deadline: StopDeadline | None = None,
     ) -> None:
         if not sources:
             raise ValueError("no source to serve")
@@ -74,6 +78,7 @@ class Runner:
             shared = make_writer(first, engine, first.writer, writer_process)
             writer_process = None
         self._writer = shared
+        self.deadline = deadline or StopDeadline(first.grace_seconds + first.final_write_seconds)
         self._queue = QueueStore(engine)
         self.workers: dict[str, Worker] = {}
         for name, settings in sources.items():
@@ -95,6 +100,7 @@ class Runner:
 
     def request_stop(self, reason: str) -> None:
         """Stop every source's worker gracefully."""
+        self.deadline.start()
         for worker in self.workers.values():
             worker.request_stop(reason)
 
@@ -148,7 +154,7 @@ class Runner:
             )
         finally:
             if self._writer is not None:
-                await self._writer.close()
+                await self._writer.close(self.deadline)
         stopped: ArchiverError | None = None
         for outcome in outcomes:
             if isinstance(outcome, StopRun | EndpointDown):

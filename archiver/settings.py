@@ -55,6 +55,10 @@ class Settings:
     max_body_mb: float = 16.0
     lease_seconds: float = 60.0
     grace_seconds: float = 20.0
+    final_write_seconds: float = 10.0
+    """After a stop signal, how long past ``grace_seconds`` the last database writes may
+    take (see :mod:`archiver.deadline`); ``enqueue``, ``renormalize`` and ``compact`` have
+    no grace period, so this alone."""
     poll_interval: float = 2.0
     drain_horizon: float = 60.0
     backoff_base: float = 1.0

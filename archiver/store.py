@@ -915,10 +915,14 @@ class ArchiveStore:
         )
         return written
 
-    def close(self) -> None:
-        """Stop the write thread and its engine, if there are (``engine`` is the caller's)."""
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the write thread and its engine, if there are (``engine`` is the caller's).
+
+        ``wait=False``: do not wait for a write still running on the thread (a stop past its
+        deadline, see :mod:`archiver.deadline`); the process ends without it.
+        """
         if self._write_thread is not None:
-            self._write_thread.shutdown()
+            self._write_thread.shutdown(wait=wait, cancel_futures=not wait)
             self._write_thread = None
         if self._write_engine is not None:
             self._write_engine.dispose()

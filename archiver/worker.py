@@ -4,6 +4,9 @@ One ``Worker.run()`` serves the daemon (``once=False``: poll forever) and the ba
 (``once=True``: drain and exit). Stopping is one ``asyncio.Event``: the claimer stops,
 claimed-but-unstarted rows are released at once, in-flight fetches get ``grace_seconds``
 to finish and be written, and whatever is left is released without spending an attempt.
+Both periods count from the stop request, and database work ends by the stop deadline,
+``final_write_seconds`` after the grace period (:mod:`archiver.deadline`): rows not written
+or released by then keep their lease, for the next claim after it expires.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from archiver.breaker import Breaker, Trip, proves_endpoint
 from archiver.budget import ByteBudget
 from archiver.client import ResponsesClient
 from archiver.db import db_error_message, log_db_retry, redact_url, with_db_retry
+from archiver.deadline import StopDeadline, StopDeadlinePassed
 from archiver.errors import ArchiverError, EndpointDown, StopRun
 from archiver.fetch import Fetcher
 from archiver.fleet_rate import FleetRate
@@ -182,6 +186,10 @@ class Worker:
         self.retention_s = settings.retention_s
         self.summary = RunSummary()
         self.stop_event = asyncio.Event()
+        # From the stop request: claims and fetches end by the first, database work by the second.
+        self.grace = StopDeadline(settings.grace_seconds)
+        self.deadline = StopDeadline(settings.grace_seconds + settings.final_write_seconds)
+        self._left: list[str] = []  # why rows were left leased (a release that failed), one per row
         self._on_progress = on_progress
         self._waiting_retry: set[str] = set()  # for the progress display (see RunSummary)
         self._rand = rand
@@ -236,7 +244,9 @@ class Worker:
         """Ask the run to stop gracefully (idempotent; the first reason is kept)."""
         if not self.stop_event.is_set():
             self.summary.stop_reason = self.summary.stop_reason or reason
-            log.info("archiver.stop_requested", reason=reason)
+            log.info("archiver.stop_requested", reason=reason, deadline_s=self.deadline.budget_s)
+            self.grace.start()
+            self.deadline.start()
             self.stop_event.set()
 
     async def run(self) -> RunSummary:
@@ -265,13 +275,13 @@ class Worker:
             await self._run_pipeline()
         finally:
             if self._owns_writer:
-                await self.writer.close()
+                await self.writer.close(self.deadline)
         self.summary.duration_s = time.monotonic() - started
         with contextlib.suppress(Exception):
-            self.summary.remaining = await self.queue.counts()
+            self.summary.remaining = await self.deadline.run(self.queue.counts)
         if not (self.hold_outlives_run and self._tripped is not None):
             with contextlib.suppress(Exception):
-                await forget_worker(self.queue.engine, s.owner)
+                await self.deadline.run(partial(forget_worker, self.queue.engine, s.owner))
         rate = (
             {}
             if self._rate is None
@@ -284,12 +294,26 @@ class Worker:
             reason=self.summary.stop_reason or "drained",
             **self._summary_fields(),
         )
+        if self._left:
+            log.error(
+                "archiver.stop_left_in_flight",
+                source=self.source,
+                count=len(self._left),
+                error=self._left[0],
+                lease_seconds=s.lease_seconds,
+            )
         if self._fatal is not None:
             raise self._fatal
         if self._tripped is not None:
             if self._tripped.key_refused:
                 raise StopRun(self._tripped.reason)
             raise EndpointDown(self._tripped.reason)
+        if self._left and self.deadline.started:
+            raise StopDeadlinePassed(
+                f"stopped ({self.summary.stop_reason}) with {len(self._left)} rows neither written nor "
+                f"released: {self._left[0]}; their leases return them to pending after "
+                f"--lease-seconds ({s.lease_seconds:g} s), then a run archives them"
+            )
         return self.summary
 
     async def _run_pipeline(self) -> None:
@@ -376,8 +400,7 @@ class Worker:
         # 2. Let in-flight fetches finish (within the grace period when stopping early).
         for _ in fetchers:
             await self._jobs.put(None)
-        grace = self.settings.grace_seconds if self.stop_event.is_set() else None
-        _, pending = await asyncio.wait(fetchers, timeout=grace)
+        _, pending = await asyncio.wait(fetchers, timeout=self.grace.left())
         for task in pending:
             task.cancel()
         if pending:
@@ -388,7 +411,9 @@ class Worker:
         await writer
         for task in side_tasks:
             task.cancel()
-        await asyncio.gather(*side_tasks, return_exceptions=True)
+        # Not past the deadline: a heartbeat cut mid-statement may take seconds to let go
+        # of its connection (see StopDeadline.run).
+        await asyncio.wait(side_tasks, timeout=self.deadline.left())
         leftover = list(self._held.values())
         self._held.clear()
         if leftover:
@@ -396,11 +421,12 @@ class Worker:
 
     async def _release(self, jobs: list[Job], reason: str, *, quiet: bool = False) -> None:
         try:
-            await with_db_retry(lambda: self.queue.release(jobs, reason))
+            await with_db_retry(lambda: self.queue.release(jobs, reason), deadline=self.deadline)
             self.summary.released += len(jobs)
             if not quiet:  # one-job releases by fetchers are summed in run_stopped instead
                 log.info("archiver.released", count=len(jobs), reason=reason)
         except Exception as exc:
+            self._left.extend([db_error_message(exc)] * len(jobs))
             # The leases will expire and another run will pick these rows up. One line per
             # run: with a full disk every fetcher's release fails the same way.
             if not self._release_failed:
@@ -423,10 +449,16 @@ class Worker:
             limit = await self._claim_limit(capacity)
             if limit == 0:
                 continue
-            jobs = await with_db_retry(
-                partial(self.queue.claim_batch, s.owner, limit, s.lease_seconds, s.max_attempts, self.source),
-                on_retry=log_db_retry,
-            )
+            try:
+                jobs = await with_db_retry(
+                    partial(
+                        self.queue.claim_batch, s.owner, limit, s.lease_seconds, s.max_attempts, self.source
+                    ),
+                    on_retry=log_db_retry,
+                    deadline=self.grace,
+                )
+            except StopDeadlinePassed:
+                return  # a claim cut at the end of the grace period: its rows' leases expire
             for job in jobs:
                 self._held[job.response_id] = job
             for job in jobs:
@@ -444,9 +476,12 @@ class Worker:
                 # did not see, so only a query begun with nothing held can end the run.
                 # (Only this loop adds held rows, so none appear during the query.)
                 held_before = bool(self._held)
-                due, next_due = await with_db_retry(
-                    lambda: self.queue.due_summary(s.drain_horizon, self.source)
-                )
+                try:
+                    due, next_due = await with_db_retry(
+                        lambda: self.queue.due_summary(s.drain_horizon, self.source), deadline=self.grace
+                    )
+                except StopDeadlinePassed:
+                    return
                 if not held_before and due == 0:
                     return  # rows due later than the horizon stay pending (see summary.remaining)
                 wait = s.poll_interval if next_due is None else min(s.poll_interval, max(next_due, 0.01))
@@ -555,7 +590,7 @@ class Worker:
         attempt back) or written as the retry the refund already counted.
         """
         try:
-            await with_db_retry(lambda: self.queue.refund_attempts(spent))
+            await with_db_retry(lambda: self.queue.refund_attempts(spent), deadline=self.deadline)
         except Exception as exc:
             log.warning("archiver.refund_failed", count=len(spent), error=db_error_message(exc))
 
@@ -604,14 +639,17 @@ class Worker:
         probe_in = None if self.once else self.breaker.pause_left()
         hold = None if trip is None else Hold.of_trip(trip, self._probe_error, probe_in)
         try:
-            await record_worker(
-                self.queue.engine,
-                self.settings.owner,
-                state=state,
-                detail=detail,  # record_worker redacts and shortens it, and the hold's error
-                base_url=self.breaker.endpoint,
-                source=self.source,
-                hold=hold,
+            await self.deadline.run(
+                partial(
+                    record_worker,
+                    self.queue.engine,
+                    self.settings.owner,
+                    state=state,
+                    detail=detail,  # record_worker redacts and shortens it, and the hold's error
+                    base_url=self.breaker.endpoint,
+                    source=self.source,
+                    hold=hold,
+                )
             )
         except Exception as exc:
             log.warning("archiver.health_record_failed", error=db_error_message(exc))
@@ -816,7 +854,9 @@ class Worker:
         started = time.monotonic()
         self._big_writes += big
         try:
-            report = await self.writer.write(batch)
+            report = await self.writer.write(batch, self.deadline)
+        except StopDeadlinePassed:
+            return  # its rows are still held: _shutdown counts them, their leases recover them
         finally:
             self._big_writes -= big
         for r in batch:

@@ -46,6 +46,7 @@ from archiver.db import (
     permanent_db_fault,
     with_db_retry,
 )
+from archiver.deadline import StopDeadline
 from archiver.errors import ArchiverError, WriterFailed, first_line
 from archiver.jsontext import MAX_NESTING
 from archiver.logs import configure_logging, emit_line, get_logger, logging_config, redact
@@ -60,6 +61,7 @@ log = get_logger()
 _SEND_SLICE = 1 << 20
 _HEADER = struct.Struct("!I")
 START_TIMEOUT_S = 60.0
+CLOSE_TIMEOUT_S = 30.0
 
 
 class BatchWriter(Protocol):
@@ -76,11 +78,16 @@ class BatchWriter(Protocol):
     async def start(self) -> None:
         """Get ready to write (may return before the first write can run)."""
 
-    async def write(self, batch: list[FetchResult]) -> WriteReport:
-        """Write one batch in one transaction (or, after a poison result, one per result)."""
+    async def write(self, batch: list[FetchResult], deadline: StopDeadline | None = None) -> WriteReport:
+        """Write one batch in one transaction (or, after a poison result, one per result).
 
-    async def close(self) -> None:
-        """Finish: every batch given to :meth:`write` has been written or has raised."""
+        Raises:
+            StopDeadlinePassed: ``deadline`` passed first; the batch may or may not be written.
+        """
+
+    async def close(self, deadline: StopDeadline | None = None) -> None:
+        """Finish: every batch given to :meth:`write` has been written or has raised; at
+        ``deadline`` (once it passed) without waiting for a write still running."""
 
 
 def prepare(result: FetchResult) -> FetchResult:
@@ -123,11 +130,15 @@ class InlineWriter:
     async def start(self) -> None:
         """Nothing to start."""
 
-    async def close(self) -> None:
-        """Stop the store's write thread, if any; the engines belong to the caller."""
-        self.store.close()
+    async def close(self, deadline: StopDeadline | None = None) -> None:
+        """Stop the store's write thread, if any; the engines belong to the caller.
 
-    async def write(self, batch: list[FetchResult]) -> WriteReport:
+        Past the stop deadline the thread is not waited for: a SQLite write waiting for
+        another process's lock cannot be interrupted (see :mod:`archiver.deadline`).
+        """
+        self.store.close(wait=deadline is None or not deadline.passed)
+
+    async def write(self, batch: list[FetchResult], deadline: StopDeadline | None = None) -> WriteReport:
         """Normalize, then write; if that fails for a reason retrying cannot fix, find the culprit.
 
         The batch is written again one result at a time, and a result that still cannot
@@ -136,8 +147,9 @@ class InlineWriter:
         the queue or crashes the run.
         """
         prepared = [prepare(r) for r in batch]
+        write = partial(self._write, deadline=deadline)
         try:
-            return await self._write(prepared)
+            return await write(prepared)
         except Exception as exc:
             self._raise_if_not_about_the_batch(exc)
             first_error = exc
@@ -147,7 +159,7 @@ class InlineWriter:
         total = WriteReport()
         for result in prepared:
             try:
-                report = await self._write([result])
+                report = await write([result])
             except Exception as exc:
                 self._raise_if_not_about_the_batch(exc)
                 raw = result.outcome.raw if isinstance(result.outcome, Archived) else None
@@ -160,7 +172,7 @@ class InlineWriter:
                     error=redact(reason),
                 )
                 poison = FetchResult(result.job, Permanent("failed", reason, 200, raw), result.fetched_at)
-                report = await self._write([poison])
+                report = await write([poison])
             total.merge(report)
         return total
 
@@ -173,8 +185,10 @@ class InlineWriter:
         if permanent_db_fault(exc) is not None:
             raise database_error(exc, describe_database(self.store.engine.url)) from None
 
-    async def _write(self, batch: Sequence[FetchResult]) -> WriteReport:
-        return await with_db_retry(partial(self.store.write_batch, batch), on_retry=log_db_retry, attempts=12)
+    async def _write(self, batch: Sequence[FetchResult], deadline: StopDeadline | None) -> WriteReport:
+        return await with_db_retry(
+            partial(self.store.write_batch, batch), on_retry=log_db_retry, attempts=12, deadline=deadline
+        )
 
 
 class ProcessWriter:
@@ -206,6 +220,7 @@ class ProcessWriter:
         self._ready: asyncio.Future[None] | None = None
         self._waiting: deque[asyncio.Future[WriteReport]] = deque()
         self._send_lock = asyncio.Lock()
+        self._frame_cut = False
         self._replies: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -217,12 +232,18 @@ class ProcessWriter:
         self._replies = asyncio.create_task(self._read_replies(self._proc), name="archiver.writer-replies")
         await self._send(self._init)
 
-    async def write(self, batch: list[FetchResult]) -> WriteReport:
-        """Send a batch and wait for its report.
+    async def write(self, batch: list[FetchResult], deadline: StopDeadline | None = None) -> WriteReport:
+        """Send a batch and wait for its report (until ``deadline``, once a stop is requested).
 
         Raises:
             WriterFailed: the child could not write it (its message says why) or died.
+            StopDeadlinePassed: ``deadline`` passed first; :meth:`close` then ends the child.
         """
+        if deadline is None:
+            return await self._write(batch)
+        return await deadline.run(partial(self._write, batch))
+
+    async def _write(self, batch: list[FetchResult]) -> WriteReport:
         assert self._ready is not None, "call start() first"
         await asyncio.wait_for(asyncio.shield(self._ready), START_TIMEOUT_S)
         reply: asyncio.Future[WriteReport] = asyncio.get_running_loop().create_future()
@@ -237,15 +258,19 @@ class ProcessWriter:
             raise
         return await reply
 
-    async def close(self) -> None:
-        """Let the child finish and exit (it is killed if it does not within 30 s)."""
+    async def close(self, deadline: StopDeadline | None = None) -> None:
+        """Let the child finish and exit (it is killed if it does not within 30 s, or by
+        ``deadline``: a batch cut there is rolled back, its rows' leases recover them)."""
         proc = self._proc
         if proc is None:
             return
         self._proc = None
         proc.stdin.close()
+        left = None if deadline is None else deadline.left()
         try:
-            await asyncio.wait_for(proc.wait(), 30)
+            await asyncio.wait_for(
+                proc.wait(), CLOSE_TIMEOUT_S if left is None else min(left, CLOSE_TIMEOUT_S)
+            )
         except TimeoutError:
             proc.kill()
             await proc.wait()
@@ -264,6 +289,11 @@ class ProcessWriter:
         data = _pickled(message)
         # No await between a reply's place in _waiting and this lock: frames go out in that order.
         async with self._send_lock:
+            if self._frame_cut:
+                raise WriterFailed(
+                    "a batch was cut off at the stop deadline: the writer process takes no more"
+                )
+            written = 0
             try:
                 proc.stdin.write(_HEADER.pack(len(data)))
                 # In slices, draining between them: a multi-megabyte batch is then never
@@ -271,10 +301,15 @@ class ProcessWriter:
                 view = memoryview(data)
                 for start in range(0, len(data), _SEND_SLICE):
                     proc.stdin.write(view[start : start + _SEND_SLICE])
+                    written = start + _SEND_SLICE
                     await proc.stdin.drain()
                 await proc.stdin.drain()
             except (BrokenPipeError, ConnectionResetError):
                 raise WriterFailed(f"the writer process exited (status {await proc.wait()})") from None
+            except asyncio.CancelledError:
+                # Cut at the stop deadline between slices: the pipe holds half a frame now.
+                self._frame_cut = written < len(data)
+                raise
 
     async def _read_replies(self, proc: _Child) -> None:
         assert self._ready is not None
