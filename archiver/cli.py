@@ -20,6 +20,7 @@ from typing import Any, NoReturn, TypeVar
 from archiver import heap
 from archiver.arguments import DEMO_DATABASE_URL, build_parser
 from archiver.childproc import discard, start_writer_process, wants_process
+from archiver.deadline import enable_exit_at_deadline
 from archiver.errors import ArchiverError, ConfigError
 from archiver.logs import configure_logging, register_secret
 from archiver.options import (
@@ -46,6 +47,7 @@ def console() -> NoReturn:
     unexpected exception still ends the normal way, with its traceback.
     """
     heap.hold()  # until the command's imports are done (_arun)
+    enable_exit_at_deadline()
     stdout_closed = open_closed_std_streams()
     code = flush_output(main(), stdout_closed=stdout_closed)
     os._exit(code)

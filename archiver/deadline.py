@@ -140,28 +140,45 @@ def _forget(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+_EXIT_ENABLED: list[bool] = [False]
+
+
+def enable_exit_at_deadline() -> None:
+    """Let :func:`exit_at_deadline` end the process: the console script does, before the
+    command runs (a program or a test that calls the commands keeps its process)."""
+    _EXIT_ENABLED[0] = True
+
+
 @contextlib.contextmanager
 def exit_at_deadline(deadline: StopDeadline, status: int = 1) -> Iterator[None]:
-    """While inside, a process still running :data:`EXIT_MARGIN_S` after ``deadline`` exits.
+    """A process still running :data:`EXIT_MARGIN_S` after ``deadline`` exits with ``status``.
 
-    For the command line only (it ends the whole process): the structured path
-    (:meth:`StopDeadline.run`) ends the work at the deadline; this ends what it could not
-    interrupt (see the module docstring). Exit status ``status``, after one log line.
+    For the console script only (see :func:`enable_exit_at_deadline`): the structured
+    path (:meth:`StopDeadline.run`) ends the work at the deadline; this ends what it
+    could not interrupt (see the module docstring), after one log line. When the block
+    ends before the deadline, without an error, it is called off; otherwise it stays
+    armed for the rest of the process: what the block gave up may still hold the event
+    loop's last clean-up (``asyncio.run`` waits for every task it cancels).
     """
-    timer: list[threading.Timer] = []
+    timers: list[threading.Timer] = []
 
     def arm(at: float) -> None:
+        if not _EXIT_ENABLED[0]:
+            return
         t = threading.Timer(max(at - time.monotonic(), 0) + EXIT_MARGIN_S, _exit_now, (deadline, status))
         t.daemon = True
         t.start()
-        timer.append(t)
+        timers.append(t)
 
     deadline.on_start(arm)
     try:
         yield
-    finally:
+    except BaseException:
         deadline.forget(arm)
-        for t in timer:
+        raise
+    deadline.forget(arm)
+    if not deadline.passed:
+        for t in timers:
             t.cancel()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from archiver.deadline import StopDeadline
 from archiver.store import FetchResult, WriteReport
 from archiver.worker import Worker
 
@@ -11,9 +12,9 @@ def record_writes(worker: Worker) -> list[FetchResult]:
     handed: list[FetchResult] = []
     write = worker.writer.write
 
-    async def write_and_record(batch: list[FetchResult]) -> WriteReport:
+    async def write_and_record(batch: list[FetchResult], deadline: StopDeadline | None = None) -> WriteReport:
         handed.extend(batch)
-        return await write(batch)
+        return await write(batch, deadline)
 
     worker.writer.write = write_and_record  # type: ignore[method-assign]
     return handed
