@@ -294,7 +294,11 @@ class Worker:
             reason=self.summary.stop_reason or "drained",
             **self._summary_fields(),
         )
-        if self._left:
+        # (A run that failed or tripped says so instead; its release_failed line counts them.)
+        left_by_stop = (
+            bool(self._left) and self.deadline.started and self._fatal is None and not self._tripped
+        )
+        if left_by_stop:
             log.error(
                 "archiver.stop_left_in_flight",
                 source=self.source,
@@ -308,7 +312,7 @@ class Worker:
             if self._tripped.key_refused:
                 raise StopRun(self._tripped.reason)
             raise EndpointDown(self._tripped.reason)
-        if self._left and self.deadline.started:
+        if left_by_stop:
             raise StopDeadlinePassed(
                 f"stopped ({self.summary.stop_reason}) with {len(self._left)} rows neither written nor "
                 f"released: {self._left[0]}; their leases return them to pending after "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from archiver.deadline import EXIT_MARGIN_S
+from archiver.errors import DatabaseFault
 from tests.pgserver import PgCluster
 from tests.tcpproxy import TcpProxy, tcp_proxy
 
@@ -174,3 +176,82 @@ def test_sigterm_with_sqlite_locked_by_another_process_exits_within_the_bound(
     last = stderr.splitlines()[-1]
     assert "archiver.stop_deadline_exit" in last or "rows neither written nor released" in last, last
     archive_the_rest(sqlite_cli, db_url, ids, (mock_500ms, mock_now))
+
+
+def queued(db_url: str) -> int:
+    try:
+        return len(read_queue(db_url))
+    except DatabaseFault:  # not migrated yet: the command is starting
+        return 0
+
+
+def stop_within(proc: subprocess.Popen[bytes], bound: float, log: Path) -> tuple[int, str]:
+    """SIGTERM ``proc``; it must end within ``bound`` (and a loaded machine's slack) without a
+    traceback. Its exit status and stderr."""
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        returncode = proc.wait(timeout=150)
+    finally:
+        stop_for_good(proc)
+    took = time.monotonic() - sent
+    stderr = (log / "stderr").read_text()
+    print(f"the stop took {took:.2f}s, exit {returncode}")
+    assert took < bound + SLACK_S, f"the stop took {took:.1f}s: {stderr[-3000:]}"
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return returncode, stderr
+
+
+def test_enqueue_follow_stops_within_the_bound_while_sqlite_is_locked(
+    sqlite_cli: Cli, tmp_path: Path
+) -> None:
+    """The last commit waits for a lock another process holds: ``--final-write-seconds`` + 1 s
+    (the unit's TimeoutStopSec=30 allows that at the defaults); the lines it could not
+    commit are read again by the next start, from the saved position."""
+    db_url = sqlite_cli.env["ARCHIVER_DATABASE_URL"]
+    path = make_url(db_url).database
+    assert path is not None
+    log = tmp_path / "app.log"
+    log.write_text("".join(f"resp_follow_{i}\n" for i in range(5)))
+    env = {"ARCHIVER_FINAL_WRITE_SECONDS": str(FINAL_WRITE_S)}
+    proc = spawn(sqlite_cli, tmp_path / "follow", "enqueue", "--follow", str(log), **env)
+    wait_until(lambda: queued(db_url) == 5, "5 queued", proc=proc)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with log.open("a") as f:
+            f.write("".join(f"resp_follow_{i}\n" for i in range(5, 10)))
+        time.sleep(1.0)  # read, and its commit waits for the lock
+        returncode, stderr = stop_within(proc, FINAL_WRITE_S + EXIT_MARGIN_S, tmp_path / "follow")
+    finally:
+        holder.close()
+    assert returncode == 1, stderr[-3000:]
+    assert queued(db_url) == 5
+    again = spawn(sqlite_cli, tmp_path / "again", "enqueue", "--follow", str(log), **env)
+    wait_until(lambda: queued(db_url) == 10, "the other 5 queued by the next start", proc=again)
+    returncode, stderr = stop_within(again, FINAL_WRITE_S + EXIT_MARGIN_S, tmp_path / "again")
+    assert returncode == 0, stderr[-3000:]
+
+
+def test_renormalize_stops_within_the_bound_while_sqlite_is_locked(
+    sqlite_cli: Cli, mock_now: str, tmp_path: Path
+) -> None:
+    """The batch in flight waits for a lock: rolled back at the deadline; the rerun finishes."""
+    db_url = sqlite_cli.env["ARCHIVER_DATABASE_URL"]
+    path = make_url(db_url).database
+    assert path is not None
+    ids = [f"resp_ok_renorm_locked_{i}" for i in range(20)]
+    enqueue(sqlite_cli, ids)
+    assert run_once(sqlite_cli, mock_now)["archived"] == len(ids)
+    env = {"ARCHIVER_FINAL_WRITE_SECONDS": str(FINAL_WRITE_S)}
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        proc = spawn(sqlite_cli, tmp_path / "renorm", "renormalize", "--all", "--batch-size", "5", **env)
+        time.sleep(2.0)  # started; its first batch waits for the lock
+        returncode, stderr = stop_within(proc, FINAL_WRITE_S + EXIT_MARGIN_S, tmp_path / "renorm")
+    finally:
+        holder.close()
+    assert returncode == 1, stderr[-3000:]
+    out = sqlite_cli("renormalize", "--all")
+    assert out.returncode == 0, out.stderr
