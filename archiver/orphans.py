@@ -189,20 +189,19 @@ async def _sweep(
             if seq is None:  # the counter row was removed by hand: there is no lock to take
                 log.warning("archiver.orphans_kept", table=orphans.name, reason="archive_changes has no row")
                 return dropped
-            dropped += await _delete_page(engine, orphans, keys, seq, deadline)
+            delete = partial(_delete_page, engine, orphans, keys, seq)
+            dropped += await (delete() if deadline is None else deadline.run(delete))
             after = keys[-1]
 
 
-async def _delete_page(
-    engine: AsyncEngine, orphans: _Orphans, keys: Sequence[Any], seq: int, deadline: StopDeadline | None
-) -> int:
+async def _delete_page(engine: AsyncEngine, orphans: _Orphans, keys: Sequence[Any], seq: int) -> int:
     """Delete one page of candidates found after change ``seq``, in one transaction."""
 
     async def drop() -> int:
         async with engine.begin() as conn:
             return await conn.run_sync(_drop_sync, orphans, keys, seq)
 
-    return await with_db_retry(drop, deadline=deadline)
+    return await with_db_retry(drop)
 
 
 def _drop_sync(conn: Connection, orphans: _Orphans, keys: Sequence[Any], seq: int) -> int:
