@@ -47,7 +47,7 @@ GRACE_S = 1.0
 FINAL_WRITE_S = 2.0
 BOUND_S = GRACE_S + FINAL_WRITE_S + EXIT_MARGIN_S
 """The most a stop may take (README, "Stopping")."""
-SLACK_S = 0.5
+SLACK_S = 1.0
 """A loaded machine."""
 
 
