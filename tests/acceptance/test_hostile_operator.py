@@ -1,0 +1,180 @@
+"""A careless operator, through the real CLI: each fault made to happen, never mocked.
+
+Found by a hostile tester (helper 8): output streams on a full device (``>/dev/full``,
+``2>/dev/full``: a log file on a full disk), an API key given through a pipe
+(``--api-key-file <(pass show key)``) or a FIFO nobody writes to. Each must end in one
+line (or no complaint at all when only the logs are lost), never a traceback or a hang,
+and lose no ID and no secret.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.acceptance.conftest import base_env, start_mock_process
+
+TIMEOUT_S = 60
+KEY = "sk-hostile8-canary-4c1e"
+
+
+def archiver(*args: str, cwd: Path, env: dict[str, str] | None = None, **kwargs: Any) -> Any:
+    if "stdout" not in kwargs and "stderr" not in kwargs:
+        kwargs["capture_output"] = True
+    return subprocess.run(
+        [sys.executable, "-m", "archiver", *args],
+        env={**base_env(), **(env or {})},
+        cwd=cwd,
+        timeout=kwargs.pop("timeout", TIMEOUT_S),
+        check=False,
+        **kwargs,
+    )
+
+
+def states(db: Path) -> dict[str, str]:
+    with closing(sqlite3.connect(db)) as conn:
+        return dict(conn.execute("SELECT id, state FROM archive_queue").fetchall())
+
+
+def one_error_line(stderr: bytes, *needles: str) -> str:
+    text = stderr.decode(errors="replace")
+    assert "Traceback" not in text, text
+    lines = [
+        line for line in text.strip().splitlines() if not line.startswith("archiver: created a new archive")
+    ]
+    assert len(lines) == 1, text
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def mock_url(tmp_path: Path) -> Iterator[str]:
+    yield from start_mock_process(tmp_path)
+
+
+@pytest.fixture
+def keyed_mock_url(tmp_path: Path) -> Iterator[str]:
+    """The mock API answering only requests that carry :data:`KEY`."""
+    yield from start_mock_process(tmp_path, "--require-key", env={"ARCHIVER_MOCK_API_KEY": KEY})
+
+
+IDS = [f"resp_ok_{i:05d}" for i in range(30)]
+
+
+# --- output streams on a full device ------------------------------------------------------------
+
+
+def test_stdout_on_a_full_device_is_one_line_not_a_traceback(tmp_path: Path, mock_url: str) -> None:
+    """``archiver status > /mnt/full/report.txt``: the write fails; say so in one line, exit 1.
+
+    Before: every command that prints ended in ``OSError: [Errno 28] No space left on device``
+    and its traceback. The work itself is done (enqueue queued, retry moved).
+    """
+    db = tmp_path / "a.db"
+    env = {"ARCHIVER_DATABASE_URL": f"sqlite:///{db}", "ARCHIVER_BASE_URL": mock_url}
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(IDS) + "\n")
+    with open("/dev/full", "wb") as full:
+        done = archiver("enqueue", str(ids), cwd=tmp_path, env=env, stdout=full, stderr=subprocess.PIPE)
+        assert done.returncode == 1, done.stderr
+        one_error_line(done.stderr, "archiver: error:", "stdout", "No space left on device")
+        assert set(states(db)) == set(IDS), "enqueue's work must be done even when its summary is lost"
+        ran = archiver("run", "--once", cwd=tmp_path, env=env)
+        assert ran.returncode == 0, ran.stderr
+        for command in (
+            ["status"],
+            ["status", "--json"],
+            ["show", IDS[0]],
+            ["retry"],
+            ["check"],
+            ["migrate"],
+        ):
+            done = archiver(*command, cwd=tmp_path, env=env, stdout=full, stderr=subprocess.PIPE)
+            assert done.returncode == 1, (command, done.stderr)
+            one_error_line(done.stderr, "archiver: error:", "stdout", "No space left on device")
+    assert set(states(db).values()) == {"archived"}
+
+
+def test_stderr_on_a_full_device_does_not_stop_the_run(tmp_path: Path, mock_url: str) -> None:
+    """``archiver run >> /var/log/archiver.log 2>&1`` with /var full: the logs are lost, not the work.
+
+    Before: the first log line raised ``OSError`` inside the worker, the run exited 1 at
+    once without a word (its stderr was the full device) and archived nothing.
+    """
+    db = tmp_path / "a.db"
+    env = {
+        "ARCHIVER_DATABASE_URL": f"sqlite:///{db}",
+        "ARCHIVER_BASE_URL": mock_url,
+        "ARCHIVER_LOG_LEVEL": "info",
+    }
+    done = archiver("enqueue", cwd=tmp_path, env=env, input="\n".join(IDS).encode())
+    assert done.returncode == 0, done.stderr
+    with open("/dev/full", "wb") as full:
+        ran = archiver("run", "--once", cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=full)
+    assert ran.returncode == 0, ran.stdout[-2000:]
+    assert set(states(db).values()) == {"archived"}, states(db)
+
+
+# --- an API key through a pipe or a FIFO ------------------------------------------------------------
+
+
+def test_a_key_through_process_substitution_is_sent(tmp_path: Path, keyed_mock_url: str) -> None:
+    """``--api-key-file <(pass show archiver)``: the pipe can be read only once.
+
+    Before: the key file was read three times (to register the secret, to build the
+    settings, to tell the one-source form), the later reads found the pipe at its end, so
+    no key was sent: every ID answered 401 and the run stopped with exit 3, telling the
+    operator to check ARCHIVER_API_KEY.
+    """
+    db = tmp_path / "a.db"
+    env = {"ARCHIVER_DATABASE_URL": f"sqlite:///{db}", "ARCHIVER_BASE_URL": keyed_mock_url}
+    done = archiver("enqueue", cwd=tmp_path, env=env, input="\n".join(IDS[:5]).encode())
+    assert done.returncode == 0, done.stderr
+    shell = 'exec "$@" --api-key-file <(sleep 0.3; printf "%s\\n" "$KEY")'
+    ran = subprocess.run(
+        ["bash", "-c", shell, "sh", sys.executable, "-m", "archiver", "run", "--once"],
+        env={**base_env(), **env, "KEY": KEY},
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert set(states(db).values()) == {"archived"}, states(db)
+    assert KEY.encode() not in ran.stdout + ran.stderr
+
+
+def test_ctrl_c_while_waiting_for_a_key_fifo_is_one_line(tmp_path: Path) -> None:
+    """A FIFO nobody writes to, and the operator presses Ctrl-C: no traceback.
+
+    Before: ``KeyboardInterrupt`` and a traceback from ``pathlib.open`` (the wait was
+    outside the command's handling); and without Ctrl-C it waited for ever.
+    """
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+    db = tmp_path / "a.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archiver", "status"],
+        env={**base_env(), "ARCHIVER_DATABASE_URL": f"sqlite:///{db}", "ARCHIVER_API_KEY_FILE": str(fifo)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1.5)  # imports done, waiting on the FIFO
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 130, err
+    one_error_line(err, "archiver: interrupted")
+    assert not db.exists()
