@@ -178,3 +178,93 @@ def test_ctrl_c_while_waiting_for_a_key_fifo_is_one_line(tmp_path: Path) -> None
     assert proc.returncode == 130, err
     one_error_line(err, "archiver: interrupted")
     assert not db.exists()
+
+
+# --- two rebuilds at once ---------------------------------------------------------------------------
+
+
+def meta_value(request: pytest.FixtureRequest, url: str, name: str) -> str | None:
+    """One ``archive_meta`` value, read beside the running commands (sqlite3 or psql)."""
+    if url.startswith("sqlite:///"):
+        with closing(sqlite3.connect(url.removeprefix("sqlite:///"), timeout=30)) as conn:
+            row = conn.execute("SELECT value FROM archive_meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+    cluster = request.getfixturevalue("pg_cluster")
+    value = cluster.psql(f"SELECT value FROM archive_meta WHERE name = '{name}'", url.rsplit("/", 1)[1])
+    return str(value) or None
+
+
+def start_rebuild(url: str, cwd: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "archiver", *args, "--database-url", url, "--batch-size", "2"],
+        env=base_env(),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_until_walking(request: pytest.FixtureRequest, url: str, proc: subprocess.Popen[bytes]) -> None:
+    """Until the renormalize committed its first batch (its position row is there)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while meta_value(request, url, "renormalize") is None:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the renormalize never committed a batch"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def demo_url(tmp_path: Path, db_url: str) -> str:
+    """An archive of ~50 demo responses, on SQLite and on PostgreSQL."""
+    done = archiver("demo", "--count", "60", "--database-url", db_url, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return db_url
+
+
+def test_a_second_rebuild_refuses_at_once_naming_the_first(
+    request: pytest.FixtureRequest, tmp_path: Path, demo_url: str
+) -> None:
+    """``compact`` from cron while an operator's ``renormalize --all`` runs (or two of either).
+
+    Before: the second walked the same responses, each reported the other's rewrites as
+    "re-archived meanwhile", and two renormalize runs fought over one saved position.
+    Now the second refuses at once with one line naming the first (pid and host), exit 1,
+    and the first finishes as if alone.
+    """
+    first = start_rebuild(demo_url, tmp_path, "renormalize", "--all")
+    try:
+        wait_until_walking(request, demo_url, first)
+        os.kill(first.pid, signal.SIGSTOP)  # mid-walk, for as long as the test needs
+        try:
+            for second in (["compact"], ["renormalize", "--all"], ["renormalize", IDS[0]]):
+                started = time.monotonic()
+                done = archiver(*second, "--database-url", demo_url, cwd=tmp_path, timeout=30)
+                assert done.returncode == 1, (second, done.stderr)
+                one_error_line(done.stderr, "another renormalize is running", f"pid {first.pid}")
+                assert time.monotonic() - started < 20, "refused at once, not after a wait"
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        out, err = first.communicate(timeout=TIMEOUT_S)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, err
+    assert b"re-archived meanwhile 0," in out, out
+    assert meta_value(request, demo_url, "renormalize") is None
+
+
+def test_a_killed_rebuild_does_not_block_the_next(
+    request: pytest.FixtureRequest, tmp_path: Path, demo_url: str
+) -> None:
+    """``kill -9`` of the first (OOM, a reboot): the lock goes with the process, never held for ever."""
+    first = start_rebuild(demo_url, tmp_path, "renormalize", "--all")
+    wait_until_walking(request, demo_url, first)
+    first.kill()
+    first.communicate()
+    again = archiver("renormalize", "--all", "--database-url", demo_url, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert b"resuming the unfinished renormalize" in again.stderr, again.stderr
+    assert meta_value(request, demo_url, "renormalize") is None
+    compacted = archiver("compact", "--database-url", demo_url, cwd=tmp_path)
+    assert compacted.returncode == 0, compacted.stderr
