@@ -33,7 +33,7 @@ from archiver.options import (
 from archiver.redaction import install_excepthook, redact, register_database_url
 from archiver.secret_sources import register_secrets, register_source_secrets
 from archiver.settings import Settings
-from archiver.streams import discard_stdout, flush_output, open_closed_std_streams, write_all
+from archiver.streams import discard_stdout, flush_output, guard_streams, open_closed_std_streams, write_all
 
 T = TypeVar("T")
 
@@ -49,6 +49,7 @@ def console() -> NoReturn:
     heap.hold()  # until the command's imports are done (_arun)
     enable_exit_at_deadline()
     stdout_closed = open_closed_std_streams()
+    guard_streams()
     code = flush_output(main(), stdout_closed=stdout_closed)
     os._exit(code)
 
@@ -59,14 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env = os.environ
     install_excepthook()
-    register_secrets(
-        env,
-        api_key_file=getattr(args, "api_key_file", None),
-        database_url=getattr(args, "database_url", None),
-        base_url=getattr(args, "base_url", None),
-    )
     configure_logging(log_level(args, env))
     try:
+        register_secrets(  # may wait on a key FIFO: Ctrl-C there is "interrupted"
+            env,
+            api_key_file=getattr(args, "api_key_file", None),
+            database_url=getattr(args, "database_url", None),
+            base_url=getattr(args, "base_url", None),
+        )
         settings = settings_from(args, env)
         register_secret(settings.api_key)
         register_database_url(settings.database_url)

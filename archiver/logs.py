@@ -27,6 +27,7 @@ else:
         del sys.modules["rich"]
 
 from archiver.redaction import redact, redact_value, register_secret
+from archiver.streams import write_line
 
 __all__ = [
     "configure_logging",
@@ -82,8 +83,7 @@ class _LineLogger:
             sink(message)
             return
         with self._lock:
-            self._stream.write(message + "\n")
-            self._stream.flush()
+            write_line(self._stream, message + "\n")  # a full log disk loses the line, not the run
 
     log = debug = info = warn = warning = error = critical = exception = fatal = failure = err = msg
 

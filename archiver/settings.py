@@ -18,6 +18,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from archiver.errors import ConfigError
 from archiver.ranges import SETTING_RANGES
+from archiver.secret_files import read_small_text
 
 DEFAULT_DATABASE_URL = "sqlite:///archive.db"
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
@@ -240,23 +241,6 @@ def check_base_url(url: str, *, allow_insecure_http: bool = False) -> None:
         )
 
 
-def read_small_text(path: Path, what: str, limit: int = SECRET_FILE_LIMIT) -> str:
-    """The UTF-8 text of a small file (a secret, the config), read without trusting its size.
-
-    Raises:
-        ConfigError: the file holds more than ``limit`` bytes (``/dev/zero``, a log named
-            by mistake): it is not what was asked for, and reading it whole could
-            exhaust memory.
-        OSError, UnicodeDecodeError: as ``open`` and ``decode`` raise them.
-    """
-    with path.open("rb") as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        size = f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit >> 10} KiB"
-        raise ConfigError(f"{what} file is larger than {size}: {path}")
-    return data.decode("utf-8")
-
-
 def read_secret_file(path: str, what: str) -> str:
     """The stripped text of a secret file (a key, a token, a webhook secret).
 
@@ -265,7 +249,7 @@ def read_secret_file(path: str, what: str) -> str:
             UTF-8, or empty.
     """
     try:
-        value = read_small_text(Path(path), what).strip()
+        value = read_small_text(Path(path), what, SECRET_FILE_LIMIT).strip()
     except FileNotFoundError:
         raise ConfigError(f"{what} file not found: {path}") from None
     except UnicodeDecodeError:
@@ -297,7 +281,7 @@ def read_api_key(env: Mapping[str, str], key_file: str | None = None) -> str | N
         candidates.append(Path(env["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME)
     for i, path in enumerate(candidates):
         try:
-            value = read_small_text(path, "API key").strip()
+            value = read_small_text(path, "API key", SECRET_FILE_LIMIT).strip()
         except FileNotFoundError:
             if i == 0 and (key_file or env.get("ARCHIVER_API_KEY_FILE")):
                 raise ConfigError(f"API key file not found: {path}") from None

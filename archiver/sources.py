@@ -30,6 +30,7 @@ from typing import Any
 
 from archiver.errors import ConfigError
 from archiver.ids import IdLine, RejectedLine
+from archiver.secret_files import read_small_text
 from archiver.settings import (
     DEFAULT_SOURCE,
     INCLUDE_VALUE,
@@ -39,7 +40,6 @@ from archiver.settings import (
     is_loopback,
     read_api_key,
     read_secret_file,
-    read_small_text,
 )
 
 __all__ = [

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from archiver.errors import ConfigError
-from archiver.settings import SECRET_WAIT_S, read_api_key, read_small_text
+from archiver.secret_files import SECRET_WAIT_S, read_small_text
+from archiver.settings import read_api_key
 
 
 def test_a_fifo_nobody_writes_to_is_one_line_naming_it_not_a_hang(tmp_path: Path) -> None:
@@ -23,7 +24,7 @@ def test_a_fifo_nobody_writes_to_is_one_line_naming_it_not_a_hang(tmp_path: Path
     os.mkfifo(fifo)
     started = time.monotonic()
     with pytest.raises(ConfigError) as caught:
-        read_small_text(fifo, "API key", wait_s=0.5)
+        read_small_text(fifo, "API key", 1024, wait_s=0.5)
     assert time.monotonic() - started < 3
     message = str(caught.value)
     assert str(fifo) in message and "API key" in message and "0.5 s" in message, message
@@ -46,7 +47,7 @@ def test_a_fifo_whose_writer_comes_late_is_read(tmp_path: Path) -> None:
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        assert read_small_text(fifo, "API key", wait_s=5).strip() == "sk-late-key"
+        assert read_small_text(fifo, "API key", 1024, wait_s=5).strip() == "sk-late-key"
     finally:
         thread.join()
 
