@@ -192,13 +192,17 @@ async def renormalize(
 ) -> RenormalizeResult:
     """Rebuild the normalized rows from ``raw`` (see :mod:`archiver.renormalize`)."""
     from archiver.rebuild import StopFlag
+    from archiver.rebuild_lock import exclusive_rebuild
     from archiver.renormalize import check_scope
     from archiver.renormalize import renormalize as rebuild
     from archiver.signals import on_stop_signals
 
     check_scope(response_ids, everything=everything, since=since)  # before touching the database
     stop = StopFlag(settings.final_write_seconds)
-    async with open_database(settings.database_url, create=False, deadline=stop.deadline) as engine:
+    async with (
+        open_database(settings.database_url, create=False, deadline=stop.deadline) as engine,
+        exclusive_rebuild(engine, "renormalize"),
+    ):
         with on_stop_signals(stop), exit_at_deadline(stop.deadline):
             return await rebuild(
                 engine,
@@ -219,10 +223,14 @@ async def compact(settings: Settings, *, vacuum: bool, progress: WorkProgress | 
     """Re-encode old bodies, rebuild their rows, give space back (see :mod:`archiver.compact`)."""
     from archiver.compact import compact as run_compact
     from archiver.rebuild import StopFlag
+    from archiver.rebuild_lock import exclusive_rebuild
     from archiver.signals import on_stop_signals
 
     stop = StopFlag(settings.final_write_seconds)
-    async with open_database(settings.database_url, create=False, deadline=stop.deadline) as engine:
+    async with (
+        open_database(settings.database_url, create=False, deadline=stop.deadline) as engine,
+        exclusive_rebuild(engine, "compact"),
+    ):
         with on_stop_signals(stop), exit_at_deadline(stop.deadline):
             return await run_compact(
                 engine,
