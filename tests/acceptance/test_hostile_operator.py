@@ -9,6 +9,7 @@ and lose no ID and no secret.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.acceptance.conftest import base_env, start_mock_process
+from tests.mounts import MountRefused, read_only
 
 TIMEOUT_S = 60
 KEY = "sk-hostile8-canary-4c1e"
@@ -268,3 +270,58 @@ def test_a_killed_rebuild_does_not_block_the_next(
     assert meta_value(request, demo_url, "renormalize") is None
     compacted = archiver("compact", "--database-url", demo_url, cwd=tmp_path)
     assert compacted.returncode == 0, compacted.stderr
+
+
+# --- an export whose cursor could not move -----------------------------------------------------------
+
+
+def exported_ids(path: Path) -> set[str]:
+    """The ``id`` of every row of a JSONL export file (each line must be whole JSON)."""
+    return {json.loads(line)["id"] for line in path.read_bytes().split(b"\n") if line}
+
+
+def test_a_batch_redone_after_its_cursor_failed_is_the_batch_its_manifest_announced(tmp_path: Path) -> None:
+    """An export whose files and manifest are in place but whose cursor did not move
+    (``kill -9`` in that moment, or, made certain here, a read-only database) is redone
+    by the next run under the same names, as promised. A loader that loads a batch when
+    its manifest appears has loaded the first version by then.
+
+    Before: the redo read a new ``to_seq``, so batch 1 was written again with the
+    responses archived in between, and the next batch began after them: the loader, which
+    had batch 1 already, never got them. Now the redo keeps the ``to_seq`` its manifest
+    announced, so what came in between goes to the next batch.
+    """
+    db_dir = tmp_path / "db"
+    db_dir.mkdir()
+    url = f"sqlite:///{db_dir / 'demo.db'}"
+    out = tmp_path / "feed"
+    first = archiver("demo", "--count", "10", "--database-url", url, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    try:
+        with read_only(db_dir):
+            failed = archiver("export", str(out), "--database-url", url, cwd=tmp_path)
+    except MountRefused as exc:
+        pytest.skip(f"needs a read-only bind mount (tests run as root): {exc}")
+    assert failed.returncode == 1, failed.stderr
+    one_error_line(failed.stderr, "read-only")
+    manifest = out / "_batches" / "default-00000001.json"
+    assert manifest.exists(), "the files and manifest are in place before the cursor moves"
+    loaded = exported_ids(out / "responses" / "default-00000001.jsonl")  # the loader, now
+    assert len(loaded) == 10
+
+    more = archiver("demo", "--count", "25", "--database-url", url, cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    for _ in range(2):
+        done = archiver("export", str(out), "--database-url", url, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    redone = exported_ids(out / "responses" / "default-00000001.jsonl")
+    assert redone <= loaded, f"batch 1 redone with responses its manifest did not announce: {redone - loaded}"
+    later = set()
+    for path in sorted((out / "responses").glob("default-*.jsonl")):
+        if path.name != "default-00000001.jsonl":
+            later |= exported_ids(path)
+    with closing(sqlite3.connect(db_dir / "demo.db")) as conn:
+        archived = {row[0] for row in conn.execute("SELECT id FROM responses")}
+    assert len(archived) >= 20
+    assert archived <= loaded | later, f"never reached the loader: {sorted(archived - loaded - later)[:5]}"
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")], "temporary files left behind"
