@@ -325,3 +325,75 @@ def test_a_batch_redone_after_its_cursor_failed_is_the_batch_its_manifest_announ
     assert len(archived) >= 20
     assert archived <= loaded | later, f"never reached the loader: {sorted(archived - loaded - later)[:5]}"
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")], "temporary files left behind"
+
+
+# --- a body of millions of short strings, at the largest body the settings allow -------------------
+
+STRINGS_SERVER = r"""
+import asyncio, json, sys
+from aiohttp import web
+
+limit = int(sys.argv[1])
+kind = sys.argv[2]
+
+def body(rid: str) -> bytes:
+    head = json.dumps({"id": rid, "object": "response", "status": "completed", "created_at": 1787041707,
+                       "model": "m", "output": [], "usage": None})[:-1].encode() + b', "x": ['
+    piece = {"one": b'"a",', "two": b'"ab",', "utf8": b'"\xc3\xa9",'}[kind]
+    count = (limit - len(head) - 16) // len(piece)
+    return head + piece * count + b'"z"]}'
+
+async def get(request):
+    return web.Response(body=body(request.match_info["rid"]), content_type="application/json")
+
+async def main():
+    app = web.Application()
+    app.router.add_get("/v1/responses/{rid}", get)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print(f"http://127.0.0.1:{runner.addresses[0][1]}/v1", flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize("kind", ["one", "utf8"])
+def test_a_body_of_millions_of_short_strings_stays_within_the_memory_bound(tmp_path: Path, kind: str) -> None:
+    """The largest body the default settings let through (1 KiB under ``--max-body-mb``,
+    16 MiB), made of one-character strings (``"a",``: 4 million of them; ``"é",`` in 5
+    bytes): strings are not counted by the pre-parse limits, and each one parsed is a
+    ~50-byte Python object. The run (its process and its writer process, sampled as
+    ``tests/acceptance/test_memory_bound.py`` does) must stay under README's 512 MB.
+    """
+    from archiver.settings import Settings
+    from tests.acceptance.test_memory_bound import PEAK_BOUND, Cli, run_measured
+
+    limit = int(Settings().max_body_mb * MiB) - 1024
+    server = subprocess.Popen(
+        [sys.executable, "-c", STRINGS_SERVER, str(limit), kind], stdout=subprocess.PIPE, env=base_env()
+    )
+    assert server.stdout is not None
+    try:
+        base_url = server.stdout.readline().decode().strip()
+        db = tmp_path / "archive.db"
+        env = {**base_env(), "ARCHIVER_DATABASE_URL": f"sqlite:///{db}", "ARCHIVER_BASE_URL": base_url}
+        cli = Cli(env, tmp_path)
+        ids = [f"resp_strings_{i}" for i in range(3)]
+        assert cli("enqueue", input="\n".join(ids).encode()).returncode == 0
+        sampler, seconds, code = run_measured(cli, tmp_path, ())
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        server.stdout.close()
+    print(f"\n{kind}: {seconds:.1f} s, peak RSS sum {sampler.peak_sum / MiB:.0f} MiB, exit {code}")
+    assert code == 0, (tmp_path / "run.err").read_bytes()[-2000:]
+    assert sampler.samples >= 3
+    assert sampler.peak_sum < PEAK_BOUND, f"peak RSS sum {sampler.peak_sum / MiB:.0f} MiB"
+    rows = states(db)
+    assert set(rows) == set(ids), rows
+    assert set(rows.values()) <= {"archived", "failed"}, rows
