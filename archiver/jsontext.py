@@ -62,6 +62,19 @@ class TooManyContainers(ValueError):
         self.most = most
 
 
+class TooManyStrings(TooManyContainers):
+    """Valid JSON, maybe, but holding more string values than :func:`max_containers`."""
+
+    def __init__(self, strings: int, most: int) -> None:
+        ValueError.__init__(
+            self,
+            f"holds {strings:,} string values, more than the {most:,} "
+            f"(one per {BYTES_PER_CONTAINER} bytes) the archiver reads",
+        )
+        self.containers = strings
+        self.most = most
+
+
 def max_containers(size: int) -> int:
     """The arrays and objects a JSON text of ``size`` bytes may hold: one per
     :data:`BYTES_PER_CONTAINER` bytes, at least :data:`MIN_CONTAINERS`.
@@ -219,14 +232,18 @@ def _scan(data: bytes, *, limited: bool) -> bytes:
     scan = data.translate(_SCAN)
     if limited:
         openings, most = scan.count(_OPENING), max_containers(len(data))
-        # Brackets in strings count here, and every one may be an object's (counting two):
-        # only a body that could be past a limit pays for json_shape's exact count.
-        if openings > MAX_NESTING or 2 * openings > most:
+        # Brackets in strings count here, and every one may be an object's (counting two);
+        # every pair of quotes may be a string value: only a body that could be past a
+        # limit pays for the exact counts.
+        if openings > MAX_NESTING or 2 * openings > most or data.count(b'"') // 2 > most:
             depth, containers, objects = json_shape(data)
             if depth > MAX_NESTING:
                 raise NestingTooDeep(depth)
             if containers + objects > most:
                 raise TooManyContainers(containers + objects, most)
+            strings = string_values(data)
+            if strings > most:
+                raise TooManyStrings(strings, most)
     return scan
 
 
@@ -287,6 +304,20 @@ def json_shape(data: bytes) -> tuple[int, int, int]:
         depth += opening - closing
         containers += opening
     return deepest, containers, objects
+
+
+def string_values(data: bytes) -> int:
+    """How many strings of the JSON text ``data`` are values, not member names.
+
+    Parsed, each is a Python object of ~50 bytes plus its slot, for as little as 4 bytes of
+    text (``"a",``): 16 MiB of them took ``archiver run`` past README's memory bound.
+    Member names are left out: orjson keeps one object per distinct short name, and real
+    bodies hold one every ~10 bytes. A name is a string followed by ``:`` (or `` :``);
+    one followed by more space counts as a value, which only errs toward the limit. For
+    text that is not JSON the figure is a guess, which the parse refuses anyway.
+    """
+    stripped = data.replace(_ESCAPED_BACKSLASH, b"").replace(_ESCAPED_QUOTE, b"")
+    return max(stripped.count(b'"') // 2 - stripped.count(b'":') - stripped.count(b'" :'), 0)
 
 
 def _finite(digits: str) -> float | None:

@@ -104,7 +104,10 @@ async def test_bodies_of_quotes_are_refused_in_linear_time_and_bounded_memory(
     assert states["resp_ok"][0] == "archived"
     for rid in ("resp_quotes", "resp_backslash", "resp_pairs"):
         assert states[rid][0] == "failed"
-        assert "not valid JSON" in states[rid][1], states[rid]
+        # 8 million quote pairs are refused by the string-value count before the parse
+        # could say the text is not JSON (the count of text that is not JSON is a guess).
+        why = "string values, more than" if rid == "resp_pairs" else "not valid JSON"
+        assert why in states[rid][1], states[rid]
 
 
 KEY = "Hostile5-canary/Qx8+Lm3Rt7Wz"
