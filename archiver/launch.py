@@ -11,15 +11,29 @@ own handling is in place, then runs :func:`archiver.cli.console`.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 
 
 def console() -> None:
-    """The ``archiver`` console script and ``python -m archiver``."""
-    if sys.argv[1:2] in (["enqueue"], ["renormalize"], ["compact"]):
-        from archiver.signals import defer_stop_signals
+    """The ``archiver`` console script and ``python -m archiver``.
 
-        defer_stop_signals()
-    from archiver.cli import console as run_command
+    Every other command takes Ctrl-C while it starts (its imports, reading its settings)
+    as ``archiver: interrupted``, exit 130: nothing is done yet, and a traceback of an
+    import is no answer to a key the operator pressed.
+    """
+    try:
+        if sys.argv[1:2] in (["enqueue"], ["renormalize"], ["compact"]):
+            from archiver.signals import defer_stop_signals
 
-    run_command()
+            defer_stop_signals()
+        from archiver.cli import console as run_command
+
+        run_command()
+    except KeyboardInterrupt:
+        if sys.stderr is not None:  # not closed at start (2>&-)
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write("archiver: interrupted\n")
+                sys.stderr.flush()
+        os._exit(130)  # a half-imported interpreter's teardown could only fail again
