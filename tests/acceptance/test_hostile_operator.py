@@ -438,3 +438,23 @@ def test_ctrl_c_while_a_command_starts_is_no_traceback(tmp_path: Path, command: 
             continue  # still in the interpreter's start (``import archiver``): README's known gap
         assert "Traceback" not in text, (delay, text[-1500:])
         assert proc.returncode in (0, 1, 4, 130), (delay, proc.returncode, text[-1500:])
+
+
+# --- a base URL that cannot be right ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url", ["https://exa mple.com/v1", "https://example.com\t/v1", "https://exa<mple>.com/v1"]
+)
+def test_a_host_that_cannot_be_a_host_is_refused_at_start(tmp_path: Path, url: str) -> None:
+    """A space or a stray character pasted into the host. Before: accepted, then every
+    request failed its DNS lookup and the breaker stopped the run with exit 4 (the IDs
+    stayed pending, but only after requests were tried). Now exit 2 before anything runs."""
+    db = tmp_path / "a.db"
+    env = {"ARCHIVER_DATABASE_URL": f"sqlite:///{db}", "ARCHIVER_API_KEY": KEY}
+    assert archiver("enqueue", cwd=tmp_path, env=env, input=b"resp_x\n").returncode == 0
+    done = archiver("run", "--once", "--base-url", url, cwd=tmp_path, env=env)
+    assert done.returncode == 2, done.stderr
+    one_error_line(done.stderr, "base URL", "host")
+    assert KEY.encode() not in done.stderr
+    assert states(db) == {"resp_x": "pending"}
