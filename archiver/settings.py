@@ -33,6 +33,7 @@ INCLUDE_VALUE = re.compile(r"[A-Za-z0-9_.\-]{1,128}\Z")
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+\Z")
 """What an API key may hold: printable ASCII without spaces (it goes into a header)."""
 SECRET_FILE_LIMIT = 64 * 1024
+_NOT_IN_HOSTS = frozenset('<>"{}|\\^`')
 """A key, token or secret file larger than this is not one (``/dev/zero``, a log file)."""
 DEFAULT_SOURCE = "default"
 """The source of queue rows that name none, and the one source of the flag form."""
@@ -221,11 +222,20 @@ def check_base_url(url: str, *, allow_insecure_http: bool = False) -> None:
     Raises:
         ConfigError: one line, which never repeats a password given in the URL.
     """
+    stray = [(n, char) for n, char in enumerate(url.strip()) if char.isspace() or not char.isprintable()]
+    if stray:  # urlsplit drops tabs and line breaks without a word, and a space reaches DNS
+        where, char = stray[0]
+        raise ConfigError(
+            f"base URL has {char!r} at character {where + 1}: spaces and control characters are "
+            "never part of one (e.g. https://api.openai.com/v1)"
+        )
     parts, host, _ = _split_base_url(url)
     if parts.scheme not in ("http", "https"):
         raise ConfigError(f"base URL must start with http:// or https://, got {display_base_url(url)!r}")
     if not host:
         raise ConfigError(f"base URL has no host: {display_base_url(url)!r}")
+    if any(char in _NOT_IN_HOSTS for char in host):
+        raise ConfigError(f"base URL host {host!r} is not a host name: {display_base_url(url)!r}")
     shown = display_base_url(url)
     if parts.username is not None or parts.password is not None:
         raise ConfigError(
