@@ -459,3 +459,22 @@ def test_a_host_that_cannot_be_a_host_is_refused_at_start(tmp_path: Path, url: s
     assert "at character" in line or "is not a host name" in line, line
     assert KEY.encode() not in done.stderr
     assert states(db) == {"resp_x": "pending"}
+
+
+# --- the mock server pointed at bodies that are not there ---------------------------------------
+
+
+@pytest.mark.parametrize("where", ["missing", "a-file", "no-bodies"])
+def test_mock_server_bodies_dir_that_holds_no_bodies_is_refused(tmp_path: Path, where: str) -> None:
+    """``archiver mock-server --bodies-dir ./bodeis`` (a typo). Before: it served anyway,
+    and since a bodies directory makes unknown IDs answer 404, every ID a run fetched from
+    it ended ``not_found``. Now one line naming the directory, exit 2."""
+    path = tmp_path / where
+    if where == "a-file":
+        path.write_text("{}")
+    elif where == "no-bodies":
+        path.mkdir()
+        (path / "notes.txt").write_text("not a body")
+    done = archiver("mock-server", "--port", "0", "--bodies-dir", str(path), cwd=tmp_path, timeout=20)
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    one_error_line(done.stderr, "archiver: error:", str(path))
