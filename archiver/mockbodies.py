@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import orjson
 
+from archiver.errors import ConfigError
 from archiver.mockscenarios import lifecycle_phase, scenario_of, within
 
 GARBAGE_BODY: Final = b"<html>502 Bad Gateway</html>"
@@ -523,7 +524,14 @@ def load_bodies(bodies_dir: Path) -> dict[str, bytes]:
     Returns:
         The files' bytes, exactly as on disk, keyed by their top-level ``id``. The first
         file in name order wins a duplicate ID; other files are skipped.
+
+    Raises:
+        ConfigError: ``bodies_dir`` is not a directory or holds no body: a mistyped path
+            would otherwise answer 404 for every ID, and a run would end them ``not_found``.
     """
+    if not bodies_dir.is_dir():
+        what = "does not exist" if not bodies_dir.exists() else "is not a directory"
+        raise ConfigError(f"bodies directory {bodies_dir} {what}")
     bodies: dict[str, bytes] = {}
     for path in sorted(bodies_dir.glob("*.json")):
         raw = path.read_bytes()
@@ -533,4 +541,9 @@ def load_bodies(bodies_dir: Path) -> dict[str, bytes]:
             continue
         if isinstance(parsed, dict) and isinstance(parsed.get("id"), str):
             bodies.setdefault(parsed["id"], raw)
+    if not bodies:
+        raise ConfigError(
+            f"bodies directory {bodies_dir} holds no response body "
+            "(*.json files, each a JSON object with an id)"
+        )
     return bodies
