@@ -478,3 +478,36 @@ def test_mock_server_bodies_dir_that_holds_no_bodies_is_refused(tmp_path: Path, 
     done = archiver("mock-server", "--port", "0", "--bodies-dir", str(path), cwd=tmp_path, timeout=20)
     assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
     one_error_line(done.stderr, "archiver: error:", str(path))
+
+
+def test_kill_9_mid_export_leaves_no_partial_file_under_a_final_name(tmp_path: Path) -> None:
+    """``kill -9`` while an export writes (checked: holds). A loader watching the directory
+    sees only whole files under final names (``*.jsonl``; the ones being written are
+    ``.NAME.tmp``), a manifest only once every file it names is complete, and the next run
+    writes the same batch names and leaves no temporary file behind."""
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    made = archiver("demo", "--count", "150", "--database-url", url, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "feed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archiver", "export", str(out), "--database-url", url, "--chunk-size", "5"],
+        env=base_env(),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while not list(out.glob("*/.*.tmp")) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL, "the export ended before it could be killed mid-write"
+    for path in out.glob("*/*.jsonl"):  # whatever a watcher could pick up now
+        exported_ids(path)  # every line whole JSON
+    for manifest in out.glob("_batches/*.json"):
+        assert all((out / name).exists() for name in json.loads(manifest.read_text())["files"])
+    again = archiver("export", str(out), "--database-url", url, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert (out / "_batches" / "default-00000001.json").exists()
+    assert len(exported_ids(out / "responses" / "default-00000001.jsonl")) >= 100
