@@ -33,6 +33,7 @@ from archiver.options import (
 from archiver.redaction import install_excepthook, redact, register_database_url
 from archiver.secret_sources import register_secrets, register_source_secrets
 from archiver.settings import Settings
+from archiver.signals import quiet_late_thread_results
 from archiver.streams import discard_stdout, flush_output, guard_streams, open_closed_std_streams, write_all
 
 T = TypeVar("T")
@@ -50,6 +51,7 @@ def console() -> NoReturn:
     enable_exit_at_deadline()
     stdout_closed = open_closed_std_streams()
     guard_streams()
+    quiet_late_thread_results()
     code = flush_output(main(), stdout_closed=stdout_closed)
     os._exit(code)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -74,3 +75,22 @@ def on_stop_signals(request_stop: Callable[[str], None]) -> Iterator[None]:
         for sig in installed:
             loop.remove_signal_handler(sig)
             signal.signal(sig, previous[sig] if previous[sig] is not None else signal.SIG_DFL)
+
+
+def quiet_late_thread_results() -> None:
+    """Keep a worker thread's result for a loop that a stop already closed off stderr.
+
+    Ctrl-C during a SQLite call: ``asyncio.run`` closes its loop, and aiosqlite's worker
+    thread, finishing the call, hands its result (then its error) to the closed loop and
+    dies of ``RuntimeError: Event loop is closed``, whose traceback followed (or preceded)
+    ``archiver: interrupted``. Nobody waits for that result any more; every other
+    exception in a thread is still printed.
+    """
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == "Event loop is closed":
+            return
+        previous(args)
+
+    threading.excepthook = hook
