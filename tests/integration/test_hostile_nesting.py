@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from tests.acceptance.conftest import base_env
 from tests.integration.test_hostile_capture import serve_bodies
 from tests.integration.test_hostile_numbers import response
 from tests.integration.test_push_ingest import SECRET, secret_files, served
+from tests.peak_rss import measured, peak_bytes
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -61,24 +63,29 @@ MiB = 1024 * 1024
 
 async def run_once(sqlite_url: str, bodies: dict[str, bytes], tmp_path: Path) -> int:
     """``archiver run --once`` (inline writer) of ``bodies`` served as they are: its peak
-    RSS in bytes, which ``wait4`` tells; it must exit 0 within a minute (a hang detector)."""
+    RSS in bytes (its own: see tests/peak_rss.py); it must exit 0 within a minute (a hang
+    detector)."""
     async with open_database(sqlite_url) as engine:
         await QueueStore(engine).enqueue(list(bodies))
     env = {**base_env(), "ARCHIVER_DATABASE_URL": sqlite_url, "ARCHIVER_WRITER": "inline"}
+    report = tmp_path / "peak-rss"
     async with serve_bodies(bodies) as base_url:
         command = [sys.executable, "-m", "archiver", "run", "--once", "--base-url", base_url]
         with (tmp_path / "stderr").open("wb") as stderr:
-            run = subprocess.Popen(  # noqa: ASYNC220 (wait4 is awaited in a thread)
-                [*command, "--max-attempts", "1"], env=env, stderr=stderr
+            run = subprocess.Popen(  # noqa: ASYNC220 (waited for in a thread)
+                measured([*command, "--max-attempts", "1"], report),
+                env=env,
+                stderr=stderr,
+                start_new_session=True,
             )
         try:
-            _, status, usage = await asyncio.wait_for(asyncio.to_thread(os.wait4, run.pid, 0), 60)
+            code = await asyncio.wait_for(asyncio.to_thread(run.wait), 60)
         finally:
             if run.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    run.kill()
-    assert os.waitstatus_to_exitcode(status) == 0, (tmp_path / "stderr").read_text()[-2000:]
-    return int(usage.ru_maxrss) * 1024
+                    os.killpg(run.pid, signal.SIGKILL)
+    assert code == 0, (tmp_path / "stderr").read_text()[-2000:]
+    return peak_bytes(report)
 
 
 async def test_bodies_of_quotes_are_refused_in_linear_time_and_bounded_memory(
