@@ -33,7 +33,7 @@ from archiver.options import (
 from archiver.redaction import install_excepthook, redact, register_database_url
 from archiver.secret_sources import register_secrets, register_source_secrets
 from archiver.settings import Settings
-from archiver.signals import quiet_late_thread_results
+from archiver.signals import interrupt_backstop, quiet_late_thread_results
 from archiver.streams import discard_stdout, flush_output, guard_streams, open_closed_std_streams, write_all
 
 T = TypeVar("T")
@@ -129,7 +129,8 @@ def _arun(main: Coroutine[Any, Any, T]) -> T:
     frozen before the work starts.
     """
     heap.release()
-    return asyncio.run(main)
+    with interrupt_backstop():
+        return asyncio.run(main)
 
 
 def _enqueue(args: argparse.Namespace, settings: Settings) -> int:

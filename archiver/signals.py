@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -94,3 +95,46 @@ def quiet_late_thread_results() -> None:
         previous(args)
 
     threading.excepthook = hook
+
+
+INTERRUPT_EXIT_S = 2.0
+"""How long a command's clean-up after Ctrl-C may take before the process exits anyway."""
+
+
+@contextmanager
+def interrupt_backstop() -> Iterator[None]:
+    """While inside, Ctrl-C ends the process within :data:`INTERRUPT_EXIT_S`, exit 130.
+
+    Ctrl-C raises ``KeyboardInterrupt`` as usual, and the command cleans up and says
+    ``archiver: interrupted``. That clean-up waited on the database: with another process
+    holding SQLite's write lock, ``archiver retry`` took 58 s to act on Ctrl-C (the busy
+    timeout). Nothing is lost by not waiting: the open transaction is rolled back. Commands
+    that handle stop signals themselves (``run``, ``enqueue``, ``renormalize``,
+    ``compact``) replace this handler while they run and keep their own deadline.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield  # a program's own SIGINT handling, or the deferral of launch.py: left alone
+        return
+
+    def on_sigint(_signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        timer = threading.Timer(INTERRUPT_EXIT_S, _exit_interrupted)
+        timer.daemon = True
+        timer.start()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _exit_interrupted() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        os.write(2, b"archiver: interrupted\n")
+    os._exit(130)

@@ -514,3 +514,43 @@ def test_kill_9_mid_export_leaves_no_partial_file_under_a_final_name(tmp_path: P
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert (out / "_batches" / "default-00000001.json").exists()
     assert len(exported_ids(out / "responses" / "default-00000001.jsonl")) >= 100
+
+
+def test_ctrl_c_while_another_process_holds_the_sqlite_lock_acts_within_seconds(tmp_path: Path) -> None:
+    """``archiver retry`` waiting on SQLite's write lock (another process holds it): Ctrl-C
+    took 58 s to act, the busy timeout, while the clean-up waited on the database. Now the
+    process exits 130 within INTERRUPT_EXIT_S (2 s), and the row it would have moved is as
+    it was, so the same command run again does it."""
+    db = tmp_path / "archive.db"
+    url = f"sqlite:///{db}"
+    assert archiver("enqueue", "--database-url", url, cwd=tmp_path, input=b"resp_locked_1\n").returncode == 0
+    with closing(sqlite3.connect(db, isolation_level=None)) as holder:
+        holder.execute("UPDATE archive_queue SET state = 'failed' WHERE id = 'resp_locked_1'")
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, held until the end of the block
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "archiver", "retry", "--database-url", url],
+            env=base_env(),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while not any(
+            os.path.realpath(f"/proc/{proc.pid}/fd/{fd}") == str(db)
+            for fd in os.listdir(f"/proc/{proc.pid}/fd")
+        ):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        time.sleep(0.5)  # its UPDATE now waits in SQLite's busy handler
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=TIMEOUT_S)
+        took = time.monotonic() - sent
+        assert proc.returncode == 130, err
+        assert err.decode().strip() == "archiver: interrupted"
+        assert took < 15, took  # 2 s, with room for a loaded host; 58 s before
+        holder.execute("ROLLBACK")
+    assert states(db) == {"resp_locked_1": "failed"}
+    again = archiver("retry", "--database-url", url, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert states(db) == {"resp_locked_1": "pending"}
