@@ -27,27 +27,26 @@ from archiver.health import CheckResult, run_checks
 from archiver.ids import validate_response_id
 from archiver.ingest import EnqueueReport, enqueue_inputs, follow_file
 from archiver.logs import get_logger
-from archiver.metrics import Metrics, queue_gauge_loop, start_metrics_server
-from archiver.notify import SystemdNotifier
 from archiver.output import dumps as dumps  # re-exported, with the two below (tests use them)
 from archiver.output import format_status as format_status
 from archiver.output import source_lines as source_lines
 from archiver.queue import QueueEntry, QueueStore
 from archiver.redaction import redact, redact_value
-from archiver.runner import Runner
 from archiver.settings import Settings
 from archiver.sources import SourceRouting
 from archiver.store import ArchiveStore
-from archiver.worker import RunSummary
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from archiver.compact import CompactResult
     from archiver.ingest_http import IngestSecrets
+    from archiver.metrics import Metrics
     from archiver.progress import WorkProgress
     from archiver.rebuild import RebuildReport
     from archiver.renormalize import RenormalizeResult
+    from archiver.runner import Runner
+    from archiver.worker import RunSummary
 
 
 async def enqueue(
@@ -111,6 +110,11 @@ async def _run_sources(
     ingest_secrets: IngestSecrets,
     deadline: StopDeadline,
 ) -> RunSummary:
+    # Imported here: the pipeline (aiohttp's client and server, prometheus) is a tenth of a
+    # second of imports that status, show, retry, export and the rest never use.
+    from archiver.metrics import Metrics
+    from archiver.notify import SystemdNotifier
+    from archiver.runner import Runner
     from archiver.signals import on_stop_signals
 
     async with open_database(settings.database_url, pool_size=4 + len(sources), deadline=deadline) as engine:
@@ -270,6 +274,7 @@ async def _serve_metrics(
 ) -> None:
     """Start /metrics, /healthz and the push ingestion routes, and a task refreshing the queue gauges."""
     from archiver.ingest_http import ingest_routes
+    from archiver.metrics import queue_gauge_loop, start_metrics_server
 
     server = await start_metrics_server(
         metrics,
