@@ -1,0 +1,64 @@
+"""Hostile tests of the code that landed on 2026-12-02 (export adoption, stop deadline,
+rebuild lock, secret files, the string-value limit, the Ctrl-C backstop).
+
+Faults are made to happen for real: a SQLite archive put back from a backup while the
+daemon goes on, manifests edited by hand, real processes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from archiver.db import open_database
+from archiver.export import export
+from archiver.mockapi import start_mock_server
+from archiver.schema import responses
+from tests.integration.test_hostile_export import ROUND_1, ROUND_2, ManifestLoader, archive, restore
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def archived_ids(engine: Any) -> set[str]:
+    async with engine.connect() as conn:
+        return {row[0] for row in await conn.execute(select(responses.c.id))}
+
+
+async def test_a_restored_archive_that_re_archives_the_manifests_last_response_is_not_skipped(
+    sqlite_url: str, make_settings: Any, tmp_path: Path
+) -> None:
+    """Restored from a backup taken before batch 2, the daemon archives new responses (the
+    change_seq numbers batch 2 had) and then the response batch 2's manifest names as its
+    ``last``, now above batch 2's ``to_seq``. The manifest passes the ``last`` check, but
+    the rows the restored archive numbered inside batch 2's range were never in batch 2:
+    the feed on disk must hold every archived response (batch 2 written again, as for any
+    restore, README "Warehouse feed"), not a cursor moved past them.
+    """
+    out = tmp_path / "feed"
+    database = Path(sqlite_url.removeprefix("sqlite:///"))
+    async with await start_mock_server() as mock:
+        settings = make_settings(sqlite_url, mock.base_url)
+        async with open_database(sqlite_url) as engine:
+            await archive(engine, settings, ROUND_1)
+            await export(engine, out)
+        backup = database.read_bytes()  # noqa: ASYNC240 - a test's backup, nothing runs meanwhile
+        async with open_database(sqlite_url) as engine:
+            await archive(engine, settings, ROUND_2)
+            assert (await export(engine, out)).batch == 2
+        manifest = json.loads((out / "_batches" / "default-00000002.json").read_bytes())
+        last_id = manifest["last"]["id"]
+        restore(database, backup)  # the cursor is at batch 1 again
+        after_restore = [f"resp_ok_k{i}" for i in range(5)]
+        async with open_database(sqlite_url) as engine:
+            await archive(engine, settings, after_restore)
+            await archive(engine, settings, [last_id])  # now above batch 2's to_seq
+            await export(engine, out)
+            held = await archived_ids(engine)
+    on_disk = ManifestLoader(out)
+    on_disk.poll()
+    missing = held - set(on_disk.latest())
+    assert not missing, f"in no batch of the feed: {sorted(missing)}"
