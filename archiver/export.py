@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import csv
 import fcntl
 import os
 import re
@@ -77,6 +78,7 @@ from archiver import __version__
 from archiver.codec import Codec
 from archiver.db import read_snapshot
 from archiver.errors import ArchiverError
+from archiver.export_check import batch_holds_range
 from archiver.jsontext import json_text
 from archiver.logs import get_logger
 from archiver.schema import (
@@ -818,9 +820,10 @@ async def _adopt_published_batch(
     export goes on with the batch after it. A manifest that does not fit the cursor (another
     ``from_seq``, a ``to_seq`` the database does not reach, a file of it missing) is
     written again, as before; so is one whose last response (``last`` in the manifest) the
-    database does not hold at that ``change_seq`` or a later one: a feed written before the
-    archive was restored from a backup, whose ``change_seq`` numbers the restored archive
-    then gave to other rows.
+    database does not hold at that ``change_seq`` or a later one, or whose ``responses`` file
+    lacks a response the archive numbers inside the batch's range: a feed written before
+    the archive was restored from a backup, whose ``change_seq`` numbers the restored
+    archive then gave to other rows (see :mod:`archiver.export_check`).
     """
     batch = position.batch + 1
     path = out_dir / BATCHES_DIR / f"{cursor}-{batch:08d}.json"
@@ -849,6 +852,10 @@ async def _adopt_published_batch(
             ).scalar()
         # The same row, or re-archived since (a change_seq above the batch's): ours.
         fits = held is not None and (held == last_seq or held > to_seq)
+    if fits:
+        # And every row the archive numbers inside the batch's range is in it (not so
+        # after a restore from a backup, even with ``last`` re-archived since).
+        fits = await _holds_archive_range(engine, out_dir, manifest, position.last_seq, to_seq)
     if not fits:
         log.warning(
             "archiver.export_manifest_ignored", cursor=cursor, batch=batch, error="does not fit the archive"
@@ -857,6 +864,20 @@ async def _adopt_published_batch(
     await _commit_cursor(engine, cursor, batch, to_seq, exported_at)
     log.warning("archiver.export_batch_adopted", cursor=cursor, batch=batch, to_seq=to_seq)
     return _Position(to_seq, batch, position.to_seq)
+
+
+async def _holds_archive_range(
+    engine: AsyncEngine, out_dir: Path, manifest: dict[str, Any], last_seq: int, to_seq: int
+) -> bool:
+    """Whether the manifest's ``responses`` file holds every response the archive has in
+    the batch's range (any fault reading it: no, and the batch is written again)."""
+    from_seq = _BEFORE_ALL if manifest["full"] is True else last_seq
+    try:
+        (name,) = [n for n in manifest["files"] if str(n).startswith(f"{responses.name}/")]
+        return await batch_holds_range(engine, out_dir / name, str(manifest["format"]), from_seq, to_seq)
+    except (OSError, ValueError, KeyError, IndexError, TypeError, csv.Error) as exc:
+        log.warning("archiver.export_manifest_unreadable", file=str(exc))
+        return False
 
 
 # --- export -------------------------------------------------------------------------------
