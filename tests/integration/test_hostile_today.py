@@ -17,6 +17,7 @@ from sqlalchemy import delete, select
 from archiver.db import open_database
 from archiver.export import export
 from archiver.mockapi import start_mock_server
+from archiver.rebuild_lock import RebuildRunning, exclusive_rebuild
 from archiver.schema import export_cursors, responses
 from tests.integration.test_hostile_export import ROUND_1, ROUND_2, ManifestLoader, archive, restore
 
@@ -62,6 +63,30 @@ async def test_a_restored_archive_that_re_archives_the_manifests_last_response_i
     on_disk.poll()
     missing = held - set(on_disk.latest())
     assert not missing, f"in no batch of the feed: {sorted(missing)}"
+
+
+# --- the rebuild lock ----------------------------------------------------------------------------
+
+
+async def test_a_sqlite_archive_reached_through_a_symlink_has_one_rebuild_lock(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """An operator runs compact with the archive's path and renormalize with a symlink to
+    it (a path under /srv, a cron job's): both rewrite one archive, so the second must be
+    refused, not take a lock of its own beside the link."""
+    database = Path(sqlite_url.removeprefix("sqlite:///"))
+    link_dir = tmp_path / "elsewhere"
+    link_dir.mkdir()
+    link = link_dir / "archive-link.db"
+    link.symlink_to(database)
+    async with (
+        open_database(sqlite_url) as engine,
+        open_database(f"sqlite:///{link}") as via_link,
+        exclusive_rebuild(engine, "compact"),
+    ):
+        with pytest.raises(RebuildRunning, match="another compact is running"):
+            async with exclusive_rebuild(via_link, "renormalize"):
+                pass
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
