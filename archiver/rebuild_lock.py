@@ -16,6 +16,8 @@ archive locked:
 - **SQLite**: ``flock`` on a file beside the archive, ``PATH-rebuild-lock``, which holds
   the holder's description. The kernel drops the lock when the process ends; the file
   stays (deleting a lock file lets a third process lock a file nobody else looks at).
+  ``PATH`` is the archive's real path (symlinks resolved); two hard links to one archive
+  are two paths and would take two locks.
   A directory where that file cannot be made (read-only, full) takes no lock: the
   command then meets the same condition on the database and says so in its own line.
 """
@@ -95,12 +97,15 @@ async def exclusive_rebuild(engine: AsyncEngine, command: str) -> AsyncIterator[
     if path is None:  # in memory: nobody else can open it
         yield
         return
-    with _file_lock(path + LOCK_SUFFIX, command):
+    with _file_lock(path, command):
         yield
 
 
 @contextlib.contextmanager
-def _file_lock(path: str, command: str) -> Iterator[None]:
+def _file_lock(database: str, command: str) -> Iterator[None]:
+    # The file's own path: an archive reached through a symlink (or a symlinked
+    # directory) has one lock, not one beside each link.
+    path = os.path.realpath(database) + LOCK_SUFFIX
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError:  # read-only or full: the command meets that itself, in its own words
