@@ -338,10 +338,20 @@ kind = sys.argv[2]
 
 def body(rid: str) -> bytes:
     head = json.dumps({"id": rid, "object": "response", "status": "completed", "created_at": 1787041707,
-                       "model": "m", "output": [], "usage": None})[:-1].encode() + b', "x": ['
+                       "model": "m", "output": [], "usage": None})[:-1].encode() + b', "x": '
+    if kind == "members":  # distinct names (not counted) with distinct short string values
+        members, size, i = [], len(head) + 16, 0
+        while True:
+            member = b'"%x":"%x",' % (i, i)
+            size += len(member)
+            if size > limit:
+                break
+            members.append(member)
+            i += 1
+        return head + b"{" + b"".join(members) + b'"z":0}}'
     piece = {"one": b'"a",', "two": b'"ab",', "utf8": b'"\xc3\xa9",'}[kind]
     count = (limit - len(head) - 16) // len(piece)
-    return head + piece * count + b'"z"]}'
+    return head + b"[" + piece * count + b'"z"]}'
 
 async def get(request):
     return web.Response(body=body(request.match_info["rid"]), content_type="application/json")
@@ -362,13 +372,31 @@ asyncio.run(main())
 MiB = 1 << 20
 
 
-@pytest.mark.parametrize("kind", ["one", "utf8"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "one",
+        "utf8",
+        pytest.param(
+            "members",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="distinct member names are not counted by the one-string-value-per-8-bytes "
+                'limit: an object of 1.2 million \'"1a2b3":"1a2b3"\' members (a value per 14 bytes) '
+                "takes the run to 544 MiB; a limit on names needs a cost model (real bodies repeat "
+                "their names, which orjson keeps once)",
+            ),
+        ),
+    ],
+)
 def test_a_body_of_millions_of_short_strings_stays_within_the_memory_bound(tmp_path: Path, kind: str) -> None:
     """The largest body the default settings let through (1 KiB under ``--max-body-mb``,
     16 MiB), made of one-character strings (``"a",``: 4 million of them; ``"é",`` in 5
     bytes): strings are not counted by the pre-parse limits, and each one parsed is a
     ~50-byte Python object. The run (its process and its writer process, sampled as
     ``tests/acceptance/test_memory_bound.py`` does) must stay under README's 512 MB.
+    ``members``: one object of distinct short names with distinct short string values,
+    a value per 14 bytes (under the limit) and a name beside each.
     """
     from archiver.settings import Settings
     from tests.acceptance.test_memory_bound import PEAK_BOUND, Cli, run_measured
