@@ -106,3 +106,46 @@ async def test_a_published_batch_is_still_adopted_in_every_format_with_a_large_b
         await archive(engine, settings, ROUND_2)
         report = await export(engine, out, fmt=fmt)
     assert (report.batch, report.responses) == (2, len(ROUND_2))
+
+
+DAMAGED_MANIFESTS: dict[str, Any] = {
+    "not JSON": b"{",
+    "a list": [1, 2],
+    "to_seq a string": {"to_seq": "many"},
+    "to_seq negative": {"to_seq": -5},
+    "to_seq past the archive": {"to_seq": 10**30},
+    "last a list": {"last": [1, 2]},
+    "last.id null": {"last": {"change_seq": 1, "id": None}},
+    "files a number": {"files": 7},
+    "files naming a directory": {"files": ["responses"]},
+    "files of numbers": {"files": [1, 2]},
+    "format unknown": {"format": "xml"},
+    "format parquet for JSON lines": {"format": "parquet"},
+    "exported_at not a time": {"exported_at": "yesterday"},
+    "exported_at a number": {"exported_at": 5},
+    "full a string": {"full": "yes", "from_seq": "x"},
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_MANIFESTS))
+async def test_a_damaged_manifest_is_written_again_never_a_skip_or_a_traceback(
+    sqlite_url: str, make_settings: Any, tmp_path: Path, damage: str
+) -> None:
+    """Batch 1's manifest is in the directory, its cursor commit lost, and the manifest is
+    damaged or edited by hand: the batch is written again whole (never the cursor moved
+    past rows no file holds), and the export does not fail."""
+    out = tmp_path / "feed"
+    async with await start_mock_server() as mock, open_database(sqlite_url) as engine:
+        await archive(engine, make_settings(sqlite_url, mock.base_url), ROUND_1)
+        await export(engine, out)
+        async with engine.begin() as conn:
+            await conn.execute(delete(export_cursors))
+        path = out / "_batches" / "default-00000001.json"
+        edit = DAMAGED_MANIFESTS[damage]
+        if isinstance(edit, dict):
+            edit = json.dumps({**json.loads(path.read_bytes()), **edit}).encode()
+        elif not isinstance(edit, bytes):
+            edit = json.dumps(edit).encode()
+        path.write_bytes(edit)
+        report = await export(engine, out)
+    assert (report.batch, report.responses) == (1, len(ROUND_1))
