@@ -875,7 +875,7 @@ async def _holds_archive_range(
     try:
         (name,) = [n for n in manifest["files"] if str(n).startswith(f"{responses.name}/")]
         return await batch_holds_range(engine, out_dir / name, str(manifest["format"]), from_seq, to_seq)
-    except (OSError, ValueError, KeyError, IndexError, TypeError, csv.Error) as exc:
+    except (OSError, ValueError, KeyError, IndexError, TypeError, ImportError, csv.Error) as exc:
         log.warning("archiver.export_manifest_unreadable", file=str(exc))
         return False
 

@@ -44,6 +44,8 @@ def _file_keys(path: Path, fmt: str) -> Iterator[tuple[int, str]]:
         for batch in pq.ParquetFile(str(path)).iter_batches(columns=["change_seq", "id"], batch_size=1000):
             yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
         return
+    if fmt not in ("csv", "jsonl"):
+        raise ValueError(f"not an export format: {fmt!r}")
     with open(path, encoding="utf-8", newline="") as file:
         if fmt == "csv":
             # A raw body is one field: the reader's 128 KiB default would refuse it.
@@ -64,8 +66,9 @@ async def batch_holds_range(engine: AsyncEngine, path: Path, fmt: str, from_seq:
     row of the exported ``responses`` file ``path`` (format ``fmt``) at that ``change_seq``.
 
     Raises:
-        OSError, ValueError, KeyError, IndexError, csv.Error: the file cannot be read as
-            an export's (a Parquet file's errors are ``OSError`` or ``ValueError``).
+        OSError, ValueError, KeyError, IndexError, TypeError, ImportError, csv.Error: the
+            file cannot be read as an export's in ``fmt`` (a Parquet file's errors are
+            ``OSError`` or ``ValueError``; ImportError: no pyarrow).
     """
     keys = _file_keys(path, fmt)
     ahead: list[tuple[int, str]] = []
