@@ -149,3 +149,28 @@ async def test_a_damaged_manifest_is_written_again_never_a_skip_or_a_traceback(
         path.write_bytes(edit)
         report = await export(engine, out)
     assert (report.batch, report.responses) == (1, len(ROUND_1))
+
+
+async def test_the_leftover_sweep_removes_only_names_an_export_writes_where_it_writes_them(
+    sqlite_url: str, make_settings: Any, tmp_path: Path
+) -> None:
+    """A user's hidden temporary file in the output directory's top level, named like a
+    dated batch (``.sales-20261201.csv.tmp``), is not an export's: only ``_schema.json``'s
+    temporary file is ever written there (data files go in the table directories,
+    manifests in ``_batches``)."""
+    out = tmp_path / "feed"
+    (out / "responses").mkdir(parents=True)
+    (out / "_batches").mkdir()
+    users = [
+        out / ".sales-20261201.csv.tmp",
+        out / ".report-20261201.json.tmp",
+        out / "_batches" / ".x-00000001.csv.tmp",
+    ]
+    ours = [out / "responses" / ".default-00000001.csv.tmp", out / "_batches" / ".default-00000001.json.tmp"]
+    for path in users + ours:
+        path.write_bytes(b"x")
+    async with await start_mock_server() as mock, open_database(sqlite_url) as engine:
+        await archive(engine, make_settings(sqlite_url, mock.base_url), ROUND_1)
+        await export(engine, out)
+    assert [p.name for p in users if not p.exists()] == []
+    assert [p.name for p in ours if p.exists()] == []
