@@ -517,10 +517,10 @@ def _write_manifest(
         raise
 
 
-_LEFTOVER = re.compile(
-    r"^\.(?:[A-Za-z0-9][A-Za-z0-9_.-]*-\d{8}\.(?:jsonl|parquet|csv|json)|_schema\.json)\.tmp$"
-)
-"""The temporary name of a batch file, a manifest or ``_schema.json`` (see ``_Sink.temp``)."""
+_LEFTOVER_DATA = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9_.-]*-\d{8}\.(?:jsonl|parquet|csv)\.tmp$")
+"""The temporary name of a batch's data file, in its table's directory (see ``_Sink.temp``)."""
+_LEFTOVER_MANIFEST = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9_.-]*-\d{8}\.json\.tmp$")
+"""The temporary name of a manifest, in ``_batches``."""
 
 
 def _remove_leftovers(out_dir: Path) -> None:
@@ -530,9 +530,14 @@ def _remove_leftovers(out_dir: Path) -> None:
     files; a run of the same cursor and format overwrote them, any other never did. Only
     called under the directory lock, so no other export is writing into ``out_dir``.
     """
-    for directory in (out_dir, out_dir / BATCHES_DIR, *(out_dir / t.name for t in export_tables())):
+    # Each directory holds only its own kind: a user's ``.sales-20261201.csv.tmp`` in
+    # the top level is not ours.
+    (out_dir / f".{SCHEMA_FILE}.tmp").unlink(missing_ok=True)
+    kinds = [(out_dir / BATCHES_DIR, _LEFTOVER_MANIFEST)]
+    kinds += [(out_dir / t.name, _LEFTOVER_DATA) for t in export_tables()]
+    for directory, ours in kinds:
         for leftover in directory.glob(".*.tmp"):
-            if _LEFTOVER.match(leftover.name):
+            if ours.match(leftover.name):
                 leftover.unlink(missing_ok=True)
 
 
