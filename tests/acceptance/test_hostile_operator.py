@@ -43,6 +43,17 @@ def archiver(*args: str, cwd: Path, env: dict[str, str] | None = None, **kwargs:
     )
 
 
+def start_archiver(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
+    """``archiver ARGS`` started in a child process, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "archiver", *args],
+        env=base_env(),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 def states(db: Path) -> dict[str, str]:
     with closing(sqlite3.connect(db)) as conn:
         return dict(conn.execute("SELECT id, state FROM archive_queue").fetchall())
@@ -555,13 +566,7 @@ def test_ctrl_c_while_another_process_holds_the_sqlite_lock_acts_within_seconds(
     with closing(sqlite3.connect(db, isolation_level=None)) as holder:
         holder.execute("UPDATE archive_queue SET state = 'failed' WHERE id = 'resp_locked_1'")
         holder.execute("BEGIN IMMEDIATE")  # the write lock, held until the end of the block
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "archiver", "retry", "--database-url", url],
-            env=base_env(),
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = start_archiver("retry", "--database-url", url, cwd=tmp_path)
         deadline = time.monotonic() + 30
         while not any(
             os.path.realpath(f"/proc/{proc.pid}/fd/{fd}") == str(db)

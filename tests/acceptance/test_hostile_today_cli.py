@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,8 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from archiver.db import open_database
-from tests.acceptance.conftest import base_env
-from tests.acceptance.test_hostile_operator import TIMEOUT_S, archiver
+from tests.acceptance.test_hostile_operator import TIMEOUT_S, archiver, start_archiver
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.postgres]
 
@@ -47,13 +44,7 @@ async def test_ctrl_c_of_a_retry_waiting_on_a_postgresql_lock_leaves_nothing_tha
             await conn.execute(text("UPDATE archive_queue SET state = 'failed' WHERE id = 'resp_locked_1'"))
         async with engine.connect() as holder:
             await holder.execute(text("LOCK TABLE archive_queue IN ACCESS EXCLUSIVE MODE"))
-            proc = subprocess.Popen(  # noqa: ASYNC220 - it runs while this test holds the lock
-                [sys.executable, "-m", "archiver", "retry", "--database-url", pg_url],
-                env=base_env(),
-                cwd=tmp_path,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
+            proc = start_archiver("retry", "--database-url", pg_url, cwd=tmp_path)
             deadline = time.monotonic() + 30
             waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
             async with engine.connect() as watcher:
