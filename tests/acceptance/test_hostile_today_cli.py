@@ -15,9 +15,35 @@ import pytest
 from sqlalchemy import text
 
 from archiver.db import open_database
+from tests.acceptance.conftest import Cli, base_env
+from tests.acceptance.test_crash import (
+    FAST,
+    check_invariant,
+    enqueue,
+    read_queue,
+    requests_for,
+    run_once,
+    spawn,
+    stop_for_good,
+    wait_for_leases_to_expire,
+    wait_until,
+)
 from tests.acceptance.test_hostile_operator import TIMEOUT_S, archiver, start_archiver
+from tests.acceptance.test_stop_deadline import (
+    BOUND_S,
+    FINAL_WRITE_S,
+    GRACE_S,
+    SLACK_S,
+    archived,
+    mock_500ms,
+    mock_now,
+    proxied,
+)
+from tests.tcpproxy import TcpProxy
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.postgres]
+pytestmark = [pytest.mark.timeout(180), pytest.mark.postgres]
+
+__all__ = ["mock_500ms", "mock_now", "proxied"]  # fixtures, used by name
 
 OTHER_SESSIONS = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
@@ -71,3 +97,50 @@ async def test_ctrl_c_of_a_retry_waiting_on_a_postgresql_lock_leaves_nothing_tha
         again = archiver("retry", "--database-url", pg_url, cwd=tmp_path)
         assert again.returncode == 0, again.stderr
         assert await queue_states(engine) == {"resp_locked_1": "pending"}
+
+
+@pytest.mark.parametrize("fault", ["refuse", "blackhole"])
+def test_postgresql_back_during_the_final_write_loses_nothing(
+    fault: str, proxied: tuple[str, TcpProxy], pg_url: str, mock_500ms: str, mock_now: str, tmp_path: Path
+) -> None:
+    """SIGTERM while PostgreSQL is gone; it comes back after the grace period, while the
+    final write still has time. The stop keeps its bound, says nothing it should not,
+    and every ID ends archived (now, or by the next run once leases expire) with the
+    server's bytes: no body is lost or half-written by a write cut midway."""
+    through_proxy, proxy = proxied
+    cli = Cli({**base_env(), "ARCHIVER_DATABASE_URL": through_proxy}, tmp_path)
+    ids = [f"resp_ok_back_{fault}_{i}" for i in range(40)]
+    enqueue(cli, ids)
+    env = {
+        **FAST,
+        "ARCHIVER_BASE_URL": mock_500ms,
+        "ARCHIVER_LEASE_SECONDS": "3",
+        "ARCHIVER_GRACE_SECONDS": str(GRACE_S),
+        "ARCHIVER_FINAL_WRITE_SECONDS": str(FINAL_WRITE_S),
+        "ARCHIVER_LOG_LEVEL": "info",
+    }
+    proc = spawn(cli, tmp_path / "daemon", "run", "--concurrency", "8", **env)
+    try:
+        wait_until(lambda: archived(pg_url) >= 8, "8 archived", proc=proc)
+        getattr(proxy, fault)()
+        time.sleep(0.2)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(GRACE_S + 0.5)  # inside the final write's time
+        proxy.restore()
+        returncode = proc.wait(timeout=150)
+        took = time.monotonic() - sent
+    finally:
+        proxy.restore()
+        stop_for_good(proc)
+    stderr = (tmp_path / "daemon" / "stderr").read_text()
+    print(f"the stop took {took:.2f}s, exit {returncode}")
+    assert took < BOUND_S + SLACK_S, f"the stop took {took:.1f}s: {stderr[-3000:]}"
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert returncode in (0, 1), stderr[-3000:]
+    states = {r.state for r in read_queue(pg_url).values()}
+    assert states <= {"archived", "pending", "in_flight"}, states
+    wait_for_leases_to_expire(pg_url)
+    summary = run_once(cli, mock_now, ARCHIVER_LEASE_SECONDS="3")
+    assert summary["remaining"].get("pending", 0) == 0, summary
+    check_invariant(pg_url, ids, requests_for(ids, mock_500ms, mock_now))
