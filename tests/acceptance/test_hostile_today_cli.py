@@ -17,27 +17,22 @@ from sqlalchemy import text
 from archiver.db import open_database
 from tests.acceptance.conftest import Cli, base_env
 from tests.acceptance.test_crash import (
-    FAST,
     check_invariant,
-    enqueue,
     read_queue,
     requests_for,
     run_once,
-    spawn,
     stop_for_good,
     wait_for_leases_to_expire,
-    wait_until,
 )
 from tests.acceptance.test_hostile_operator import TIMEOUT_S, archiver, start_archiver
 from tests.acceptance.test_stop_deadline import (
     BOUND_S,
-    FINAL_WRITE_S,
     GRACE_S,
     SLACK_S,
-    archived,
     mock_500ms,
     mock_now,
     proxied,
+    start_daemon,
 )
 from tests.tcpproxy import TcpProxy
 
@@ -110,18 +105,8 @@ def test_postgresql_back_during_the_final_write_loses_nothing(
     through_proxy, proxy = proxied
     cli = Cli({**base_env(), "ARCHIVER_DATABASE_URL": through_proxy}, tmp_path)
     ids = [f"resp_ok_back_{fault}_{i}" for i in range(40)]
-    enqueue(cli, ids)
-    env = {
-        **FAST,
-        "ARCHIVER_BASE_URL": mock_500ms,
-        "ARCHIVER_LEASE_SECONDS": "3",
-        "ARCHIVER_GRACE_SECONDS": str(GRACE_S),
-        "ARCHIVER_FINAL_WRITE_SECONDS": str(FINAL_WRITE_S),
-        "ARCHIVER_LOG_LEVEL": "info",
-    }
-    proc = spawn(cli, tmp_path / "daemon", "run", "--concurrency", "8", **env)
+    proc = start_daemon(cli, pg_url, ids, mock_500ms, tmp_path)
     try:
-        wait_until(lambda: archived(pg_url) >= 8, "8 archived", proc=proc)
         getattr(proxy, fault)()
         time.sleep(0.2)
         sent = time.monotonic()

@@ -80,12 +80,9 @@ def served_body(base_url: str, response_id: str) -> bytes:
         return bytes(answer.read())
 
 
-def stop_while_the_database_fails(
-    cli: Cli, db_url: str, ids: list[str], fail: Callable[[], None], mock: str, tmp_path: Path
-) -> str:
-    """Run the daemon with ``cli``'s database; once rows are archived and more in flight,
-    ``fail()`` the database and send SIGTERM: the process must end within the bound, with
-    its writer process, one line about the rows it left, and no traceback. Its stderr."""
+def start_daemon(cli: Cli, db_url: str, ids: list[str], mock: str, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """Enqueue ``ids`` and start the daemon (the stop bound's settings); returns once its
+    writer process writes (8 archived) and the next requests are in flight."""
     enqueue(cli, ids)
     env = {
         **FAST,
@@ -97,8 +94,21 @@ def stop_while_the_database_fails(
     }
     proc = spawn(cli, tmp_path / "daemon", "run", "--concurrency", "8", **env)
     try:
-        # The writer process writes (it is connected), and the next requests are in flight.
         wait_until(lambda: archived(db_url) >= 8, "8 archived", proc=proc)
+    except BaseException:
+        stop_for_good(proc)
+        raise
+    return proc
+
+
+def stop_while_the_database_fails(
+    cli: Cli, db_url: str, ids: list[str], fail: Callable[[], None], mock: str, tmp_path: Path
+) -> str:
+    """Run the daemon with ``cli``'s database; once rows are archived and more in flight,
+    ``fail()`` the database and send SIGTERM: the process must end within the bound, with
+    its writer process, one line about the rows it left, and no traceback. Its stderr."""
+    proc = start_daemon(cli, db_url, ids, mock, tmp_path)
+    try:
         children = children_of(proc.pid)
         fail()
         time.sleep(0.2)  # requests in flight now answer into a database that fails
