@@ -8,6 +8,11 @@ daemon goes on, manifests edited by hand, real processes.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +20,12 @@ import pytest
 from sqlalchemy import delete, select
 
 from archiver.db import open_database
+from archiver.errors import ConfigError
 from archiver.export import export
 from archiver.mockapi import start_mock_server
 from archiver.rebuild_lock import RebuildRunning, exclusive_rebuild
 from archiver.schema import export_cursors, responses
+from archiver.secret_files import read_small_text
 from tests.integration.test_hostile_export import ROUND_1, ROUND_2, ManifestLoader, archive, restore
 
 pytestmark = pytest.mark.timeout(120)
@@ -174,3 +181,50 @@ async def test_the_leftover_sweep_removes_only_names_an_export_writes_where_it_w
         await export(engine, out)
     assert [p.name for p in users if not p.exists()] == []
     assert [p.name for p in ours if p.exists()] == []
+
+
+# --- secret files ------------------------------------------------------------------------------
+
+
+def test_a_fifo_that_timed_out_is_not_waited_for_again(tmp_path: Path) -> None:
+    """A command asks for its key file several times (the redaction point, the settings,
+    the source rules): a FIFO nobody writes to made ``archiver run`` wait 30 s for each
+    ask, 60 s in all, where README promises 30 s. The second ask fails at once."""
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+    for _ in range(2):
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match=r"nothing came within 0\.5 s"):
+            read_small_text(fifo, "API key", 1024, wait_s=0.5)
+        took = time.monotonic() - started
+    assert took < 0.25, f"the second ask waited {took:.2f} s again"
+
+
+def test_ctrl_c_while_run_waits_for_a_key_fifo_acts_at_once(tmp_path: Path) -> None:
+    """``archiver run`` reads its key once its stop handling is in place: Ctrl-C then
+    only asked for a stop the wait never looked at, so the FIFO was waited for to the
+    end (60 s), and the command said the key never came (exit 2) instead of stopping."""
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+    env = {
+        **os.environ,
+        "ARCHIVER_DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}",
+        "ARCHIVER_API_KEY_FILE": str(fifo),
+        "ARCHIVER_BASE_URL": "http://127.0.0.1:9/v1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archiver", "run", "--once"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(2.0)  # imports done, waiting on the FIFO
+    assert proc.poll() is None, proc.communicate()
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=90)
+    took = time.monotonic() - sent
+    assert took < 10, f"Ctrl-C took {took:.1f} s: {err.decode()[-500:]}"
+    assert proc.returncode in (0, 130), err
+    assert "Traceback" not in err.decode()
