@@ -10,7 +10,8 @@ systemd credential or ``/dev/stdin``. Two rules make those work like a regular f
 - **Wait, but not for ever.** A FIFO or pipe that no program writes to would block
   start-up for good (a unit stuck in "activating", a shell that just hangs): the text
   must arrive within :data:`SECRET_WAIT_S`, or the command ends with one line naming the
-  file. A stop signal meanwhile ends it too (the wait is a ``poll``).
+  file (once per process: asked again, the same file fails at once). A stop signal
+  meanwhile ends it too (the wait is a ``poll``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ SECRET_WAIT_S = 30.0
 """How long a FIFO, pipe or terminal named as a file may take to deliver its text (end of file)."""
 
 _READ: dict[tuple[int, ...], bytes] = {}
+_TIMED_OUT: dict[tuple[int, ...], str] = {}
+"""Files whose wait ran out: asked again (a command asks several times), they fail at once
+instead of adding another wait (``archiver run`` took 60 s, not 30)."""
 
 
 def _identity(info: os.stat_result) -> tuple[int, ...]:
@@ -63,8 +67,16 @@ def read_small_text(path: Path, what: str, limit: int, wait_s: float | None = No
             if stat.S_ISREG(info.st_mode):
                 os.set_blocking(fd, True)
                 data = _read_regular(fd, limit + 1)
+            elif key in _TIMED_OUT:
+                raise ConfigError(_TIMED_OUT[key])
             else:
-                data = _read_waiting(fd, limit + 1, SECRET_WAIT_S if wait_s is None else wait_s, path, what)
+                try:
+                    data = _read_waiting(
+                        fd, limit + 1, SECRET_WAIT_S if wait_s is None else wait_s, path, what
+                    )
+                except ConfigError as exc:
+                    _TIMED_OUT[key] = str(exc)
+                    raise
             if len(data) <= limit:
                 _READ[key] = data
     finally:
