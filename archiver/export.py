@@ -40,6 +40,7 @@ import csv
 import fcntl
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -570,6 +571,10 @@ class _Batch:
 
     out_dir: Path
     sinks: list[_Sink] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held by each thread that writes, publishes or discards: a chunk's write cannot be
+    cancelled, and a discard that closed the Parquet writer under it crashed the process
+    (Ctrl-C while the task awaited the write: exit -11)."""
 
     @classmethod
     def open(cls, out_dir: Path, fmt: str, cursor: str, batch: int) -> _Batch:
@@ -594,11 +599,16 @@ class _Batch:
         return opened
 
     def write(self, chunk: _Chunk) -> None:
-        for sink in self.sinks:
-            sink.write(chunk.rows.get(sink.layout.table, ()))
+        with self.lock:
+            for sink in self.sinks:
+                sink.write(chunk.rows.get(sink.layout.table, ()))
 
     def publish(self) -> list[Path]:
         """Close, fsync, and rename every file into place; returns the final paths."""
+        with self.lock:
+            return self._publish()
+
+    def _publish(self) -> list[Path]:
         for sink in self.sinks:
             sink.close()
             _fsync_path(sink.temp)
@@ -609,12 +619,13 @@ class _Batch:
         return [sink.path for sink in self.sinks]
 
     def discard(self) -> None:
-        """Close and remove the temporary files (after a failure)."""
-        for sink in self.sinks:
-            with contextlib.suppress(Exception):
-                sink.close()
-            with contextlib.suppress(OSError):
-                sink.temp.unlink(missing_ok=True)
+        """Close and remove the temporary files (after a failure), once no write runs."""
+        with self.lock:
+            for sink in self.sinks:
+                with contextlib.suppress(Exception):
+                    sink.close()
+                with contextlib.suppress(OSError):
+                    sink.temp.unlink(missing_ok=True)
 
 
 # --- reading ------------------------------------------------------------------------------

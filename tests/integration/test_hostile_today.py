@@ -237,17 +237,11 @@ CTRL_C_EXPORTS = 30
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    # Not strict: the fault is a race, hit in 2 to 5 of 30 runs, so a run of 30 may miss it.
-    strict=False,
-    reason="Ctrl-C during a Parquet export: 2 to 5 of 30 runs end in a segmentation fault (exit -11) "
-    "or print SQLAlchemy's 'Error closing cursor' traceback (ValueError: Connection closed) beside "
-    "'archiver: interrupted'; not fixed",
-)
 def test_ctrl_c_during_a_parquet_export_is_130_or_done_never_a_crash(tmp_path: Path) -> None:
     """Ctrl-C at times spread over a Parquet export of 600 responses in chunks of 10 (its
     writer thread busy, its aiosqlite thread reading): every run must end 0 (done) or
-    130 with one line, never a crash or a traceback."""
+    130 with one line, never a crash (2 to 5 of 30 were exit -11: a discard closed the
+    Parquet writer under a write still running in its thread) or a traceback."""
     url = f"sqlite:///{tmp_path / 'demo.db'}"
     made = subprocess.run(
         [sys.executable, "-m", "archiver", "demo", "--count", "600", "--database-url", url],
@@ -258,7 +252,8 @@ def test_ctrl_c_during_a_parquet_export_is_130_or_done_never_a_crash(tmp_path: P
     )
     assert made.returncode == 0, made.stderr[-2000:]
     export = [sys.executable, "-m", "archiver", "export", "--database-url", url, "--format", "parquet"]
-    bad: list[str] = []
+    crashes: list[str] = []
+    tracebacks: list[str] = []
     for i in range(CTRL_C_EXPORTS):
         proc = subprocess.Popen(
             [*export, str(tmp_path / f"out{i}"), "--cursor", f"c{i}", "--chunk-size", "10"],
@@ -269,7 +264,17 @@ def test_ctrl_c_during_a_parquet_export_is_130_or_done_never_a_crash(tmp_path: P
         time.sleep(0.5 + (i % 6) * 0.05)
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=60)
-        if proc.returncode not in (0, 130) or b"Traceback" in err:
-            bad.append(f"run {i}: exit {proc.returncode}, {err.decode(errors='replace')[-300:]!r}")
-    print(f"{len(bad)} of {CTRL_C_EXPORTS} bad")
-    assert not bad, f"{len(bad)} of {CTRL_C_EXPORTS}: " + "\n".join(bad[:3])
+        seen = f"run {i}: exit {proc.returncode}, {err.decode(errors='replace')[-300:]!r}"
+        if proc.returncode not in (0, 130):
+            crashes.append(seen)
+        elif b"Traceback" in err:
+            tracebacks.append(seen)
+    print(f"{len(crashes)} crashes, {len(tracebacks)} tracebacks of {CTRL_C_EXPORTS}")
+    # A discard closed the Parquet writer under a write still running: exit -11.
+    assert not crashes, f"{len(crashes)} of {CTRL_C_EXPORTS}: " + "\n".join(crashes[:3])
+    if tracebacks:  # a race: 30 runs may miss it, so not a strict xfail
+        pytest.xfail(
+            f"{len(tracebacks)} of {CTRL_C_EXPORTS}: SQLAlchemy's 'Error closing cursor' traceback "
+            "(ValueError: Connection closed, aiosqlite's thread gone) beside 'archiver: interrupted'; "
+            "not fixed"
+        )
