@@ -132,3 +132,17 @@ def test_every_option_has_its_row_in_the_readme_configuration_table(option: Opti
     assert any(f"`{flag}`" in row and f"`{env}`" in row for row in rows), (
         f"no row of README's configuration table names both `{flag}` and `{env}`"
     )
+
+
+def test_every_archive_meta_row_the_code_writes_is_documented() -> None:
+    """docs/schema.md's `archive_meta` table names every row archiver writes there
+    (``rebuild_running`` was missing when the rebuild lock added it)."""
+    from archiver.projection import MODE_KEY, PROJECTION_KEY
+    from archiver.rebuild_lock import META_KEY
+    from archiver.renormalize import POSITION_KEY
+    from archiver.tool_sets import SWEPT_KEY
+
+    schema_md = (REPO / "docs" / "schema.md").read_text(encoding="utf-8")
+    section = schema_md.split("### `archive_meta`", 1)[1].split("\n## ", 1)[0]
+    for key in (MODE_KEY, PROJECTION_KEY, META_KEY, POSITION_KEY, SWEPT_KEY):
+        assert f"| `{key}` |" in section, key
