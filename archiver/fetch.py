@@ -18,6 +18,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from archiver import heap
 from archiver.budget import Reservation
 from archiver.client import ERROR_BODY_LIMIT, BodyTooLarge, ResponsesClient
 from archiver.echoes import echoes_secret, scrub_derived
@@ -135,6 +136,7 @@ class Fetcher:
         if isinstance(outcome, Archived):
             if not self.keep_parsed_body:  # dropped early: input-item pages may take a while
                 outcome = outcome.without_body()
+                heap.give_back(len(outcome.raw))
             if not outcome.terminal:
                 next_delay = repoll_delay(job.polls + 1, self.policy, self.rand())
             elif self.with_input_items:

@@ -24,6 +24,7 @@ PostgreSQL refuses it) or refuse the body. ``raw`` keeps the number.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import re
@@ -63,15 +64,17 @@ class TooManyContainers(ValueError):
 
 
 class TooManyStrings(TooManyContainers):
-    """Valid JSON, maybe, but holding more string values than :func:`max_containers`."""
+    """Valid JSON, maybe, but holding more strings than :func:`max_containers` (see
+    :func:`string_counts`)."""
 
-    def __init__(self, strings: int, most: int) -> None:
+    def __init__(self, values: int, names: int, most: int) -> None:
+        names_text = f" and {names:,} member names of many spellings (counting two)" if names else ""
         ValueError.__init__(
             self,
-            f"holds {strings:,} string values, more than the {most:,} "
+            f"holds {values:,} string values{names_text}, more than the {most:,} "
             f"(one per {BYTES_PER_CONTAINER} bytes) the archiver reads",
         )
-        self.containers = strings
+        self.containers = values + 2 * names
         self.most = most
 
 
@@ -207,13 +210,13 @@ def loads_stored(raw: bytes | str) -> Any:
 
 def _loads(raw: bytes | str, *, limited: bool) -> Any:
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    scan = _scan(data, limited=limited)
-    if _LONG_DIGIT_RUN in scan:
-        return _parse_stdlib(raw, data, scan)
+    digits = _scan(data, limited=limited)
+    if digits is not _Digits.SHORT:
+        return _parse_stdlib(raw, data, digits)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return _parse_stdlib(raw, data, scan)
+        return _parse_stdlib(raw, data, digits)
 
 
 def loads_stdlib(raw: bytes | str) -> Any:
@@ -226,32 +229,48 @@ def loads_stdlib(raw: bytes | str) -> Any:
     return _parse_stdlib(raw, data, _scan(data, limited=True))
 
 
-def _scan(data: bytes, *, limited: bool) -> bytes:
-    """``data`` translated by ``_SCAN``, after refusing (when ``limited``) text nested past
-    MAX_NESTING or holding more arrays and objects than :func:`max_containers`."""
+class _Digits(enum.Enum):
+    """The longest run of digits in a text, as the parse needs to know it."""
+
+    SHORT = "under 19: orjson reads every integer exactly"
+    LONG = "19 or more: an integer orjson would round, maybe"
+    VERY_LONG = "200 or more, or an exponent of 100 or more: a number no double holds, maybe"
+
+
+def _scan(data: bytes, *, limited: bool) -> _Digits:
+    """How long the runs of digits in ``data`` are, after refusing (when ``limited``) text
+    nested past MAX_NESTING or holding more arrays and objects than :func:`max_containers`.
+
+    Only the answer outlives the call: the translation (a copy of ``data``) is freed
+    before the parse, which would otherwise hold it through its own peak (16 MiB more
+    at the largest body, in each process that parses it).
+    """
     scan = data.translate(_SCAN)
     if limited:
         openings, most = scan.count(_OPENING), max_containers(len(data))
         # Brackets in strings count here, and every one may be an object's (counting two);
-        # every pair of quotes may be a string value: only a body that could be past a
-        # limit pays for the exact counts.
-        if openings > MAX_NESTING or 2 * openings > most or data.count(b'"') // 2 > most:
+        # every pair of quotes may be a string value, and every `":` a member name
+        # (counting two): only a body that could be past a limit pays for exact counts.
+        if openings > MAX_NESTING or 2 * openings > most:
             depth, containers, objects = json_shape(data)
             if depth > MAX_NESTING:
                 raise NestingTooDeep(depth)
             if containers + objects > most:
                 raise TooManyContainers(containers + objects, most)
-            strings = string_values(data)
-            if strings > most:
-                raise TooManyStrings(strings, most)
-    return scan
+        if data.count(b'"') // 2 + data.count(b'":') > most:
+            values, names = string_counts(data)
+            if values + 2 * names > most:
+                raise TooManyStrings(values, names, most)
+    if _LONG_DIGIT_RUN not in scan:
+        return _Digits.SHORT
+    return _Digits.VERY_LONG if _VERY_LONG_DIGIT_RUN in scan else _Digits.LONG
 
 
-def _parse_stdlib(raw: bytes | str, data: bytes, scan: bytes) -> Any:
-    """:func:`loads_stdlib` of ``raw``, given its UTF-8 ``data`` and their ``_scan``,
-    which :func:`loads` has made already."""
+def _parse_stdlib(raw: bytes | str, data: bytes, digits: _Digits) -> Any:
+    """:func:`loads_stdlib` of ``raw``, given its UTF-8 ``data`` and what ``_scan`` found
+    of its digits, which :func:`loads` has made already."""
     text = raw if isinstance(raw, str) else raw.decode("utf-8")
-    if _VERY_LONG_DIGIT_RUN in scan or _LARGE_EXPONENT.search(data):
+    if digits is _Digits.VERY_LONG or _LARGE_EXPONENT.search(data):
         return json.loads(text, parse_constant=_reject_constant, parse_float=_finite, parse_int=_integer)
     return json.loads(text, parse_constant=_reject_constant)
 
@@ -306,18 +325,55 @@ def json_shape(data: bytes) -> tuple[int, int, int]:
     return deepest, containers, objects
 
 
-def string_values(data: bytes) -> int:
-    """How many strings of the JSON text ``data`` are values, not member names.
+KEPT_NAMES: Final = 256
+"""Member names :func:`string_counts` takes to be kept once by the parse: at most this
+many spellings, the most frequent in its sample (orjson's cache of names holds 2,048)."""
+_NAME_SAMPLES: Final = 16
+_NAME_SAMPLE_BYTES: Final = 1 << 13
 
-    Parsed, each is a Python object of ~50 bytes plus its slot, for as little as 4 bytes of
-    text (``"a",``): 16 MiB of them took ``archiver run`` past README's memory bound.
-    Member names are left out: orjson keeps one object per distinct short name, and real
-    bodies hold one every ~10 bytes. A name is a string followed by ``:`` (or `` :``);
-    one followed by more space counts as a value, which only errs toward the limit. For
-    text that is not JSON the figure is a guess, which the parse refuses anyway.
+
+def string_counts(data: bytes) -> tuple[int, int]:
+    """How many strings of the JSON text ``data`` are values, and how many are member names
+    the parse makes a new object for: ``(values, names)``.
+
+    Parsed, a string value is a Python object of ~50 bytes plus its slot, for as little as
+    4 bytes of text (``"a",``): 16 MiB of them took ``archiver run`` past README's memory
+    bound. A member name costs that and its dict entry, unless orjson keeps it once: its
+    cache holds the last name of each of 2,048 hash buckets, so names of a few spellings,
+    repeated (real bodies name a member every ~25 bytes, from a few hundred spellings), are
+    nearly free, while 16 MiB of one-off names (``"1a2b3":0,``) took each process that
+    parsed it 17 times the body's size. So the names counted are those not among the
+    :data:`KEPT_NAMES` spellings seen most often in samples spread over the text: each
+    of those is counted in the whole text, and every other name counts. A name is a
+    string followed by ``:``; for text that is not JSON the figures are a guess, which
+    the parse refuses anyway.
     """
     stripped = data.replace(_ESCAPED_BACKSLASH, b"").replace(_ESCAPED_QUOTE, b"")
-    return max(stripped.count(b'"') // 2 - stripped.count(b'":') - stripped.count(b'" :'), 0)
+    names = stripped.count(b'":')
+    values = max(stripped.count(b'"') // 2 - names, 0)
+    if names == 0:
+        return values, 0
+    kept = 0
+    for name in _frequent_names(stripped):
+        kept += stripped.count(b'"' + name + b'":')
+        if kept >= names:
+            break
+    return values, max(names - kept, 0)
+
+
+def _frequent_names(stripped: bytes) -> list[bytes]:
+    """The member names seen more than once in samples spread over ``stripped`` (a JSON
+    text without escaped quotes), most frequent first, at most :data:`KEPT_NAMES`."""
+    seen: dict[bytes, int] = {}
+    step = max(len(stripped) // _NAME_SAMPLES, _NAME_SAMPLE_BYTES)
+    for start in range(0, len(stripped), step):
+        window = stripped[start : start + _NAME_SAMPLE_BYTES]
+        pieces = window.split(b'":')  # each piece but the last ends with a name
+        for piece in pieces[1:-1] if start else pieces[:-1]:  # a window's first may be cut
+            name = piece[piece.rfind(b'"') + 1 :]
+            seen[name] = seen.get(name, 0) + 1
+    frequent = sorted((count, name) for name, count in seen.items() if count > 1)
+    return [name for _, name in reversed(frequent[-KEPT_NAMES:])]
 
 
 def _finite(digits: str) -> float | None:

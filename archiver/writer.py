@@ -516,12 +516,17 @@ async def _serve(read_fd: int, write_fd: int) -> None:
             reply(("ready",))
             try:
                 while (message := await receive()) is not None:
+                    batch: list[FetchResult] = message[1]
+                    del message
+                    body_bytes = sum(len(r.outcome.raw) for r in batch if isinstance(r.outcome, Archived))
                     try:
-                        report = await writer.write(message[1])
+                        report = await writer.write(batch)
                     except Exception as exc:
                         reply_error(exc)
                     else:
                         reply(("report", report))
+                    del batch  # the bodies, their parse and their rows: then the heap they grew
+                    heap.give_back(body_bytes)
             finally:
                 await writer.close()
     except Exception as exc:

@@ -14,6 +14,7 @@ from archiver.jsontext import (
     MIN_CONTAINERS,
     NestingTooDeep,
     TooManyContainers,
+    TooManyStrings,
     json_bytes,
     json_shape,
     json_text,
@@ -22,6 +23,7 @@ from archiver.jsontext import (
     loads_stored,
     max_containers,
     nesting_depth,
+    string_counts,
 )
 from archiver.normalize import item_digest
 
@@ -203,3 +205,29 @@ def test_jsonb_text_keeps_large_floats_floats_and_strings_as_they_are() -> None:
     parsed = json.loads(text_)
     assert parsed == value and type(parsed["f"]) is float and type(parsed["1e+3"]) is float
     assert jsontext.jsonb_text({"s": "no exponent"}) == '{"s":"no exponent"}'
+
+
+def test_member_names_of_many_spellings_count_twice_and_repeated_ones_not_at_all() -> None:
+    """A parsed member name is a new string object and a dict entry (~150 bytes), unless
+    orjson keeps its spelling once: 16 MiB of one-off names took each process 17 times the
+    body's size. Names of a few spellings, however many times repeated, are not counted."""
+    one_off = b"{" + b"".join(b'"%x":0,' % i for i in range(40_000)) + b'"z":0}'  # 318 KB
+    assert string_counts(one_off) == (0, 40_001)
+    with pytest.raises(TooManyStrings, match="0 string values and 40,001 member names of many spellings"):
+        loads(one_off)
+    values = b"[" + b"".join(b'"%x",' % i for i in range(40_000)) + b'"z"]'  # the same as values: read
+    assert string_counts(values) == (40_001, 0)
+    assert len(loads(values)) == 40_001
+    # Logprobs: four spellings, 4 names and a value per ~50 bytes, far past the limit's
+    # count if names counted; none does (the two top-level names each appear once).
+    entry = b'{"token":"a","logprob":-0.5,"bytes":[97],"top_logprobs":[]},'
+    repeated = b'{"id":"r","x":[' + entry * 40_000 + b"0]}"
+    assert string_counts(repeated) == (40_001, 2)
+    assert len(loads(repeated)["x"]) == 40_001
+    # 300 spellings repeated: the 256 most frequent in the samples are kept, the rest count.
+    spellings = b"{" + b"".join(b'"k%03d":0,' % i for i in range(300)) + b'"z":0},'
+    values_, names = string_counts(b"[" + spellings * 200 + b"0]")
+    assert values_ == 0 and 44 * 200 <= names <= 45 * 200, names
+    # Escaped quotes and backslashes are not strings, and a value holding ":" is no name
+    # (each name here is seen once: both count).
+    assert string_counts(b'{"a\\"b":"x\\\\","c":"d\\":e"}') == (2, 2)
