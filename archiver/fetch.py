@@ -54,10 +54,6 @@ class Fetcher:
         retention_s: how long the provider keeps responses (None: unknown).
         with_input_items: also fetch every page of the response's input items.
         rand: jitter source in [0, 1).
-        keep_parsed_body: keep the parsed body in :class:`Archived` outcomes, for a writer
-            in this process to reuse. Without it the result holds ``raw`` only: a writer
-            process parses again anyway, and thousands of parsed bodies waiting for the
-            writer cost memory and garbage-collector time here.
         include: ``include[]`` values sent with every request (fields returned only when
             asked for). A value the provider rejects with a 400 naming it is dropped for
             the rest of the run, separately for responses and input items.
@@ -75,7 +71,6 @@ class Fetcher:
         retention_s: float | None,
         with_input_items: bool,
         rand: Callable[[], float],
-        keep_parsed_body: bool = True,
         include: Sequence[str] = (),
         pace: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -86,7 +81,6 @@ class Fetcher:
         self.retention_s = retention_s
         self.with_input_items = with_input_items
         self.rand = rand
-        self.keep_parsed_body = keep_parsed_body
         self.include = tuple(include)
         self.input_items_include = tuple(include)
 
@@ -134,9 +128,10 @@ class Fetcher:
         input_items: InputItemsPage | None = None
         next_delay = 0.0
         if isinstance(outcome, Archived):
-            if not self.keep_parsed_body:  # dropped early: input-item pages may take a while
-                outcome = outcome.without_body()
-                heap.give_back(len(outcome.raw))
+            # The parse is dropped at once, whichever writer comes next: a result waiting
+            # for it holds ``raw`` only (see Archived), and input-item pages may take a while.
+            outcome = outcome.without_body()
+            heap.give_back(len(outcome.raw))
             if not outcome.terminal:
                 next_delay = repoll_delay(job.polls + 1, self.policy, self.rand())
             elif self.with_input_items:

@@ -25,8 +25,10 @@ DNS, TLS), a server error."""
 class Archived:
     """A valid Response body. ``terminal`` is False for ``queued``/``in_progress`` snapshots.
 
-    ``body`` is the parsed object, so the body is parsed once per fetch when the writer
-    runs in this process. The writer process receives ``raw`` only and parses it again.
+    ``body`` is the parsed object while the fetch checks it; the fetch drops it before the
+    result waits for the writer, which parses ``raw`` again (in either writer: a parse
+    held while waiting is not bounded by ``--max-held-mb``, which counts bytes, and 400
+    small dense bodies waiting for the inline writer held 701-893 MiB).
     """
 
     raw: bytes

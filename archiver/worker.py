@@ -337,7 +337,6 @@ class Worker:
                 retention_s=self.retention_s,
                 with_input_items=s.with_input_items,
                 rand=self._rand,
-                keep_parsed_body=self.writer.reuses_parsed_body,
                 include=s.include_values,
                 pace=self._rate.acquire if self._rate is not None else None,
             )

@@ -68,12 +68,10 @@ class BatchWriter(Protocol):
     """What the worker's writer task calls.
 
     ``depth`` is how many batches may be in :meth:`write` at once: the worker fills the
-    next batch while earlier ones are written. ``reuses_parsed_body`` says whether it
-    normalizes the parsed body the fetch left in :class:`Archived` (else only ``raw``).
+    next batch while earlier ones are written.
     """
 
     depth: int
-    reuses_parsed_body: bool
 
     async def start(self) -> None:
         """Get ready to write (may return before the first write can run)."""
@@ -125,7 +123,6 @@ class InlineWriter:
         self.store = store
 
     depth = 1  # concurrent transactions would only wait for each other's locks
-    reuses_parsed_body = True
 
     async def start(self) -> None:
         """Nothing to start."""
@@ -206,7 +203,6 @@ class ProcessWriter:
     """
 
     depth = 2
-    reuses_parsed_body = False  # bodies reach the child as bytes (see Archived.__reduce__)
 
     def __init__(
         self,

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.acceptance.conftest import base_env, start_mock_process
+from tests.generated_bodies import serve_generated
 from tests.mounts import MountRefused, read_only
 
 TIMEOUT_S = 60
@@ -340,9 +341,8 @@ def test_a_batch_redone_after_its_cursor_failed_is_the_batch_its_manifest_announ
 
 # --- a body of millions of short strings, at the largest body the settings allow -------------------
 
-STRINGS_SERVER = r"""
-import asyncio, json, sys
-from aiohttp import web
+STRINGS_BODIES = r"""
+import json, sys
 
 limit = int(sys.argv[1])
 kind = sys.argv[2]
@@ -366,21 +366,6 @@ def body(rid: str) -> bytes:
     piece = {"one": b'"a",', "two": b'"ab",', "utf8": b'"\xc3\xa9",'}[kind]
     count = (limit - len(head) - 16) // len(piece)
     return head + b"[" + piece * count + b'"z"]}'
-
-async def get(request):
-    return web.Response(body=body(request.match_info["rid"]), content_type="application/json")
-
-async def main():
-    app = web.Application()
-    app.router.add_get("/v1/responses/{rid}", get)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    print(f"http://127.0.0.1:{runner.addresses[0][1]}/v1", flush=True)
-    await asyncio.sleep(600)
-
-asyncio.run(main())
 """
 
 MiB = 1 << 20
@@ -416,22 +401,13 @@ def test_a_body_of_millions_of_short_strings_stays_within_the_memory_bound(tmp_p
     from tests.acceptance.test_memory_bound import PEAK_BOUND, Cli, run_measured
 
     limit = int(Settings().max_body_mb * MiB) - 1024
-    server = subprocess.Popen(
-        [sys.executable, "-c", STRINGS_SERVER, str(limit), kind], stdout=subprocess.PIPE, env=base_env()
-    )
-    assert server.stdout is not None
-    try:
-        base_url = server.stdout.readline().decode().strip()
+    with serve_generated(STRINGS_BODIES, str(limit), kind) as base_url:
         db = tmp_path / "archive.db"
         env = {**base_env(), "ARCHIVER_DATABASE_URL": f"sqlite:///{db}", "ARCHIVER_BASE_URL": base_url}
         cli = Cli(env, tmp_path)
         ids = [f"resp_strings_{i}" for i in range(3)]
         assert cli("enqueue", input="\n".join(ids).encode()).returncode == 0
         sampler, seconds, code = run_measured(cli, tmp_path, ())
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        server.stdout.close()
     print(f"\n{kind}: {seconds:.1f} s, peak RSS sum {sampler.peak_sum / MiB:.0f} MiB, exit {code}")
     assert code == 0, (tmp_path / "run.err").read_bytes()[-2000:]
     assert sampler.samples >= 3
