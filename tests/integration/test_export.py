@@ -23,8 +23,12 @@ import pytest
 from sqlalchemy import event, func, select, text
 
 import archiver.export as export_module
+import archiver.export_files as export_files
+import archiver.export_read as export_read
+import archiver.export_writers as export_writers
 from archiver.db import open_database
 from archiver.export import ExportError, ExportReport, export, export_tables, schema_document
+from archiver.export_schema import BATCHES_DIR
 from archiver.mockapi import start_mock_server
 from archiver.queue import QueueStore
 from archiver.schema import export_cursors, input_items, responses, tool_sets
@@ -274,7 +278,7 @@ async def test_a_crash_before_the_cursor_commit_keeps_the_published_batch(
         async def crash(*_args: Any, **_kwargs: Any) -> None:
             raise RuntimeError("power cut")
 
-        monkeypatch.setattr(export_module, "_commit_cursor", crash)
+        monkeypatch.setattr(export_module, "commit_cursor", crash)
         with pytest.raises(RuntimeError, match="power cut"):
             await export(engine, out, fmt="csv")
         # The files and the manifest are in place, but the cursor has not moved.
@@ -305,14 +309,14 @@ async def test_a_failure_at_the_manifest_exports_the_same_batch_again(
     async with await start_mock_server() as mock, open_database(db_url) as engine:
         settings = make_settings(db_url, mock.base_url)
         await archive(engine, settings, ROUND_1)
-        real_write = export_module._write_atomic
+        real_write = export_files.write_atomic
 
         def crash_at_the_manifest(path: Path, data: bytes) -> None:
-            if path.parent.name == export_module.BATCHES_DIR:
+            if path.parent.name == BATCHES_DIR:
                 raise RuntimeError("power cut")  # an OSError would be a message
             real_write(path, data)
 
-        monkeypatch.setattr(export_module, "_write_atomic", crash_at_the_manifest)
+        monkeypatch.setattr(export_files, "write_atomic", crash_at_the_manifest)
         with pytest.raises(RuntimeError, match="power cut"):
             await export(engine, out, fmt="csv")
         # The batch is not published, and its data files are removed again.
@@ -335,7 +339,7 @@ async def test_a_crash_while_writing_leaves_no_files(
     out = tmp_path / "export"
     async with await start_mock_server() as mock, open_database(db_url) as engine:
         await archive(engine, make_settings(db_url, mock.base_url), ROUND_1)
-        real_write = export_module._Batch.write
+        real_write = export_writers.Batch.write
         calls = 0
 
         def write_then_fail(self: Any, chunk: Any) -> None:
@@ -345,7 +349,7 @@ async def test_a_crash_while_writing_leaves_no_files(
                 raise OSError(28, "No space left on device")
             real_write(self, chunk)
 
-        monkeypatch.setattr(export_module._Batch, "write", write_then_fail)
+        monkeypatch.setattr(export_writers.Batch, "write", write_then_fail)
         with pytest.raises(OSError, match="No space"):
             await export(engine, out, fmt="parquet", chunk_size=10)
         assert listing(out) == []  # neither final nor temporary files
@@ -487,7 +491,7 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def test_csv_fields_tell_null_from_empty_text() -> None:
-    field = export_module._csv_field
+    field = export_writers._csv_field
     assert [field(None), field(""), field('say "hi"'), field(True), field(3), field(0.5)] == [
         "",
         '""',
@@ -557,7 +561,7 @@ async def test_export_reads_in_chunks(
         assert report.rows == await db_counts(engine)
 
         # A chunk also ends at CHUNK_BYTES of bodies: here, one response per chunk.
-        monkeypatch.setattr(export_module, "CHUNK_BYTES", 1)
+        monkeypatch.setattr(export_read, "CHUNK_BYTES", 1)
         full = await export(engine, out, fmt="parquet", full=True, cursor="small")
         path = data_file(out, "responses", 1, "parquet", "small")
         assert pq.ParquetFile(path).num_row_groups == len(ROUND_1)
@@ -607,7 +611,7 @@ async def test_export_refuses_what_would_lose_or_mix_data(
             os.close(fd)
 
         # Another export with the same cursor committed meanwhile (e.g. into another directory).
-        real_read = export_module._read_position
+        real_read = export_module.read_position
 
         async def read_then_race(engine_: Any, cursor: str) -> Any:
             position = await real_read(engine_, cursor)
@@ -617,7 +621,7 @@ async def test_export_refuses_what_would_lose_or_mix_data(
                 )
             return position
 
-        monkeypatch.setattr(export_module, "_read_position", read_then_race)
+        monkeypatch.setattr(export_module, "read_position", read_then_race)
         with pytest.raises(ExportError, match="moved while exporting"):
             await export(engine, out, cursor="raced")
         monkeypatch.undo()
