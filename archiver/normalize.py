@@ -47,6 +47,7 @@ from archiver.opaque import OPAQUE_KEY as OPAQUE_KEY
 from archiver.opaque import is_opaque
 from archiver.opaque import without_opaque as without_opaque
 from archiver.output_items import output_rows, output_text
+from archiver.row_budget import RowBudget, max_rows
 from archiver.schema import CHILD_TABLES, STORE_COLUMNS, responses
 from archiver.typed_columns import (
     Row,
@@ -138,17 +139,20 @@ _RESPONSE_TEMPLATE: Final[Row] = dict.fromkeys(
 _CHILD_TABLE_NAMES: Final[tuple[str, ...]] = tuple(table.name for table in CHILD_TABLES)
 
 
-def normalize(body: Mapping[str, Any]) -> NormalizedResponse:
+def normalize(body: Mapping[str, Any], *, max_rows: int | None = None) -> NormalizedResponse:
     """Turn a parsed Response body into rows for the archive tables.
 
     Args:
         body: the parsed JSON body of ``GET /responses/{id}`` (any provider).
+        max_rows: the most child rows it may make (:mod:`archiver.row_budget`); None:
+            no limit.
 
     Returns:
         The ``responses`` row (without the store's columns) and the child rows.
 
     Raises:
-        NormalizationError: the body is not a JSON object, or has no string ``id``.
+        NormalizationError: the body is not a JSON object, or has no string ``id``;
+            :class:`~archiver.row_budget.TooManyRows` past ``max_rows``.
     """
     if not isinstance(body, Mapping):
         raise NormalizationError("The response body is not a JSON object.")
@@ -188,7 +192,11 @@ def normalize(body: Mapping[str, Any]) -> NormalizedResponse:
     row["id"] = response_id
 
     _lift_scalars(row)
-    children: Rows = {name: [] for name in _CHILD_TABLE_NAMES}
+    if max_rows is None:
+        children: Rows = {name: [] for name in _CHILD_TABLE_NAMES}
+    else:
+        budget = RowBudget(max_rows)
+        children = {name: budget.rows() for name in _CHILD_TABLE_NAMES}
     if output is not None:
         output_rows(response_id, output, children)
     if usage is not None:
@@ -198,6 +206,8 @@ def normalize(body: Mapping[str, Any]) -> NormalizedResponse:
     if tool_usage is not None:
         tool_usage_rows(response_id, "tool_usage", tool_usage, children["tool_usage"])
     row["extra"] = extra or None
+    if max_rows is not None:  # plain lists again (a copy of the pointers only)
+        children = {name: list(rows) for name, rows in children.items()}
     return NormalizedResponse(response=row, children=children, tools=tools)
 
 
@@ -225,7 +235,8 @@ def normalize_body(raw: bytes, body: Any = None) -> NormalizedResponse:
     """Normalize an archived body (parsing it unless ``body`` is given); raises on a poison body.
 
     Lone UTF-16 surrogates (a token boundary inside an emoji) cannot be stored as text:
-    the derived columns get U+FFFD for them, while ``raw`` keeps the exact bytes.
+    the derived columns get U+FFFD for them, while ``raw`` keeps the exact bytes. The
+    body may make :func:`~archiver.row_budget.max_rows` child rows for its size.
     """
     if body is None:
         body = loads(raw)
@@ -233,4 +244,4 @@ def normalize_body(raw: bytes, body: Any = None) -> NormalizedResponse:
         raise NormalizationError("body is not a JSON object")
     if b"\\ud" in raw or b"\\uD" in raw:
         body = scrub_surrogates(body)
-    return normalize(body)
+    return normalize(body, max_rows=max_rows(len(raw)))

@@ -53,6 +53,7 @@ from archiver.logs import configure_logging, emit_line, get_logger, logging_conf
 from archiver.normalize import normalize_body
 from archiver.outcomes import Archived, Permanent
 from archiver.redaction import register_database_url
+from archiver.row_budget import ROWS_PER_WRITE
 from archiver.settings import Settings
 from archiver.store import ArchiveStore, FetchResult, WriteReport
 
@@ -136,14 +137,38 @@ class InlineWriter:
         self.store.close(wait=deadline is None or not deadline.passed)
 
     async def write(self, batch: list[FetchResult], deadline: StopDeadline | None = None) -> WriteReport:
-        """Normalize, then write; if that fails for a reason retrying cannot fix, find the culprit.
+        """Normalize, then write, in one transaction per :data:`ROWS_PER_WRITE` rows.
 
-        The batch is written again one result at a time, and a result that still cannot
-        be stored (a body the database or the JSON encoder refuses) marks its ID
-        ``failed`` with the error and the raw bytes kept, so one poison body never blocks
-        the queue or crashes the run.
+        Each result is normalized only once the rows before it are written, if they reach
+        ``ROWS_PER_WRITE``: the rows of a whole batch of dense bodies would otherwise be in
+        memory at once (see :mod:`archiver.row_budget`).
         """
-        prepared = [prepare(r) for r in batch]
+        if not batch:
+            return await self._write_prepared([], deadline)
+        total = WriteReport()
+        prepared: list[FetchResult] = []
+        rows = 0
+        for result in batch:
+            prepared.append(prepare(result))
+            rows += _row_count(prepared[-1])
+            if rows >= ROWS_PER_WRITE:
+                total.merge(await self._write_prepared(prepared, deadline))
+                prepared, rows = [], 0
+        if prepared:
+            total.merge(await self._write_prepared(prepared, deadline))
+        return total
+
+    async def _write_prepared(
+        self, prepared: list[FetchResult], deadline: StopDeadline | None
+    ) -> WriteReport:
+        """Write in one transaction; if that fails for a reason retrying cannot fix, find
+        the culprit.
+
+        The results are written again one at a time, and a result that still cannot be
+        stored (a body the database or the JSON encoder refuses) marks its ID ``failed``
+        with the error and the raw bytes kept, so one poison body never blocks the queue
+        or crashes the run.
+        """
         write = partial(self._write, deadline=deadline)
         try:
             return await write(prepared)
@@ -186,6 +211,13 @@ class InlineWriter:
         return await with_db_retry(
             partial(self.store.write_batch, batch), on_retry=log_db_retry, attempts=12, deadline=deadline
         )
+
+
+def _row_count(result: FetchResult) -> int:
+    normalized = result.normalized
+    if normalized is None:
+        return 0
+    return 1 + sum(len(rows) for rows in normalized.children.values())
 
 
 class ProcessWriter:

@@ -1,0 +1,72 @@
+"""The writer's rows are bounded: per body by its size, per transaction by a count.
+
+Found: a normalized row is a dict of every column of its table, ~1 KB, for as little as
+17 bytes of body, and nothing bounded how many a body made or a batch held:
+- three valid 16 MiB bodies of 200,000 message items with one content part each
+  (400,000 rows each) took ``archiver run --once`` to 546-556 MiB (986,000 items of
+  ``{"type":"xxxxx"}``: 1,387 MiB), past README's 512 MiB;
+- 100 bodies of 272 KB with 16,000 items each, under every limit, batched by
+  ``--max-held-mb 96`` (README's formula: 552 MiB) took it to 861-1,050 MiB: the writer
+  normalized every body of a batch before writing any.
+Now a body may make one row per 512 of its bytes (at least 16,384), and the writer
+writes a batch in one transaction per 65,536 rows (:mod:`archiver.row_budget`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.conftest import base_env
+from tests.acceptance.test_memory_bound import PEAK_BOUND, Cli, run_measured
+from tests.generated_bodies import serve_generated
+
+pytestmark = pytest.mark.timeout(180)
+
+MiB = 1 << 20
+
+ITEM_BODIES = r"""
+import sys
+
+item, count = sys.argv[1].encode(), int(sys.argv[2])
+
+def body(rid: str) -> bytes:
+    head = b'{"id":"%s","object":"response","status":"completed","model":"m","output":[' % rid.encode()
+    return head + item * count + b'{"type":"z"}]}'
+"""
+
+MESSAGE = '{"type":"message","role":"assistant","content":[{"type":"output_text","text":"a"}]},'
+TINY = '{"type":"xxxxx"},'
+
+CASES = {
+    # (item, items per body, bodies, extra flags, the state every ID ends in)
+    "16 MiB of messages": (MESSAGE, 199_677, 3, (), "failed"),
+    "batched small bodies": (TINY, 16_000, 100, ("--max-held-mb", "96"), "archived"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_rows_stay_within_the_memory_bound(tmp_path: Path, case: str) -> None:
+    item, per_body, bodies, flags, expected = CASES[case]
+    with serve_generated(ITEM_BODIES, item, str(per_body)) as base_url:
+        db = tmp_path / "archive.db"
+        env = {**base_env(), "ARCHIVER_DATABASE_URL": f"sqlite:///{db}", "ARCHIVER_BASE_URL": base_url}
+        cli = Cli(env, tmp_path)
+        ids = [f"resp_rows_{i:04d}" for i in range(bodies)]
+        assert cli("enqueue", input="\n".join(ids).encode()).returncode == 0
+        sampler, seconds, code = run_measured(cli, tmp_path, flags)
+    print(f"\n{case}: {seconds:.1f} s, peak RSS sum {sampler.peak_sum / MiB:.0f} MiB, exit {code}")
+    assert code == 0, (tmp_path / "run.err").read_bytes()[-2000:]
+    assert sampler.peak_sum < PEAK_BOUND, f"peak RSS sum {sampler.peak_sum / MiB:.0f} MiB"
+    with closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT state, last_error FROM archive_queue").fetchall()
+        items = conn.execute("SELECT count(*) FROM output_items").fetchone()[0]
+    assert {state for state, _ in rows} == {expected}, rows[:3]
+    if expected == "failed":
+        assert all("normalized rows (one per 512 bytes, at least 16,384)" in error for _, error in rows)
+        assert items == 0
+    else:
+        assert items == bodies * (per_body + 1)
