@@ -37,6 +37,7 @@ from archiver.policy import (
 )
 from archiver.queue import Job
 from archiver.redaction import scrub_outcome
+from archiver.row_budget import BYTES_PER_ROW, MIN_ROWS, ROW_BYTES, max_rows
 from archiver.store import FetchResult
 
 log = get_logger()
@@ -253,7 +254,11 @@ class Fetcher:
 
         Pages are fetched one after another inside the caller's concurrency slot, so input
         items share the request budget with the responses. All pages of one response
-        together may hold at most ``--max-body-mb``: past it the ID fails.
+        together may hold at most ``--max-body-mb``, and at most one item per 512 of their
+        bytes (:func:`archiver.row_budget.max_rows`): past either the ID fails. Each item
+        counts :data:`~archiver.row_budget.ROW_BYTES` against the byte budget besides the
+        pages' bytes, from its page's parse until it is written: ``--max-held-mb`` then
+        bounds the items waiting, not only their text.
         """
         items: list[Any] = []
         envelope: dict[str, Any] = {}
@@ -305,6 +310,16 @@ class Fetcher:
                 return InputItemsPage(items, False, after, envelope), requests
             lone_surrogates = b"\\ud" in exchange.body or b"\\uD" in exchange.body
             items.extend(scrub_surrogates(page.items) if lone_surrogates else page.items)
+            most = max_rows(self.client.max_body_bytes - left)
+            if len(items) > most:
+                return Permanent(
+                    "failed",
+                    f"input items: more than the {most:,} (one per {BYTES_PER_ROW} bytes of their "
+                    f"pages, at least {MIN_ROWS:,}) the archiver builds ({len(items):,} by page {page_no})",
+                    200,
+                ), requests
+            if reservation is not None:  # parsed, then rows: not the pages' bytes alone
+                await reservation.take(len(page.items) * ROW_BYTES)
             for name, value in page.envelope.items():
                 envelope.setdefault(name, scrub_surrogates(value) if lone_surrogates else value)
             if not page.has_more or page.last_id is None or page.last_id == after:

@@ -19,6 +19,10 @@ from archiver.errors import NormalizationError
 
 BYTES_PER_ROW: Final = 512
 MIN_ROWS: Final = 16_384
+ROW_BYTES: Final = 1024
+"""What one row is taken to hold in memory where rows wait for the writer (input items:
+:meth:`archiver.fetch.Fetcher` counts them against ``--max-held-mb`` at this much each,
+parsed and normalized, beside their pages' bytes)."""
 ROWS_PER_WRITE: Final = 65_536
 """Rows a write transaction gathers before it is written (~65 MiB of row dicts): more
 bodies wait for the next transaction of the same batch."""

@@ -764,8 +764,8 @@ class Worker:
         except BaseException:
             reservation.keep(0)
             raise
-        # Input items wait for the writer beside the body (parsed, so likely larger than
-        # their pages): everything read stays counted then.
+        # Input items wait for the writer beside the body, parsed and as rows: everything
+        # taken stays counted then (their pages and ROW_BYTES an item, see Fetcher).
         kept = reservation.taken if result.input_items else held_bytes(result.outcome)
         reservation.keep(kept)
         self._kept[job.response_id] = kept
@@ -834,7 +834,7 @@ class Worker:
         if first is None:
             return [], True
         batch = [first]
-        size = held_bytes(first.outcome)
+        size = self._kept_of(first)
         deadline = time.monotonic() + WRITE_LINGER_S
         while len(batch) < self.settings.batch_size and size < self._batch_bytes:
             try:
@@ -850,7 +850,7 @@ class Worker:
             if item is None:
                 return batch, True
             batch.append(item)
-            size += held_bytes(item.outcome)
+            size += self._kept_of(item)
         return batch, False
 
     async def _write(self, batch: list[FetchResult], *, big: bool = False) -> None:

@@ -215,9 +215,10 @@ class InlineWriter:
 
 def _row_count(result: FetchResult) -> int:
     normalized = result.normalized
+    items = len(result.input_items) if result.input_items is not None else 0
     if normalized is None:
-        return 0
-    return 1 + sum(len(rows) for rows in normalized.children.values())
+        return items
+    return 1 + items + sum(len(rows) for rows in normalized.children.values())
 
 
 class ProcessWriter:

@@ -3,7 +3,9 @@
 Large hostile bodies are made in the server's process, so neither their making nor
 their bytes count in the memory of the run a test measures. The test gives the source
 of ``def body(rid: str) -> bytes`` (with any imports it needs), which may read
-``sys.argv[1:]``; :func:`serve_generated` serves ``GET /v1/responses/{rid}`` with it.
+``sys.argv[1:]``; :func:`serve_generated` serves ``GET /v1/responses/{rid}`` with it,
+and ``GET /v1/responses/{rid}/input_items`` with ``def input_items(rid: str) -> bytes``
+when the source defines one (one page: the body it returns).
 """
 
 from __future__ import annotations
@@ -22,9 +24,14 @@ from aiohttp import web
 async def get(request):
     return web.Response(body=body(request.match_info["rid"]), content_type="application/json")
 
+async def items(request):
+    return web.Response(body=input_items(request.match_info["rid"]), content_type="application/json")
+
 async def main():
     app = web.Application()
     app.router.add_get("/v1/responses/{rid}", get)
+    if "input_items" in globals():
+        app.router.add_get("/v1/responses/{rid}/input_items", items)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -35,23 +35,36 @@ item, count = sys.argv[1].encode(), int(sys.argv[2])
 
 def body(rid: str) -> bytes:
     head = b'{"id":"%s","object":"response","status":"completed","model":"m","output":[' % rid.encode()
+    if sys.argv[3:] == ["input-items"]:  # the items are input items, the body is small
+        return head + b"]}"
     return head + item * count + b'{"type":"z"}]}'
+
+def input_items(rid: str) -> bytes:
+    return b'{"object":"list","data":[' + item * count + b'{"type":"z"}],"has_more":false}'
 """
 
 MESSAGE = '{"type":"message","role":"assistant","content":[{"type":"output_text","text":"a"}]},'
 TINY = '{"type":"xxxxx"},'
 
+INPUT = '{"type":"message","role":"user","content":"a"},'
+ITEMS = ("--with-input-items",)
+
 CASES = {
     # (item, items per body, bodies, extra flags, the state every ID ends in)
     "16 MiB of messages": (MESSAGE, 199_677, 3, (), "failed"),
     "batched small bodies": (TINY, 16_000, 100, ("--max-held-mb", "96"), "archived"),
+    # input items were held parsed and as rows, counted as their pages' bytes only:
+    # 1,128 MiB for 10 responses of 300,000 items, 897 MiB for 60 of 16,000
+    "300,000 input items": (INPUT, 300_000, 10, ITEMS, "failed"),
+    "16,000 input items": (INPUT, 16_000, 60, ITEMS, "archived"),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_rows_stay_within_the_memory_bound(tmp_path: Path, case: str) -> None:
     item, per_body, bodies, flags, expected = CASES[case]
-    with serve_generated(ITEM_BODIES, item, str(per_body)) as base_url:
+    served = ("input-items",) if flags == ITEMS else ()
+    with serve_generated(ITEM_BODIES, item, str(per_body), *served) as base_url:
         db = tmp_path / "archive.db"
         env = {**base_env(), "ARCHIVER_DATABASE_URL": f"sqlite:///{db}", "ARCHIVER_BASE_URL": base_url}
         cli = Cli(env, tmp_path)
@@ -63,10 +76,12 @@ def test_rows_stay_within_the_memory_bound(tmp_path: Path, case: str) -> None:
     assert sampler.peak_sum < PEAK_BOUND, f"peak RSS sum {sampler.peak_sum / MiB:.0f} MiB"
     with closing(sqlite3.connect(db)) as conn:
         rows = conn.execute("SELECT state, last_error FROM archive_queue").fetchall()
-        items = conn.execute("SELECT count(*) FROM output_items").fetchone()[0]
+        table = "response_input_items" if flags == ITEMS else "output_items"
+        items = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     assert {state for state, _ in rows} == {expected}, rows[:3]
     if expected == "failed":
-        assert all("normalized rows (one per 512 bytes, at least 16,384)" in error for _, error in rows)
+        limit = ("(one per 512 bytes", "at least 16,384)")
+        assert all(all(part in error for part in limit) for _, error in rows), rows[0]
         assert items == 0
     else:
         assert items == bodies * (per_body + 1)
