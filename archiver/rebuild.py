@@ -44,6 +44,7 @@ from archiver.logs import get_logger, redact
 from archiver.normalize import normalize_body
 from archiver.projection import write_meta_sync
 from archiver.queue import archive_queue
+from archiver.row_budget import ROWS_PER_WRITE
 from archiver.schema import responses
 from archiver.settings import Settings
 from archiver.store import ArchiveStore, Reprojection, in_chunks, load_dictionaries
@@ -291,16 +292,18 @@ class Rebuilder:
             piece = candidates[start:end]
             bodies = await self._read(piece)
             pending: list[tuple[_Candidate, Reprojection]] = []
-            held = 0
+            held = rows = 0
             for candidate in piece:
                 rebuilt = self._prepare(candidate, bodies.pop(candidate.response_id, None))
                 if rebuilt is not None:
                     pending.append((candidate, rebuilt))
                     held += len(rebuilt.body)
-                if held >= self.max_batch_bytes and candidate is not piece[-1]:
-                    # Decoded bodies can be many times their stored size: write what is held.
+                    rows += 1 + sum(map(len, rebuilt.normalized.children.values()))
+                if (held >= self.max_batch_bytes or rows >= ROWS_PER_WRITE) and candidate is not piece[-1]:
+                    # Decoded bodies can be many times their stored size, and their rows
+                    # ~1 KB each (archiver.row_budget): write what is held.
                     await self._write(pending, candidate.response_id, done=0)
-                    pending, held = [], 0
+                    pending, held, rows = [], 0, 0
             await self._write(pending, piece[-1].response_id, done=len(piece))
             start = end
 

@@ -15,6 +15,8 @@ writes a batch in one transaction per 65,536 rows (:mod:`archiver.row_budget`).
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import pytest
 from tests.acceptance.conftest import base_env
 from tests.acceptance.test_memory_bound import PEAK_BOUND, Cli, run_measured
 from tests.generated_bodies import serve_generated
+from tests.peak_rss import measured, peak_bytes
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -85,3 +88,33 @@ def test_rows_stay_within_the_memory_bound(tmp_path: Path, case: str) -> None:
         assert items == 0
     else:
         assert items == bodies * (per_body + 1)
+
+
+def test_renormalize_writes_rows_in_bounded_transactions(tmp_path: Path) -> None:
+    """``renormalize`` gathered a transaction by decoded bytes only (4 MiB at the default
+    ``--max-held-mb``): 40 bodies of 16,000 bare items (208 KB each) were rebuilt ~20 at a
+    time, 320,000 rows a transaction. Now it
+    closes one at 65,536 rows too: 455 MiB before, 160 after (the bound asserted leaves
+    room for one transaction's rows beside the process's ~100 MiB)."""
+    bodies, per_body = 40, 16_000
+    with serve_generated(ITEM_BODIES, '{"type":"x"},', str(per_body)) as base_url:
+        db = tmp_path / "archive.db"
+        env = {**base_env(), "ARCHIVER_DATABASE_URL": f"sqlite:///{db}", "ARCHIVER_BASE_URL": base_url}
+        cli = Cli(env, tmp_path)
+        ids = "\n".join(f"resp_rb_{i:03d}" for i in range(bodies))
+        assert cli("enqueue", input=ids.encode()).returncode == 0
+        assert cli("run", "--once", "--max-held-mb", "96").returncode == 0
+    report = tmp_path / "peak"
+    done = subprocess.run(
+        measured([sys.executable, "-m", "archiver", "renormalize", "--all"], report),
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    print(f"\nrenormalize: peak RSS {peak_bytes(report) / MiB:.0f} MiB")
+    assert peak_bytes(report) < 256 * MiB
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT count(*) FROM output_items").fetchone()[0] == bodies * (per_body + 1)
