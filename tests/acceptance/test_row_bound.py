@@ -90,12 +90,31 @@ def test_rows_stay_within_the_memory_bound(tmp_path: Path, case: str) -> None:
         assert items == bodies * (per_body + 1)
 
 
-def test_renormalize_writes_rows_in_bounded_transactions(tmp_path: Path) -> None:
-    """``renormalize`` gathered a transaction by decoded bytes only (4 MiB at the default
-    ``--max-held-mb``): 40 bodies of 16,000 bare items (208 KB each) were rebuilt ~20 at a
-    time, 320,000 rows a transaction. Now it
-    closes one at 65,536 rows too: 455 MiB before, 160 after (the bound asserted leaves
-    room for one transaction's rows beside the process's ~100 MiB)."""
+def _measured(env: dict[str, str], cwd: Path, *args: str) -> int:
+    """Peak RSS of ``archiver ARGS`` (its own, tests/peak_rss.py); it must succeed."""
+    report = cwd / "peak"
+    done = subprocess.run(
+        measured([sys.executable, "-m", "archiver", *args], report),
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return peak_bytes(report)
+
+
+def test_renormalize_and_export_read_rows_in_bounded_pieces(tmp_path: Path) -> None:
+    """An archive of 40 bodies of 16,000 bare items (208 KB each, 640,000 rows).
+
+    ``renormalize`` gathered a transaction by decoded bytes only (4 MiB at the default
+    ``--max-held-mb``): ~20 bodies, 320,000 rows a transaction, 455 MiB. ``export`` read
+    a chunk's child rows whatever their number (8 MiB of bodies: ~40 responses here; 100
+    responses of 16,000 rows took it to 527 MiB in JSON lines, 639 in Parquet). Both now
+    stop at 65,536 rows: ~160 and ~130 MiB (the bound asserted leaves room for one
+    piece's rows beside the process's ~100 MiB).
+    """
     bodies, per_body = 40, 16_000
     with serve_generated(ITEM_BODIES, '{"type":"x"},', str(per_body)) as base_url:
         db = tmp_path / "archive.db"
@@ -104,17 +123,13 @@ def test_renormalize_writes_rows_in_bounded_transactions(tmp_path: Path) -> None
         ids = "\n".join(f"resp_rb_{i:03d}" for i in range(bodies))
         assert cli("enqueue", input=ids.encode()).returncode == 0
         assert cli("run", "--once", "--max-held-mb", "96").returncode == 0
-    report = tmp_path / "peak"
-    done = subprocess.run(
-        measured([sys.executable, "-m", "archiver", "renormalize", "--all"], report),
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    print(f"\nrenormalize: peak RSS {peak_bytes(report) / MiB:.0f} MiB")
-    assert peak_bytes(report) < 256 * MiB
+    renormalized = _measured(env, tmp_path, "renormalize", "--all")
+    exported = _measured(env, tmp_path, "export", "--full", str(tmp_path / "out"))
+    print(f"\nrenormalize: {renormalized / MiB:.0f} MiB, export: {exported / MiB:.0f} MiB")
+    assert renormalized < 256 * MiB
+    assert exported < 256 * MiB
     with closing(sqlite3.connect(db)) as conn:
         assert conn.execute("SELECT count(*) FROM output_items").fetchone()[0] == bodies * (per_body + 1)
+    (items,) = (tmp_path / "out" / "output_items").glob("*.jsonl")
+    with items.open("rb") as lines:
+        assert sum(1 for _ in lines) == bodies * (per_body + 1)
