@@ -17,7 +17,8 @@ What ``archiver enqueue`` promises, whatever the input:
   :data:`MAX_PRINTED_REJECTIONS` rejected lines are printed; the rest are counted.
 
 ``--follow`` (see :mod:`archiver.follow`) uses the same batching and also commits the
-file position in each batch's transaction.
+file position in each batch's transaction. In a followed log NUL bytes are a hole
+(``copytruncate`` under a writer that does not append, a crash), skipped, not binary input.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import stat
 import sys
 import time
@@ -118,7 +120,17 @@ class OverlongLine:
     head: bytes
 
 
-Piece = list[str] | OverlongLine
+@dataclass(frozen=True, slots=True)
+class CutLine:
+    """An unfinished line a hole of NUL bytes cut off (a crash): its length and first bytes."""
+
+    size: int
+    head: bytes
+
+
+Piece = list[str] | OverlongLine | CutLine
+
+_NUL_RUNS = re.compile(rb"(\0+)")
 
 
 class LineSplitter:
@@ -130,9 +142,12 @@ class LineSplitter:
     past the last line handed out: what a follower may save.
     """
 
-    def __init__(self, *, max_line_bytes: int = MAX_LINE_BYTES, start: int = 0) -> None:
+    def __init__(self, *, max_line_bytes: int = MAX_LINE_BYTES, start: int = 0, holes: bool = False) -> None:
         self.max_line_bytes = max_line_bytes
         self.consumed = start
+        self.holes = holes
+        """NUL bytes are a hole in a log (``copytruncate`` under a writer that does not append,
+        a crash), skipped, rather than binary input (``--follow``)."""
         self.binary_at: int | None = None
         """Stream offset of the first NUL byte, once one was seen (nothing after it is used)."""
         self._partial = b""
@@ -148,6 +163,8 @@ class LineSplitter:
         """Take the next bytes of the stream; return the lines they complete."""
         if self.binary_at is not None:
             return []
+        if self.holes and b"\0" in data:
+            return self._feed_holes(data)
         nul = data.find(b"\0")
         if nul >= 0:
             self.binary_at = self.consumed + self.unfinished_bytes + nul
@@ -158,6 +175,24 @@ class LineSplitter:
             self._split(data[start : start + step] if len(data) > step else data, pieces)
         if nul >= 0:  # the line holding the NUL is not a line
             self._partial, self._skipped = b"", None
+        return pieces
+
+    def _feed_holes(self, data: bytes) -> list[Piece]:
+        """Lines around runs of NUL bytes: a run ends the line it cuts (rejected), adds none."""
+        pieces: list[Piece] = []
+        for i, part in enumerate(_NUL_RUNS.split(data)):
+            if i % 2 == 0:
+                if part:
+                    pieces.extend(self.feed(part))
+                continue
+            if self._skipped is not None:
+                pieces.append(OverlongLine(self._skipped, self._head))
+                self.consumed += self._skipped
+            elif self._partial:
+                pieces.append(CutLine(len(self._partial), self._partial[:_SHOWN_BYTES]))
+                self.consumed += len(self._partial)
+            self._partial, self._skipped = b"", None
+            self.consumed += len(part)
         return pieces
 
     def finish(self) -> list[Piece]:
@@ -283,6 +318,12 @@ class _Batcher:
                 self.reject(
                     name, RejectedLine(line_no, f"line longer than 1 MiB ({piece.size} bytes)", shown + "...")
                 )
+                line_no += 1
+                continue
+            if isinstance(piece, CutLine):
+                shown = piece.head.decode("utf-8", "replace")
+                why = f"line cut off by NUL bytes ({piece.size} bytes before them)"
+                self.reject(name, RejectedLine(line_no, why, shown))
                 line_no += 1
                 continue
             for parsed in parse_id_lines(piece, start=line_no):
@@ -536,7 +577,7 @@ class _Follower:
         self.path = os.path.abspath(path)
         self.saved: follow.FollowPosition | None = None
         self.opened: follow.Opened | None = None
-        self.splitter = LineSplitter()
+        self.splitter = LineSplitter(holes=True)
         self.line_no = 1
         self.read_to = 0
         self.tail = b""
@@ -549,8 +590,6 @@ class _Follower:
         """The current file's mtime when it was last seen with nothing read from it."""
         self.finished: set[tuple[int, int]] = set()
         """Files finished by this process (not unread copies), the last few."""
-        self.parked = False
-        """A NUL byte was met: nothing more is read from this file until it is rotated or truncated."""
 
     async def run(self) -> None:
         batcher = self.batcher
@@ -596,11 +635,10 @@ class _Follower:
             self.finished.add(self.opened.identity)
         self.opened = opened
         self.empty_mtime = os.fstat(opened.fd).st_mtime_ns if opened.byte_offset == 0 else None
-        self.splitter = LineSplitter(start=opened.byte_offset)
+        self.splitter = LineSplitter(start=opened.byte_offset, holes=True)
         self.line_no = opened.line_no
         self.read_to = opened.byte_offset
         self.tail = follow.tail_before(opened.fd, opened.byte_offset)
-        self.parked = False
         os.lseek(opened.fd, opened.byte_offset, os.SEEK_SET)
 
     def _take_backlog(self, files: list[follow.Rotated], compressed: list[str]) -> None:
@@ -615,10 +653,10 @@ class _Follower:
             )
 
     def _read(self, *, check: bool = False) -> bytes | None:
-        """The next bytes (``b""`` at the end or when parked); None when ``check`` finds a rewrite."""
+        """The next bytes (``b""`` at the end); None when ``check`` finds a rewrite."""
         assert self.opened is not None
         offset, tail = self.read_to, self.tail
-        data = b"" if self.parked else os.read(self.opened.fd, READ_BYTES)
+        data = os.read(self.opened.fd, READ_BYTES)
         if check:
             # After the read: a truncation before it shows here, one after it at the next poll.
             self.check_tail = False
@@ -630,15 +668,8 @@ class _Follower:
         return data
 
     def _feed(self, data: bytes) -> None:
+        # NUL bytes are a hole (copytruncate under a writer that does not append): skipped.
         self.line_no = self.batcher.take(self.path, self.line_no, self.splitter.feed(data))
-        if self.splitter.binary_at is not None and not self.parked:
-            self.parked = True
-            self.batcher.report.binary_inputs += 1
-            print(
-                f"archiver: {self.path}: binary input (a NUL byte at byte {self.splitter.binary_at}), "
-                "not a list of IDs: not read further until the file is rotated or truncated",
-                file=self.batcher.err,
-            )
 
     async def _after_eof(self) -> None:
         """Nothing new: commit what is due, look for rotation or truncation, then wait."""
@@ -709,8 +740,7 @@ class _Follower:
         old = self.opened
         while (data := self._read()) is not None and data:
             self._feed(data)
-        if not self.parked:
-            self.line_no = self.batcher.take(self.path, self.line_no, self.splitter.finish())
+        self.line_no = self.batcher.take(self.path, self.line_no, self.splitter.finish())
         log.info("archiver.follow_rotated", path=self.path, byte_offset=self.read_to)
         if not self.backlog:
             files, compressed = follow.backlog_after(self.path, old.fd, old.identity)

@@ -87,3 +87,12 @@ def test_a_hole_in_the_middle_of_a_followed_log_neither_stops_it_nor_joins_lines
     assert queued(db_url) == {"resp_h1", "resp_h2", "resp_h3", "resp_h4", "resp_h5"}
     assert out.strip() == "queued 5, already known 0, rejected 1", (out, err)
     assert "resp_cut" in err and "Traceback" not in err
+
+    # The saved position is past the holes: a restart reads only what is new.
+    with open(log, "ab") as f:
+        f.write(b"\0" * 100 + b"resp_h6\n")
+    again = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(again)
+    wait_until(lambda: "resp_h6" in queued(db_url), 30, "the line after a restart")
+    code, out, err = stop(again)
+    assert code == 0 and out.strip() == "queued 1, already known 0, rejected 0", (out, err)
