@@ -1,0 +1,36 @@
+"""``--config`` files a careless operator or a hostile generator writes: every command
+checks the file, and a bad one is one line and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .conftest import Cli
+
+pytestmark = pytest.mark.timeout(60)
+
+SOURCE = '[sources.a]\nbase_url = "http://127.0.0.1:9/v1"\n'
+
+
+@pytest.mark.parametrize(
+    "nested",
+    [
+        pytest.param("x = " + "[" * 5000 + "]" * 5000 + "\n", id="arrays"),
+        pytest.param("x = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n", id="inline-tables"),
+    ],
+)
+@pytest.mark.parametrize("command", ["status", "check", "enqueue"])
+def test_a_config_nested_past_the_parsers_depth_is_one_line(
+    sqlite_cli: Cli, tmp_path: Path, nested: str, command: str
+) -> None:
+    config = tmp_path / "sources.toml"
+    config.write_text(SOURCE + nested)
+    assert sqlite_cli("migrate").returncode == 0
+    done = sqlite_cli(command, "--config", str(config), input=b"")
+    err = done.stderr.decode()
+    assert "Traceback" not in err and "RecursionError" not in err, err[-2000:]
+    assert done.returncode == 2, err
+    assert err.startswith("archiver: error: config file ") and len(err.splitlines()) == 1, err
+    assert str(config) in err
