@@ -172,6 +172,11 @@ def load_config(path: str) -> dict[str, SourceConfig]:
         raise ConfigError(f"config file is not UTF-8 text: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: TOML syntax error: {exc}") from None
+    except RecursionError:  # tomllib recurses per nested array or inline table
+        raise ConfigError(
+            f"config file {path}: arrays or inline tables nested too deep to read "
+            "(a sources file nests 2 levels)"
+        ) from None
     unknown = sorted(set(data) - {"sources"})
     if unknown:
         raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} (only [sources.NAME] tables)")
