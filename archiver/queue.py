@@ -114,6 +114,9 @@ def declare_postgresql_predicates() -> None:
             index.dialect_options["postgresql"]["where"] = where
 
 
+MAX_ERROR_CHARS = 2000
+"""Longest ``last_error`` archiver writes; ``status`` shows no more of one (a hand-edited row)."""
+
 ENQUEUE_CHUNK = 20_000
 RECOVER_EVERY_S = 1.0
 """How often claims sweep expired leases while the queue has a backlog."""
@@ -747,16 +750,18 @@ class QueueStore:
                 errors += (
                     await conn.execute(
                         text(
-                            "SELECT id, state, attempts, last_status_code, last_error, "
+                            # At most what archiver writes: a row edited by hand may hold more.
+                            "SELECT id, state, attempts, last_status_code, substr(last_error, 1, :chars), "
                             "CASE WHEN last_body IS NULL THEN NULL "
                             "ELSE coalesce(last_body_bytes, length(last_body)) END, updated_at "
                             f"{with_error} ORDER BY updated_at DESC LIMIT :n"
                         ),
-                        {"n": limit},
+                        {"n": limit, "chars": MAX_ERROR_CHARS},
                     )
                 ).fetchall()
                 error_rows += int((await conn.execute(text(f"SELECT count(*) {with_error}"))).scalar() or 0)
-        errors.sort(key=lambda row: (_ERROR_RANK.get(row[1], len(_ERROR_RANK)), -row[6]))
+        # Each state's rows came newest first; a stable sort keeps that (a text updated_at too).
+        errors.sort(key=lambda row: _ERROR_RANK.get(row[1], len(_ERROR_RANK)))
         return errors[:limit], error_rows
 
 
@@ -796,7 +801,8 @@ def _recent_error(row: Any) -> dict[str, Any]:
         "state": row[1],
         "attempts": row[2],
         "status_code": row[3],
-        "error": row[4],
+        # SQLite keeps whatever a hand edit put in a TEXT column, bytes too.
+        "error": row[4].decode("utf-8", "replace") if isinstance(row[4], bytes) else row[4],
     }
     if row[5] is not None:
         error["body_bytes"] = int(row[5])

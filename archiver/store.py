@@ -45,7 +45,7 @@ from archiver.logs import get_logger, redact
 from archiver.normalize import NormalizedResponse, map_strings
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll, with_body_sample
 from archiver.projection import archive_mode_sync, keep_children
-from archiver.queue import Job, archive_queue
+from archiver.queue import MAX_ERROR_CHARS, Job, archive_queue
 from archiver.reencode import REENCODE_ATTEMPTS, PlainWalk
 from archiver.schema import (
     CHILD_TABLES,
@@ -61,8 +61,6 @@ from archiver.schema import (
 from archiver.tool_sets import ToolSetIds
 
 log = get_logger()
-
-MAX_ERROR_CHARS = 2000
 
 DICTIONARY_BYTES = cast(archive_dictionaries.c.data, LargeBinary)
 """A dictionary's bytes, read as bytes even from a SQLite row whose ``data`` was set to
