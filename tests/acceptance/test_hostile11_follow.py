@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from .conftest import Cli
-from .test_enqueue_stream import procs, queued, start, stop, wait_until
+from .test_enqueue_stream import _query, procs, queued, start, stop, wait_until
 
 __all__ = ["procs"]  # the fixture, imported to be used here
 
@@ -96,3 +98,117 @@ def test_a_hole_in_the_middle_of_a_followed_log_neither_stops_it_nor_joins_lines
     wait_until(lambda: "resp_h6" in queued(db_url), 30, "the line after a restart")
     code, out, err = stop(again)
     assert code == 0 and out.strip() == "queued 1, already known 0, rejected 0", (out, err)
+
+
+# --- copytruncate and rotation around a stop ---------------------------------------------
+
+
+def _follow_row(db_url: str) -> tuple:
+    rows = _query(db_url, "SELECT byte_offset, inode FROM archive_follow")
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def _read_position(pid: int, path: Path) -> int | None:
+    """The file offset of ``pid``'s descriptor open on ``path`` (from /proc), or None."""
+    fds = Path(f"/proc/{pid}/fd")
+    for fd in fds.iterdir():
+        try:
+            if os.readlink(fd) == str(path):
+                text = (Path(f"/proc/{pid}/fdinfo") / fd.name).read_text()
+                return int(text.split("pos:")[1].split()[0])
+        except OSError:
+            continue
+    return None
+
+
+def _lines(ids: list[str]) -> bytes:
+    return "".join(f"{rid}\n" for rid in ids).encode()
+
+
+def test_a_file_saved_at_its_start_then_copytruncated_and_renamed_while_down_loses_no_line(
+    sqlite_cli: Cli, tmp_path: Path, procs: list
+) -> None:
+    """Saved at byte 0 (nothing read yet); while the follower is down the file gets lines,
+    logrotate copytruncates it (app.log.1 holds them), it gets more lines and is then
+    renamed by a rotation (app.log.2) with a new file at the path. Found by its inode at
+    app.log.2, it is newer than the copy: the copy was never read."""
+    db_url = sqlite_cli.env["ARCHIVER_DATABASE_URL"]
+    assert sqlite_cli("migrate").returncode == 0
+    log = tmp_path / "app.log"
+    log.write_bytes(b"")
+    proc = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(proc)
+    wait_until(lambda: bool(_query(db_url, "SELECT 1 FROM archive_follow")), 30, "the position at byte 0")
+    code, _out, err = stop(proc)
+    assert code == 0 and _follow_row(db_url)[0] == 0, err
+
+    copied, kept, new = _ids("copied", 20), _ids("kept", 20), _ids("new", 20)
+    with open(log, "ab") as f:
+        f.write(_lines(copied))
+    shutil.copyfile(log, tmp_path / "app.log.1")
+    os.truncate(log, 0)
+    with open(log, "ab") as f:
+        f.write(_lines(kept))
+    now = time.time()
+    os.utime(tmp_path / "app.log.1", (now - 1, now - 1))  # the copy is older than the file
+    os.rename(log, tmp_path / "app.log.2")
+    log.write_bytes(_lines(new))
+
+    again = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(again)
+    everything = set(copied + kept + new)
+    try:
+        wait_until(lambda: everything <= queued(db_url), 10, "every line of the three files")
+    finally:
+        code, out, err = stop(again)
+        lost = sorted(everything - queued(db_url))
+        assert not lost, f"{len(lost)} of {len(everything)} IDs never queued: {lost[:3]}...; {out} {err}"
+    assert code == 0 and "Traceback" not in err, err
+
+
+def test_a_copytruncate_between_a_read_and_its_commit_loses_no_line(
+    sqlite_cli: Cli, tmp_path: Path, procs: list
+) -> None:
+    """The follower has read new lines and not committed them yet (it commits 0.5 s after
+    the first); logrotate copytruncates the log and the application writes more; then the
+    stop commits. The position must describe the bytes read, not the file rewritten since."""
+    db_url = sqlite_cli.env["ARCHIVER_DATABASE_URL"]
+    assert sqlite_cli("migrate").returncode == 0
+    log = tmp_path / "app.log"
+    first = _ids("first", 10)
+    log.write_bytes(_lines(first))
+    proc = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(proc)
+    wait_until(lambda: set(first) <= queued(db_url), 30, "the first lines")
+    wait_until(lambda: _follow_row(db_url)[0] == log.stat().st_size, 5, "their position")
+
+    read_not_committed, copied, rewritten = _ids("read", 4), _ids("copied", 30), _ids("rewritten", 60)
+    with open(log, "ab") as f:
+        f.write(_lines(read_not_committed))
+    size = log.stat().st_size
+    wait_until(lambda: _read_position(proc.pid, log) == size, 5, "the follower read the new lines")
+    os.kill(proc.pid, signal.SIGSTOP)  # before its commit, 0.5 s after the read
+    try:
+        with open(log, "ab") as f:
+            f.write(_lines(copied))  # written after the read, before the copy: only in the copy
+        shutil.copyfile(log, tmp_path / "app.log.1")
+        os.truncate(log, 0)
+        with open(log, "ab") as f:
+            f.write(_lines(rewritten))  # longer than what was read
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    code, _out, err = stop(proc)
+    assert code == 0, err
+
+    again = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(again)
+    everything = set(first + read_not_committed + copied + rewritten)
+    try:
+        wait_until(lambda: everything <= queued(db_url), 10, "every line after the restart")
+    finally:
+        code, out, err = stop(again)
+        lost = sorted(everything - queued(db_url))
+        assert not lost, f"{len(lost)} of {len(everything)} IDs never queued: {lost[:3]}...; {out} {err}"
+    assert code == 0 and "Traceback" not in err, err
