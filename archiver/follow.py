@@ -225,10 +225,10 @@ def open_followed(path: str, saved: FollowPosition | None) -> Opened | None:
             size = os.fstat(fd).st_size
             if size >= saved.byte_offset and fingerprint(fd, saved.byte_offset) == saved.tail_sha256:
                 opened = Opened(fd, (saved.device, saved.inode), saved.byte_offset, saved.line_no, where)
+                if saved.byte_offset == 0:
+                    return _copies_since_save(path, opened, saved.updated_at, at_path=where is None)
                 if where is not None:
                     opened.backlog, opened.compressed = backlog_after(path, fd, opened.identity)
-                elif saved.byte_offset == 0:
-                    return _copies_since_save(path, opened, saved.updated_at)
                 return opened
             os.close(fd)
         copy = find_copy(path, saved.byte_offset, saved.tail_sha256, {(saved.device, saved.inode)})
@@ -250,13 +250,24 @@ SAVE_CLOCK_MARGIN_S = 2.0
 """How much earlier than a save a rotation may be dated and still count as unread (clock skew)."""
 
 
-def _copies_since_save(path: str, opened: Opened, saved_at: float) -> Opened:
-    """Saved at byte 0 of the file at the path: rotations made since then hold lines not read.
+def _copies_since_save(path: str, opened: Opened, saved_at: float, *, at_path: bool) -> Opened:
+    """Saved at byte 0 of ``opened``: rotations made since then hold lines not read.
 
     Nothing was read, so a truncation leaves nothing to compare; rotated files modified
-    after the save (less a margin for the database clock) are read whole first.
+    after the save (less a margin for the database clock) are read whole, first when
+    ``opened`` is the file at the path. When it was found under a rotated name instead,
+    it is read first and then those files and the file at the path: its ``copytruncate``
+    copies made before it was renamed are older than it, so "rotated after the file
+    finished" (:func:`backlog_after`) would miss them.
     """
     after_ns = int((saved_at - SAVE_CLOCK_MARGIN_S) * 1e9)
+    if not at_path:
+        current = _open_path(path, None)
+        skip = {opened.identity} | ({current.identity} if current is not None else set())
+        opened.backlog, opened.compressed = rotated_since(path, after_ns, skip)
+        if current is not None:
+            opened.backlog.append(Rotated(current.fd, current.identity, path))
+        return opened
     files, compressed = rotated_since(path, after_ns, {opened.identity})
     if not files:
         return opened
