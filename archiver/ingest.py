@@ -785,6 +785,12 @@ class _Follower:
             return
         if not force and not self._dirty():
             return
+        if follow.rewritten(self.opened.fd, self.read_to, self.tail):
+            # Truncated (and maybe written again) since the last read: a fingerprint taken
+            # now would describe the new bytes, and a restart would resume in them. Queue
+            # the IDs; the position moves once the next look has dealt with the truncation.
+            await self.batcher.commit()
+            return
         new = self._position()
         old = self.saved
 
