@@ -398,6 +398,11 @@ def add_log_level(parser: argparse.ArgumentParser) -> None:
 IGNORED_BY = {"demo": ("ARCHIVER_DATABASE_URL", "ARCHIVER_CONFIG")}
 """Variables a command does not read: the demo never writes into the archive they name."""
 
+OWN_VARIABLES_ONLY = frozenset({"demo"})
+"""Commands that read the variables of their own options only (those ``--help`` shows): the
+demo runs against its mock, so the real archive's source, base URL or request ceiling,
+exported in the operator's shell, must not make it archive nothing, refuse to start or crawl."""
+
 
 def log_level(args: argparse.Namespace, env: Mapping[str, str]) -> str:
     """``--log-level``, else ARCHIVER_LOG_LEVEL, else info; a bad variable exits 2 like a bad flag.
@@ -417,12 +422,16 @@ def log_level(args: argparse.Namespace, env: Mapping[str, str]) -> str:
 def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     """Settings from parsed flags, then ARCHIVER_* variables, then defaults."""
     values: dict[str, Any] = {}
-    ignored = IGNORED_BY.get(getattr(args, "command", None) or "", ())
+    command = getattr(args, "command", None) or ""
+    ignored = IGNORED_BY.get(command, ())
+    own_only = command in OWN_VARIABLES_ONLY
     for _flag_name, env_name, field_name, type_, _ in (
         COMMON_OPTIONS + ENQUEUE_OPTIONS + HTTP_OPTIONS + RUN_OPTIONS
     ):
         value = getattr(args, field_name, None)
         explicit = env.get(env_name, "").strip() or (field_name in EMPTY_IS_A_VALUE and env_name in env)
+        if own_only and not hasattr(args, field_name):
+            continue
         if value is None and env_name not in ignored and explicit:
             try:
                 value = setting_parser(field_name, type_)(env[env_name].strip())
