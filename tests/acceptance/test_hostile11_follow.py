@@ -212,3 +212,34 @@ def test_a_copytruncate_between_a_read_and_its_commit_loses_no_line(
         lost = sorted(everything - queued(db_url))
         assert not lost, f"{len(lost)} of {len(everything)} IDs never queued: {lost[:3]}...; {out} {err}"
     assert code == 0 and "Traceback" not in err, err
+
+
+# --- what the operator typed -----------------------------------------------------------
+
+
+def test_follow_dash_is_refused_instead_of_waiting_for_a_file_named_dash(sqlite_cli: Cli) -> None:
+    """``app | archiver enqueue --follow -``: ``-`` is stdin for ``enqueue``; followed, it
+    was a file name in the working directory, and the piped IDs were never read."""
+    assert sqlite_cli("migrate").returncode == 0
+    done = sqlite_cli("enqueue", "--follow", "-", input=b"resp_piped\n", timeout=20)
+    err = done.stderr.decode()
+    assert done.returncode == 2, (done.returncode, err)
+    assert "--follow" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_a_followed_path_that_does_not_exist_is_named_once_then_followed_when_it_appears(
+    sqlite_cli: Cli, tmp_path: Path, procs: list
+) -> None:
+    """A typo in the path (or a log not created yet) used to wait without a word."""
+    db_url = sqlite_cli.env["ARCHIVER_DATABASE_URL"]
+    assert sqlite_cli("migrate").returncode == 0
+    log = tmp_path / "later" / "app.log"
+    proc = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(proc)
+    time.sleep(3)
+    (tmp_path / "later").mkdir()
+    log.write_bytes(b"resp_late\n")
+    wait_until(lambda: "resp_late" in queued(db_url), 10, "the line of the file once it exists")
+    code, out, err = stop(proc)
+    assert code == 0 and out.strip() == "queued 1, already known 0, rejected 0", (out, err)
+    assert err.count(str(log)) == 1 and "does not exist" in err, err
