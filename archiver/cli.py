@@ -139,6 +139,11 @@ def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.follow is not None and args.files:
         raise ConfigError("--follow FILE reads that one file: give no other FILE")
+    if args.follow == "-":
+        raise ConfigError(
+            "--follow reads a log by its path, not stdin: pipe into `archiver enqueue` (no --follow), "
+            "which commits lines as they arrive"
+        )
     routing = SourceRouting.from_settings(settings, args.sources_config)
     report = _arun(
         commands.enqueue(settings, args.files, refetch=args.refetch, follow=args.follow, routing=routing)

@@ -594,8 +594,13 @@ class _Follower:
     async def run(self) -> None:
         batcher = self.batcher
         self.saved = await follow.load_position(batcher.queue.engine, self.path)
+        missing_told = False
         while batcher.stop_reason is None:
             if self.opened is None and not self._open():
+                if not missing_told:  # a typo in the path would otherwise wait without a word
+                    missing_told = True
+                    why = "the file does not exist yet: waiting for it"
+                    log.warning("archiver.follow_waiting", path=self.path, error=why)
                 await batcher.wait(None, FOLLOW_POLL_S)
                 continue
             if self.check_tail and self.read_to == 0 and await self._copied_while_empty():
