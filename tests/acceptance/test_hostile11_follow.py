@@ -243,3 +243,60 @@ def test_a_followed_path_that_does_not_exist_is_named_once_then_followed_when_it
     code, out, err = stop(proc)
     assert code == 0 and out.strip() == "queued 1, already known 0, rejected 0", (out, err)
     assert err.count(str(log)) == 1 and "does not exist" in err, err
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    for fd in fds.iterdir():
+        try:
+            if os.readlink(fd) == str(path):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_a_copytruncate_while_a_restart_reads_its_backlog_loses_no_line(
+    sqlite_cli: Cli, tmp_path: Path, procs: list
+) -> None:
+    """Back after a rotation, the follower reads the rest of the old file (large: it was
+    down a while), then the new file at the path, opened when the restart looked. While
+    it reads the old one, logrotate copytruncates the new one: its lines so far are only
+    in the copy, and the file it holds open starts again at byte 0."""
+    db_url = sqlite_cli.env["ARCHIVER_DATABASE_URL"]
+    assert sqlite_cli("migrate").returncode == 0
+    log = tmp_path / "app.log"
+    first = _ids("first", 5)
+    log.write_bytes(_lines(first))
+    proc = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(proc)
+    wait_until(lambda: set(first) <= queued(db_url), 30, "the first lines")
+    code, _out, err = stop(proc)
+    assert code == 0, err
+
+    backlog = _ids("backlog", 200_000)  # read for seconds after the restart
+    with open(log, "ab") as f:
+        f.write(_lines(backlog))
+    os.rename(log, tmp_path / "app.log.1")
+    in_new = _ids("new", 30)
+    log.write_bytes(_lines(in_new))
+
+    again = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(again)
+    wait_until(lambda: _has_open(again.pid, log), 30, "the restart opened the new file")
+    old_size = (tmp_path / "app.log.1").stat().st_size
+    assert (_read_position(again.pid, tmp_path / "app.log.1") or 0) < old_size, "read the old file already"
+    shutil.copyfile(log, tmp_path / "app.log.0")  # copytruncate
+    os.truncate(log, 0)
+    after = _ids("after", 30)
+    with open(log, "ab") as f:
+        f.write(_lines(after))
+
+    everything = set(first + backlog + in_new + after)
+    try:
+        wait_until(lambda: everything <= queued(db_url), 60, "every line")
+    finally:
+        code, out, err = stop(again)
+        lost = sorted(everything - queued(db_url))
+        assert not lost, f"{len(lost)} of {len(everything)} never queued: {lost[:3]}...; {out} {err[-500:]}"
+    assert code == 0 and "Traceback" not in err, err
