@@ -187,6 +187,28 @@ class Rotated:
     fd: int
     identity: tuple[int, int]
     name: str
+    size: int = -1
+    """Its size when it was put in the backlog (-1: not recorded, nothing to check)."""
+    tail_sha256: str = ""
+    """:func:`fingerprint` at ``size`` then."""
+    mtime_ns: int = 0
+    """Its modification time then."""
+
+
+def as_seen(fd: int, name: str) -> Rotated:
+    """A file to read whole later, with what it holds now: a ``copytruncate`` before its turn
+    (the old file of a restart may take minutes to read) then shows (:func:`truncated_copy`)."""
+    st = os.fstat(fd)
+    return Rotated(fd, identity(st), name, st.st_size, fingerprint(fd, st.st_size), st.st_mtime_ns)
+
+
+def truncated_copy(path: str, entry: Rotated, skip: set[tuple[int, int]]) -> Rotated | None:
+    """The copy ``copytruncate`` left of ``entry`` if it was truncated since :func:`as_seen`, open."""
+    if entry.size <= 0:
+        return None
+    if os.fstat(entry.fd).st_size >= entry.size and fingerprint(entry.fd, entry.size) == entry.tail_sha256:
+        return None
+    return find_copy(path, entry.size, entry.tail_sha256, skip | {entry.identity})
 
 
 @dataclass(slots=True)
@@ -266,7 +288,7 @@ def _copies_since_save(path: str, opened: Opened, saved_at: float, *, at_path: b
         skip = {opened.identity} | ({current.identity} if current is not None else set())
         opened.backlog, opened.compressed = rotated_since(path, after_ns, skip)
         if current is not None:
-            opened.backlog.append(Rotated(current.fd, current.identity, path))
+            opened.backlog.append(as_seen(current.fd, path))
         return opened
     files, compressed = rotated_since(path, after_ns, {opened.identity})
     if not files:
@@ -274,7 +296,7 @@ def _copies_since_save(path: str, opened: Opened, saved_at: float, *, at_path: b
     first = files.pop(0)
     note = f"{first.name}: rotated since the position was saved at the start of the file: read first"
     resumed = Opened(first.fd, first.identity, 0, 1, note)
-    resumed.backlog = [*files, Rotated(opened.fd, opened.identity, path)]
+    resumed.backlog = [*files, as_seen(opened.fd, path)]
     resumed.compressed = compressed
     return resumed
 
@@ -401,7 +423,7 @@ def backlog_after(path: str, fd: int, finished: tuple[int, int]) -> tuple[list[R
     skip = {finished} | ({current.identity} if current is not None else set())
     files, compressed = rotated_since(path, os.fstat(fd).st_mtime_ns, skip)
     if current is not None:
-        files.append(Rotated(current.fd, current.identity, path))
+        files.append(as_seen(current.fd, path))
     return files, compressed
 
 
@@ -443,7 +465,7 @@ def rotated_since(path: str, after_ns: int, skip: set[tuple[int, int]]) -> tuple
         if identity(st) in skip or not stat.S_ISREG(st.st_mode):
             os.close(fd)
             continue
-        files.append(Rotated(fd, identity(st), name))
+        files.append(as_seen(fd, name))
     return files, sorted(compressed)
 
 

@@ -650,6 +650,32 @@ class _Follower:
         for rotated in self.backlog:
             os.close(rotated.fd)
         self.backlog = files
+        self._warn_compressed(compressed)
+
+    def _begin_backlog(self) -> follow.Rotated:
+        """Begin the next file of the backlog at byte 0 (and return it).
+
+        When it was truncated since it was put there (``copytruncate`` while older files
+        were read first), its copy is read whole first, then the rotations made since the
+        copy, then the file again from byte 0.
+        """
+        nxt = self.backlog.pop(0)
+        skip = {r.identity for r in self.backlog} | self.finished
+        copy = follow.truncated_copy(self.path, nxt, skip)
+        if copy is not None:
+            log.info("archiver.follow_truncated", path=self.path, byte_offset=0, copy=copy.name)
+            since, compressed = follow.rotated_since(
+                self.path, os.fstat(copy.fd).st_mtime_ns, skip | {copy.identity, nxt.identity}
+            )
+            self.backlog[:0] = [*since, follow.Rotated(nxt.fd, nxt.identity, nxt.name)]
+            self._warn_compressed(compressed)
+            nxt = copy
+        self._begin(follow.Opened(nxt.fd, nxt.identity, 0, 1))
+        if nxt.size == 0:  # empty when seen: lines written and copied since show by its mtime
+            self.empty_mtime = nxt.mtime_ns
+        return nxt
+
+    def _warn_compressed(self, compressed: list[str]) -> None:
         for name in compressed:
             print(
                 f"archiver: {name}: a compressed rotation cannot be followed: the IDs in it are not "
@@ -732,9 +758,8 @@ class _Follower:
         files, compressed = follow.rotated_since(self.path, before + 1, skip)
         if not files:
             return False
-        self._take_backlog([*files, follow.Rotated(current.fd, current.identity, self.path)], compressed)
-        nxt = self.backlog.pop(0)
-        self._begin(follow.Opened(nxt.fd, nxt.identity, 0, 1))
+        self._take_backlog([*files, follow.as_seen(current.fd, self.path)], compressed)
+        nxt = self._begin_backlog()
         log.info("archiver.follow_truncated", path=self.path, byte_offset=0, copy=nxt.name)
         await self._commit(force=True)
         return True
@@ -752,8 +777,7 @@ class _Follower:
             if not files:
                 return  # the new file vanished again: keep the old one
             self._take_backlog(files, compressed)
-        nxt = self.backlog.pop(0)
-        self._begin(follow.Opened(nxt.fd, nxt.identity, 0, 1))
+        nxt = self._begin_backlog()
         if nxt.name != self.path:
             log.info("archiver.follow_rotation_unread", path=self.path, file=nxt.name)
         os.close(old.fd)
