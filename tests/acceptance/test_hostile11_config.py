@@ -34,3 +34,13 @@ def test_a_config_nested_past_the_parsers_depth_is_one_line(
     assert done.returncode == 2, err
     assert err.startswith("archiver: error: config file ") and len(err.splitlines()) == 1, err
     assert str(config) in err
+
+
+def test_a_config_saved_with_a_byte_order_mark_and_crlf_is_read(sqlite_cli: Cli, tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a BOM: the file looks right, and was refused as a
+    'TOML syntax error: Invalid statement (at line 1, column 1)'."""
+    config = tmp_path / "sources.toml"
+    config.write_bytes(b"\xef\xbb\xbf" + SOURCE.replace("\n", "\r\n").encode())
+    assert sqlite_cli("migrate").returncode == 0
+    done = sqlite_cli("status", "--json", "--config", str(config))
+    assert done.returncode == 0, done.stderr.decode()
