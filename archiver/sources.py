@@ -161,7 +161,9 @@ def load_config(path: str) -> dict[str, SourceConfig]:
             source and key of a bad value). A key written in the file is refused.
     """
     try:
-        data = tomllib.loads(read_small_text(Path(path), "config", CONFIG_FILE_LIMIT))
+        # A byte order mark (Windows editors) is no TOML statement: "line 1, column 1" would
+        # point at a character nobody sees.
+        data = tomllib.loads(read_small_text(Path(path), "config", CONFIG_FILE_LIMIT).removeprefix("\ufeff"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:
