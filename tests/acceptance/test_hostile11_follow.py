@@ -300,3 +300,54 @@ def test_a_copytruncate_while_a_restart_reads_its_backlog_loses_no_line(
         lost = sorted(everything - queued(db_url))
         assert not lost, f"{len(lost)} of {len(everything)} never queued: {lost[:3]}...; {out} {err[-500:]}"
     assert code == 0 and "Traceback" not in err, err
+
+
+def test_a_position_just_past_a_hole_is_not_taken_for_a_later_hole(
+    sqlite_cli: Cli, tmp_path: Path, procs: list
+) -> None:
+    """A writer without O_APPEND, copytruncated twice. After the first, the follower reads
+    the hole and an unfinished line and saves its position. While it is down, the line is
+    finished, more lines come, and the second copytruncate moves them to app.log.2; the
+    writer goes on past them. The file again starts with NUL bytes, as many as before and
+    more: a position whose fingerprint is 256 NUL bytes matched it, and app.log.2 was
+    never read."""
+    db_url = sqlite_cli.env["ARCHIVER_DATABASE_URL"]
+    assert sqlite_cli("migrate").returncode == 0
+    log = tmp_path / "app.log"
+    writer = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        first = _ids("first", 50)
+        _write(writer, first)
+        proc = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+        procs.append(proc)
+        wait_until(lambda: set(first) <= queued(db_url), 30, "the first lines")
+
+        shutil.copyfile(log, tmp_path / "app.log.1")
+        os.truncate(log, 0)
+        os.write(writer, b"resp_cont")  # after the hole, unfinished
+        size = log.stat().st_size
+        wait_until(lambda: _read_position(proc.pid, log) == size, 10, "the follower read the hole")
+        time.sleep(1.5)  # its commits
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+        second = _ids("second", 40)
+        os.write(writer, b"inued\n")
+        _write(writer, second)
+        shutil.copyfile(log, tmp_path / "app.log.2")
+        os.truncate(log, 0)
+        third = _ids("third", 20)
+        _write(writer, third)
+    finally:
+        os.close(writer)
+
+    again = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(again)
+    everything = {*first, "resp_continued", *second, *third}
+    try:
+        wait_until(lambda: everything <= queued(db_url), 10, "every line")
+    finally:
+        code, out, err = stop(again)
+        lost = sorted(everything - queued(db_url))
+        assert not lost, f"{len(lost)} of {len(everything)} never queued: {lost[:3]}...; {out} {err[-500:]}"
+    assert code == 0 and "Traceback" not in err, err
