@@ -153,11 +153,19 @@ class LineSplitter:
         self._partial = b""
         self._skipped: int | None = None
         self._head = b""
+        self._hole = 0
+        """NUL bytes read since the last complete line, consumed with the next one: a position
+        saved just past a hole would be fingerprinted by NUL bytes alone, which every later
+        hole at that offset matches."""
 
     @property
     def unfinished_bytes(self) -> int:
-        """Bytes read past the last complete line (an unfinished or skipped line)."""
-        return self._skipped if self._skipped is not None else len(self._partial)
+        """Bytes read past the last complete line (a hole, an unfinished or skipped line)."""
+        return self._hole + (self._skipped if self._skipped is not None else len(self._partial))
+
+    def _consume(self, size: int) -> None:
+        self.consumed += self._hole + size
+        self._hole = 0
 
     def feed(self, data: bytes) -> list[Piece]:
         """Take the next bytes of the stream; return the lines they complete."""
@@ -187,12 +195,12 @@ class LineSplitter:
                 continue
             if self._skipped is not None:
                 pieces.append(OverlongLine(self._skipped, self._head))
-                self.consumed += self._skipped
+                self._consume(self._skipped)
             elif self._partial:
                 pieces.append(CutLine(len(self._partial), self._partial[:_SHOWN_BYTES]))
-                self.consumed += len(self._partial)
+                self._consume(len(self._partial))
             self._partial, self._skipped = b"", None
-            self.consumed += len(part)
+            self._hole += len(part)
         return pieces
 
     def finish(self) -> list[Piece]:
@@ -201,12 +209,13 @@ class LineSplitter:
             return []
         if self._skipped is not None:
             size, self._skipped = self._skipped, None
-            self.consumed += size
+            self._consume(size)
             return [OverlongLine(size, self._head)]
         if not self._partial:
+            self._consume(0)  # a hole at the end
             return []
         block, self._partial = self._partial, b""
-        self.consumed += len(block)
+        self._consume(len(block))
         lines = _decode(block)
         if lines and lines[-1] == "":
             lines.pop()  # a trailing lone "\r"
@@ -215,7 +224,7 @@ class LineSplitter:
     def drop_unfinished(self) -> int:
         """Forget the unfinished line (truncated file); return its length."""
         dropped = self.unfinished_bytes
-        self._partial, self._skipped = b"", None
+        self._partial, self._skipped, self._hole = b"", None, 0
         return dropped
 
     def _split(self, data: bytes, pieces: list[Piece]) -> None:
@@ -226,7 +235,7 @@ class LineSplitter:
                 return
             size = self._skipped + end
             pieces.append(OverlongLine(size, self._head))
-            self.consumed += size + 1
+            self._consume(size + 1)
             self._skipped = None
             data = data[end + 1 :]
         end = data.rfind(b"\n")
@@ -235,7 +244,7 @@ class LineSplitter:
             if len(self._partial) + first > self.max_line_bytes:
                 size = len(self._partial) + first
                 pieces.append(OverlongLine(size, self._partial[:_SHOWN_BYTES]))
-                self.consumed += size + 1
+                self._consume(size + 1)
                 self._partial = b""
                 data = data[first + 1 :]
                 end -= first + 1
@@ -244,7 +253,7 @@ class LineSplitter:
             return
         block = self._partial + data[: end + 1] if self._partial else data[: end + 1]
         self._partial = b""
-        self.consumed += len(block)
+        self._consume(len(block))
         lines = _decode(block)
         lines.pop()  # after the last "\n"
         pieces.append(lines)

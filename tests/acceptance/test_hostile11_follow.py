@@ -329,7 +329,7 @@ def test_a_position_just_past_a_hole_is_not_taken_for_a_later_hole(
         wait_until(lambda: _read_position(proc.pid, log) == size, 10, "the follower read the hole")
         time.sleep(1.5)  # its commits
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        proc.communicate(timeout=10)
 
         second = _ids("second", 40)
         os.write(writer, b"inued\n")
