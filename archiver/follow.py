@@ -24,7 +24,9 @@ finished file's last modification (a later rotation holds later lines). They are
 oldest first (by modification time, then ``.2`` before ``.1``), then the file at the path
 from byte 0. A file that ties or was touched later is read again, which is harmless.
 Compressed rotations (``.gz``, ``.bz2``, ``.xz``, ``.zst``, ...) cannot be read: they are
-named in a warning and skipped.
+named in a warning and skipped. Each file waiting its turn keeps its size and fingerprint
+from when it was listed (:func:`as_seen`): one ``copytruncate`` emptied meanwhile is read
+from its copy first (:func:`truncated_copy`).
 
 While following, a truncation is seen when the file becomes shorter than what was read,
 and also when it was truncated and written past that point within one poll: after each
