@@ -35,22 +35,52 @@ def _write(fd: int, ids: list[str]) -> None:
         os.write(fd, f"{rid}\n".encode())
 
 
+def _followed_writer(cli: Cli, log: Path, procs: list, ids: list[str]) -> tuple[int, subprocess.Popen[bytes]]:
+    """The application's log, opened once without O_APPEND (as ``app > app.log`` does), its
+    first lines written, and a follower that queued them."""
+    assert cli("migrate").returncode == 0
+    writer = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    _write(writer, ids)
+    proc = start(cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(proc)
+    wait_until(lambda: set(ids) <= queued(cli.env["ARCHIVER_DATABASE_URL"]), 30, "the first lines")
+    return writer, proc
+
+
+def _followed_log(cli: Cli, log: Path, procs: list, ids: list[str]) -> subprocess.Popen[bytes]:
+    """A log holding ``ids`` and a follower that queued them."""
+    assert cli("migrate").returncode == 0
+    log.write_bytes(_lines(ids))
+    proc = start(cli, "--follow", str(log), stdin=subprocess.DEVNULL)
+    procs.append(proc)
+    wait_until(lambda: set(ids) <= queued(cli.env["ARCHIVER_DATABASE_URL"]), 30, "the first lines")
+    return proc
+
+
+def _copytruncate(log: Path, copy: Path) -> None:
+    shutil.copyfile(log, copy)
+    os.truncate(log, 0)
+
+
+def _expect_every_line(cli: Cli, proc: subprocess.Popen[bytes], everything: set[str], timeout: float) -> None:
+    """Wait until every ID in ``everything`` is queued, stop ``proc``, and name what was lost."""
+    db_url = cli.env["ARCHIVER_DATABASE_URL"]
+    try:
+        wait_until(lambda: everything <= queued(db_url), timeout, "every line")
+    finally:
+        code, out, err = stop(proc)
+        lost = sorted(everything - queued(db_url))
+        assert not lost, f"{len(lost)} of {len(everything)} never queued: {lost[:3]}...; {out} {err[-500:]}"
+    assert code == 0 and "Traceback" not in err, err
+
+
 def test_lines_after_a_copytruncate_hole_are_queued(sqlite_cli: Cli, tmp_path: Path, procs: list) -> None:
     db_url = sqlite_cli.env["ARCHIVER_DATABASE_URL"]
-    assert sqlite_cli("migrate").returncode == 0
     log = tmp_path / "app.log"
-    # The application's log, opened once without O_APPEND, as `app > app.log` does.
-    writer = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    before = _ids("before", 100)
+    writer, proc = _followed_writer(sqlite_cli, log, procs, before)
     try:
-        before = _ids("before", 100)
-        _write(writer, before)
-        proc = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
-        procs.append(proc)
-        wait_until(lambda: set(before) <= queued(db_url), 30, "the lines before the rotation")
-
-        # logrotate copytruncate: copy, then truncate the path in place.
-        shutil.copyfile(log, tmp_path / "app.log.1")
-        os.truncate(log, 0)
+        _copytruncate(log, tmp_path / "app.log.1")
         after = _ids("after", 50)
         _write(writer, after)  # at the writer's offset: bytes 0..offset are now NULs
         assert log.read_bytes().startswith(b"\0" * 100)
@@ -157,14 +187,7 @@ def test_a_file_saved_at_its_start_then_copytruncated_and_renamed_while_down_los
 
     again = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
     procs.append(again)
-    everything = set(copied + kept + new)
-    try:
-        wait_until(lambda: everything <= queued(db_url), 10, "every line of the three files")
-    finally:
-        code, out, err = stop(again)
-        lost = sorted(everything - queued(db_url))
-        assert not lost, f"{len(lost)} of {len(everything)} IDs never queued: {lost[:3]}...; {out} {err}"
-    assert code == 0 and "Traceback" not in err, err
+    _expect_every_line(sqlite_cli, again, set(copied + kept + new), 10)
 
 
 def test_a_copytruncate_between_a_read_and_its_commit_loses_no_line(
@@ -174,13 +197,9 @@ def test_a_copytruncate_between_a_read_and_its_commit_loses_no_line(
     the first); logrotate copytruncates the log and the application writes more; then the
     stop commits. The position must describe the bytes read, not the file rewritten since."""
     db_url = sqlite_cli.env["ARCHIVER_DATABASE_URL"]
-    assert sqlite_cli("migrate").returncode == 0
     log = tmp_path / "app.log"
     first = _ids("first", 10)
-    log.write_bytes(_lines(first))
-    proc = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
-    procs.append(proc)
-    wait_until(lambda: set(first) <= queued(db_url), 30, "the first lines")
+    proc = _followed_log(sqlite_cli, log, procs, first)
     wait_until(lambda: _follow_row(db_url)[0] == log.stat().st_size, 5, "their position")
 
     read_not_committed, copied, rewritten = _ids("read", 4), _ids("copied", 30), _ids("rewritten", 60)
@@ -204,14 +223,7 @@ def test_a_copytruncate_between_a_read_and_its_commit_loses_no_line(
 
     again = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
     procs.append(again)
-    everything = set(first + read_not_committed + copied + rewritten)
-    try:
-        wait_until(lambda: everything <= queued(db_url), 10, "every line after the restart")
-    finally:
-        code, out, err = stop(again)
-        lost = sorted(everything - queued(db_url))
-        assert not lost, f"{len(lost)} of {len(everything)} IDs never queued: {lost[:3]}...; {out} {err}"
-    assert code == 0 and "Traceback" not in err, err
+    _expect_every_line(sqlite_cli, again, set(first + read_not_committed + copied + rewritten), 10)
 
 
 # --- what the operator typed -----------------------------------------------------------
@@ -263,14 +275,9 @@ def test_a_copytruncate_while_a_restart_reads_its_backlog_loses_no_line(
     down a while), then the new file at the path, opened when the restart looked. While
     it reads the old one, logrotate copytruncates the new one: its lines so far are only
     in the copy, and the file it holds open starts again at byte 0."""
-    db_url = sqlite_cli.env["ARCHIVER_DATABASE_URL"]
-    assert sqlite_cli("migrate").returncode == 0
     log = tmp_path / "app.log"
     first = _ids("first", 5)
-    log.write_bytes(_lines(first))
-    proc = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
-    procs.append(proc)
-    wait_until(lambda: set(first) <= queued(db_url), 30, "the first lines")
+    proc = _followed_log(sqlite_cli, log, procs, first)
     code, _out, err = stop(proc)
     assert code == 0, err
 
@@ -292,14 +299,7 @@ def test_a_copytruncate_while_a_restart_reads_its_backlog_loses_no_line(
     with open(log, "ab") as f:
         f.write(_lines(after))
 
-    everything = set(first + backlog + in_new + after)
-    try:
-        wait_until(lambda: everything <= queued(db_url), 60, "every line")
-    finally:
-        code, out, err = stop(again)
-        lost = sorted(everything - queued(db_url))
-        assert not lost, f"{len(lost)} of {len(everything)} never queued: {lost[:3]}...; {out} {err[-500:]}"
-    assert code == 0 and "Traceback" not in err, err
+    _expect_every_line(sqlite_cli, again, set(first + backlog + in_new + after), 60)
 
 
 def test_a_position_just_past_a_hole_is_not_taken_for_a_later_hole(
@@ -311,19 +311,11 @@ def test_a_position_just_past_a_hole_is_not_taken_for_a_later_hole(
     writer goes on past them. The file again starts with NUL bytes, as many as before and
     more: a position whose fingerprint is 256 NUL bytes matched it, and app.log.2 was
     never read."""
-    db_url = sqlite_cli.env["ARCHIVER_DATABASE_URL"]
-    assert sqlite_cli("migrate").returncode == 0
     log = tmp_path / "app.log"
-    writer = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    first = _ids("first", 50)
+    writer, proc = _followed_writer(sqlite_cli, log, procs, first)
     try:
-        first = _ids("first", 50)
-        _write(writer, first)
-        proc = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
-        procs.append(proc)
-        wait_until(lambda: set(first) <= queued(db_url), 30, "the first lines")
-
-        shutil.copyfile(log, tmp_path / "app.log.1")
-        os.truncate(log, 0)
+        _copytruncate(log, tmp_path / "app.log.1")
         os.write(writer, b"resp_cont")  # after the hole, unfinished
         size = log.stat().st_size
         wait_until(lambda: _read_position(proc.pid, log) == size, 10, "the follower read the hole")
@@ -334,8 +326,7 @@ def test_a_position_just_past_a_hole_is_not_taken_for_a_later_hole(
         second = _ids("second", 40)
         os.write(writer, b"inued\n")
         _write(writer, second)
-        shutil.copyfile(log, tmp_path / "app.log.2")
-        os.truncate(log, 0)
+        _copytruncate(log, tmp_path / "app.log.2")
         third = _ids("third", 20)
         _write(writer, third)
     finally:
@@ -343,11 +334,4 @@ def test_a_position_just_past_a_hole_is_not_taken_for_a_later_hole(
 
     again = start(sqlite_cli, "--follow", str(log), stdin=subprocess.DEVNULL)
     procs.append(again)
-    everything = {*first, "resp_continued", *second, *third}
-    try:
-        wait_until(lambda: everything <= queued(db_url), 10, "every line")
-    finally:
-        code, out, err = stop(again)
-        lost = sorted(everything - queued(db_url))
-        assert not lost, f"{len(lost)} of {len(everything)} never queued: {lost[:3]}...; {out} {err[-500:]}"
-    assert code == 0 and "Traceback" not in err, err
+    _expect_every_line(sqlite_cli, again, {*first, "resp_continued", *second, *third}, 10)
