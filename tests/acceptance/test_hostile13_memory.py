@@ -1,0 +1,88 @@
+"""Hostile (hostile13): valid 16 MiB bodies that kept under each pre-parse limit on its own.
+
+The limits of ``archiver.jsontext`` count arrays and objects (one per 8 bytes, an object
+counting as two) and strings (one per 8 bytes, a member name of many spellings counting as
+two) each on its own, and numbers not at all. Three bodies at once (``archiver run
+--once``, default settings, sampled as ``tests/acceptance/test_memory_bound.py`` does):
+
+- ``["a",1.5],``: an array, a string and a float per 10 bytes, each under its limit,
+  parsed at ~18 times the body: 624 MiB (``--writer process``), 560 MiB (``inline``).
+- ``"1a2b3" :0,``: one-off member names with a space before the colon, which the count of
+  names (a quote followed by ``:``) did not see: 539 MiB.
+- ``-9,``: integers CPython does not keep once (below -5, above 256), 36 bytes each for
+  3 of text, parsed at ~13 times the body and counted by no limit.
+
+Both must end ``failed`` naming the limit, within README's 512 MiB.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.conftest import base_env
+from tests.acceptance.test_memory_bound import PEAK_BOUND, Cli, run_measured
+from tests.generated_bodies import serve_generated
+
+pytestmark = pytest.mark.timeout(180)
+
+MiB = 1 << 20
+
+BODIES = r"""
+import sys
+
+limit, kind = int(sys.argv[1]), sys.argv[2]
+PIECES = {"mixed": b'["a",1.5],', "negative-integers": b"-9,"}
+
+def body(rid: str) -> bytes:
+    head = b'{"id":"%s","object":"response","status":"completed","model":"m","output":[],"x":' % rid.encode()
+    if kind in PIECES:
+        piece = PIECES[kind]
+        return head + b"[" + piece * ((limit - len(head) - 8) // len(piece)) + b"0]}"
+    pieces, size, i = [], len(head) + 16, 0
+    while size < limit:
+        pieces.append(b'"%x" :0,' % i)
+        size += len(pieces[-1])
+        i += 1
+    return head + b"{" + b"".join(pieces[:-1]) + b'"z":0}}'
+"""
+
+KINDS = {
+    "mixed": "arrays, strings and floats",
+    "spaced-names": "member names spaced from their colon",
+    "negative-integers": "integers below -5",
+}
+
+
+@pytest.mark.parametrize("writer", ["process", "inline"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_bodies_under_each_limit_alone_stay_within_the_memory_bound(
+    tmp_path: Path, kind: str, writer: str
+) -> None:
+    from archiver.settings import Settings
+
+    limit = int(Settings().max_body_mb * MiB) - 1024
+    with serve_generated(BODIES, str(limit), kind) as base_url:
+        db = tmp_path / "archive.db"
+        env = {
+            **base_env(),
+            "ARCHIVER_DATABASE_URL": f"sqlite:///{db}",
+            "ARCHIVER_BASE_URL": base_url,
+            "ARCHIVER_WRITER": writer,
+        }
+        cli = Cli(env, tmp_path)
+        ids = [f"resp_h13_{i}" for i in range(3)]
+        assert cli("enqueue", input="\n".join(ids).encode()).returncode == 0
+        sampler, seconds, code = run_measured(cli, tmp_path, ())
+    peak = sampler.peak_sum / MiB
+    print(f"\n{KINDS[kind]} ({writer}): {seconds:.1f} s, peak RSS sum {peak:.0f} MiB, exit {code}")
+    assert code == 0, (tmp_path / "run.err").read_bytes()[-2000:]
+    assert sampler.samples >= 3
+    assert sampler.peak_sum < PEAK_BOUND, f"peak RSS sum {sampler.peak_sum / MiB:.0f} MiB"
+    with closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT state, last_error FROM archive_queue").fetchall()
+    assert [state for state, _ in rows] == ["failed"] * 3, rows
+    assert all("(one per 8 bytes)" in error for _, error in rows), rows
