@@ -78,6 +78,22 @@ class TooManyStrings(TooManyContainers):
         self.most = most
 
 
+class TooMuchTogether(TooManyContainers):
+    """Valid JSON, maybe, under each limit of :func:`max_containers` on its own, but holding
+    more arrays, objects, strings and numbers together (see :func:`parse_weight`)."""
+
+    def __init__(self, containers: int, strings: int, numbers: int, most: int) -> None:
+        ValueError.__init__(
+            self,
+            f"holds {containers:,} arrays and objects, {strings:,} strings and {numbers:,} "
+            f"numbers, together more than the {most:,} (one per {BYTES_PER_CONTAINER * 2 // 3} bytes) "
+            "the archiver reads, an object and a member name of many spellings counting two, a "
+            f"number half (numbers alone: one per {BYTES_PER_CONTAINER // 2} bytes)",
+        )
+        self.containers = containers + strings + numbers // 2
+        self.most = most
+
+
 def max_containers(size: int) -> int:
     """The arrays and objects a JSON text of ``size`` bytes may hold: one per
     :data:`BYTES_PER_CONTAINER` bytes, at least :data:`MIN_CONTAINERS`.
@@ -172,12 +188,23 @@ def _with_fraction(match: re.Match[str]) -> str:
     return format(Decimal(number), "f") + ".0"  # an exponent of 16 or more: integral
 
 
-# The scan before every parse: digits as "0", "[" and "{" as "(", every other byte as a
-# space. A run of 19 zeros in it is a run of 19 digits in the text: the shortest integer
-# orjson rounds, -9223372036854775809, has 19 (a 19-digit run in a string or a fraction
-# only costs the slower parse). Text with at most MAX_NESTING opening brackets cannot nest
-# deeper, so only text with more pays for nesting_depth.
-_SCAN: Final = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x28 if byte in b"[{" else 0x20 for byte in range(256))
+# The scan before every parse: digits as "0", "[" and "{" as "(", ".", "-" and "e" (or
+# "E") as themselves, every other byte as a space. A run of 19 zeros in it is a run of 19
+# digits in the text: the shortest integer orjson rounds, -9223372036854775809, has 19 (a
+# 19-digit run in a string or a fraction only costs the slower parse). Text with at most
+# MAX_NESTING opening brackets cannot nest deeper, so only text with more pays for
+# nesting_depth. The rest finds numbers (see costly_numbers).
+def _scan_byte(byte: int) -> int:
+    if 0x30 <= byte <= 0x39:
+        return 0x30
+    if byte in b"[{":
+        return 0x28
+    if byte in b".-eE":
+        return byte | 0x20  # "E" as "e"
+    return 0x20
+
+
+_SCAN: Final = bytes(_scan_byte(byte) for byte in range(256))
 _OPENING: Final = b"("
 _LONG_DIGIT_RUN: Final = b"0" * 19
 # A number no double holds has 200 digits in a row or an exponent of 100 or more (1e99
@@ -247,23 +274,76 @@ def _scan(data: bytes, *, limited: bool) -> _Digits:
     """
     scan = data.translate(_SCAN)
     if limited:
-        openings, most = scan.count(_OPENING), max_containers(len(data))
-        # Brackets in strings count here, and every one may be an object's (counting two);
-        # every pair of quotes may be a string value, and every `":` a member name
-        # (counting two): only a body that could be past a limit pays for exact counts.
-        if openings > MAX_NESTING or 2 * openings > most:
-            depth, containers, objects = json_shape(data)
-            if depth > MAX_NESTING:
-                raise NestingTooDeep(depth)
-            if containers + objects > most:
-                raise TooManyContainers(containers + objects, most)
-        if data.count(b'"') // 2 + data.count(b'":') > most:
-            values, names = string_counts(data)
-            if values + 2 * names > most:
-                raise TooManyStrings(values, names, most)
+        _check_limits(data, scan)
     if _LONG_DIGIT_RUN not in scan:
         return _Digits.SHORT
     return _Digits.VERY_LONG if _VERY_LONG_DIGIT_RUN in scan else _Digits.LONG
+
+
+def _check_limits(data: bytes, scan: bytes) -> None:
+    """Refuse text nested past MAX_NESTING, or holding more than :func:`max_containers` of
+    arrays and objects, of strings, or of all they weigh together (:func:`parse_weight`).
+
+    Cheap counts first: brackets in strings count, and every one may be an object's
+    (counting two); every pair of quotes may be a string value and every ``:`` a member
+    name (counting two). Only a body that could be past a limit pays for exact counts.
+    """
+    openings, most = scan.count(_OPENING), max_containers(len(data))
+    numbers = costly_numbers(scan)
+    shape: tuple[int, int, int] | None = None
+    if openings > MAX_NESTING or 2 * openings > most:
+        shape = json_shape(data)
+        if shape[0] > MAX_NESTING:
+            raise NestingTooDeep(shape[0])
+        if shape[1] + shape[2] > most:
+            raise TooManyContainers(shape[1] + shape[2], most)
+    containers = 2 * openings if shape is None else shape[1] + shape[2]
+    strings = data.count(b'"') // 2 + data.count(b":")
+    if strings <= most and numbers // 2 <= most and containers + strings + numbers // 2 <= most * 3 // 2:
+        return
+    values, names = string_counts(data)
+    if values + 2 * names > most:
+        raise TooManyStrings(values, names, most)
+    if shape is None:
+        shape = json_shape(data)
+        containers = shape[1] + shape[2]
+    if numbers // 2 > most or parse_weight(containers, values + 2 * names, numbers) > most * 3 // 2:
+        raise TooMuchTogether(containers, values + 2 * names, numbers, most * 3 // 2)
+
+
+def parse_weight(containers: int, strings: int, numbers: int) -> int:
+    """What a JSON text weighs parsed, in arrays: ``containers`` (arrays, and objects
+    counting two: see :func:`max_containers`), ``strings`` (values, and member names of many
+    spellings counting two: see :func:`string_counts`) and ``numbers`` (see
+    :func:`costly_numbers`), each number counting half.
+
+    Each limit on its own let a body hold as many of each kind as the limit allows, and
+    numbers without limit: 16 MiB of ``["a",1.5],`` (an array, a string and a float per
+    10 bytes) parsed at ~18 times its size, three at once took ``archiver run --once`` to
+    624 MiB, and ``-9,`` (an integer CPython does not keep once: 36 bytes for 3 of text)
+    parsed at ~13 times its size. A parsed array, string or object member costs ~60-90
+    bytes, a number 32-36. So numbers may weigh as much as each other kind on its own (one
+    per 4 bytes), and all kinds together half as much again (one per 5 1/3 bytes): the
+    densest real bodies (logprobs of one-character tokens with 20 top_logprobs: one per
+    ~6.4 bytes) are read.
+    """
+    return containers + strings + numbers // 2
+
+
+# Numbers the parse makes an object for, in the scan: a fraction or an exponent after a
+# digit, a negative number (once, with its fraction), a run of 3 digits or more.
+_NUMBER_MARKS: Final = (b"0.", b"0e", b"-0", b" 000", b"(000")
+_NEGATIVE_FRACTION: Final = b"-0."
+
+
+def costly_numbers(scan: bytes) -> int:
+    """How many numbers of a text (translated by ``_SCAN``) the parse makes an object for,
+    about: floats, and integers CPython does not keep once (-5 to 256 it does), found
+    without telling strings from numbers (digits in strings count too; a float of many
+    digits may count twice).
+    """
+    found = sum(scan.count(mark) for mark in _NUMBER_MARKS)
+    return found - scan.count(_NEGATIVE_FRACTION)
 
 
 def _parse_stdlib(raw: bytes | str, data: bytes, digits: _Digits) -> Any:
@@ -349,16 +429,44 @@ def string_counts(data: bytes) -> tuple[int, int]:
     the parse refuses anyway.
     """
     stripped = data.replace(_ESCAPED_BACKSLASH, b"").replace(_ESCAPED_QUOTE, b"")
+    if _SPACE_BEFORE_COLON.search(stripped):  # valid JSON: '"a" :0'
+        stripped = _without_space_before_colons(stripped)
     names = stripped.count(b'":')
     values = max(stripped.count(b'"') // 2 - names, 0)
     if names == 0:
         return values, 0
-    kept = 0
-    for name in _frequent_names(stripped):
-        kept += stripped.count(b'"' + name + b'":')
-        if kept >= names:
-            break
-    return values, max(names - kept, 0)
+    return values, max(names - _count_names(stripped, set(_frequent_names(stripped))), 0)
+
+
+_SPACE_BEFORE_COLON: Final = re.compile(rb'"[ \t\r\n]+:')
+_NAME: Final = re.compile(rb'"([^"]*)":')
+_WHITESPACE_AS_SPACE: Final = bytes.maketrans(b"\t\r\n", b"   ")
+
+
+def _without_space_before_colons(stripped: bytes) -> bytes:
+    """``stripped`` with every run of whitespace one space, and none between a quote and a
+    colon. Bytes methods only: ``re.sub`` keeps a piece per match until it joins them
+    (1.5 million names spaced from their colon: ~500 MiB)."""
+    text = stripped.translate(_WHITESPACE_AS_SPACE)
+    while b"  " in text:  # each pass halves every run
+        text = text.replace(b"  ", b" ")
+    return text.replace(b'" :', b'":')
+
+
+def _count_names(stripped: bytes, spellings: set[bytes]) -> int:
+    """How many member names of ``stripped`` (a JSON text without escaped quotes, nor space
+    before a colon) are among ``spellings``: one pass, a window at a time, each ending
+    after a name. A ``bytes.count`` per spelling took 4.3 s for 16 MiB of 300 short
+    spellings (``"123":0,``); this, 0.3 s."""
+    if not spellings:
+        return 0
+    found = start = 0
+    while start < len(stripped):
+        end = stripped.find(b'":', start + _WINDOW)
+        end = len(stripped) if end < 0 else end + 2
+        found += sum(map(spellings.__contains__, _NAME.findall(stripped, start, end)))
+        start = end
+    return found
 
 
 def _frequent_names(stripped: bytes) -> list[bytes]:

@@ -32,11 +32,11 @@ def filled(piece: bytes, size: int = 2 * MiB) -> bytes:
 
 @pytest.mark.parametrize(
     "piece",
-    [b'["a",1.5],', b"[-9,-9],", b'"a",-9,-9,', b"-9,", b"[300,300],", b'"a",1e5,0,'],
+    [b'["a",1.5],', b"[-9,-9],", b'"a",-9,-9,', b"-9,", b"[300,300],", b'["a",1e5],'],
     ids=["array-string-float", "negative-pairs", "string-negatives", "negatives", "large-pairs", "exponent"],
 )
 def test_a_body_under_each_limit_alone_but_costly_together_is_refused(piece: bytes) -> None:
-    with pytest.raises(TooManyContainers, match=r"\(one per 8 bytes\)"):
+    with pytest.raises(TooManyContainers, match=r"\(one per [58] bytes\)"):
         loads(filled(piece))
 
 
