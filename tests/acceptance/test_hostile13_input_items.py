@@ -1,0 +1,97 @@
+"""Hostile (hostile13): input-item pages dense in arrays, each under its own limit.
+
+All pages of one response share the ``--max-body-mb`` budget, but each page was parsed
+under the limits of ``archiver.jsontext`` on its own, whose floor (65,536 arrays and
+objects, and as many strings, whatever the size) let a page of 195 KB hold 65,000
+``[],``. 85 such pages (16.6 MB together, under 16 MiB) for one response, held parsed
+until the writer took them: ``archiver run --once --with-input-items`` peaked at 986 MiB,
+past README's 512 MiB, and archived the ID. The limits must hold for all pages together.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.conftest import base_env
+from tests.acceptance.test_memory_bound import PEAK_BOUND, Cli, run_measured
+
+pytestmark = pytest.mark.timeout(180)
+
+MiB = 1 << 20
+PAGES = 85
+
+SERVER = r"""
+import asyncio, json, sys
+from aiohttp import web
+
+pages = int(sys.argv[1])
+dense = b"[]," * 65_000
+
+async def response(request):
+    body = {"id": request.match_info["rid"], "object": "response", "status": "completed", "output": []}
+    return web.Response(body=json.dumps(body).encode(), content_type="application/json")
+
+async def items(request):
+    after = request.query.get("after")
+    n = 0 if after is None else int(after.split("_")[1]) + 1
+    more = b"true" if n + 1 < pages else b"false"
+    head = b'{"object":"list","data":[{"type":"message","id":"it_%d","role":"user","content":[' % n
+    tail = b'0]}],"has_more":%s,"last_id":"it_%d"}' % (more, n)
+    return web.Response(body=head + dense + tail, content_type="application/json")
+
+async def main():
+    app = web.Application()
+    app.router.add_get("/v1/responses/{rid}", response)
+    app.router.add_get("/v1/responses/{rid}/input_items", items)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print(f"http://127.0.0.1:{runner.addresses[0][1]}/v1", flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+@contextmanager
+def dense_pages_server() -> Iterator[str]:
+    command = [sys.executable, "-c", SERVER, str(PAGES)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, env=base_env())
+    assert server.stdout is not None
+    try:
+        yield server.stdout.readline().decode().strip()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        server.stdout.close()
+
+
+@pytest.mark.parametrize("writer", ["process", "inline"])
+def test_input_item_pages_share_the_limits_of_one_body(tmp_path: Path, writer: str) -> None:
+    with dense_pages_server() as base_url:
+        db = tmp_path / "archive.db"
+        env = {
+            **base_env(),
+            "ARCHIVER_DATABASE_URL": f"sqlite:///{db}",
+            "ARCHIVER_BASE_URL": base_url,
+            "ARCHIVER_WRITER": writer,
+        }
+        cli = Cli(env, tmp_path)
+        assert cli("enqueue", input=b"resp_h13_items\n").returncode == 0
+        sampler, seconds, code = run_measured(cli, tmp_path, ())  # RUN_FLAGS: --with-input-items
+    peak = sampler.peak_sum / MiB
+    print(f"\ndense input-item pages ({writer}): {seconds:.1f} s, peak RSS sum {peak:.0f} MiB, exit {code}")
+    assert code == 0, (tmp_path / "run.err").read_bytes()[-2000:]
+    assert sampler.peak_sum < PEAK_BOUND, f"peak RSS sum {peak:.0f} MiB"
+    with closing(sqlite3.connect(db)) as conn:
+        state, error = conn.execute("SELECT state, last_error FROM archive_queue").fetchone()
+    assert state == "failed", (state, error)
+    assert error.startswith("input items: all pages together hold"), error
