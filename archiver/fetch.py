@@ -23,6 +23,7 @@ from archiver.budget import Reservation
 from archiver.client import ERROR_BODY_LIMIT, BodyTooLarge, ResponsesClient
 from archiver.echoes import echoes_secret, scrub_derived
 from archiver.ids import response_id_problem
+from archiver.jsontext import Tally, TooManyContainers
 from archiver.logs import get_logger, redact
 from archiver.normalize import normalize_input_items, normalize_input_list, scrub_surrogates
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, with_body_sample
@@ -264,6 +265,7 @@ class Fetcher:
         envelope: dict[str, Any] = {}
         after: str | None = None
         left = self.client.max_body_bytes
+        tally = Tally()
         requests = 0
         for page_no in range(1, MAX_INPUT_ITEM_PAGES + 1):
             while True:  # again without an include value the provider rejected (ends: see fetch)
@@ -288,6 +290,10 @@ class Fetcher:
                     return classify_exception(
                         exc, attempt=job.attempt, policy=self.policy, rand=self.rand()
                     ), requests
+                if exchange.status_code == 200:  # before the page's parse
+                    too_dense = _past_limits(tally, exchange.body, page_no)
+                    if too_dense is not None:
+                        return too_dense, requests
                 page = classify_input_items_page(
                     status_code=exchange.status_code,
                     headers=exchange.headers,
@@ -367,3 +373,16 @@ class Fetcher:
             f"and this one is {age / 86400:.1f} days old",
             404,
         )
+
+
+def _past_limits(tally: Tally, page: bytes, page_no: int) -> Permanent | None:
+    """Count an input-item page into ``tally``: the ID fails once all pages together are
+    past the limits of one body (see :class:`~archiver.jsontext.Tally`), since the items
+    of every page are kept parsed until the writer takes them."""
+    try:
+        tally.add(page)
+    except TooManyContainers as exc:
+        together = str(exc).removeprefix("holds ")
+        problem = f"input items: all pages together hold {together} (page {page_no}, {tally.size:,} bytes)"
+        return Permanent("failed", problem, 200)
+    return None

@@ -302,13 +302,49 @@ def _check_limits(data: bytes, scan: bytes) -> None:
     if strings <= most and numbers // 2 <= most and containers + strings + numbers // 2 <= most * 3 // 2:
         return
     values, names = string_counts(data)
-    if values + 2 * names > most:
-        raise TooManyStrings(values, names, most)
     if shape is None:
         shape = json_shape(data)
-        containers = shape[1] + shape[2]
+    _refuse_past_limits(most, shape[1] + shape[2], values, names, numbers)
+
+
+def _refuse_past_limits(most: int, containers: int, values: int, names: int, numbers: int) -> None:
+    """Raise for exact counts past the limits of a text whose :func:`max_containers` is ``most``."""
+    if containers > most:
+        raise TooManyContainers(containers, most)
+    if values + 2 * names > most:
+        raise TooManyStrings(values, names, most)
     if numbers // 2 > most or parse_weight(containers, values + 2 * names, numbers) > most * 3 // 2:
         raise TooMuchTogether(containers, values + 2 * names, numbers, most * 3 // 2)
+
+
+class Tally:
+    """The limits of :func:`loads` over several JSON texts parsed and kept together, as if
+    they were one text of their summed size: the input-item pages of one response.
+
+    Each page on its own may hold what :func:`max_containers` allows, at least 65,536 of
+    each kind whatever its size: 85 pages of 195 KB, each 65,000 ``[],``, kept parsed
+    for one response until the writer took them, peaked at 986 MiB. Counted together,
+    the floor applies once.
+    """
+
+    def __init__(self) -> None:
+        self.size = self.containers = self.values = self.names = self.numbers = 0
+
+    def add(self, data: bytes) -> None:
+        """Count ``data`` in (exactly: every text pays for the counts).
+
+        Raises:
+            TooManyContainers: all texts counted so far are past a limit (or a subclass:
+                :class:`TooManyStrings`, :class:`TooMuchTogether`).
+        """
+        _, containers, objects = json_shape(data)
+        values, names = string_counts(data)
+        self.size += len(data)
+        self.containers += containers + objects
+        self.values += values
+        self.names += names
+        self.numbers += costly_numbers(data.translate(_SCAN))
+        _refuse_past_limits(max_containers(self.size), self.containers, self.values, self.names, self.numbers)
 
 
 def parse_weight(containers: int, strings: int, numbers: int) -> int:

@@ -10,17 +10,16 @@ past README's 512 MiB, and archived the ID. The limits must hold for all pages t
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.acceptance.conftest import base_env
-from tests.acceptance.test_memory_bound import PEAK_BOUND, Cli, run_measured
+from tests.acceptance.test_hostile13_memory import run_within_bound
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -77,21 +76,7 @@ def dense_pages_server() -> Iterator[str]:
 @pytest.mark.parametrize("writer", ["process", "inline"])
 def test_input_item_pages_share_the_limits_of_one_body(tmp_path: Path, writer: str) -> None:
     with dense_pages_server() as base_url:
-        db = tmp_path / "archive.db"
-        env = {
-            **base_env(),
-            "ARCHIVER_DATABASE_URL": f"sqlite:///{db}",
-            "ARCHIVER_BASE_URL": base_url,
-            "ARCHIVER_WRITER": writer,
-        }
-        cli = Cli(env, tmp_path)
-        assert cli("enqueue", input=b"resp_h13_items\n").returncode == 0
-        sampler, seconds, code = run_measured(cli, tmp_path, ())  # RUN_FLAGS: --with-input-items
-    peak = sampler.peak_sum / MiB
-    print(f"\ndense input-item pages ({writer}): {seconds:.1f} s, peak RSS sum {peak:.0f} MiB, exit {code}")
-    assert code == 0, (tmp_path / "run.err").read_bytes()[-2000:]
-    assert sampler.peak_sum < PEAK_BOUND, f"peak RSS sum {peak:.0f} MiB"
-    with closing(sqlite3.connect(db)) as conn:
-        state, error = conn.execute("SELECT state, last_error FROM archive_queue").fetchone()
+        rows = run_within_bound(base_url, tmp_path, writer, ["resp_h13_items"], "dense input-item pages")
+    [(state, error)] = rows
     assert state == "failed", (state, error)
     assert error.startswith("input items: all pages together hold"), error

@@ -57,6 +57,31 @@ KINDS = {
 }
 
 
+def run_within_bound(
+    base_url: str, tmp_path: Path, writer: str, ids: list[str], what: str
+) -> list[tuple[str, str]]:
+    """``archiver run --once`` (``RUN_FLAGS``: with input items) of ``ids`` against
+    ``base_url``, measured; asserts exit 0 and the peak under README's bound, and returns
+    each ID's (state, last_error)."""
+    db = tmp_path / "archive.db"
+    env = {
+        **base_env(),
+        "ARCHIVER_DATABASE_URL": f"sqlite:///{db}",
+        "ARCHIVER_BASE_URL": base_url,
+        "ARCHIVER_WRITER": writer,
+    }
+    cli = Cli(env, tmp_path)
+    assert cli("enqueue", input="\n".join(ids).encode()).returncode == 0
+    sampler, seconds, code = run_measured(cli, tmp_path, ())
+    peak = sampler.peak_sum / MiB
+    print(f"\n{what} ({writer}): {seconds:.1f} s, peak RSS sum {peak:.0f} MiB, exit {code}")
+    assert code == 0, (tmp_path / "run.err").read_bytes()[-2000:]
+    assert sampler.samples >= 3
+    assert sampler.peak_sum < PEAK_BOUND, f"peak RSS sum {peak:.0f} MiB"
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT state, last_error FROM archive_queue ORDER BY id").fetchall()
+
+
 @pytest.mark.parametrize("writer", ["process", "inline"])
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_bodies_under_each_limit_alone_stay_within_the_memory_bound(
@@ -66,23 +91,6 @@ def test_bodies_under_each_limit_alone_stay_within_the_memory_bound(
 
     limit = int(Settings().max_body_mb * MiB) - 1024
     with serve_generated(BODIES, str(limit), kind) as base_url:
-        db = tmp_path / "archive.db"
-        env = {
-            **base_env(),
-            "ARCHIVER_DATABASE_URL": f"sqlite:///{db}",
-            "ARCHIVER_BASE_URL": base_url,
-            "ARCHIVER_WRITER": writer,
-        }
-        cli = Cli(env, tmp_path)
-        ids = [f"resp_h13_{i}" for i in range(3)]
-        assert cli("enqueue", input="\n".join(ids).encode()).returncode == 0
-        sampler, seconds, code = run_measured(cli, tmp_path, ())
-    peak = sampler.peak_sum / MiB
-    print(f"\n{KINDS[kind]} ({writer}): {seconds:.1f} s, peak RSS sum {peak:.0f} MiB, exit {code}")
-    assert code == 0, (tmp_path / "run.err").read_bytes()[-2000:]
-    assert sampler.samples >= 3
-    assert sampler.peak_sum < PEAK_BOUND, f"peak RSS sum {sampler.peak_sum / MiB:.0f} MiB"
-    with closing(sqlite3.connect(db)) as conn:
-        rows = conn.execute("SELECT state, last_error FROM archive_queue").fetchall()
+        rows = run_within_bound(base_url, tmp_path, writer, [f"resp_h13_{i}" for i in range(3)], KINDS[kind])
     assert [state for state, _ in rows] == ["failed"] * 3, rows
     assert all("the archiver reads" in error for _, error in rows), rows
