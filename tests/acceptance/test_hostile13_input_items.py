@@ -30,8 +30,8 @@ SERVER = r"""
 import asyncio, json, sys
 from aiohttp import web
 
-pages = int(sys.argv[1])
-dense = b"[]," * 65_000
+pages, piece, per_page = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3])
+dense = piece * per_page
 
 async def response(request):
     body = {"id": request.match_info["rid"], "object": "response", "status": "completed", "output": []}
@@ -61,8 +61,8 @@ asyncio.run(main())
 
 
 @contextmanager
-def dense_pages_server() -> Iterator[str]:
-    command = [sys.executable, "-c", SERVER, str(PAGES)]
+def dense_pages_server(pages: int = PAGES, piece: str = "[],", per_page: int = 65_000) -> Iterator[str]:
+    command = [sys.executable, "-c", SERVER, str(pages), piece, str(per_page)]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, env=base_env())
     assert server.stdout is not None
     try:
@@ -80,3 +80,18 @@ def test_input_item_pages_share_the_limits_of_one_body(tmp_path: Path, writer: s
     [(state, error)] = rows
     assert state == "failed", (state, error)
     assert error.startswith("input items: all pages together hold"), error
+
+
+@pytest.mark.parametrize("writer", ["process", "inline"])
+def test_input_items_within_the_limits_wait_for_the_writer_within_the_memory_bound(
+    tmp_path: Path, writer: str
+) -> None:
+    """Found: input items wait for the writer parsed, while ``--max-held-mb`` counts the
+    bytes of their pages, and a batch of them was not written alone (only response bodies
+    made a batch large). Three responses, each with 92 pages of ``["a",1.5,0,0],`` (an
+    array, a string and a float per 20 bytes, within the limits; 16.6 MB together, under
+    ``--max-body-mb``): 918-927 MiB with ``--writer process``, 570 MiB inline."""
+    ids = [f"resp_h13_items_{i}" for i in range(3)]
+    with dense_pages_server(92, '["a",1.5,0,0],      ', 9000) as base_url:
+        rows = run_within_bound(base_url, tmp_path, writer, ids, "input items within the limits")
+    assert [state for state, _ in rows] == ["archived"] * 3, rows
