@@ -23,7 +23,7 @@ from archiver.budget import Reservation
 from archiver.client import ERROR_BODY_LIMIT, BodyTooLarge, ResponsesClient
 from archiver.echoes import echoes_secret, scrub_derived
 from archiver.ids import response_id_problem
-from archiver.jsontext import Tally, TooManyContainers
+from archiver.jsontext import PARSED_BYTES_PER_WEIGHT, Tally, TooManyContainers
 from archiver.logs import get_logger, redact
 from archiver.normalize import normalize_input_items, normalize_input_list, scrub_surrogates
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, with_body_sample
@@ -291,9 +291,12 @@ class Fetcher:
                         exc, attempt=job.attempt, policy=self.policy, rand=self.rand()
                     ), requests
                 if exchange.status_code == 200:  # before the page's parse
+                    weighed = tally.weight
                     too_dense = _past_limits(tally, exchange.body, page_no)
                     if too_dense is not None:
                         return too_dense, requests
+                    if reservation is not None:  # the items wait parsed: their weight counts
+                        await reservation.take((tally.weight - weighed) * PARSED_BYTES_PER_WEIGHT)
                 page = classify_input_items_page(
                     status_code=exchange.status_code,
                     headers=exchange.headers,

@@ -346,6 +346,16 @@ class Tally:
         self.numbers += costly_numbers(data.translate(_SCAN))
         _refuse_past_limits(max_containers(self.size), self.containers, self.values, self.names, self.numbers)
 
+    @property
+    def weight(self) -> int:
+        """:func:`parse_weight` of everything counted so far."""
+        return parse_weight(self.containers, self.values + 2 * self.names, self.numbers)
+
+
+PARSED_BYTES_PER_WEIGHT: Final = 96
+"""About the most a unit of :func:`parse_weight` takes parsed, in bytes: an array ~64-80,
+a string ~58, an object (two) ~190, a number (half) 32-36."""
+
 
 def parse_weight(containers: int, strings: int, numbers: int) -> int:
     """What a JSON text weighs parsed, in arrays: ``containers`` (arrays, and objects

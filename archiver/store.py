@@ -14,7 +14,7 @@ import operator
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,6 +89,12 @@ class FetchResult:
     next_delay_s: float = 0.0
     duration_s: float = 0.0
     requests: int = 1
+
+    def without_input_items(self) -> FetchResult:
+        """This result without its input items (which may be large), for bookkeeping."""
+        if self.input_items is None and self.input_list is None:
+            return self
+        return replace(self, input_items=None, input_list=None)
 
 
 OUTCOME_COUNTS = ("archived", "unchanged", "repolled", "retried", "not_found", "failed", "lost_lease")

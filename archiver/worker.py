@@ -765,7 +765,8 @@ class Worker:
             reservation.keep(0)
             raise
         # Input items wait for the writer beside the body, parsed and as rows: everything
-        # taken stays counted then (their pages and ROW_BYTES an item, see Fetcher).
+        # taken stays counted then (their pages, what their parse weighs and ROW_BYTES an
+        # item for their rows, see Fetcher._input_items).
         kept = reservation.taken if result.input_items else held_bytes(result.outcome)
         reservation.keep(kept)
         self._kept[job.response_id] = kept
@@ -820,10 +821,11 @@ class Worker:
                     continue
                 # A batch of large bodies is written alone: the writer process then holds one
                 # such batch at a time (its memory grows with the bodies it normalizes).
-                big = sum(held_bytes(r.outcome) for r in batch) >= self._batch_bytes
+                big = sum(self._kept_of(r) for r in batch) >= self._batch_bytes
                 while len(writes) >= (1 if big or self._big_writes else self.writer.depth):
                     _, writes = await asyncio.wait(writes, return_when=asyncio.FIRST_COMPLETED)
                 writes.add(self._spawn("write", self._write(batch, big=big)))
+                batch = []  # the write task holds it alone (see _write)
         finally:
             if writes:
                 await asyncio.wait(writes)
@@ -853,15 +855,19 @@ class Worker:
             size += self._kept_of(item)
         return batch, False
 
-    async def _write(self, batch: list[FetchResult], *, big: bool = False) -> None:
+    async def _write(self, sent: list[FetchResult], *, big: bool = False) -> None:
         started = time.monotonic()
         self._big_writes += big
+        # The writer process lets go of ``sent`` once it has sent it (input items wait
+        # parsed, maybe hundreds of MB); what is done after the write needs none of them.
+        batch = [result.without_input_items() for result in sent]
         try:
-            report = await self.writer.write(batch, self.deadline)
+            report = await self.writer.write(sent, self.deadline)
         except StopDeadlinePassed:
             return  # its rows are still held: _shutdown counts them, their leases recover them
         finally:
             self._big_writes -= big
+            del sent
         for r in batch:
             self._held.pop(r.job.response_id, None)
             self._let_go(r)

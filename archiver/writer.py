@@ -80,6 +80,9 @@ class BatchWriter(Protocol):
     async def write(self, batch: list[FetchResult], deadline: StopDeadline | None = None) -> WriteReport:
         """Write one batch in one transaction (or, after a poison result, one per result).
 
+        A writer may empty ``batch`` once it holds the results elsewhere (the process
+        writer, once sent): the caller keeps what it needs after the write itself.
+
         Raises:
             StopDeadlinePassed: ``deadline`` passed first; the batch may or may not be written.
         """
@@ -279,6 +282,9 @@ class ProcessWriter:
         self._waiting.append(reply)  # before sending: the reply may come before send returns
         try:
             await self._send(("write", batch))
+            # Sent: the child has the results now. Letting go of them here frees input items
+            # kept parsed (the caller keeps what it needs: see Worker._write).
+            batch.clear()
         except WriterFailed:
             if reply in self._waiting:
                 self._waiting.remove(reply)
