@@ -11,6 +11,10 @@ two) each on its own, and numbers not at all. Three bodies at once (``archiver r
   names (a quote followed by ``:``) did not see: 539 MiB.
 - ``-9,``: integers CPython does not keep once (below -5, above 256), 36 bytes each for
   3 of text, parsed at ~13 times the body and counted by no limit.
+- ``{"t":"s","u":0}, ``: an object (counting two arrays) and a string per 17 bytes, within
+  the limits that counted all kinds together (one per 5 1/3 bytes), parsed at ~15 times
+  the body (a dict of 1-5 members takes ~190 bytes, three lists' worth): 568-579 MiB
+  (``--writer process``), 509-753 MiB (``inline``), archived.
 
 Both must end ``failed`` naming the limit, within README's 512 MiB.
 """
@@ -35,7 +39,7 @@ BODIES = r"""
 import sys
 
 limit, kind = int(sys.argv[1]), sys.argv[2]
-PIECES = {"mixed": b'["a",1.5],', "negative-integers": b"-9,"}
+PIECES = {"mixed": b'["a",1.5],', "negative-integers": b"-9,", "small-objects": b'{"t":"s","u":0}, '}
 
 def body(rid: str) -> bytes:
     head = b'{"id":"%s","object":"response","status":"completed","model":"m","output":[],"x":' % rid.encode()
@@ -54,6 +58,7 @@ KINDS = {
     "mixed": "arrays, strings and floats",
     "spaced-names": "member names spaced from their colon",
     "negative-integers": "integers below -5",
+    "small-objects": "objects of two members",
 }
 
 
