@@ -82,15 +82,15 @@ class TooMuchTogether(TooManyContainers):
     """Valid JSON, maybe, under each limit of :func:`max_containers` on its own, but holding
     more arrays, objects, strings and numbers together (see :func:`parse_weight`)."""
 
-    def __init__(self, containers: int, strings: int, numbers: int, most: int) -> None:
+    def __init__(self, containers: int, objects: int, strings: int, numbers: int, most: int) -> None:
         ValueError.__init__(
             self,
             f"holds {containers:,} arrays and objects, {strings:,} strings and {numbers:,} "
             f"numbers, together more than the {most:,} (one per {BYTES_PER_CONTAINER * 2 // 3} bytes) "
-            "the archiver reads, an object and a member name of many spellings counting two, a "
+            "the archiver reads, an object counting three, a member name of many spellings two, a "
             f"number half (numbers alone: one per {BYTES_PER_CONTAINER // 2} bytes)",
         )
-        self.containers = containers + strings + numbers // 2
+        self.containers = parse_weight(containers, objects, strings, numbers)
         self.most = most
 
 
@@ -297,24 +297,27 @@ def _check_limits(data: bytes, scan: bytes) -> None:
             raise NestingTooDeep(shape[0])
         if shape[1] + shape[2] > most:
             raise TooManyContainers(shape[1] + shape[2], most)
-    containers = 2 * openings if shape is None else shape[1] + shape[2]
+    weighs = 3 * openings if shape is None else shape[1] + 2 * shape[2]  # at most
     strings = data.count(b'"') // 2 + data.count(b":")
-    if strings <= most and numbers // 2 <= most and containers + strings + numbers // 2 <= most * 3 // 2:
+    if strings <= most and numbers // 2 <= most and weighs + strings + numbers // 2 <= most * 3 // 2:
         return
     values, names = string_counts(data)
     if shape is None:
         shape = json_shape(data)
-    _refuse_past_limits(most, shape[1] + shape[2], values, names, numbers)
+    _refuse_past_limits(most, shape[1], shape[2], values, names, numbers)
 
 
-def _refuse_past_limits(most: int, containers: int, values: int, names: int, numbers: int) -> None:
+def _refuse_past_limits(
+    most: int, containers: int, objects: int, values: int, names: int, numbers: int
+) -> None:
     """Raise for exact counts past the limits of a text whose :func:`max_containers` is ``most``."""
-    if containers > most:
-        raise TooManyContainers(containers, most)
+    if containers + objects > most:
+        raise TooManyContainers(containers + objects, most)
     if values + 2 * names > most:
         raise TooManyStrings(values, names, most)
-    if numbers // 2 > most or parse_weight(containers, values + 2 * names, numbers) > most * 3 // 2:
-        raise TooMuchTogether(containers, values + 2 * names, numbers, most * 3 // 2)
+    strings = values + 2 * names
+    if numbers // 2 > most or parse_weight(containers, objects, strings, numbers) > most * 3 // 2:
+        raise TooMuchTogether(containers, objects, strings, numbers, most * 3 // 2)
 
 
 class Tally:
@@ -328,7 +331,7 @@ class Tally:
     """
 
     def __init__(self) -> None:
-        self.size = self.containers = self.values = self.names = self.numbers = 0
+        self.size = self.containers = self.objects = self.values = self.names = self.numbers = 0
 
     def add(self, data: bytes) -> None:
         """Count ``data`` in (exactly: every text pays for the counts).
@@ -340,16 +343,18 @@ class Tally:
         _, containers, objects = json_shape(data)
         values, names = string_counts(data)
         self.size += len(data)
-        self.containers += containers + objects
+        self.containers += containers
+        self.objects += objects
         self.values += values
         self.names += names
         self.numbers += costly_numbers(data.translate(_SCAN))
-        _refuse_past_limits(max_containers(self.size), self.containers, self.values, self.names, self.numbers)
+        most = max_containers(self.size)
+        _refuse_past_limits(most, self.containers, self.objects, self.values, self.names, self.numbers)
 
     @property
     def weight(self) -> int:
         """:func:`parse_weight` of everything counted so far."""
-        return parse_weight(self.containers, self.values + 2 * self.names, self.numbers)
+        return parse_weight(self.containers, self.objects, self.values + 2 * self.names, self.numbers)
 
 
 PARSED_BYTES_PER_WEIGHT: Final = 96
@@ -357,23 +362,25 @@ PARSED_BYTES_PER_WEIGHT: Final = 96
 a string ~58, an object (two) ~190, a number (half) 32-36."""
 
 
-def parse_weight(containers: int, strings: int, numbers: int) -> int:
-    """What a JSON text weighs parsed, in arrays: ``containers`` (arrays, and objects
-    counting two: see :func:`max_containers`), ``strings`` (values, and member names of many
-    spellings counting two: see :func:`string_counts`) and ``numbers`` (see
-    :func:`costly_numbers`), each number counting half.
+def parse_weight(containers: int, objects: int, strings: int, numbers: int) -> int:
+    """What a JSON text weighs parsed, in arrays: ``containers`` arrays and objects, of
+    which ``objects`` objects, each counting three; ``strings`` (values, and member names of
+    many spellings counting two: see :func:`string_counts`); ``numbers`` (see
+    :func:`costly_numbers`), each counting half.
 
     Each limit on its own let a body hold as many of each kind as the limit allows, and
     numbers without limit: 16 MiB of ``["a",1.5],`` (an array, a string and a float per
     10 bytes) parsed at ~18 times its size, three at once took ``archiver run --once`` to
-    624 MiB, and ``-9,`` (an integer CPython does not keep once: 36 bytes for 3 of text)
-    parsed at ~13 times its size. A parsed array, string or object member costs ~60-90
-    bytes, a number 32-36. So numbers may weigh as much as each other kind on its own (one
-    per 4 bytes), and all kinds together half as much again (one per 5 1/3 bytes): the
-    densest real bodies (logprobs of one-character tokens with 20 top_logprobs: one per
-    ~6.4 bytes) are read.
+    609 MiB, and ``-9,`` (an integer CPython does not keep once: 36 bytes for 3 of text)
+    parsed at ~13 times its size. A parsed array or string costs ~60-80 bytes, an object
+    of 1-5 members ~190 (``{"t":"s","u":0}, ``, counting two, parsed at ~15 times its
+    size: three at once, 568-753 MiB), a number 32-36. So numbers may weigh as much as
+    each other kind on its own (one per 4 bytes), and all kinds together half as much
+    again (one per 5 1/3 bytes): the densest real bodies of the tests (logprobs of
+    one-character tokens with 20 top_logprobs; tool listings of a property per 22 bytes)
+    are read.
     """
-    return containers + strings + numbers // 2
+    return containers + 2 * objects + strings + numbers // 2
 
 
 # Numbers the parse makes an object for, in the scan: a fraction or an exponent after a
