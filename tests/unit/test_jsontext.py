@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from archiver import jsontext
+from archiver import jsontext, parse_limits
 from archiver.jsontext import (
     MAX_NESTING,
     MIN_CONTAINERS,
@@ -132,7 +132,7 @@ def test_nesting_depth_counts_brackets_outside_strings_only() -> None:
 @pytest.mark.parametrize("window", [1, 2, 3, 7, 1 << 16])
 def test_nesting_depth_reads_strings_across_its_windows(window: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The marks are split at quotes a window at a time: a string may straddle windows."""
-    monkeypatch.setattr(jsontext, "_WINDOW", window)
+    monkeypatch.setattr(parse_limits, "_WINDOW", window)  # where json_shape looks it up
     for text in (
         b'[" [[[ \\" [[ \\\\", {"a": "]]] {{", "b": [[{}]]}, [[]], "\\\\"]',
         b'[["",""],"[","\\\\\\"[",[[["]"]]],{"":{"\\\\":[]}}]',
