@@ -45,6 +45,18 @@ def corpus_dir() -> Path:
 # --- PostgreSQL ---------------------------------------------------------------------------
 
 
+def server_binaries() -> Path:
+    """The PostgreSQL server binaries, for a test that starts a server of its own (skips
+    locally, fails in CI, when there are none)."""
+    bindir = pg_bindir()
+    if bindir is None:
+        message = "no PostgreSQL server binaries (apt-get install postgresql, or set ARCHIVER_TEST_PG_URL)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return bindir
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
     """A PostgreSQL server per session, so per xdist worker (skips locally, fails in CI, if none runs)."""
@@ -52,13 +64,7 @@ def pg_cluster() -> Iterator[PgCluster]:
     if external:
         yield PgCluster(host="", port=0, user="", external_url=external)
         return
-    bindir = pg_bindir()
-    if bindir is None:
-        message = "no PostgreSQL server binaries (apt-get install postgresql, or set ARCHIVER_TEST_PG_URL)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    cluster = PgCluster.create(bindir)
+    cluster = PgCluster.create(server_binaries())
     try:
         yield cluster
     finally:
