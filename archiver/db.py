@@ -672,6 +672,30 @@ def describe_database(url: URL) -> str:
     return redact_url(url)
 
 
+_TRANSIENT_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization failure
+        "40P01",  # deadlock
+        "57P01",  # admin shutdown (a restart, pg_terminate_backend)
+        "57P02",  # crash shutdown
+        "57P03",  # cannot connect now (starting up, shutting down)
+        "08000",  # connection exceptions
+        "08003",
+        "08006",
+        "08001",
+        # A statement the server cancelled (a DBA's statement_timeout, pg_cancel_backend) or
+        # a lock it gave up waiting for (lock_timeout): it waited on another session's lock,
+        # which says nothing about the rows being written. Retried, never a poison body.
+        "57014",
+        "55P03",
+        # Every connection slot taken ("sorry, too many clients already"): a fleet
+        # reconnecting at once after a restart. Retried like the restart itself.
+        "53300",
+    }
+)
+"""PostgreSQL conditions (SQLSTATE) that retrying the transaction may get past."""
+
+
 def is_transient_db_error(exc: BaseException) -> bool:
     """True when retrying the transaction may succeed (lost connection, lock, restart)."""
     if permanent_db_fault(exc) is not None:
@@ -681,22 +705,9 @@ def is_transient_db_error(exc: BaseException) -> bool:
     if isinstance(exc, OperationalError):
         return True
     if isinstance(exc, DBAPIError):
-        orig = exc.orig
-        code = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
-        # serialization failure, deadlock, admin shutdown, cannot connect now, connection failures
-        if code in {
-            "40001",
-            "40P01",
-            "57P01",
-            "57P02",
-            "57P03",
-            "08000",
-            "08003",
-            "08006",
-            "08001",
-        }:
+        if _sqlstate(exc) in _TRANSIENT_SQLSTATES:
             return True
-        text_ = str(orig).lower()
+        text_ = str(exc.orig).lower()
         return any(s in text_ for s in ("connection", "database is locked", "terminating"))
     return isinstance(exc, (ConnectionError, OSError, asyncio.TimeoutError))
 
