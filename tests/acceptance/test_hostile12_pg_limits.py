@@ -214,3 +214,81 @@ def test_a_server_without_a_free_connection_slot_after_a_restart_is_waited_out(
         "failed": 0,
     }
     _assert_archived_byte_exact(env, tmp_path, slow_mock, ids[:3])
+
+
+def _stop_inside_a_write(
+    pg_cluster: PgCluster, database: str, run: subprocess.Popen[bytes], name: str
+) -> list[int]:
+    """SIGSTOP ``run`` and its writer process at a moment its session is inside a write
+    transaction (it holds row locks and the change counter's); returns the stopped PIDs."""
+    inside = (
+        f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{name}' "
+        "AND state = 'idle in transaction' AND backend_xid IS NOT NULL"
+    )
+    for attempt in range(300):
+        stopped = [run.pid, *children_of(run.pid)]
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.05)
+        if int(pg_cluster.psql(inside, database)):
+            return stopped
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.01 * (attempt % 7))
+    raise AssertionError("never caught the run inside a write transaction")
+
+
+def test_a_process_stopped_inside_a_write_does_not_stall_the_fleet(
+    pg_url: str, pg_cluster: PgCluster, slow_mock: str, tmp_path: Path
+) -> None:
+    database = _database(pg_url)
+    env = {**base_env(), "ARCHIVER_DATABASE_URL": pg_url, "ARCHIVER_BASE_URL": slow_mock}
+    ids = [f"resp_ok_paused{i}" for i in range(800)]
+    queued = _archiver(env, tmp_path, "enqueue", input="\n".join(ids).encode())
+    assert queued.returncode == 0, queued.stderr
+    args = [sys.executable, "-m", "archiver", "run", "--once", "--lease-seconds", "3", "--batch-size", "50"]
+    a_url = pg_url + ("&" if "?" in pg_url else "?") + "application_name=archiver-a"
+
+    def start(url: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            args,
+            env={**env, "ARCHIVER_DATABASE_URL": url},
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+    a = start(a_url)
+    b = start(pg_url)
+    stopped: list[int] = []
+    try:
+        time.sleep(2.0)  # both started and writing
+        # A host paused (a VM frozen, Ctrl-Z, a partition): its session waits inside a
+        # write transaction, holding locks every writer of the fleet needs.
+        stopped = _stop_inside_a_write(pg_cluster, database, a, "archiver-a")
+        # B goes on: its own rows, then A's once their leases expire.
+        try:
+            _, b_err = b.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            stuck = pg_cluster.psql("SELECT state, count(*) FROM archive_queue GROUP BY state", database)
+            raise AssertionError(f"B made no progress while A was stopped: {stuck}") from None
+        assert b.returncode == 0, b_err.decode()[-2000:]
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        _, a_err = a.communicate(timeout=90)
+        if b.poll() is None:
+            b.kill()
+            b.communicate()
+    # A, resumed long past its lease, writes nothing over B's work and ends cleanly.
+    assert a.returncode == 0, a_err.decode()[-2000:]
+    assert b"Traceback" not in a_err + b_err
+    assert _states(env, tmp_path) == {
+        "pending": 0,
+        "in_flight": 0,
+        "archived": 800,
+        "not_found": 0,
+        "failed": 0,
+    }
+    _assert_archived_byte_exact(env, tmp_path, slow_mock, ids[:3] + ids[-3:])
