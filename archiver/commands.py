@@ -117,7 +117,12 @@ async def _run_sources(
     from archiver.runner import Runner
     from archiver.signals import on_stop_signals
 
-    async with open_database(settings.database_url, pool_size=4 + len(sources), deadline=deadline) as engine:
+    async with open_database(
+        settings.database_url,
+        pool_size=4 + len(sources),
+        deadline=deadline,
+        idle_in_transaction_s=settings.lease_seconds,
+    ) as engine:
         if settings.normalize is not None:
             await _settle_normalize_mode(engine, settings.normalize)
         await _check_projection(engine)
@@ -204,7 +209,12 @@ async def renormalize(
     check_scope(response_ids, everything=everything, since=since)  # before touching the database
     stop = StopFlag(settings.final_write_seconds)
     async with (
-        open_database(settings.database_url, create=False, deadline=stop.deadline) as engine,
+        open_database(
+            settings.database_url,
+            create=False,
+            deadline=stop.deadline,
+            idle_in_transaction_s=settings.lease_seconds,
+        ) as engine,
         exclusive_rebuild(engine, "renormalize"),
     ):
         with on_stop_signals(stop), exit_at_deadline(stop.deadline):
@@ -232,7 +242,12 @@ async def compact(settings: Settings, *, vacuum: bool, progress: WorkProgress | 
 
     stop = StopFlag(settings.final_write_seconds)
     async with (
-        open_database(settings.database_url, create=False, deadline=stop.deadline) as engine,
+        open_database(
+            settings.database_url,
+            create=False,
+            deadline=stop.deadline,
+            idle_in_transaction_s=settings.lease_seconds,
+        ) as engine,
         exclusive_rebuild(engine, "compact"),
     ):
         with on_stop_signals(stop), exit_at_deadline(stop.deadline):

@@ -154,7 +154,13 @@ def redact_url(url: str | URL) -> str:
     return redact(f"{scheme}{sep}{location}" + (question + "&".join(kept) if kept else ""))
 
 
-def create_engine(database_url: str, *, pool_size: int = 5, must_exist: bool = False) -> AsyncEngine:
+def create_engine(
+    database_url: str,
+    *,
+    pool_size: int = 5,
+    must_exist: bool = False,
+    idle_in_transaction_s: float | None = None,
+) -> AsyncEngine:
     """An AsyncEngine for the URL, tuned for this workload.
 
     Args:
@@ -162,6 +168,10 @@ def create_engine(database_url: str, *, pool_size: int = 5, must_exist: bool = F
         pool_size: PostgreSQL connections kept open by this process.
         must_exist: no connection may create the SQLite file, not even the first (the
             caller made sure it exists: a file missing now was deleted).
+        idle_in_transaction_s: PostgreSQL: the server ends a session of this engine that
+            waits this long inside a transaction (``idle_in_transaction_session_timeout``,
+            unless the URL's ``options`` set it): a process stopped or cut off mid-write
+            then lets go of the locks every other writer of the fleet needs.
     """
     url = normalize_database_url(database_url)
     if url.get_backend_name() == "sqlite":
@@ -181,6 +191,10 @@ def create_engine(database_url: str, *, pool_size: int = 5, must_exist: bool = F
         )
         return engine
     url, connect_args = split_postgresql_url(url)
+    if idle_in_transaction_s is not None:
+        connect_args["server_settings"].setdefault(
+            "idle_in_transaction_session_timeout", str(max(int(idle_in_transaction_s * 1000), 1))
+        )
     return create_async_engine(
         url,
         json_serializer=jsonb_text,
@@ -939,6 +953,7 @@ async def open_database(
     upgrade: bool = True,
     create: bool = True,
     deadline: StopDeadline | None = None,
+    idle_in_transaction_s: float | None = None,
 ) -> AsyncIterator[AsyncEngine]:
     """Open the database, check it answers, bring its schema to head, and dispose at the end.
 
@@ -952,6 +967,8 @@ async def open_database(
         deadline: a stop's deadline (:mod:`archiver.deadline`): once it passed, the
             connections are dropped at the end instead of closed (closing one waits for
             the server's answer, which a server out of reach never sends).
+        idle_in_transaction_s: see :func:`create_engine` (the commands that write beside
+            a fleet pass ``--lease-seconds``).
 
     Raises:
         ConfigError: the URL is not one archiver can use.
@@ -963,7 +980,9 @@ async def open_database(
     url = normalize_database_url(database_url)
     where = describe_database(url)
     created = prepare_sqlite_file(url, create=create)
-    engine = create_engine(database_url, pool_size=pool_size, must_exist=True)
+    engine = create_engine(
+        database_url, pool_size=pool_size, must_exist=True, idle_in_transaction_s=idle_in_transaction_s
+    )
     try:
         try:
             if not create and is_postgres(engine):

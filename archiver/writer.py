@@ -546,7 +546,12 @@ async def _serve(read_fd: int, write_fd: int) -> None:
     configure_logging(level, json=json)
     try:
         # The parent created the file if it was missing: a file missing now was deleted.
-        async with open_database(settings.database_url, pool_size=1, create=False) as engine:
+        async with open_database(
+            settings.database_url,
+            pool_size=1,
+            create=False,
+            idle_in_transaction_s=settings.lease_seconds,
+        ) as engine:
             writer = InlineWriter(_write_threaded_store(engine, settings))
             reply(("ready",))
             try:
