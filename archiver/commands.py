@@ -6,8 +6,8 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -201,22 +201,13 @@ async def renormalize(
 ) -> RenormalizeResult:
     """Rebuild the normalized rows from ``raw`` (see :mod:`archiver.renormalize`)."""
     from archiver.rebuild import StopFlag
-    from archiver.rebuild_lock import exclusive_rebuild
     from archiver.renormalize import check_scope
     from archiver.renormalize import renormalize as rebuild
     from archiver.signals import on_stop_signals
 
     check_scope(response_ids, everything=everything, since=since)  # before touching the database
     stop = StopFlag(settings.final_write_seconds)
-    async with (
-        open_database(
-            settings.database_url,
-            create=False,
-            deadline=stop.deadline,
-            idle_in_transaction_s=settings.lease_seconds,
-        ) as engine,
-        exclusive_rebuild(engine, "renormalize"),
-    ):
+    async with _rebuild_database(settings, stop.deadline, "renormalize") as engine:
         with on_stop_signals(stop), exit_at_deadline(stop.deadline):
             return await rebuild(
                 engine,
@@ -233,23 +224,33 @@ async def renormalize(
     raise AssertionError("unreachable")
 
 
-async def compact(settings: Settings, *, vacuum: bool, progress: WorkProgress | None = None) -> CompactResult:
-    """Re-encode old bodies, rebuild their rows, give space back (see :mod:`archiver.compact`)."""
-    from archiver.compact import compact as run_compact
-    from archiver.rebuild import StopFlag
+@asynccontextmanager
+async def _rebuild_database(
+    settings: Settings, deadline: StopDeadline, command: str
+) -> AsyncIterator[AsyncEngine]:
+    """The archive a rebuild works on, with the rebuild lock held (see :mod:`archiver.rebuild_lock`)."""
     from archiver.rebuild_lock import exclusive_rebuild
-    from archiver.signals import on_stop_signals
 
-    stop = StopFlag(settings.final_write_seconds)
     async with (
         open_database(
             settings.database_url,
             create=False,
-            deadline=stop.deadline,
+            deadline=deadline,
             idle_in_transaction_s=settings.lease_seconds,
         ) as engine,
-        exclusive_rebuild(engine, "compact"),
+        exclusive_rebuild(engine, command),
     ):
+        yield engine
+
+
+async def compact(settings: Settings, *, vacuum: bool, progress: WorkProgress | None = None) -> CompactResult:
+    """Re-encode old bodies, rebuild their rows, give space back (see :mod:`archiver.compact`)."""
+    from archiver.compact import compact as run_compact
+    from archiver.rebuild import StopFlag
+    from archiver.signals import on_stop_signals
+
+    stop = StopFlag(settings.final_write_seconds)
+    async with _rebuild_database(settings, stop.deadline, "compact") as engine:
         with on_stop_signals(stop), exit_at_deadline(stop.deadline):
             return await run_compact(
                 engine,
