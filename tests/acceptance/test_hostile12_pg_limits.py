@@ -28,7 +28,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.acceptance.conftest import base_env, children_of, start_mock_process
+from tests.acceptance.conftest import Cli, base_env, children_of, start_mock_process
 from tests.conftest import server_binaries
 from tests.pgserver import PgCluster
 
@@ -45,23 +45,8 @@ def _database(pg_url: str) -> str:
     return re.sub(r"\?.*", "", pg_url).rsplit("/", 1)[1]
 
 
-def _archiver(
-    env: dict[str, str], cwd: Path, *args: str, input: bytes | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "archiver", *args],
-        input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
-        capture_output=True,
-        env=env,
-        cwd=cwd,
-        timeout=90,
-        check=False,
-    )
-
-
 def _states(env: dict[str, str], cwd: Path) -> dict[str, int]:
-    done = _archiver(env, cwd, "status", "--json")
+    done = Cli(env, cwd)("status", "--json")
     assert done.returncode == 0, done.stderr
     return dict(json.loads(done.stdout)["states"])
 
@@ -70,7 +55,7 @@ def _assert_archived_byte_exact(env: dict[str, str], cwd: Path, base_url: str, i
     for rid in ids:
         with urllib.request.urlopen(f"{base_url}/responses/{rid}") as answer:  # noqa: S310 (loopback mock)
             sent = answer.read()
-        shown = _archiver(env, cwd, "show", rid)
+        shown = Cli(env, cwd)("show", rid)
         assert shown.returncode == 0, shown.stderr
         assert shown.stdout == sent, rid
 
@@ -90,7 +75,7 @@ def test_a_write_the_server_cancels_after_a_lock_wait_is_retried_not_failed(
 ) -> None:
     env = {**base_env(), "ARCHIVER_DATABASE_URL": pg_url, "ARCHIVER_BASE_URL": mock_process}
     ids = [f"resp_ok_lock{i}" for i in range(40)]
-    queued = _archiver(env, tmp_path, "enqueue", input="\n".join(ids).encode())
+    queued = Cli(env, tmp_path)("enqueue", input="\n".join(ids).encode())
     assert queued.returncode == 0, queued.stderr
     database = _database(pg_url)
     pg_cluster.psql(f"ALTER DATABASE {database} SET {setting} = '300ms'")
@@ -98,7 +83,7 @@ def test_a_write_the_server_cancels_after_a_lock_wait_is_retried_not_failed(
     # write waits, and the server cancels it after 300 ms.
     holder = _hold_lock(pg_cluster, database, "SELECT * FROM archive_changes FOR UPDATE", 4.0)
     time.sleep(0.3)
-    run = _archiver(env, tmp_path, "run", "--once", "--writer", writer)
+    run = Cli(env, tmp_path)("run", "--once", "--writer", writer)
     holder.join()
     assert _states(env, tmp_path) == {
         "pending": 0,
@@ -164,7 +149,7 @@ def test_a_server_without_a_free_connection_slot_after_a_restart_is_waited_out(
     url = small_cluster.admin_url("fleet")
     env = {**base_env(), "ARCHIVER_DATABASE_URL": url, "ARCHIVER_BASE_URL": slow_mock}
     ids = [f"resp_ok_slots{i}" for i in range(600)]
-    queued = _archiver(env, tmp_path, "enqueue", input="\n".join(ids).encode())
+    queued = Cli(env, tmp_path)("enqueue", input="\n".join(ids).encode())
     assert queued.returncode == 0, queued.stderr
     run = subprocess.Popen(
         [sys.executable, "-m", "archiver", "run", "--once", "--concurrency", "2", "--batch-size", "20"],
@@ -244,7 +229,7 @@ def test_a_process_stopped_inside_a_write_does_not_stall_the_fleet(
     database = _database(pg_url)
     env = {**base_env(), "ARCHIVER_DATABASE_URL": pg_url, "ARCHIVER_BASE_URL": slow_mock}
     ids = [f"resp_ok_paused{i}" for i in range(800)]
-    queued = _archiver(env, tmp_path, "enqueue", input="\n".join(ids).encode())
+    queued = Cli(env, tmp_path)("enqueue", input="\n".join(ids).encode())
     assert queued.returncode == 0, queued.stderr
     args = [sys.executable, "-m", "archiver", "run", "--once", "--lease-seconds", "3", "--batch-size", "50"]
     a_url = pg_url + ("&" if "?" in pg_url else "?") + "application_name=archiver-a"
