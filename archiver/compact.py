@@ -54,6 +54,10 @@ class DaemonRunning(ArchiverError):
     """A full VACUUM needs the archive to itself."""
 
 
+class VacuumNotAllowed(ArchiverError):
+    """The database user may not VACUUM FULL the archive tables."""
+
+
 @dataclass(slots=True)
 class CompactResult:
     """What ``compact`` did."""
@@ -125,6 +129,8 @@ async def compact(
     """
     if vacuum:
         await _refuse_beside_a_daemon(engine)
+        if engine.dialect.name == "postgresql":
+            await _refuse_without_vacuum_rights(engine)
     path = sqlite_path(engine.url)
     result = CompactResult(RebuildReport())
     result.file_bytes_before = _file_bytes(path)
@@ -265,10 +271,63 @@ async def _vacuum_sqlite(engine: AsyncEngine, *, full: bool) -> str:
     return f"incremental vacuum: {freed * page_size:,} bytes given back"
 
 
+_VACUUM_TABLES = tuple(t.name for t in (responses, *CHILD_TABLES))
+
+# Who may VACUUM a table: its owner, the database's owner or a superuser (and, from
+# PostgreSQL 17, a role with the MAINTAIN privilege). For any other role the server skips
+# the table with a warning and the statement succeeds, so compact asks first.
+_NOT_VACUUMABLE = """
+SELECT c.relname FROM pg_class AS c
+WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(:tables)
+AND NOT pg_has_role(current_user, c.relowner, 'USAGE')
+AND NOT pg_has_role(
+    current_user, (SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE'
+)
+AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+{maintain}
+ORDER BY c.relname
+"""
+
+
+async def _tables_not_vacuumable(engine: AsyncEngine) -> tuple[str, list[str]]:
+    """(the database user, the archive tables it may not VACUUM)."""
+    async with statement_at_a_time(engine) as conn:
+        user, version = (
+            await conn.execute(text("SELECT current_user, current_setting('server_version_num')"))
+        ).one()
+        maintain = "AND NOT has_table_privilege(c.oid, 'MAINTAIN')" if int(version) >= 170000 else ""
+        rows = await conn.execute(
+            text(_NOT_VACUUMABLE.format(maintain=maintain)), {"tables": list(_VACUUM_TABLES)}
+        )
+        return str(user), [str(name) for name in rows.scalars()]
+
+
+def _named(tables: list[str]) -> str:
+    return ", ".join(tables[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
+
+
+async def _refuse_without_vacuum_rights(engine: AsyncEngine) -> None:
+    user, refused = await _tables_not_vacuumable(engine)
+    if refused:
+        raise VacuumNotAllowed(
+            f"--vacuum (VACUUM FULL) needs the owner of the archive tables, and the database user "
+            f"{user} does not own {_named(refused)}: run `archiver compact --vacuum` as their owner "
+            "(or a superuser), or compact without --vacuum"
+        )
+
+
 async def _vacuum_postgres(engine: AsyncEngine, *, full: bool) -> str:
-    tables = ", ".join(t.name for t in (responses, *CHILD_TABLES))
-    async with statement_at_a_time(engine) as conn:  # autocommit: VACUUM cannot run in a transaction
-        await conn.exec_driver_sql(f"VACUUM ({'FULL, ' if full else ''}ANALYZE) {tables}")
+    user, refused = await _tables_not_vacuumable(engine)
+    tables = [name for name in _VACUUM_TABLES if name not in refused]
+    if tables:
+        async with statement_at_a_time(engine) as conn:  # autocommit: VACUUM cannot run in a transaction
+            await conn.exec_driver_sql(f"VACUUM ({'FULL, ' if full else ''}ANALYZE) {', '.join(tables)}")
+    if refused:
+        return (
+            f"VACUUM (ANALYZE) left out {len(refused)} of {len(_VACUUM_TABLES)} archive tables, which the "
+            f"database user {user} does not own ({_named(refused)}): autovacuum makes their free space "
+            "reusable; to do it now, run compact as their owner"
+        )
     if full:
         return "VACUUM FULL: the archive tables were rewritten and their space given back"
     return (
