@@ -25,9 +25,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select, text
+from sqlalchemy import ColumnElement, Select, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import codec
@@ -37,7 +38,7 @@ from archiver.deadline import StopDeadline
 from archiver.errors import ArchiverError
 from archiver.logs import get_logger
 from archiver.orphans import OrphanCounts, sweep_orphans
-from archiver.rebuild import Rebuilder, RebuildReport, StopFlag
+from archiver.rebuild import Rebuilder, RebuildReport, StopFlag, retried
 from archiver.schema import CHILD_TABLES, archive_dictionaries, responses
 from archiver.store import ArchiveStore, load_dictionaries
 from archiver.workers import DEFAULT_MAX_AGE_S
@@ -136,16 +137,13 @@ async def compact(
     result.file_bytes_before = _file_bytes(path)
     deadline = None if stop is None else stop.deadline
     result.dictionary_trained = await _train_first_dictionary(engine, deadline)
-    async with statement_at_a_time(engine) as conn:
-        dictionaries = await load_dictionaries(conn)
-    encoder = Codec(dictionaries)
+    encoder = Codec(await retried(partial(_dictionaries, engine), stop))
     result.dictionary = encoder.current
     old = [IDENTITY] if encoder.current is None else [IDENTITY, ZSTD]
     where = or_(responses.c.raw_codec.is_(None), responses.c.raw_codec.in_(old))
-    async with statement_at_a_time(engine) as conn:
-        total = int(
-            (await conn.execute(select(func.count()).select_from(responses).where(where))).scalar() or 0
-        )
+    total = await retried(
+        partial(_count, engine, select(func.count()).select_from(responses).where(where)), stop
+    )
     result.report.total = total
     if on_start is not None:
         on_start(total)
@@ -178,17 +176,25 @@ async def compact(
     if result.report.stopped:
         result.space = f"stopped by {result.report.stopped}: run compact again to finish"
         return result
+    # What follows the walk is retried like its batches: a restart now ends no finished work.
     if encoder.current is None:
-        async with statement_at_a_time(engine) as conn:
-            plain = select(func.count()).select_from(responses).where(responses.c.raw_codec == ZSTD)
-            result.left_plain = int((await conn.execute(plain)).scalar() or 0)
+        plain = select(func.count()).select_from(responses).where(responses.c.raw_codec == ZSTD)
+        result.left_plain = await retried(partial(_count, engine, plain), stop)
     result.orphans = await sweep_orphans(engine, deadline=deadline)
-    if engine.dialect.name == "postgresql":
-        result.space = await _vacuum_postgres(engine, full=vacuum)
-    else:
-        result.space = await _vacuum_sqlite(engine, full=vacuum)
+    vacuum_step = _vacuum_postgres if engine.dialect.name == "postgresql" else _vacuum_sqlite
+    result.space = await retried(partial(vacuum_step, engine, full=vacuum), stop)
     result.file_bytes_after = _file_bytes(path)
     return result
+
+
+async def _dictionaries(engine: AsyncEngine) -> dict[int, bytes]:
+    async with statement_at_a_time(engine) as conn:
+        return await load_dictionaries(conn)
+
+
+async def _count(engine: AsyncEngine, query: Select[Any]) -> int:
+    async with statement_at_a_time(engine) as conn:
+        return int((await conn.execute(query)).scalar() or 0)
 
 
 def _file_bytes(path: str | None) -> int | None:

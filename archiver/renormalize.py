@@ -17,9 +17,11 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, select, true
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver.db import statement_at_a_time
@@ -32,7 +34,7 @@ from archiver.projection import (
     record_projection_sync,
     switch_mode_sync,
 )
-from archiver.rebuild import Position, Rebuilder, RebuildReport, StopFlag
+from archiver.rebuild import Position, Rebuilder, RebuildReport, StopFlag, retried
 from archiver.schema import archive_meta, responses
 
 POSITION_KEY = "renormalize"
@@ -160,9 +162,9 @@ async def renormalize(
     if mode is not None and mode not in MODES:
         raise ConfigError(f"--normalize must be one of {', '.join(MODES)}, not {mode!r}")
     since_at = parse_since(since, now or datetime.now(UTC)) if since is not None else None
-    async with statement_at_a_time(engine) as conn:
-        current = await conn.run_sync(archive_mode_sync)
-        saved_text = await conn.run_sync(read_meta_sync, POSITION_KEY)
+    # Every step here is retried like the walk's batches (a restart at the start or at the
+    # end is no reason to stop): each is idempotent.
+    current, saved_text = await retried(partial(_mode_and_position, engine), stop)
     result = RenormalizeResult(RebuildReport(), current)
     if mode is not None and mode != current:
         if not everything:
@@ -170,8 +172,7 @@ async def renormalize(
                 f"--normalize {mode} changes this archive's mode (now {current}), which rebuilds "
                 "every response: use --all"
             )
-        async with engine.begin() as conn:
-            await conn.run_sync(switch_mode_sync, mode)
+        await retried(partial(_in_transaction, engine, partial(switch_mode_sync, mode=mode)), stop)
         result.mode, result.switched_from = mode, current
 
     def rebuilder(position: Position | None) -> Rebuilder:
@@ -187,7 +188,7 @@ async def renormalize(
 
     if ids:
         wanted = sorted(set(ids))
-        found = await _archived(engine, wanted)
+        found = await retried(partial(_archived, engine, wanted), stop)
         result.missing = tuple(rid for rid in dict.fromkeys(ids) if rid not in found)
         result.report.total = len(found)
         if on_start is not None:
@@ -215,17 +216,31 @@ async def renormalize(
     where: ColumnElement[bool] = true()
     if "from" in state:
         where = responses.c.archived_at >= datetime.fromisoformat(state["from"])
-    result.report.total = await _count(engine, where, after)
+    result.report.total = await retried(partial(_count, engine, where, after), stop)
     if on_start is not None:
         on_start(result.report.total)
     await rebuilder(Position(POSITION_KEY, state)).walk(where, after)
     if result.report.stopped:
         return result  # the position stays: the same command resumes there
-    async with engine.begin() as conn:
-        await conn.execute(delete(archive_meta).where(archive_meta.c.name == POSITION_KEY))
-        if everything:  # every response's rows are now this version's
-            await conn.run_sync(record_projection_sync)
+    await retried(partial(_in_transaction, engine, partial(_finish_sync, everything=everything)), stop)
     return result
+
+
+def _finish_sync(conn: Connection, *, everything: bool) -> None:
+    """The walk is over: forget its position; after ``--all``, record the projection version."""
+    conn.execute(delete(archive_meta).where(archive_meta.c.name == POSITION_KEY))
+    if everything:  # every response's rows are now this version's
+        record_projection_sync(conn)
+
+
+async def _mode_and_position(engine: AsyncEngine) -> tuple[str, str | None]:
+    async with statement_at_a_time(engine) as conn:
+        return await conn.run_sync(archive_mode_sync), await conn.run_sync(read_meta_sync, POSITION_KEY)
+
+
+async def _in_transaction(engine: AsyncEngine, work: Callable[[Connection], None]) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(work)
 
 
 def _loads(text: str | None) -> dict[str, Any] | None:
