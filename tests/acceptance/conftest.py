@@ -86,15 +86,21 @@ def start_mock_process(tmp_path: Path, *extra: str, env: dict[str, Any] | None =
         proc.stdout.close()
 
 
-def start_daemon(env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-    """``archiver run`` (the daemon) in a subprocess with ``env``, its output piped."""
+def spawn_archiver(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``archiver ARGS`` in a subprocess with ``env``, no input, its output piped."""
     return subprocess.Popen(
-        [sys.executable, "-m", "archiver", "run"],
+        [sys.executable, "-m", "archiver", *args],
         env=env,
         cwd=cwd,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def start_daemon(env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """``archiver run`` (the daemon) in a subprocess with ``env``, its output piped."""
+    return spawn_archiver(env, cwd, "run")
 
 
 def children_of(pid: int) -> list[int]:

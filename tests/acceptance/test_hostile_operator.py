@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.conftest import base_env, start_mock_process
+from tests.acceptance.conftest import base_env, spawn_archiver, start_mock_process
 from tests.generated_bodies import serve_generated
 from tests.mounts import MountRefused, read_only
 
@@ -443,14 +443,7 @@ def test_ctrl_c_while_a_command_starts_is_no_traceback(tmp_path: Path, command: 
         "ARCHIVER_BASE_URL": "http://127.0.0.1:9/v1",
     }
     for delay in (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "archiver", *command],
-            env=env,
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = spawn_archiver(env, tmp_path, *command)
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=TIMEOUT_S)
