@@ -170,8 +170,9 @@ def create_engine(
             caller made sure it exists: a file missing now was deleted).
         idle_in_transaction_s: PostgreSQL: the server ends a session of this engine that
             waits this long inside a transaction (``idle_in_transaction_session_timeout``,
-            unless the URL's ``options`` set it): a process stopped or cut off mid-write
-            then lets go of the locks every other writer of the fleet needs.
+            unless the URL's ``options`` set it or the server's setting is stricter): a
+            process stopped or cut off mid-write then lets go of the locks every other
+            writer of the fleet needs.
     """
     url = normalize_database_url(database_url)
     if url.get_backend_name() == "sqlite":
@@ -191,11 +192,7 @@ def create_engine(
         )
         return engine
     url, connect_args = split_postgresql_url(url)
-    if idle_in_transaction_s is not None:
-        connect_args["server_settings"].setdefault(
-            "idle_in_transaction_session_timeout", str(max(int(idle_in_transaction_s * 1000), 1))
-        )
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         json_serializer=jsonb_text,
         json_deserializer=loads_json,
@@ -204,6 +201,30 @@ def create_engine(
         pool_pre_ping=True,
         connect_args=connect_args,
     )
+    if idle_in_transaction_s is not None and _IDLE_SETTING not in connect_args["server_settings"]:
+        _bound_idle_in_transaction(engine.sync_engine, max(int(idle_in_transaction_s * 1000), 1))
+    return engine
+
+
+_IDLE_SETTING = "idle_in_transaction_session_timeout"
+_BOUND_IDLE_SQL = (
+    f"SELECT set_config('{_IDLE_SETTING}', $1, false) FROM pg_settings "
+    f"WHERE name = '{_IDLE_SETTING}' AND (setting::bigint = 0 OR setting::bigint > $2)"
+)
+
+
+def _bound_idle_in_transaction(engine: Engine, limit_ms: int) -> None:
+    """Each new connection ends a transaction left idle longer than ``limit_ms``, unless the
+    server's own setting (a DBA's, for the database or the role) is already stricter."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(_BOUND_IDLE_SQL, (str(limit_ms), limit_ms))
+        finally:
+            cursor.close()
+        dbapi_connection.commit()  # a session setting made in a transaction rolled back is undone
 
 
 def _tune_sqlite(
