@@ -164,9 +164,7 @@ def test_a_server_without_a_free_connection_slot_after_a_restart_is_waited_out(
             time.sleep(0.1)
         # A restart as the fleet sees it: the run's connections end, and the other
         # processes reconnect first and take every slot, for 2 s.
-        stopped = [run.pid, *children_of(run.pid)]
-        for pid in stopped:
-            os.kill(pid, signal.SIGSTOP)
+        stopped = _signal([run.pid, *children_of(run.pid)], signal.SIGSTOP)
         small_cluster.psql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = 'fleet' AND pid <> pg_backend_pid()"
@@ -174,8 +172,7 @@ def test_a_server_without_a_free_connection_slot_after_a_restart_is_waited_out(
         filler = SlotFiller(small_cluster.admin_url("postgres"))
         assert filler.filled.wait(30)
         assert "too many clients" in filler.refusal, filler.refusal
-        for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
+        _signal(stopped, signal.SIGCONT)
         time.sleep(2.0)
         filler.release()
         _, err = run.communicate(timeout=90)
@@ -207,16 +204,26 @@ def _stop_inside_a_write(
         "AND state = 'idle in transaction' AND backend_xid IS NOT NULL"
     )
     for attempt in range(300):
-        stopped = [run.pid, *children_of(run.pid)]
-        for pid in stopped:
-            os.kill(pid, signal.SIGSTOP)
+        assert run.poll() is None, "the run ended before it was caught inside a write"
+        stopped = _signal([run.pid, *children_of(run.pid)], signal.SIGSTOP)
         time.sleep(0.05)
         if int(pg_cluster.psql(inside, database)):
             return stopped
-        for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
+        _signal(stopped, signal.SIGCONT)
         time.sleep(0.01 * (attempt % 7))
     raise AssertionError("never caught the run inside a write transaction")
+
+
+def _signal(pids: list[int], signum: int) -> list[int]:
+    """Send ``signum`` to each of ``pids``; the ones that were still there."""
+    reached = []
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:  # a child that just ended
+            continue
+        reached.append(pid)
+    return reached
 
 
 def test_a_process_stopped_inside_a_write_does_not_stall_the_fleet(
@@ -224,10 +231,10 @@ def test_a_process_stopped_inside_a_write_does_not_stall_the_fleet(
 ) -> None:
     database = _database(pg_url)
     env = {**base_env(), "ARCHIVER_DATABASE_URL": pg_url, "ARCHIVER_BASE_URL": slow_mock}
-    ids = [f"resp_ok_paused{i}" for i in range(800)]
+    ids = [f"resp_ok_paused{i}" for i in range(1000)]
     queued = Cli(env, tmp_path)("enqueue", input="\n".join(ids).encode())
     assert queued.returncode == 0, queued.stderr
-    args = ("run", "--once", "--lease-seconds", "3", "--batch-size", "50")
+    args = ("run", "--once", "--lease-seconds", "3", "--batch-size", "50", "--concurrency", "4")
     a_url = pg_url + ("&" if "?" in pg_url else "?") + "application_name=archiver-a"
     a = spawn_archiver({**env, "ARCHIVER_DATABASE_URL": a_url}, tmp_path, *args)
     b = spawn_archiver(env, tmp_path, *args)
@@ -245,8 +252,7 @@ def test_a_process_stopped_inside_a_write_does_not_stall_the_fleet(
             raise AssertionError(f"B made no progress while A was stopped: {stuck}") from None
         assert b.returncode == 0, b_err.decode()[-2000:]
     finally:
-        for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
+        _signal(stopped, signal.SIGCONT)
         _, a_err = a.communicate(timeout=90)
         if b.poll() is None:
             b.kill()
@@ -257,7 +263,7 @@ def test_a_process_stopped_inside_a_write_does_not_stall_the_fleet(
     assert _states(env, tmp_path) == {
         "pending": 0,
         "in_flight": 0,
-        "archived": 800,
+        "archived": 1000,
         "not_found": 0,
         "failed": 0,
     }
