@@ -19,7 +19,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, text
@@ -730,6 +730,17 @@ _TRANSIENT_SQLSTATES = frozenset(
 )
 """PostgreSQL conditions (SQLSTATE) that retrying the transaction may get past."""
 
+_TRANSIENT_TEXTS: Final = (
+    "connection",
+    "database is locked",
+    "terminating",
+    # asyncpg on a connection whose operation a restart cut off ("cannot switch to state
+    # 15; another operation (2) is in progress"): that connection is dead, a new one works
+    # (renormalize beside a restart ended with it in 1 of 6 runs).
+    "another operation is in progress",
+    "another operation (",
+)
+
 
 def is_transient_db_error(exc: BaseException) -> bool:
     """True when retrying the transaction may succeed (lost connection, lock, restart)."""
@@ -743,7 +754,7 @@ def is_transient_db_error(exc: BaseException) -> bool:
         if _sqlstate(exc) in _TRANSIENT_SQLSTATES:
             return True
         text_ = str(exc.orig).lower()
-        return any(s in text_ for s in ("connection", "database is locked", "terminating"))
+        return any(s in text_ for s in _TRANSIENT_TEXTS)
     return isinstance(exc, (ConnectionError, OSError, asyncio.TimeoutError))
 
 

@@ -26,6 +26,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
@@ -47,7 +48,7 @@ from archiver.db import (
     with_db_retry,
 )
 from archiver.deadline import StopDeadline
-from archiver.errors import ArchiverError, WriterFailed, first_line
+from archiver.errors import ArchiverError, DatabaseUnavailable, WriterFailed, first_line
 from archiver.jsontext import MAX_NESTING
 from archiver.logs import configure_logging, emit_line, get_logger, logging_config, redact
 from archiver.normalize import normalize_body
@@ -546,12 +547,8 @@ async def _serve(read_fd: int, write_fd: int) -> None:
     configure_logging(level, json=json)
     try:
         # The parent created the file if it was missing: a file missing now was deleted.
-        async with open_database(
-            settings.database_url,
-            pool_size=1,
-            create=False,
-            idle_in_transaction_s=settings.lease_seconds,
-        ) as engine:
+        async with contextlib.AsyncExitStack() as stack:
+            engine = await _open_retrying(stack, settings)
             writer = InlineWriter(_write_threaded_store(engine, settings))
             reply(("ready",))
             try:
@@ -571,6 +568,33 @@ async def _serve(read_fd: int, write_fd: int) -> None:
                 await writer.close()
     except Exception as exc:
         reply_error(exc)
+
+
+OPEN_RETRY_S = 30.0
+"""How long the writer process tries to open the database while it is unavailable."""
+
+
+async def _open_retrying(stack: contextlib.AsyncExitStack, settings: Settings) -> Any:
+    """The writer process's engine, opened on ``stack``; an unavailable database (a restart
+    under a running fleet: the parent already runs, and its rows are leased) is tried again
+    with backoff for up to :data:`OPEN_RETRY_S` instead of ending the run at once (it did,
+    "the writer process did not start", in 1 of 2 restarts under two runs)."""
+    delay, give_up = 0.2, time.monotonic() + OPEN_RETRY_S
+    while True:
+        opening = open_database(
+            settings.database_url,
+            pool_size=1,
+            create=False,
+            idle_in_transaction_s=settings.lease_seconds,
+        )
+        try:
+            return await stack.enter_async_context(opening)
+        except DatabaseUnavailable as exc:
+            if time.monotonic() + delay > give_up:
+                raise
+            log_db_retry(exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def child_main() -> None:

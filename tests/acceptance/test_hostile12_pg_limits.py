@@ -294,9 +294,18 @@ def test_a_restart_under_two_runs_and_a_renormalize_loses_nothing(
         "SELECT count(*) FROM archive_queue WHERE state = 'archived' AND id LIKE 'resp_ok_during%'"
     )
     try:
-        # Mid-run: the runs have written batches and go on writing.
+        # Mid-run: the runs have written batches and go on writing, both hold claims, and
+        # the renormalize holds its lock: all three are past their start (a command whose
+        # start the restart cuts off ends with one line, exit 1: that is not this test's).
+        started = (
+            "SELECT (SELECT count(DISTINCT lease_owner) FROM archive_queue WHERE state = 'in_flight')"
+            " + (SELECT count(*) FROM archive_meta WHERE name = 'rebuild_running')"
+        )
         deadline = time.monotonic() + 60
-        while int(pg_cluster.psql(archived_during, database)) < 60:
+        while (
+            int(pg_cluster.psql(archived_during, database)) < 60
+            or int(pg_cluster.psql(started, database)) < 3
+        ):
             assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
             time.sleep(0.05)
         pg_cluster.restart()
