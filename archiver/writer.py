@@ -33,6 +33,7 @@ from dataclasses import replace
 from functools import partial
 from typing import IO, Any, Protocol
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import heap
@@ -578,8 +579,10 @@ async def _open_retrying(stack: contextlib.AsyncExitStack, settings: Settings) -
     """The writer process's engine, opened on ``stack``; an unavailable database (a restart
     under a running fleet: the parent already runs, and its rows are leased) is tried again
     with backoff for up to :data:`OPEN_RETRY_S` instead of ending the run at once (it did,
-    "the writer process did not start", in 1 of 2 restarts under two runs)."""
+    "the writer process did not start", in 1 of 2 restarts under two runs). PostgreSQL
+    only: a SQLite file that cannot be opened was deleted or broken, and fails at once."""
     delay, give_up = 0.2, time.monotonic() + OPEN_RETRY_S
+    is_sqlite = make_url(settings.database_url).get_backend_name() == "sqlite"
     while True:
         opening = open_database(
             settings.database_url,
@@ -590,7 +593,8 @@ async def _open_retrying(stack: contextlib.AsyncExitStack, settings: Settings) -
         try:
             return await stack.enter_async_context(opening)
         except DatabaseUnavailable as exc:
-            if time.monotonic() + delay > give_up:
+            # A SQLite file does not restart: one that cannot be opened now is gone.
+            if is_sqlite or time.monotonic() + delay > give_up:
                 raise
             log_db_retry(exc, delay)
             await asyncio.sleep(delay)

@@ -9,7 +9,9 @@ Found: a normalized row is a dict of every column of its table, ~1 KB, for as li
   ``--max-held-mb 96`` (README's formula: 552 MiB) took it to 861-1,050 MiB: the writer
   normalized every body of a batch before writing any.
 Now a body may make one row per 512 of its bytes (at least 16,384), and the writer
-writes a batch in one transaction per 65,536 rows (:mod:`archiver.row_budget`).
+writes a batch in one transaction per 65,536 rows (:mod:`archiver.row_budget`). Since
+write batches are also sized by what their results hold (hostile13), the batched case
+stays at ~214 MiB even without the per-transaction cap; it runs 50 bodies as a guard.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ ITEMS = ("--with-input-items",)
 CASES = {
     # (item, items per body, bodies, extra flags, the state every ID ends in)
     "16 MiB of messages": (MESSAGE, 199_677, 3, (), "failed"),
-    "batched small bodies": (TINY, 16_000, 100, ("--max-held-mb", "96"), "archived"),
+    "batched small bodies": (TINY, 16_000, 50, ("--max-held-mb", "96"), "archived"),
     # input items were held parsed and as rows, counted as their pages' bytes only:
     # 1,128 MiB for 10 responses of 300,000 items, 897 MiB for 60 of 16,000
     "300,000 input items": (INPUT, 300_000, 10, ITEMS, "failed"),
