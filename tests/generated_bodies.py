@@ -4,8 +4,9 @@ Large hostile bodies are made in the server's process, so neither their making n
 their bytes count in the memory of the run a test measures. The test gives the source
 of ``def body(rid: str) -> bytes`` (with any imports it needs), which may read
 ``sys.argv[1:]``; :func:`serve_generated` serves ``GET /v1/responses/{rid}`` with it,
-and ``GET /v1/responses/{rid}/input_items`` with ``def input_items(rid: str) -> bytes``
-when the source defines one (one page: the body it returns).
+and ``GET /v1/responses/{rid}/input_items`` with
+``def input_items(rid: str, after: str | None) -> bytes`` when the source defines one
+(``after``: the request's ``after`` query, None for the first page).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ async def get(request):
     return web.Response(body=body(request.match_info["rid"]), content_type="application/json")
 
 async def items(request):
-    return web.Response(body=input_items(request.match_info["rid"]), content_type="application/json")
+    page = input_items(request.match_info["rid"], request.query.get("after"))
+    return web.Response(body=page, content_type="application/json")
 
 async def main():
     app = web.Application()

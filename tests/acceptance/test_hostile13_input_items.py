@@ -10,67 +10,42 @@ past README's 512 MiB, and archived the ID. The limits must hold for all pages t
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
-from tests.acceptance.conftest import base_env
 from tests.acceptance.test_hostile13_memory import run_within_bound
+from tests.generated_bodies import serve_generated
 
 pytestmark = pytest.mark.timeout(180)
 
 MiB = 1 << 20
 PAGES = 85
 
-SERVER = r"""
-import asyncio, json, sys
-from aiohttp import web
+PAGES_SOURCE = r"""
+import json, sys
 
 pages, piece, per_page = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3])
 dense = piece * per_page
 
-async def response(request):
-    body = {"id": request.match_info["rid"], "object": "response", "status": "completed", "output": []}
-    return web.Response(body=json.dumps(body).encode(), content_type="application/json")
+def body(rid):
+    return json.dumps({"id": rid, "object": "response", "status": "completed", "output": []}).encode()
 
-async def items(request):
-    after = request.query.get("after")
+def input_items(rid, after):
     n = 0 if after is None else int(after.split("_")[1]) + 1
     more = b"true" if n + 1 < pages else b"false"
     head = b'{"object":"list","data":[{"type":"message","id":"it_%d","role":"user","content":[' % n
     tail = b'0]}],"has_more":%s,"last_id":"it_%d"}' % (more, n)
-    return web.Response(body=head + dense + tail, content_type="application/json")
-
-async def main():
-    app = web.Application()
-    app.router.add_get("/v1/responses/{rid}", response)
-    app.router.add_get("/v1/responses/{rid}/input_items", items)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    print(f"http://127.0.0.1:{runner.addresses[0][1]}/v1", flush=True)
-    await asyncio.sleep(600)
-
-asyncio.run(main())
+    return head + dense + tail
 """
 
 
-@contextmanager
-def dense_pages_server(pages: int = PAGES, piece: str = "[],", per_page: int = 65_000) -> Iterator[str]:
-    command = [sys.executable, "-c", SERVER, str(pages), piece, str(per_page)]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, env=base_env())
-    assert server.stdout is not None
-    try:
-        yield server.stdout.readline().decode().strip()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        server.stdout.close()
+def dense_pages_server(
+    pages: int = PAGES, piece: str = "[],", per_page: int = 65_000
+) -> AbstractContextManager[str]:
+    """The pages of ``PAGES_SOURCE`` served; yields the base URL."""
+    return serve_generated(PAGES_SOURCE, str(pages), piece, str(per_page))
 
 
 @pytest.mark.parametrize("writer", ["process", "inline"])

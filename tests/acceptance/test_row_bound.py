@@ -44,7 +44,7 @@ def body(rid: str) -> bytes:
         return head + b"]}"
     return head + item * count + b'{"type":"z"}]}'
 
-def input_items(rid: str) -> bytes:
+def input_items(rid: str, after: str | None) -> bytes:
     return b'{"object":"list","data":[' + item * count + b'{"type":"z"}],"has_more":false}'
 """
 
