@@ -44,7 +44,7 @@ from archiver.logs import get_logger, redact
 from archiver.normalize import normalize_body
 from archiver.projection import write_meta_sync
 from archiver.queue import archive_queue
-from archiver.row_budget import ROWS_PER_WRITE
+from archiver.row_budget import ROWS_PER_WRITE, rows_to_write
 from archiver.schema import responses
 from archiver.settings import Settings
 from archiver.store import ArchiveStore, Reprojection, in_chunks, load_dictionaries
@@ -298,7 +298,7 @@ class Rebuilder:
                 if rebuilt is not None:
                     pending.append((candidate, rebuilt))
                     held += len(rebuilt.body)
-                    rows += 1 + sum(map(len, rebuilt.normalized.children.values()))
+                    rows += rows_to_write(rebuilt.normalized.children)
                 if (held >= self.max_batch_bytes or rows >= ROWS_PER_WRITE) and candidate is not piece[-1]:
                     # Decoded bodies can be many times their stored size, and their rows
                     # ~1 KB each (archiver.row_budget): write what is held.

@@ -13,6 +13,7 @@ every body of the batch first.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sized
 from typing import Any, Final
 
 from archiver.errors import NormalizationError
@@ -26,6 +27,12 @@ parsed and normalized, beside their pages' bytes)."""
 ROWS_PER_WRITE: Final = 65_536
 """Rows a write transaction gathers before it is written (~65 MiB of row dicts): more
 bodies wait for the next transaction of the same batch."""
+
+
+def rows_to_write(children: Mapping[str, Sized]) -> int:
+    """The rows one normalized response writes: its ``responses`` row and its child rows
+    (``NormalizedResponse.children``), as counted against :data:`ROWS_PER_WRITE`."""
+    return 1 + sum(map(len, children.values()))
 
 
 def max_rows(body_bytes: int) -> int:

@@ -55,7 +55,7 @@ from archiver.logs import configure_logging, emit_line, get_logger, logging_conf
 from archiver.normalize import normalize_body
 from archiver.outcomes import Archived, Permanent
 from archiver.redaction import register_database_url
-from archiver.row_budget import ROWS_PER_WRITE
+from archiver.row_budget import ROWS_PER_WRITE, rows_to_write
 from archiver.settings import Settings
 from archiver.store import ArchiveStore, FetchResult, WriteReport
 
@@ -223,7 +223,7 @@ def _row_count(result: FetchResult) -> int:
     items = len(result.input_items) if result.input_items is not None else 0
     if normalized is None:
         return items
-    return 1 + items + sum(len(rows) for rows in normalized.children.values())
+    return items + rows_to_write(normalized.children)
 
 
 class ProcessWriter:
