@@ -11,6 +11,7 @@ back and the leases expire, a second run archives every ID with the server's byt
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -24,6 +25,7 @@ from sqlalchemy.engine import make_url
 
 from archiver.deadline import EXIT_MARGIN_S
 from archiver.errors import DatabaseFault
+from archiver.rebuild_lock import LOCK_SUFFIX
 from tests.pgserver import PgCluster
 from tests.tcpproxy import TcpProxy, tcp_proxy
 
@@ -243,6 +245,19 @@ def test_enqueue_follow_stops_within_the_bound_while_sqlite_is_locked(
     assert returncode == 0, stderr[-3000:]
 
 
+def wait_for_rebuild_lock(lock_path: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Return once ``proc`` holds the SQLite rebuild lock: the holder's description is
+    written into ``lock_path`` once its flock is taken (testing the flock itself could
+    make the rebuild refuse)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the rebuild ended before it took its lock"
+        if os.path.exists(lock_path) and os.path.getsize(lock_path) > 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no rebuild lock on {lock_path} within {timeout:.0f} s")
+
+
 def test_renormalize_stops_within_the_bound_while_sqlite_is_locked(
     sqlite_cli: Cli, mock_now: str, tmp_path: Path
 ) -> None:
@@ -258,7 +273,10 @@ def test_renormalize_stops_within_the_bound_while_sqlite_is_locked(
     try:
         holder.execute("BEGIN IMMEDIATE")
         proc = spawn(sqlite_cli, tmp_path / "renorm", "renormalize", "--all", "--batch-size", "5", **env)
-        time.sleep(2.0)  # started; its first batch waits for the lock
+        # Started (a fixed 2 s was too short on a loaded machine: the SIGTERM came before
+        # the first batch and the stop was a clean exit 0); then its first batch waits.
+        wait_for_rebuild_lock(os.path.realpath(path) + LOCK_SUFFIX, proc)
+        time.sleep(1.0)
         returncode, stderr = stop_within(proc, FINAL_WRITE_S + EXIT_MARGIN_S, tmp_path / "renorm")
     finally:
         holder.close()
