@@ -117,6 +117,40 @@ def test_retry_says_why_nothing_moved(failures: Cli) -> None:
     assert cli("retry").stdout.decode().strip() == "moved 0 back to pending: no failed or not_found rows"
 
 
+def test_retry_moves_the_valid_ids_beside_invalid_ones(failures: Cli) -> None:
+    """Like ``enqueue``: each invalid ID is reported with its reason, the valid ones still
+    move, the exit status is 1. An invalid ID alone moves nothing (never every row)."""
+    cli = failures
+    space = "archiver: rejected: invalid response ID 'bad id': character ' ' (space) not allowed"
+    out = cli("retry", "bad id", FAILED[0], "resp_ok_a1", "x/y")
+    assert out.returncode == 1, out.stderr
+    assert out.stdout.decode().strip() == "moved 1 back to pending, rejected 2"
+    assert out.stderr.decode().splitlines() == [
+        space,
+        "archiver: rejected: invalid response ID 'x/y': character '/' not allowed",
+        "archiver: resp_ok_a1 not moved: already archived",
+    ], out.stderr
+    assert b"Traceback" not in out.stderr
+
+    # --state with IDs: the valid ones in that state move, the others say why.
+    out = cli("retry", "--state", "not_found", NOT_FOUND[0], "bad id", FAILED[1])
+    assert out.returncode == 1
+    assert out.stdout.decode().strip() == "moved 1 back to pending, rejected 1"
+    assert out.stderr.decode().splitlines() == [
+        space,
+        f"archiver: {FAILED[1]} not moved: failed, not in --state not_found",
+    ]
+
+    # Only invalid IDs: nothing moves (not a retry of every failed/not_found row).
+    before = status_json(cli)["states"]
+    out = cli("retry", "--state", "failed", "bad id")
+    assert out.returncode == 1
+    assert out.stdout.decode().strip() == "moved 0 back to pending, rejected 1"
+    assert out.stderr.decode().splitlines() == [space]
+    assert status_json(cli)["states"] == before
+    assert before["failed"] == 1 and before["not_found"] == 11
+
+
 def test_retry_of_an_id_in_flight_says_so(sqlite_cli: Cli, tmp_path: Path) -> None:
     from .conftest import start_mock_process
 
