@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="move failed/not_found IDs back to pending",
         description="Move failed and not_found rows (or only the given IDs) back to pending. "
         "Says on stderr why a given ID did not move (not in the queue, already archived, in "
-        "flight, already pending), or that there were no rows to move.",
+        "flight, already pending), or that there were no rows to move. An invalid ID is "
+        "rejected on stderr, the valid ones still move, and the exit status is then 1.",
     )
     p.add_argument(
         "--state",

@@ -226,11 +226,14 @@ def _retry(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
     report = _arun(commands.retry(settings, args.state or ["failed", "not_found"], args.response_ids))
+    for problem in report.rejected:
+        print(f"archiver: rejected: {problem}", file=sys.stderr)
     for rid, reason in report.not_moved:
         print(f"archiver: {rid} not moved: {reason}", file=sys.stderr)
     why = f": {report.nothing_reason}" if report.nothing_reason else ""
-    print(f"moved {report.moved} back to pending{why}")
-    return 0
+    rejected = f", rejected {len(report.rejected)}" if report.rejected else ""
+    print(f"moved {report.moved} back to pending{rejected}{why}")
+    return 1 if report.rejected else 0
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:

@@ -22,7 +22,7 @@ from archiver.db import (
     migrate as migrate_db,
 )
 from archiver.deadline import StopDeadline, exit_at_deadline
-from archiver.errors import DatabaseVanished, NotArchived
+from archiver.errors import DatabaseVanished, InvalidResponseId, NotArchived
 from archiver.health import CheckResult, run_checks
 from archiver.ids import validate_response_id
 from archiver.ingest import EnqueueReport, enqueue_inputs, follow_file
@@ -385,6 +385,8 @@ class RetryReport:
     moved: int = 0
     not_moved: list[tuple[str, str]] = field(default_factory=list)
     """(ID, reason) for each ID given that did not move."""
+    rejected: list[str] = field(default_factory=list)
+    """Why each invalid ID given was refused (as ``enqueue`` rejects a line)."""
     nothing_reason: str | None = None
     """Why nothing moved, for a retry by state only."""
 
@@ -406,16 +408,24 @@ async def retry(settings: Settings, states: Sequence[str], response_ids: Sequenc
     Returns:
         how many moved, and for each given ID that did not, why (not in the queue,
         already archived, in flight, already pending, or in a state not asked for); for
-        a retry by state that moved nothing, ``nothing_reason``.
+        a retry by state that moved nothing, ``nothing_reason``. An invalid ID is
+        reported in ``rejected`` and the valid ones still move; when every ID given is
+        invalid nothing moves.
     """
-    for rid in response_ids:
-        validate_response_id(rid)
     report = RetryReport()
+    valid: list[str] = []
+    for rid in dict.fromkeys(response_ids):
+        try:
+            valid.append(validate_response_id(rid))
+        except InvalidResponseId as exc:
+            report.rejected.append(str(exc))
+    if response_ids and not valid:
+        return report  # never a retry by state: the IDs given were all refused
     async with open_database(settings.database_url, create=False) as engine:
         queue = QueueStore(engine)
-        entries = await queue.entries(response_ids) if response_ids else {}
-        report.moved = await queue.retry(states, response_ids or None)
-    for rid in dict.fromkeys(response_ids):
+        entries = await queue.entries(valid) if valid else {}
+        report.moved = await queue.retry(states, valid or None)
+    for rid in valid:
         entry = entries.get(rid)
         if entry is None or entry.state not in states:
             report.not_moved.append((rid, _why_not_moved(entry, states)))
