@@ -35,12 +35,40 @@ def print_rebuild(result: Any, *, json_out: bool) -> None:
     print(redact(dumps(result.as_dict())) if json_out else line)
 
 
+UNKNOWN_STATE_FLAG = "unknown state: no archiver command takes or moves these rows"
+SHOWN_UNKNOWN_STATES = 20
+"""Unknown states listed by name in the text output (``--json`` has them all)."""
+
+
+def state_label(state: str) -> str:
+    """A state name as the text output shows it: unknown ones come from any writer, so a
+    name that is not short printable text is shown quoted and cut (never a terminal
+    escape)."""
+    if state.isprintable() and " " not in state and len(state) <= 32:
+        return state
+    return repr(state[:32] + ("..." if len(state) > 32 else ""))
+
+
+def state_rows(details: dict[str, Any]) -> list[tuple[str, int, str]]:
+    """(label, rows, flag) per state: every known state, then the unknown ones (the first
+    ``SHOWN_UNKNOWN_STATES`` by rows, then one line for the rest), flagged."""
+    rows = [(state, int(details["states"].get(state, 0)), "") for state in QUEUE_STATES]
+    unknown = sorted((details.get("unknown_states") or {}).items(), key=lambda item: (-item[1], item[0]))
+    rows.extend((state_label(state), n, UNKNOWN_STATE_FLAG) for state, n in unknown[:SHOWN_UNKNOWN_STATES])
+    rest = unknown[SHOWN_UNKNOWN_STATES:]
+    if rest:
+        label = f"({len(rest):,} more unknown states: status --json lists them)"
+        rows.append((label, sum(n for _, n in rest), UNKNOWN_STATE_FLAG))
+    return rows
+
+
 def format_status(details: dict[str, Any]) -> str:
     """A readable status table."""
     lines = [f"database: {details['database']}", ""]
-    width = max(len(s) for s in QUEUE_STATES)
-    for state in QUEUE_STATES:
-        lines.append(f"  {state:<{width}}  {details['states'][state]:>10,}")
+    rows = state_rows(details)
+    width = max(len(label) for label, _, _ in rows)
+    for label, n, flag in rows:
+        lines.append(f"  {label:<{width}}  {n:>10,}" + (f"  ({flag})" if flag else ""))
     lines.append(f"  {'total':<{width}}  {details['total']:>10,}")
     lines.append("")
     lines.extend(source_lines(details))
@@ -63,7 +91,10 @@ def source_lines(details: dict[str, Any]) -> list[str]:
         lines.append("per source:")
         width = max(len(name) for name in sources)
         for name, counts in sources.items():
-            shown = "  ".join(f"{state} {counts.get(state, 0):,}" for state in QUEUE_STATES)
+            unknown = [state for state in counts if state not in QUEUE_STATES and counts[state]]
+            shown = "  ".join(
+                f"{state_label(state)} {counts.get(state, 0):,}" for state in [*QUEUE_STATES, *unknown]
+            )
             lines.append(f"  {name:<{width}}  {shown}")
     for name, waiting in (details.get("unserved_sources") or {}).items():
         lines.append(unserved_line(name, waiting))
@@ -120,8 +151,9 @@ def print_status_table(details: dict[str, Any]) -> None:
     states = Table(show_header=True)
     states.add_column("state")
     states.add_column("rows", justify="right")
-    for state in QUEUE_STATES:
-        states.add_row(state, f"{details['states'][state]:,}")
+    states.add_column("")
+    for label, n, flag in state_rows(details):
+        states.add_row(Text(label), f"{n:,}", Text(flag))
     states.add_row("total", f"{details['total']:,}", style="bold")
     console.print(states)
     for line in [*source_lines(details), *_health_lines(details)]:

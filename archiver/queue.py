@@ -716,6 +716,8 @@ class QueueStore:
         return {
             "states": counts,
             "total": sum(counts.values()),
+            # Rows no claim, retry or recovery takes (another version's or an INSERT's state).
+            "unknown_states": {s: counts[s] for s in sorted(counts) if s not in QUEUE_STATES},
             "oldest_pending_age_s": oldest,
             "expired_leases": expired,
             "retention_days": round(retention_s / 86400, 3) if retention_s else None,
