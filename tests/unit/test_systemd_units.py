@@ -338,3 +338,47 @@ def test_systemd_analyze_security_exposure(name: str, systemd_analyze: str, inst
     # 1.4 with systemd 252; only PrivateNetwork= (it must reach the provider), PrivateUsers=,
     # IPAddressDeny= (provider addresses are not fixed), ProcSubset= and the rtc device remain.
     assert float(match.group(1)) <= 2.0, out.stdout
+
+
+# --- what the services read as their own (dynamic) user --------------------------------------
+
+CREDENTIAL_PATH = re.compile(r"/run/credentials/([^/\s\"'`]+)/")
+
+
+def _env_file_readers() -> list[str]:
+    return [
+        name
+        for name in SERVICES
+        if "-/etc/archiver/archiver.env" in values(unit(name), "Service", "EnvironmentFile")
+    ]
+
+
+def test_the_shared_env_file_points_into_no_single_units_credentials() -> None:
+    """archiver.env is read by every service: a path into one unit's credentials directory
+    (``/run/credentials/archiver.service/...``, e.g. key files named by ``ARCHIVER_CONFIG``'s
+    sources) exists in that unit only, so every other unit that reads the file fails."""
+    readers = _env_file_readers()
+    assert len(readers) >= 3, readers
+    text = (UNIT_DIR / "archiver.env.example").read_text(encoding="utf-8")
+    for match in CREDENTIAL_PATH.finditer(text):
+        others = [name for name in readers if name != match.group(1)]
+        assert not others, f"archiver.env.example points at {match.group(0)}..., which {others} cannot read"
+
+
+def test_the_sources_config_is_readable_by_the_service_user() -> None:
+    """The services run as a dynamic user (no group of root's): the config file
+    (ARCHIVER_CONFIG, read by that user, not by systemd) must sit in a directory the
+    install steps leave traversable by others, and secrets beside it are 0600 files."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "ARCHIVER_CONFIG=/etc/archiver/sources.toml" in readme
+    sources = [readme, *((UNIT_DIR / name).read_text(encoding="utf-8") for name in SERVICES)]
+    modes = [m for text in sources for m in re.findall(r"install -d -m (0?\d{3,4}) /etc/archiver\b", text)]
+    assert modes, "no install step creates /etc/archiver"
+    for mode in modes:
+        assert int(mode, 8) & 0o001, (
+            f"install -d -m {mode} /etc/archiver: the service user cannot reach sources.toml"
+        )
+    for text in sources:
+        for mode, path in re.findall(r"install -m (0?\d{3,4}) \S+ (/etc/archiver/\S+)", text):
+            if path.endswith(("api_key", "archiver.env")) or "key" in path:
+                assert int(mode, 8) & 0o077 == 0, f"install -m {mode} ... {path}: a secret others can read"
