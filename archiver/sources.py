@@ -79,6 +79,7 @@ class SourceConfig:
     base_url: str | None = None
     api_key_env: str | None = None
     api_key_file: str | None = None
+    api_key_credential: str | None = None
     provider: str | None = None
     concurrency: int | None = None
     max_rps: float | None = None
@@ -87,11 +88,13 @@ class SourceConfig:
     webhook_secret_file: str | None = None
 
     def read_key(self, env: Mapping[str, str]) -> str | None:
-        """The source's API key, from its variable or its file.
+        """The source's API key, from its variable, its file or its systemd credential.
 
         Raises:
             ConfigError: the variable is unset or empty, or the file cannot be read.
         """
+        if self.api_key_credential is not None:
+            return _read_credential(self.name, self.api_key_credential, env)
         if self.api_key_env is not None:
             value = env.get(self.api_key_env, "").strip()
             if not value:
@@ -102,6 +105,28 @@ class SourceConfig:
         if self.api_key_file is not None:
             return read_secret_file(self.api_key_file, f"source {self.name!r}: API key")
         return None
+
+
+def _read_credential(source: str, name: str, env: Mapping[str, str]) -> str:
+    """A key passed as the systemd credential ``name`` of the unit that runs this process.
+
+    The name, unlike a path under ``/run/credentials/UNIT/``, is the same in every unit,
+    so one config file serves the daemon and a backfill alike.
+    """
+    where = f"source {source!r}: api_key_credential {name!r}"
+    directory = env.get("CREDENTIALS_DIRECTORY", "")
+    if not directory:
+        raise ConfigError(
+            f"{where}: this process has no systemd credentials ($CREDENTIALS_DIRECTORY is not set): "
+            f"add LoadCredential={name}:/etc/archiver/{name} to its unit"
+        )
+    path = Path(directory) / name
+    if not path.exists():
+        raise ConfigError(
+            f"{where}: not among this unit's credentials ({directory}): "
+            f"add LoadCredential={name}:/etc/archiver/{name} to its unit"
+        )
+    return read_secret_file(str(path), f"source {source!r}: API key")
 
 
 @dataclass(frozen=True)
@@ -140,10 +165,17 @@ def _nonempty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
 
+def _credential_name(value: str) -> str | None:
+    if value in (".", "..") or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,255}", value):
+        return "must be a systemd credential name (letters, digits and _ . : -, no /)"
+    return None
+
+
 _FIELDS: dict[str, _Field] = {
     "base_url": _Field(str, "a string", _nonempty),
     "api_key_env": _Field(str, "a string", _variable_name),
     "api_key_file": _Field(str, "a string", _nonempty),
+    "api_key_credential": _Field(str, "a string", _credential_name),
     "provider": _Field(str, "a string", _provider),
     "concurrency": _Field(int, "a whole number", _at_least_one),
     "max_rps": _Field((int, float), "a number", _positive),
@@ -204,7 +236,8 @@ def _source_from(name: str, table: dict[str, Any], where: str) -> SourceConfig:
         if key in _SECRET_KEYS:
             raise ConfigError(
                 f"{where}: {key} is refused: never write a key in the config file; "
-                "use api_key_env (a variable) or api_key_file (a file, e.g. a systemd credential)"
+                "use api_key_env (a variable), api_key_file (a file) or api_key_credential "
+                "(a systemd credential)"
             )
         spec = _FIELDS.get(key)
         if spec is None:
@@ -215,8 +248,12 @@ def _source_from(name: str, table: dict[str, Any], where: str) -> SourceConfig:
         if problem is not None:
             raise ConfigError(f"{where}: {key} {problem}")
         values[key] = tuple(dict.fromkeys(value)) if isinstance(value, list) else value
-    if "api_key_env" in values and "api_key_file" in values:
-        raise ConfigError(f"{where}: give api_key_env or api_key_file, not both")
+    given = [key for key in ("api_key_env", "api_key_file", "api_key_credential") if key in values]
+    if len(given) > 1:
+        raise ConfigError(
+            f"{where}: give one of api_key_env, api_key_file and api_key_credential, "
+            f"not both {given[0]} and {given[1]}"
+        )
     if "base_url" not in values and name != DEFAULT_SOURCE:
         raise ConfigError(f"{where}: base_url is required")
     if "max_rps" in values:
@@ -305,7 +342,8 @@ def refuse_keyless(sources: Mapping[str, Settings], *, from_config: bool) -> Non
                     "to try archiver without a key, run `archiver demo`"
                 )
             raise ConfigError(
-                f"source {name!r}: no API key: set api_key_env or api_key_file in the config file"
+                f"source {name!r}: no API key: set api_key_env, api_key_file or api_key_credential "
+                "in the config file"
                 + (" (or ARCHIVER_API_KEY / DASHSCOPE_API_KEY / --api-key-file)" if name == "default" else "")
             )
 
@@ -335,7 +373,7 @@ def _settings_of(
             changes.setdefault(name, Settings.__dataclass_fields__[name].default)
     changes["webhook_secret_file"] = source.webhook_secret_file
     if with_keys:
-        if source.api_key_env is None and source.api_key_file is None:
+        if source.api_key_env is None and source.api_key_file is None and source.api_key_credential is None:
             changes["api_key"] = read_api_key(env) if source.name == DEFAULT_SOURCE else None
         else:
             changes["api_key"] = source.read_key(env)

@@ -82,6 +82,8 @@ def test_the_readme_example_loads_and_makes_one_settings_per_source(tmp_path: Pa
         ),
         ("[sources.a]\nprovider = 'openai'\n", "base_url is required"),
         ("[sources.a]\nbase_url = 'x'\napi_key_env = 'A'\napi_key_file = 'f'\n", "not both"),
+        ("[sources.a]\nbase_url = 'x'\napi_key_credential = 'k'\napi_key_file = 'f'\n", "not both"),
+        ("[sources.a]\nbase_url = 'x'\napi_key_credential = '../k'\n", "must be a systemd credential name"),
         ("[sources.'bad name']\nbase_url = 'https://x.example/v1'\n", "the name must be"),
         ("[sources.a]\nbase_url = 'https://x.example/v1'\n[other]\n", "unknown key 'other'"),
         ("# nothing\n", "no [sources.NAME] table"),
@@ -94,6 +96,30 @@ def test_a_bad_config_is_one_line_naming_what_is_wrong(tmp_path: Path, text: str
     message = str(caught.value)
     assert expected in message and "\n" not in message
     assert "sk-123" not in message
+
+
+def test_a_key_by_credential_name_is_read_from_the_running_units_credentials(tmp_path: Path) -> None:
+    """``api_key_credential`` names a systemd credential: the same config serves every unit
+    that loads it (the daemon, a backfill), each from its own $CREDENTIALS_DIRECTORY."""
+    config = load_config(
+        write(tmp_path, "[sources.a]\nbase_url = 'https://x.example/v1'\napi_key_credential = 'a.key'\n")
+    )
+    for unit_name in ("archiver.service", "archiver-backfill@may.service"):
+        directory = tmp_path / "credentials" / unit_name
+        directory.mkdir(parents=True)
+        (directory / "a.key").write_text(f"sk-{unit_name}\n")
+        served = source_settings(Settings(), config, {"CREDENTIALS_DIRECTORY": str(directory)})
+        assert served["a"].api_key == f"sk-{unit_name}"
+    for env, why in (
+        ({}, "this process has no systemd credentials ($CREDENTIALS_DIRECTORY is not set)"),
+        ({"CREDENTIALS_DIRECTORY": str(tmp_path)}, f"not among this unit's credentials ({tmp_path})"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            source_settings(Settings(), config, env)
+        message = str(caught.value)
+        assert why in message and "add LoadCredential=a.key:/etc/archiver/a.key to its unit" in message
+    # Commands that need no key (status, check, enqueue) never look for it.
+    assert source_settings(Settings(), config, {}, with_keys=False)["a"].api_key is None
 
 
 def test_a_toml_syntax_error_names_its_line(tmp_path: Path) -> None:

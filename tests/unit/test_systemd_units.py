@@ -382,3 +382,58 @@ def test_the_sources_config_is_readable_by_the_service_user() -> None:
         for mode, path in re.findall(r"install -m (0?\d{3,4}) \S+ (/etc/archiver/\S+)", text):
             if path.endswith(("api_key", "archiver.env")) or "key" in path:
                 assert int(mode, 8) & 0o077 == 0, f"install -m {mode} ... {path}: a secret others can read"
+
+
+def _readme_block(lang: str, first_line_start: str) -> str:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(rf"```{lang}\n(.*?)```", readme, re.DOTALL)
+    found = [b for b in blocks if b.startswith(first_line_start)]
+    assert len(found) == 1, f"README: {len(found)} ```{lang} blocks starting {first_line_start!r}"
+    return found[0]
+
+
+def _sources_drop_in() -> str:
+    return _readme_block("ini", "# systemctl edit archiver.service")
+
+
+def test_the_readme_sources_config_names_keys_every_fetching_unit_loads() -> None:
+    """README's systemd sources example: keys by credential name (never a path into one
+    unit's credentials), the config named in the shared env file, and the drop-in that
+    loads the keys applied to every unit that fetches (runs ``archiver run``)."""
+    toml = _readme_block("toml", "# /etc/archiver/sources.toml")
+    assert not CREDENTIAL_PATH.search(toml), toml
+    names = re.findall(r'api_key_credential = "([^"]+)"', toml)
+    assert names, toml
+    drop_in = _sources_drop_in()
+    loaded = {v.split(":", 1)[0] for v in re.findall(r"^LoadCredential=(.+)$", drop_in, re.MULTILINE)}
+    assert set(names) <= loaded, (names, loaded)
+    assert "ARCHIVER_CONFIG" not in drop_in  # in the env file every unit reads
+    assert "ARCHIVER_CONFIG=/etc/archiver/sources.toml" in _readme_block("sh", "# /etc/archiver/archiver.env")
+    fetching = [
+        name for name in SERVICES if any(" run" in c for c in values(unit(name), "Service", "ExecStart"))
+    ]
+    assert fetching == ["archiver-backfill@.service", "archiver.service"]
+    first_line = drop_in.splitlines()[0]
+    for name in fetching:
+        assert f"systemctl edit {name}" in first_line, f"README's drop-in is not applied to {name}"
+
+
+@pytest.mark.parametrize("name", ["archiver.service", "archiver-backfill@.service"])
+def test_systemd_analyze_verify_with_the_readme_sources_drop_in(
+    name: str, systemd_analyze: str, installed_units: Path
+) -> None:
+    drop_ins = installed_units / f"{name}.d"
+    drop_ins.mkdir()
+    (drop_ins / "override.conf").write_text(_sources_drop_in(), encoding="utf-8")
+    target = installed_units / name
+    if "@" in name:  # verify loads an instance of a template
+        instance = installed_units / name.replace("@", "@may-ids.txt")
+        target.rename(instance)
+        drop_ins.rename(installed_units / f"{instance.name}.d")
+        target = instance
+    out = subprocess.run(
+        [systemd_analyze, "verify", "--man=no", str(target)], capture_output=True, text=True, timeout=60
+    )
+    report = (out.stdout + out.stderr).strip()
+    ours = [line for line in report.splitlines() if "archiver" in line]
+    assert out.returncode == 0 and not ours, f"systemd-analyze verify {name} + README drop-in:\n{report}"
