@@ -478,3 +478,45 @@ async def test_daemon_fetches_new_ids_behind_bad_ones(
         assert worker.is_healthy()
         worker.request_stop("test over")
         await task
+
+
+async def _row(engine: AsyncEngine, rid: str) -> tuple[str, int, str | None]:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT state, attempts, lease_token FROM archive_queue WHERE id = :id"), {"id": rid}
+            )
+        ).one()
+    return row[0], row[1], row[2]
+
+
+async def test_a_5xx_refund_never_touches_a_row_another_worker_now_holds(db_url: str) -> None:
+    """Worker A spent attempts on 5xx answers, then lost its leases (stalled past them);
+    worker B claimed the rows. A's breaker trips and refunds what its 5xx spent: the
+    refund is fenced like every queue update, so B's rows keep their attempts, while a
+    row nobody holds (A wrote its retry) gets A's attempts back."""
+    taken, free = "resp_fence_taken", "resp_fence_free"
+    async with open_database(db_url) as engine:
+        queue = QueueStore(engine)
+        await queue.enqueue([taken, free])
+        a_jobs = await queue.claim_batch("host-a:1", 10, 60, 50)
+        assert {j.response_id for j in a_jobs} == {taken, free}
+        async with engine.begin() as conn:
+            # A's 5xx retries were written (3 attempts spent on each, the rows pending
+            # again); then B claimed `taken` (its own attempt counted: 4).
+            await conn.execute(
+                text(
+                    "UPDATE archive_queue SET state = 'pending', attempts = 3, lease_owner = NULL, "
+                    "lease_token = NULL, lease_expires_at = NULL, next_attempt_at = updated_at"
+                )
+            )
+        b_jobs = await queue.claim_batch("host-b:2", 1, 60, 50)
+        if b_jobs[0].response_id != taken:  # B took the other one: swap the names
+            taken, free = free, taken
+        before = await _row(engine, taken)
+        assert before[0] == "in_flight" and before[1] == 4 and before[2] == b_jobs[0].lease_token
+
+        await queue.refund_attempts({taken: 3, free: 3})  # A's breaker trips
+
+        assert await _row(engine, taken) == before, "A's refund changed a row B holds"
+        assert (await _row(engine, free))[:2] == ("pending", 0)
