@@ -589,11 +589,13 @@ class Worker:
     async def _refund_attempts(self, spent: dict[str, int]) -> None:
         """Give back the attempts 5xx answers spent, to IDs caught in a run that tripped the breaker.
 
-        Rows still in flight are refunded too: their own fetch is then released (one more
-        attempt back) or written as the retry the refund already counted.
+        Rows this worker holds in flight again are refunded too (fenced by their lease
+        token): their own fetch is then released (one more attempt back) or written as the
+        retry the refund already counted. A row another worker holds now is left alone.
         """
+        held = {rid: self._held[rid].lease_token for rid in spent if rid in self._held}
         try:
-            await with_db_retry(lambda: self.queue.refund_attempts(spent), deadline=self.deadline)
+            await with_db_retry(lambda: self.queue.refund_attempts(spent, held), deadline=self.deadline)
         except Exception as exc:
             log.warning("archiver.refund_failed", count=len(spent), error=db_error_message(exc))
 
