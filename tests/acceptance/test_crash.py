@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -326,3 +327,62 @@ def test_a_second_signal_exits_at_once_and_leases_recover_the_rows(
     rows = check_invariant(db_url, ids, requests_for(ids, mock_2s, mock_fast))
     for rid in abandoned:
         assert rows[rid].attempts == 1, rid  # the abandoned attempt was given back
+
+
+def test_a_second_signal_leaves_no_writer_process_behind(
+    sqlite_cli: Cli, mock_fast: str, tmp_path: Path
+) -> None:
+    """SIGTERM then SIGINT while the writer process waits on a write (another process holds
+    the SQLite file's write lock): the run exits at once and takes its writer process
+    with it, rather than leaving it waiting in SQLite's busy handler (60 s) for a pipe
+    nobody reads. What was archived stays archived; the rest is finished by a later run."""
+    import sqlite3
+
+    cli = sqlite_cli
+    db_url = db_url_of(cli)
+    ids = unique_ids("resp_ok_orphan{}", 3000)
+    enqueue(cli, ids)
+    env = {
+        **FAST,
+        "ARCHIVER_BASE_URL": mock_fast,
+        "ARCHIVER_WRITER": "process",
+        "ARCHIVER_LEASE_SECONDS": "2",
+    }
+    proc = spawn(cli, tmp_path / "daemon", "run", "--concurrency", "8", "--batch-size", "20", **env)
+    holder = sqlite3.connect(str(tmp_path / "archive.db"), timeout=30, isolation_level=None)
+    children: list[int] = []
+    try:
+        wait_until(lambda: queue_status(db_url)["states"]["archived"] >= 40, "40 IDs archived", proc=proc)
+        children = children_of(proc.pid)
+        assert children, "no writer process"
+        holder.execute("BEGIN IMMEDIATE")  # the next batch waits in SQLite's busy handler
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert proc.poll() is None, "the first signal did not wait for the final writes"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        returncode = proc.wait(timeout=10)
+        left = [pid for pid in children if is_running(pid)]
+        deadline = time.monotonic() + 3.0
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = [pid for pid in children if is_running(pid)]
+        took = time.monotonic() - sent
+        assert not left, f"writer process {left} still runs {took:.1f}s after the second signal"
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+        stop_for_good(proc)
+        for pid in children:
+            if is_running(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert returncode > 0, returncode
+    archived_before = {rid for rid, r in read_queue(db_url).items() if r.state == "archived"}
+    assert len(archived_before) >= 40
+
+    wait_for_leases_to_expire(db_url)
+    summary = run_once(cli, mock_fast, ARCHIVER_LEASE_SECONDS="2")
+    assert summary["archived"] == len(ids) - len(archived_before), summary
+    check_invariant(db_url, ids, requests_for(ids, mock_fast))
