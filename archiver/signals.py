@@ -34,13 +34,28 @@ def defer_stop_signals() -> None:
     def remember(signum: int, _frame: Any) -> None:
         _deferred.append(signum)
         if len(_deferred) > 1:
-            os._exit(128 + signum)
+            exit_at_once(128 + signum)
 
     for sig in STOP_SIGNALS:
         if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
             continue  # started under nohup: keep ignoring hangups
         _before_deferring.setdefault(sig, signal.getsignal(sig))
         signal.signal(sig, remember)
+
+
+def exit_at_once(status: int) -> None:
+    """A second stop signal: end the process now, and the writer processes it started.
+
+    A writer process ignores stop signals (the parent's last batches must reach it) and
+    ends when its pipe closes, but only once it reads the pipe again: one waiting on the
+    database (SQLite's busy handler, a PostgreSQL lock) outlived the exit by up to a
+    minute. Killed, its open transaction is rolled back; its rows keep their leases and
+    return to ``pending`` when those expire, as the parent's own rows do.
+    """
+    from archiver.childproc import kill_started  # light: no database or HTTP imports
+
+    kill_started()
+    os._exit(status)
 
 
 @contextmanager
@@ -58,7 +73,7 @@ def on_stop_signals(request_stop: Callable[[str], None]) -> Iterator[None]:
     def handle(signum: int) -> None:
         received.append(signum)
         if len(received) > 1:
-            os._exit(128 + signum)
+            exit_at_once(128 + signum)
         request_stop(signal.Signals(signum).name)
 
     installed = []
