@@ -502,15 +502,19 @@ def restore(database: Path, backup: bytes) -> None:
         Path(f"{database}{suffix}").unlink(missing_ok=True)
 
 
-async def test_a_batch_from_before_a_restore_is_not_adopted(
+async def test_a_batch_published_before_a_restore_is_never_rewritten(
     sqlite_url: str, make_settings: Any, tmp_path: Path
 ) -> None:
     """The archive is restored from a backup taken before batch 2, and the daemon goes on
-    (its change_seq numbers are those batch 2 had). The manifest of batch 2 in the feed
-    describes rows the restored archive never had: taking it as the cursor's lost commit
-    would skip the restored archive's own rows up to its to_seq.
+    (its change_seq numbers are those batch 2 had). Batch 2 in the feed describes rows the
+    restored archive never had, so it cannot be adopted; writing batch 2 again under the
+    same names with the restored archive's rows changed a batch a loader had loaded (it
+    never reads a manifest twice, so it never saw the new rows). The export refuses, one
+    line naming the batch and the way out, and touches nothing; a --full export into a new
+    directory is the restored archive's feed.
     """
     out = tmp_path / "feed"
+    loader = ManifestLoader(out)
     database = Path(sqlite_url.removeprefix("sqlite:///"))
     async with await start_mock_server() as mock:
         settings = make_settings(sqlite_url, mock.base_url)
@@ -521,14 +525,29 @@ async def test_a_batch_from_before_a_restore_is_not_adopted(
         async with open_database(sqlite_url) as engine:
             await archive(engine, settings, ROUND_2)
             assert (await export(engine, out)).batch == 2
+        assert loader.poll() == ["default-00000001.json", "default-00000002.json"]
+        published = {f: f.read_bytes() for f in out.rglob("*") if f.is_file()}
         restore(database, backup)  # the cursor is at batch 1 again
         after_restore = [f"resp_ok_k{i}" for i in range(5)]
         async with open_database(sqlite_url) as engine:
             await archive(engine, settings, after_restore)
-            report = await export(engine, out)
-    assert report.batch == 2
-    exported = [json.loads(line)["id"] for line in (out / report.files[0]).read_bytes().splitlines()]
-    assert sorted(exported) == sorted(after_restore)
+
+        process = export_process(sqlite_url, out)
+        _, stderr = process.communicate(timeout=60)
+        err = stderr.decode()
+        assert process.returncode == 1, err
+        lines = [line for line in err.splitlines() if line.startswith("archiver: error: ")]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert "batch 2 of cursor 'default' is already published" in lines[0], lines[0]
+        assert "--full" in lines[0] and "new directory" in lines[0], lines[0]
+        assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == published
+        async with open_database(sqlite_url) as engine:
+            assert (await cursor_row(engine)).batch == 1
+
+        fresh = tmp_path / "feed-after-restore"
+        report = run_export(sqlite_url, fresh, "--full")
+    exported = [json.loads(line)["id"] for line in (fresh / report["files"][0]).read_bytes().splitlines()]
+    assert sorted(exported) == sorted(ROUND_1 + after_restore)
 
 
 @pytest.mark.postgres
