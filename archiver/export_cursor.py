@@ -115,13 +115,20 @@ async def adopt_published_batch(
     have read it already, so that batch is final. Writing it again under the same names
     with the rows archived since would hide those rows from every loader that loads a
     manifest once, so the cursor is moved to the manifest's ``to_seq`` instead, and the
-    export goes on with the batch after it. A manifest that does not fit the cursor (another
-    ``from_seq``, a ``to_seq`` the database does not reach, a file of it missing) is
-    written again, as before; so is one whose last response (``last`` in the manifest) the
-    database does not hold at that ``change_seq`` or a later one, or whose ``responses`` file
-    lacks a response the archive numbers inside the batch's range: a feed written before
+    export goes on with the batch after it.
+
+    A manifest that does not fit the cursor (another ``from_seq``, a ``to_seq`` the
+    database does not reach, a file of it missing), whose last response (``last``) the
+    database does not hold at that ``change_seq`` or a later one, whose ``responses`` file
+    lacks a response the archive numbers inside the batch's range (a feed written before
     the archive was restored from a backup, whose ``change_seq`` numbers the restored
-    archive then gave to other rows (see :mod:`archiver.export_check`).
+    archive then gave to other rows: see :mod:`archiver.export_check`), or that cannot be
+    read as a manifest at all, is refused: the batch is published, a loader that reads each
+    manifest once may have loaded it, and writing it again under the same names would
+    change it under that loader.
+
+    Raises:
+        PublishedBatchConflict: the next batch's manifest is there and cannot be adopted.
     """
     batch = position.batch + 1
     path = out_dir / BATCHES_DIR / f"{cursor}-{batch:08d}.json"
@@ -140,9 +147,10 @@ async def adopt_published_batch(
     except FileNotFoundError:
         await asyncio.to_thread(remove_unfinished, out_dir, cursor, batch)
         return position
-    except (OSError, ValueError, TypeError, KeyError) as exc:  # not a manifest of ours: written again
-        log.warning("archiver.export_manifest_ignored", cursor=cursor, batch=batch, error=str(exc))
-        return position
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # damaged, or not ours: still published
+        raise published_conflict(
+            out_dir, cursor, batch, f"cannot be read as one of its manifests ({exc!r})"
+        ) from None
     if fits:
         async with read_snapshot(engine) as conn:
             held = (
@@ -155,13 +163,26 @@ async def adopt_published_batch(
         # after a restore from a backup, even with ``last`` re-archived since).
         fits = await _holds_archive_range(engine, out_dir, manifest, position.last_seq, to_seq)
     if not fits:
-        log.warning(
-            "archiver.export_manifest_ignored", cursor=cursor, batch=batch, error="does not fit the archive"
-        )
-        return position
+        raise published_conflict(out_dir, cursor, batch, "does not match this archive")
     await commit_cursor(engine, cursor, batch, to_seq, exported_at)
     log.warning("archiver.export_batch_adopted", cursor=cursor, batch=batch, to_seq=to_seq)
     return Position(to_seq, batch, position.to_seq)
+
+
+class PublishedBatchConflict(ExportError):
+    """The next batch's manifest is published but cannot be adopted: it is never rewritten."""
+
+
+def published_conflict(out_dir: Path, cursor: str, batch: int, why: str) -> PublishedBatchConflict:
+    """The one-line refusal to write a batch whose manifest is already published."""
+    why = " ".join(why.split())[:300]
+    return PublishedBatchConflict(
+        f"batch {batch} of cursor {cursor!r} is already published in {out_dir} "
+        f"({BATCHES_DIR}/{cursor}-{batch:08d}.json) but {why}, and a published batch is never "
+        "written again (a loader may have loaded it): was the archive restored from a backup? "
+        "Export with --full into a new directory for a feed of this archive, or remove the "
+        f"batches from {batch} on from this directory if no loader has read them"
+    )
 
 
 async def _holds_archive_range(

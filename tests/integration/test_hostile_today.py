@@ -22,11 +22,19 @@ from sqlalchemy import delete, select
 from archiver.db import open_database
 from archiver.errors import ConfigError
 from archiver.export import export
+from archiver.export_cursor import PublishedBatchConflict
 from archiver.mockapi import start_mock_server
 from archiver.rebuild_lock import RebuildRunning, exclusive_rebuild
 from archiver.schema import export_cursors, responses
 from archiver.secret_files import read_small_text
-from tests.integration.test_hostile_export import ROUND_1, ROUND_2, ManifestLoader, archive, restore
+from tests.integration.test_hostile_export import (
+    ROUND_1,
+    ROUND_2,
+    ManifestLoader,
+    archive,
+    cursor_row,
+    restore,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,8 +51,9 @@ async def test_a_restored_archive_that_re_archives_the_manifests_last_response_i
     change_seq numbers batch 2 had) and then the response batch 2's manifest names as its
     ``last``, now above batch 2's ``to_seq``. The manifest passes the ``last`` check, but
     the rows the restored archive numbered inside batch 2's range were never in batch 2:
-    the feed on disk must hold every archived response (batch 2 written again, as for any
-    restore, README "Warehouse feed"), not a cursor moved past them.
+    the cursor must not move past them. The export refuses (a published batch is never
+    written again, README "Warehouse feed"), and a --full export into a new directory
+    holds every archived response.
     """
     out = tmp_path / "feed"
     database = Path(sqlite_url.removeprefix("sqlite:///"))
@@ -64,9 +73,13 @@ async def test_a_restored_archive_that_re_archives_the_manifests_last_response_i
         async with open_database(sqlite_url) as engine:
             await archive(engine, settings, after_restore)
             await archive(engine, settings, [last_id])  # now above batch 2's to_seq
-            await export(engine, out)
+            with pytest.raises(
+                PublishedBatchConflict, match="batch 2 of cursor 'default' is already published"
+            ):
+                await export(engine, out)
+            await export(engine, tmp_path / "fresh", full=True)
             held = await archived_ids(engine)
-    on_disk = ManifestLoader(out)
+    on_disk = ManifestLoader(tmp_path / "fresh")
     on_disk.poll()
     missing = held - set(on_disk.latest())
     assert not missing, f"in no batch of the feed: {sorted(missing)}"
@@ -135,12 +148,13 @@ DAMAGED_MANIFESTS: dict[str, Any] = {
 
 
 @pytest.mark.parametrize("damage", list(DAMAGED_MANIFESTS))
-async def test_a_damaged_manifest_is_written_again_never_a_skip_or_a_traceback(
+async def test_a_damaged_manifest_is_refused_never_rewritten_skipped_or_a_traceback(
     sqlite_url: str, make_settings: Any, tmp_path: Path, damage: str
 ) -> None:
     """Batch 1's manifest is in the directory, its cursor commit lost, and the manifest is
-    damaged or edited by hand: the batch is written again whole (never the cursor moved
-    past rows no file holds), and the export does not fail."""
+    damaged or edited by hand: it is published all the same (a loader may have read it),
+    so the export refuses with one line and changes nothing (never the cursor moved past
+    rows no file holds, never the batch written again under a loader)."""
     out = tmp_path / "feed"
     async with await start_mock_server() as mock, open_database(sqlite_url) as engine:
         await archive(engine, make_settings(sqlite_url, mock.base_url), ROUND_1)
@@ -154,8 +168,13 @@ async def test_a_damaged_manifest_is_written_again_never_a_skip_or_a_traceback(
         elif not isinstance(edit, bytes):
             edit = json.dumps(edit).encode()
         path.write_bytes(edit)
-        report = await export(engine, out)
-    assert (report.batch, report.responses) == (1, len(ROUND_1))
+        before = {f: f.read_bytes() for f in out.rglob("*") if f.is_file()}
+        with pytest.raises(PublishedBatchConflict) as caught:
+            await export(engine, out)
+        assert await cursor_row(engine) is None
+    message = str(caught.value)
+    assert "\n" not in message and "batch 1 of cursor 'default' is already published" in message, message
+    assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
 
 
 async def test_the_leftover_sweep_removes_only_names_an_export_writes_where_it_writes_them(
