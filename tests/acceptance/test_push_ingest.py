@@ -152,3 +152,24 @@ def test_a_missing_or_unreadable_secret_file_is_one_line_and_exit_2(
     flag = "--ingest-token-file" if "TOKEN" in variable else "--webhook-secret-file"
     done = sqlite_cli("run", flag, str(tmp_path / "missing"), **common)
     assert done.returncode == 2 and "not found" in done.stderr.decode()
+
+
+def test_a_backfill_sharing_the_daemons_config_serves_no_webhook(
+    sqlite_cli: Cli, mock_process: str, tmp_path: Path
+) -> None:
+    """The sources config is shared by every unit (ARCHIVER_CONFIG in archiver.env), and the
+    daemon serves a source's webhooks (``webhook_secret_file``) on its listener. A backfill
+    (``run --once``, no listener: README's units unset the port) must still run: it serves
+    no webhook, so it neither needs the listener nor reads the secret."""
+    config = tmp_path / "sources.toml"
+    config.write_text(
+        f'[sources.default]\nbase_url = "{mock_process}"\nwebhook_secret_file = "{tmp_path / "whsec"}"\n'
+    )
+    assert sqlite_cli("enqueue", input=b"resp_ok_backfill1\nresp_ok_backfill2\n").returncode == 0
+    done = sqlite_cli("run", "--once", ARCHIVER_CONFIG=str(config))
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout)["archived"] == 2
+    # With the listener (the daemon), the secret is still required and checked.
+    port = str(_free_port())
+    daemon = sqlite_cli("run", "--once", ARCHIVER_CONFIG=str(config), ARCHIVER_METRICS_PORT=port)
+    assert daemon.returncode == 2 and "not found" in daemon.stderr.decode(), daemon.stderr

@@ -437,3 +437,25 @@ def test_systemd_analyze_verify_with_the_readme_sources_drop_in(
     report = (out.stdout + out.stderr).strip()
     ours = [line for line in report.splitlines() if "archiver" in line]
     assert out.returncode == 0 and not ours, f"systemd-analyze verify {name} + README drop-in:\n{report}"
+
+
+LISTENER_VARIABLES = {"ARCHIVER_METRICS_PORT", "ARCHIVER_INGEST_TOKEN_FILE", "ARCHIVER_WEBHOOK_SECRET_FILE"}
+"""The daemon's HTTP listener and its secrets: one process per port."""
+
+
+def test_only_the_daemon_takes_the_listener_of_the_shared_env_file() -> None:
+    """archiver.env offers ARCHIVER_METRICS_PORT (and the ingest secrets): set there, a
+    backfill's ``run --once`` beside the daemon tried to bind the daemon's port and exited 2
+    ("address already in use"). Every other unit that runs the pipeline unsets them
+    (UnsetEnvironment= applies after EnvironmentFile=)."""
+    example = _env_example()
+    assert set(example) >= LISTENER_VARIABLES
+    for name in SERVICES:
+        u = unit(name)
+        runs = any(shlex.split(c)[1:2] == ["run"] for c in values(u, "Service", "ExecStart"))
+        if name == "archiver.service" or not runs:
+            continue
+        unset = {v for line in values(u, "Service", "UnsetEnvironment") for v in line.split()}
+        assert unset >= LISTENER_VARIABLES, (
+            f"{name}: runs the pipeline and may bind the daemon's port: {unset}"
+        )
