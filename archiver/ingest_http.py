@@ -106,11 +106,24 @@ def load_ingest_secrets(settings: Settings, sources: Mapping[str, Settings] | No
         sources: the settings of each source served (default: ``settings`` as ``default``);
             each one's ``webhook_secret_file`` turns on ``/webhooks/{source}``.
 
+    Without ``--metrics-port`` nothing is read: a sources config's ``webhook_secret_file``
+    is then another process's (the daemon's; a backfill shares its config).
+
     Raises:
         ConfigError: a file is missing, unreadable or empty, the secret is not base64, or
-            a file is given without ``--metrics-port`` (the endpoints need the listener).
+            ``--ingest-token-file`` / ``--webhook-secret-file`` is given without
+            ``--metrics-port`` (the endpoints need the listener).
     """
     sources = sources or {DEFAULT_SOURCE: settings}
+    if settings.metrics_port is None:
+        if settings.ingest_token_file or settings.webhook_secret_file:
+            raise ConfigError(
+                "--ingest-token-file and --webhook-secret-file serve on the metrics listener: "
+                "set --metrics-port too"
+            )
+        # No listener, no endpoint: the webhook secrets of a sources config (shared by every
+        # unit) belong to the process that serves them; a backfill beside it reads none.
+        return IngestSecrets(None, None, {}, frozenset(sources))
     token = None
     if settings.ingest_token_file:
         token = _read_secret_file(settings.ingest_token_file, "ingest token")
@@ -120,13 +133,7 @@ def load_ingest_secrets(settings: Settings, sources: Mapping[str, Settings] | No
         if source.webhook_secret_file:
             keys[name] = _webhook_key(source.webhook_secret_file)
     default_key = keys.pop(DEFAULT_SOURCE, None)
-    secrets = IngestSecrets(token, default_key, keys, frozenset(sources))
-    if secrets.any and settings.metrics_port is None:
-        raise ConfigError(
-            "--ingest-token-file and --webhook-secret-file serve on the metrics listener: "
-            "set --metrics-port too"
-        )
-    return secrets
+    return IngestSecrets(token, default_key, keys, frozenset(sources))
 
 
 def _webhook_key(path: str) -> bytes:
