@@ -27,7 +27,7 @@ XDIST := -n $(TEST_WORKERS) --dist worksteal
 test: $(STAMP)
 	$(VENV)/bin/pytest $(XDIST)
 
-# Everything but the slow soak tests, for quick local runs.
+# Everything but the slow soak and memory-bound tests, for quick local runs.
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest $(XDIST) -m "not slow"
 

@@ -18,7 +18,7 @@ import pytest
 from tests.acceptance.test_hostile13_memory import run_within_bound
 from tests.generated_bodies import serve_generated
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 MiB = 1 << 20
 PAGES = 85

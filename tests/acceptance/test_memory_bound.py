@@ -39,7 +39,7 @@ from tests import hostile_server as hostile
 
 from .conftest import Cli, base_env, children_of
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 MiB = 1024 * 1024
 PEAK_BOUND = 512 * MiB

@@ -30,7 +30,7 @@ from tests.acceptance.test_memory_bound import PEAK_BOUND, Cli, run_measured
 from tests.generated_bodies import serve_generated
 from tests.peak_rss import measured, peak_bytes
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 MiB = 1 << 20
 
