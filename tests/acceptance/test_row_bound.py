@@ -23,6 +23,7 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.acceptance.conftest import base_env
@@ -138,3 +139,37 @@ def test_renormalize_and_export_read_rows_in_bounded_pieces(tmp_path: Path) -> N
     (items,) = (tmp_path / "out" / "output_items").glob("*.jsonl")
     with items.open("rb") as lines:
         assert sum(1 for _ in lines) == bodies * (per_body + 1)
+
+
+def test_export_reads_the_rows_of_one_large_response_in_bounded_pieces(tmp_path: Path) -> None:
+    """One response with 400,000 output items, as an archive written before the row limits
+    may hold (a body of 16 MiB could make over a million rows): the export read a
+    response's child rows whole, whatever their number; it now writes them in pieces of
+    at most 65,536 rows, all from the one snapshot of the chunk."""
+    rows = 400_000
+    with serve_generated(ITEM_BODIES, '{"type":"x"},', "10") as base_url:
+        db = tmp_path / "archive.db"
+        env = {**base_env(), "ARCHIVER_DATABASE_URL": f"sqlite:///{db}", "ARCHIVER_BASE_URL": base_url}
+        cli = Cli(env, tmp_path)
+        assert cli("enqueue", input=b"resp_large_000\nresp_small_001\n").returncode == 0
+        assert cli("run", "--once").returncode == 0
+    with closing(sqlite3.connect(db)) as conn, conn:
+        (seq,) = conn.execute("SELECT change_seq FROM responses WHERE id = 'resp_large_000'").fetchone()
+        conn.execute("DELETE FROM output_items WHERE response_id = 'resp_large_000'")
+        conn.executemany(
+            "INSERT INTO output_items (response_id, position, type, extra, change_seq) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (("resp_large_000", i, "x", f'{{"k":"{i:07d}"}}', seq) for i in range(rows)),
+        )
+    exported = _measured(env, tmp_path, "export", "--full", str(tmp_path / "out"))
+    print(f"\nexport of one response with {rows:,} rows: {exported / MiB:.0f} MiB")
+    assert exported < 160 * MiB
+    (items,) = (tmp_path / "out" / "output_items").glob("*.jsonl")
+    with items.open("rb") as lines:
+        positions = [
+            (record["response_id"], record["position"], record["extra"])
+            for record in map(orjson.loads, lines)
+        ]
+    large = [(p, extra) for rid, p, extra in positions if rid == "resp_large_000"]
+    assert large == [(i, {"k": f"{i:07d}"}) for i in range(rows)]  # all, once, in order
+    assert sum(1 for rid, _, _ in positions if rid == "resp_small_001") == 11
