@@ -205,16 +205,23 @@ async def export(
         writing: asyncio.Future[None] | None = None
         try:
             after: tuple[int, str | None] = (BEFORE_ALL if full else from_seq, None)
-            chunk = await read_chunk(engine, after, position.to_seq, chunk_size)
-            while chunk is not None:
-                if batch is None:
-                    batch = await asyncio.to_thread(Batch.open, out_dir, fmt, cursor, batch_no)
-                # The chunk is written in a thread while the next one is read.
-                writing = asyncio.ensure_future(asyncio.to_thread(batch.write, chunk))
-                for name, rows in chunk.rows.items():
-                    counts[name] += len(rows)
-                after = chunk.last_key
-                chunk = await read_chunk(engine, after, position.to_seq, chunk_size) if chunk.more else None
+            more = True
+            while more:
+                more = False
+                async with contextlib.aclosing(
+                    read_chunk(engine, after, position.to_seq, chunk_size)
+                ) as pieces:
+                    async for piece in pieces:
+                        if batch is None:
+                            batch = await asyncio.to_thread(Batch.open, out_dir, fmt, cursor, batch_no)
+                        # A piece is written in a thread while the next one is read.
+                        if writing is not None:
+                            await writing
+                        writing = asyncio.ensure_future(asyncio.to_thread(batch.write, piece))
+                        for name, rows in piece.rows.items():
+                            counts[name] += len(rows)
+                        after, more = piece.last_key, piece.more
+            if writing is not None:
                 await writing
                 writing = None
             if batch is None:

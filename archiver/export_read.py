@@ -1,16 +1,18 @@
 """Reading an export's rows from the archive, one chunk at a time.
 
 Responses are read in chunks of at most ``chunk_size`` (keyset pagination on
-``(change_seq, id)``; a chunk also ends once it holds :data:`CHUNK_BYTES` of raw bodies,
-or before the response that would take its child rows past :data:`CHUNK_ROWS`), each
-chunk with its child rows in one short read transaction, so a response and its child
-rows come from one snapshot. ``raw`` is decoded to the body as received; JSON columns are
-read as their compact JSON text.
+``(change_seq, id)``; a chunk also ends once it holds :data:`CHUNK_BYTES` of raw bodies),
+each chunk with its child rows in one read transaction, so a response and its child rows
+come from one snapshot. A chunk comes in pieces: the responses with the first child rows,
+then further child rows, at most :data:`CHUNK_ROWS` child rows a piece, each piece
+written before the next is read (one response may have more rows than a piece holds).
+``raw`` is decoded to the body as received; JSON columns are read as their compact JSON
+text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,19 +43,21 @@ from archiver.store import load_dictionaries
 CHUNK_BYTES = 8 * 1024 * 1024
 """A chunk also ends once its raw bodies add up to this many bytes (bounds memory)."""
 CHUNK_ROWS = 65_536
-"""A chunk also ends before the response whose child rows would take it past this many
-(at least one response a chunk): the rows of 100 responses of 16,000 output items each,
-read at once, took the export to 527 MiB (JSON lines) and 639 MiB (Parquet)."""
+"""The child rows of a chunk are read and written in pieces of at most this many: the rows
+of 100 responses of 16,000 output items each, read at once, took the export to 527 MiB
+(JSON lines) and 639 MiB (Parquet); one response of 400,000 rows to 239 MiB."""
 STREAM_ROWS = 50
 """Responses fetched from the database cursor at a time."""
+PIECE_FETCH_ROWS = 4096
+"""Child rows fetched from the database cursor at a time (a divisor of CHUNK_ROWS)."""
 
 
 @dataclass
 class Chunk:
-    """Responses read at one time, with their child rows: table name -> rows.
+    """One piece of a chunk: table name -> rows (the responses in the first piece only).
 
-    ``last_key`` is the ``(change_seq, id)`` of the last response, where the next chunk
-    starts; ``more`` says whether there may be one.
+    ``last_key`` is the ``(change_seq, id)`` of the chunk's last response, where the next
+    chunk starts; ``more`` says whether there may be one.
     """
 
     rows: dict[str, list[Any]]
@@ -63,11 +67,14 @@ class Chunk:
 
 async def read_chunk(
     engine: AsyncEngine, after: tuple[int, str | None], to_seq: int, limit: int
-) -> Chunk | None:
-    """The next responses after the keyset ``after`` (at most ``limit``), with their child rows.
+) -> AsyncGenerator[Chunk, None]:
+    """The pieces of the next chunk: the responses after the keyset ``after`` (at most
+    ``limit``), then their child rows, :data:`CHUNK_ROWS` at most a piece. Nothing when no
+    response is left.
 
     One read transaction per chunk, so a response and its child rows come from one
-    snapshot (PostgreSQL: REPEATABLE READ; SQLite transactions are serializable).
+    snapshot (PostgreSQL: REPEATABLE READ; SQLite transactions are serializable); it stays
+    open while the caller writes each piece, so use it with ``contextlib.aclosing``.
     """
     seq, rid = after
     c = responses.c
@@ -87,37 +94,29 @@ async def read_chunk(
         )
         rows, cut = await _read_responses(conn, stmt)
         if not rows:
-            return None
+            return
         last = rows[-1]
+        key, more = (int(last[_CHANGE_SEQ]), str(last[_ID])), cut or len(rows) == limit
         ids = [row[_ID] for row in rows]
-        keep = await _within_row_limit(conn, ids, dialect)
-        if keep < len(rows):
-            rows, ids, cut = rows[:keep], ids[:keep], True
-            last = rows[-1]
-        chunk: dict[str, list[Any]] = {"responses": _json_as_text(responses, rows, dialect)}
+        piece: dict[str, list[Any]] = {"responses": _json_as_text(responses, rows, dialect)}
+        del rows
+        held = 0
         for table in EXPORTED_CHILDREN:
+            name = str(table.name)
             stmt = _select_rows(table, dialect).where(_one_of(table.c.response_id, ids, dialect))
-            result = await conn.execute(stmt.order_by(*table.primary_key.columns))
-            chunk[str(table.name)] = _json_as_text(table, result.all(), dialect)
-    return Chunk(chunk, (int(last[_CHANGE_SEQ]), str(last[_ID])), more=cut or len(rows) == limit)
-
-
-async def _within_row_limit(conn: AsyncConnection, ids: list[str], dialect: str) -> int:
-    """How many of ``ids`` (in order, at least one) a chunk takes before their child rows
-    pass :data:`CHUNK_ROWS`: one count per table, grouped by response, in the chunk's
-    snapshot."""
-    rows_of: dict[str, int] = {}
-    for table in EXPORTED_CHILDREN:
-        column = table.c.response_id
-        stmt = select(column, func.count()).where(_one_of(column, ids, dialect)).group_by(column)
-        for response_id, count in (await conn.execute(stmt)).all():
-            rows_of[response_id] = rows_of.get(response_id, 0) + int(count)
-    total = 0
-    for n, response_id in enumerate(ids):
-        total += rows_of.get(response_id, 0)
-        if total > CHUNK_ROWS and n > 0:
-            return n
-    return len(ids)
+            result = await conn.stream(
+                stmt.order_by(*table.primary_key.columns).execution_options(yield_per=PIECE_FETCH_ROWS)
+            )
+            try:
+                async for partition in result.partitions():
+                    piece.setdefault(name, []).extend(_json_as_text(table, partition, dialect))
+                    held += len(partition)
+                    if held >= CHUNK_ROWS:
+                        yield Chunk(piece, key, more)
+                        piece, held = {}, 0
+            finally:
+                await result.close()
+        yield Chunk(piece, key, more)
 
 
 def _select_rows(table: Table, dialect: str) -> Select[Any]:

@@ -171,5 +171,5 @@ def test_export_reads_the_rows_of_one_large_response_in_bounded_pieces(tmp_path:
             for record in map(orjson.loads, lines)
         ]
     large = [(p, extra) for rid, p, extra in positions if rid == "resp_large_000"]
-    assert large == [(i, {"k": f"{i:07d}"}) for i in range(rows)]  # all, once, in order
+    assert large == [(i, f'{{"k":"{i:07d}"}}') for i in range(rows)]  # all, once, in order
     assert sum(1 for rid, _, _ in positions if rid == "resp_small_001") == 11
