@@ -452,34 +452,29 @@ class QueueStore:
             result = await conn.execute(stmt, {"lease": lease_seconds, "tokens": token_list})
         return max(result.rowcount, 0)
 
-    async def refund_attempts(self, spent: Mapping[str, int], held: Mapping[str, str] | None = None) -> int:
+    async def refund_attempts(self, spent: Mapping[str, int], owner: str | None = None) -> int:
         """Give back attempts that were not the IDs' fault (ID -> how many), fenced like
         every queue update: to a ``pending`` row (nobody holds it), or to one in flight
-        under the lease token the caller holds for it (``held``: ID -> token). A row
-        another worker holds now (the caller lost its lease) keeps its attempts.
+        under a lease of ``owner`` (the caller's own claims, the ones it is registering
+        included). A row another worker holds now (the caller lost its lease) keeps its
+        attempts.
 
         Returns:
             how many rows got attempts back.
         """
-        held = held or {}
-        params: list[dict[str, Any]] = [{"id": rid, "n": n} for rid, n in spent.items() if n > 0]
+        params: list[dict[str, Any]] = [
+            {"id": rid, "n": n, "owner": owner} for rid, n in spent.items() if n > 0
+        ]
         if not params:
             return 0
         decrement = (
             "UPDATE archive_queue SET attempts = CASE WHEN attempts > :n THEN attempts - :n ELSE 0 END "
+            "WHERE id = :id AND "
         )
-        leased = [{**p, "token": held[p["id"]]} for p in params if p["id"] in held]
-        refunded = 0
+        mine = "(state = 'pending' OR (state = 'in_flight' AND lease_owner = :owner))"
         async with self.engine.begin() as conn:
-            result = await conn.execute(text(decrement + "WHERE id = :id AND state = 'pending'"), params)
-            refunded += max(result.rowcount, 0)
-            if leased:
-                result = await conn.execute(
-                    text(decrement + "WHERE id = :id AND state = 'in_flight' AND lease_token = :token"),
-                    leased,
-                )
-                refunded += max(result.rowcount, 0)
-        return refunded
+            result = await conn.execute(text(decrement + mine), params)
+        return max(result.rowcount, 0)
 
     async def release(self, jobs: Iterable[Job], reason: str) -> int:
         """Give leased rows back as ``pending`` and due now, without spending their attempt.

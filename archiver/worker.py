@@ -590,12 +590,13 @@ class Worker:
         """Give back the attempts 5xx answers spent, to IDs caught in a run that tripped the breaker.
 
         Rows this worker holds in flight again are refunded too (fenced by their lease
-        token): their own fetch is then released (one more attempt back) or written as the
-        retry the refund already counted. A row another worker holds now is left alone.
+        owner, this worker: a claim it has made but not yet registered in ``_held`` is its
+        own too): their own fetch is then released (one more attempt back) or written as
+        the retry the refund already counted. A row another worker holds now is left alone.
         """
-        held = {rid: self._held[rid].lease_token for rid in spent if rid in self._held}
+        owner = self.settings.owner
         try:
-            await with_db_retry(lambda: self.queue.refund_attempts(spent, held), deadline=self.deadline)
+            await with_db_retry(lambda: self.queue.refund_attempts(spent, owner), deadline=self.deadline)
         except Exception as exc:
             log.warning("archiver.refund_failed", count=len(spent), error=db_error_message(exc))
 

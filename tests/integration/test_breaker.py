@@ -522,7 +522,7 @@ async def test_a_5xx_refund_never_touches_a_row_another_worker_now_holds(db_url:
         assert (await _row(engine, free))[:2] == ("pending", 0)
 
 
-async def test_a_5xx_refund_reaches_a_row_the_worker_holds_again_under_its_token(db_url: str) -> None:
+async def test_a_5xx_refund_reaches_a_row_the_worker_holds_again_under_its_own_lease(db_url: str) -> None:
     rid = "resp_fence_own"
     async with open_database(db_url) as engine:
         queue = QueueStore(engine)
@@ -530,7 +530,8 @@ async def test_a_5xx_refund_reaches_a_row_the_worker_holds_again_under_its_token
         job = (await queue.claim_batch("host-a:1", 1, 60, 50))[0]
         async with engine.begin() as conn:
             await conn.execute(text("UPDATE archive_queue SET attempts = 4"))
-        assert await queue.refund_attempts({rid: 3}, {rid: "another-token"}) == 0
+        assert await queue.refund_attempts({rid: 3}, "host-b:2") == 0
         assert (await _row(engine, rid))[:2] == ("in_flight", 4)
-        assert await queue.refund_attempts({rid: 3}, {rid: job.lease_token}) == 1
+        assert await queue.refund_attempts({rid: 3}) == 0
+        assert await queue.refund_attempts({rid: 3}, "host-a:1") == 1
         assert await _row(engine, rid) == ("in_flight", 1, job.lease_token)
