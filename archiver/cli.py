@@ -102,7 +102,7 @@ def _database_error_line(exc: Exception) -> str | None:
     sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
     if sqlalchemy_exc is None or not isinstance(exc, sqlalchemy_exc.DBAPIError):
         return None
-    from archiver.db import database_error
+    from archiver.db_faults import database_error
 
     return redact(str(database_error(exc, "the database")))
 
@@ -157,7 +157,7 @@ def _enqueue(args: argparse.Namespace, settings: Settings) -> int:
 def _refuse_in_memory(settings: Settings, command: str) -> None:
     """``run`` and ``demo`` share their database between tasks (and a writer process): an
     in-memory database cannot be shared, and would end with the command anyway."""
-    from archiver.db import normalize_database_url
+    from archiver.dburl import normalize_database_url
 
     if normalize_database_url(settings.database_url).database == ":memory:":
         raise ConfigError(

@@ -12,15 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from archiver.db import (
-    head_revision,
-    open_database,
-    redact_url,
-    statement_at_a_time,
-)
+from archiver.db import head_revision, open_database, statement_at_a_time
 from archiver.db import (
     migrate as migrate_db,
 )
+from archiver.dburl import redact_url
 from archiver.deadline import StopDeadline, exit_at_deadline
 from archiver.errors import DatabaseVanished, InvalidResponseId, NotArchived
 from archiver.health import CheckResult, run_checks

@@ -33,7 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import codec
 from archiver.codec import IDENTITY, ZSTD, Codec
-from archiver.db import now_sql, sqlite_path, statement_at_a_time, with_db_retry
+from archiver.db import now_sql, statement_at_a_time
+from archiver.db_retry import with_db_retry
+from archiver.dburl import sqlite_path
 from archiver.deadline import StopDeadline
 from archiver.errors import ArchiverError
 from archiver.logs import get_logger

@@ -1,4 +1,5 @@
-"""Database engines: URL handling, SQLite tuning, the database clock, and migrations.
+"""Database engines: SQLite tuning, the database clock, and migrations (URLs are
+:mod:`archiver.dburl`; errors :mod:`archiver.db_faults` and :mod:`archiver.db_retry`).
 
 SQLite runs in WAL mode with a busy timeout, and every transaction starts with
 ``BEGIN IMMEDIATE``: the write lock is taken up front, so two processes never deadlock
@@ -11,147 +12,38 @@ import asyncio
 import contextlib
 import importlib.resources
 import os
-import re
 import sys
 import time
 import urllib.parse
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import partial
-from typing import Any, Final, TypeVar
+from typing import Any
 
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import await_
 
+from archiver.db_faults import database_error
+from archiver.db_retry import is_transient_db_error, with_db_retry
+from archiver.dburl import describe_database, normalize_database_url, sqlite_path
 from archiver.deadline import StopDeadline, StopDeadlinePassed
 from archiver.errors import (
-    ConfigError,
-    DatabaseFault,
     DatabaseUnavailable,
     DatabaseVanished,
     NotAnArchive,
     SchemaError,
-    first_line,
 )
 from archiver.jsontext import json_text, jsonb_text
 from archiver.jsontext import loads_stored as loads_json
-from archiver.logs import get_logger
 from archiver.pgurl import split_postgresql_url
 from archiver.redaction import redact
 
-T = TypeVar("T")
-
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 _MIGRATION_LOCK_ID = 0x61726368  # "arch": PostgreSQL advisory lock key for migrations
-
-
-def normalize_database_url(url: str) -> URL:
-    """Turn a URL as users write it into one with an asyncio driver.
-
-    ``sqlite:///file.db`` -> ``sqlite+aiosqlite``; ``postgresql://`` and ``postgres://``
-    -> ``postgresql+asyncpg``. A bare ``postgresql://`` with no host also honours the
-    libpq ``PG*`` variables (through asyncpg).
-
-    A SQLite URL must name its file: ``sqlite:///`` (what ``sqlite:///$DB`` gives when the
-    variable is unset) and ``sqlite://`` would be a throwaway in-memory database, so an
-    in-memory database is had only by asking for ``sqlite:///:memory:``.
-
-    Raises:
-        ConfigError: not a URL archiver can use; the message suggests the right form.
-    """
-    raw = url.strip()
-    if not raw:
-        raise ConfigError(f"no database URL: use {_SQLITE_EXAMPLE} or postgresql://user@host/db")
-    if "://" not in raw:
-        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", raw):
-            raise ConfigError(
-                f"not a database URL: {redact_url(raw)}: use {_SQLITE_EXAMPLE} or postgresql://user@host/db"
-            )
-        raise ConfigError(
-            f"not a database URL: {redact(raw)}: for a SQLite file write sqlite:///{redact(raw)}"
-        )
-    if raw.startswith("postgres://"):
-        raw = "postgresql://" + raw[len("postgres://") :]
-    try:
-        parsed = make_url(raw)
-    except ArgumentError:
-        raise ConfigError(f"not a database URL: {redact_url(raw)}") from None
-    except ValueError:  # sqlalchemy parses the port with int(): "abc", or "[::1" cut at a colon
-        raise ConfigError(
-            f"not a database URL: {redact_url(raw)}: the host and port cannot be read "
-            "(the port must be a number; an IPv6 address goes in brackets: [::1]:5432)"
-        ) from None
-    backend = parsed.get_backend_name()
-    if "\x00" in (parsed.database or "") or "\x00" in (parsed.host or ""):
-        raise ConfigError(f"not a database URL: {redact_url(raw)}: it holds a NUL character (%00)")
-    if parsed.port is not None and not 0 < parsed.port < 65536:
-        raise ConfigError(f"not a database URL: {redact_url(raw)}: port {parsed.port} is not 1-65535")
-    if backend == "sqlite":
-        if parsed.host or parsed.port or parsed.username:
-            path = raw.partition("://")[2].partition("?")[0]
-            raise ConfigError(
-                f"not a SQLite URL: {redact_url(raw)}: a SQLite URL has three slashes before a "
-                f"relative path (sqlite:///{path}) and four before an absolute one"
-            )
-        if not parsed.database:
-            raise ConfigError(
-                f"the database URL {redact_url(raw)} names no file (an unset variable in "
-                f"sqlite:///$DB?): use {_SQLITE_EXAMPLE}, or sqlite:///:memory: for a throwaway "
-                "in-memory database"
-            )
-        if parsed.query or "?" in raw or parsed.database.startswith("file:"):
-            # SQLAlchemy passes some parameters to the driver and ignores others (with a
-            # warning), and a SQLite URI filename can name a throwaway in-memory database
-            # or open the file another way than the one archiver's safety checks watch.
-            path = parsed.database.removeprefix("file:").partition("?")[0] or "archive.db"
-            raise ConfigError(
-                f"the SQLite URL {redact_url(raw)} has options archiver does not take (a query "
-                f"string or a file: URI): write the path alone, sqlite:///{redact(path)} (or "
-                "sqlite:///:memory: for a throwaway in-memory database)"
-            )
-        return parsed.set(drivername="sqlite+aiosqlite")
-    if backend == "postgresql":
-        postgresql = parsed.set(drivername="postgresql+asyncpg")
-        split_postgresql_url(postgresql)  # refuse parameters asyncpg would choke on, now
-        return postgresql
-    raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
-
-
-_SQLITE_EXAMPLE = "sqlite:///archive.db"
-
-
-_CREDENTIAL_PARAMETER = re.compile(r"(?i)pass|secret|token|key")
-"""Query parameters whose value may be a credential (``password``, ``sslkey``, ...)."""
-
-
-def redact_url(url: str | URL) -> str:
-    """The URL as written, without its password (for logs, errors and ``status``).
-
-    A password in the user info becomes ``***`` (one with an unescaped ``@`` too: the user
-    info ends at the last ``@`` before the query), query parameters whose name contains
-    pass/secret/token/key are dropped, and registered secrets are masked
-    (:func:`archiver.redaction.redact`).
-    """
-    # A URL that does not parse is masked the same way below (and register_database_url
-    # registered every value its password could be read as).
-    text = url.render_as_string(hide_password=False) if isinstance(url, URL) else url.strip()
-    scheme, sep, rest = text.partition("://")
-    location, question, query = rest.partition("?")
-    if sep and "@" in location and not location.startswith("/"):
-        userinfo, _, host_and_path = location.rpartition("@")
-        user, colon, _ = userinfo.partition(":")
-        location = f"{user}:***@{host_and_path}" if colon else f"{userinfo}@{host_and_path}"
-    kept = [
-        pair
-        for pair in query.split("&")
-        if pair and not _CREDENTIAL_PARAMETER.search(urllib.parse.unquote_plus(pair.partition("=")[0]))
-    ]
-    return redact(f"{scheme}{sep}{location}" + (question + "&".join(kept) if kept else ""))
 
 
 def create_engine(
@@ -375,15 +267,6 @@ def forget_side_files(engine: AsyncEngine) -> None:
                 os.unlink(path + suffix)
 
 
-def sqlite_path(url: URL) -> str | None:
-    """The absolute path of a SQLite file URL; None for PostgreSQL and in-memory databases."""
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    if url.database.startswith("file:"):  # a URI filename: SQLite parses it, not us
-        return None
-    return os.path.abspath(url.database)
-
-
 def _file_identity(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -584,222 +467,6 @@ def now_sql(dialect_name: str) -> str:
     if dialect_name == "postgresql":
         return "(SELECT extract(epoch from clock_timestamp())::float8)"
     return "((julianday('now') - 2440587.5) * 86400.0)"
-
-
-# Driver messages (lower case) of conditions retrying cannot fix, and what to tell the user.
-_FULL = "the disk holding the database is full; free some space, then run again"
-_READ_ONLY = "the database is read-only; make it writable, then run again"
-_DISK_FAILS = "the disk holding the database fails"
-_NEARLY_FULL_BYTES = 1 << 20
-"""Free space below which a SQLite I/O error is taken for a full disk."""
-_SCHEMA_CHANGED = (
-    "the database schema is not the one this version of archiver uses (another version "
-    "migrated it, or it was changed by hand); run the version that migrated it"
-)
-_PERMANENT_SQLITE = (
-    ("database or disk is full", _FULL),
-    ("attempt to write a readonly database", _READ_ONLY),
-    ("unable to open database file", "the database file cannot be opened"),
-    ("disk i/o error", _DISK_FAILS),
-    ("file is not a database", "the file is not a SQLite database"),
-    ("database disk image is malformed", "the database file is corrupt"),
-    # SQLite says so for a statement prepared against another schema: no retry changes it.
-    ("no such column", _SCHEMA_CHANGED),
-    ("has no column named", _SCHEMA_CHANGED),
-    ("no such table", _SCHEMA_CHANGED),
-)
-_PERMANENT_SQLSTATE = {
-    "53100": _FULL,
-    "25006": _READ_ONLY,
-    "42501": "the database user lacks a privilege",
-    "42703": _SCHEMA_CHANGED,  # undefined_column
-    "42P01": _SCHEMA_CHANGED,  # undefined_table
-}
-
-
-def _sqlstate(exc: DBAPIError) -> str | None:
-    orig = exc.orig
-    code = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
-    return str(code) if code else None
-
-
-def permanent_db_fault(exc: BaseException) -> str | None:
-    """What is wrong, when ``exc`` is a database condition that retrying cannot fix, else None.
-
-    A full disk, a read-only file or database, a file that cannot be opened: the user must
-    act, so these stop the work at once with one line instead of being retried.
-    """
-    if not isinstance(exc, DBAPIError):
-        return None
-    code = _sqlstate(exc)
-    if code in _PERMANENT_SQLSTATE:
-        return _PERMANENT_SQLSTATE[code]
-    message = str(exc.orig).lower()
-    for needle, meaning in _PERMANENT_SQLITE:
-        if needle in message:
-            return meaning
-    return None
-
-
-def db_error_message(exc: BaseException) -> str:
-    """The driver's message of a database error, one line, redacted.
-
-    Never ``str()`` of a SQLAlchemy error: that carries the statement and its parameters
-    (a whole batch of IDs or bodies).
-    """
-    if isinstance(exc, DBAPIError):
-        return _short_db_error(exc)
-    return redact(first_line(exc))
-
-
-def database_error(exc: BaseException, where: str) -> DatabaseFault | DatabaseUnavailable:
-    """The one-line ArchiverError for a database error (``where`` names the database)."""
-    fault = permanent_db_fault(exc)
-    if fault == _DISK_FAILS and os.path.isabs(where) and _nearly_full(os.path.dirname(where)):
-        # SQLite says "disk I/O error", not "full", when a full disk refuses it the -shm
-        # or -wal file (a disk that was full before the first write).
-        fault = _FULL
-    if fault == _FULL and os.path.isabs(where) and not _nearly_full(os.path.dirname(where)):
-        temp = sqlite_temp_directory()
-        if temp is not None and _nearly_full(temp):
-            # The archive's disk has room: SQLite's temporary files (a temporary table,
-            # a sort too large for memory) filled theirs, which SQLite does not name.
-            return DatabaseFault(
-                f"the disk holding SQLite's temporary files is full: {temp} ({_short_db_error(exc)}); "
-                "free some space there or set SQLITE_TMPDIR to a directory with room, then run again"
-            )
-    if fault is not None:
-        meaning, _, hint = fault.partition("; ")
-        return DatabaseFault(f"{meaning}: {where} ({_short_db_error(exc)})" + (f"; {hint}" if hint else ""))
-    return DatabaseUnavailable(f"cannot use the database {where}: {_short_db_error(exc)}")
-
-
-_SQLITE_TEMP_FALLBACKS = ("/var/tmp", "/usr/tmp", "/tmp", ".")  # noqa: S108 (named, not written)
-
-
-def sqlite_temp_directory() -> str | None:
-    """Where SQLite writes its temporary files, chosen as its unix VFS does: the first of
-    ``SQLITE_TMPDIR``, ``TMPDIR``, ``/var/tmp``, ``/usr/tmp``, ``/tmp``, ``.`` that is a
-    directory this process may write."""
-    for directory in (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), *_SQLITE_TEMP_FALLBACKS):
-        if directory and os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK):
-            return directory
-    return None
-
-
-def _nearly_full(directory: str) -> bool:
-    try:
-        st = os.statvfs(directory)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < _NEARLY_FULL_BYTES
-
-
-def describe_database(url: URL) -> str:
-    """How messages name a database: the SQLite file's path, or the URL without password."""
-    path = sqlite_path(url)
-    if path is not None:
-        return path
-    if url.get_backend_name() == "postgresql":
-        url = url.set(drivername="postgresql")
-    elif url.get_backend_name() == "sqlite":
-        url = url.set(drivername="sqlite")
-    return redact_url(url)
-
-
-_TRANSIENT_SQLSTATES = frozenset(
-    {
-        "40001",  # serialization failure
-        "40P01",  # deadlock
-        "57P01",  # admin shutdown (a restart, pg_terminate_backend)
-        "57P02",  # crash shutdown
-        "57P03",  # cannot connect now (starting up, shutting down)
-        "08000",  # connection exceptions
-        "08003",
-        "08006",
-        "08001",
-        # A statement the server cancelled (a DBA's statement_timeout, pg_cancel_backend) or
-        # a lock it gave up waiting for (lock_timeout): it waited on another session's lock,
-        # which says nothing about the rows being written. Retried, never a poison body.
-        "57014",
-        "55P03",
-        # Every connection slot taken ("sorry, too many clients already"): a fleet
-        # reconnecting at once after a restart. Retried like the restart itself.
-        "53300",
-    }
-)
-"""PostgreSQL conditions (SQLSTATE) that retrying the transaction may get past."""
-
-_TRANSIENT_TEXTS: Final = (
-    "connection",
-    "database is locked",
-    "terminating",
-    # asyncpg on a connection whose operation a restart cut off ("cannot switch to state
-    # 15; another operation (2) is in progress"): that connection is dead, a new one works
-    # (renormalize beside a restart ended with it in 1 of 6 runs).
-    "another operation is in progress",
-    "another operation (",
-)
-
-
-def is_transient_db_error(exc: BaseException) -> bool:
-    """True when retrying the transaction may succeed (lost connection, lock, restart)."""
-    if permanent_db_fault(exc) is not None:
-        return False
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, OperationalError):
-        return True
-    if isinstance(exc, DBAPIError):
-        if _sqlstate(exc) in _TRANSIENT_SQLSTATES:
-            return True
-        text_ = str(exc.orig).lower()
-        return any(s in text_ for s in _TRANSIENT_TEXTS)
-    return isinstance(exc, (ConnectionError, OSError, asyncio.TimeoutError))
-
-
-def log_db_retry(exc: BaseException, delay: float) -> None:
-    """The ``on_retry`` of :func:`with_db_retry` for the pipeline: one warning per retry."""
-    get_logger().warning("archiver.db_retry", error=redact(first_line(exc)), wait_s=delay)
-
-
-async def with_db_retry(
-    func: Callable[[], Awaitable[T]],
-    *,
-    attempts: int = 8,
-    first_delay: float = 0.2,
-    max_delay: float = 10.0,
-    on_retry: Callable[[BaseException, float], None] | None = None,
-    deadline: StopDeadline | None = None,
-) -> T:
-    """Run ``await func()`` and retry it with backoff while the database error is transient.
-
-    ``deadline``: once a stop is requested, no attempt and no backoff sleep outlasts its
-    deadline (see :mod:`archiver.deadline`); raises ``StopDeadlinePassed`` then.
-    """
-    if deadline is not None:
-        return await deadline.run(
-            partial(
-                with_db_retry,
-                func,
-                attempts=attempts,
-                first_delay=first_delay,
-                max_delay=max_delay,
-                on_retry=on_retry,
-            )
-        )
-    delay = first_delay
-    for attempt in range(1, attempts + 1):
-        try:
-            return await func()
-        except Exception as exc:
-            if attempt == attempts or not is_transient_db_error(exc):
-                raise
-            if on_retry is not None:
-                on_retry(exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay)
-    raise AssertionError("unreachable")
 
 
 def _migrations_location() -> str:
@@ -1066,9 +733,3 @@ async def _refuse_an_empty_postgres_database(engine: AsyncEngine, where: str) ->
             f"no archive in {where}: the database has no tables (check the database name; "
             "`archiver migrate` or `archiver enqueue` creates a new archive)"
         )
-
-
-def _short_db_error(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    message = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-    return redact(message[:300])

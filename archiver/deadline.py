@@ -4,7 +4,7 @@ A stop signal gives the process a budget: ``run`` lets in-flight fetches finish 
 ``--grace-seconds`` and writes what finished, ``enqueue`` commits what it read,
 ``renormalize`` and ``compact`` finish the batch in flight. With the database down,
 restarting or locked by another process, each of those writes retried for a minute
-and more (:func:`archiver.db.with_db_retry`), and systemd killed the process first.
+and more (:func:`archiver.db_retry.with_db_retry`), and systemd killed the process first.
 
 A :class:`StopDeadline` is the time the budget ends: ``budget_s`` after the first stop
 request. Work run through :meth:`StopDeadline.run` is cut when it passes (also work

@@ -9,7 +9,8 @@ from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import commands
-from archiver.db import open_database, redact_url
+from archiver.db import open_database
+from archiver.dburl import redact_url
 from archiver.errors import NotADemoDatabase
 from archiver.mockapi import start_mock_server
 from archiver.output import dumps, format_status

@@ -15,16 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver.db import (
     _known_revision,
-    _short_db_error,
     create_engine,
-    describe_database,
     head_revision,
-    normalize_database_url,
     now_sql,
     prepare_sqlite_file,
     schema_revision,
     statement_at_a_time,
 )
+from archiver.db_faults import short_db_error
+from archiver.dburl import describe_database, normalize_database_url
 from archiver.errors import DatabaseUnavailable, NotAnArchive
 from archiver.queue import QueueStore, unserved_line, unserved_sources
 from archiver.redaction import MIN_SECRET_CHARS, database_passwords, redact
@@ -86,7 +85,7 @@ async def run_checks(
         problems += await _source_problems(engine, served_sources)
         return _result(problems + await worker_problems(engine))
     except (TimeoutError, OSError, DBAPIError) as exc:
-        return _result([f"database unreachable: {shown}: {_scrub(_short_db_error(exc), database_url)}"])
+        return _result([f"database unreachable: {shown}: {_scrub(short_db_error(exc), database_url)}"])
     finally:
         await engine.dispose()
 

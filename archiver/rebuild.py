@@ -36,7 +36,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver.codec import IDENTITY, Codec
-from archiver.db import check_same_file, log_db_retry, statement_at_a_time, with_db_retry
+from archiver.db import check_same_file, statement_at_a_time
+from archiver.db_retry import log_db_retry, with_db_retry
 from archiver.deadline import StopDeadline
 from archiver.echoes import body_echoes_secret, scrub_rows
 from archiver.errors import ArchiverError

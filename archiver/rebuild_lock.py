@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from archiver.db import sqlite_path
+from archiver.dburl import sqlite_path
 from archiver.errors import ArchiverError
 from archiver.projection import read_meta_sync, write_meta_sync
 

@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from archiver.db import db_error_message, permanent_db_fault
+from archiver.db_faults import db_error_message, permanent_db_fault
 from archiver.logs import get_logger
 
 __all__ = ["build_from_snapshot", "create_from_snapshot", "take_snapshot"]

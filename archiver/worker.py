@@ -27,7 +27,9 @@ from archiver import __version__
 from archiver.breaker import Breaker, Trip, proves_endpoint
 from archiver.budget import ByteBudget
 from archiver.client import ResponsesClient
-from archiver.db import db_error_message, log_db_retry, redact_url, with_db_retry
+from archiver.db_faults import db_error_message
+from archiver.db_retry import log_db_retry, with_db_retry
+from archiver.dburl import redact_url
 from archiver.deadline import StopDeadline, StopDeadlinePassed
 from archiver.errors import ArchiverError, EndpointDown, StopRun
 from archiver.fetch import Fetcher

@@ -38,16 +38,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import heap
 from archiver.childproc import cores, start_writer_process
-from archiver.db import (
-    database_error,
-    db_error_message,
-    describe_database,
-    is_transient_db_error,
-    log_db_retry,
-    open_database,
-    permanent_db_fault,
-    with_db_retry,
-)
+from archiver.db import open_database
+from archiver.db_faults import database_error, db_error_message, permanent_db_fault
+from archiver.db_retry import is_transient_db_error, log_db_retry, with_db_retry
+from archiver.dburl import describe_database
 from archiver.deadline import StopDeadline
 from archiver.errors import ArchiverError, DatabaseUnavailable, WriterFailed, first_line
 from archiver.jsontext import MAX_NESTING

@@ -23,7 +23,8 @@ from sqlalchemy.util import await_
 from archiver import orphans
 from archiver.commands import show
 from archiver.compact import compact
-from archiver.db import database_error, open_database
+from archiver.db import open_database
+from archiver.db_faults import database_error
 from archiver.orphans import OrphanCounts, sweep_orphans
 from archiver.projection import read_meta_sync
 from archiver.queue import QueueStore, archive_queue

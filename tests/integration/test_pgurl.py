@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from archiver.db import normalize_database_url, open_database
+from archiver.db import open_database
+from archiver.dburl import normalize_database_url
 from archiver.errors import ConfigError
 from archiver.pgurl import split_postgresql_url
 from tests.pgserver import PgCluster

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from archiver.db import with_db_retry
+from archiver.db_retry import with_db_retry
 from archiver.deadline import EXIT_MARGIN_S, StopDeadline, StopDeadlinePassed, exit_at_deadline
 
 

@@ -36,7 +36,7 @@ def test_registered_secrets_and_bearer_tokens_are_redacted_in_json_lines() -> No
 
 
 def test_database_urls_are_shown_as_written_without_the_password() -> None:
-    from archiver.db import redact_url
+    from archiver.dburl import redact_url
 
     assert redact_url("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert redact_url("sqlite:///demo.db") == "sqlite:///demo.db"

@@ -11,7 +11,7 @@ import urllib.parse
 
 import pytest
 
-from archiver.db import redact_url
+from archiver.dburl import redact_url
 from archiver.outcomes import Archived, Permanent, Retry, StopAll
 from archiver.redaction import (
     contains_secret,
@@ -228,7 +228,7 @@ def test_database_urls_are_shown_without_credentials(url: str, shown: str) -> No
 
 
 def test_sqlalchemy_urls_are_shown_without_credentials() -> None:
-    from archiver.db import normalize_database_url
+    from archiver.dburl import normalize_database_url
 
     url = normalize_database_url("postgresql://u:p@ss@h/db?password=PW9xyz")
     assert redact_url(url) == "postgresql+asyncpg://u:***@h/db"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from archiver.cli import build_parser
-from archiver.db import normalize_database_url
+from archiver.dburl import normalize_database_url
 from archiver.deadline import EXIT_MARGIN_S
 from archiver.errors import ConfigError, StopRun
 from archiver.options import COMMON_OPTIONS, HTTP_OPTIONS, RUN_OPTIONS
