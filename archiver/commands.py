@@ -12,10 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from archiver.db import head_revision, open_database, statement_at_a_time
-from archiver.db import (
-    migrate as migrate_db,
-)
+from archiver.db import open_database
 from archiver.dburl import redact_url
 from archiver.deadline import StopDeadline, exit_at_deadline
 from archiver.errors import DatabaseVanished, InvalidResponseId, NotArchived
@@ -23,6 +20,8 @@ from archiver.health import CheckResult, run_checks
 from archiver.ids import validate_response_id
 from archiver.ingest import EnqueueReport, enqueue_inputs, follow_file
 from archiver.logs import get_logger
+from archiver.migrate import head_revision
+from archiver.migrate import migrate as migrate_db
 from archiver.output import dumps as dumps  # re-exported, with the two below (tests use them)
 from archiver.output import format_status as format_status
 from archiver.output import source_lines as source_lines
@@ -31,6 +30,7 @@ from archiver.redaction import redact, redact_value
 from archiver.settings import Settings
 from archiver.sources import SourceRouting
 from archiver.store import ArchiveStore
+from archiver.transactions import statement_at_a_time
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine

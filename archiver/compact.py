@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import codec
 from archiver.codec import IDENTITY, ZSTD, Codec
-from archiver.db import now_sql, statement_at_a_time
+from archiver.db import now_sql
 from archiver.db_retry import with_db_retry
 from archiver.dburl import sqlite_path
 from archiver.deadline import StopDeadline
@@ -43,6 +43,7 @@ from archiver.orphans import OrphanCounts, sweep_orphans
 from archiver.rebuild import Rebuilder, RebuildReport, StopFlag, retried
 from archiver.schema import CHILD_TABLES, archive_dictionaries, responses
 from archiver.store import ArchiveStore, load_dictionaries
+from archiver.transactions import statement_at_a_time
 from archiver.workers import DEFAULT_MAX_AGE_S
 
 log = get_logger()

@@ -29,8 +29,8 @@ import orjson
 from sqlalchemy import and_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from archiver.db import read_snapshot
 from archiver.schema import responses
+from archiver.transactions import read_snapshot
 
 _READ_AHEAD = 2000
 """Rows of the file read in one worker-thread call."""

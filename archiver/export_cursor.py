@@ -21,12 +21,12 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from archiver.db import read_snapshot
 from archiver.export_check import batch_holds_range
 from archiver.export_files import remove_unfinished
 from archiver.export_schema import BATCHES_DIR, ExportError
 from archiver.logs import get_logger
 from archiver.schema import archive_changes, export_cursors, responses
+from archiver.transactions import read_snapshot
 
 log = get_logger()
 

@@ -34,11 +34,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Select
 
 from archiver.codec import Codec
-from archiver.db import read_snapshot
 from archiver.export_schema import EXPORTED_CHILDREN, EXPORTED_TOOLS, column_kind, exported_columns
 from archiver.jsontext import json_text
 from archiver.schema import responses, tool_sets
 from archiver.store import load_dictionaries
+from archiver.transactions import read_snapshot
 
 CHUNK_BYTES = 8 * 1024 * 1024
 """A chunk also ends once its raw bodies add up to this many bytes (bounds memory)."""

@@ -33,9 +33,10 @@ from functools import partial
 from sqlalchemy import Column, Float, String, Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from archiver.db import now_sql, statement_at_a_time
+from archiver.db import now_sql
 from archiver.db_retry import log_db_retry, with_db_retry
 from archiver.schema import metadata
+from archiver.transactions import statement_at_a_time
 
 __all__ = ["GRANT_SECONDS", "FleetRate", "archive_rate_limits"]
 

@@ -55,9 +55,10 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, Float, Table, Text, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from archiver.db import now_sql, statement_at_a_time
+from archiver.db import now_sql
 from archiver.errors import ArchiverError, ConfigError
 from archiver.schema import metadata
+from archiver.transactions import statement_at_a_time
 
 FINGERPRINT_BYTES = 256
 """Bytes before the saved offset whose hash must still match on resume."""

@@ -13,20 +13,15 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from archiver.db import (
-    _known_revision,
-    create_engine,
-    head_revision,
-    now_sql,
-    prepare_sqlite_file,
-    schema_revision,
-    statement_at_a_time,
-)
+from archiver.db import create_engine, now_sql
 from archiver.db_faults import short_db_error
 from archiver.dburl import describe_database, normalize_database_url
 from archiver.errors import DatabaseUnavailable, NotAnArchive
+from archiver.migrate import head_revision, known_revision, schema_revision
 from archiver.queue import QueueStore, unserved_line, unserved_sources
 from archiver.redaction import MIN_SECRET_CHARS, database_passwords, redact
+from archiver.sqlite_file import prepare_sqlite_file
+from archiver.transactions import statement_at_a_time
 from archiver.workers import worker_problems
 
 EXPIRED_LEASE_SLACK_S = 60.0
@@ -97,7 +92,7 @@ def _result(problems: list[str]) -> CheckResult:
 def _schema_problem(revision: str | None, head: str | None) -> str:
     if revision is None:
         return "schema missing: the database has no archiver schema (run `archiver migrate`)"
-    if not _known_revision(revision):
+    if not known_revision(revision):
         return (
             f"schema newer than this archiver: database at {revision}, "
             f"archiver knows up to {head} (upgrade archiver)"

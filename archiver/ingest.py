@@ -384,7 +384,7 @@ class _Batcher:
         self.ids, self.created, self.sources, self.first_at = [], [], [], None
 
         # The commit checks first that the SQLite file is still the archive (see
-        # archiver.db._tune_sqlite): IDs count as queued only once it succeeded.
+        # archiver.sqlite_engine.tune_sqlite): IDs count as queued only once it succeeded.
         async def transaction() -> EnqueueCounts | None:
             counts = None
             async with self.queue.engine.begin() as conn:

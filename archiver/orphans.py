@@ -64,12 +64,12 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import TextClause
 
-from archiver.db import is_postgres, statement_at_a_time
 from archiver.db_retry import with_db_retry
 from archiver.deadline import StopDeadline
 from archiver.logs import get_logger
 from archiver.projection import lock_writers_sync, read_meta_sync, write_meta_sync
 from archiver.tool_sets import SWEPT_KEY
+from archiver.transactions import is_postgres, statement_at_a_time
 
 __all__ = ["OrphanCounts", "sweep_orphans"]
 

@@ -28,12 +28,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from archiver.db import now_sql, statement_at_a_time
+from archiver.db import now_sql
 from archiver.fleet_rate import archive_rate_limits  # noqa: F401  (registers the table, as archive_queue)
 from archiver.follow import archive_follow  # noqa: F401  (registers the table, as archive_queue)
 from archiver.holds import held_sources
 from archiver.schema import metadata
 from archiver.settings import DEFAULT_SOURCE
+from archiver.transactions import statement_at_a_time
 from archiver.workers import (
     archive_workers,  # noqa: F401  (registers the table, as archive_queue)
     troubled_workers,

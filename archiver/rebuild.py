@@ -36,7 +36,6 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver.codec import IDENTITY, Codec
-from archiver.db import check_same_file, statement_at_a_time
 from archiver.db_retry import log_db_retry, with_db_retry
 from archiver.deadline import StopDeadline
 from archiver.echoes import body_echoes_secret, scrub_rows
@@ -48,7 +47,9 @@ from archiver.queue import archive_queue
 from archiver.row_budget import ROWS_PER_WRITE, rows_to_write
 from archiver.schema import responses
 from archiver.settings import Settings
+from archiver.sqlite_file import check_same_file
 from archiver.store import ArchiveStore, Reprojection, in_chunks, load_dictionaries
+from archiver.transactions import statement_at_a_time
 
 log = get_logger()
 T = TypeVar("T")

@@ -24,7 +24,6 @@ from sqlalchemy import ColumnElement, delete, func, select, true
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from archiver.db import statement_at_a_time
 from archiver.errors import ConfigError
 from archiver.ids import validate_response_id
 from archiver.projection import (
@@ -36,6 +35,7 @@ from archiver.projection import (
 )
 from archiver.rebuild import Position, Rebuilder, RebuildReport, StopFlag, retried
 from archiver.schema import archive_meta, responses
+from archiver.transactions import statement_at_a_time
 
 POSITION_KEY = "renormalize"
 IDS_PER_WALK = 500

@@ -9,7 +9,7 @@ and the rows the migrations write (``alembic_version`` among them). Replaying it
 milliseconds and gives the same file: ``tests/integration/test_migrations.py`` builds one
 archive each way and compares their whole ``sqlite_master`` and every row, so a new
 migration without a new snapshot fails the suite (``python -m archiver.sqlite_snapshot``
-writes it). A snapshot of another revision than :data:`archiver.db.SCHEMA_HEAD` is never
+writes it). A snapshot of another revision than :data:`archiver.migrate.SCHEMA_HEAD` is never
 used, and a file that holds any table is always migrated by alembic.
 
 An installed copy's snapshot may be missing, unreadable or damaged (cut short, edited by
@@ -160,7 +160,8 @@ def _write_snapshot(path: Path) -> None:
     import asyncio
     import tempfile
 
-    from archiver.db import SCHEMA_HEAD, create_engine, migrate_with_alembic
+    from archiver.db import create_engine
+    from archiver.migrate import SCHEMA_HEAD, migrate_with_alembic
 
     async def build(url: str) -> dict[str, Any]:
         engine = create_engine(url)

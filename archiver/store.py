@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from archiver import codec, reencode
 from archiver.codec import Codec
-from archiver.db import check_same_file, now_sql, sqlite_write_engine
+from archiver.db import now_sql
 from archiver.errors import ArchiverError, first_line
 from archiver.jsontext import json_bytes, json_text
 from archiver.logs import get_logger, redact
@@ -58,6 +58,8 @@ from archiver.schema import (
     responses,
     sqlite_timestamp_text,
 )
+from archiver.sqlite_engine import sqlite_write_engine
+from archiver.sqlite_file import check_same_file
 from archiver.tool_sets import ToolSetIds
 
 log = get_logger()

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Column, Float, Table, Text, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from archiver.db import now_sql, statement_at_a_time
+from archiver.db import now_sql
 from archiver.redaction import redact
 from archiver.schema import metadata
+from archiver.transactions import statement_at_a_time
 
 if TYPE_CHECKING:
     from archiver.holds import Hold

@@ -36,8 +36,9 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
 from archiver import orphans  # noqa: E402
-from archiver.db import open_database, statement_at_a_time  # noqa: E402
+from archiver.db import open_database  # noqa: E402
 from archiver.db_retry import with_db_retry  # noqa: E402
+from archiver.transactions import statement_at_a_time  # noqa: E402
 
 SETS = 50
 ITEMS = 1000

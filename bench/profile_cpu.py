@@ -55,7 +55,7 @@ LIBRARIES = [
 PHASES = [
     (lambda f, p: "importlib._bootstrap" in p, "startup: imports"),
     (lambda f, p: f in {"migrate", "open_database", "_current_revision", "create_engine"}
-     and "archiver/db.py" in p, "startup: open database, schema check"),
+     and ("archiver/db.py" in p or "archiver/migrate.py" in p), "startup: open database, schema check"),
     (lambda f, p: f == "normalize_body", "normalize (normalize_body)"),
     (lambda f, p: f.startswith("ProcessWriter."), "handing batches to the writer process (pickle, pipe)"),
     (lambda f, p: f == "classify_response", "policy (classify_response: orjson.loads + checks)"),

@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from archiver.db import alembic_config, create_engine
+from archiver.db import create_engine
+from archiver.migrate import alembic_config
 
 
 def revision_before(what: str) -> str:

@@ -1,6 +1,6 @@
 """Claims on real databases: expired leases are swept, and SQLite's write lock is held briefly.
 
-Claims run a statement at a time (see ``archiver.db.statement_at_a_time``) and sweep
+Claims run a statement at a time (see ``archiver.transactions.statement_at_a_time``) and sweep
 expired leases at most every ``RECOVER_EVERY_S`` while they come back full, and whenever
 they come back short.
 """

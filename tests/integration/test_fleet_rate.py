@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from archiver.db import create_engine, migrate, open_database
+from archiver.db import create_engine, open_database
 from archiver.fleet_rate import FleetRate
+from archiver.migrate import migrate
 from archiver.mockapi import max_in_window, start_mock_server
 from archiver.queue import QueueStore
 from archiver.worker import Worker

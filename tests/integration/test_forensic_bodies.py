@@ -18,7 +18,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import schema
-from archiver.db import head_revision, migrate, open_database, schema_revision
+from archiver.db import open_database
+from archiver.migrate import head_revision, migrate, schema_revision
 from archiver.outcomes import FORENSIC_PREFIX_BYTES, Archived, Permanent, Retry
 from archiver.queue import QueueStore
 from archiver.store import ArchiveStore, FetchResult

@@ -23,9 +23,10 @@ from sqlalchemy import JSON, DateTime, LargeBinary, bindparam, select, text
 from sqlalchemy.dialects import postgresql
 
 from archiver.commands import show
-from archiver.db import migrate, open_database
+from archiver.db import open_database
 from archiver.errors import ArchiverError, SchemaError
 from archiver.export import export
+from archiver.migrate import migrate
 from archiver.queue import QueueStore
 from archiver.renormalize import renormalize
 from archiver.schema import responses

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from archiver import sqlite_snapshot
-from archiver.db import SCHEMA_HEAD, create_engine, migrate, migrate_with_alembic
+from archiver.db import create_engine
+from archiver.migrate import SCHEMA_HEAD, migrate, migrate_with_alembic
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,14 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import archiver.metrics as metrics_module
 from archiver import health
-from archiver.db import (
-    create_engine,
-    head_revision,
-    migrate,
-    open_database,
-    schema_revision,
-)
+from archiver.db import create_engine, open_database
 from archiver.metrics import Metrics, queue_gauge_loop
+from archiver.migrate import head_revision, migrate, schema_revision
 from archiver.queue import QueueStore
 from tests.history import engine_at, revision_before
 

@@ -23,16 +23,10 @@ from sqlalchemy.engine import Connection, Engine
 
 import archiver.queue  # noqa: F401  (registers archive_queue on the shared metadata)
 from archiver import schema
-from archiver.db import (
-    SCHEMA_HEAD,
-    create_engine,
-    head_revision,
-    migrate,
-    migrate_with_alembic,
-    schema_revision,
-    sqlite_write_engine,
-)
+from archiver.db import create_engine
 from archiver.errors import NotAnArchive
+from archiver.migrate import SCHEMA_HEAD, head_revision, migrate, migrate_with_alembic, schema_revision
+from archiver.sqlite_engine import sqlite_write_engine
 from archiver.sqlite_snapshot import SNAPSHOT_NAME, take_snapshot
 from tests.history import revision_before
 
@@ -284,9 +278,9 @@ async def test_a_newer_schema_makes_status_fail_with_a_clear_message(db_url: str
 
 
 def test_schema_head_constant_matches_the_migrations() -> None:
-    from archiver.db import SCHEMA_HEAD, head_revision
+    from archiver.migrate import SCHEMA_HEAD, head_revision
 
-    assert head_revision() == SCHEMA_HEAD, "update archiver.db.SCHEMA_HEAD with the new migration"
+    assert head_revision() == SCHEMA_HEAD, "update archiver.migrate.SCHEMA_HEAD with the new migration"
 
 
 async def test_other_applications_can_insert_just_an_id(db_url: str, make_settings: Any) -> None:
@@ -313,7 +307,7 @@ async def test_other_applications_can_insert_just_an_id(db_url: str, make_settin
 async def test_existing_rows_become_source_default(db_url: str) -> None:
     from alembic import command
 
-    from archiver.db import alembic_config
+    from archiver.migrate import alembic_config
     from archiver.queue import QueueStore
 
     before = revision_before("archive_queue.source")
@@ -462,7 +456,7 @@ async def _queue_snapshot(engine: Any) -> list[tuple[Any, ...]]:
 async def test_upgrading_a_queue_in_every_state_keeps_every_row_and_lease(db_url: str) -> None:
     from alembic import command
 
-    from archiver.db import alembic_config
+    from archiver.migrate import alembic_config
     from archiver.queue import QueueStore, archive_queue
 
     before = revision_before("partial state indexes")

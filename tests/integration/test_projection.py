@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import LargeBinary, bindparam, func, select, text
 
 from archiver.commands import show
-from archiver.db import migrate, open_database
+from archiver.db import open_database
 from archiver.export import export
+from archiver.migrate import migrate
 from archiver.mockapi import MockConfig, load_bodies, start_mock_server
 from archiver.queue import QueueStore
 from archiver.schema import CHILD_TABLES, input_items, responses, tool_sets

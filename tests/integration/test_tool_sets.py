@@ -16,8 +16,9 @@ from alembic import command
 from sqlalchemy import DateTime, LargeBinary, bindparam, func, select, text
 
 from archiver.commands import show
-from archiver.db import alembic_config, migrate, open_database
+from archiver.db import open_database
 from archiver.export import export
+from archiver.migrate import alembic_config, migrate
 from archiver.mockapi import MockConfig, start_mock_server
 from archiver.queue import QueueStore
 from archiver.renormalize import renormalize
