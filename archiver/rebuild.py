@@ -35,6 +35,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from archiver.archive_rows import in_chunks
 from archiver.codec import IDENTITY, Codec
 from archiver.db_retry import log_db_retry, with_db_retry
 from archiver.deadline import StopDeadline
@@ -48,7 +49,7 @@ from archiver.row_budget import ROWS_PER_WRITE, rows_to_write
 from archiver.schema import responses
 from archiver.settings import Settings
 from archiver.sqlite_file import check_same_file
-from archiver.store import ArchiveStore, Reprojection, in_chunks, load_dictionaries
+from archiver.store import ArchiveStore, Reprojection, load_dictionaries
 from archiver.transactions import statement_at_a_time
 
 log = get_logger()

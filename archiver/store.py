@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import operator
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,10 +19,7 @@ from typing import Any
 
 import zstandard
 from sqlalchemy import (
-    Boolean,
-    DateTime,
     LargeBinary,
-    Table,
     bindparam,
     cast,
     delete,
@@ -37,12 +33,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from archiver import codec, reencode
+from archiver.archive_rows import ArchiveRows, in_chunks, scrub_nul
 from archiver.codec import Codec
 from archiver.db import now_sql
 from archiver.errors import ArchiverError, first_line
-from archiver.jsontext import json_bytes, json_text
+from archiver.jsontext import json_bytes
 from archiver.logs import get_logger, redact
-from archiver.normalize import NormalizedResponse, map_strings
+from archiver.normalize import NormalizedResponse
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll, with_body_sample
 from archiver.projection import archive_mode_sync, keep_children
 from archiver.queue import MAX_ERROR_CHARS, Job, archive_queue
@@ -51,12 +48,9 @@ from archiver.schema import (
     CHILD_TABLES,
     archive_dictionaries,
     conflict_insert,
-    input_item_contents,
     input_item_lists,
-    is_json_type,
     response_input_items,
     responses,
-    sqlite_timestamp_text,
 )
 from archiver.sqlite_engine import sqlite_write_engine
 from archiver.sqlite_file import check_same_file
@@ -70,7 +64,6 @@ text by hand (SQLite keeps the storage class a value is given): read as it was, 
 came back as a ``str`` (a TypeError in every reader) or failed to decode as UTF-8
 (every query of the table failed); as bytes it is a damaged dictionary, which the
 bodies' ``raw_sha256`` finds."""
-IN_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,68 +117,6 @@ class WriteReport:
         self.lost_ids.extend(other.lost_ids)
 
 
-def scrub_nul(value: Any) -> Any:
-    """Replace NUL characters (which PostgreSQL text and jsonb reject) with U+FFFD.
-
-    Only derived columns are scrubbed; ``raw`` keeps the exact bytes.
-    """
-    return map_strings(value, _replace_nul)
-
-
-def _replace_nul(text_: str) -> str:
-    return text_.replace("\x00", "\ufffd") if "\x00" in text_ else text_
-
-
-def _sqlite_json(value: Any) -> str | None:
-    return None if value is None else json_text(value)
-
-
-def _sqlite_bool(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-class _FastInsert:
-    """A table's INSERT with DB-API parameters and per-column converters, built once.
-
-    Equivalent to ``conn.execute(table.insert(), rows)`` on SQLite, which spends most of
-    its time building parameters row by row; the profile in bench/README.md shows why.
-    """
-
-    def __init__(self, table: Table, dialect: Any) -> None:
-        quote = dialect.identifier_preparer.quote
-        self.names = [column.name for column in table.columns]
-        self.sql = (
-            f"INSERT INTO {quote(table.name)} ({', '.join(quote(n) for n in self.names)}) "
-            f"VALUES ({', '.join('?' for _ in self.names)})"
-        )
-        self.converters: list[Any] = []
-        for column in table.columns:
-            kind = column.type
-            if is_json_type(kind):
-                self.converters.append(_sqlite_json)
-            elif isinstance(kind, DateTime):
-                self.converters.append(sqlite_timestamp_text)
-            elif isinstance(kind, Boolean):
-                self.converters.append(_sqlite_bool)
-            else:
-                self.converters.append(None)
-
-    def params(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        """One tuple per row, in column order."""
-        # itemgetter picks every column in C; only the few converted columns run Python.
-        pick = operator.itemgetter(*self.names)
-        convert = [(i, f) for i, f in enumerate(self.converters) if f is not None]
-        if not convert:
-            return [pick(row) for row in rows]
-        out: list[tuple[Any, ...]] = []
-        for row in rows:
-            values = list(pick(row))
-            for i, f in convert:
-                values[i] = f(values[i])
-            out.append(tuple(values))
-        return out
-
-
 def _input_items_digest(rows: list[dict[str, Any]], input_list: dict[str, Any] | None) -> str:
     """SHA-256 of the input items as received (their JSON, in order), and of the list's
     own fields when it has any (lists without them keep the digest they always had)."""
@@ -211,13 +142,6 @@ def _body_columns(outcome: Retry | Permanent) -> dict[str, Any]:
 
 def _short(text_: str) -> str:
     return text_ if len(text_) <= MAX_ERROR_CHARS else text_[: MAX_ERROR_CHARS - 1] + "…"
-
-
-def in_chunks(items: Sequence[str]) -> Iterable[list[str]]:
-    """``items`` in lists of at most :data:`IN_CHUNK`, each one ``IN`` list of a statement
-    (PostgreSQL takes at most 32,767 parameters in one)."""
-    for start in range(0, len(items), IN_CHUNK):
-        yield list(items[start : start + IN_CHUNK])
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,14 +202,7 @@ class ArchiveStore:
         self._train_due = False
         # Set when this store got the archive's first dictionary: the plain rows to re-encode.
         self._plain_walk: PlainWalk | None = None
-        self._fast_inserts = (
-            {
-                table.name: _FastInsert(table, engine.dialect)
-                for table in (responses, *CHILD_TABLES, response_input_items, input_item_lists)
-            }
-            if self.dialect == "sqlite"
-            else None
-        )
+        self.rows = ArchiveRows(engine.dialect)
 
     async def write_batch(self, results: Sequence[FetchResult]) -> WriteReport:
         """Write a batch in one transaction and return what happened."""
@@ -580,7 +497,7 @@ class ArchiveStore:
             return
         replaced = [rid for rid in changed if rid in existing]
         for chunk in in_chunks(replaced):
-            self.delete_children(conn, chunk)
+            self.rows.delete_children(conn, chunk)
             conn.execute(delete(responses).where(responses.c.id.in_(chunk)))
         # Input items stored earlier survive a re-archive that did not fetch them.
         refetched_inputs = [rid for rid in changed if rid in input_digests]
@@ -590,7 +507,7 @@ class ArchiveStore:
         scrub = self.dialect == "postgresql"
         # Taken last-but-inserts: the counter row stays locked until commit, so change_seq
         # values become visible in increasing order even with several writers.
-        first_seq = self._next_change_seqs(conn, len(changed))
+        first_seq = self.rows.next_change_seqs(conn, len(changed))
         # Read under the counter lock, which a mode switch takes too (archiver.projection).
         mode = archive_mode_sync(conn)
         encoder = self._checked_writing_codec(conn)
@@ -642,17 +559,17 @@ class ArchiveStore:
                     target.append(child)
         for row, tool_set_id in zip(response_rows, self.tool_sets.resolve_sync(conn, tools), strict=True):
             row["tool_set_id"] = tool_set_id
-        self._insert(conn, responses, response_rows)
+        self.rows.insert(conn, responses, response_rows)
         report.rows_written += len(response_rows)
         for table in CHILD_TABLES:
             inserts = child_rows.get(table.name)
             if inserts:
-                self._insert(conn, table, inserts)
+                self.rows.insert(conn, table, inserts)
                 report.rows_written += len(inserts)
         if input_rows:
-            report.rows_written += self._insert_input_items(conn, input_rows)
+            report.rows_written += self.rows.insert_input_items(conn, input_rows)
         if list_rows:
-            self._insert(conn, input_item_lists, list_rows)
+            self.rows.insert(conn, input_item_lists, list_rows)
             report.rows_written += len(list_rows)
         if kept_lists:
             conn.execute(
@@ -661,39 +578,6 @@ class ArchiveStore:
                 .values(change_seq=bindparam("seq")),
                 kept_lists,
             )
-
-    def delete_children(self, conn: Connection, response_ids: list[str]) -> None:
-        """Delete the child rows (not the input items) of at most ``IN_CHUNK`` responses.
-
-        The first half of replacing a response's rows; ``_write_archive`` inserts the new
-        ones in the same transaction.
-        """
-        for table in CHILD_TABLES:
-            conn.execute(delete(table).where(table.c.response_id.in_(response_ids)))
-
-    def _insert_input_items(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
-        """Store each distinct item once and every response's ordered list of item hashes.
-
-        Contents go in sorted by hash, so two writers inserting overlapping items on
-        PostgreSQL wait for each other in one order and cannot deadlock. Returns the
-        number of items listed (one ``response_input_items`` row each).
-        """
-        contents = sorted({row["item_sha256"]: row["item"] for row in rows}.items())
-        if self.dialect == "sqlite":
-            conn.exec_driver_sql(
-                "INSERT INTO input_item_contents (sha256, item) VALUES (?, ?) "
-                "ON CONFLICT (sha256) DO NOTHING",
-                [(sha, json_text(item)) for sha, item in contents],
-            )
-        else:
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            conn.execute(
-                pg_insert(input_item_contents).on_conflict_do_nothing(index_elements=["sha256"]),
-                [{"sha256": sha, "item": item} for sha, item in contents],
-            )
-        self._insert(conn, response_input_items, rows)
-        return len(rows)
 
     def _move_queue_rows(self, conn: Connection, results: list[FetchResult], report: WriteReport) -> None:
         done: list[dict[str, Any]] = []
@@ -805,27 +689,6 @@ class ArchiveStore:
             statement = statement.bindparams(bindparam("body", type_=archive_queue.c.last_body.type))
         conn.execute(statement, params)
 
-    def _insert(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-        """INSERT many rows. On SQLite without SQLAlchemy's per-row work (the hot path)."""
-        if self._fast_inserts is None:
-            conn.execute(table.insert(), rows)
-            return
-        fast = self._fast_inserts[table.name]
-        conn.exec_driver_sql(fast.sql, fast.params(rows))
-
-    def _next_change_seqs(self, conn: Connection, count: int) -> int:
-        """Reserve ``count`` change sequence numbers; returns the first."""
-        result = conn.execute(
-            text("UPDATE archive_changes SET seq = seq + :n WHERE name = 'archive' RETURNING seq"),
-            {"n": count},
-        )
-        last = result.scalar()
-        if last is None:  # the counter row was removed by hand: start after what exists
-            base = (conn.execute(text("SELECT coalesce(max(change_seq), 0) FROM responses"))).scalar()
-            last = int(base or 0) + count
-            conn.execute(text("INSERT INTO archive_changes (name, seq) VALUES ('archive', :s)"), {"s": last})
-        return int(last) - count + 1
-
     # --- renormalize and compact (archiver.rebuild): rewrite the projection of stored rows ---
 
     def rewrite_projection_sync(self, conn: Connection, rewrites: Sequence[Reprojection]) -> int:
@@ -856,8 +719,8 @@ class ArchiveStore:
             kept.update((row.id, row) for row in conn.execute(stored_columns.where(r.id.in_(chunk))))
             conn.execute(delete(responses).where(r.id.in_(chunk)))
         for chunk in in_chunks(ids):
-            self.delete_children(conn, chunk)
-        first_seq = self._next_change_seqs(conn, len(rewrites))
+            self.rows.delete_children(conn, chunk)
+        first_seq = self.rows.next_change_seqs(conn, len(rewrites))
         mode = archive_mode_sync(conn)
         scrub = self.dialect == "postgresql"
         tool_set_ids = self.tool_sets.resolve_sync(
@@ -902,12 +765,12 @@ class ArchiveStore:
             )
             conn.execute(statement, updates)
         if inserts:
-            self._insert(conn, responses, inserts)
+            self.rows.insert(conn, responses, inserts)
         written = len(rewrites)
         for table in CHILD_TABLES:
             table_inserts = child_rows.get(table.name)
             if table_inserts:
-                self._insert(conn, table, table_inserts)
+                self.rows.insert(conn, table, table_inserts)
                 written += len(table_inserts)
         # The input-item list (not from raw, kept as it is) follows its response's change_seq.
         conn.execute(
