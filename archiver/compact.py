@@ -37,12 +37,12 @@ from archiver.db import now_sql
 from archiver.db_retry import with_db_retry
 from archiver.dburl import sqlite_path
 from archiver.deadline import StopDeadline
+from archiver.dictionaries import WritingCodec, load_dictionaries
 from archiver.errors import ArchiverError
 from archiver.logs import get_logger
 from archiver.orphans import OrphanCounts, sweep_orphans
 from archiver.rebuild import Rebuilder, RebuildReport, StopFlag, retried
 from archiver.schema import CHILD_TABLES, archive_dictionaries, responses
-from archiver.store import ArchiveStore, load_dictionaries
 from archiver.transactions import statement_at_a_time
 from archiver.workers import DEFAULT_MAX_AGE_S
 
@@ -217,11 +217,13 @@ async def _train_first_dictionary(engine: AsyncEngine, deadline: StopDeadline | 
         archived = int((await conn.execute(select(func.count()).select_from(responses))).scalar() or 0)
     if archived < codec.FIRST_TRAINING_AT:
         return None
-    store = ArchiveStore(engine)
+    writing_codec = WritingCodec()
 
     async def train() -> int | None:
         async with engine.begin() as conn:
-            return await conn.run_sync(lambda c: store.train_dictionary_sync(c, bodies_written=archived))
+            return await conn.run_sync(
+                lambda c: writing_codec.train_dictionary_sync(c, bodies_written=archived)
+            )
 
     return await with_db_retry(train, deadline=deadline)
 

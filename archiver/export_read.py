@@ -34,10 +34,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Select
 
 from archiver.codec import Codec
+from archiver.dictionaries import load_dictionaries
 from archiver.export_schema import EXPORTED_CHILDREN, EXPORTED_TOOLS, column_kind, exported_columns
 from archiver.jsontext import json_text
 from archiver.schema import responses, tool_sets
-from archiver.store import load_dictionaries
 from archiver.transactions import read_snapshot
 
 CHUNK_BYTES = 8 * 1024 * 1024

@@ -39,6 +39,7 @@ from archiver.archive_rows import in_chunks
 from archiver.codec import IDENTITY, Codec
 from archiver.db_retry import log_db_retry, with_db_retry
 from archiver.deadline import StopDeadline
+from archiver.dictionaries import load_dictionaries
 from archiver.echoes import body_echoes_secret, scrub_rows
 from archiver.errors import ArchiverError
 from archiver.logs import get_logger, redact
@@ -49,7 +50,7 @@ from archiver.row_budget import ROWS_PER_WRITE, rows_to_write
 from archiver.schema import responses
 from archiver.settings import Settings
 from archiver.sqlite_file import check_same_file
-from archiver.store import ArchiveStore, Reprojection, load_dictionaries
+from archiver.store import ArchiveStore, Reprojection
 from archiver.transactions import statement_at_a_time
 
 log = get_logger()

@@ -3,7 +3,7 @@
 Until the first dictionary is trained (:data:`archiver.codec.FIRST_TRAINING_AT` bodies
 written), the writer stores bodies as plain ``zstd``: about 780 B per mock body against
 125 B with a dictionary. Right after it trains (or adopts) the archive's first
-dictionary, the writer (:class:`archiver.store.ArchiveStore`) re-encodes those rows with
+dictionary, the writer (:class:`archiver.dictionaries.WritingCodec`) re-encodes those rows with
 it, in :class:`PlainWalk` steps: at most ``REENCODE_LIMIT`` rows in all, each step one short
 transaction of at most ``REENCODE_BATCH`` rows and ``REENCODE_BATCH_BYTES`` stored bytes,
 walking ``responses`` in ``id`` order. What is left (more plain rows than the limit, rows a

@@ -11,43 +11,34 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import zstandard
 from sqlalchemy import (
-    LargeBinary,
     bindparam,
-    cast,
     delete,
-    func,
     select,
     text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from archiver import codec, reencode
 from archiver.archive_rows import ArchiveRows, in_chunks, scrub_nul
-from archiver.codec import Codec
+from archiver.archived_bodies import read_bodies
 from archiver.db import now_sql
-from archiver.errors import ArchiverError, first_line
+from archiver.dictionaries import WritingCodec
 from archiver.jsontext import json_bytes
-from archiver.logs import get_logger, redact
+from archiver.logs import get_logger
 from archiver.normalize import NormalizedResponse
 from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll, with_body_sample
 from archiver.projection import archive_mode_sync, keep_children
 from archiver.queue import MAX_ERROR_CHARS, Job, archive_queue
-from archiver.reencode import REENCODE_ATTEMPTS, PlainWalk
 from archiver.schema import (
     CHILD_TABLES,
-    archive_dictionaries,
-    conflict_insert,
     input_item_lists,
     response_input_items,
     responses,
@@ -57,13 +48,6 @@ from archiver.sqlite_file import check_same_file
 from archiver.tool_sets import ToolSetIds
 
 log = get_logger()
-
-DICTIONARY_BYTES = cast(archive_dictionaries.c.data, LargeBinary)
-"""A dictionary's bytes, read as bytes even from a SQLite row whose ``data`` was set to
-text by hand (SQLite keeps the storage class a value is given): read as it was, text
-came back as a ``str`` (a TypeError in every reader) or failed to decode as UTF-8
-(every query of the table failed); as bytes it is a damaged dictionary, which the
-bodies' ``raw_sha256`` finds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,15 +177,8 @@ class ArchiveStore:
             "LEFT JOIN responses AS r ON r.id = q.id WHERE q.id IN :ids AND q.state = 'in_flight'"
             + (" FOR UPDATE OF q" if self.dialect == "postgresql" else "")
         ).bindparams(bindparam("ids", expanding=True))
-        # How new bodies are compressed: loaded with the newest dictionary on the first
-        # batch; _train_at is the bodies written (archive_changes.seq) that make the next due.
-        self._codec: Codec | None = None
-        self._codec_row: dict[str, Any] | None = None
-        """The ``archive_dictionaries`` row of ``_codec``'s dictionary, to put back if deleted."""
-        self._train_at = codec.FIRST_TRAINING_AT
-        self._train_due = False
-        # Set when this store got the archive's first dictionary: the plain rows to re-encode.
-        self._plain_walk: PlainWalk | None = None
+        self.writing_codec = WritingCodec()
+        """How new bodies are compressed, and the dictionary upkeep after a batch."""
         self.rows = ArchiveRows(engine.dialect)
 
     async def write_batch(self, results: Sequence[FetchResult]) -> WriteReport:
@@ -215,9 +192,9 @@ class ArchiveStore:
         async with self.engine.begin() as conn:
             report = await conn.run_sync(self.write_batch_sync, results)
         self.tool_sets.confirm()
-        if self._upkeep_due:
+        if self.writing_codec.upkeep_due:
             async with self.engine.connect() as conn:
-                await conn.run_sync(self._upkeep)
+                await conn.run_sync(self.writing_codec.upkeep)
         return report
 
     def _write_on_own_engine(self, results: Sequence[FetchResult]) -> WriteReport:
@@ -225,204 +202,10 @@ class ArchiveStore:
         with self._write_engine.begin() as conn:
             report = self.write_batch_sync(conn, results)
         self.tool_sets.confirm()
-        if self._upkeep_due:
+        if self.writing_codec.upkeep_due:
             with self._write_engine.connect() as conn:
-                self._upkeep(conn)
+                self.writing_codec.upkeep(conn)
         return report
-
-    @property
-    def _upkeep_due(self) -> bool:
-        """Whether a committed batch leaves work behind: a dictionary to train, plain rows to re-encode."""
-        return self._train_due or self._plain_walk is not None
-
-    def _upkeep(self, conn: Connection) -> None:
-        """After a committed batch, on ``conn`` (no transaction open): train the dictionary
-        if one is due, then re-encode plain rows, each in a transaction of its own. The
-        batch is committed: a database error here never fails it."""
-        if self._train_due:
-            try:
-                with conn.begin():
-                    self.train_dictionary_sync(conn)
-            except (DBAPIError, OSError) as exc:
-                self._training_failed(exc)
-            except BaseException:
-                self._training_rolled_back()
-                raise
-        while self._plain_walk is not None:
-            try:
-                with conn.begin():
-                    self._plain_walk.step(conn)
-            except (DBAPIError, OSError) as exc:
-                self._plain_walk_failed(exc)
-                break
-            self._plain_walk_stepped()
-
-    def _training_rolled_back(self) -> None:
-        """Forget what a training whose transaction did not commit did in memory: a body
-        written or re-encoded with a dictionary the database does not hold is unreadable."""
-        self._codec = None  # reloaded from the database with the next batch
-        self._plain_walk = None
-
-    def _training_failed(self, exc: Exception) -> None:
-        """A training failed on a database error after its batch committed: the batch stands
-        (raising would make the caller write it again, its rows then counted as lost leases);
-        the training is due again with the next batch, from what the database holds."""
-        self._training_rolled_back()
-        log.warning("archiver.dictionary_training_failed", error=redact(first_line(exc)))
-
-    def _plain_walk_stepped(self) -> None:
-        """After a committed step of the re-encoding walk: log and forget it once it is done."""
-        walk = self._plain_walk
-        if walk is None or not walk.done:
-            return
-        self._plain_walk = None
-        log.info(
-            "archiver.plain_bodies_reencoded",
-            dictionary_id=walk.encoder.current,
-            rows=walk.rewritten,
-            left_alone=walk.left_alone,
-            stored_bytes_before=walk.stored_before,
-            stored_bytes_after=walk.stored_after,
-        )
-
-    def _plain_walk_failed(self, exc: Exception) -> None:
-        """A step failed (its transaction rolled back): try again after the next batch, a few times."""
-        walk = self._plain_walk
-        assert walk is not None
-        walk.failures += 1
-        log.warning("archiver.reencode_failed", error=redact(first_line(exc)), attempt=walk.failures)
-        if walk.failures >= REENCODE_ATTEMPTS:
-            self._plain_walk = None  # archiver compact re-encodes what is left
-
-    def _writing_codec(self, conn: Connection) -> Codec:
-        """The codec new bodies are written with: the newest dictionary, if there is one."""
-        if self._codec is None:
-            row = conn.execute(
-                select(
-                    *(c for c in archive_dictionaries.c if c.name != "data"), DICTIONARY_BYTES.label("data")
-                )
-                .order_by(archive_dictionaries.c.id.desc())
-                .limit(1)
-            ).first()
-            self._codec_row = {**row._mapping, "data": bytes(row.data)} if row is not None else None
-            self._codec = Codec({int(row.id): bytes(row.data)} if row is not None else None)
-            self._train_at = codec.next_training_at(int(row.trained_on) if row is not None else None)
-        return self._codec
-
-    def _checked_writing_codec(self, conn: Connection) -> Codec:
-        """:meth:`_writing_codec`, once its dictionary is known to be in the database still
-        (locked against a delete until this transaction ends on PostgreSQL; SQLite's write
-        lock is held already). A row deleted by hand while this writer ran made every body
-        it wrote afterwards name a dictionary nobody could read them with: the writer puts
-        back the row it holds, which makes the bodies written with it readable again."""
-        encoder = self._writing_codec(conn)
-        row = self._codec_row
-        if row is None:
-            return encoder
-        still = select(archive_dictionaries.c.id).where(archive_dictionaries.c.id == row["id"])
-        if conn.execute(still.with_for_update(read=True, key_share=True)).first() is None:
-            log.warning("archiver.dictionary_restored", dictionary=row["id"])
-            put_back = conflict_insert(conn, archive_dictionaries).values(row)
-            conn.execute(put_back.on_conflict_do_nothing(index_elements=["id"]))
-        return encoder
-
-    def train_dictionary_sync(self, conn: Connection, *, bodies_written: int = 0) -> int | None:
-        """Train a new dictionary on the most recent bodies, if one is due; its id or None.
-
-        Due when the bodies written (``archive_changes.seq``) reach
-        ``codec.FIRST_TRAINING_AT`` (128) for the first one, then 10 times the count the
-        newest one was trained on. Runs in its own transaction after a batch. Another
-        writer may have trained one meanwhile: then that one is adopted. A dictionary that
-        does not make the bodies held out of its training smaller
-        (:func:`archiver.codec.train_checked`) is not kept, and a failed training (too
-        little data) is not either: both wait for the archive to double. When this store
-        gets the archive's first dictionary (trained or adopted), the writer then
-        re-encodes the rows stored as plain ``zstd`` (:mod:`archiver.reencode`).
-
-        Args:
-            bodies_written: count at least this many bodies written (the counter starts
-                at 0 in archives older than change tracking; ``archiver compact``).
-        """
-        self._train_due = False
-        before = self._codec
-        self._codec = None  # reload: picks up a dictionary another writer trained
-        current = self._writing_codec(conn)
-        first = before is not None and before.current is None  # writing plain zstd until now
-        if first and current.current is not None:
-            self._walk_plain_rows(conn, current.current)
-        written = int(conn.execute(text("SELECT coalesce(max(seq), 0) FROM archive_changes")).scalar() or 0)
-        written = max(written, bodies_written)
-        if written < self._train_at:
-            return None
-        samples: list[bytes] = []
-        size = 0
-        reader = Codec(load_dictionaries_sync(conn))
-        rows = conn.execute(
-            select(responses.c.raw, responses.c.raw_codec, responses.c.raw_dict_id)
-            .where(func.length(responses.c.raw) <= codec.SMALL_BODY_BYTES)  # larger ones train nothing
-            # A body that echoes a key keeps it in raw only, never in a dictionary's bytes.
-            .where(responses.c.secret_masked.is_not(True))
-            .order_by(responses.c.change_seq.desc())
-            .limit(codec.TRAINING_SAMPLES)
-        )
-        for raw, raw_codec, dict_id in rows:
-            try:
-                body = reader.decode(raw, raw_codec, dict_id)
-            except (ArchiverError, zstandard.ZstdError):  # an unreadable row trains nothing
-                continue
-            if len(body) > codec.SMALL_BODY_BYTES:
-                continue
-            samples.append(body)
-            size += len(body)
-            if size >= codec.TRAINING_BYTES:
-                break
-        try:
-            training = codec.train_checked(samples)
-        except Exception as exc:  # zstd refuses too few or too small samples
-            self._train_at = written * 2
-            log.warning("archiver.dictionary_not_trained", bodies=len(samples), error=str(exc))
-            return None
-        if not training.useful:  # too few or too unlike bodies: worse than none, or no better
-            self._train_at = written * 2
-            log.warning(
-                "archiver.dictionary_not_kept",
-                bodies=len(samples),
-                held_out=training.held_out,
-                plain_bytes=training.plain_bytes,
-                dictionary_bytes=training.dictionary_bytes,
-            )
-            return None
-        data = training.data
-        values = {
-            "created_at": datetime.now(UTC),
-            "size": len(data),
-            "trained_on": written,
-            "samples": training.trained_on,
-            "data": data,
-        }
-        dict_id = conn.execute(
-            archive_dictionaries.insert().values(values).returning(archive_dictionaries.c.id)
-        ).scalar_one()
-        current.add(int(dict_id), data)
-        self._codec_row = {"id": int(dict_id), **values}
-        self._train_at = codec.next_training_at(written)
-        if first:
-            self._walk_plain_rows(conn, int(dict_id))
-        log.info(
-            "archiver.dictionary_trained",
-            dictionary_id=dict_id,
-            bodies=training.trained_on,
-            written=written,
-            size=len(data),
-            held_out_plain_bytes=training.plain_bytes,
-            held_out_dictionary_bytes=training.dictionary_bytes,
-        )
-        return int(dict_id)
-
-    def _walk_plain_rows(self, conn: Connection, dict_id: int) -> None:
-        """Re-encode the plain rows with the archive's first dictionary, after this batch."""
-        encoder = Codec(load_dictionaries_sync(conn, [dict_id]))
-        self._plain_walk = PlainWalk(encoder, left=reencode.REENCODE_LIMIT)
 
     def write_batch_sync(self, conn: Connection, results: Sequence[FetchResult]) -> WriteReport:
         """Write a batch in the transaction open on ``conn``; the work of :meth:`write_batch`.
@@ -510,9 +293,8 @@ class ArchiveStore:
         first_seq = self.rows.next_change_seqs(conn, len(changed))
         # Read under the counter lock, which a mode switch takes too (archiver.projection).
         mode = archive_mode_sync(conn)
-        encoder = self._checked_writing_codec(conn)
-        if first_seq + len(changed) - 1 >= self._train_at:
-            self._train_due = True
+        encoder = self.writing_codec.checked(conn)
+        self.writing_codec.note_written(first_seq + len(changed) - 1)
         response_rows: list[dict[str, Any]] = []
         tools: list[Any] = []
         child_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -807,36 +589,3 @@ class ArchiveStore:
         async with self.engine.connect() as conn:
             bodies = await read_bodies(conn, [response_id])
         return bodies.get(response_id)
-
-
-def load_dictionaries_sync(conn: Connection, ids: Iterable[int] | None = None) -> dict[int, bytes]:
-    """Dictionary bytes by id: the ones in ``ids``, or all of them."""
-    stmt = select(archive_dictionaries.c.id, DICTIONARY_BYTES)
-    if ids is not None:
-        stmt = stmt.where(archive_dictionaries.c.id.in_(sorted(set(ids))))
-    return {int(i): bytes(data) for i, data in conn.execute(stmt)}
-
-
-async def load_dictionaries(conn: AsyncConnection, ids: Iterable[int] | None = None) -> dict[int, bytes]:
-    """Dictionary bytes by id: the ones in ``ids``, or all of them."""
-    return await conn.run_sync(load_dictionaries_sync, ids)
-
-
-async def read_bodies(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, bytes]:
-    """The archived bodies of ``ids`` exactly as received, decoded (IDs not archived are left out).
-
-    Raises:
-        MissingDictionary: a body's dictionary is not in the database.
-        DamagedBody: a body does not decode to the bytes received.
-    """
-    r = responses.c
-    found: dict[str, tuple[bytes, str | None, int | None, str]] = {}
-    for chunk in in_chunks(ids):
-        result = await conn.execute(
-            select(r.id, r.raw, r.raw_codec, r.raw_dict_id, r.raw_sha256).where(r.id.in_(chunk))
-        )
-        for rid, raw, raw_codec, dict_id, sha in result:
-            found[rid] = (bytes(raw), raw_codec, dict_id, sha)
-    wanted = {stored[2] for stored in found.values() if stored[2] is not None}
-    reader = Codec(await load_dictionaries(conn, wanted) if wanted else None)
-    return {rid: reader.decode_received(rid, *stored) for rid, stored in found.items()}

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from archiver.archived_bodies import read_bodies
 from archiver.db import open_database
 from archiver.mockapi import body_for
 from archiver.renormalize import renormalize
-from archiver.store import read_bodies
 from tests.acceptance.conftest import Cli, start_daemon, start_mock_process
 from tests.integration.test_renormalize import assert_consistent, projection
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text, update
 
+from archiver.archived_bodies import read_bodies
 from archiver.commands import show
 from archiver.compact import DaemonRunning, compact
 from archiver.db import open_database
@@ -23,7 +24,6 @@ from archiver.mockapi import body_for, start_mock_server
 from archiver.queue import QueueStore
 from archiver.renormalize import renormalize
 from archiver.schema import archive_dictionaries, responses
-from archiver.store import read_bodies
 from archiver.worker import Worker
 from tests.integration.test_renormalize import archive_corpus, assert_consistent, damage, projection
 

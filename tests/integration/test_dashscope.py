@@ -13,10 +13,10 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 
+from archiver.archived_bodies import read_bodies
 from archiver.db import open_database
 from archiver.mockapi import MockConfig, body_for, start_mock_server
 from archiver.queue import QueueStore
-from archiver.store import read_bodies
 from archiver.worker import Worker
 
 OLD_PATH = "/api/v2/apps/protocols/compatible-mode/v1"

@@ -26,13 +26,13 @@ import archiver.export as export_module
 import archiver.export_files as export_files
 import archiver.export_read as export_read
 import archiver.export_writers as export_writers
+from archiver.archived_bodies import read_bodies
 from archiver.db import open_database
 from archiver.export import ExportError, ExportReport, export, export_tables, schema_document
 from archiver.export_schema import BATCHES_DIR
 from archiver.mockapi import start_mock_server
 from archiver.queue import QueueStore
 from archiver.schema import export_cursors, input_items, responses, tool_sets
-from archiver.store import read_bodies
 from archiver.worker import Worker
 
 pytestmark = pytest.mark.timeout(180)

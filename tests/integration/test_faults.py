@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from archiver.archived_bodies import read_bodies
 from archiver.db import open_database
 from archiver.errors import StopRun
 from archiver.mockapi import MockConfig, MockStats, body_for, start_mock_server
@@ -31,7 +32,6 @@ from archiver.policy import profile_for_base_url
 from archiver.queue import QUEUE_STATES, QueueStore
 from archiver.schema import CHILD_TABLES
 from archiver.settings import Settings
-from archiver.store import read_bodies
 from archiver.worker import RunSummary, Worker
 
 pytestmark = pytest.mark.timeout(120)

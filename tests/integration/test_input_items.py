@@ -7,10 +7,10 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 
+from archiver.archived_bodies import read_bodies
 from archiver.db import open_database
 from archiver.mockapi import MockConfig, body_for, input_items_for, start_mock_server
 from archiver.queue import QueueStore
-from archiver.store import read_bodies
 from archiver.worker import Worker
 
 

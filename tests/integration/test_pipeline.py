@@ -10,10 +10,11 @@ import orjson
 import pytest
 from sqlalchemy import text
 
+from archiver.archived_bodies import read_bodies
 from archiver.db import open_database
 from archiver.mockapi import MockConfig, body_for, start_mock_server
 from archiver.queue import QueueStore
-from archiver.store import ArchiveStore, read_bodies
+from archiver.store import ArchiveStore
 from archiver.worker import Worker
 
 pytestmark = pytest.mark.timeout(180)

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from sqlalchemy import LargeBinary, bindparam, func, select, text
 
+from archiver.archived_bodies import read_bodies
 from archiver.commands import show
 from archiver.db import open_database
 from archiver.export import export
@@ -19,7 +20,6 @@ from archiver.migrate import migrate
 from archiver.mockapi import MockConfig, load_bodies, start_mock_server
 from archiver.queue import QueueStore
 from archiver.schema import CHILD_TABLES, input_items, responses, tool_sets
-from archiver.store import read_bodies
 from archiver.worker import Worker
 from tests.history import engine_at
 from tests.projection import assert_projection, parse_body

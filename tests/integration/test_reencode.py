@@ -20,16 +20,17 @@ import zstandard
 from sqlalchemy import func, select, update
 
 from archiver import codec, reencode
+from archiver.archived_bodies import read_bodies
 from archiver.codec import Codec
 from archiver.commands import show
 from archiver.compact import compact
 from archiver.db import open_database
+from archiver.dictionaries import WritingCodec
 from archiver.export import export
 from archiver.mockapi import MockConfig, body_for, start_mock_server
 from archiver.queue import QueueStore
 from archiver.reencode import PlainWalk
 from archiver.schema import archive_dictionaries, responses
-from archiver.store import ArchiveStore, read_bodies
 from archiver.worker import Worker
 
 pytestmark = pytest.mark.timeout(180)
@@ -201,7 +202,7 @@ _KILLED_WALK = textwrap.dedent(
     from archiver import reencode
     from archiver.codec import Codec
     from archiver.db import open_database
-    from archiver.store import load_dictionaries
+    from archiver.dictionaries import load_dictionaries
 
     reencode.REENCODE_BATCH = 4
     write = reencode.PlainWalk.write
@@ -300,15 +301,15 @@ async def test_a_training_that_does_not_commit_leaves_no_dictionary_in_use(
     sqlite_url: str, make_settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trained: list[int] = []
-    walk_plain_rows = ArchiveStore._walk_plain_rows
+    walk_plain_rows = WritingCodec._walk_plain_rows
 
-    def fail_the_first(store: ArchiveStore, conn: Any, dict_id: int) -> None:
+    def fail_the_first(writing_codec: WritingCodec, conn: Any, dict_id: int) -> None:
         trained.append(dict_id)
         if len(trained) == 1:  # after the dictionary's INSERT, before the COMMIT
             raise RuntimeError("the training transaction does not commit")
-        walk_plain_rows(store, conn, dict_id)
+        walk_plain_rows(writing_codec, conn, dict_id)
 
-    monkeypatch.setattr(ArchiveStore, "_walk_plain_rows", fail_the_first)
+    monkeypatch.setattr(WritingCodec, "_walk_plain_rows", fail_the_first)
     ids = [f"resp_ok_n{i:05d}" for i in range(codec.FIRST_TRAINING_AT + 150)]
     async with await start_mock_server() as mock, open_database(sqlite_url) as engine:
         # Batches of at most 50: the failed training comes by the 177th body at the latest,
