@@ -34,9 +34,10 @@ from archiver.dictionaries import WritingCodec
 from archiver.jsontext import json_bytes
 from archiver.logs import get_logger
 from archiver.normalize import NormalizedResponse
-from archiver.outcomes import Archived, Outcome, Permanent, Retry, StopAll, with_body_sample
+from archiver.outcomes import Archived, Outcome
 from archiver.projection import archive_mode_sync, keep_children
-from archiver.queue import MAX_ERROR_CHARS, Job, archive_queue
+from archiver.queue import Job
+from archiver.queue_moves import move_queue_rows
 from archiver.schema import (
     CHILD_TABLES,
     input_item_lists,
@@ -108,24 +109,6 @@ def _input_items_digest(rows: list[dict[str, Any]], input_list: dict[str, Any] |
     if input_list is not None:
         digest.update(json_bytes(input_list, sort_keys=True))
     return digest.hexdigest()
-
-
-_NO_BODY: dict[str, Any] = {"body": None, "body_bytes": None, "body_sha256": None}
-
-
-def _body_columns(outcome: Retry | Permanent) -> dict[str, Any]:
-    """The queue's forensic body parameters: a bounded prefix, the whole length, its SHA-256.
-
-    Sampled here too, not only in the fetcher: ``writer.prepare()`` fails an ID whose
-    body cannot be normalized with the whole body (``with_body_sample`` is idempotent).
-    """
-    sampled = with_body_sample(outcome)
-    assert isinstance(sampled, (Retry, Permanent))
-    return {"body": sampled.body, "body_bytes": sampled.body_bytes, "body_sha256": sampled.body_sha256}
-
-
-def _short(text_: str) -> str:
-    return text_ if len(text_) <= MAX_ERROR_CHARS else text_[: MAX_ERROR_CHARS - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +208,7 @@ class ArchiveStore:
         archived = [r for r in kept if isinstance(r.outcome, Archived) and r.normalized is not None]
         if archived:
             self._write_archive(conn, archived, existing, report)
-        self._move_queue_rows(conn, kept, report)
+        move_queue_rows(conn, kept, report, dialect=self.dialect, now=self.now, max_polls=self.max_polls)
         # Last before the commit: a SQLite file deleted or replaced during the run still
         # takes writes, into a file that is no longer the archive.
         check_same_file(conn)
@@ -360,116 +343,6 @@ class ArchiveStore:
                 .values(change_seq=bindparam("seq")),
                 kept_lists,
             )
-
-    def _move_queue_rows(self, conn: Connection, results: list[FetchResult], report: WriteReport) -> None:
-        done: list[dict[str, Any]] = []
-        later: list[dict[str, Any]] = []
-        final: list[dict[str, Any]] = []
-        for r in results:
-            o = r.outcome
-            rid, token = r.job.response_id, r.job.lease_token
-            if isinstance(o, Archived):
-                if o.terminal:
-                    report.archived += 1
-                    done.append({"rid": rid, "token": token})
-                elif r.job.polls + 1 >= self.max_polls:
-                    report.failed += 1
-                    final.append(
-                        {
-                            "rid": rid,
-                            "token": token,
-                            "state": "failed",
-                            "code": o.status_code,
-                            "error": f"still {o.response_status} after {self.max_polls} polls "
-                            "(latest snapshot is archived)",
-                            **_NO_BODY,
-                        }
-                    )
-                else:
-                    report.repolled += 1
-                    later.append(
-                        {
-                            "rid": rid,
-                            "token": token,
-                            "delay": r.next_delay_s,
-                            "code": o.status_code,
-                            "error": f"response is {o.response_status}; re-polling",
-                            **_NO_BODY,
-                            "attempt_refund": r.job.attempt,
-                            "polls": 1,
-                        }
-                    )
-            elif isinstance(o, Retry):
-                report.retried += 1
-                later.append(
-                    {
-                        "rid": rid,
-                        "token": token,
-                        "delay": o.delay_s,
-                        "code": o.status_code,
-                        "error": _short(o.reason),
-                        **_body_columns(o),
-                        "attempt_refund": 0 if o.spend_attempt else 1,
-                        "polls": 0,
-                    }
-                )
-            elif isinstance(o, Permanent):
-                if o.state == "not_found":
-                    report.not_found += 1
-                else:
-                    report.failed += 1
-                final.append(
-                    {
-                        "rid": rid,
-                        "token": token,
-                        "state": o.state,
-                        "code": o.status_code,
-                        "error": _short(o.reason),
-                        **_body_columns(o),
-                    }
-                )
-            elif isinstance(o, StopAll):  # pragma: no cover - the worker releases these
-                raise AssertionError("StopAll results are released, not written")
-        fence = "WHERE id = :rid AND lease_token = :token"
-        clear_lease = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
-        clear_body = "last_body = NULL, last_body_bytes = NULL, last_body_sha256 = NULL"
-        set_body = "last_body = :body, last_body_bytes = :body_bytes, last_body_sha256 = :body_sha256"
-        if done:
-            self._update_many(
-                conn,
-                f"UPDATE archive_queue SET state = 'archived', {clear_lease}, last_status_code = 200, "
-                f"last_error = NULL, {clear_body}, updated_at = {self.now} {fence}",
-                done,
-            )
-        if later:
-            self._update_many(
-                conn,
-                f"UPDATE archive_queue SET state = 'pending', {clear_lease}, "
-                "attempts = CASE WHEN attempts >= :attempt_refund "
-                "THEN attempts - :attempt_refund ELSE 0 END, "
-                "polls = polls + :polls, "
-                f"next_attempt_at = {self.now} + :delay, last_status_code = :code, "
-                f"last_error = :error, {set_body}, updated_at = {self.now} {fence}",
-                later,
-            )
-        if final:
-            self._update_many(
-                conn,
-                f"UPDATE archive_queue SET state = :state, {clear_lease}, last_status_code = :code, "
-                f"last_error = :error, {set_body}, updated_at = {self.now} {fence}",
-                final,
-            )
-
-    def _update_many(self, conn: Connection, sql: str, params: list[dict[str, Any]]) -> None:
-        """executemany of a queue UPDATE with named parameters (all values bound)."""
-        if self.dialect == "sqlite":
-            # sqlite3 binds :name parameters from dicts itself; skip SQLAlchemy's per-row work.
-            conn.exec_driver_sql(sql, params)
-            return
-        statement = text(sql)
-        if ":body" in sql:
-            statement = statement.bindparams(bindparam("body", type_=archive_queue.c.last_body.type))
-        conn.execute(statement, params)
 
     # --- renormalize and compact (archiver.rebuild): rewrite the projection of stored rows ---
 
