@@ -1,8 +1,8 @@
 """The archive's rows: inserting them, deleting a response's child rows, and the change counter.
 
-Shared by the batch writer and the rebuild (:class:`archiver.store.ArchiveStore`). On
-SQLite, INSERTs skip SQLAlchemy's per-row work (the hot path; the profile in
-bench/README.md shows why).
+Shared by the batch writer (:mod:`archiver.response_upsert`) and the rebuild
+(:mod:`archiver.reprojection`). On SQLite, INSERTs skip SQLAlchemy's per-row work (the hot
+path; the profile in bench/README.md shows why).
 """
 
 from __future__ import annotations
@@ -127,8 +127,10 @@ class ArchiveRows:
     def delete_children(self, conn: Connection, response_ids: list[str]) -> None:
         """Delete the child rows (not the input items) of at most ``IN_CHUNK`` responses.
 
-        The first half of replacing a response's rows; the store inserts the new ones in the
-        same transaction.
+        The first half of replacing a response's rows: the writer
+        (:func:`archiver.response_upsert.write_responses`) and the rebuild
+        (:func:`archiver.reprojection.rewrite_projection`) insert the new ones in the same
+        transaction.
         """
         for table in CHILD_TABLES:
             conn.execute(delete(table).where(table.c.response_id.in_(response_ids)))

@@ -46,11 +46,12 @@ from archiver.logs import get_logger, redact
 from archiver.normalize import normalize_body
 from archiver.projection import write_meta_sync
 from archiver.queue import archive_queue
+from archiver.reprojection import Reprojection
 from archiver.row_budget import ROWS_PER_WRITE, rows_to_write
 from archiver.schema import responses
 from archiver.settings import Settings
 from archiver.sqlite_file import check_same_file
-from archiver.store import ArchiveStore, Reprojection
+from archiver.store import ArchiveStore
 from archiver.transactions import statement_at_a_time
 
 log = get_logger()

@@ -266,7 +266,7 @@ async def test_an_input_item_nested_deeper_than_orjson_writes_is_archived(
     as JSON, say) is archived with its response.
 
     Found: the writer digests the list of input items with orjson alone
-    (``store._input_items_digest``), which stops at 254 levels, so it failed the ID:
+    (``response_upsert._input_items_digest``), which stops at 254 levels, so it failed the ID:
     "cannot store the response: JSONEncodeError: Recursion limit reached".
     """
     rid = "resp_deep_input"
