@@ -16,6 +16,18 @@ depend on how deep in the stack it is called: the fetcher would archive bodies t
 limit of the archiver's own, checked without recursion before the parse, every reader
 agrees with the fetcher and has about 500 frames to spare.
 
+Text of :data:`STDLIB_FROM` (1 MiB) or more is parsed by the standard library too:
+orjson builds yyjson's document of the whole text before the Python objects and holds
+both until it returns, so its parse of a 16 MiB body dense in small values peaked at
+16-22 times the body (259-360 MiB over it), where the objects left take 12-17 times;
+the standard library builds the objects alone (194-205 MiB), takes one-character
+strings from CPython's cache and sizes dicts to their members. :func:`loads` then takes
+0.8-2.1 times as long, scan included (1-16 MiB bodies: from 0.4 s less for 16 MiB of
+the members above to 0.5 s more for 16 MiB of logprobs). Text beyond the BMP costs it more (it
+decodes the whole text first, 4 bytes a character: 93 MiB against orjson's 63 for
+16 MiB of text with emoji), still far below the dense bodies. Both read the same values
+from valid JSON (duplicate members: the last value, where the first stood).
+
 A number no double holds (``1e400``, an integer of more digits than CPython converts,
 4,300) is parsed as ``None``: JSON ``null`` in the derived columns, as orjson writes a
 double out of range, where the standard library would write ``Infinity`` (not JSON:
@@ -170,9 +182,15 @@ _VERY_LONG_DIGIT_RUN: Final = b"0" * 200
 _LARGE_EXPONENT: Final = re.compile(rb"[eE]\+?0*[1-9][0-9]{2}")
 
 
+STDLIB_FROM: Final = 1 << 20
+"""Text of this many bytes or more is parsed by the standard library, not orjson (see the
+module docstring): its peak is the objects alone."""
+
+
 def loads(raw: bytes | str) -> Any:
     """Parse JSON as the fetcher accepts it, exactly: orjson, or :func:`loads_stdlib` for
-    valid JSON that orjson refuses or would read inexactly (an integer beyond 64 bits).
+    valid JSON that orjson refuses or would read inexactly (an integer beyond 64 bits),
+    and for text of :data:`STDLIB_FROM` bytes or more (whose parse orjson would double).
 
     A scan of the bytes picks the parse and bounds the nesting (``parse_limits.SCAN``); it costs about
     a third of orjson's parse.
@@ -195,7 +213,7 @@ def loads_stored(raw: bytes | str) -> Any:
 def _loads(raw: bytes | str, *, limited: bool) -> Any:
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     digits = _scan(data, limited=limited)
-    if digits is not _Digits.SHORT:
+    if digits is not _Digits.SHORT or len(data) >= STDLIB_FROM:
         return _parse_stdlib(raw, data, digits)
     try:
         return orjson.loads(raw)
