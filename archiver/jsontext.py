@@ -77,6 +77,7 @@ __all__ = [
     "TooManyContainers",
     "TooManyStrings",
     "TooMuchTogether",
+    "check_limits_of",
     "costly_numbers",
     "json_bytes",
     "json_shape",
@@ -201,6 +202,13 @@ def loads(raw: bytes | str) -> Any:
             :class:`TooManyContainers` past :func:`max_containers` (ValueErrors too).
     """
     return _loads(raw, limited=True)
+
+
+def check_limits_of(raw: bytes) -> None:
+    """Refuse ``raw`` as :func:`loads` refuses it before it parses: nested past
+    :data:`MAX_NESTING`, or past a limit of :mod:`archiver.parse_limits` (the same errors).
+    For a check that does not build the parse (:mod:`archiver.body_head`)."""
+    _scan(raw, limited=True)
 
 
 def loads_stored(raw: bytes | str) -> Any:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import orjson
 
-from archiver.ids import json_type_name
+from archiver.body_head import NotJson, read_head
 from archiver.jsontext import MAX_NESTING, NestingTooDeep, TooManyContainers, loads
 from archiver.outcomes import (
     Archived,
@@ -599,29 +599,27 @@ def classify_input_items_page(
 
 def _classify_body(body: bytes, requested_id: str, attempt: int, policy: RetryPolicy, rand: float) -> Outcome:
     try:
-        data = loads(body)  # exact: the normalizer uses this parse (archiver.jsontext)
+        # Exact: a body accepted here is one the writer's parse accepts, with the same id and
+        # status; a large one is checked without building it (archiver.body_head).
+        head = read_head(body)
     except (ValueError, RecursionError) as exc:
         return _bad_body(_json_problem(body, exc), body, attempt, policy, rand)
-    if not isinstance(data, dict):
-        kind = json_type_name(data)
-        return _bad_body(f"body is a JSON {kind}, not an object", body, attempt, policy, rand)
-    body_id = data.get("id")
-    if body_id != requested_id:
-        if body_id is None:
+    if head.kind != "object":
+        return _bad_body(f"body is a JSON {head.kind}, not an object", body, attempt, policy, rand)
+    if head.id != requested_id:
+        if head.id_kind == "null":
             problem = "body has no 'id' field"
-        elif not isinstance(body_id, str):
-            problem = f"body 'id' is a {json_type_name(body_id)}, not a string"
+        elif head.id is None:
+            problem = f"body 'id' is a {head.id_kind}, not a string"
         else:
-            problem = f"body id {_shorten(body_id)!r} differs from requested {_shorten(requested_id)!r}"
+            problem = f"body id {_shorten(head.id)!r} differs from requested {_shorten(requested_id)!r}"
         return _bad_body(problem, body, attempt, policy, rand)
-    status = data.get("status")
-    response_status = status if isinstance(status, str) else None
     return Archived(
         raw=body,
         status_code=200,
-        terminal=response_status not in NON_TERMINAL_RESPONSE_STATUSES,
-        response_status=response_status,
-        body=data,
+        terminal=head.status not in NON_TERMINAL_RESPONSE_STATUSES,
+        response_status=head.status,
+        body=head.parsed,
     )
 
 
@@ -644,6 +642,8 @@ def _json_problem(body: bytes, exc: Exception) -> str:
         )
     if isinstance(exc, TooManyContainers):
         return f"body {exc} ({len(body)} bytes)"
+    if isinstance(exc, NotJson):  # a large body, judged without its parse: msgspec's words
+        return f"body is not valid JSON: {exc} ({len(body)} bytes)"
     if isinstance(exc, RecursionError):  # a backstop: NestingTooDeep comes first
         return f"body nests deeper than the JSON parser reaches ({len(body)} bytes)"
     try:

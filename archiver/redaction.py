@@ -36,6 +36,7 @@ __all__ = [
     "contains_secret",
     "database_passwords",
     "install_excepthook",
+    "longest_needle",
     "redact",
     "redact_bytes",
     "redact_secrets",
@@ -350,6 +351,12 @@ def contains_secret(data: bytes) -> bool:
     several times as much on every body.
     """
     return any(gate in data and any(needle in data for needle in group) for gate, group in _needles)
+
+
+def longest_needle() -> int:
+    """The length in bytes of the longest piece :func:`contains_secret` looks for (0: none
+    registered): a search of a text a window at a time overlaps its windows by this much."""
+    return max((len(needle) for _, group in _needles for needle in group), default=0)
 
 
 def redact_secrets(text: str) -> str:
