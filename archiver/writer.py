@@ -56,6 +56,11 @@ from archiver.store import ArchiveStore, FetchResult, WriteReport
 log = get_logger()
 
 _SEND_SLICE = 1 << 20
+LARGE_BODY_BYTES = 1 << 20
+"""A body this large is normalized and written in a transaction of its own (see
+:meth:`InlineWriter.write`): a batch closes at an eighth of ``--max-held-mb`` of bodies,
+so it may hold ~4 MiB of smaller bodies, their rows kept parsed until written, before
+one of ``--max-body-mb`` (four dense bodies of 0.9 MiB then a 16 MiB one: +65 MiB)."""
 _HEADER = struct.Struct("!I")
 START_TIMEOUT_S = 60.0
 CLOSE_TIMEOUT_S = 30.0
@@ -136,11 +141,14 @@ class InlineWriter:
         self.store.close(wait=deadline is None or not deadline.passed)
 
     async def write(self, batch: list[FetchResult], deadline: StopDeadline | None = None) -> WriteReport:
-        """Normalize, then write, in one transaction per :data:`ROWS_PER_WRITE` rows.
+        """Normalize, then write, in one transaction per :data:`ROWS_PER_WRITE` rows, and a
+        body of :data:`LARGE_BODY_BYTES` or more in one of its own.
 
         Each result is normalized only once the rows before it are written, if they reach
         ``ROWS_PER_WRITE``: the rows of a whole batch of dense bodies would otherwise be in
-        memory at once (see :mod:`archiver.row_budget`).
+        memory at once (see :mod:`archiver.row_budget`). A large body is normalized only
+        once the results before it are written, and written before the next: its parse
+        never sits beside another body's rows.
         """
         if not batch:
             return await self._write_prepared([], deadline)
@@ -148,9 +156,13 @@ class InlineWriter:
         prepared: list[FetchResult] = []
         rows = 0
         for result in batch:
+            large = _body_bytes(result) >= LARGE_BODY_BYTES
+            if large and prepared:
+                total.merge(await self._write_prepared(prepared, deadline))
+                prepared, rows = [], 0
             prepared.append(prepare(result))
             rows += _row_count(prepared[-1])
-            if rows >= ROWS_PER_WRITE:
+            if large or rows >= ROWS_PER_WRITE:
                 total.merge(await self._write_prepared(prepared, deadline))
                 prepared, rows = [], 0
         if prepared:
@@ -210,6 +222,11 @@ class InlineWriter:
         return await with_db_retry(
             partial(self.store.write_batch, batch), on_retry=log_db_retry, attempts=12, deadline=deadline
         )
+
+
+def _body_bytes(result: FetchResult) -> int:
+    outcome = result.outcome
+    return len(outcome.raw) if isinstance(outcome, Archived) else 0
 
 
 def _row_count(result: FetchResult) -> int:
