@@ -22,8 +22,9 @@ both until it returns, so its parse of a 16 MiB body dense in small values peake
 16-22 times the body (259-360 MiB over it), where the objects left take 12-17 times;
 the standard library builds the objects alone (194-205 MiB), takes one-character
 strings from CPython's cache and sizes dicts to their members. :func:`loads` then takes
-0.8-2.1 times as long, scan included (1-16 MiB bodies: from 0.4 s less for 16 MiB of
-the members above to 0.5 s more for 16 MiB of logprobs). Text beyond the BMP costs it more (it
+0.7-1.7 times as long, scan included (1-16 MiB bodies; 16 MiB: 1.35 s against 1.88 for
+the members above, 0.81 against 0.69 for the tool listing, 0.21 against 0.13 for plain
+text). Text beyond the BMP costs it more (it
 decodes the whole text first, 4 bytes a character: 93 MiB against orjson's 63 for
 16 MiB of text with emoji), still far below the dense bodies. Both read the same values
 from valid JSON (duplicate members: the last value, where the first stood).
