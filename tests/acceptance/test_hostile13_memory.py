@@ -43,7 +43,7 @@ from tests.acceptance.conftest import base_env
 from tests.acceptance.test_memory_bound import PEAK_BOUND, Cli, run_measured
 from tests.generated_bodies import serve_generated
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 MiB = 1 << 20
 

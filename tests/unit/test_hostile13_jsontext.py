@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import random
-import time
 from typing import Any
 
 import orjson
@@ -47,15 +46,13 @@ def test_member_names_spaced_from_their_colon_are_names() -> None:
         loads(spaced)
 
 
-def test_counting_names_of_a_few_hundred_spellings_is_quick() -> None:
-    """Was 4.3 s for 16 MiB (256 passes of ``bytes.count``)."""
+def test_names_of_a_few_hundred_spellings_are_counted() -> None:
+    """Their count took 4.3 s for 16 MiB (256 passes of ``bytes.count``): its time is
+    measured by ``bench/pre_parse.py`` against a body of one spelling, not asserted here."""
     unit = b"".join(b'"%03d":0,' % i for i in range(300))
     body = b'{"id":"r","x":{' + unit * ((BODY - 30) // len(unit)) + b'"z":0}}'
-    started = time.perf_counter()
     values, names = string_counts(body)
-    seconds = time.perf_counter() - started
     assert values == 1 and 250_000 < names < 400_000, (values, names)
-    assert seconds < 1.5, f"{seconds:.2f} s"
 
 
 def _logprob(token: str) -> dict[str, Any]:
