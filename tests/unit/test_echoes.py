@@ -110,5 +110,22 @@ def test_the_windowed_check_agrees_with_the_serialized_form() -> None:
         if rng.random() < 0.5:
             cut = rng.randrange(len(KEY) // 2, len(KEY) + 1)
             text += "".join(f"\\u{ord(c):04x}" if rng.random() < 0.5 else c for c in KEY[:cut])
-        raw = large(text, before=rng.randrange(1 << 17))
+        # Called directly, the check needs no body past SHALLOW_FROM: padding of 2-3 of its
+        # 64 KiB windows puts the text anywhere in them (1 MiB took this test 18 s).
+        pad = "\\u00e9" * (rng.randrange(1 << 17) // 6)
+        tail = "\\n" * (1 << 15)
+        raw = f'{{"id":"resp_1","model":"{pad}{text}{tail}"}}'.encode()
         assert _unescaped_holds_secret(raw) == contains_secret(json_bytes(loads(raw))), text
+
+
+@pytest.mark.parametrize("cut", [1, 5, len(KEY) // 2, len(KEY) - 1])
+def test_a_key_cut_by_the_checks_window_is_found(cut: int) -> None:
+    """Every character of the key written as an escape, the 64 KiB window of the check
+    without a parse ending after ``cut`` of them: found (each window starts with the end
+    of the one before, and half of a key counts on its own)."""
+    from archiver.echoes import _WINDOW, _unescaped_holds_secret
+
+    escaped = "".join(f"\\u{ord(c):04x}" for c in KEY)
+    pad = "a" * (_WINDOW - 6 * cut)
+    raw = f'{{"id":"resp_1","model":"{pad}{escaped}"}}'.encode()
+    assert _unescaped_holds_secret(raw)
