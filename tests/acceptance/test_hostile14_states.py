@@ -1,0 +1,83 @@
+"""Queue rows in states archiver does not know, written by another application: what
+``status``, ``retry`` and ``show`` make of hostile ones (terminal escapes, and on SQLite a
+BLOB, a number or bytes that are not UTF-8 in the TEXT column)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+
+import pytest
+from sqlalchemy import text
+
+from archiver.db import open_database
+
+from .conftest import Cli
+
+pytestmark = pytest.mark.timeout(120)
+
+ESCAPE_STATE = "\x1b]0;x\x07\x1b[2J"
+"""Sets the terminal's title and clears the screen when printed raw (16 characters fit
+PostgreSQL's column)."""
+
+
+async def _set_state(url: str, rid: str, state: str) -> None:
+    async with open_database(url, create=False) as engine, engine.begin() as conn:
+        update = text("UPDATE archive_queue SET state = :s WHERE id = :id")
+        await conn.execute(update, {"s": state, "id": rid})
+
+
+def test_retry_and_show_never_print_a_hand_set_state_raw(cli: Cli) -> None:
+    assert cli("enqueue", input=b"resp_esc\nresp_ok\n").returncode == 0
+    asyncio.run(_set_state(cli.env["ARCHIVER_DATABASE_URL"], "resp_esc", ESCAPE_STATE))
+
+    out = cli("retry", "resp_esc")
+    assert out.returncode == 0, out.stderr
+    assert b"\x1b" not in out.stderr and b"\x07" not in out.stderr, out.stderr
+    line = out.stderr.decode()
+    assert "resp_esc not moved" in line and "unknown state" in line, line
+    # No --state takes such a row: the line must not suggest one does.
+    assert "not in --state" not in line, line
+
+    out = cli("show", "resp_esc")
+    assert out.returncode == 1
+    assert b"\x1b" not in out.stderr and b"\x07" not in out.stderr, out.stderr
+    assert b"unknown state" in out.stderr, out.stderr
+
+
+def _hostile_sqlite_states(path: str) -> None:
+    """What SQLite keeps in a TEXT column when another program writes it."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE archive_queue SET state = X'FFFE41' WHERE id = 'resp_blob'")
+        conn.execute("UPDATE archive_queue SET state = 42 WHERE id = 'resp_number'")
+        conn.execute("UPDATE archive_queue SET state = CAST(X'FFFE41' AS TEXT) WHERE id = 'resp_latin'")
+        conn.execute("UPDATE archive_queue SET state = 'nul' || char(0) || 'x' WHERE id = 'resp_nul'")
+    conn.close()
+
+
+def test_status_retry_show_survive_states_sqlite_keeps_from_other_writers(sqlite_cli: Cli) -> None:
+    ids = ["resp_blob", "resp_number", "resp_latin", "resp_nul", "resp_ok"]
+    assert sqlite_cli("enqueue", input="\n".join(ids).encode()).returncode == 0
+    _hostile_sqlite_states(str(sqlite_cli.cwd / "archive.db"))
+
+    out = sqlite_cli("status", "--json")
+    assert out.returncode == 0, out.stderr.decode()[-600:]
+    status = json.loads(out.stdout)
+    assert status["total"] == 5 and status["states"]["pending"] == 1
+    assert sum(status["unknown_states"].values()) == 4, status["unknown_states"]
+
+    out = sqlite_cli("status")
+    assert out.returncode == 0, out.stderr.decode()[-600:]
+    assert b"Traceback" not in out.stderr
+    assert out.stdout.count(b"unknown state") >= 4, out.stdout.decode()
+    assert b"\x00" not in out.stdout
+
+    for rid in ids[:4]:
+        out = sqlite_cli("retry", rid)
+        assert out.returncode == 0, (rid, out.stderr.decode()[-600:])
+        assert b"unknown state" in out.stderr and b"\x00" not in out.stderr, (rid, out.stderr)
+        out = sqlite_cli("show", rid)
+        assert out.returncode == 1
+        assert b"cannot use the database" not in out.stderr, (rid, out.stderr)
+        assert b"unknown state" in out.stderr and b"\x00" not in out.stderr, (rid, out.stderr)
