@@ -25,7 +25,8 @@ from archiver.migrate import migrate as migrate_db
 from archiver.output import dumps as dumps  # re-exported, with the two below (tests use them)
 from archiver.output import format_status as format_status
 from archiver.output import source_lines as source_lines
-from archiver.queue import QueueEntry, QueueStore
+from archiver.output import state_label
+from archiver.queue import QUEUE_STATES, QueueEntry, QueueStore
 from archiver.redaction import redact, redact_value
 from archiver.settings import Settings
 from archiver.sources import SourceRouting
@@ -371,7 +372,17 @@ def not_archived_message(response_id: str, entry: QueueEntry | None) -> str:
         return f"{response_id} is not archived and not in the queue"
     code = f", status {entry.last_status_code}" if entry.last_status_code is not None else ""
     error = f": {entry.last_error}" if entry.last_error else ""
-    return f"{response_id} is not archived: {entry.state} (attempts {entry.attempts}{code}){error}"
+    return (
+        f"{response_id} is not archived: {_state_said(entry.state)} (attempts {entry.attempts}{code}){error}"
+    )
+
+
+def _state_said(state: str) -> str:
+    """A queue state as a message says it: one another program wrote is named as unknown,
+    quoted and cut when it is not short printable text (never a terminal escape)."""
+    if state in QUEUE_STATES:
+        return state
+    return f"unknown state {state_label(state)} (no archiver command takes or moves it)"
 
 
 @dataclass(slots=True)
@@ -395,6 +406,8 @@ def _why_not_moved(entry: QueueEntry | None, states: Sequence[str]) -> str:
         "in_flight": "in flight (a worker is fetching it)",
         "pending": "already pending",
     }
+    if entry.state not in QUEUE_STATES:
+        return _state_said(entry.state)
     return reasons.get(entry.state, f"{entry.state}, not in --state {' / '.join(states)}")
 
 

@@ -176,6 +176,10 @@ class QueueStore:
         self.engine = engine
         self.dialect = engine.dialect.name
         self.now = now_sql(self.dialect)
+        # A state column read as bytes on SQLite, which keeps whatever another program
+        # wrote in a TEXT column (a BLOB, a number, bytes that are not UTF-8, which the
+        # driver refuses to read as text): see :func:`state_text`.
+        self.state_read = "CAST(state AS BLOB)" if self.dialect == "sqlite" else "state"
         self._last_recovery = -RECOVER_EVERY_S
 
     # --- enqueue -----------------------------------------------------------------
@@ -524,14 +528,15 @@ class QueueStore:
     async def entries(self, response_ids: Sequence[str]) -> dict[str, QueueEntry]:
         """The queue rows of these IDs (IDs not in the queue are absent)."""
         stmt = text(
-            "SELECT id, state, attempts, last_status_code, last_error FROM archive_queue WHERE id IN :ids"
+            f"SELECT id, {self.state_read}, attempts, last_status_code, last_error FROM archive_queue "
+            "WHERE id IN :ids"
         ).bindparams(bindparam("ids", expanding=True))
         found: dict[str, QueueEntry] = {}
         ids = list(dict.fromkeys(response_ids))
         async with statement_at_a_time(self.engine) as conn:
             for start in range(0, len(ids), 500):
                 for row in (await conn.execute(stmt, {"ids": ids[start : start + 500]})).fetchall():
-                    found[row[0]] = QueueEntry.from_row(row)
+                    found[row[0]] = QueueEntry(row[0], state_text(row[1]), int(row[2]), row[3], row[4])
         return found
 
     async def counts(self, *, archived: bool = True) -> dict[str, int]:
@@ -569,9 +574,13 @@ class QueueStore:
         queue, made only when a count found such rows."""
         known = " AND ".join(f"NOT {state_is(s)}" for s in QUEUE_STATES)
         result = await conn.execute(
-            text(f"SELECT state, count(*) FROM archive_queue WHERE {known} GROUP BY state")
+            text(f"SELECT {self.state_read}, count(*) FROM archive_queue WHERE {known} GROUP BY state")
         )
-        return {str(state): int(n) for state, n in result.fetchall()}
+        unknown: dict[str, int] = {}
+        for state, n in result.fetchall():
+            name = state_text(state)  # 42 and '42' are two groups of one name
+            unknown[name] = unknown.get(name, 0) + int(n)
+        return unknown
 
     async def counts_by_source(self) -> dict[str, dict[str, int]]:
         """Rows per state of each source that has rows; every state name is present.
@@ -582,11 +591,14 @@ class QueueStore:
         async with statement_at_a_time(self.engine) as conn:
             result = await conn.execute(
                 text(
-                    "SELECT source, state, count(*) FROM archive_queue GROUP BY source, state ORDER BY source"
+                    f"SELECT source, {self.state_read}, count(*) FROM archive_queue "
+                    "GROUP BY source, state ORDER BY source"
                 )
             )
             for source, state, n in result.fetchall():
-                counts.setdefault(source, dict.fromkeys(QUEUE_STATES, 0))[state] = int(n)
+                of_source = counts.setdefault(source, dict.fromkeys(QUEUE_STATES, 0))
+                name = state_text(state)
+                of_source[name] = of_source.get(name, 0) + int(n)
         return counts
 
     async def waiting_by_source(self) -> dict[str, int]:
@@ -774,6 +786,15 @@ class QueueStore:
         # Each state's rows came newest first; a stable sort keeps that (a text updated_at too).
         errors.sort(key=lambda row: _ERROR_RANK.get(row[1], len(_ERROR_RANK)))
         return errors[:limit], error_rows
+
+
+def state_text(value: object) -> str:
+    """A queue state as read (``QueueStore.state_read``): bytes that are not UTF-8 are
+    shown as ``\\xff`` escapes, never refused, so one row another program wrote cannot
+    make ``status``, ``retry`` or ``show`` fail for the whole queue."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return str(value)
 
 
 def state_is(state: str) -> str:

@@ -49,7 +49,7 @@ def test_retry_and_show_never_print_a_hand_set_state_raw(cli: Cli) -> None:
 def _hostile_sqlite_states(path: str) -> None:
     """What SQLite keeps in a TEXT column when another program writes it."""
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE archive_queue SET state = X'FFFE41' WHERE id = 'resp_blob'")
+        conn.execute("UPDATE archive_queue SET state = X'FFFE42' WHERE id = 'resp_blob'")
         conn.execute("UPDATE archive_queue SET state = 42 WHERE id = 'resp_number'")
         conn.execute("UPDATE archive_queue SET state = CAST(X'FFFE41' AS TEXT) WHERE id = 'resp_latin'")
         conn.execute("UPDATE archive_queue SET state = 'nul' || char(0) || 'x' WHERE id = 'resp_nul'")
