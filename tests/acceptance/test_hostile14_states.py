@@ -81,3 +81,44 @@ def test_status_retry_show_survive_states_sqlite_keeps_from_other_writers(sqlite
         assert out.returncode == 1
         assert b"cannot use the database" not in out.stderr, (rid, out.stderr)
         assert b"unknown state" in out.stderr and b"\x00" not in out.stderr, (rid, out.stderr)
+
+
+def _hostile_sqlite_sources(path: str) -> None:
+    """Rows another program queued with a source that is not a name: a BLOB, bytes that are
+    not UTF-8 in the TEXT column, and a terminal escape."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE archive_queue SET source = X'FF00' WHERE id = 'resp_src_blob'")
+        conn.execute("UPDATE archive_queue SET source = CAST(X'FF41' AS TEXT) WHERE id = 'resp_src_latin'")
+        conn.execute("UPDATE archive_queue SET source = ? WHERE id = 'resp_src_esc'", (ESCAPE_STATE,))
+    conn.close()
+
+
+def test_run_status_check_survive_sources_another_writer_set(sqlite_cli: Cli, mock_process: str) -> None:
+    ids = ["resp_src_blob", "resp_src_latin", "resp_src_esc", "resp_ok_h14"]
+    assert sqlite_cli("enqueue", input="\n".join(ids).encode()).returncode == 0
+    _hostile_sqlite_sources(str(sqlite_cli.cwd / "archive.db"))
+
+    out = sqlite_cli("status", "--json")
+    assert out.returncode == 0, out.stderr.decode()[-600:]
+    status = json.loads(out.stdout)
+    assert status["total"] == 4 and len(status["sources"]) == 4, status["sources"]
+
+    out = sqlite_cli("status")
+    assert out.returncode == 0, out.stderr.decode()[-600:]
+    assert b"\x1b" not in out.stdout + out.stderr and b"\x00" not in out.stdout
+
+    out = sqlite_cli("check")
+    assert out.returncode == 1  # 3 rows wait for sources nobody serves
+    assert b"unreachable" not in out.stdout + out.stderr, out.stdout + out.stderr
+    assert b"\x1b" not in out.stdout + out.stderr, out.stdout + out.stderr
+
+    # The other rows are still archived: one bad row does not stop the backfill.
+    run = sqlite_cli(
+        "run",
+        "--once",
+        ARCHIVER_BASE_URL=mock_process,
+        ARCHIVER_API_KEY="sk-h14",
+        ARCHIVER_POLL_INTERVAL="0.05",
+    )
+    assert run.returncode == 0, run.stderr.decode()[-600:]
+    assert json.loads(run.stdout)["archived"] == 1
