@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from archiver.holds import hold_lines
-from archiver.queue import QUEUE_STATES, unserved_line
+from archiver.queue import QUEUE_STATES, shown_name, unserved_line
 from archiver.redaction import redact
 from archiver.workers import worker_lines
 
@@ -40,13 +40,8 @@ SHOWN_UNKNOWN_STATES = 20
 """Unknown states listed by name in the text output (``--json`` has them all)."""
 
 
-def state_label(state: str) -> str:
-    """A state name as the text output shows it: unknown ones come from any writer, so a
-    name that is not short printable text is shown quoted and cut (never a terminal
-    escape)."""
-    if state.isprintable() and " " not in state and len(state) <= 32:
-        return state
-    return repr(state[:32] + ("..." if len(state) > 32 else ""))
+state_label = shown_name
+"""A state name as the text output shows it (see :func:`archiver.queue.shown_name`)."""
 
 
 def state_rows(details: dict[str, Any]) -> list[tuple[str, int, str]]:
@@ -89,13 +84,14 @@ def source_lines(details: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     if set(sources) - {"default"}:
         lines.append("per source:")
-        width = max(len(name) for name in sources)
+        labels = {name: shown_name(name) for name in sources}
+        width = max(len(label) for label in labels.values())
         for name, counts in sources.items():
             unknown = [state for state in counts if state not in QUEUE_STATES and counts[state]]
             shown = "  ".join(
                 f"{state_label(state)} {counts.get(state, 0):,}" for state in [*QUEUE_STATES, *unknown]
             )
-            lines.append(f"  {name:<{width}}  {shown}")
+            lines.append(f"  {labels[name]:<{width}}  {shown}")
     for name, waiting in (details.get("unserved_sources") or {}).items():
         lines.append(unserved_line(name, waiting))
     return [*lines, ""] if lines else []

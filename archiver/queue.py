@@ -33,7 +33,7 @@ from archiver.fleet_rate import archive_rate_limits  # noqa: F401  (registers th
 from archiver.follow import archive_follow  # noqa: F401  (registers the table, as archive_queue)
 from archiver.holds import held_sources
 from archiver.schema import metadata
-from archiver.settings import DEFAULT_SOURCE
+from archiver.settings import DEFAULT_SOURCE, SOURCE_NAME
 from archiver.transactions import statement_at_a_time
 from archiver.workers import (
     archive_workers,  # noqa: F401  (registers the table, as archive_queue)
@@ -176,10 +176,11 @@ class QueueStore:
         self.engine = engine
         self.dialect = engine.dialect.name
         self.now = now_sql(self.dialect)
-        # A state column read as bytes on SQLite, which keeps whatever another program
+        # The state and source columns read as bytes on SQLite, which keeps whatever another program
         # wrote in a TEXT column (a BLOB, a number, bytes that are not UTF-8, which the
-        # driver refuses to read as text): see :func:`state_text`.
+        # driver refuses to read as text): see :func:`stored_text`.
         self.state_read = "CAST(state AS BLOB)" if self.dialect == "sqlite" else "state"
+        self.source_read = "CAST(source AS BLOB)" if self.dialect == "sqlite" else "source"
         self._last_recovery = -RECOVER_EVERY_S
 
     # --- enqueue -----------------------------------------------------------------
@@ -536,7 +537,7 @@ class QueueStore:
         async with statement_at_a_time(self.engine) as conn:
             for start in range(0, len(ids), 500):
                 for row in (await conn.execute(stmt, {"ids": ids[start : start + 500]})).fetchall():
-                    found[row[0]] = QueueEntry(row[0], state_text(row[1]), int(row[2]), row[3], row[4])
+                    found[row[0]] = QueueEntry(row[0], stored_text(row[1]), int(row[2]), row[3], row[4])
         return found
 
     async def counts(self, *, archived: bool = True) -> dict[str, int]:
@@ -578,7 +579,7 @@ class QueueStore:
         )
         unknown: dict[str, int] = {}
         for state, n in result.fetchall():
-            name = state_text(state)  # 42 and '42' are two groups of one name
+            name = stored_text(state)  # 42 and '42' are two groups of one name
             unknown[name] = unknown.get(name, 0) + int(n)
         return unknown
 
@@ -591,13 +592,13 @@ class QueueStore:
         async with statement_at_a_time(self.engine) as conn:
             result = await conn.execute(
                 text(
-                    f"SELECT source, {self.state_read}, count(*) FROM archive_queue "
+                    f"SELECT {self.source_read}, {self.state_read}, count(*) FROM archive_queue "
                     "GROUP BY source, state ORDER BY source"
                 )
             )
             for source, state, n in result.fetchall():
-                of_source = counts.setdefault(source, dict.fromkeys(QUEUE_STATES, 0))
-                name = state_text(state)
+                of_source = counts.setdefault(stored_text(source), dict.fromkeys(QUEUE_STATES, 0))
+                name = stored_text(state)
                 of_source[name] = of_source.get(name, 0) + int(n)
         return counts
 
@@ -607,13 +608,14 @@ class QueueStore:
         async with statement_at_a_time(self.engine) as conn:
             result = await conn.execute(
                 text(
-                    "SELECT source, count(*) FROM archive_queue WHERE state = 'pending' GROUP BY source "
-                    "UNION ALL "
-                    "SELECT source, count(*) FROM archive_queue WHERE state = 'in_flight' GROUP BY source"
+                    f"SELECT {self.source_read}, count(*) FROM archive_queue WHERE state = 'pending' "
+                    f"GROUP BY source UNION ALL SELECT {self.source_read}, count(*) FROM archive_queue "
+                    "WHERE state = 'in_flight' GROUP BY source"
                 )
             )
             for source, n in result.fetchall():
-                waiting[source] = waiting.get(source, 0) + int(n)
+                name = stored_text(source)
+                waiting[name] = waiting.get(name, 0) + int(n)
         return waiting
 
     async def oldest_pending_age(self) -> float | None:
@@ -788,10 +790,11 @@ class QueueStore:
         return errors[:limit], error_rows
 
 
-def state_text(value: object) -> str:
-    """A queue state as read (``QueueStore.state_read``): bytes that are not UTF-8 are
-    shown as ``\\xff`` escapes, never refused, so one row another program wrote cannot
-    make ``status``, ``retry`` or ``show`` fail for the whole queue."""
+def stored_text(value: object) -> str:
+    """A queue state or source as read (``QueueStore.state_read``, ``source_read``): bytes
+    that are not UTF-8 are shown as ``\\xff`` escapes, never refused, so one row another
+    program wrote cannot make ``run``, ``check``, ``status``, ``retry`` or ``show`` fail for
+    the whole queue."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
     return str(value)
@@ -824,7 +827,17 @@ def unserved_sources(waiting: Mapping[str, int], served: Iterable[str] | None) -
 def unserved_line(source: str, waiting: int) -> str:
     """What ``status`` and ``check`` say about rows of a source no config serves."""
     rows = "1 row waits" if waiting == 1 else f"{waiting:,} rows wait"
+    if not SOURCE_NAME.match(source):  # another program's INSERT: no config can name it
+        return f"source {shown_name(source)} is not a source name: {rows} for it (set their source by hand)"
     return f"source {source!r} is not configured: {rows} for it (add [sources.{source}] to the config file)"
+
+
+def shown_name(name: str) -> str:
+    """A state or source name as the output shows it: rows come from any writer, so a name
+    that is not short printable text is shown quoted and cut (never a terminal escape)."""
+    if name.isprintable() and " " not in name and len(name) <= 32:
+        return name
+    return repr(name[:32] + ("..." if len(name) > 32 else ""))
 
 
 def _recent_error(row: Any) -> dict[str, Any]:
