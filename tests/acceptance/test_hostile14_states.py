@@ -122,3 +122,41 @@ def test_run_status_check_survive_sources_another_writer_set(sqlite_cli: Cli, mo
     )
     assert run.returncode == 0, run.stderr.decode()[-600:]
     assert json.loads(run.stdout)["archived"] == 1
+
+
+def _insert_hostile_ids(path: str) -> None:
+    """Rows another program INSERTed with IDs SQLite keeps but the driver cannot read as
+    text: bytes that are not UTF-8 in the TEXT column, and a BLOB."""
+    with sqlite3.connect(path) as conn:
+        for value in ("CAST(X'FF41' AS TEXT)", "X'41FF'"):
+            conn.execute(
+                "INSERT INTO archive_queue (id, source, state, enqueued_at, next_attempt_at, updated_at) "
+                f"SELECT {value}, source, state, enqueued_at, next_attempt_at, updated_at "
+                "FROM archive_queue LIMIT 1"
+            )
+    conn.close()
+
+
+def test_run_once_archives_the_other_rows_beside_ids_sqlite_cannot_read(
+    sqlite_cli: Cli, mock_process: str
+) -> None:
+    assert sqlite_cli("enqueue", input=b"resp_ok_h14a\nresp_ok_h14b\n").returncode == 0
+    _insert_hostile_ids(str(sqlite_cli.cwd / "archive.db"))
+
+    run = sqlite_cli(
+        "run",
+        "--once",
+        ARCHIVER_BASE_URL=mock_process,
+        ARCHIVER_API_KEY="sk-h14",
+        ARCHIVER_POLL_INTERVAL="0.05",
+        timeout=20,
+    )
+    assert run.returncode == 0, run.stderr.decode()[-800:]
+    summary = json.loads(run.stdout)
+    assert summary["archived"] == 2, summary
+    # The two unreadable rows end failed, saying why, not in flight for ever.
+    out = sqlite_cli("status", "--json")
+    assert out.returncode == 0, out.stderr.decode()[-600:]
+    status = json.loads(out.stdout)
+    assert status["states"]["archived"] == 2 and status["states"]["failed"] == 2, status["states"]
+    assert all("not text" in e["error"] for e in status["recent_errors"]), status["recent_errors"]
