@@ -181,6 +181,7 @@ class QueueStore:
         # driver refuses to read as text): see :func:`stored_text`.
         self.state_read = "CAST(state AS BLOB)" if self.dialect == "sqlite" else "state"
         self.source_read = "CAST(source AS BLOB)" if self.dialect == "sqlite" else "source"
+        self.id_read = "CAST(id AS BLOB)" if self.dialect == "sqlite" else "id"
         self._last_recovery = -RECOVER_EVERY_S
 
     # --- enqueue -----------------------------------------------------------------
@@ -402,16 +403,34 @@ class QueueStore:
                 "WHERE id IN (SELECT id FROM archive_queue "
                 f"WHERE state = 'pending' AND next_attempt_at <= {self.now} {of_source}"
                 "ORDER BY next_attempt_at LIMIT :limit) "
-                "RETURNING id, attempts, polls, last_status_code, "
-                "coalesce(response_created_at, enqueued_at), next_attempt_at"
+                # The ID as bytes (see readable_ids): read as text, one ID another program
+                # wrote that is not UTF-8 failed the whole claim after it had committed.
+                "RETURNING CAST(id AS BLOB), attempts, polls, last_status_code, "
+                "coalesce(response_created_at, enqueued_at), next_attempt_at, typeof(id)"
             )
         result = await conn.execute(
             text(sql),
             {"limit": limit, "owner": owner, "token": token, "lease": lease_seconds, "source": source},
         )
+        rows: list[Any] = list(result.fetchall())
+        if self.dialect != "postgresql":
+            rows, unreadable = readable_ids(rows)
+            if unreadable:
+                await self._fail_unreadable(conn, token, unreadable)
         # RETURNING comes in no promised order (on SQLite: the primary key's, by ID); the
         # fetchers take the jobs in this order, so the longest due go first.
-        return [Job.from_row(row, token) for row in sorted(result.fetchall(), key=lambda row: row[5])]
+        return [Job.from_row(row, token) for row in sorted(rows, key=lambda row: row[5])]
+
+    async def _fail_unreadable(self, conn: AsyncConnection, token: str, raw_ids: list[bytes]) -> None:
+        """End claimed rows whose ID is not text (SQLite) ``failed``: no request can name it."""
+        await conn.execute(
+            text(
+                "UPDATE archive_queue SET state = 'failed', lease_owner = NULL, lease_token = NULL, "
+                f"lease_expires_at = NULL, updated_at = {self.now}, last_error = :why "
+                "WHERE lease_token = :token AND CAST(id AS BLOB) = :raw"
+            ),
+            [{"token": token, "raw": raw, "why": UNREADABLE_ID} for raw in raw_ids],
+        )
 
     async def _recover_expired(self, conn: AsyncConnection, max_attempts: int) -> int:
         """Finish rows whose lease expired; returns how many went back to ``pending``.
@@ -776,7 +795,8 @@ class QueueStore:
                     await conn.execute(
                         text(
                             # At most what archiver writes: a row edited by hand may hold more.
-                            "SELECT id, state, attempts, last_status_code, substr(last_error, 1, :chars), "
+                            f"SELECT {self.id_read}, state, attempts, last_status_code, "
+                            "substr(last_error, 1, :chars), "
                             "CASE WHEN last_body IS NULL THEN NULL "
                             "ELSE coalesce(last_body_bytes, length(last_body)) END, updated_at "
                             f"{with_error} ORDER BY updated_at DESC LIMIT :n"
@@ -788,6 +808,28 @@ class QueueStore:
         # Each state's rows came newest first; a stable sort keeps that (a text updated_at too).
         errors.sort(key=lambda row: _ERROR_RANK.get(row[1], len(_ERROR_RANK)))
         return errors[:limit], error_rows
+
+
+UNREADABLE_ID = (
+    "the ID is not text (another program wrote bytes that are not UTF-8, or a BLOB, into "
+    "archive_queue.id): no request can name it"
+)
+
+
+def readable_ids(rows: Iterable[Any]) -> tuple[list[tuple[Any, ...]], list[bytes]]:
+    """Split SQLite claim rows (the ID as bytes first, its ``typeof`` last) into rows with
+    the ID as text and the raw IDs that are not UTF-8 text."""
+    readable: list[tuple[Any, ...]] = []
+    unreadable: list[bytes] = []
+    for row in rows:
+        raw = bytes(row[0])
+        try:
+            if row[-1] != "text":
+                raise ValueError(row[-1])
+            readable.append((raw.decode("utf-8"), *row[1:-1]))
+        except ValueError:  # UnicodeDecodeError too
+            unreadable.append(raw)
+    return readable, unreadable
 
 
 def stored_text(value: object) -> str:
@@ -842,7 +884,7 @@ def shown_name(name: str) -> str:
 
 def _recent_error(row: Any) -> dict[str, Any]:
     error = {
-        "response_id": row[0],
+        "response_id": stored_text(row[0]),
         "state": row[1],
         "attempts": row[2],
         "status_code": row[3],
