@@ -160,3 +160,22 @@ def test_run_once_archives_the_other_rows_beside_ids_sqlite_cannot_read(
     status = json.loads(out.stdout)
     assert status["states"]["archived"] == 2 and status["states"]["failed"] == 2, status["states"]
     assert all("not text" in e["error"] for e in status["recent_errors"]), status["recent_errors"]
+
+
+def test_status_per_source_lines_stay_short_with_many_unknown_states(sqlite_cli: Cli) -> None:
+    """The state table lists 20 unknown states and counts the rest; each per-source line
+    listed every one (2 lines of 24,513 characters for 5,000 distinct states)."""
+    ids = [f"resp_{i}" for i in range(400)]
+    assert sqlite_cli("enqueue", input="\n".join(ids).encode()).returncode == 0
+    with sqlite3.connect(sqlite_cli.cwd / "archive.db") as conn:
+        conn.execute(
+            "UPDATE archive_queue SET state = 'st' || substr(id, 6), source = CASE "
+            "WHEN CAST(substr(id, 6) AS INTEGER) % 2 = 0 THEN 'other' ELSE 'default' END"
+        )
+    conn.close()
+    out = sqlite_cli("status")
+    assert out.returncode == 0, out.stderr.decode()[-600:]
+    lines = out.stdout.decode().splitlines()
+    assert max(len(line) for line in lines) < 1000, max(lines, key=len)[:300]
+    per_source = [line for line in lines if line.startswith("  other ")]
+    assert len(per_source) == 1 and "180 more unknown states" in per_source[0], per_source
