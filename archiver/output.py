@@ -87,10 +87,17 @@ def source_lines(details: dict[str, Any]) -> list[str]:
         labels = {name: shown_name(name) for name in sources}
         width = max(len(label) for label in labels.values())
         for name, counts in sources.items():
-            unknown = [state for state in counts if state not in QUEUE_STATES and counts[state]]
-            shown = "  ".join(
-                f"{state_label(state)} {counts.get(state, 0):,}" for state in [*QUEUE_STATES, *unknown]
+            unknown = sorted(
+                ((state, n) for state, n in counts.items() if state not in QUEUE_STATES and n),
+                key=lambda item: (-item[1], item[0]),
             )
+            shown = "  ".join(
+                [f"{state} {counts.get(state, 0):,}" for state in QUEUE_STATES]
+                + [f"{state_label(state)} {n:,}" for state, n in unknown[:SHOWN_UNKNOWN_STATES]]
+            )
+            if len(unknown) > SHOWN_UNKNOWN_STATES:
+                rest = unknown[SHOWN_UNKNOWN_STATES:]
+                shown += f"  ({len(rest):,} more unknown states: {sum(n for _, n in rest):,} rows)"
             lines.append(f"  {labels[name]:<{width}}  {shown}")
     for name, waiting in (details.get("unserved_sources") or {}).items():
         lines.append(unserved_line(name, waiting))
