@@ -179,3 +179,18 @@ def test_status_per_source_lines_stay_short_with_many_unknown_states(sqlite_cli:
     assert max(len(line) for line in lines) < 1000, max(lines, key=len)[:300]
     per_source = [line for line in lines if line.startswith("  other ")]
     assert len(per_source) == 1 and "180 more unknown states" in per_source[0], per_source
+
+
+def test_retry_prints_the_first_100_rejections_as_enqueue_does(sqlite_cli: Cli) -> None:
+    """README: an invalid ID is rejected 'as enqueue rejects a line', which prints the first
+    100 and counts the rest; retry printed all 300 (20,000 from an xargs line: 20,000 lines)."""
+    assert sqlite_cli("enqueue", input=b"resp_failed_h14\n").returncode == 0
+    with sqlite3.connect(sqlite_cli.cwd / "archive.db") as conn:
+        conn.execute("UPDATE archive_queue SET state = 'failed' WHERE id = 'resp_failed_h14'")
+    conn.close()
+    bad = [f"bad/{i}" for i in range(300)]
+    out = sqlite_cli("retry", *bad, "resp_failed_h14")
+    assert out.returncode == 1
+    rejected = [line for line in out.stderr.decode().splitlines() if "rejected: invalid response ID" in line]
+    assert len(rejected) == 100, len(rejected)
+    assert out.stdout.decode().strip() == "moved 1 back to pending, rejected 300 (200 not printed)"
