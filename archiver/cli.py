@@ -226,12 +226,16 @@ def _retry(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
 
     report = _arun(commands.retry(settings, args.state or ["failed", "not_found"], args.response_ids))
-    for problem in report.rejected:
+    from archiver.ingest import MAX_PRINTED_REJECTIONS
+
+    for problem in report.rejected[:MAX_PRINTED_REJECTIONS]:
         print(f"archiver: rejected: {problem}", file=sys.stderr)
     for rid, reason in report.not_moved:
         print(f"archiver: {rid} not moved: {reason}", file=sys.stderr)
     why = f": {report.nothing_reason}" if report.nothing_reason else ""
     rejected = f", rejected {len(report.rejected)}" if report.rejected else ""
+    if len(report.rejected) > MAX_PRINTED_REJECTIONS:
+        rejected += f" ({len(report.rejected) - MAX_PRINTED_REJECTIONS} not printed)"
     print(f"moved {report.moved} back to pending{rejected}{why}")
     return 1 if report.rejected else 0
 
