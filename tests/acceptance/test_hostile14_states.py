@@ -194,3 +194,22 @@ def test_retry_prints_the_first_100_rejections_as_enqueue_does(sqlite_cli: Cli) 
     rejected = [line for line in out.stderr.decode().splitlines() if "rejected: invalid response ID" in line]
     assert len(rejected) == 100, len(rejected)
     assert out.stdout.decode().strip() == "moved 1 back to pending, rejected 300 (200 not printed)"
+
+
+def test_status_and_show_read_a_last_error_that_is_not_utf8(sqlite_cli: Cli) -> None:
+    """A failed row whose last_error another program wrote in Latin-1 (SQLite keeps the
+    bytes in the TEXT column): status and show failed for the whole queue."""
+    assert sqlite_cli("enqueue", input=b"resp_latin_err\nresp_fine\n").returncode == 0
+    with sqlite3.connect(sqlite_cli.cwd / "archive.db") as conn:
+        conn.execute(
+            "UPDATE archive_queue SET state = 'failed', last_error = CAST(X'6E6FE9' AS TEXT) "
+            "WHERE id = 'resp_latin_err'"
+        )
+    conn.close()
+    out = sqlite_cli("status", "--json")
+    assert out.returncode == 0, out.stderr.decode()[-600:]
+    status = json.loads(out.stdout)
+    assert status["states"]["failed"] == 1 and status["recent_errors"][0]["response_id"] == "resp_latin_err"
+    out = sqlite_cli("show", "resp_latin_err")
+    assert out.returncode == 1
+    assert b"is not archived: failed" in out.stderr, out.stderr
