@@ -176,12 +176,13 @@ class QueueStore:
         self.engine = engine
         self.dialect = engine.dialect.name
         self.now = now_sql(self.dialect)
-        # The state and source columns read as bytes on SQLite, which keeps whatever another program
-        # wrote in a TEXT column (a BLOB, a number, bytes that are not UTF-8, which the
-        # driver refuses to read as text): see :func:`stored_text`.
-        self.state_read = "CAST(state AS BLOB)" if self.dialect == "sqlite" else "state"
-        self.source_read = "CAST(source AS BLOB)" if self.dialect == "sqlite" else "source"
-        self.id_read = "CAST(id AS BLOB)" if self.dialect == "sqlite" else "id"
+        # Text columns another program may write, read as bytes on SQLite, which keeps
+        # whatever it was given in a TEXT column (a BLOB, a number, bytes that are not
+        # UTF-8, which the driver refuses to read as text): see :func:`stored_text`.
+        self.state_read = self._read_cut("state")
+        self.source_read = self._read_cut("source")
+        self.id_read = self._read_cut("id")
+        self.error_read = self._read_cut("last_error")
         self._last_recovery = -RECOVER_EVERY_S
 
     # --- enqueue -----------------------------------------------------------------
@@ -341,6 +342,10 @@ class QueueStore:
         return total
 
     # --- claim, heartbeat, release -----------------------------------------------------
+
+    def _read_cut(self, expression: str) -> str:
+        """A text column (or a cut of it) as read: bytes on SQLite (see :func:`stored_text`)."""
+        return f"CAST({expression} AS BLOB)" if self.dialect == "sqlite" else expression
 
     async def claim_batch(
         self, owner: str, limit: int, lease_seconds: float, max_attempts: int, source: str | None = None
@@ -548,7 +553,7 @@ class QueueStore:
     async def entries(self, response_ids: Sequence[str]) -> dict[str, QueueEntry]:
         """The queue rows of these IDs (IDs not in the queue are absent)."""
         stmt = text(
-            f"SELECT id, {self.state_read}, attempts, last_status_code, last_error FROM archive_queue "
+            f"SELECT id, {self.state_read}, attempts, last_status_code, {self.error_read} FROM archive_queue "
             "WHERE id IN :ids"
         ).bindparams(bindparam("ids", expanding=True))
         found: dict[str, QueueEntry] = {}
@@ -556,7 +561,8 @@ class QueueStore:
         async with statement_at_a_time(self.engine) as conn:
             for start in range(0, len(ids), 500):
                 for row in (await conn.execute(stmt, {"ids": ids[start : start + 500]})).fetchall():
-                    found[row[0]] = QueueEntry(row[0], stored_text(row[1]), int(row[2]), row[3], row[4])
+                    error = None if row[4] is None else stored_text(row[4])
+                    found[row[0]] = QueueEntry(row[0], stored_text(row[1]), int(row[2]), row[3], error)
         return found
 
     async def counts(self, *, archived: bool = True) -> dict[str, int]:
@@ -796,7 +802,7 @@ class QueueStore:
                         text(
                             # At most what archiver writes: a row edited by hand may hold more.
                             f"SELECT {self.id_read}, state, attempts, last_status_code, "
-                            "substr(last_error, 1, :chars), "
+                            f"{self._read_cut('substr(last_error, 1, :chars)')}, "
                             "CASE WHEN last_body IS NULL THEN NULL "
                             "ELSE coalesce(last_body_bytes, length(last_body)) END, updated_at "
                             f"{with_error} ORDER BY updated_at DESC LIMIT :n"
@@ -889,7 +895,7 @@ def _recent_error(row: Any) -> dict[str, Any]:
         "attempts": row[2],
         "status_code": row[3],
         # SQLite keeps whatever a hand edit put in a TEXT column, bytes too.
-        "error": row[4].decode("utf-8", "replace") if isinstance(row[4], bytes) else row[4],
+        "error": stored_text(row[4]) if isinstance(row[4], bytes) else row[4],
     }
     if row[5] is not None:
         error["body_bytes"] = int(row[5])
