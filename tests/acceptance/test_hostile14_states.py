@@ -213,3 +213,16 @@ def test_status_and_show_read_a_last_error_that_is_not_utf8(sqlite_cli: Cli) -> 
     out = sqlite_cli("show", "resp_latin_err")
     assert out.returncode == 1
     assert b"is not archived: failed" in out.stderr, out.stderr
+
+
+def test_retry_never_echoes_the_api_key_given_as_an_id(cli: Cli) -> None:
+    """An operator who pastes the key where an ID goes (``archiver retry $ARCHIVER_API_KEY``):
+    ``show`` and ``enqueue`` print ``***``, retry printed the key in its rejected and
+    not-moved lines."""
+    key = "sk-h14CANARY0a1b2c3d4e5f6a7b8"
+    assert cli("enqueue", input=b"resp_h14\n").returncode == 0
+    out = cli("retry", key, f"{key}/x", "resp_h14", ARCHIVER_API_KEY=key)
+    assert out.returncode == 1
+    said = out.stdout + out.stderr
+    assert key.encode() not in said, said
+    assert b"rejected 1" in out.stdout and b"not in the queue" in out.stderr, said
