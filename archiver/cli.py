@@ -224,14 +224,14 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 
 def _retry(args: argparse.Namespace, settings: Settings) -> int:
     from archiver import commands
-
-    report = _arun(commands.retry(settings, args.state or ["failed", "not_found"], args.response_ids))
     from archiver.ingest import MAX_PRINTED_REJECTIONS
 
+    report = _arun(commands.retry(settings, args.state or ["failed", "not_found"], args.response_ids))
+    # Through the redaction point: an ID given may be the API key pasted by mistake.
     for problem in report.rejected[:MAX_PRINTED_REJECTIONS]:
-        print(f"archiver: rejected: {problem}", file=sys.stderr)
+        print(redact(f"archiver: rejected: {problem}"), file=sys.stderr)
     for rid, reason in report.not_moved:
-        print(f"archiver: {rid} not moved: {reason}", file=sys.stderr)
+        print(redact(f"archiver: {rid} not moved: {reason}"), file=sys.stderr)
     why = f": {report.nothing_reason}" if report.nothing_reason else ""
     rejected = f", rejected {len(report.rejected)}" if report.rejected else ""
     if len(report.rejected) > MAX_PRINTED_REJECTIONS:
