@@ -226,3 +226,23 @@ def test_retry_never_echoes_the_api_key_given_as_an_id(cli: Cli) -> None:
     said = out.stdout + out.stderr
     assert key.encode() not in said, said
     assert b"rejected 1" in out.stdout and b"not in the queue" in out.stderr, said
+
+
+def test_status_on_a_terminal_prints_ids_with_brackets_as_they_are(sqlite_cli: Cli) -> None:
+    """IDs another program queued, failed by archiver: the terminal table read each ID as
+    rich markup ('[/]': MarkupError traceback, exit 1; '[bold red]x' printed as 'x')."""
+    from .test_terminal import run_in_terminal
+
+    assert sqlite_cli("enqueue", input=b"resp_ok_h14\n").returncode == 0
+    with sqlite3.connect(sqlite_cli.cwd / "archive.db") as conn:
+        for rid in ("[/]", "[bold]b"):
+            conn.execute(
+                "INSERT INTO archive_queue (id, source, state, enqueued_at, next_attempt_at, updated_at, "
+                "last_error) SELECT ?, source, 'failed', enqueued_at, next_attempt_at, updated_at, "
+                "'invalid response ID' FROM archive_queue LIMIT 1",
+                (rid,),
+            )
+    conn.close()
+    status, screen = run_in_terminal(sqlite_cli, "status", timeout=60)
+    assert status == 0, screen[-800:]
+    assert "Traceback" not in screen and "[/]" in screen and "[bold]b" in screen, screen[-800:]
