@@ -169,7 +169,9 @@ def print_status_table(details: dict[str, Any]) -> None:
             errors.add_column(column)
         for e in details["recent_errors"]:
             code = str(e["status_code"]) if e["status_code"] is not None else "-"
-            errors.add_row(e["response_id"], e["state"], str(e["attempts"]), code, Text(e["error"] or ""))
+            errors.add_row(
+                Text(e["response_id"]), Text(e["state"]), str(e["attempts"]), code, Text(e["error"] or "")
+            )
         console.print(errors)
 
 
