@@ -246,3 +246,21 @@ def test_status_on_a_terminal_prints_ids_with_brackets_as_they_are(sqlite_cli: C
     status, screen = run_in_terminal(sqlite_cli, "status", timeout=60)
     assert status == 0, screen[-800:]
     assert "Traceback" not in screen and "[/]" in screen and "[bold]b" in screen, screen[-800:]
+
+
+def test_status_never_prints_an_escape_from_a_queued_id_or_error(sqlite_cli: Cli) -> None:
+    """A failed row another program queued with an ID and a last_error holding escape
+    sequences: the recent-errors lines printed both raw (title set, text turned red)."""
+    assert sqlite_cli("enqueue", input=b"resp_ok_h14\n").returncode == 0
+    with sqlite3.connect(sqlite_cli.cwd / "archive.db") as conn:
+        conn.execute(
+            "INSERT INTO archive_queue (id, source, state, enqueued_at, next_attempt_at, updated_at, "
+            "last_error) SELECT ?, source, 'failed', enqueued_at, next_attempt_at, updated_at, ? "
+            "FROM archive_queue LIMIT 1",
+            ("\x1b]0;T\x07\x1b[31mred", "bad \x1b[2J\x1b]0;T\x07 error"),
+        )
+    conn.close()
+    out = sqlite_cli("status")
+    assert out.returncode == 0, out.stderr.decode()[-600:]
+    assert b"\x1b" not in out.stdout and b"\x07" not in out.stdout, out.stdout
+    assert b"red" in out.stdout and b"bad" in out.stdout and b"error" in out.stdout, out.stdout
