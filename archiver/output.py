@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from archiver.holds import hold_lines
+from archiver.ids import response_id_problem
 from archiver.queue import QUEUE_STATES, shown_name, unserved_line
 from archiver.redaction import redact
 from archiver.workers import worker_lines
@@ -44,6 +45,22 @@ state_label = shown_name
 """A state name as the text output shows it (see :func:`archiver.queue.shown_name`)."""
 
 
+def shown_id(response_id: str) -> str:
+    """A queue row's ID as the output shows it: another program may have queued one that is
+    not a response ID (archiver fails it), shown quoted and cut, never a terminal escape."""
+    if response_id_problem(response_id) is None:
+        return response_id
+    return repr(response_id[:80] + ("..." if len(response_id) > 80 else ""))
+
+
+def shown_text(text: str | None) -> str | None:
+    """Text from a row (an error) with each character that is not printable shown as ``?``:
+    archiver stores errors that way, but a row edited by hand may hold terminal escapes."""
+    if text is None or text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
 def state_rows(details: dict[str, Any]) -> list[tuple[str, int, str]]:
     """(label, rows, flag) per state: every known state, then the unknown ones (the first
     ``SHOWN_UNKNOWN_STATES`` by rows, then one line for the rest), flagged."""
@@ -72,9 +89,8 @@ def format_status(details: dict[str, Any]) -> str:
         lines.append(_errors_title(details) + (":" if details["recent_errors"] else ""))
         for e in details["recent_errors"]:
             code = e["status_code"] if e["status_code"] is not None else "-"
-            lines.append(
-                f"  {e['response_id']}  {e['state']}  attempts={e['attempts']}  status={code}  {e['error']}"
-            )
+            rid, error = shown_id(e["response_id"]), shown_text(e["error"])
+            lines.append(f"  {rid}  {e['state']}  attempts={e['attempts']}  status={code}  {error}")
     return "\n".join(lines)
 
 
@@ -170,7 +186,11 @@ def print_status_table(details: dict[str, Any]) -> None:
         for e in details["recent_errors"]:
             code = str(e["status_code"]) if e["status_code"] is not None else "-"
             errors.add_row(
-                Text(e["response_id"]), Text(e["state"]), str(e["attempts"]), code, Text(e["error"] or "")
+                Text(shown_id(e["response_id"])),
+                Text(e["state"]),
+                str(e["attempts"]),
+                code,
+                Text(shown_text(e["error"]) or ""),
             )
         console.print(errors)
 
