@@ -166,8 +166,9 @@ def _nonempty(value: str) -> str | None:
 
 
 def _credential_name(value: str) -> str | None:
-    if value in (".", "..") or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,255}", value):
-        return "must be a systemd credential name (letters, digits and _ . : -, no /)"
+    # No ':': LoadCredential=ID:PATH splits at the first one, so systemd never loads such a name.
+    if value in (".", "..") or not re.fullmatch(r"[A-Za-z0-9_.-]{1,255}", value):
+        return "must be a systemd credential name (letters, digits and _ . -; no / or :)"
     return None
 
 
