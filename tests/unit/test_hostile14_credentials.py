@@ -41,3 +41,15 @@ def test_the_load_credential_line_archiver_asks_for_is_one_systemd_takes(tmp_pat
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
     )
     assert "not valid" not in out.stderr, out.stderr
+
+
+def test_a_key_with_a_space_is_refused_saying_so(tmp_path: Path) -> None:
+    """A key pasted with a space ('sk-abc def') was refused as having 'a line break, a
+    control character or a character outside ASCII': none of which it has."""
+    config = load_config(_config(tmp_path, "a.key"))
+    (tmp_path / "a.key").write_text("sk-h14canary0123 4567\n")
+    with pytest.raises(ConfigError) as caught:
+        source_settings(Settings(), config, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    message = str(caught.value)
+    assert "space" in message, message
+    assert "h14canary" not in message
