@@ -101,8 +101,9 @@ class Settings:
                 raise ConfigError(f"--{flag} (ARCHIVER_{name.upper()}) {problem}, not {value!r}")
         if self.api_key is not None and not _HEADER_SAFE.match(self.api_key):
             raise ConfigError(
-                "the API key has a line break, a control character or a character outside ASCII "
-                "(a key file with two lines?): it cannot be sent in an Authorization header"
+                "the API key has a space, a line break, a control character or a character outside "
+                "ASCII (a key file with two lines? a key pasted in two parts?): it cannot be sent in "
+                "an Authorization header"
             )
         if not self.metrics_host.strip():
             raise ConfigError(
