@@ -259,8 +259,8 @@ CTRL_C_EXPORTS = 30
 def test_ctrl_c_during_a_parquet_export_is_130_or_done_never_a_crash(tmp_path: Path) -> None:
     """Ctrl-C at times spread over a Parquet export of 600 responses in chunks of 10 (its
     writer thread busy, its aiosqlite thread reading): every run must end 0 (done) or
-    130 with one line, never a crash (2 to 5 of 30 were exit -11: a discard closed the
-    Parquet writer under a write still running in its thread) or a traceback."""
+    130, never a crash (2 to 5 of 30 were exit -11: a discard closed the Parquet writer
+    under a write still running in its thread) or a traceback."""
     url = f"sqlite:///{tmp_path / 'demo.db'}"
     made = subprocess.run(
         [sys.executable, "-m", "archiver", "demo", "--count", "600", "--database-url", url],
@@ -291,9 +291,6 @@ def test_ctrl_c_during_a_parquet_export_is_130_or_done_never_a_crash(tmp_path: P
     print(f"{len(crashes)} crashes, {len(tracebacks)} tracebacks of {CTRL_C_EXPORTS}")
     # A discard closed the Parquet writer under a write still running: exit -11.
     assert not crashes, f"{len(crashes)} of {CTRL_C_EXPORTS}: " + "\n".join(crashes[:3])
-    if tracebacks:  # a race: 30 runs may miss it, so not a strict xfail
-        pytest.xfail(
-            f"{len(tracebacks)} of {CTRL_C_EXPORTS}: SQLAlchemy's 'Error closing cursor' traceback "
-            "(ValueError: Connection closed, aiosqlite's thread gone) beside 'archiver: interrupted'; "
-            "not fixed"
-        )
+    # SQLAlchemy logged 'Error closing cursor' with its traceback (aiosqlite's thread gone)
+    # in 9 of 30 runs: the last-resort log handler now says a record's exception in one line.
+    assert not tracebacks, f"{len(tracebacks)} of {CTRL_C_EXPORTS}: " + "\n".join(tracebacks[:3])

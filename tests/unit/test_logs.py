@@ -76,3 +76,18 @@ def test_standard_library_warnings_are_redacted(capsys: pytest.CaptureFixture[st
     logger.propagate = False  # pytest's own handlers sit on the root logger
     logger.warning("Unclosed connection to %s", key)
     assert capsys.readouterr().err == "Unclosed connection to ***\n"
+
+
+def test_a_standard_library_record_with_an_exception_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """SQLAlchemy logs 'Error closing cursor' with exc_info when Ctrl-C cancels a read: one
+    line (the exception's type and message), not a traceback (kept at debug level)."""
+    key = "Zx9logsSTDLIBexc7731"
+    register_secret(key)
+    configure_logging("info", stream=io.StringIO(), json=True)
+    logger = logging.getLogger("archiver-test-stdlib-exc")
+    logger.propagate = False
+    try:
+        raise ValueError(f"Connection closed\nby {key}")
+    except ValueError:
+        logger.error("Error closing cursor", exc_info=True)
+    assert capsys.readouterr().err == "Error closing cursor (ValueError: Connection closed by ***)\n"
