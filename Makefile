@@ -18,7 +18,7 @@ demo: $(STAMP)
 # Test processes (pytest-xdist). Most tests wait on subprocesses, sockets and sleeps
 # rather than on a core, so 4 workers keep 2 cores busy; each worker starts its own
 # PostgreSQL server. `make test TEST_WORKERS=0` runs everything in one process.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 XDIST := -n $(TEST_WORKERS) --dist worksteal
 
 # The whole suite: unit, integration (real HTTP, real PostgreSQL), acceptance (the CLI),
