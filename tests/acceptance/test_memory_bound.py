@@ -262,10 +262,10 @@ SCENARIOS = [
     # let go of its last body, and the byte budget hold the rest back.
     pytest.param(
         Scenario(
-            f"24 x just under, defaults ({DEFAULT_MB:g}MiB, c16)",
+            f"18 x just under, defaults ({DEFAULT_MB:g}MiB, c16)",
             DEFAULT_MB,
             (),
-            tuple(f"{hostile.UNDER_PREFIX}{i:02d}" for i in range(24)),
+            tuple(f"{hostile.UNDER_PREFIX}{i:02d}" for i in range(18)),
         ),
         id="many-under-defaults",
     ),
