@@ -15,15 +15,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/archiver demo
 
-# Test processes (pytest-xdist). Most tests wait on subprocesses, sockets and sleeps
-# rather than on a core, so 4 workers keep 2 cores busy; each worker starts its own
-# PostgreSQL server. `make test TEST_WORKERS=0` runs everything in one process.
+# Test processes (pytest-xdist). 3 keep 2 cores busy (4 took as long: the suite is
+# bound by the cores); each worker starts its own PostgreSQL server.
+# `make test TEST_WORKERS=0` runs everything in one process.
 TEST_WORKERS ?= 3
 XDIST := -n $(TEST_WORKERS) --dist worksteal
 
 # The whole suite: unit, integration (real HTTP, real PostgreSQL), acceptance (the CLI),
 # and the tests marked slow (soak, memory bounds). On 2 cores with nothing else running:
-# 13 min 1 s with 3 workers (2026-12-02); see README for the figure with 4.
+# 12 min 50 s (2026-12-02; README has the current figure).
 test: $(STAMP)
 	$(VENV)/bin/pytest $(XDIST)
 
