@@ -25,8 +25,7 @@ from archiver.migrate import migrate as migrate_db
 from archiver.output import dumps as dumps  # re-exported, with the two below (tests use them)
 from archiver.output import format_status as format_status
 from archiver.output import source_lines as source_lines
-from archiver.output import state_label
-from archiver.queue import QUEUE_STATES, QueueEntry, QueueStore
+from archiver.queue import QUEUE_STATES, QueueEntry, QueueStore, shown_name
 from archiver.redaction import redact, redact_value
 from archiver.settings import Settings
 from archiver.sources import SourceRouting
@@ -382,7 +381,7 @@ def _state_said(state: str) -> str:
     quoted and cut when it is not short printable text (never a terminal escape)."""
     if state in QUEUE_STATES:
         return state
-    return f"unknown state {state_label(state)} (no archiver command takes or moves it)"
+    return f"unknown state {shown_name(state)} (no archiver command takes or moves it)"
 
 
 @dataclass(slots=True)

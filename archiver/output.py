@@ -41,10 +41,6 @@ SHOWN_UNKNOWN_STATES = 20
 """Unknown states listed by name in the text output (``--json`` has them all)."""
 
 
-state_label = shown_name
-"""A state name as the text output shows it (see :func:`archiver.queue.shown_name`)."""
-
-
 def shown_id(response_id: str) -> str:
     """A queue row's ID as the output shows it: another program may have queued one that is
     not a response ID (archiver fails it), shown quoted and cut, never a terminal escape."""
@@ -66,7 +62,7 @@ def state_rows(details: dict[str, Any]) -> list[tuple[str, int, str]]:
     ``SHOWN_UNKNOWN_STATES`` by rows, then one line for the rest), flagged."""
     rows = [(state, int(details["states"].get(state, 0)), "") for state in QUEUE_STATES]
     unknown = sorted((details.get("unknown_states") or {}).items(), key=lambda item: (-item[1], item[0]))
-    rows.extend((state_label(state), n, UNKNOWN_STATE_FLAG) for state, n in unknown[:SHOWN_UNKNOWN_STATES])
+    rows.extend((shown_name(state), n, UNKNOWN_STATE_FLAG) for state, n in unknown[:SHOWN_UNKNOWN_STATES])
     rest = unknown[SHOWN_UNKNOWN_STATES:]
     if rest:
         label = f"({len(rest):,} more unknown states: status --json lists them)"
@@ -109,7 +105,7 @@ def source_lines(details: dict[str, Any]) -> list[str]:
             )
             shown = "  ".join(
                 [f"{state} {counts.get(state, 0):,}" for state in QUEUE_STATES]
-                + [f"{state_label(state)} {n:,}" for state, n in unknown[:SHOWN_UNKNOWN_STATES]]
+                + [f"{shown_name(state)} {n:,}" for state, n in unknown[:SHOWN_UNKNOWN_STATES]]
             )
             if len(unknown) > SHOWN_UNKNOWN_STATES:
                 rest = unknown[SHOWN_UNKNOWN_STATES:]

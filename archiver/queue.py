@@ -156,8 +156,10 @@ class QueueEntry:
 
     @classmethod
     def from_row(cls, row: Any) -> QueueEntry:
-        """Build from ``(id, state, attempts, last_status_code, last_error)``."""
-        return cls(row[0], row[1], int(row[2]), row[3], row[4])
+        """Build from ``(id, state, attempts, last_status_code, last_error)``, state and
+        error as read (``QueueStore.state_read``, ``error_read``: bytes on SQLite)."""
+        error = None if row[4] is None else stored_text(row[4])
+        return cls(row[0], stored_text(row[1]), int(row[2]), row[3], error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,8 +563,7 @@ class QueueStore:
         async with statement_at_a_time(self.engine) as conn:
             for start in range(0, len(ids), 500):
                 for row in (await conn.execute(stmt, {"ids": ids[start : start + 500]})).fetchall():
-                    error = None if row[4] is None else stored_text(row[4])
-                    found[row[0]] = QueueEntry(row[0], stored_text(row[1]), int(row[2]), row[3], error)
+                    found[row[0]] = QueueEntry.from_row(row)
         return found
 
     async def counts(self, *, archived: bool = True) -> dict[str, int]:
