@@ -39,12 +39,14 @@ from typing import Any, Final
 import msgspec
 
 from archiver.ids import json_type_name
-from archiver.jsontext import check_limits_of, loads
+from archiver.jsontext import STDLIB_FROM, check_limits_of, loads
 
 __all__ = ["SHALLOW_FROM", "BodyHead", "NotJson", "read_head"]
 
-SHALLOW_FROM: Final = 1 << 20
-"""Bodies of this many bytes or more are checked without their parse (see the module docstring)."""
+SHALLOW_FROM: Final = STDLIB_FROM
+"""Bodies of this many bytes or more are checked without their parse (see the module
+docstring): the size from which ``loads`` parses with the standard library, one threshold
+for "a large body" (the writer writes such a body on its own: ``writer.LARGE_BODY_BYTES``)."""
 
 _UTF8_SLICE: Final = 1 << 20
 _JSON_WHITESPACE: Final = re.compile(rb"[ \t\r\n]*")

@@ -44,7 +44,7 @@ from archiver.db_retry import is_transient_db_error, log_db_retry, with_db_retry
 from archiver.dburl import describe_database
 from archiver.deadline import StopDeadline
 from archiver.errors import ArchiverError, DatabaseUnavailable, WriterFailed, first_line
-from archiver.jsontext import MAX_NESTING
+from archiver.jsontext import MAX_NESTING, STDLIB_FROM
 from archiver.logs import configure_logging, emit_line, get_logger, logging_config, redact
 from archiver.normalize import normalize_body
 from archiver.outcomes import Archived, Permanent
@@ -56,11 +56,12 @@ from archiver.store import ArchiveStore, FetchResult, WriteReport
 log = get_logger()
 
 _SEND_SLICE = 1 << 20
-LARGE_BODY_BYTES = 1 << 20
-"""A body this large is normalized and written in a transaction of its own (see
-:meth:`InlineWriter.write`): a batch closes at an eighth of ``--max-held-mb`` of bodies,
-so it may hold ~4 MiB of smaller bodies, their rows kept parsed until written, before
-one of ``--max-body-mb`` (four dense bodies of 0.9 MiB then a 16 MiB one: +65 MiB)."""
+LARGE_BODY_BYTES = STDLIB_FROM
+"""A body this large (the one threshold of "a large body": see ``body_head.SHALLOW_FROM``)
+is normalized and written in a transaction of its own (see :meth:`InlineWriter.write`):
+a batch closes at an eighth of ``--max-held-mb`` of bodies, so it may hold ~4 MiB of
+smaller bodies, their rows kept parsed until written, before one of ``--max-body-mb``
+(four dense bodies of 0.9 MiB then a 16 MiB one: +65 MiB)."""
 _HEADER = struct.Struct("!I")
 START_TIMEOUT_S = 60.0
 CLOSE_TIMEOUT_S = 30.0
